@@ -1,0 +1,91 @@
+// Arena: one large aligned allocation from which many buffers are carved.
+//
+// Theory of operation
+// -------------------
+// A model has one weight cache per layer (16-80 of them). Each cache needs a
+// few packed buffers that grow rarely and live as long as the model. Giving
+// every layer its own heap blocks fragments the address space and costs a
+// page-fault storm per layer; an Arena instead reserves one block up front
+// (optionally on transparent huge pages) and hands out aligned sub-regions of
+// it as AlignedBuffers.
+//
+// The free space is a set of [offset, size) extents ordered by offset.
+// Allocate takes the first extent that fits (first fit: O(number of free
+// extents), which stays small because a model's caches allocate a handful of
+// buffers each) and splits it. Releasing a buffer (its destructor or Reset)
+// puts its extent back and merges it with free neighbours, so a region freed
+// by one layer can be reused by another and the Arena never fragments into
+// pieces that adjacent frees could have joined.
+//
+// Alignment: every region starts at a multiple of the Arena's alignment
+// (default 64 bytes, one cache line) and its size is rounded up to one, so
+// regions never share a cache line and so never false-share between threads.
+//
+// Failure mode: Allocate never throws and never returns a partial region. A
+// request that overflows when rounded up, or that no free extent can hold,
+// returns an absl::Status naming the request and what is free; the Arena is
+// unchanged. There is no fallback to the heap: callers that want one choose
+// it themselves (see cache/).
+//
+// Lifetime: the Arena must outlive every buffer carved from it; destroying an
+// Arena with live buffers is a programming error and aborts with a message.
+// An Arena is not movable (its buffers point back at it).
+//
+// Thread-safety: thread-safe. Allocate and releases from any thread are
+// serialized by an internal mutex; the bytes of distinct buffers may be
+// written concurrently.
+#ifndef SPARSE_MLP_MEMORY_ARENA_H_
+#define SPARSE_MLP_MEMORY_ARENA_H_
+
+#include <cstddef>
+#include <map>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "memory/aligned_buffer.h"
+
+namespace sparse_mlp::memory {
+
+class Arena {
+ public:
+  // Reserves `capacity` bytes (rounded up to `alignment`). capacity == 0
+  // gives an Arena that can only satisfy zero-size requests. Errors as in
+  // AlignedBuffer::Allocate.
+  static absl::StatusOr<std::unique_ptr<Arena>> Create(
+      size_t capacity, size_t alignment = kCacheLineBytes,
+      HugePageAdvice advice = HugePageAdvice::kNone);
+
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena();
+
+  // A region of `size` bytes, aligned to alignment(). size == 0 gives an
+  // empty buffer and consumes nothing. Errors: OutOfRange when rounding
+  // overflows, ResourceExhausted when no free extent is large enough (the
+  // message gives the request, the free total and the largest extent).
+  absl::StatusOr<AlignedBuffer> Allocate(size_t size) ABSL_LOCKS_EXCLUDED(mu_);
+
+  size_t capacity() const { return block_.size(); }
+  size_t alignment() const { return block_.alignment(); }
+  size_t bytes_in_use() const ABSL_LOCKS_EXCLUDED(mu_);
+  size_t largest_free_extent() const ABSL_LOCKS_EXCLUDED(mu_);
+  size_t live_regions() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  friend class AlignedBuffer;
+  explicit Arena(AlignedBuffer block);
+  void Release(const uint8_t* data, size_t size) ABSL_LOCKS_EXCLUDED(mu_);
+  size_t LargestFreeExtentLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  AlignedBuffer block_;
+  mutable absl::Mutex mu_;
+  std::map<size_t, size_t> free_extents_ ABSL_GUARDED_BY(mu_);  // offset->size
+  size_t bytes_in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t live_regions_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace sparse_mlp::memory
+
+#endif  // SPARSE_MLP_MEMORY_ARENA_H_

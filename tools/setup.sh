@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building, testing and benchmarking
+# sparse_mlp needs. Idempotent: when everything is present it only checks
+# (a dpkg query, well under a second) and touches nothing.
+set -euo pipefail
+
+packages=(
+  bazel-bootstrap      # Bazel 4.2.3 (/usr/bin/bazel)
+  bazel-rules-java     # required by Bazel's toolchain resolution, even for C++
+  bazel-skylib
+  g++
+  libabsl-dev
+  libgtest-dev
+  libgmock-dev
+  libbenchmark-dev
+  pybind11-dev
+  python3-dev
+  python3-numpy
+  python3-torch
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "setup: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup: missing packages: ${missing[*]}" >&2
+  echo "setup: installing them needs root; re-run as root (e.g. sudo tools/setup.sh)" >&2
+  exit 1
+fi
+
+echo "setup: installing ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "setup: done"
