@@ -1,0 +1,28 @@
+// Parallel contiguous copy: the seed design's "parallel memcpy in chunks".
+//
+// Copies `bytes` bytes from `src` to `dst` (non-overlapping) with up to
+// `num_threads` OpenMP threads. Each thread copies one contiguous,
+// cache-line aligned share with the C library's memcpy (already the best
+// SIMD copy for the CPU), so the result is byte-identical to one memcpy.
+// Copies shorter than kParallelCopyMinBytes run on the calling thread: up to
+// about the per-core L2 size one core already copies at cache speed and a
+// second thread only adds its wake-up (measured with //bench:memcpy_floor:
+// 512 KiB took 5.7 us on 1 thread, 7.1 us on 2; 1 MiB 22.8 us vs 13.0 us).
+//
+// Threading: num_threads <= 1 copies on the calling thread; otherwise an
+// OpenMP parallel region of that many threads. Safe to call concurrently on
+// disjoint buffers. No allocation. O(bytes).
+#ifndef SPARSE_MLP_GATHER_PARALLEL_COPY_H_
+#define SPARSE_MLP_GATHER_PARALLEL_COPY_H_
+
+#include <cstddef>
+
+namespace sparse_mlp::gather {
+
+inline constexpr size_t kParallelCopyMinBytes = size_t{1} << 20;
+
+void ParallelCopy(void* dst, const void* src, size_t bytes, int num_threads);
+
+}  // namespace sparse_mlp::gather
+
+#endif  // SPARSE_MLP_GATHER_PARALLEL_COPY_H_
