@@ -1,0 +1,21 @@
+// OpenMP execution of a mask diff (internal to //diff:mask_diff). Kept apart
+// from the serial logic in mask_diff.cc so the pragmas live in one file.
+#ifndef SPARSE_MLP_DIFF_MASK_DIFF_PARALLEL_H_
+#define SPARSE_MLP_DIFF_MASK_DIFF_PARALLEL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "diff/mask_diff.h"
+
+namespace sparse_mlp::diff::internal {
+
+// Chunked diff of `num_words` words over `num_threads` threads, written to
+// diff->added / diff->removed (resized here) in serial order.
+void ParallelMaskDiff(const uint64_t* before, const uint64_t* after,
+                      size_t num_words, int num_threads, SimdLevel level,
+                      MaskDiff* diff);
+
+}  // namespace sparse_mlp::diff::internal
+
+#endif  // SPARSE_MLP_DIFF_MASK_DIFF_PARALLEL_H_
