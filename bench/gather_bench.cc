@@ -1,0 +1,125 @@
+// gather/ kernels against the memcpy floor of the same bytes, measured
+// interleaved in the same loop (vs_memcpy = memcpy time / kernel time; 1.0
+// means the kernel moves bytes as fast as memcpy does).
+//
+//   bazel run //bench:gather
+//
+// Row gather: 2048 random rows (sorted) of an 8192-row matrix into a packed
+// matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
+// to [I, H], fp32 and bf16, plus the naive column loop for reference.
+#include <cstring>
+
+#include "benchmark/benchmark.h"
+#include "bench/bench_util.h"
+#include "bench/optimized_build_check.h"
+#include "gather/parallel_copy.h"
+#include "gather/row_gather.h"
+#include "gather/transpose.h"
+#include "memory/aligned_buffer.h"
+
+namespace sparse_mlp::bench {
+namespace {
+
+memory::AlignedBuffer FilledBuffer(size_t bytes, int value) {
+  memory::AlignedBuffer buffer = *memory::AlignedBuffer::Allocate(
+      bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages);
+  std::memset(buffer.data(), value, bytes);
+  return buffer;
+}
+
+void BM_RowGather(benchmark::State& state) {
+  const size_t row_bytes = static_cast<size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  constexpr size_t kSourceRows = 8192, kGathered = 2048;
+  memory::AlignedBuffer src = FilledBuffer(kSourceRows * row_bytes, 1);
+  memory::AlignedBuffer dst = FilledBuffer(kGathered * row_bytes, 0);
+  memory::AlignedBuffer floor_dst = FilledBuffer(kGathered * row_bytes, 0);
+  std::vector<gather::RowCopy> copies;
+  uint32_t slot = 0;
+  for (uint32_t row : RandomSortedIndices(kSourceRows, kGathered, 7)) {
+    copies.push_back({row, slot++});
+  }
+  const size_t bytes = kGathered * row_bytes;
+  TimeAgainstFloor(
+      state, bytes,
+      [&] {
+        (void)gather::GatherRows({src.data(), kSourceRows, row_bytes},
+                                 {dst.data(), kGathered, row_bytes}, row_bytes,
+                                 copies, threads);
+      },
+      [&] {
+        // Same bytes, contiguous, from the middle of the same source.
+        gather::ParallelCopy(floor_dst.data(), src.data() + src.size() / 4,
+                             bytes, threads);
+      });
+}
+BENCHMARK(BM_RowGather)
+    ->ArgNames({"row_bytes", "threads"})
+    ->ArgsProduct({{4096, 8192, 12288, 16384}, {1, 2}})
+    ->UseManualTime();
+
+void TransposeCase(benchmark::State& state, bool naive) {
+  const size_t h = static_cast<size_t>(state.range(0));
+  const size_t i = static_cast<size_t>(state.range(1));
+  const size_t elem = static_cast<size_t>(state.range(2));
+  const int threads = static_cast<int>(state.range(3));
+  const size_t bytes = h * i * elem;
+  memory::AlignedBuffer src = FilledBuffer(bytes, 1);
+  memory::AlignedBuffer dst = FilledBuffer(bytes, 0);
+  gather::TransposeOptions options;
+  options.num_threads = threads;
+  options.simd = naive ? SimdLevel::kScalar : SimdLevel::kBest;
+  TimeAgainstFloor(
+      state, bytes,
+      [&] {
+        if (naive) {
+          // The column loop a first implementation writes: one strided read
+          // per element, for every column in turn.
+          for (size_t c = 0; c < i; ++c) {
+            for (size_t r = 0; r < h; ++r) {
+              std::memcpy(dst.data() + (c * h + r) * elem,
+                          src.data() + (r * i + c) * elem, elem);
+            }
+          }
+        } else {
+          (void)gather::Transpose({src.data(), h, i * elem}, i, elem,
+                                  {dst.data(), i, h * elem}, options);
+        }
+      },
+      [&] { gather::ParallelCopy(dst.data(), src.data(), bytes, threads); });
+}
+
+void BM_Transpose(benchmark::State& state) { TransposeCase(state, false); }
+void BM_TransposeNaiveColumnLoop(benchmark::State& state) {
+  TransposeCase(state, true);
+}
+
+// {H, I}: llama-3.2-1b, llama-3.2-3b, qwen2-1.5b, llama-2-7b, mistral-7b.
+BENCHMARK(BM_Transpose)
+    ->ArgNames({"H", "I", "elem_bytes", "threads"})
+    ->ArgsProduct({{3072}, {8192}, {4, 2}, {1, 2}})
+    ->Args({2048, 8192, 4, 2})
+    ->Args({1536, 8960, 4, 2})
+    ->Args({4096, 11008, 4, 2})
+    ->Args({4096, 14336, 4, 2})
+    ->Args({4096, 14336, 2, 2})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TransposeNaiveColumnLoop)
+    ->ArgNames({"H", "I", "elem_bytes", "threads"})
+    ->Args({3072, 8192, 4, 1})
+    ->UseManualTime()
+    ->Iterations(3)
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace sparse_mlp::bench
+
+int main(int argc, char** argv) {
+  sparse_mlp::bench::RequireOptimizedBuild();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

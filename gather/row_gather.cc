@@ -1,0 +1,126 @@
+#include "gather/row_gather.h"
+
+#include <omp.h>
+
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "gather/partition.h"
+
+namespace sparse_mlp::gather {
+namespace {
+
+absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
+                      absl::Span<const RowCopy> copies) {
+  if (copies.empty() || row_bytes == 0) return absl::OkStatus();
+  if (row_bytes > src.stride_bytes || row_bytes > dst.stride_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "row of %u bytes does not fit the strides (source %u, destination %u)",
+        row_bytes, src.stride_bytes, dst.stride_bytes));
+  }
+  size_t total;
+  if (__builtin_mul_overflow(copies.size(), row_bytes, &total)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%u copies of %u-byte rows overflow size_t", copies.size(), row_bytes));
+  }
+  if (src.data == nullptr || dst.data == nullptr) {
+    return absl::InvalidArgumentError("row gather on a null matrix");
+  }
+  for (size_t k = 0; k < copies.size(); ++k) {
+    if (copies[k].src_row >= src.num_rows) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "copy %u reads source row %u of a %u-row matrix", k, copies[k].src_row,
+          src.num_rows));
+    }
+    if (copies[k].dst_row >= dst.num_rows) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "copy %u writes destination row %u of a %u-row matrix", k,
+          copies[k].dst_row, dst.num_rows));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Copies bytes [begin, end) of the concatenation of all copied rows.
+// The next source row is prefetched while the current one is copied: the
+// hardware prefetchers stop at 4 KiB page boundaries and would otherwise
+// retrain on every randomly placed row.
+void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
+                   size_t dst_stride, size_t row_bytes,
+                   absl::Span<const RowCopy> copies, size_t begin, size_t end) {
+  size_t k = begin / row_bytes;
+  size_t offset = begin % row_bytes;
+  size_t remaining = end - begin;
+  while (remaining > 0) {
+    const size_t n = row_bytes - offset < remaining ? row_bytes - offset : remaining;
+    if (k + 1 < copies.size()) {
+      const uint8_t* next = src + copies[k + 1].src_row * src_stride;
+      for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b, 0, 0);
+    }
+    std::memcpy(dst + copies[k].dst_row * dst_stride + offset,
+                src + copies[k].src_row * src_stride + offset, n);
+    remaining -= n;
+    offset = 0;
+    ++k;
+  }
+}
+
+}  // namespace
+
+absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
+                             int num_threads) {
+  // Byte offset of each job in the concatenation of all jobs' rows.
+  constexpr size_t kMaxJobs = 16;
+  if (jobs.size() > kMaxJobs) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a batch holds at most %u gathers, got %u", kMaxJobs, jobs.size()));
+  }
+  size_t job_begin[kMaxJobs + 1] = {0};
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const RowGatherJob& job = jobs[j];
+    if (absl::Status s = Validate(job.src, job.dst, job.row_bytes, job.copies);
+        !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrFormat("gather %u: %s", j, s.message()));
+    }
+    const size_t bytes = job.copies.size() * job.row_bytes;  // validated
+    if (__builtin_add_overflow(job_begin[j], bytes, &job_begin[j + 1])) {
+      return absl::InvalidArgumentError("gather batch size overflows size_t");
+    }
+  }
+  const size_t total = job_begin[jobs.size()];
+  if (total == 0) return absl::OkStatus();
+
+  // Copies bytes [begin, end) of the concatenation.
+  auto copy_range = [&](size_t begin, size_t end) {
+    for (size_t j = 0; j < jobs.size() && begin < end; ++j) {
+      if (job_begin[j + 1] <= begin) continue;
+      const RowGatherJob& job = jobs[j];
+      const size_t job_end = end < job_begin[j + 1] ? end : job_begin[j + 1];
+      CopyByteRange(static_cast<const uint8_t*>(job.src.data),
+                    job.src.stride_bytes, static_cast<uint8_t*>(job.dst.data),
+                    job.dst.stride_bytes, job.row_bytes, job.copies,
+                    begin - job_begin[j], job_end - job_begin[j]);
+      begin = job_end;
+    }
+  };
+  if (num_threads <= 1 || total < kParallelGatherMinBytes) {
+    copy_range(0, total);
+    return absl::OkStatus();
+  }
+  const BytePartition partition(total, num_threads);
+#pragma omp parallel num_threads(num_threads)
+  {
+    const size_t t = static_cast<size_t>(omp_get_thread_num());
+    copy_range(partition.Begin(t), partition.Begin(t + 1));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
+                        absl::Span<const RowCopy> copies, int num_threads) {
+  const RowGatherJob job{src, dst, row_bytes, copies};
+  return GatherRowsBatch(absl::MakeConstSpan(&job, 1), num_threads);
+}
+
+}  // namespace sparse_mlp::gather

@@ -1,0 +1,81 @@
+// Row gather/scatter between row-major matrices: the building block of every
+// cache update.
+//
+// A matrix is described by RowsView (base pointer, row count, stride in
+// bytes); a copy is a list of (source row, destination row) pairs. Rows are
+// raw bytes: the element type only matters through row_bytes (4-byte fp32,
+// 2-byte bf16/fp16, anything else).
+//
+// Execution: the copies' total bytes are split evenly over num_threads
+// OpenMP threads on cache-line boundaries (gather/partition.h), so a list of
+// one huge row and a list of thousands of small ones both use every thread.
+// Each thread copies its share with memcpy (glibc's is the best vector copy
+// for the CPU; AVX-512 loops with ordinary or non-temporal stores measured
+// no faster in //bench:gather) and prefetches the next source row. Gathers
+// smaller than kParallelGatherMinBytes run on the calling thread (see
+// parallel_copy.h).
+//
+// Preconditions the caller keeps (not checked, they cost O(n log n)): no two
+// copies write the same destination row, and no destination row is also a
+// source row of the same call (the copies of a call may run in any order).
+// Everything else is validated first; on error nothing is written.
+//
+// Thread-safe for disjoint destinations. No allocation. O(copies x
+// row_bytes).
+#ifndef SPARSE_MLP_GATHER_ROW_GATHER_H_
+#define SPARSE_MLP_GATHER_ROW_GATHER_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace sparse_mlp::gather {
+
+inline constexpr size_t kParallelGatherMinBytes = size_t{1} << 20;
+
+// A row-major matrix of raw bytes. A non-owning view: the memory must stay
+// valid for the call it is passed to.
+struct ConstRowsView {
+  const void* data = nullptr;
+  size_t num_rows = 0;
+  size_t stride_bytes = 0;
+};
+
+struct RowsView {
+  void* data = nullptr;
+  size_t num_rows = 0;
+  size_t stride_bytes = 0;
+};
+
+struct RowCopy {
+  uint32_t src_row;
+  uint32_t dst_row;
+};
+
+// One matrix-to-matrix gather of a batch.
+struct RowGatherJob {
+  ConstRowsView src;
+  RowsView dst;
+  size_t row_bytes = 0;
+  absl::Span<const RowCopy> copies;
+};
+
+// Runs several gathers as one: the bytes of all jobs are split evenly over
+// the threads, so a cache update that copies rows of three matrices (and
+// moves rows inside them) pays for one OpenMP region, not six. Every job is
+// validated (as in GatherRows) before anything is written.
+absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
+                             int num_threads);
+
+// For each copy: row_bytes bytes from src row `src_row` to dst row
+// `dst_row`. Errors (InvalidArgument, nothing written): row_bytes larger
+// than either stride, a null matrix with rows to copy, a row index out of
+// range (the message names the copy's position and index).
+absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
+                        absl::Span<const RowCopy> copies, int num_threads);
+
+}  // namespace sparse_mlp::gather
+
+#endif  // SPARSE_MLP_GATHER_ROW_GATHER_H_

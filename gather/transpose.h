@@ -1,0 +1,54 @@
+// Transpose and column gather of row-major matrices of 1-, 2-, 4- or 8-byte
+// elements.
+//
+// Why: down_proj is stored [H, I] (PyTorch nn.Linear layout), but a neuron's
+// down weights are a column of it. The weight cache turns down neuron-major
+// ([I, H]) once, with Transpose, so that every later update copies rows.
+// Callers that cannot afford the transposed copy gather the columns they
+// need straight from [H, I] with GatherColumns (strided reads: slower per
+// byte, no extra memory).
+//
+// Transpose walks the matrix in tiles; inside a tile, 8x8 blocks are
+// transposed in registers (AVX2, 4- and 2-byte elements), and at the AVX-512
+// level whole destination cache lines are assembled and written with
+// non-temporal stores (no read-for-ownership of the destination). Ragged
+// edges and 1-/8-byte elements go element by element. Output rows are split
+// over num_threads OpenMP threads. kScalar is the plain per-element path.
+//
+// Thread-safe for disjoint destinations. No allocation. O(rows x cols).
+#ifndef SPARSE_MLP_GATHER_TRANSPOSE_H_
+#define SPARSE_MLP_GATHER_TRANSPOSE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "gather/row_gather.h"
+#include "platform/simd_level.h"
+
+namespace sparse_mlp::gather {
+
+struct TransposeOptions {
+  int num_threads = 1;
+  SimdLevel simd = SimdLevel::kBest;
+};
+
+// dst[c][r] = src[r][c] for the src.num_rows x cols matrix of elem_bytes
+// elements. dst must have cols rows of at least src.num_rows elements.
+// Errors (InvalidArgument, nothing written): elem_bytes not 1/2/4/8, a row
+// that does not fit its stride, dst.num_rows != cols, null data with a
+// non-empty matrix.
+absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
+                       RowsView dst, const TransposeOptions& options = {});
+
+// dst[k][r] = src[r][columns[k]]: the listed columns of src, each written as
+// a row of src.num_rows elements. Errors as Transpose, plus a column index
+// >= cols (named with its position) and dst.num_rows < columns.size().
+absl::Status GatherColumns(ConstRowsView src, size_t cols, size_t elem_bytes,
+                           absl::Span<const uint32_t> columns, RowsView dst,
+                           const TransposeOptions& options = {});
+
+}  // namespace sparse_mlp::gather
+
+#endif  // SPARSE_MLP_GATHER_TRANSPOSE_H_

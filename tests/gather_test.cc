@@ -1,0 +1,307 @@
+// gather/: every kernel, SIMD level and thread count against plain loops, on
+// random shapes with odd sizes (fixed seeds; failures print the case), and
+// one test per bad-input class.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "gather/parallel_copy.h"
+#include "gather/partition.h"
+#include "gather/row_gather.h"
+#include "gather/transpose.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "memory/aligned_buffer.h"
+#include "platform/simd_level.h"
+
+namespace sparse_mlp::gather {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<uint8_t> RandomBytes(std::mt19937_64& rng, size_t n) {
+  std::vector<uint8_t> bytes(n);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  return bytes;
+}
+
+TEST(BytePartitionTest, CoversTheRangeInAlignedNearEqualParts) {
+  std::mt19937_64 rng(10);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const size_t total = trial < 100 ? trial : rng() % (1 << 24);
+    const int parts = 1 + static_cast<int>(rng() % 9);
+    const BytePartition p(total, parts);
+    ASSERT_EQ(p.Begin(0), 0u);
+    ASSERT_EQ(p.Begin(parts), total);
+    for (int t = 0; t < parts; ++t) {
+      ASSERT_LE(p.Begin(t), p.Begin(t + 1)) << total << " / " << parts;
+      if (p.Begin(t + 1) != total) {
+        ASSERT_EQ(p.Begin(t + 1) % 64, 0u);
+      }
+      ASSERT_LE(p.Begin(t + 1) - p.Begin(t), total / parts + 128)
+          << "unbalanced: " << total << " bytes over " << parts;
+    }
+  }
+}
+
+TEST(ParallelCopyTest, MatchesMemcpyForAnySizeAndThreadCount) {
+  std::mt19937_64 rng(11);
+  for (size_t bytes : {size_t{0}, size_t{1}, size_t{63}, size_t{65}, size_t{4097},
+                       kParallelCopyMinBytes - 1, kParallelCopyMinBytes,
+                       kParallelCopyMinBytes * 3 + 17}) {
+    const std::vector<uint8_t> src = RandomBytes(rng, bytes);
+    for (int threads : {1, 2, 3}) {
+      std::vector<uint8_t> dst(bytes + 1, 0xCC);
+      ParallelCopy(dst.data(), src.data(), bytes, threads);
+      ASSERT_EQ(dst[bytes], 0xCC) << "wrote past the end";
+      ASSERT_TRUE(std::equal(src.begin(), src.end(), dst.begin()))
+          << bytes << " bytes, " << threads << " threads";
+    }
+  }
+}
+
+TEST(GatherRowsTest, MatchesReferenceForRandomCopies) {
+  std::mt19937_64 rng(12);
+  for (int trial = 0; trial < 600; ++trial) {
+    // Every 20th case is large enough for the parallel path.
+    const bool large = trial % 20 == 0;
+    const size_t row_bytes = large ? 4096 + rng() % 9000 : rng() % 300;
+    const size_t src_stride = row_bytes + rng() % 3 * 64 + rng() % 2;
+    const size_t dst_stride = row_bytes + rng() % 2 * 64;
+    const size_t src_rows = large ? 400 : rng() % 40;
+    const size_t dst_rows = large ? 300 : rng() % 40;
+    const std::vector<uint8_t> src = RandomBytes(rng, src_rows * src_stride);
+    std::vector<uint8_t> dst = RandomBytes(rng, dst_rows * dst_stride);
+    // Distinct destinations, random sources (repeats allowed).
+    std::vector<uint32_t> dsts(dst_rows);
+    for (size_t i = 0; i < dst_rows; ++i) dsts[i] = static_cast<uint32_t>(i);
+    std::shuffle(dsts.begin(), dsts.end(), rng);
+    std::vector<RowCopy> copies;
+    if (src_rows > 0) {
+      dsts.resize(rng() % (dst_rows + 1));
+      for (uint32_t d : dsts) {
+        copies.push_back({static_cast<uint32_t>(rng() % src_rows), d});
+      }
+    }
+    std::vector<uint8_t> expected = dst;
+    for (const RowCopy& c : copies) {
+      std::memcpy(expected.data() + c.dst_row * dst_stride,
+                  src.data() + c.src_row * src_stride, row_bytes);
+    }
+    for (int threads : {1, 2, 3}) {
+      std::vector<uint8_t> out = dst;
+      const absl::Status s =
+          GatherRows({src.data(), src_rows, src_stride},
+                     {out.data(), dst_rows, dst_stride}, row_bytes, copies, threads);
+      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_EQ(out, expected) << absl::StrFormat(
+          "trial %d: %d copies of %d-byte rows, strides %d/%d, %d threads", trial,
+          copies.size(), row_bytes, src_stride, dst_stride, threads);
+    }
+  }
+}
+
+// A batch equals its jobs run one after another, whatever the split of
+// bytes over threads.
+TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
+  std::mt19937_64 rng(15);
+  for (int trial = 0; trial < 200; ++trial) {
+    const size_t num_jobs = rng() % 6;
+    const bool large = trial % 10 == 0;
+    std::vector<std::vector<uint8_t>> srcs, dsts, expected;
+    std::vector<std::vector<RowCopy>> copy_lists;
+    std::vector<size_t> row_bytes;
+    for (size_t j = 0; j < num_jobs; ++j) {
+      const size_t rb = large ? 3000 + rng() % 5000 : 1 + rng() % 200;
+      const size_t rows = large ? 200 : 1 + rng() % 30;
+      srcs.push_back(RandomBytes(rng, rows * rb));
+      dsts.push_back(RandomBytes(rng, rows * rb));
+      std::vector<uint32_t> order(rows);
+      for (size_t i = 0; i < rows; ++i) order[i] = static_cast<uint32_t>(i);
+      std::shuffle(order.begin(), order.end(), rng);
+      std::vector<RowCopy> copies;
+      for (size_t i = 0; i < rng() % (rows + 1); ++i) {
+        copies.push_back({static_cast<uint32_t>(rng() % rows), order[i]});
+      }
+      std::vector<uint8_t> e = dsts.back();
+      for (const RowCopy& c : copies) {
+        std::memcpy(e.data() + c.dst_row * rb, srcs.back().data() + c.src_row * rb, rb);
+      }
+      expected.push_back(std::move(e));
+      copy_lists.push_back(std::move(copies));
+      row_bytes.push_back(rb);
+    }
+    for (int threads : {1, 2, 3}) {
+      std::vector<std::vector<uint8_t>> out = dsts;
+      std::vector<RowGatherJob> jobs;
+      for (size_t j = 0; j < num_jobs; ++j) {
+        const size_t rows = srcs[j].size() / row_bytes[j];
+        jobs.push_back({{srcs[j].data(), rows, row_bytes[j]},
+                        {out[j].data(), rows, row_bytes[j]},
+                        row_bytes[j],
+                        copy_lists[j]});
+      }
+      ASSERT_TRUE(GatherRowsBatch(jobs, threads).ok());
+      ASSERT_EQ(out, expected) << "trial " << trial << ", " << threads << " threads";
+    }
+  }
+}
+
+TEST(GatherRowsErrorTest, BatchNamesTheFailingJobAndWritesNothing) {
+  std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
+  const std::vector<RowCopy> good = {{0, 0}}, bad = {{5, 1}};
+  const std::vector<RowGatherJob> jobs = {
+      {{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, good},
+      {{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, bad}};
+  const absl::Status s = GatherRowsBatch(jobs, 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("gather 1: copy 0 reads source row 5"));
+  EXPECT_EQ(dst, std::vector<uint8_t>(32, 7));
+}
+
+TEST(GatherRowsErrorTest, SourceRowOutOfRange) {
+  std::vector<uint8_t> src(4 * 8), dst(4 * 8, 7);
+  const std::vector<RowCopy> copies = {{0, 0}, {4, 1}};
+  const absl::Status s = GatherRows({src.data(), 4, 8}, {dst.data(), 4, 8}, 8, copies, 1);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("copy 1 reads source row 4 of a 4-row"));
+  EXPECT_EQ(dst, std::vector<uint8_t>(32, 7)) << "nothing may be written";
+}
+
+TEST(GatherRowsErrorTest, DestinationRowOutOfRange) {
+  std::vector<uint8_t> src(4 * 8), dst(4 * 8, 7);
+  const std::vector<RowCopy> copies = {{0, 9}};
+  const absl::Status s = GatherRows({src.data(), 4, 8}, {dst.data(), 4, 8}, 8, copies, 1);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("destination row 9"));
+}
+
+TEST(GatherRowsErrorTest, RowWiderThanStride) {
+  std::vector<uint8_t> src(4 * 8), dst(4 * 8);
+  const std::vector<RowCopy> copies = {{0, 0}};
+  const absl::Status s = GatherRows({src.data(), 4, 8}, {dst.data(), 4, 8}, 9, copies, 1);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("row of 9 bytes"));
+}
+
+TEST(GatherRowsErrorTest, NullMatrix) {
+  std::vector<uint8_t> dst(8);
+  const std::vector<RowCopy> copies = {{0, 0}};
+  const absl::Status s = GatherRows({nullptr, 1, 8}, {dst.data(), 1, 8}, 8, copies, 1);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("null"));
+}
+
+// Plain per-element reference: dst[c][r] = src[r][c].
+void ReferenceTranspose(const uint8_t* src, size_t rows, size_t cols,
+                        size_t src_stride, size_t elem, uint8_t* dst,
+                        size_t dst_stride) {
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t c = 0; c < cols; ++c) {
+      std::memcpy(dst + c * dst_stride + r * elem, src + r * src_stride + c * elem, elem);
+    }
+  }
+}
+
+TEST(TransposeTest, MatchesReferenceAtEveryLevelThreadCountAndShape) {
+  std::mt19937_64 rng(13);
+  static constexpr size_t kDims[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 257};
+  for (int trial = 0; trial < 400; ++trial) {
+    const size_t elem = size_t{1} << (rng() % 4);  // 1, 2, 4, 8
+    const bool large = trial % 25 == 0;             // the parallel path
+    const size_t rows = large ? 700 + rng() % 9 : kDims[rng() % 13];
+    const size_t cols = large ? 600 + rng() % 9 : kDims[rng() % 13];
+    // Padded and unpadded strides; 64-aligned destination lines sometimes
+    // (the streaming-store path) and sometimes not.
+    const size_t src_stride = cols * elem + (rng() % 2) * elem * (1 + rng() % 5);
+    const size_t dst_stride = rng() % 2 == 0 ? (rows * elem + 63) / 64 * 64
+                                             : rows * elem + elem * (rng() % 3);
+    const std::vector<uint8_t> src = RandomBytes(rng, rows * src_stride);
+    std::vector<uint8_t> expected(cols * dst_stride + 64, 0xAB);
+    ReferenceTranspose(src.data(), rows, cols, src_stride, elem, expected.data(),
+                       dst_stride);
+    for (SimdLevel level : SupportedSimdLevels()) {
+      for (int threads : {1, 2}) {
+        memory::AlignedBuffer out = *memory::AlignedBuffer::Allocate(expected.size());
+        std::memset(out.data(), 0xAB, out.size());
+        const absl::Status s =
+            Transpose({src.data(), rows, src_stride}, cols, elem,
+                      {out.data(), cols, dst_stride}, {threads, level});
+        ASSERT_TRUE(s.ok()) << s;
+        ASSERT_EQ(0, std::memcmp(out.data(), expected.data(), expected.size()))
+            << absl::StrFormat("trial %d: %dx%d of %d-byte elements, strides %d/%d, "
+                               "level %s, %d threads",
+                               trial, rows, cols, elem, src_stride, dst_stride,
+                               SimdLevelName(level), threads);
+      }
+    }
+  }
+}
+
+TEST(GatherColumnsTest, MatchesReference) {
+  std::mt19937_64 rng(14);
+  for (int trial = 0; trial < 400; ++trial) {
+    const size_t elem = size_t{1} << (rng() % 4);
+    const bool large = trial % 25 == 0;
+    const size_t rows = large ? 900 : rng() % 70;
+    const size_t cols = large ? 1000 : 1 + rng() % 90;
+    const size_t src_stride = cols * elem + (rng() % 2) * elem;
+    const size_t dst_stride = rows * elem + (rng() % 2) * 64;
+    const std::vector<uint8_t> src = RandomBytes(rng, rows * src_stride);
+    std::vector<uint32_t> columns(rng() % (cols + 1));
+    for (auto& c : columns) c = static_cast<uint32_t>(rng() % cols);
+    std::vector<uint8_t> expected(columns.size() * dst_stride, 0x5A);
+    for (size_t k = 0; k < columns.size(); ++k) {
+      for (size_t r = 0; r < rows; ++r) {
+        std::memcpy(expected.data() + k * dst_stride + r * elem,
+                    src.data() + r * src_stride + columns[k] * elem, elem);
+      }
+    }
+    for (int threads : {1, 2}) {
+      std::vector<uint8_t> out(expected.size(), 0x5A);
+      const absl::Status s =
+          GatherColumns({src.data(), rows, src_stride}, cols, elem, columns,
+                        {out.data(), columns.size(), dst_stride}, {threads});
+      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_EQ(out, expected) << absl::StrFormat(
+          "trial %d: %d of %d columns, %d rows, %d-byte elements, %d threads",
+          trial, columns.size(), cols, rows, elem, threads);
+    }
+  }
+}
+
+TEST(TransposeErrorTest, UnsupportedElementSize) {
+  std::vector<uint8_t> src(12), dst(12);
+  const absl::Status s = Transpose({src.data(), 2, 6}, 2, 3, {dst.data(), 2, 6});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("element size 3"));
+}
+
+TEST(TransposeErrorTest, ShapeMismatch) {
+  std::vector<uint8_t> src(64), dst(64, 1);
+  absl::Status s = Transpose({src.data(), 4, 16}, 4, 4, {dst.data(), 3, 16});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("needs 4 destination rows, got 3"));
+  s = Transpose({src.data(), 4, 8}, 4, 4, {dst.data(), 4, 16});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("stride of 8 bytes"));
+  s = Transpose({src.data(), 4, 16}, 4, 4, {dst.data(), 4, 8});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(dst, std::vector<uint8_t>(64, 1));
+}
+
+TEST(TransposeErrorTest, ColumnOutOfRange) {
+  std::vector<uint8_t> src(64), dst(64);
+  const std::vector<uint32_t> columns = {0, 4};
+  const absl::Status s =
+      GatherColumns({src.data(), 4, 16}, 4, 4, columns, {dst.data(), 2, 16});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("column index 4 at position 1"));
+}
+
+}  // namespace
+}  // namespace sparse_mlp::gather
