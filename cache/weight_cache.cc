@@ -1,0 +1,439 @@
+#include "cache/weight_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/strings/str_format.h"
+#include "gather/parallel_copy.h"
+#include "gather/row_gather.h"
+#include "gather/transpose.h"
+#include "memory/size_math.h"
+
+namespace sparse_mlp::cache {
+namespace {
+
+absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
+                             const diff::NeuronMask& initial_mask) {
+  if (o.hidden_size == 0) {
+    return absl::InvalidArgumentError("hidden_size must be positive, got 0");
+  }
+  if (o.intermediate_size == 0) {
+    return absl::InvalidArgumentError(
+        "intermediate_size must be positive, got 0");
+  }
+  if (o.intermediate_size > diff::NeuronMask::kMaxNeurons) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "intermediate_size %u exceeds the maximum of %u neurons",
+        o.intermediate_size, diff::NeuronMask::kMaxNeurons));
+  }
+  if (o.dtype != DType::kFloat32 && o.dtype != DType::kBFloat16 &&
+      o.dtype != DType::kFloat16) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "unsupported element type %d", static_cast<int>(o.dtype)));
+  }
+  if (o.has_gate && w.gate == nullptr) {
+    return absl::InvalidArgumentError("gate weight is null but has_gate is set");
+  }
+  if (w.up == nullptr) return absl::InvalidArgumentError("up weight is null");
+  if (w.down == nullptr) return absl::InvalidArgumentError("down weight is null");
+  if (!o.has_gate && o.layout == PackedLayout::kInterleavedGateUp) {
+    return absl::InvalidArgumentError(
+        "the interleaved gate/up layout needs a gate projection");
+  }
+  if (o.num_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_threads must be at least 1, got %d", o.num_threads));
+  }
+  if (!(o.repack_fraction > 0.0 && o.repack_fraction <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "repack_fraction must be in (0, 1], got %g", o.repack_fraction));
+  }
+  if (initial_mask.size() != o.intermediate_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "initial mask has %u neurons, intermediate_size is %u",
+        initial_mask.size(), o.intermediate_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MaskSizeError(size_t got, size_t expected) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "mask has %u neurons, the cache has intermediate_size %u", got, expected));
+}
+
+}  // namespace
+
+absl::StatusOr<memory::AlignedBuffer> WeightCache::Allocate(size_t bytes) const {
+  if (options_.arena != nullptr) return options_.arena->Allocate(bytes);
+  return memory::AlignedBuffer::Allocate(bytes, memory::kCacheLineBytes,
+                                         memory::HugePageAdvice::kHugePages);
+}
+
+size_t WeightCache::PackedRowBytes() const {
+  return options_.layout == PackedLayout::kInterleavedGateUp ? 2 * row_bytes()
+                                                             : row_bytes();
+}
+
+absl::StatusOr<WeightCache> WeightCache::Create(
+    const WeightCacheOptions& options, const MlpWeights& weights,
+    const diff::NeuronMask& initial_mask) {
+  if (absl::Status s = ValidateOptions(options, weights, initial_mask); !s.ok()) {
+    return s;
+  }
+  const size_t elem = DTypeSize(options.dtype);
+  absl::StatusOr<size_t> row_bytes = memory::CheckedMul(options.hidden_size, elem);
+  if (!row_bytes.ok()) return row_bytes.status();
+  absl::StatusOr<size_t> matrix_bytes =
+      memory::CheckedMul(*row_bytes, options.intermediate_size);
+  if (!matrix_bytes.ok()) return matrix_bytes.status();
+  // Twice a row (interleaved layout) and a full packed buffer must fit too.
+  if (absl::StatusOr<size_t> both = memory::CheckedMul(*matrix_bytes, 2);
+      !both.ok()) {
+    return both.status();
+  }
+
+  WeightCache cache;
+  cache.options_ = options;
+  const size_t num_neurons = options.intermediate_size;
+  const int threads = options.num_threads;
+  const bool copy = options.ownership == SourceOwnership::kCopy;
+
+  auto owned_copy = [&](const void* src, memory::AlignedBuffer* owned,
+                        const uint8_t** view) -> absl::Status {
+    absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*matrix_bytes);
+    if (!buffer.ok()) return buffer.status();
+    gather::ParallelCopy(buffer->data(), src, *matrix_bytes, threads);
+    *owned = *std::move(buffer);
+    *view = owned->data();
+    return absl::OkStatus();
+  };
+  if (options.has_gate) {
+    if (copy) {
+      if (absl::Status s = owned_copy(weights.gate, &cache.gate_owned_, &cache.gate_src_);
+          !s.ok()) {
+        return s;
+      }
+    } else {
+      cache.gate_src_ = static_cast<const uint8_t*>(weights.gate);
+    }
+  }
+  if (copy) {
+    if (absl::Status s = owned_copy(weights.up, &cache.up_owned_, &cache.up_src_);
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    cache.up_src_ = static_cast<const uint8_t*>(weights.up);
+  }
+  if (options.down_layout == DownLayout::kHiddenMajor) {
+    absl::StatusOr<memory::AlignedBuffer> down = cache.Allocate(*matrix_bytes);
+    if (!down.ok()) return down.status();
+    gather::TransposeOptions transpose;
+    transpose.num_threads = threads;
+    if (absl::Status s = gather::Transpose(
+            {weights.down, options.hidden_size, num_neurons * elem}, num_neurons,
+            elem, {down->data(), num_neurons, *row_bytes}, transpose);
+        !s.ok()) {
+      return s;
+    }
+    cache.down_owned_ = *std::move(down);
+    cache.down_src_ = cache.down_owned_.data();
+  } else if (copy) {
+    if (absl::Status s = owned_copy(weights.down, &cache.down_owned_, &cache.down_src_);
+        !s.ok()) {
+      return s;
+    }
+  } else {
+    cache.down_src_ = static_cast<const uint8_t*>(weights.down);
+  }
+
+  // Hot-path scratch sized once for the worst case (every neuron changes),
+  // so updates never allocate.
+  cache.map_.neuron_to_slot.assign(num_neurons, kNoSlot);
+  cache.map_.slot_to_neuron.reserve(num_neurons);
+  cache.diff_.added.reserve(num_neurons);
+  cache.diff_.removed.reserve(num_neurons);
+  cache.plan_.loads.reserve(num_neurons);
+  cache.plan_.moves.reserve(num_neurons);
+  cache.plan_.holes.reserve(num_neurons);
+  cache.active_scratch_.reserve(num_neurons);
+  cache.applied_ = diff::NeuronMask(num_neurons);
+  cache.requested_ = diff::NeuronMask(num_neurons);
+  cache.incoming_ = initial_mask;
+
+  // A quarter of headroom over the first mask before the first growth.
+  const size_t initial_active = initial_mask.CountActive();
+  if (absl::Status s = cache.Reserve(
+          std::min(num_neurons, initial_active + initial_active / 4));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = cache.ApplyIncoming(/*respect_tolerance=*/false); !s.ok()) {
+    return s;
+  }
+  return cache;
+}
+
+absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
+  if (mask.size() != options_.intermediate_size) {
+    return MaskSizeError(mask.size(), options_.intermediate_size);
+  }
+  if (absl::Status s = incoming_.AssignWords(mask.words()); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::UpdateFromBytes(absl::Span<const uint8_t> mask) {
+  if (absl::Status s = incoming_.AssignBytes(mask); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::UpdateFromIndices(
+    absl::Span<const uint32_t> sorted_indices) {
+  if (absl::Status s = incoming_.AssignIndices(sorted_indices); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
+                                             size_t rows) {
+  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows); !s.ok()) {
+    return s;
+  }
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::CatchUp() {
+  if (absl::Status s = incoming_.AssignWords(requested_.words()); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/false);
+}
+
+absl::Status WeightCache::set_num_threads(int num_threads) {
+  if (num_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_threads must be at least 1, got %d", num_threads));
+  }
+  options_.num_threads = num_threads;
+  return absl::OkStatus();
+}
+
+absl::Status WeightCache::Reserve(size_t active) {
+  if (active > options_.intermediate_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cannot reserve %u active neurons in a layer of %u", active,
+        options_.intermediate_size));
+  }
+  if (active <= capacity_) return absl::OkStatus();
+  return Grow(active);
+}
+
+absl::Status WeightCache::Grow(size_t min_capacity) {
+  // Amortized growth: 1.5x, capped at I (no mask can need more).
+  const size_t target = std::min(
+      options_.intermediate_size, std::max(min_capacity, capacity_ + capacity_ / 2));
+  // Cannot overflow: target <= I and I x (2 x row) was checked in Create.
+  const size_t packed_bytes = target * PackedRowBytes();
+  const size_t down_bytes = target * row_bytes();
+  memory::AlignedBuffer gate, up, down;
+  const bool split_gate = options_.has_gate && options_.layout == PackedLayout::kSplit;
+  const bool interleaved = options_.layout == PackedLayout::kInterleavedGateUp;
+  if (split_gate || interleaved) {
+    absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
+    if (!b.ok()) return b.status();
+    gate = *std::move(b);
+  }
+  if (!interleaved) {
+    absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
+    if (!b.ok()) return b.status();
+    up = *std::move(b);
+  }
+  {
+    absl::StatusOr<memory::AlignedBuffer> b = Allocate(down_bytes);
+    if (!b.ok()) return b.status();
+    down = *std::move(b);
+  }
+  // Nothing can fail from here on.
+  const size_t active = num_active();
+  const int threads = options_.num_threads;
+  if (!gate.empty() && active > 0) {
+    gather::ParallelCopy(gate.data(), gate_packed_.data(), active * PackedRowBytes(),
+                         threads);
+  }
+  if (!up.empty() && active > 0) {
+    gather::ParallelCopy(up.data(), up_packed_.data(), active * row_bytes(), threads);
+  }
+  if (active > 0) {
+    gather::ParallelCopy(down.data(), down_packed_.data(), active * row_bytes(),
+                         threads);
+  }
+  gate_packed_ = std::move(gate);
+  up_packed_ = std::move(up);
+  down_packed_ = std::move(down);
+  capacity_ = target;
+  ++version_;
+  return absl::OkStatus();
+}
+
+absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
+  UpdateStats stats;
+  stats.changed_neurons = *diff::CountMaskChanges(applied_, incoming_);
+  if (stats.changed_neurons == 0 ||
+      (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
+    stats.skipped = stats.changed_neurons != 0;
+    std::swap(requested_, incoming_);
+    lag_ = stats.changed_neurons;
+    last_update_ = stats;
+    return absl::OkStatus();
+  }
+
+  diff::DiffOptions diff_options;
+  diff_options.num_threads = options_.num_threads;
+  // Sizes match (checked by every caller), so this cannot fail.
+  (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
+  const size_t new_active =
+      num_active() + diff_.added.size() - diff_.removed.size();
+  if (new_active > capacity_) {
+    if (absl::Status s = Grow(new_active); !s.ok()) return s;
+    stats.grew = true;
+  }
+
+  const size_t rewritten = std::max(diff_.added.size(), diff_.removed.size());
+  if (static_cast<double>(rewritten) >=
+      options_.repack_fraction * static_cast<double>(new_active)) {
+    incoming_.ToIndices(&active_scratch_);
+    PlanRepack(active_scratch_, &map_, &plan_);
+  } else {
+    PlanDifferentialUpdate(diff_.added, diff_.removed, &map_, &plan_);
+  }
+  ExecutePlan();
+
+  std::swap(applied_, incoming_);
+  (void)requested_.AssignWords(applied_.words());
+  lag_ = 0;
+  ++version_;
+  stats.rows_loaded = plan_.loads.size();
+  stats.rows_moved = plan_.moves.size();
+  stats.repacked = plan_.repack;
+  const size_t matrices = options_.has_gate ? 3 : 2;
+  stats.bytes_copied = (stats.rows_loaded + stats.rows_moved) * row_bytes() * matrices;
+  last_update_ = stats;
+  return absl::OkStatus();
+}
+
+void WeightCache::ExecutePlan() {
+  const size_t rb = row_bytes();
+  const size_t num_neurons = options_.intermediate_size;
+  const absl::Span<const gather::RowCopy> loads = plan_.loads;
+  const absl::Span<const gather::RowCopy> moves = plan_.moves;
+  gather::RowGatherJob jobs[6];
+  size_t n = 0;
+  auto packed = [&](memory::AlignedBuffer& buffer, size_t offset, size_t stride) {
+    return gather::RowsView{buffer.data() + offset, capacity_, stride};
+  };
+  auto packed_src = [&](memory::AlignedBuffer& buffer, size_t stride) {
+    return gather::ConstRowsView{buffer.data(), capacity_, stride};
+  };
+  if (options_.layout == PackedLayout::kInterleavedGateUp) {
+    const size_t stride = 2 * rb;
+    jobs[n++] = {{gate_src_, num_neurons, rb}, packed(gate_packed_, 0, stride), rb, loads};
+    jobs[n++] = {{up_src_, num_neurons, rb}, packed(gate_packed_, rb, stride), rb, loads};
+    jobs[n++] = {packed_src(gate_packed_, stride), packed(gate_packed_, 0, stride),
+                 stride, moves};
+  } else {
+    if (options_.has_gate) {
+      jobs[n++] = {{gate_src_, num_neurons, rb}, packed(gate_packed_, 0, rb), rb, loads};
+      jobs[n++] = {packed_src(gate_packed_, rb), packed(gate_packed_, 0, rb), rb, moves};
+    }
+    jobs[n++] = {{up_src_, num_neurons, rb}, packed(up_packed_, 0, rb), rb, loads};
+    jobs[n++] = {packed_src(up_packed_, rb), packed(up_packed_, 0, rb), rb, moves};
+  }
+  jobs[n++] = {{down_src_, num_neurons, rb}, packed(down_packed_, 0, rb), rb, loads};
+  jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
+  const absl::Status s =
+      gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads);
+  if (!s.ok()) {
+    // The plan indexes only valid neurons and slots below capacity_; a
+    // failure here is a bug in the planner, not a caller error.
+    ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error executing a cache update: %s",
+                 std::string(s.message()).c_str());
+  }
+}
+
+MatrixView WeightCache::gate() const {
+  if (!options_.has_gate) {
+    return {nullptr, 0, options_.hidden_size, options_.hidden_size, 1, options_.dtype};
+  }
+  const size_t h = options_.hidden_size;
+  const size_t stride = options_.layout == PackedLayout::kInterleavedGateUp ? 2 * h : h;
+  return {gate_packed_.data(), num_active(), h, stride, 1, options_.dtype};
+}
+
+MatrixView WeightCache::up() const {
+  const size_t h = options_.hidden_size;
+  if (options_.layout == PackedLayout::kInterleavedGateUp) {
+    return {gate_packed_.data() + row_bytes(), num_active(), h, 2 * h, 1,
+            options_.dtype};
+  }
+  return {up_packed_.data(), num_active(), h, h, 1, options_.dtype};
+}
+
+MatrixView WeightCache::down_rows() const {
+  const size_t h = options_.hidden_size;
+  return {down_packed_.data(), num_active(), h, h, 1, options_.dtype};
+}
+
+MatrixView WeightCache::down_hidden_major() const {
+  const size_t h = options_.hidden_size;
+  return {down_packed_.data(), h, num_active(), 1, h, options_.dtype};
+}
+
+absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
+  if (options_.layout != PackedLayout::kInterleavedGateUp) {
+    return absl::FailedPreconditionError(
+        "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp");
+  }
+  const size_t h = options_.hidden_size;
+  return MatrixView{gate_packed_.data(), num_active(), 2 * h, 2 * h, 1,
+                    options_.dtype};
+}
+
+absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const {
+  if (!options_.has_gate) {
+    return absl::FailedPreconditionError(
+        "the concatenated [gate; up] weight needs a gate projection");
+  }
+  const size_t rb = row_bytes();
+  const size_t active = num_active();
+  if (out.size() != 2 * active * rb) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "output has %u bytes, [2 x %u, %u] of %s needs %u", out.size(), active,
+        options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
+  }
+  if (active == 0) return absl::OkStatus();
+  if (options_.layout == PackedLayout::kSplit) {
+    gather::ParallelCopy(out.data(), gate_packed_.data(), active * rb,
+                         options_.num_threads);
+    gather::ParallelCopy(out.data() + active * rb, up_packed_.data(), active * rb,
+                         options_.num_threads);
+    return absl::OkStatus();
+  }
+  for (size_t s = 0; s < active; ++s) {
+    std::memcpy(out.data() + s * rb, gate_packed_.data() + 2 * s * rb, rb);
+    std::memcpy(out.data() + (active + s) * rb, gate_packed_.data() + (2 * s + 1) * rb,
+                rb);
+  }
+  return absl::OkStatus();
+}
+
+size_t WeightCache::memory_bytes() const {
+  auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
+  return gate_owned_.size() + up_owned_.size() + down_owned_.size() +
+         gate_packed_.size() + up_packed_.size() + down_packed_.size() +
+         3 * applied_.words().size() * sizeof(uint64_t) +
+         vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
+         vector_bytes(diff_.added) + vector_bytes(diff_.removed) +
+         vector_bytes(plan_.loads) + vector_bytes(plan_.moves) +
+         vector_bytes(plan_.holes) + vector_bytes(active_scratch_);
+}
+
+}  // namespace sparse_mlp::cache

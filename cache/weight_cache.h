@@ -1,0 +1,248 @@
+// WeightCache: the packed active weights of one gated MLP layer, updated
+// differentially as the active-neuron mask changes.
+//
+// A gated MLP has gate[I, H] and up[I, H] (a row per neuron) and down[H, I]
+// (a column per neuron; PyTorch nn.Linear layout). For a mask over the I
+// neurons the cache holds, in slots 0..A-1, the active neurons' gate rows,
+// up rows and down columns (stored as rows), so a sparse forward runs dense
+// GEMV/GEMM on A x H matrices. Data flow of an update:
+//
+//   mask -> diff (diff/) -> plan (update_plan.h) -> gather (gather/) -> views
+//
+// Only neurons that enter or leave move: max(|added|, |removed|) row writes
+// per matrix, all copies of an update in one parallel batch. When most of
+// the set changes, the cache repacks instead (all rows in ascending neuron
+// order; threshold: repack_fraction). Capacity grows as needed (amortized
+// 1.5x, never dropping a neuron); Reserve() pre-sizes it so that the hot path
+// never allocates. After every applied update the packed rows are exactly
+// those of the applied mask, slot s holding neuron active_indices()[s].
+//
+// Tolerance (opt-in, default 0 = exact): an update that changes fewer than
+// `tolerance` neurons is skipped; lag() then reports by how many neurons the
+// cache differs from the last requested mask (always < tolerance), and the
+// next update that is applied, or CatchUp(), makes it exact again.
+//
+// Sources and ownership. down is turned neuron-major once at construction
+// (parallel blocked transpose, gather/transpose.h) unless the caller passes
+// it neuron-major already. With SourceOwnership::kCopy (default) the cache
+// copies gate, up and the neuron-major down into its own aligned storage and
+// the caller's arrays may be freed after Create. With kBorrow it reads gate,
+// up (and down, when given neuron-major) in place: those arrays must stay
+// alive and unchanged for the cache's whole lifetime. memory_bytes() reports
+// what the cache itself holds. Storage comes from the heap (huge-page
+// advised) or, when options.arena is set, from that Arena, which must then
+// outlive the cache.
+//
+// Views. gate(), up(), down_rows(), down_hidden_major() and
+// gate_up_interleaved() point into the packed buffers without copying. They
+// stay valid until the next non-const call (an update may rewrite rows in
+// place, and growing the capacity moves the buffers). The seed API's
+// concatenated [gate; up] ([2A, H]) cannot be a zero-copy view with O(change)
+// updates (every neuron's up row would shift whenever A changes), so
+// CopyConcatenatedGateUp materializes it at O(A x H) per call; new callers
+// should use PackedLayout::kInterleavedGateUp, whose [A, 2H] view (gate row,
+// then up row, per neuron) feeds one fused GEMM with no copy.
+//
+// Errors: every failure returns an absl::Status naming the bad value, and the
+// cache is unchanged after it (validation and allocation happen before any
+// state changes).
+//
+// Thread-safety: thread-compatible. Const methods (views, accessors) may run
+// concurrently; Update/Reserve/CatchUp/setters need exclusive access. The
+// copies inside one update use options.num_threads OpenMP threads.
+#ifndef SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
+#define SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/dtype.h"
+#include "cache/update_plan.h"
+#include "diff/mask_diff.h"
+#include "diff/neuron_mask.h"
+#include "memory/aligned_buffer.h"
+#include "memory/arena.h"
+
+namespace sparse_mlp::cache {
+
+enum class PackedLayout {
+  kSplit,              // gate [A, H], up [A, H], down [A, H]: three buffers
+  kInterleavedGateUp,  // gate_up [A, 2H] (gate row | up row), down [A, H]
+};
+
+enum class SourceOwnership { kCopy, kBorrow };
+
+enum class DownLayout {
+  kHiddenMajor,  // down is [H, I] (nn.Linear weight): transposed once
+  kNeuronMajor,  // down is already [I, H]
+};
+
+struct WeightCacheOptions {
+  // Repack when max(|added|, |removed|) >= repack_fraction x new A. Measured
+  // with //bench:cache (see README): a repack writes A rows where the
+  // differential plan writes max(|added|, |removed|), so it only wins where
+  // the two are equal and its sequential source reads help.
+  static constexpr double kDefaultRepackFraction = 0.9;
+
+  size_t hidden_size = 0;        // H > 0
+  size_t intermediate_size = 0;  // I > 0
+  DType dtype = DType::kFloat32;
+  bool has_gate = true;  // false: up and down only (OPT / ReLU-style MLPs)
+  PackedLayout layout = PackedLayout::kSplit;
+  SourceOwnership ownership = SourceOwnership::kCopy;
+  DownLayout down_layout = DownLayout::kHiddenMajor;
+  int num_threads = 1;   // >= 1
+  size_t tolerance = 0;  // 0 = every update exact
+  double repack_fraction = kDefaultRepackFraction;  // in (0, 1]; 1 = only full churn
+  memory::Arena* arena = nullptr;  // not owned; must outlive the cache
+};
+
+// Row-major weight arrays of options.dtype, contiguous. gate may be null
+// when has_gate is false.
+struct MlpWeights {
+  const void* gate = nullptr;  // [I, H]
+  const void* up = nullptr;    // [I, H]
+  const void* down = nullptr;  // [H, I] or [I, H] per options.down_layout
+};
+
+// A strided matrix view: element (r, c) is at
+// data + (r * row_stride + c * col_stride) * DTypeSize(dtype).
+struct MatrixView {
+  const void* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_stride = 0;  // in elements
+  size_t col_stride = 1;  // in elements
+  DType dtype = DType::kFloat32;
+};
+
+// What the last Update / CatchUp did.
+struct UpdateStats {
+  size_t changed_neurons = 0;  // |added| + |removed| against the applied mask
+  size_t rows_loaded = 0;      // rows per matrix copied from the sources
+  size_t rows_moved = 0;       // rows per matrix moved inside the cache
+  size_t bytes_copied = 0;     // over all matrices
+  bool repacked = false;
+  bool skipped = false;  // below the tolerance
+  bool grew = false;     // capacity was increased (allocation)
+};
+
+class WeightCache {
+ public:
+  // Validates, copies / transposes the sources and packs initial_mask.
+  // Errors (InvalidArgument unless noted): H or I zero or too large, a null
+  // weight pointer (gate only when has_gate), initial_mask.size() != I,
+  // num_threads < 1, repack_fraction outside (0, 1], kInterleavedGateUp
+  // without a gate, byte sizes that overflow (OutOfRange), allocation
+  // failure (ResourceExhausted).
+  static absl::StatusOr<WeightCache> Create(const WeightCacheOptions& options,
+                                            const MlpWeights& weights,
+                                            const diff::NeuronMask& initial_mask);
+
+  WeightCache(WeightCache&&) = default;
+  WeightCache& operator=(WeightCache&&) = default;
+  WeightCache(const WeightCache&) = delete;
+  WeightCache& operator=(const WeightCache&) = delete;
+
+  // Makes the packed rows match `mask` (subject to the tolerance). O(I / 64)
+  // for the diff plus O(changes x H) copying; no allocation unless the
+  // capacity must grow. Errors: mask size != I (InvalidArgument), capacity
+  // growth failing (ResourceExhausted); the cache is unchanged after either.
+  absl::Status Update(const diff::NeuronMask& mask);
+  // The same, from the other mask forms of diff/neuron_mask.h (validated as
+  // there: length, range, order).
+  absl::Status UpdateFromBytes(absl::Span<const uint8_t> mask);
+  absl::Status UpdateFromIndices(absl::Span<const uint32_t> sorted_indices);
+  // The union of a [rows, I] byte matrix (a batch of tokens).
+  absl::Status UpdateFromByteRows(absl::Span<const uint8_t> matrix, size_t rows);
+
+  // Applies the last requested mask exactly, ignoring the tolerance.
+  absl::Status CatchUp();
+
+  // Ensures capacity for `active` neurons. InvalidArgument when active > I;
+  // ResourceExhausted on allocation failure (cache unchanged).
+  absl::Status Reserve(size_t active);
+
+  absl::Status set_num_threads(int num_threads);
+  void set_tolerance(size_t tolerance) { options_.tolerance = tolerance; }
+
+  size_t num_active() const { return map_.slot_to_neuron.size(); }
+  size_t capacity() const { return capacity_; }
+  size_t hidden_size() const { return options_.hidden_size; }
+  size_t intermediate_size() const { return options_.intermediate_size; }
+  DType dtype() const { return options_.dtype; }
+  bool has_gate() const { return options_.has_gate; }
+  PackedLayout layout() const { return options_.layout; }
+  int num_threads() const { return options_.num_threads; }
+  size_t tolerance() const { return options_.tolerance; }
+
+  // Slot -> neuron of the packed rows.
+  absl::Span<const uint32_t> active_indices() const {
+    return map_.slot_to_neuron;
+  }
+  // The mask the packed rows match, and the one last requested.
+  const diff::NeuronMask& applied_mask() const { return applied_; }
+  const diff::NeuronMask& requested_mask() const { return requested_; }
+  // Neurons by which applied_mask() differs from requested_mask().
+  size_t lag() const { return lag_; }
+  const UpdateStats& last_update() const { return last_update_; }
+  // Incremented by every update that rewrote rows or moved the buffers.
+  uint64_t version() const { return version_; }
+
+  // [A, H] views (see the header comment for their lifetime). gate() is an
+  // empty view (null data, 0 rows) when has_gate() is false.
+  MatrixView gate() const;
+  MatrixView up() const;
+  MatrixView down_rows() const;          // [A, H]: neuron-major down
+  MatrixView down_hidden_major() const;  // [H, A]: strides (1, H)
+  // [A, 2H]; FailedPrecondition unless layout() is kInterleavedGateUp.
+  absl::StatusOr<MatrixView> gate_up_interleaved() const;
+
+  // Writes the seed API's [2A, H]: all active gate rows, then all active up
+  // rows, in slot order. O(A x H) copy. FailedPrecondition without a gate;
+  // InvalidArgument unless out.size() == 2 x A x H x element size.
+  absl::Status CopyConcatenatedGateUp(absl::Span<uint8_t> out) const;
+
+  // Bytes the cache holds: owned source copies, packed buffers (at
+  // capacity), masks and index maps.
+  size_t memory_bytes() const;
+
+ private:
+  WeightCache() = default;
+
+  size_t row_bytes() const { return options_.hidden_size * DTypeSize(options_.dtype); }
+  size_t PackedRowBytes() const;  // bytes of one slot in the gate/up buffer
+  absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
+  absl::Status Grow(size_t min_capacity);
+  // Applies incoming_ (already validated).
+  absl::Status ApplyIncoming(bool respect_tolerance);
+  void ExecutePlan();
+
+  WeightCacheOptions options_;
+  // Sources: neuron-major [I, H] rows (owned copies or borrowed).
+  const uint8_t* gate_src_ = nullptr;
+  const uint8_t* up_src_ = nullptr;
+  const uint8_t* down_src_ = nullptr;
+  memory::AlignedBuffer gate_owned_, up_owned_, down_owned_;
+  // Packed rows, capacity_ slots each. kSplit: gate_packed_ and up_packed_;
+  // kInterleavedGateUp: gate_packed_ holds [gate | up] per slot.
+  memory::AlignedBuffer gate_packed_, up_packed_, down_packed_;
+  size_t capacity_ = 0;
+
+  SlotMap map_;
+  diff::NeuronMask applied_, requested_, incoming_;
+  diff::MaskDiff diff_;
+  UpdatePlan plan_;
+  std::vector<uint32_t> active_scratch_;
+  size_t lag_ = 0;
+  uint64_t version_ = 0;
+  UpdateStats last_update_;
+};
+
+}  // namespace sparse_mlp::cache
+
+#endif  // SPARSE_MLP_CACHE_WEIGHT_CACHE_H_

@@ -1,0 +1,553 @@
+// cache/: the weight cache against a reference model (plain loops gathering
+// the mask's rows) after every step of thousands of random update sequences
+// over every configuration; the planner's invariants; one test per error
+// class. Fixed seeds; a failure prints the configuration, step and neuron.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "cache/update_plan.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "memory/arena.h"
+
+namespace sparse_mlp::cache {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Random weights of the given element size (bytes are bytes to the cache).
+struct Weights {
+  size_t h, i, elem;
+  std::vector<uint8_t> gate, up, down;          // [I,H], [I,H], [H,I]
+  std::vector<uint8_t> down_neuron_major;       // [I,H]
+  MlpWeights View(bool has_gate, DownLayout down_layout) const {
+    return {has_gate ? gate.data() : nullptr, up.data(),
+            down_layout == DownLayout::kHiddenMajor ? down.data()
+                                                    : down_neuron_major.data()};
+  }
+};
+
+Weights RandomWeights(std::mt19937_64& rng, size_t h, size_t i, size_t elem) {
+  Weights w{h, i, elem, {}, {}, {}, {}};
+  auto fill = [&](std::vector<uint8_t>& v) {
+    v.resize(h * i * elem);
+    for (auto& b : v) b = static_cast<uint8_t>(rng());
+  };
+  fill(w.gate);
+  fill(w.up);
+  fill(w.down);
+  w.down_neuron_major.resize(w.down.size());
+  for (size_t r = 0; r < h; ++r) {
+    for (size_t c = 0; c < i; ++c) {
+      std::memcpy(&w.down_neuron_major[(c * h + r) * elem], &w.down[(r * i + c) * elem],
+                  elem);
+    }
+  }
+  return w;
+}
+
+// Reference check: every slot holds exactly its neuron's rows, the slots
+// hold exactly the mask's neurons, and the views describe that.
+void ExpectMatches(const WeightCache& cache, const Weights& w,
+                   const diff::NeuronMask& mask, const std::string& where) {
+  const size_t e = w.elem, h = w.h;
+  const std::vector<uint32_t> expected = mask.ToIndices();
+  ASSERT_EQ(cache.num_active(), expected.size()) << where;
+  std::vector<uint32_t> slots(cache.active_indices().begin(),
+                              cache.active_indices().end());
+  std::vector<uint32_t> sorted = slots;
+  std::sort(sorted.begin(), sorted.end());
+  ASSERT_EQ(sorted, expected) << where << ": slots hold the wrong neurons";
+  ASSERT_EQ(cache.applied_mask(), mask) << where;
+  const MatrixView gate = cache.gate(), up = cache.up(), down = cache.down_rows();
+  const MatrixView down_t = cache.down_hidden_major();
+  ASSERT_EQ(down_t.rows, h);
+  ASSERT_EQ(down_t.cols, expected.size());
+  for (size_t s = 0; s < slots.size(); ++s) {
+    const size_t n = slots[s];
+    auto row = [&](const MatrixView& v) {
+      return static_cast<const uint8_t*>(v.data) + s * v.row_stride * e;
+    };
+    if (cache.has_gate()) {
+      ASSERT_EQ(0, std::memcmp(row(gate), &w.gate[n * h * e], h * e))
+          << where << ": gate row of slot " << s << " (neuron " << n << ")";
+    }
+    ASSERT_EQ(0, std::memcmp(row(up), &w.up[n * h * e], h * e))
+        << where << ": up row of slot " << s << " (neuron " << n << ")";
+    for (size_t r = 0; r < h; ++r) {
+      // down column n of [H, I], through both views.
+      const uint8_t* expected_elem = &w.down[(r * w.i + n) * e];
+      ASSERT_EQ(0, std::memcmp(row(down) + r * e, expected_elem, e))
+          << where << ": down of slot " << s << " (neuron " << n << "), row " << r;
+      const uint8_t* via_t = static_cast<const uint8_t*>(down_t.data) +
+                             (r * down_t.row_stride + s * down_t.col_stride) * e;
+      ASSERT_EQ(0, std::memcmp(via_t, expected_elem, e)) << where;
+    }
+  }
+}
+
+struct Config {
+  DType dtype;
+  bool has_gate;
+  PackedLayout layout;
+  SourceOwnership ownership;
+  DownLayout down_layout;
+  int threads;
+  size_t tolerance;
+  std::string Describe() const {
+    return absl::StrFormat(
+        "%s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d", DTypeName(dtype),
+        has_gate, layout == PackedLayout::kSplit ? "split" : "interleaved",
+        ownership == SourceOwnership::kCopy ? "copy" : "borrow",
+        down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance);
+  }
+};
+
+// Next mask of a random sequence: the kinds every cache must survive.
+diff::NeuronMask NextMask(std::mt19937_64& rng, const diff::NeuronMask& current) {
+  const size_t n = current.size();
+  diff::NeuronMask next = current;
+  switch (rng() % 8) {
+    case 0:  // empty
+      next.Clear();
+      break;
+    case 1:  // full
+      for (size_t i = 0; i < n; ++i) next.Set(i, true);
+      break;
+    case 2:  // identical
+      break;
+    case 3: {  // grow: turn on a random fraction of the inactive neurons
+      const double p = (rng() % 100) / 100.0;
+      for (size_t i = 0; i < n; ++i) {
+        if (!next.Test(i) && (rng() % 1000) < p * 1000) next.Set(i, true);
+      }
+      break;
+    }
+    case 4: {  // shrink
+      const double p = (rng() % 100) / 100.0;
+      for (size_t i = 0; i < n; ++i) {
+        if (next.Test(i) && (rng() % 1000) < p * 1000) next.Set(i, false);
+      }
+      break;
+    }
+    case 5: {  // a few flips (typical decode step)
+      for (size_t k = 0; k < 1 + rng() % 4 && n > 0; ++k) {
+        const size_t i = rng() % n;
+        next.Set(i, !next.Test(i));
+      }
+      break;
+    }
+    default: {  // fresh random mask of random density
+      const size_t density = rng() % 101;
+      for (size_t i = 0; i < n; ++i) next.Set(i, rng() % 100 < density);
+    }
+  }
+  return next;
+}
+
+class WeightCacheSequenceTest : public ::testing::TestWithParam<Config> {};
+
+TEST_P(WeightCacheSequenceTest, MatchesReferenceAfterEveryStep) {
+  const Config config = GetParam();
+  std::mt19937_64 rng(std::hash<std::string>()(config.Describe()) & 0xFFFF);
+  static constexpr size_t kShapes[][2] = {{1, 1}, {3, 7}, {16, 64}, {17, 130}, {40, 257}};
+  int sequences = 0;
+  for (const auto& shape : kShapes) {
+    for (int seq = 0; seq < 20; ++seq, ++sequences) {
+      const size_t h = shape[0], i = shape[1];
+      const Weights w = RandomWeights(rng, h, i, DTypeSize(config.dtype));
+      // Start small so later steps grow far beyond the first mask.
+      diff::NeuronMask mask(i);
+      for (size_t k = 0; k < i; ++k) mask.Set(k, rng() % 20 == 0);
+      WeightCacheOptions options;
+      options.hidden_size = h;
+      options.intermediate_size = i;
+      options.dtype = config.dtype;
+      options.has_gate = config.has_gate;
+      options.layout = config.layout;
+      options.ownership = config.ownership;
+      options.down_layout = config.down_layout;
+      options.num_threads = config.threads;
+      options.tolerance = config.tolerance;
+      absl::StatusOr<WeightCache> cache =
+          WeightCache::Create(options, w.View(config.has_gate, config.down_layout), mask);
+      ASSERT_TRUE(cache.ok()) << cache.status();
+      diff::NeuronMask applied = mask;
+      ExpectMatches(*cache, w, applied, config.Describe() + " after Create");
+      for (int step = 0; step < 40; ++step) {
+        const std::string where = absl::StrFormat("%s, shape H=%d I=%d, sequence %d, step %d",
+                                                  config.Describe(), h, i, seq, step);
+        mask = NextMask(rng, mask);
+        ASSERT_TRUE(cache->Update(mask).ok()) << where;
+        const size_t changes = *diff::CountMaskChanges(applied, mask);
+        diff::MaskDiff d;
+        ASSERT_TRUE(diff::ComputeMaskDiff(applied, mask, &d).ok());
+        if (changes != 0 && changes < config.tolerance) {
+          ASSERT_TRUE(cache->last_update().skipped) << where;
+          ASSERT_EQ(cache->lag(), changes) << where;
+          ExpectMatches(*cache, w, applied, where + " (skipped)");
+          if (step % 3 == 0) {
+            ASSERT_TRUE(cache->CatchUp().ok()) << where;
+            applied = mask;
+            ASSERT_EQ(cache->lag(), 0u) << where;
+          }
+        } else {
+          applied = mask;
+          ASSERT_EQ(cache->lag(), 0u) << where;
+          if (!cache->last_update().repacked) {
+            // At most max(|added|, |removed|) row writes per matrix.
+            ASSERT_LE(cache->last_update().rows_loaded + cache->last_update().rows_moved,
+                      std::max(d.added.size(), d.removed.size()))
+                << where;
+          }
+        }
+        ExpectMatches(*cache, w, applied, where);
+      }
+    }
+  }
+  EXPECT_EQ(sequences, 100);
+}
+
+std::vector<Config> AllConfigs() {
+  std::vector<Config> configs;
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    for (bool has_gate : {true, false}) {
+      for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp}) {
+        if (!has_gate && layout == PackedLayout::kInterleavedGateUp) continue;
+        for (int threads : {1, 2}) {
+          for (size_t tolerance : {size_t{0}, size_t{3}}) {
+            const bool alt = (threads + tolerance + static_cast<int>(dtype)) % 2 == 0;
+            configs.push_back({dtype, has_gate, layout,
+                               alt ? SourceOwnership::kBorrow : SourceOwnership::kCopy,
+                               alt ? DownLayout::kNeuronMajor : DownLayout::kHiddenMajor,
+                               threads, tolerance});
+          }
+        }
+      }
+    }
+  }
+  return configs;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllConfigurations, WeightCacheSequenceTest,
+                         ::testing::ValuesIn(AllConfigs()));
+
+// Shapes large enough that every copy runs on two threads and the transpose
+// takes the SIMD tiles, with odd sizes.
+TEST(WeightCacheTest, LargeShapesOnTwoThreads) {
+  std::mt19937_64 rng(77);
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    const size_t h = 520, i = 1031;
+    const Weights w = RandomWeights(rng, h, i, DTypeSize(dtype));
+    diff::NeuronMask mask(i);
+    for (size_t k = 0; k < i; k += 2) mask.Set(k, true);
+    WeightCacheOptions options;
+    options.hidden_size = h;
+    options.intermediate_size = i;
+    options.dtype = dtype;
+    options.num_threads = 2;
+    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    for (int step = 0; step < 12; ++step) {
+      mask = NextMask(rng, mask);
+      ASSERT_TRUE(cache.Update(mask).ok());
+      ExpectMatches(cache, w, mask, absl::StrFormat("%s step %d", DTypeName(dtype), step));
+    }
+  }
+}
+
+TEST(WeightCacheTest, EveryMaskFormGivesTheSameCache) {
+  std::mt19937_64 rng(78);
+  const Weights w = RandomWeights(rng, 8, 100, 4);
+  WeightCacheOptions options;
+  options.hidden_size = 8;
+  options.intermediate_size = 100;
+  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+                                           diff::NeuronMask(100));
+  std::vector<uint8_t> bytes(100, 0);
+  bytes[3] = 1;
+  bytes[50] = 7;
+  ASSERT_TRUE(cache.UpdateFromBytes(bytes).ok());
+  ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {3, 50}), "bytes");
+  ASSERT_TRUE(cache.UpdateFromIndices({1, 2, 99}).ok());
+  ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {1, 2, 99}), "indices");
+  std::vector<uint8_t> matrix(300, 0);
+  matrix[5] = 1;
+  matrix[100 + 6] = 1;
+  matrix[200 + 5] = 1;
+  ASSERT_TRUE(cache.UpdateFromByteRows(matrix, 3).ok());
+  ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {5, 6}), "union of rows");
+}
+
+TEST(WeightCacheTest, NoChangeUpdateCopiesNothing) {
+  std::mt19937_64 rng(79);
+  const Weights w = RandomWeights(rng, 8, 64, 4);
+  WeightCacheOptions options;
+  options.hidden_size = 8;
+  options.intermediate_size = 64;
+  const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(64, {1, 5, 9});
+  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+  const uint64_t version = cache.version();
+  ASSERT_TRUE(cache.Update(mask).ok());
+  EXPECT_EQ(cache.last_update().bytes_copied, 0u);
+  EXPECT_EQ(cache.version(), version);
+}
+
+TEST(WeightCacheTest, ReservePreventsGrowthOnTheHotPath) {
+  std::mt19937_64 rng(80);
+  const Weights w = RandomWeights(rng, 8, 200, 4);
+  WeightCacheOptions options;
+  options.hidden_size = 8;
+  options.intermediate_size = 200;
+  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+                                           *diff::NeuronMask::FromIndices(200, {0}));
+  ASSERT_TRUE(cache.Reserve(200).ok());
+  EXPECT_EQ(cache.capacity(), 200u);
+  diff::NeuronMask full(200);
+  for (size_t k = 0; k < 200; ++k) full.Set(k, true);
+  ASSERT_TRUE(cache.Update(full).ok());
+  EXPECT_FALSE(cache.last_update().grew);
+  ExpectMatches(cache, w, full, "full after reserve");
+}
+
+TEST(WeightCacheTest, ConcatenatedGateUpAndInterleavedViewAgree) {
+  std::mt19937_64 rng(81);
+  const size_t h = 5, i = 40;
+  const Weights w = RandomWeights(rng, h, i, 2);
+  const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(i, {2, 7, 30, 39});
+  for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp}) {
+    WeightCacheOptions options;
+    options.hidden_size = h;
+    options.intermediate_size = i;
+    options.dtype = DType::kBFloat16;
+    options.layout = layout;
+    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    std::vector<uint8_t> concat(2 * 4 * h * 2);
+    ASSERT_TRUE(cache.CopyConcatenatedGateUp(absl::MakeSpan(concat)).ok());
+    for (size_t s = 0; s < 4; ++s) {
+      const uint32_t n = cache.active_indices()[s];
+      EXPECT_EQ(0, std::memcmp(&concat[s * h * 2], &w.gate[n * h * 2], h * 2));
+      EXPECT_EQ(0, std::memcmp(&concat[(4 + s) * h * 2], &w.up[n * h * 2], h * 2));
+    }
+    absl::StatusOr<MatrixView> fused = cache.gate_up_interleaved();
+    if (layout == PackedLayout::kSplit) {
+      EXPECT_EQ(fused.status().code(), absl::StatusCode::kFailedPrecondition);
+      continue;
+    }
+    ASSERT_TRUE(fused.ok());
+    EXPECT_EQ(fused->cols, 2 * h);
+    for (size_t s = 0; s < 4; ++s) {
+      const uint32_t n = cache.active_indices()[s];
+      const uint8_t* row = static_cast<const uint8_t*>(fused->data) + s * 2 * h * 2;
+      EXPECT_EQ(0, std::memcmp(row, &w.gate[n * h * 2], h * 2));
+      EXPECT_EQ(0, std::memcmp(row + h * 2, &w.up[n * h * 2], h * 2));
+    }
+  }
+}
+
+TEST(WeightCacheTest, ArenaBackedCacheAndFootprint) {
+  std::mt19937_64 rng(82);
+  const Weights w = RandomWeights(rng, 16, 128, 4);
+  std::unique_ptr<memory::Arena> arena = *memory::Arena::Create(1 << 20);
+  WeightCacheOptions options;
+  options.hidden_size = 16;
+  options.intermediate_size = 128;
+  options.arena = arena.get();
+  options.ownership = SourceOwnership::kBorrow;
+  {
+    const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(128, {0, 1, 2});
+    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    EXPECT_GT(arena->bytes_in_use(), 128u * 16 * 4);  // the transposed down at least
+    EXPECT_GE(cache.memory_bytes(), arena->bytes_in_use());
+    ExpectMatches(cache, w, mask, "arena");
+  }
+  EXPECT_EQ(arena->bytes_in_use(), 0u) << "the cache gave its regions back";
+}
+
+// ---- Planner invariants (pure logic, no copying).
+
+TEST(UpdatePlanTest, RowWritesMeetTheLowerBoundAndCopiesAreDisjoint) {
+  std::mt19937_64 rng(83);
+  for (int trial = 0; trial < 3000; ++trial) {
+    const size_t n = 1 + rng() % 200;
+    diff::NeuronMask before(n), after(n);
+    for (size_t k = 0; k < n; ++k) {
+      before.Set(k, rng() % 3 == 0);
+      after.Set(k, rng() % 3 == 0);
+    }
+    SlotMap map;
+    map.neuron_to_slot.assign(n, kNoSlot);
+    UpdatePlan plan;
+    PlanRepack(before.ToIndices(), &map, &plan);
+    diff::MaskDiff d;
+    ASSERT_TRUE(diff::ComputeMaskDiff(before, after, &d).ok());
+    PlanDifferentialUpdate(d.added, d.removed, &map, &plan);
+    const std::string where = absl::StrFormat("trial %d: +%d -%d", trial, d.added.size(),
+                                              d.removed.size());
+    // Every added neuron is loaded once; removals in the tail need no move,
+    // so the writes are at most max(|added|, |removed|).
+    ASSERT_EQ(plan.loads.size(), d.added.size()) << where;
+    ASSERT_LE(plan.loads.size() + plan.moves.size(),
+              std::max(d.added.size(), d.removed.size()))
+        << where;
+    std::vector<uint32_t> slots = map.slot_to_neuron;
+    std::sort(slots.begin(), slots.end());
+    ASSERT_EQ(slots, after.ToIndices()) << where;
+    for (size_t s = 0; s < map.slot_to_neuron.size(); ++s) {
+      ASSERT_EQ(map.neuron_to_slot[map.slot_to_neuron[s]], s) << where;
+    }
+    // No copy writes a slot another copy reads, and all stay below A'.
+    std::vector<int> written(n, 0);
+    for (const auto& c : plan.loads) {
+      ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
+      ASSERT_EQ(written[c.dst_row]++, 0) << where;
+    }
+    for (const auto& c : plan.moves) {
+      ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
+      ASSERT_GE(c.src_row, map.slot_to_neuron.size()) << where;
+      ASSERT_EQ(written[c.dst_row]++, 0) << where;
+    }
+  }
+}
+
+// ---- One test per error class; the cache is unchanged after each.
+
+class WeightCacheErrorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::mt19937_64 rng(84);
+    w_ = RandomWeights(rng, 8, 64, 4);
+    options_.hidden_size = 8;
+    options_.intermediate_size = 64;
+    mask_ = *diff::NeuronMask::FromIndices(64, {4, 8, 15});
+  }
+  void ExpectUnchanged(const WeightCache& cache) {
+    ExpectMatches(cache, w_, mask_, "after a failed call");
+  }
+  Weights w_;
+  WeightCacheOptions options_;
+  diff::NeuronMask mask_;
+};
+
+TEST_F(WeightCacheErrorTest, MaskLengthMismatch) {
+  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  absl::Status s = cache.Update(diff::NeuronMask(65));
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("65 neurons"));
+  s = cache.UpdateFromBytes(std::vector<uint8_t>(63, 1));
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("63 entries, expected 64"));
+  s = cache.UpdateFromIndices({3, 64});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  s = cache.UpdateFromByteRows(std::vector<uint8_t>(100, 1), 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  ExpectUnchanged(cache);
+}
+
+TEST_F(WeightCacheErrorTest, ZeroSizes) {
+  options_.hidden_size = 0;
+  absl::StatusOr<WeightCache> cache =
+      WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cache.status().message(), HasSubstr("hidden_size must be positive"));
+  options_.hidden_size = 8;
+  options_.intermediate_size = 0;
+  cache = WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  EXPECT_THAT(cache.status().message(), HasSubstr("intermediate_size must be positive"));
+}
+
+TEST_F(WeightCacheErrorTest, ShapeMismatchBetweenMaskAndWeights) {
+  absl::StatusOr<WeightCache> cache = WeightCache::Create(
+      options_, w_.View(true, DownLayout::kHiddenMajor), diff::NeuronMask(63));
+  ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cache.status().message(), HasSubstr("63 neurons, intermediate_size is 64"));
+}
+
+TEST_F(WeightCacheErrorTest, MissingWeights) {
+  absl::StatusOr<WeightCache> cache =
+      WeightCache::Create(options_, w_.View(false, DownLayout::kHiddenMajor), mask_);
+  ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cache.status().message(), HasSubstr("gate weight is null"));
+  options_.has_gate = false;
+  options_.layout = PackedLayout::kInterleavedGateUp;
+  cache = WeightCache::Create(options_, w_.View(false, DownLayout::kHiddenMajor), mask_);
+  EXPECT_THAT(cache.status().message(), HasSubstr("needs a gate"));
+}
+
+TEST_F(WeightCacheErrorTest, UnsupportedType) {
+  options_.dtype = static_cast<DType>(7);
+  absl::StatusOr<WeightCache> cache =
+      WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(cache.status().message(), HasSubstr("unsupported element type 7"));
+}
+
+TEST_F(WeightCacheErrorTest, BadThreadCountAndRepackFraction) {
+  options_.num_threads = 0;
+  EXPECT_THAT(WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_)
+                  .status()
+                  .message(),
+              HasSubstr("num_threads must be at least 1, got 0"));
+  options_.num_threads = 1;
+  options_.repack_fraction = 0;
+  EXPECT_THAT(WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_)
+                  .status()
+                  .message(),
+              HasSubstr("repack_fraction"));
+  options_.repack_fraction = 0.5;
+  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  EXPECT_EQ(cache.set_num_threads(-1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.num_threads(), 1);
+}
+
+TEST_F(WeightCacheErrorTest, ReserveBeyondTheLayer) {
+  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  const absl::Status s = cache.Reserve(65);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("cannot reserve 65"));
+  ExpectUnchanged(cache);
+}
+
+TEST_F(WeightCacheErrorTest, AllocationFailureLeavesTheCacheUnchanged) {
+  // An arena just big enough for the transposed down and the first packing.
+  std::unique_ptr<memory::Arena> arena = *memory::Arena::Create(64 * 8 * 4 + 3 * 4 * 8 * 4 + 3 * 64);
+  options_.arena = arena.get();
+  options_.ownership = SourceOwnership::kBorrow;
+  {
+    WeightCache cache =
+        *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+    diff::NeuronMask full(64);
+    for (size_t k = 0; k < 64; ++k) full.Set(k, true);
+    const absl::Status s = cache.Update(full);
+    ASSERT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    EXPECT_THAT(s.message(), HasSubstr("arena cannot hold"));
+    ExpectUnchanged(cache);
+    EXPECT_EQ(cache.requested_mask(), mask_);
+    EXPECT_EQ(cache.Reserve(64).code(), absl::StatusCode::kResourceExhausted);
+    ExpectUnchanged(cache);
+  }
+}
+
+TEST_F(WeightCacheErrorTest, ConcatenationPreconditions) {
+  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  std::vector<uint8_t> wrong(10);
+  EXPECT_THAT(cache.CopyConcatenatedGateUp(absl::MakeSpan(wrong)).message(),
+              HasSubstr("output has 10 bytes"));
+  options_.has_gate = false;
+  WeightCache gateless =
+      *WeightCache::Create(options_, w_.View(false, DownLayout::kHiddenMajor), mask_);
+  EXPECT_EQ(gateless.CopyConcatenatedGateUp(absl::MakeSpan(wrong)).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(gateless.gate().data, nullptr);
+}
+
+}  // namespace
+}  // namespace sparse_mlp::cache
