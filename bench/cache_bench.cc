@@ -1,0 +1,455 @@
+// The main job: a differential WeightCache update against the memcpy floor
+// of the bytes it moves and against full rebuilds, in one run.
+//
+//   bazel run //bench:cache                      # default table, ~1 minute
+//   bazel run //bench:cache -- --help            # every option
+//
+// For each element type and churn (fraction of the active set replaced per
+// step) it replays a mask sequence of --steps steps through WeightCache and
+// measures, per step and interleaved so all columns see the same machine:
+//   update     WeightCache::Update (diff + plan + parallel row copies)
+//   floor      memcpy (gather::ParallelCopy) of exactly the bytes the update
+//              copied, same threads
+//   rebuild_a  a naive cache's step: gather all active gate/up rows and the
+//              down columns from [H, I] (strided) into packed buffers
+//   rebuild_b  the same full rebuild from a neuron-major ([I, H]) down
+// and prints medians. Construction (copies + transpose of down) is compared
+// with a plain copy of the three matrices.
+//
+// Replay: --replay=FILE reads a mask sequence instead of generating one:
+// text, one mask per line as I characters '0'/'1' (other characters are an
+// error), or --replay_format=bytes: a raw [steps, I] byte matrix, non-zero
+// bytes active.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "bench/optimized_build_check.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
+#include "gather/parallel_copy.h"
+#include "gather/row_gather.h"
+#include "gather/transpose.h"
+#include "memory/aligned_buffer.h"
+
+ABSL_FLAG(std::string, model, "llama-3.2-3b",
+          "shape preset: llama-3.2-1b, llama-3.2-3b, qwen2-1.5b, llama-2-7b, "
+          "mistral-7b (= llama-3-8b)");
+ABSL_FLAG(std::string, dtypes, "float32,bfloat16",
+          "comma-separated element types: float32, bfloat16, float16");
+ABSL_FLAG(double, active, 0.5, "active fraction A / I of each mask");
+ABSL_FLAG(std::string, churn, "0,0.02,0.10,0.25,1.0",
+          "comma-separated fractions of the active set replaced per step");
+ABSL_FLAG(int, threads, 2, "threads for every copy (update, floor, rebuilds)");
+ABSL_FLAG(int, steps, 20, "measured update steps per case");
+ABSL_FLAG(int, batch, 1,
+          "tokens per step: each step's mask is the union of this many "
+          "per-token masks");
+ABSL_FLAG(bool, gate, true, "gated MLP (false: up and down only)");
+ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+ABSL_FLAG(std::string, replay, "", "replay a mask sequence from this file");
+ABSL_FLAG(std::string, replay_format, "text", "text (0/1 lines) or bytes");
+
+namespace sparse_mlp::bench {
+namespace {
+
+using cache::DType;
+
+struct Preset {
+  const char* name;
+  size_t hidden, intermediate;
+};
+constexpr Preset kPresets[] = {{"llama-3.2-1b", 2048, 8192},
+                               {"llama-3.2-3b", 3072, 8192},
+                               {"qwen2-1.5b", 1536, 8960},
+                               {"llama-2-7b", 4096, 11008},
+                               {"mistral-7b", 4096, 14336},
+                               {"llama-3-8b", 4096, 14336}};
+
+double Seconds(const std::function<void()>& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+memory::AlignedBuffer Buffer(size_t bytes, int fill) {
+  memory::AlignedBuffer b = *memory::AlignedBuffer::Allocate(
+      std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
+      memory::HugePageAdvice::kHugePages);
+  std::memset(b.data(), fill, b.size());
+  return b;
+}
+
+// A random mask with `count` active neurons.
+diff::NeuronMask RandomMask(size_t n, size_t count, std::mt19937_64& rng) {
+  std::vector<uint32_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = static_cast<uint32_t>(i);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(count);
+  std::sort(all.begin(), all.end());
+  return *diff::NeuronMask::FromIndices(n, all);
+}
+
+// `mask` with round(churn x A) active neurons replaced by inactive ones.
+diff::NeuronMask Churn(const diff::NeuronMask& mask, double churn, std::mt19937_64& rng) {
+  std::vector<uint32_t> on, off;
+  for (size_t i = 0; i < mask.size(); ++i) (mask.Test(i) ? on : off).push_back(i);
+  std::shuffle(on.begin(), on.end(), rng);
+  std::shuffle(off.begin(), off.end(), rng);
+  const size_t k = std::min({static_cast<size_t>(churn * on.size() + 0.5), on.size(), off.size()});
+  diff::NeuronMask next = mask;
+  for (size_t j = 0; j < k; ++j) {
+    next.Set(on[j], false);
+    next.Set(off[j], true);
+  }
+  return next;
+}
+
+absl::StatusOr<std::vector<diff::NeuronMask>> ReadReplay(const std::string& path,
+                                                         const std::string& format,
+                                                         size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrFormat("cannot open %s", path));
+  std::vector<diff::NeuronMask> masks;
+  if (format == "bytes") {
+    std::vector<uint8_t> row(n);
+    while (in.read(reinterpret_cast<char*>(row.data()), static_cast<std::streamsize>(n))) {
+      masks.push_back(*diff::NeuronMask::FromBytes(row));
+    }
+    if (in.gcount() != 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: %d trailing bytes, not a whole mask of %u", path, in.gcount(), n));
+    }
+  } else if (format == "text") {
+    std::string line;
+    for (int line_no = 1; std::getline(in, line); ++line_no) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty()) continue;
+      if (line.size() != n) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s:%d: mask has %u characters, the model has %u neurons", path, line_no,
+            line.size(), n));
+      }
+      std::vector<uint8_t> bytes(n);
+      for (size_t i = 0; i < n; ++i) {
+        if (line[i] != '0' && line[i] != '1') {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "%s:%d: character %u is '%c', expected 0 or 1", path, line_no, i + 1, line[i]));
+        }
+        bytes[i] = line[i] == '1';
+      }
+      masks.push_back(*diff::NeuronMask::FromBytes(bytes));
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--replay_format must be text or bytes, got %s", format));
+  }
+  if (masks.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s holds %u masks; a replay needs at least 2", path, masks.size()));
+  }
+  return masks;
+}
+
+struct CaseResult {
+  std::string dtype, churn;
+  double update_us, floor_us, rebuild_a_ms, rebuild_b_ms, moved_mb;
+  size_t active;
+};
+
+struct Weights {
+  memory::AlignedBuffer gate, up, down, down_neuron_major;
+};
+
+class Bench {
+ public:
+  Bench(size_t h, size_t i, int threads) : h_(h), i_(i), threads_(threads) {}
+
+  void ConstructionReport(DType dtype, const Weights& w, const diff::NeuronMask& mask,
+                          std::vector<std::string>* lines) {
+    const size_t bytes = h_ * i_ * cache::DTypeSize(dtype);
+    std::vector<double> create, copy;
+    for (int rep = 0; rep < 3; ++rep) {
+      create.push_back(Seconds([&] { (void)cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
+      // The plain copy a user would make (allocate + copy, as tensor.clone()),
+      // into fresh memory like the cache's.
+      copy.push_back(Seconds([&] {
+        for (const memory::AlignedBuffer* src : {&w.gate, &w.up, &w.down}) {
+          memory::AlignedBuffer dst = *memory::AlignedBuffer::Allocate(
+              bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages);
+          gather::ParallelCopy(dst.data(), src->data(), bytes, threads_);
+        }
+      }));
+    }
+    lines->push_back(absl::StrFormat(
+        "construction %-8s: Create %.1f ms (copies + transpose of down), allocate + copy "
+        "of gate, up, down %.1f ms -> %.2fx",
+        cache::DTypeName(dtype), Median(create) * 1e3, Median(copy) * 1e3,
+        Median(create) / Median(copy)));
+  }
+
+  CaseResult Run(DType dtype, const Weights& w, const std::vector<diff::NeuronMask>& masks,
+                 const std::string& churn_label) {
+    const size_t elem = cache::DTypeSize(dtype);
+    const size_t rb = h_ * elem;
+    const size_t matrices = absl::GetFlag(FLAGS_gate) ? 3 : 2;
+    cache::WeightCache c = *cache::WeightCache::Create(Options(dtype), Sources(w), masks[0]);
+    size_t max_active = 0;
+    for (const auto& m : masks) max_active = std::max(max_active, m.CountActive());
+    (void)c.Reserve(max_active);  // growth is not what this measures
+    // The floor copies from and to memory as cold as the update's: its
+    // source and destination windows advance through buffers far larger
+    // than the caches, as the update's rows are spread over the sources
+    // and the packed buffers.
+    memory::AlignedBuffer floor_dst = Buffer(w.up.size(), 0);
+    const uint8_t* const floor_sources[] = {w.gate.data(), w.up.data(), w.down.data()};
+    size_t floor_offset = 0;
+    memory::AlignedBuffer packed = Buffer(matrices * max_active * rb, 0);
+
+    std::vector<double> update, floor, rebuild_a, rebuild_b, moved;
+    std::vector<gather::RowCopy> copies;
+    for (size_t k = 1; k < masks.size(); ++k) {
+      update.push_back(Seconds([&] { (void)c.Update(masks[k]); }));
+      const size_t bytes = c.last_update().bytes_copied;
+      moved.push_back(static_cast<double>(bytes));
+      // Floor: the same bytes, contiguous, split over the three matrices
+      // like the update's rows.
+      const size_t per_matrix = bytes / matrices;
+      if (floor_offset + per_matrix > floor_dst.size()) floor_offset = 0;
+      floor.push_back(Seconds([&] {
+        for (size_t m = 0; m < matrices; ++m) {
+          gather::ParallelCopy(floor_dst.data() + floor_offset,
+                               floor_sources[3 - matrices + m] + floor_offset, per_matrix,
+                               threads_);
+        }
+      }));
+      floor_offset += per_matrix;
+      // Baselines: rebuild every active row from scratch.
+      const std::vector<uint32_t> active = masks[k].ToIndices();
+      copies.clear();
+      for (size_t s = 0; s < active.size(); ++s) {
+        copies.push_back({active[s], static_cast<uint32_t>(s)});
+      }
+      const size_t a = active.size();
+      auto gather_gate_up = [&] {
+        size_t offset = 0;
+        if (absl::GetFlag(FLAGS_gate)) {
+          (void)gather::GatherRows({w.gate.data(), i_, rb}, {packed.data(), a, rb}, rb,
+                                   copies, threads_);
+          offset = a * rb;
+        }
+        (void)gather::GatherRows({w.up.data(), i_, rb}, {packed.data() + offset, a, rb}, rb,
+                                 copies, threads_);
+        return offset + a * rb;
+      };
+      rebuild_a.push_back(Seconds([&] {
+        const size_t offset = gather_gate_up();
+        gather::TransposeOptions options;
+        options.num_threads = threads_;
+        (void)gather::GatherColumns({w.down.data(), h_, i_ * elem}, i_, elem, active,
+                                    {packed.data() + offset, a, rb}, options);
+      }));
+      rebuild_b.push_back(Seconds([&] {
+        const size_t offset = gather_gate_up();
+        (void)gather::GatherRows({w.down_neuron_major.data(), i_, rb},
+                                 {packed.data() + offset, a, rb}, rb, copies, threads_);
+      }));
+    }
+    return {cache::DTypeName(dtype), churn_label, Median(update) * 1e6, Median(floor) * 1e6,
+            Median(rebuild_a) * 1e3, Median(rebuild_b) * 1e3, Median(moved) / 1e6,
+            masks.back().CountActive()};
+  }
+
+  Weights MakeWeights(DType dtype) const {
+    const size_t bytes = h_ * i_ * cache::DTypeSize(dtype);
+    Weights w{Buffer(bytes, 1), Buffer(bytes, 2), Buffer(bytes, 3), Buffer(bytes, 0)};
+    gather::TransposeOptions options;
+    options.num_threads = threads_;
+    const size_t elem = cache::DTypeSize(dtype);
+    (void)gather::Transpose({w.down.data(), h_, i_ * elem}, i_, elem,
+                            {w.down_neuron_major.data(), i_, h_ * elem}, options);
+    return w;
+  }
+
+ private:
+  cache::WeightCacheOptions Options(DType dtype) const {
+    cache::WeightCacheOptions o;
+    o.hidden_size = h_;
+    o.intermediate_size = i_;
+    o.dtype = dtype;
+    o.has_gate = absl::GetFlag(FLAGS_gate);
+    o.num_threads = threads_;
+    return o;
+  }
+  cache::MlpWeights Sources(const Weights& w) const {
+    return {absl::GetFlag(FLAGS_gate) ? w.gate.data() : nullptr, w.up.data(), w.down.data()};
+  }
+
+  size_t h_, i_;
+  int threads_;
+};
+
+int Main() {
+  RequireOptimizedBuild();
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const Preset* preset = nullptr;
+  for (const Preset& p : kPresets) {
+    if (model == p.name) preset = &p;
+  }
+  if (preset == nullptr) {
+    std::fprintf(stderr, "error: unknown --model=%s\n", model.c_str());
+    return 2;
+  }
+  std::vector<DType> dtypes;
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
+    if (name == "float32") {
+      dtypes.push_back(DType::kFloat32);
+    } else if (name == "bfloat16") {
+      dtypes.push_back(DType::kBFloat16);
+    } else if (name == "float16") {
+      dtypes.push_back(DType::kFloat16);
+    } else {
+      std::fprintf(stderr, "error: unknown dtype '%s' in --dtypes\n", std::string(name).c_str());
+      return 2;
+    }
+  }
+  std::vector<std::pair<std::string, double>> churns;
+  for (absl::string_view text : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
+    double c;
+    if (!absl::SimpleAtod(text, &c) || c < 0 || c > 1) {
+      std::fprintf(stderr, "error: churn '%s' is not a number in [0, 1]\n",
+                   std::string(text).c_str());
+      return 2;
+    }
+    churns.push_back({std::string(text), c});
+  }
+  const double active = absl::GetFlag(FLAGS_active);
+  const int threads = absl::GetFlag(FLAGS_threads);
+  const int steps = absl::GetFlag(FLAGS_steps);
+  const int batch = absl::GetFlag(FLAGS_batch);
+  if (!(active > 0 && active <= 1) || threads < 1 || steps < 1 || batch < 1) {
+    std::fprintf(stderr, "error: need 0 < --active <= 1 and --threads, --steps, --batch >= 1\n");
+    return 2;
+  }
+  const size_t h = preset->hidden, n = preset->intermediate;
+
+  std::vector<diff::NeuronMask> replay;
+  if (!absl::GetFlag(FLAGS_replay).empty()) {
+    absl::StatusOr<std::vector<diff::NeuronMask>> read =
+        ReadReplay(absl::GetFlag(FLAGS_replay), absl::GetFlag(FLAGS_replay_format), n);
+    if (!read.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(read.status().message()).c_str());
+      return 2;
+    }
+    replay = *std::move(read);
+  }
+
+  std::printf("sparse_mlp cache benchmark: %s (H=%zu, I=%zu), %s, %d threads, %s\n",
+              preset->name, h, n,
+              replay.empty() ? absl::StrFormat("active %.2f, batch %d, %d steps", active,
+                                               batch, steps).c_str()
+                             : absl::StrFormat("replay of %zu masks", replay.size()).c_str(),
+              threads, absl::GetFlag(FLAGS_gate) ? "gate+up+down" : "up+down (no gate)");
+  Bench bench(h, n, threads);
+  std::vector<CaseResult> results;
+  std::vector<std::string> construction;
+  for (DType dtype : dtypes) {
+    const Weights w = bench.MakeWeights(dtype);
+    std::mt19937_64 rng(2026);
+    const size_t count = static_cast<size_t>(active * n);
+    bench.ConstructionReport(dtype, w, RandomMask(n, count, rng), &construction);
+    if (!replay.empty()) {
+      results.push_back(bench.Run(dtype, w, replay, "replay"));
+      continue;
+    }
+    for (const auto& [label, churn] : churns) {
+      // One warm-up step, then `steps` measured ones. Each step's mask is
+      // the union of `batch` token masks around the step's base mask.
+      std::vector<diff::NeuronMask> masks;
+      diff::NeuronMask base = RandomMask(n, count, rng);
+      for (int k = 0; k <= steps + 1; ++k) {
+        diff::NeuronMask step = base;
+        for (int t = 1; t < batch; ++t) (void)step.UnionWith(Churn(base, churn, rng));
+        masks.push_back(step);
+        base = Churn(base, churn, rng);
+      }
+      // Drop the warm-up transition from the medians by running it first.
+      std::vector<diff::NeuronMask> measured(masks.begin() + 1, masks.end());
+      results.push_back(bench.Run(dtype, w, measured, label));
+    }
+  }
+  for (const std::string& line : construction) std::printf("%s\n", line.c_str());
+  std::printf("\n%-9s %-7s %7s %11s %9s %8s %8s %11s %9s %11s %9s\n", "dtype", "churn",
+              "active", "update_us", "moved_MB", "GB/s", "x_floor", "rebuild_a_ms",
+              "speedup_a", "rebuild_b_ms", "speedup_b");
+  for (const CaseResult& r : results) {
+    const double gbps = r.update_us > 0 ? r.moved_mb * 1e6 / (r.update_us * 1e-6) / 1e9 : 0;
+    const double x_floor = r.floor_us > 0 ? r.update_us / r.floor_us : 0;
+    std::printf("%-9s %-7s %7zu %11.1f %9.2f %8.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
+                r.dtype.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
+                r.moved_mb > 0 ? absl::StrFormat("%.2f", x_floor).c_str() : "-",
+                r.rebuild_a_ms, r.rebuild_a_ms * 1e3 / r.update_us, r.rebuild_b_ms,
+                r.rebuild_b_ms * 1e3 / r.update_us);
+  }
+  std::printf(
+      "\nupdate_us: median WeightCache::Update; moved_MB: bytes it copied; x_floor: update / "
+      "memcpy of those bytes (same threads, same run);\nrebuild_a: full gather with down "
+      "columns from [H, I]; rebuild_b: full gather from a neuron-major down; speedup = "
+      "rebuild / update.\n");
+
+  const std::string json_path = absl::GetFlag(FLAGS_json);
+  if (!json_path.empty()) {
+    std::ofstream out(json_path);
+    std::vector<std::string> rows;
+    for (const CaseResult& r : results) {
+      rows.push_back(absl::StrFormat(
+          "{\"dtype\": \"%s\", \"churn\": \"%s\", \"active\": %u, \"update_us\": %.3f, "
+          "\"floor_us\": %.3f, \"moved_mb\": %.4f, \"rebuild_a_ms\": %.4f, "
+          "\"rebuild_b_ms\": %.4f}",
+          r.dtype, r.churn, r.active, r.update_us, r.floor_us, r.moved_mb, r.rebuild_a_ms,
+          r.rebuild_b_ms));
+    }
+    out << "{\"model\": \"" << preset->name << "\", \"threads\": " << threads
+        << ", \"construction\": [\"" << absl::StrJoin(construction, "\", \"")
+        << "\"], \"cases\": [" << absl::StrJoin(rows, ", ") << "]}\n";
+    if (!out) {
+      std::fprintf(stderr, "error: cannot write %s\n", json_path.c_str());
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace sparse_mlp::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Differential weight-cache updates vs the memcpy floor and full rebuilds.");
+  absl::ParseCommandLine(argc, argv);
+  return sparse_mlp::bench::Main();
+}
