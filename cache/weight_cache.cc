@@ -159,6 +159,9 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   cache.plan_.moves.reserve(num_neurons);
   cache.plan_.holes.reserve(num_neurons);
   cache.active_scratch_.reserve(num_neurons);
+  cache.gate_packed_ = std::make_shared<memory::AlignedBuffer>();
+  cache.up_packed_ = std::make_shared<memory::AlignedBuffer>();
+  cache.down_packed_ = std::make_shared<memory::AlignedBuffer>();
   cache.applied_ = diff::NeuronMask(num_neurons);
   cache.requested_ = diff::NeuronMask(num_neurons);
   cache.incoming_ = initial_mask;
@@ -234,36 +237,38 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   // Cannot overflow: target <= I and I x (2 x row) was checked in Create.
   const size_t packed_bytes = target * PackedRowBytes();
   const size_t down_bytes = target * row_bytes();
-  memory::AlignedBuffer gate, up, down;
+  auto gate = std::make_shared<memory::AlignedBuffer>();
+  auto up = std::make_shared<memory::AlignedBuffer>();
+  auto down = std::make_shared<memory::AlignedBuffer>();
   const bool split_gate = options_.has_gate && options_.layout == PackedLayout::kSplit;
   const bool interleaved = options_.layout == PackedLayout::kInterleavedGateUp;
   if (split_gate || interleaved) {
     absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
     if (!b.ok()) return b.status();
-    gate = *std::move(b);
+    *gate = *std::move(b);
   }
   if (!interleaved) {
     absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
     if (!b.ok()) return b.status();
-    up = *std::move(b);
+    *up = *std::move(b);
   }
   {
     absl::StatusOr<memory::AlignedBuffer> b = Allocate(down_bytes);
     if (!b.ok()) return b.status();
-    down = *std::move(b);
+    *down = *std::move(b);
   }
   // Nothing can fail from here on.
   const size_t active = num_active();
   const int threads = options_.num_threads;
-  if (!gate.empty() && active > 0) {
-    gather::ParallelCopy(gate.data(), gate_packed_.data(), active * PackedRowBytes(),
+  if (!gate->empty() && active > 0) {
+    gather::ParallelCopy(gate->data(), gate_packed_->data(), active * PackedRowBytes(),
                          threads);
   }
-  if (!up.empty() && active > 0) {
-    gather::ParallelCopy(up.data(), up_packed_.data(), active * row_bytes(), threads);
+  if (!up->empty() && active > 0) {
+    gather::ParallelCopy(up->data(), up_packed_->data(), active * row_bytes(), threads);
   }
   if (active > 0) {
-    gather::ParallelCopy(down.data(), down_packed_.data(), active * row_bytes(),
+    gather::ParallelCopy(down->data(), down_packed_->data(), active * row_bytes(),
                          threads);
   }
   gate_packed_ = std::move(gate);
@@ -327,11 +332,13 @@ void WeightCache::ExecutePlan() {
   const absl::Span<const gather::RowCopy> moves = plan_.moves;
   gather::RowGatherJob jobs[6];
   size_t n = 0;
-  auto packed = [&](memory::AlignedBuffer& buffer, size_t offset, size_t stride) {
-    return gather::RowsView{buffer.data() + offset, capacity_, stride};
+  auto packed = [&](const std::shared_ptr<memory::AlignedBuffer>& buffer,
+                    size_t offset, size_t stride) {
+    return gather::RowsView{buffer->data() + offset, capacity_, stride};
   };
-  auto packed_src = [&](memory::AlignedBuffer& buffer, size_t stride) {
-    return gather::ConstRowsView{buffer.data(), capacity_, stride};
+  auto packed_src = [&](const std::shared_ptr<memory::AlignedBuffer>& buffer,
+                        size_t stride) {
+    return gather::ConstRowsView{buffer->data(), capacity_, stride};
   };
   if (options_.layout == PackedLayout::kInterleavedGateUp) {
     const size_t stride = 2 * rb;
@@ -365,26 +372,26 @@ MatrixView WeightCache::gate() const {
   }
   const size_t h = options_.hidden_size;
   const size_t stride = options_.layout == PackedLayout::kInterleavedGateUp ? 2 * h : h;
-  return {gate_packed_.data(), num_active(), h, stride, 1, options_.dtype};
+  return {gate_packed_->data(), num_active(), h, stride, 1, options_.dtype};
 }
 
 MatrixView WeightCache::up() const {
   const size_t h = options_.hidden_size;
   if (options_.layout == PackedLayout::kInterleavedGateUp) {
-    return {gate_packed_.data() + row_bytes(), num_active(), h, 2 * h, 1,
+    return {gate_packed_->data() + row_bytes(), num_active(), h, 2 * h, 1,
             options_.dtype};
   }
-  return {up_packed_.data(), num_active(), h, h, 1, options_.dtype};
+  return {up_packed_->data(), num_active(), h, h, 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_rows() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_.data(), num_active(), h, h, 1, options_.dtype};
+  return {down_packed_->data(), num_active(), h, h, 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_hidden_major() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_.data(), h, num_active(), 1, h, options_.dtype};
+  return {down_packed_->data(), h, num_active(), 1, h, options_.dtype};
 }
 
 absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
@@ -393,7 +400,7 @@ absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
         "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp");
   }
   const size_t h = options_.hidden_size;
-  return MatrixView{gate_packed_.data(), num_active(), 2 * h, 2 * h, 1,
+  return MatrixView{gate_packed_->data(), num_active(), 2 * h, 2 * h, 1,
                     options_.dtype};
 }
 
@@ -411,24 +418,31 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   }
   if (active == 0) return absl::OkStatus();
   if (options_.layout == PackedLayout::kSplit) {
-    gather::ParallelCopy(out.data(), gate_packed_.data(), active * rb,
+    gather::ParallelCopy(out.data(), gate_packed_->data(), active * rb,
                          options_.num_threads);
-    gather::ParallelCopy(out.data() + active * rb, up_packed_.data(), active * rb,
+    gather::ParallelCopy(out.data() + active * rb, up_packed_->data(), active * rb,
                          options_.num_threads);
     return absl::OkStatus();
   }
   for (size_t s = 0; s < active; ++s) {
-    std::memcpy(out.data() + s * rb, gate_packed_.data() + 2 * s * rb, rb);
-    std::memcpy(out.data() + (active + s) * rb, gate_packed_.data() + (2 * s + 1) * rb,
+    std::memcpy(out.data() + s * rb, gate_packed_->data() + 2 * s * rb, rb);
+    std::memcpy(out.data() + (active + s) * rb, gate_packed_->data() + (2 * s + 1) * rb,
                 rb);
   }
   return absl::OkStatus();
 }
 
+std::shared_ptr<const void> WeightCache::RetainStorage() const {
+  struct Storage {
+    std::shared_ptr<memory::AlignedBuffer> gate, up, down;
+  };
+  return std::make_shared<Storage>(Storage{gate_packed_, up_packed_, down_packed_});
+}
+
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
   return gate_owned_.size() + up_owned_.size() + down_owned_.size() +
-         gate_packed_.size() + up_packed_.size() + down_packed_.size() +
+         gate_packed_->size() + up_packed_->size() + down_packed_->size() +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
          vector_bytes(diff_.added) + vector_bytes(diff_.removed) +

@@ -55,6 +55,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -211,6 +212,13 @@ class WeightCache {
   // capacity), masks and index maps.
   size_t memory_bytes() const;
 
+  // Shared ownership of the packed buffers the views point into right now.
+  // For language bindings whose views may outlive the cache or a growth of
+  // its capacity: while the returned pointer lives, those buffers stay
+  // allocated (a growth then moves the cache to new buffers and the old ones
+  // stop being updated). With an arena, the arena must outlive it too.
+  std::shared_ptr<const void> RetainStorage() const;
+
  private:
   WeightCache() = default;
 
@@ -230,7 +238,8 @@ class WeightCache {
   memory::AlignedBuffer gate_owned_, up_owned_, down_owned_;
   // Packed rows, capacity_ slots each. kSplit: gate_packed_ and up_packed_;
   // kInterleavedGateUp: gate_packed_ holds [gate | up] per slot.
-  memory::AlignedBuffer gate_packed_, up_packed_, down_packed_;
+  // Shared so that RetainStorage() can keep them alive past a growth.
+  std::shared_ptr<memory::AlignedBuffer> gate_packed_, up_packed_, down_packed_;
   size_t capacity_ = 0;
 
   SlotMap map_;

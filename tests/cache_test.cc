@@ -372,6 +372,33 @@ TEST(WeightCacheTest, ArenaBackedCacheAndFootprint) {
   EXPECT_EQ(arena->bytes_in_use(), 0u) << "the cache gave its regions back";
 }
 
+TEST(WeightCacheTest, RetainedStorageOutlivesGrowthAndTheCache) {
+  std::mt19937_64 rng(85);
+  const Weights w = RandomWeights(rng, 8, 300, 4);
+  WeightCacheOptions options;
+  options.hidden_size = 8;
+  options.intermediate_size = 300;
+  std::shared_ptr<const void> keep;
+  MatrixView old_up;
+  std::vector<uint8_t> old_bytes;
+  {
+    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+                                             *diff::NeuronMask::FromIndices(300, {7, 9}));
+    old_up = cache.up();
+    keep = cache.RetainStorage();
+    const auto* p = static_cast<const uint8_t*>(old_up.data);
+    old_bytes.assign(p, p + 2 * 8 * 4);
+    diff::NeuronMask full(300);
+    for (size_t k = 0; k < 300; ++k) full.Set(k, true);
+    ASSERT_TRUE(cache.Update(full).ok());
+    ASSERT_TRUE(cache.last_update().grew);
+    EXPECT_NE(cache.up().data, old_up.data);
+  }
+  // The cache is gone; the retained buffer is not (ASan checks the read).
+  const auto* p = static_cast<const uint8_t*>(old_up.data);
+  EXPECT_EQ(std::vector<uint8_t>(p, p + 2 * 8 * 4), old_bytes);
+}
+
 // ---- Planner invariants (pure logic, no copying).
 
 TEST(UpdatePlanTest, RowWritesMeetTheLowerBoundAndCopiesAreDisjoint) {

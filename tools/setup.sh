@@ -13,6 +13,7 @@ packages=(
   libgtest-dev
   libgmock-dev
   libbenchmark-dev
+  libdlpack-dev        # DLPack header for the zero-copy Python bindings
   pybind11-dev
   python3-dev
   python3-numpy
