@@ -1,0 +1,14 @@
+"""sparse_mlp: a differential active-weight cache for contextually sparse MLPs.
+
+    from sparse_mlp import WeightCacheOptimized, LlamaSkipMLP
+
+``WeightCache`` is the full API (views, gate-less mode, tolerance, threads,
+footprint); ``WeightCacheOptimized`` is the seed design's API on top of it;
+``LlamaSkipMLP`` is a LLaMA MLP (``down(silu(gate(x)) * up(x))``) that computes
+only the active neurons through the cache.
+"""
+
+from sparse_mlp.cache import WeightCache, WeightCacheOptimized
+from sparse_mlp.mlp import LlamaSkipMLP
+
+__all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP"]

@@ -1,0 +1,231 @@
+"""Python face of the C++ WeightCache (``_sparse_mlp``)."""
+
+import numpy as np
+
+import _sparse_mlp
+
+try:  # torch is optional: NumPy arrays work alone.
+    import torch
+except ImportError:  # pragma: no cover - torch is installed where tests run
+    torch = None
+
+
+def _is_torch(x):
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _mask_array(mask):
+    """A bool/uint8 mask as a C-contiguous NumPy array (masks are read once;
+    copying a non-contiguous one is cheap and changes nothing the caller
+    holds)."""
+    if (_is_torch(mask) or isinstance(mask, np.ndarray)) and mask.ndim not in (1, 2):
+        raise ValueError(
+            f"mask must be 1-D [I] or 2-D [tokens, I], got {mask.ndim} dimensions")
+    if _is_torch(mask):
+        if mask.device.type != "cpu":
+            raise ValueError(f"mask must be on the CPU, got device {mask.device}")
+        if mask.dtype not in (torch.bool, torch.uint8):
+            raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
+        return np.ascontiguousarray(mask.detach().numpy())
+    if isinstance(mask, np.ndarray):
+        if mask.dtype not in (np.bool_, np.uint8):
+            raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
+        return np.ascontiguousarray(mask)
+    raise TypeError(
+        f"mask must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+
+
+def _weight(x, name):
+    """A weight ready for DLPack export, never copied: torch tensors must be
+    on the CPU (a meta or CUDA tensor is refused here with a clear message),
+    and are detached (a view) because DLPack refuses tensors that require
+    grad. Contiguity and dtype are checked by the native module."""
+    if x is None:
+        return None
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got device {x.device}")
+        return x.detach()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(
+        f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+class WeightCache:
+    """The packed active weights of one gated MLP layer.
+
+    Args:
+      mask: bool/uint8 ``[I]`` initial mask (torch or NumPy).
+      gate_weight, up_weight: ``[I, H]``; gate_weight may be None (up/down
+        only: OPT / ReLU-style MLPs).
+      down_weight: ``[H, I]`` (``nn.Linear`` layout), or ``[I, H]`` with
+        ``down_neuron_major=True``.
+      num_threads: threads for the copies of each update.
+      tolerance: skip updates that change fewer neurons than this (0: every
+        update exact); see ``lag`` and ``catch_up``.
+      layout: ``"split"`` (separate gate/up buffers) or ``"interleaved"``
+        (``gate_up_interleaved()`` gives ``[A, 2H]`` for one fused matmul).
+      copy_sources: copy gate/up into the cache. By default they are read in
+        place (no duplicate of the weights) and must then not be modified
+        while the cache lives; the cache holds references to them. down is
+        always transposed into the cache unless given neuron-major.
+
+    Weights are float32, bfloat16 or float16, C-contiguous, on the CPU; they
+    are taken through DLPack without copying. Anything else raises
+    TypeError/ValueError, as do bad masks; the cache is unchanged after any
+    failed call.
+
+    Views (``gate()``, ``up()``, ``down()``, ``down_hidden_major()``,
+    ``gate_up_interleaved()``) are zero-copy tensors into the cache. They
+    keep the memory they point into alive, so they stay safe to read after
+    any update and after the cache is deleted. Their *contents* follow the
+    cache only until its capacity grows or its active count changes: an
+    update rewrites rows in place (a view taken before it then shows the new
+    rows, in slots that may hold other neurons, and keeps its old row
+    count); a growth moves the cache to new memory (older views keep the
+    old rows). Take views after each update.
+    """
+
+    def __init__(self, mask, gate_weight, up_weight, down_weight, *, num_threads=1,
+                 tolerance=0, layout="split", copy_sources=False,
+                 down_neuron_major=False, hidden_size=None):
+        up = _weight(up_weight, "up_weight")
+        if up is None:
+            raise TypeError("up_weight is required")
+        if hidden_size is None:
+            if len(up.shape) != 2:
+                raise ValueError(f"up_weight must be 2-D, got shape {tuple(up.shape)}")
+            hidden_size = up.shape[1]
+        self._torch = _is_torch(up_weight)
+        # Borrowed sources stay referenced here as well as by the native
+        # DLPack handles, so they cannot be freed under the cache.
+        self._sources = (gate_weight, up_weight, down_weight)
+        self._native = _sparse_mlp.WeightCache(
+            _mask_array(mask), int(hidden_size), _weight(gate_weight, "gate_weight"), up,
+            _weight(down_weight, "down_weight"), num_threads=num_threads,
+            tolerance=tolerance, layout=layout, copy_sources=copy_sources,
+            down_neuron_major=down_neuron_major)
+        if copy_sources:
+            self._sources = None
+
+    # -- updates -----------------------------------------------------------
+
+    def update(self, mask):
+        """Makes the cache match ``mask``: ``[I]``, or ``[tokens, I]`` for the
+        union over a batch of tokens. Only neurons that enter or leave move."""
+        self._native.update(_mask_array(mask))
+
+    def catch_up(self):
+        """Applies the last requested mask exactly, ignoring the tolerance."""
+        self._native.catch_up()
+
+    def reserve(self, active):
+        """Pre-sizes the cache for ``active`` neurons so updates never allocate."""
+        self._native.reserve(int(active))
+
+    # -- views -------------------------------------------------------------
+
+    def _wrap(self, view):
+        return torch.from_dlpack(view) if self._torch else np.from_dlpack(view)
+
+    def gate(self):
+        """``[A, H]`` active gate rows (zero-copy)."""
+        return self._wrap(self._native.gate())
+
+    def up(self):
+        """``[A, H]`` active up rows (zero-copy)."""
+        return self._wrap(self._native.up())
+
+    def down(self):
+        """``[A, H]`` active down columns stored as rows (zero-copy)."""
+        return self._wrap(self._native.down_rows())
+
+    def down_hidden_major(self):
+        """``[H, A]`` active down columns, strides ``(1, H)`` (zero-copy)."""
+        return self._wrap(self._native.down_hidden_major())
+
+    def gate_up_interleaved(self):
+        """``[A, 2H]``: gate row then up row per neuron (layout="interleaved")."""
+        return self._wrap(self._native.gate_up_interleaved())
+
+    def concat_gate_up(self):
+        """A new ``[2A, H]`` tensor: active gate rows, then active up rows in the
+        same neuron order. A copy, O(A x H): prefer the views."""
+        a, h = self._native.num_active, self._native.hidden_size
+        if self._torch:
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                     "float16": torch.float16}[self._native.dtype]
+            out = torch.empty((2 * a, h), dtype=dtype)
+        else:
+            out = np.empty((2 * a, h), dtype=np.dtype(self._native.dtype))
+        self._native.copy_concatenated_gate_up(out)
+        return out
+
+    def active_indices(self):
+        """Neuron index of each slot (a copy: ``int64 [A]``)."""
+        indices = self._native.active_indices()
+        return torch.from_numpy(indices) if self._torch else indices
+
+    # -- state -------------------------------------------------------------
+
+    num_active = property(lambda self: self._native.num_active,
+                          doc="Active neurons A.")
+    capacity = property(lambda self: self._native.capacity,
+                        doc="Slots allocated (grows 1.5x as needed).")
+    hidden_size = property(lambda self: self._native.hidden_size)
+    intermediate_size = property(lambda self: self._native.intermediate_size)
+    has_gate = property(lambda self: self._native.has_gate)
+    dtype = property(lambda self: self._native.dtype, doc="Element type name.")
+    lag = property(lambda self: self._native.lag,
+                   doc="Neurons by which the cache differs from the last requested mask.")
+    memory_bytes = property(lambda self: self._native.memory_bytes,
+                            doc="Bytes the cache itself holds.")
+    last_update = property(lambda self: self._native.last_update(),
+                           doc="What the last update did (rows, bytes, repack, skip).")
+
+    @property
+    def num_threads(self):
+        return self._native.num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._native.num_threads = value
+
+    @property
+    def tolerance(self):
+        return self._native.tolerance
+
+    @tolerance.setter
+    def tolerance(self, value):
+        self._native.tolerance = value
+
+
+class WeightCacheOptimized(WeightCache):
+    """The seed design's API, on the differential cache.
+
+    ``WeightCacheOptimized(mask, hidden_size, gate_weight, up_weight,
+    down_weight)`` with ``gate/up: [I, H]``, ``down: [H, I]`` and a bool mask
+    of length I. Keyword arguments are those of :class:`WeightCache`.
+    """
+
+    def __init__(self, mask, hidden_size, gate_weight, up_weight, down_weight, **kwargs):
+        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
+            raise TypeError(f"hidden_size must be an int, got {type(hidden_size).__name__}")
+        super().__init__(mask, gate_weight, up_weight, down_weight,
+                         hidden_size=hidden_size, **kwargs)
+
+    def update_active_weights(self, mask):
+        """``mask``: ``[I]``, or ``[tokens, I]`` meaning the union over tokens."""
+        self.update(mask)
+
+    def get_concat_weight(self):
+        """``[2A, H]``: active gate rows then active up rows (a new tensor)."""
+        return self.concat_gate_up()
+
+    def get_active_down_weight(self):
+        """``[H, A]`` zero-copy view, columns in the same neuron order."""
+        return self.down_hidden_major()
+
+    def get_num_active(self):
+        return self.num_active

@@ -1,0 +1,128 @@
+"""A LLaMA MLP that computes only the active neurons through the cache."""
+
+import torch
+import torch.nn.functional as F
+
+from sparse_mlp.cache import WeightCache
+
+
+def _half_matmul_supported():
+    try:
+        F.linear(torch.zeros(1, 1, dtype=torch.float16), torch.zeros(1, 1, dtype=torch.float16))
+        return True
+    except RuntimeError:  # torch < 2.1 has no float16 GEMM on the CPU
+        return False
+
+
+_HALF_MATMUL = _half_matmul_supported()
+
+
+def _gated_mlp(x, gate, up, down):
+    """down(silu(gate(x)) * up(x)) with weights [A, H], [A, H], [H, A]. In
+    float32 for float16 where torch lacks CPU float16 kernels (result rounded
+    back to float16)."""
+    if gate.dtype == torch.float16 and not _HALF_MATMUL:
+        out = _gated_mlp(x.float(), gate.float(), up.float(), down.float())
+        return out.to(torch.float16)
+    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
+class LlamaSkipMLP(torch.nn.Module):
+    """``down(silu(gate(x)) * up(x))`` over the active neurons of a mask.
+
+    Build it empty like the seed (``LlamaSkipMLP(hidden_size,
+    intermediate_size, sparsity, use_optimized_cache=True)``) and load
+    weights, or from an existing dense MLP with :meth:`from_dense`.
+
+    ``forward(x, mask=None)``: ``mask`` is bool ``[I]`` or ``[tokens, I]``
+    (the union is used), or omitted when a ``predictor`` callable was given
+    (``predictor(x) -> mask``). With ``use_optimized_cache=True`` the mask
+    updates a :class:`WeightCache` (differentially) and the matmuls run on its
+    zero-copy views; with ``False`` the active rows are gathered with
+    ``index_select`` each call (the reference path). Both give the dense MLP's
+    output with the inactive neurons zeroed; with an all-true mask, the dense
+    output.
+
+    float16 computes in float32 where torch has no CPU float16 kernels
+    (torch < 2.1); the cache itself stays float16.
+
+    The cache reads gate and up in place and keeps its own transposed copy of
+    down, built on the first forward: call :meth:`reset_cache` after changing
+    the weights. ``sparsity`` (fraction of neurons expected inactive) only
+    pre-sizes the cache.
+    """
+
+    def __init__(self, hidden_size, intermediate_size, sparsity=0.5,
+                 use_optimized_cache=True, *, predictor=None, num_threads=None,
+                 dtype=torch.float32):
+        super().__init__()
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.sparsity = sparsity
+        self.use_optimized_cache = use_optimized_cache
+        self.predictor = predictor
+        self.num_threads = num_threads or torch.get_num_threads()
+        self.gate_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
+        self.up_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
+        self.down_proj = torch.nn.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._cache = None
+
+    @classmethod
+    def from_dense(cls, gate_proj, up_proj, down_proj, sparsity=0.5,
+                   use_optimized_cache=True, **kwargs):
+        """From ``nn.Linear`` layers (or weight tensors) of a dense MLP; shares
+        their weights (no copy)."""
+        def weight(w):
+            return w.weight if isinstance(w, torch.nn.Linear) else w
+        gate, up, down = weight(gate_proj), weight(up_proj), weight(down_proj)
+        module = cls(up.shape[1], up.shape[0], sparsity, use_optimized_cache,
+                     dtype=up.dtype, **kwargs)
+        module.gate_proj.weight = torch.nn.Parameter(gate.detach(), requires_grad=False)
+        module.up_proj.weight = torch.nn.Parameter(up.detach(), requires_grad=False)
+        module.down_proj.weight = torch.nn.Parameter(down.detach(), requires_grad=False)
+        return module
+
+    def reset_cache(self):
+        """Drops the cache; the next forward rebuilds it from the weights."""
+        self._cache = None
+
+    @property
+    def weight_cache(self):
+        """The :class:`WeightCache` (None before the first cached forward)."""
+        return self._cache
+
+    def _mask(self, x, mask):
+        if mask is None:
+            if self.predictor is None:
+                raise ValueError("forward needs a mask, or a predictor given at construction")
+            mask = self.predictor(x)
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.dim() not in (1, 2) or mask.shape[-1] != self.intermediate_size:
+            raise ValueError(
+                f"mask must be [{self.intermediate_size}] or [tokens, {self.intermediate_size}],"
+                f" got {tuple(mask.shape)}")
+        return mask
+
+    def forward(self, x, mask=None):
+        mask = self._mask(x, mask)
+        if self.use_optimized_cache:
+            if self._cache is None:
+                initial = mask if mask.dim() == 1 else mask.any(dim=0)
+                self._cache = WeightCache(initial, self.gate_proj.weight, self.up_proj.weight,
+                                          self.down_proj.weight, num_threads=self.num_threads)
+                self._cache.reserve(round((1.0 - self.sparsity) * self.intermediate_size))
+            else:
+                self._cache.update(mask)
+            gate, up = self._cache.gate(), self._cache.up()
+            down = self._cache.down_hidden_major()  # [H, A]
+        else:
+            active = (mask if mask.dim() == 1 else mask.any(dim=0)).nonzero().squeeze(1)
+            gate = self.gate_proj.weight.index_select(0, active)
+            up = self.up_proj.weight.index_select(0, active)
+            down = self.down_proj.weight.index_select(1, active)
+        return _gated_mlp(x, gate, up, down)

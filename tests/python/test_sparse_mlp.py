@@ -1,0 +1,338 @@
+"""sparse_mlp Python module: the seed API, views, LlamaSkipMLP, bad input.
+
+Runs under `bazel test //tests/python:sparse_mlp_test` with Debian's torch.
+Random sequences use fixed seeds; assertion messages name the step.
+"""
+
+import gc
+import os
+import struct
+import unittest
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sparse_mlp
+from sparse_mlp import LlamaSkipMLP, WeightCache, WeightCacheOptimized
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Relative error (in norm) allowed between the sparse output and the masked
+# dense output computed in the same dtype: they differ only in summation
+# order and in the rounding of intermediate results.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+def assert_close_in_norm(test, out, expected, tolerance, where):
+    out, expected = out.float(), expected.float()
+    scale = float(expected.norm())
+    error = float((out - expected).norm())
+    if scale == 0.0:
+        test.assertEqual(error, 0.0, where)
+    else:
+        test.assertLessEqual(error / scale, tolerance, where)
+
+
+def dense_masked(x, gate, up, down, mask):
+    """The dense MLP with inactive neurons zeroed (the reference), in the
+    weights' dtype; float16 in float32 (torch 1.13 has no CPU float16 GEMM)."""
+    if gate.dtype == torch.float16:
+        x, gate, up, down = x.float(), gate.float(), up.float(), down.float()
+    hidden = F.silu(F.linear(x, gate)) * F.linear(x, up)
+    return F.linear(hidden * mask.to(hidden.dtype), down)
+
+
+def union(mask):
+    return mask if mask.dim() == 1 else mask.any(dim=0)
+
+
+def random_weights(gen, i, h, dtype):
+    return (torch.randn(i, h, generator=gen).to(dtype),
+            torch.randn(i, h, generator=gen).to(dtype),
+            torch.randn(h, i, generator=gen).to(dtype))
+
+
+def mask_sequence(gen, i, steps):
+    """Growth, shrink, empty, full, repeats and 2-D batches, in random order."""
+    mask = torch.rand(i, generator=gen) < 0.05
+    for step in range(steps):
+        kind = step % 7
+        if kind == 0:
+            mask = mask | (torch.rand(i, generator=gen) < 0.5)   # growth
+        elif kind == 1:
+            mask = mask & (torch.rand(i, generator=gen) < 0.3)   # shrink
+        elif kind == 2:
+            mask = torch.zeros(i, dtype=torch.bool)              # empty
+        elif kind == 3:
+            mask = torch.ones(i, dtype=torch.bool)               # full
+        elif kind == 4:
+            pass                                                 # repeat
+        elif kind == 5:
+            yield torch.rand(4, i, generator=gen) < 0.2          # [tokens, I]
+            continue
+        else:
+            mask = torch.rand(i, generator=gen) < 0.4
+        yield mask.clone()
+
+
+class SeedApiTest(unittest.TestCase):
+
+    def test_round_trip_all_dtypes(self):
+        for dtype in DTYPES:
+            gen = torch.Generator().manual_seed(1)
+            i, h = 96, 40
+            gate, up, down = random_weights(gen, i, h, dtype)
+            first = torch.rand(i, generator=gen) < 0.1
+            cache = WeightCacheOptimized(first, h, gate, up, down)
+            mlp = LlamaSkipMLP.from_dense(gate, up, down)
+            x = torch.randn(3, h, generator=gen).to(dtype)
+            for step, mask in enumerate(mask_sequence(gen, i, 40)):
+                where = f"{dtype}, step {step}, mask shape {tuple(mask.shape)}"
+                cache.update_active_weights(mask)
+                active = union(mask)
+                self.assertEqual(cache.get_num_active(), int(active.sum()), where)
+                idx = cache.active_indices()
+                self.assertTrue(torch.equal(torch.sort(idx).values, active.nonzero().squeeze(1)), where)
+                self.assertTrue(torch.equal(cache.get_concat_weight(),
+                                            torch.cat([gate[idx], up[idx]])), where)
+                self.assertTrue(torch.equal(cache.get_active_down_weight(), down[:, idx]), where)
+                out = mlp(x, mask)
+                assert_close_in_norm(self, out, dense_masked(x, gate, up, down, active),
+                                     TOLERANCE[dtype], where)
+
+    def test_all_true_mask_equals_dense_mlp(self):
+        gen = torch.Generator().manual_seed(2)
+        gate, up, down = random_weights(gen, 80, 24, torch.float32)
+        mlp = LlamaSkipMLP.from_dense(gate, up, down)
+        x = torch.randn(5, 24, generator=gen)
+        dense = F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+        torch.testing.assert_close(mlp(x, torch.ones(80, dtype=torch.bool)), dense)
+
+    def test_reference_path_matches_cache_path(self):
+        gen = torch.Generator().manual_seed(3)
+        gate, up, down = random_weights(gen, 70, 20, torch.float32)
+        cached = LlamaSkipMLP.from_dense(gate, up, down, use_optimized_cache=True)
+        plain = LlamaSkipMLP.from_dense(gate, up, down, use_optimized_cache=False)
+        x = torch.randn(2, 20, generator=gen)
+        for step, mask in enumerate(mask_sequence(gen, 70, 20)):
+            torch.testing.assert_close(cached(x, mask), plain(x, mask), msg=f"step {step}")
+
+    def test_predictor_supplies_the_mask(self):
+        gen = torch.Generator().manual_seed(4)
+        gate, up, down = random_weights(gen, 50, 16, torch.float32)
+        mlp = LlamaSkipMLP.from_dense(gate, up, down,
+                                      predictor=lambda x: F.linear(x, gate).abs().mean(0) > 0.5)
+        x = torch.randn(1, 16, generator=gen)
+        active = F.linear(x, gate).abs().mean(0) > 0.5
+        torch.testing.assert_close(mlp(x), dense_masked(x, gate, up, down, active))
+        with self.assertRaisesRegex(ValueError, "needs a mask"):
+            LlamaSkipMLP.from_dense(gate, up, down)(x)
+
+    def test_seed_constructor_signature(self):
+        mlp = LlamaSkipMLP(32, 64, 0.5, use_optimized_cache=True)
+        x = torch.randn(1, 32)
+        mask = torch.zeros(64, dtype=torch.bool)
+        mask[::3] = True
+        w = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        torch.testing.assert_close(mlp(x, mask), dense_masked(x, *w, mask))
+
+
+class RealModelTest(unittest.TestCase):
+    """The MLPs of a trained tiny LLaMA (tests/data/stories260K.bin)."""
+
+    def load_layers(self):
+        path = os.path.join(os.path.dirname(__file__), "..", "data", "stories260K.bin")
+        with open(path, "rb") as f:
+            data = f.read()
+        dim, hidden, layers, heads, kv_heads, vocab, _ = struct.unpack("7i", data[:28])
+        floats = np.frombuffer(data, dtype=np.float32, offset=28)
+        kv_dim = dim * kv_heads // heads
+        offset = vocab * dim + layers * (dim + 2 * dim * dim + 2 * kv_dim * dim + dim)
+        w1 = floats[offset:offset + layers * hidden * dim].reshape(layers, hidden, dim)
+        offset += layers * hidden * dim
+        w2 = floats[offset:offset + layers * dim * hidden].reshape(layers, dim, hidden)
+        offset += layers * dim * hidden
+        w3 = floats[offset:offset + layers * hidden * dim].reshape(layers, hidden, dim)
+        return dim, hidden, [(torch.from_numpy(w1[l].copy()), torch.from_numpy(w3[l].copy()),
+                              torch.from_numpy(w2[l].copy())) for l in range(layers)]
+
+    def test_sparse_mlp_on_real_weights(self):
+        dim, hidden, layers = self.load_layers()
+        self.assertEqual((dim, hidden), (64, 172))
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(4, dim, generator=gen)
+        for layer, (gate, up, down) in enumerate(layers):
+            mlp = LlamaSkipMLP.from_dense(gate, up, down)
+            dense = F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+            torch.testing.assert_close(mlp(x, torch.ones(hidden, dtype=torch.bool)), dense)
+            # A magnitude "oracle" predictor keeping half the neurons: the
+            # sparse output is the masked dense output, and close to dense.
+            scores = (F.silu(F.linear(x, gate)) * F.linear(x, up)).abs().amax(0)
+            mask = scores >= scores.median()
+            out = mlp(x, mask)
+            torch.testing.assert_close(out, dense_masked(x, gate, up, down, mask))
+            relative = (out - dense).norm() / dense.norm()
+            self.assertLess(float(relative), 0.5, f"layer {layer}")
+
+
+class ViewLifetimeTest(unittest.TestCase):
+
+    def test_views_survive_updates_growth_and_deletion(self):
+        gen = torch.Generator().manual_seed(6)
+        gate, up, down = random_weights(gen, 200, 8, torch.float32)
+        mask = torch.zeros(200, dtype=torch.bool)
+        mask[:3] = True
+        cache = WeightCache(mask, gate, up, down)
+        early = cache.up()
+        snapshot = early.clone()
+        cache.update(torch.ones(200, dtype=torch.bool))  # grows far beyond 3
+        self.assertEqual(cache.num_active, 200)
+        self.assertTrue(cache.last_update["grew"])
+        idx = cache.active_indices()
+        self.assertTrue(torch.equal(cache.up(), up[idx]), "growth lost neurons")
+        late = cache.down_hidden_major()
+        late_snapshot = late.clone()
+        del cache
+        gc.collect()
+        # Both views still point into live memory (ASan-built runs would flag
+        # a use after free); the old one kept its pre-growth rows.
+        self.assertTrue(torch.equal(early, snapshot))
+        self.assertTrue(torch.equal(late, late_snapshot))
+        self.assertTrue(torch.equal(late, down[:, idx]))
+
+    def test_zero_copy_views(self):
+        gen = torch.Generator().manual_seed(7)
+        gate, up, down = random_weights(gen, 40, 8, torch.float32)
+        cache = WeightCache(torch.ones(40, dtype=torch.bool), gate, up, down)
+        self.assertEqual(cache.gate().data_ptr(), cache.gate().data_ptr())
+        self.assertEqual(cache.down_hidden_major().stride(), (1, 8))
+        self.assertEqual(cache.down_hidden_major().data_ptr(), cache.down().data_ptr())
+
+    def test_numpy_inputs_and_outputs(self):
+        rng = np.random.default_rng(8)
+        gate = rng.standard_normal((30, 6), dtype=np.float32)
+        up = rng.standard_normal((30, 6), dtype=np.float32)
+        down = rng.standard_normal((6, 30), dtype=np.float32)
+        mask = rng.random(30) < 0.5
+        cache = WeightCache(mask, gate, up, down)
+        idx = cache.active_indices()
+        np.testing.assert_array_equal(cache.gate(), gate[idx])
+        np.testing.assert_array_equal(cache.down_hidden_major(), down[:, idx])
+
+    def test_gateless_tolerance_threads_and_footprint(self):
+        gen = torch.Generator().manual_seed(9)
+        _, up, down = random_weights(gen, 120, 10, torch.float16)
+        mask = torch.rand(120, generator=gen) < 0.5
+        cache = WeightCache(mask, None, up, down, num_threads=2, tolerance=4)
+        self.assertFalse(cache.has_gate)
+        with self.assertRaisesRegex(ValueError, "no gate"):
+            cache.gate()
+        flipped = mask.clone()
+        flipped[:2] = ~flipped[:2]
+        cache.update(flipped)
+        self.assertTrue(cache.last_update["skipped"])
+        self.assertEqual(cache.lag, 2)
+        cache.catch_up()
+        self.assertEqual(cache.lag, 0)
+        self.assertTrue(torch.equal(cache.up(), up[cache.active_indices()]))
+        self.assertGreater(cache.memory_bytes, 120 * 10 * 2)  # at least its down copy
+        self.assertEqual(cache.num_threads, 2)
+
+    def test_interleaved_layout(self):
+        gen = torch.Generator().manual_seed(10)
+        gate, up, down = random_weights(gen, 50, 12, torch.bfloat16)
+        cache = WeightCache(torch.rand(50, generator=gen) < 0.5, gate, up, down,
+                            layout="interleaved")
+        idx = cache.active_indices()
+        fused = cache.gate_up_interleaved()
+        self.assertTrue(torch.equal(fused, torch.cat([gate[idx], up[idx]], dim=1)))
+
+
+class BadInputTest(unittest.TestCase):
+    """Every bad input raises a clear exception and leaves the cache as it was."""
+
+    def setUp(self):
+        gen = torch.Generator().manual_seed(11)
+        self.gate, self.up, self.down = random_weights(gen, 64, 16, torch.float32)
+        self.mask = torch.rand(64, generator=gen) < 0.5
+        self.cache = WeightCacheOptimized(self.mask, 16, self.gate, self.up, self.down)
+        self.before = (self.cache.get_num_active(), self.cache.active_indices().clone(),
+                       self.cache.get_concat_weight().clone())
+
+    def assert_unchanged(self):
+        self.assertEqual(self.cache.get_num_active(), self.before[0])
+        self.assertTrue(torch.equal(self.cache.active_indices(), self.before[1]))
+        self.assertTrue(torch.equal(self.cache.get_concat_weight(), self.before[2]))
+
+    def test_wrong_mask_length(self):
+        with self.assertRaisesRegex(ValueError, "65 entries, expected 64"):
+            self.cache.update_active_weights(torch.ones(65, dtype=torch.bool))
+        self.assert_unchanged()
+
+    def test_wrong_mask_dtype(self):
+        with self.assertRaisesRegex(TypeError, "bool or uint8"):
+            self.cache.update_active_weights(torch.ones(64))
+        with self.assertRaisesRegex(TypeError, "torch.Tensor or numpy.ndarray"):
+            self.cache.update_active_weights([True] * 64)
+        self.assert_unchanged()
+
+    def test_wrong_mask_rank(self):
+        with self.assertRaisesRegex(ValueError, "1-D .* or 2-D"):
+            self.cache.update_active_weights(torch.ones(2, 2, 64, dtype=torch.bool))
+        with self.assertRaisesRegex(ValueError, "1-D .* or 2-D"):
+            self.cache.update_active_weights(torch.tensor(True))
+        self.assert_unchanged()
+
+    def test_wrong_device(self):
+        with self.assertRaisesRegex(ValueError, "must be on the CPU, got device meta"):
+            WeightCacheOptimized(self.mask, 16, self.gate.to("meta"), self.up, self.down)
+        with self.assertRaisesRegex(ValueError, "must be on the CPU"):
+            self.cache.update_active_weights(torch.ones(64, dtype=torch.bool, device="meta"))
+        self.assert_unchanged()
+
+    def test_wrong_weight_dtype(self):
+        with self.assertRaisesRegex(TypeError, "float32, bfloat16 or float16"):
+            WeightCacheOptimized(self.mask, 16, self.gate.double(), self.up.double(),
+                                 self.down.double())
+        with self.assertRaisesRegex(TypeError, "same dtype"):
+            WeightCacheOptimized(self.mask, 16, self.gate.half(), self.up, self.down)
+        with self.assertRaisesRegex(TypeError, "torch.Tensor or numpy.ndarray"):
+            WeightCacheOptimized(self.mask, 16, self.gate, self.up.tolist(), self.down)
+
+    def test_non_contiguous_weight_is_refused_not_copied(self):
+        with self.assertRaisesRegex(ValueError, "C-contiguous"):
+            WeightCacheOptimized(self.mask, 16, self.gate, self.up, self.down.t().contiguous().t())
+        strided = torch.randn(64, 32)[:, ::2]  # [64, 16] with strides (32, 2)
+        with self.assertRaisesRegex(ValueError, r"strides \[32, 2\]"):
+            WeightCacheOptimized(self.mask, 16, strided, self.up, self.down)
+
+    def test_shape_mismatch(self):
+        with self.assertRaisesRegex(ValueError, "up_weight must be"):
+            WeightCacheOptimized(self.mask, 15, self.gate, self.up, self.down)
+        with self.assertRaisesRegex(ValueError, "gate_weight must have"):
+            WeightCacheOptimized(self.mask, 16, self.gate[:60], self.up, self.down)
+        with self.assertRaisesRegex(ValueError, "down_weight must be"):
+            WeightCacheOptimized(self.mask, 16, self.gate, self.up, self.down.t().contiguous())
+        with self.assertRaisesRegex(ValueError, "initial mask must be 1-D with 64"):
+            WeightCacheOptimized(self.mask[:10], 16, self.gate, self.up, self.down)
+        with self.assertRaisesRegex(TypeError, "hidden_size must be an int"):
+            WeightCacheOptimized(self.mask, 16.0, self.gate, self.up, self.down)
+
+    def test_bad_settings(self):
+        with self.assertRaisesRegex(ValueError, "num_threads must be at least 1"):
+            self.cache.num_threads = 0
+        with self.assertRaisesRegex(ValueError, "layout must be"):
+            WeightCache(self.mask, self.gate, self.up, self.down, layout="diagonal")
+        with self.assertRaisesRegex(ValueError, "cannot reserve 65"):
+            self.cache.reserve(65)
+        with self.assertRaisesRegex(ValueError, "needs PackedLayout::kInterleavedGateUp"):
+            self.cache.gate_up_interleaved()
+        self.assert_unchanged()
+
+    def test_module_exports(self):
+        self.assertEqual(set(sparse_mlp.__all__),
+                         {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP"})
+
+
+if __name__ == "__main__":
+    unittest.main()
