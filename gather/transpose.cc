@@ -22,49 +22,51 @@ void ScalarTile(const uint8_t* src, size_t src_stride, uint8_t* dst,
 }
 
 // A tile kernel and the tile it is walked with. Each thread takes a band of
-// source columns and walks it tile column by tile column, top to bottom, so
-// the destination rows of a band are written front to back. Shapes measured
-// on the llama-3.2-3b down matrix (//bench:gather, 2 threads):
-//  - AVX-512: strips of one destination cache line (16 fp32 / 32 bf16 rows)
-//    streamed with non-temporal stores; 128 fp32 / 512 bf16 columns wide
-//    (fp32 12.5 GB/s vs 10.4-11.1 at 64 or 256+ columns);
-//  - AVX2: 16 x 256 tiles through the cache (13 GB/s vs 8 at 64 x 64);
+// source columns and walks it tile column by tile column, top to bottom:
+// every destination row then receives tile_rows-element runs, front to back,
+// while the next tile's source rows are prefetched. Shapes measured on the
+// llama-3.2-3b down matrix (2 threads; 256 columns = 1 KiB fp32 rows):
+//  - fp32, 8x8 AVX2 blocks + streaming stores: 64 x 256 tiles 17.6 GB/s
+//    (32 x 256: 15.1, 128 x 256: 14.6, 16 x 512: 9.2);
+//  - 16-bit, AVX-512 16x8 permute blocks + streaming stores: 128 x 256
+//    tiles 11.8 GB/s (AVX2 8x8 blocks: 8.6);
 //  - scalar: 64 x 64.
 struct TileKernel {
   internal::TileTransposeFn transpose;
   size_t tile_rows;
   size_t tile_cols;
-  bool streaming_stores;
 };
 
 TileKernel SelectTileKernel(size_t elem_bytes, SimdLevel level) {
-  switch (Resolve(level)) {
-    case SimdLevel::kAvx512:
-      if (elem_bytes == 4) {
-        return {internal::TileTransposeAvx512Bits32,
-                internal::kStreamingStripRows32, 128, true};
-      }
-      if (elem_bytes == 2) {
-        return {internal::TileTransposeAvx512Bits16,
-                internal::kStreamingStripRows16, 512, true};
-      }
-      break;
-    case SimdLevel::kAvx2:
-      if (elem_bytes == 4) return {internal::TileTransposeAvx2Bits32, 16, 256, false};
-      if (elem_bytes == 2) return {internal::TileTransposeAvx2Bits16, 16, 256, false};
-      break;
-    default:
-      break;
+  const SimdLevel resolved = Resolve(level);
+  if (resolved != SimdLevel::kScalar) {
+    if (elem_bytes == 4) return {internal::TileTransposeAvx2Bits32, 64, 256};
+    if (elem_bytes == 2) {
+      return resolved == SimdLevel::kAvx512
+                 ? TileKernel{internal::TileTransposeAvx512Bits16, 128, 256}
+                 : TileKernel{internal::TileTransposeAvx2Bits16, 64, 256};
+    }
   }
   switch (elem_bytes) {
     case 1:
-      return {ScalarTile<1>, 64, 64, false};
+      return {ScalarTile<1>, 64, 64};
     case 2:
-      return {ScalarTile<2>, 64, 64, false};
+      return {ScalarTile<2>, 64, 64};
     case 4:
-      return {ScalarTile<4>, 64, 64, false};
+      return {ScalarTile<4>, 64, 64};
     default:
-      return {ScalarTile<8>, 64, 64, false};
+      return {ScalarTile<8>, 64, 64};
+  }
+}
+
+// Pulls the source lines of a tile toward L2 ahead of its turn: tile rows
+// sit a full matrix row apart, too far for the hardware prefetchers.
+void PrefetchTile(const uint8_t* src, size_t src_stride, size_t rows,
+                  size_t row_bytes) {
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t b = 0; b < row_bytes; b += 64) {
+      __builtin_prefetch(src + r * src_stride + b, 0, 2);
+    }
   }
 }
 
@@ -177,6 +179,12 @@ absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
          c0 += kernel.tile_cols) {
       const size_t tile_cols = std::min(kernel.tile_cols, c_end - c0);
       for (size_t r0 = 0; r0 < rows; r0 += kernel.tile_rows) {
+        const size_t next = r0 + kernel.tile_rows;
+        if (next < rows) {
+          PrefetchTile(in + next * src.stride_bytes + c0 * elem_bytes,
+                       src.stride_bytes, std::min(kernel.tile_rows, rows - next),
+                       tile_cols * elem_bytes);
+        }
         kernel.transpose(in + r0 * src.stride_bytes + c0 * elem_bytes,
                          src.stride_bytes,
                          out + c0 * dst.stride_bytes + r0 * elem_bytes,
@@ -184,7 +192,7 @@ absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
                          tile_cols);
       }
     }
-    if (kernel.streaming_stores) internal::FinishStreamingStores();
+    internal::FinishStreamingStores();
   }
   return absl::OkStatus();
 }

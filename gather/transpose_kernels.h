@@ -2,8 +2,8 @@
 //
 // A tile kernel transposes the block src[0, rows) x [0, cols) into
 // dst[0, cols) x [0, rows), strides in bytes. The scalar ones work one
-// element at a time; the AVX2 ones transpose 8x8 blocks in registers and
-// finish ragged edges with the scalar code.
+// element at a time; the SIMD ones transpose blocks in registers and finish
+// ragged edges with the scalar code.
 #ifndef SPARSE_MLP_GATHER_TRANSPOSE_KERNELS_H_
 #define SPARSE_MLP_GATHER_TRANSPOSE_KERNELS_H_
 
@@ -29,20 +29,14 @@ void TileTransposeAvx2Bits16(const uint8_t* src, size_t src_stride,
                              uint8_t* dst, size_t dst_stride, size_t rows,
                              size_t cols);
 
-// Streaming-store kernels (AVX-512 level): a tile of exactly
-// kStreamingStripRows32 (32-bit) / kStreamingStripRows16 (16-bit) rows with
-// 64-byte aligned destination lines is written one whole line per
-// destination row with non-temporal stores; any other tile falls back to
-// the AVX2 kernel. FinishStreamingStores orders those stores before the
-// caller hands the destination to another thread.
-inline constexpr size_t kStreamingStripRows32 = 16;
-inline constexpr size_t kStreamingStripRows16 = 32;
-void TileTransposeAvx512Bits32(const uint8_t* src, size_t src_stride,
-                               uint8_t* dst, size_t dst_stride, size_t rows,
-                               size_t cols);
+// AVX-512 (BW) 16-bit kernel: 16 x 8 blocks by two-source word permutes.
 void TileTransposeAvx512Bits16(const uint8_t* src, size_t src_stride,
                                uint8_t* dst, size_t dst_stride, size_t rows,
                                size_t cols);
+
+// The SIMD kernels write with non-temporal stores where aligned: call this
+// (an sfence) on the writing thread before the destination is handed to
+// another thread.
 void FinishStreamingStores();
 
 }  // namespace sparse_mlp::gather::internal

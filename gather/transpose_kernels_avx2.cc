@@ -1,6 +1,15 @@
 // AVX2 tile transposes: 8x8 blocks of 32-bit or 16-bit elements transposed
-// in registers (transpose_8x8.h), ragged edges by the scalar kernel. Compiled per function with a target attribute and only reached
-// after the runtime check in transpose.cc.
+// in registers (transpose_8x8.h), ragged edges by the scalar kernel.
+//
+// The destination is written with non-temporal stores when its rows are
+// aligned for them: a transposed copy of a weight matrix is far larger than
+// the caches, so ordinary stores would first read every destination line
+// (read-for-ownership) only to evict it again. Walking a tile column-block by
+// column-block, each destination row receives consecutive 32-byte (fp32) or
+// 16-byte (16-bit) pieces that the write-combining buffers merge into whole
+// lines. Compiled per function with a target attribute and only reached
+// after the runtime check in transpose.cc; callers sfence
+// (FinishStreamingStores) before another thread reads the destination.
 #include <immintrin.h>
 
 #include "gather/transpose_8x8.h"
@@ -11,21 +20,33 @@
 namespace sparse_mlp::gather::internal {
 namespace {
 
+template <bool kStream>
 SPARSE_MLP_AVX2 inline void Block32(const uint8_t* src, size_t src_stride,
                                     uint8_t* dst, size_t dst_stride) {
   __m256 columns[8];
   Transpose8x8Bits32(src, src_stride, columns);
   for (int i = 0; i < 8; ++i) {
-    _mm256_storeu_ps(reinterpret_cast<float*>(dst + i * dst_stride), columns[i]);
+    float* out = reinterpret_cast<float*>(dst + i * dst_stride);
+    if (kStream) {
+      _mm256_stream_ps(out, columns[i]);
+    } else {
+      _mm256_storeu_ps(out, columns[i]);
+    }
   }
 }
 
+template <bool kStream>
 SPARSE_MLP_AVX2 inline void Block16(const uint8_t* src, size_t src_stride,
                                     uint8_t* dst, size_t dst_stride) {
   __m128i columns[8];
   Transpose8x8Bits16(src, src_stride, columns);
   for (int i = 0; i < 8; ++i) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i * dst_stride), columns[i]);
+    __m128i* out = reinterpret_cast<__m128i*>(dst + i * dst_stride);
+    if (kStream) {
+      _mm_stream_si128(out, columns[i]);
+    } else {
+      _mm_storeu_si128(out, columns[i]);
+    }
   }
 }
 
@@ -57,22 +78,36 @@ SPARSE_MLP_AVX2 inline void TileTransposeBlocks(const uint8_t* src,
   }
 }
 
+// Streaming stores need every 8-element destination piece aligned to its
+// size: the destination tile start and the row stride.
+bool StreamAligned(const uint8_t* dst, size_t dst_stride, size_t piece_bytes) {
+  return (reinterpret_cast<uintptr_t>(dst) | dst_stride) % piece_bytes == 0;
+}
+
 }  // namespace
 
 SPARSE_MLP_AVX2 void TileTransposeAvx2Bits32(const uint8_t* src,
                                              size_t src_stride, uint8_t* dst,
                                              size_t dst_stride, size_t rows,
                                              size_t cols) {
-  TileTransposeBlocks<4, Block32>(src, src_stride, dst, dst_stride,
-                                             rows, cols);
+  if (StreamAligned(dst, dst_stride, 32)) {
+    TileTransposeBlocks<4, Block32<true>>(src, src_stride, dst, dst_stride, rows, cols);
+  } else {
+    TileTransposeBlocks<4, Block32<false>>(src, src_stride, dst, dst_stride, rows, cols);
+  }
 }
 
 SPARSE_MLP_AVX2 void TileTransposeAvx2Bits16(const uint8_t* src,
                                              size_t src_stride, uint8_t* dst,
                                              size_t dst_stride, size_t rows,
                                              size_t cols) {
-  TileTransposeBlocks<2, Block16>(src, src_stride, dst, dst_stride,
-                                             rows, cols);
+  if (StreamAligned(dst, dst_stride, 16)) {
+    TileTransposeBlocks<2, Block16<true>>(src, src_stride, dst, dst_stride, rows, cols);
+  } else {
+    TileTransposeBlocks<2, Block16<false>>(src, src_stride, dst, dst_stride, rows, cols);
+  }
 }
+
+void FinishStreamingStores() { _mm_sfence(); }
 
 }  // namespace sparse_mlp::gather::internal
