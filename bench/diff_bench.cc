@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
-#include "bench/optimized_build_check.h"
 #include "diff/mask_diff.h"
 #include "diff/neuron_mask.h"
 #include "platform/simd_level.h"
@@ -128,12 +127,3 @@ BENCHMARK(BM_DiffThreads)
 
 }  // namespace
 }  // namespace sparse_mlp::bench
-
-int main(int argc, char** argv) {
-  sparse_mlp::bench::RequireOptimizedBuild();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

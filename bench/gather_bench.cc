@@ -11,7 +11,6 @@
 
 #include "benchmark/benchmark.h"
 #include "bench/bench_util.h"
-#include "bench/optimized_build_check.h"
 #include "gather/parallel_copy.h"
 #include "gather/row_gather.h"
 #include "gather/transpose.h"
@@ -114,12 +113,3 @@ BENCHMARK(BM_TransposeNaiveColumnLoop)
 
 }  // namespace
 }  // namespace sparse_mlp::bench
-
-int main(int argc, char** argv) {
-  sparse_mlp::bench::RequireOptimizedBuild();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

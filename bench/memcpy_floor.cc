@@ -9,7 +9,6 @@
 #include <cstring>
 
 #include "benchmark/benchmark.h"
-#include "bench/optimized_build_check.h"
 #include "gather/parallel_copy.h"
 #include "memory/aligned_buffer.h"
 
@@ -38,12 +37,3 @@ BENCHMARK(BM_ParallelCopy)
 
 }  // namespace
 }  // namespace sparse_mlp::bench
-
-int main(int argc, char** argv) {
-  sparse_mlp::bench::RequireOptimizedBuild();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
