@@ -42,9 +42,6 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
 }
 
 // Copies bytes [begin, end) of the concatenation of all copied rows.
-// The next source row is prefetched while the current one is copied: the
-// hardware prefetchers stop at 4 KiB page boundaries and would otherwise
-// retrain on every randomly placed row.
 void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
                    size_t dst_stride, size_t row_bytes,
                    absl::Span<const RowCopy> copies, size_t begin, size_t end) {
@@ -53,10 +50,6 @@ void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
   size_t remaining = end - begin;
   while (remaining > 0) {
     const size_t n = row_bytes - offset < remaining ? row_bytes - offset : remaining;
-    if (k + 1 < copies.size()) {
-      const uint8_t* next = src + copies[k + 1].src_row * src_stride;
-      for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b, 0, 0);
-    }
     std::memcpy(dst + copies[k].dst_row * dst_stride + offset,
                 src + copies[k].src_row * src_stride + offset, n);
     remaining -= n;

@@ -9,11 +9,12 @@
 // Execution: the copies' total bytes are split evenly over num_threads
 // OpenMP threads on cache-line boundaries (gather/partition.h), so a list of
 // one huge row and a list of thousands of small ones both use every thread.
-// Each thread copies its share with memcpy (glibc's is the best vector copy
-// for the CPU; AVX-512 loops with ordinary or non-temporal stores measured
-// no faster in //bench:gather) and prefetches the next source row. Gathers
-// smaller than kParallelGatherMinBytes run on the calling thread (see
-// parallel_copy.h).
+// Each thread copies its share row by row with memcpy: glibc's is the best
+// vector copy for the CPU, and neither AVX-512 loops with ordinary or
+// non-temporal stores nor software prefetching of the next rows measured
+// faster (//bench:gather, //bench:cache; prefetching whole rows ahead was
+// 10-20% slower). Gathers smaller than kParallelGatherMinBytes run on the
+// calling thread (see parallel_copy.h).
 //
 // Preconditions the caller keeps (not checked, they cost O(n log n)): no two
 // copies write the same destination row, and no destination row is also a
