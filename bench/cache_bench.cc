@@ -60,8 +60,8 @@ ABSL_FLAG(std::string, churn, "0,0.02,0.10,0.25,1.0",
 ABSL_FLAG(int, threads, 2, "threads for every copy (update, floor, rebuilds)");
 ABSL_FLAG(int, steps, 20, "measured update steps per case");
 ABSL_FLAG(int, batch, 1,
-          "tokens per step: each step's mask is the union of this many "
-          "per-token masks");
+          "tokens per step of a generated sequence: each step's mask is the "
+          "union of this many per-token masks (a replay uses its masks as read)");
 ABSL_FLAG(bool, gate, true, "gated MLP (false: up and down only)");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 ABSL_FLAG(std::string, replay, "", "replay a mask sequence from this file");
