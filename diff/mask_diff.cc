@@ -1,5 +1,7 @@
 #include "diff/mask_diff.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "diff/mask_diff_parallel.h"
 #include "diff/mask_kernels.h"
@@ -26,17 +28,14 @@ absl::Status ComputeMaskDiff(const NeuronMask& before, const NeuronMask& after,
   const size_t num_words = before.words().size();
   const SimdLevel level = Resolve(options.simd);
 
-  const size_t min_words =
-      options.min_words_per_thread == 0 ? 1 : options.min_words_per_thread;
-  if (options.num_threads > 1 &&
-      num_words / min_words >= 2) {
-    const size_t useful = num_words / min_words;
-    const int threads = static_cast<int>(
-        useful < static_cast<size_t>(options.num_threads)
-            ? useful
-            : static_cast<size_t>(options.num_threads));
-    internal::ParallelMaskDiff(old_words, new_words, num_words, threads, level,
-                               diff);
+  // As many threads as asked for, but none with fewer words than the
+  // threshold.
+  const size_t threads = std::min(
+      num_words / std::max<size_t>(1, options.min_words_per_thread),
+      static_cast<size_t>(std::max(1, options.num_threads)));
+  if (threads >= 2) {
+    internal::ParallelMaskDiff(old_words, new_words, num_words,
+                               static_cast<int>(threads), level, diff);
     return absl::OkStatus();
   }
 
