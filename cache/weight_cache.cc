@@ -100,53 +100,50 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   const int threads = options.num_threads;
   const bool copy = options.ownership == SourceOwnership::kCopy;
 
-  auto owned_copy = [&](const void* src, memory::AlignedBuffer* owned,
-                        const uint8_t** view) -> absl::Status {
+  // Points *view at a neuron-major [I, H] source: the caller's array
+  // (kBorrow), or an owned copy of it (kCopy), or, for down given [H, I],
+  // an owned transposed copy whatever the ownership.
+  auto take_source = [&](const void* src, bool transpose,
+                         memory::AlignedBuffer* owned,
+                         const uint8_t** view) -> absl::Status {
+    if (!copy && !transpose) {
+      *view = static_cast<const uint8_t*>(src);
+      return absl::OkStatus();
+    }
     absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*matrix_bytes);
     if (!buffer.ok()) return buffer.status();
-    gather::ParallelCopy(buffer->data(), src, *matrix_bytes, threads);
+    if (transpose) {
+      gather::TransposeOptions transpose_options;
+      transpose_options.num_threads = threads;
+      if (absl::Status s = gather::Transpose(
+              {src, options.hidden_size, num_neurons * elem}, num_neurons, elem,
+              {buffer->data(), num_neurons, *row_bytes}, transpose_options);
+          !s.ok()) {
+        return s;
+      }
+    } else {
+      gather::ParallelCopy(buffer->data(), src, *matrix_bytes, threads);
+    }
     *owned = *std::move(buffer);
     *view = owned->data();
     return absl::OkStatus();
   };
   if (options.has_gate) {
-    if (copy) {
-      if (absl::Status s = owned_copy(weights.gate, &cache.gate_owned_, &cache.gate_src_);
-          !s.ok()) {
-        return s;
-      }
-    } else {
-      cache.gate_src_ = static_cast<const uint8_t*>(weights.gate);
+    if (absl::Status s = take_source(weights.gate, false, &cache.gate_owned_,
+                                     &cache.gate_src_);
+        !s.ok()) {
+      return s;
     }
   }
-  if (copy) {
-    if (absl::Status s = owned_copy(weights.up, &cache.up_owned_, &cache.up_src_);
-        !s.ok()) {
-      return s;
-    }
-  } else {
-    cache.up_src_ = static_cast<const uint8_t*>(weights.up);
+  if (absl::Status s = take_source(weights.up, false, &cache.up_owned_, &cache.up_src_);
+      !s.ok()) {
+    return s;
   }
-  if (options.down_layout == DownLayout::kHiddenMajor) {
-    absl::StatusOr<memory::AlignedBuffer> down = cache.Allocate(*matrix_bytes);
-    if (!down.ok()) return down.status();
-    gather::TransposeOptions transpose;
-    transpose.num_threads = threads;
-    if (absl::Status s = gather::Transpose(
-            {weights.down, options.hidden_size, num_neurons * elem}, num_neurons,
-            elem, {down->data(), num_neurons, *row_bytes}, transpose);
-        !s.ok()) {
-      return s;
-    }
-    cache.down_owned_ = *std::move(down);
-    cache.down_src_ = cache.down_owned_.data();
-  } else if (copy) {
-    if (absl::Status s = owned_copy(weights.down, &cache.down_owned_, &cache.down_src_);
-        !s.ok()) {
-      return s;
-    }
-  } else {
-    cache.down_src_ = static_cast<const uint8_t*>(weights.down);
+  if (absl::Status s = take_source(weights.down,
+                                   options.down_layout == DownLayout::kHiddenMajor,
+                                   &cache.down_owned_, &cache.down_src_);
+      !s.ok()) {
+    return s;
   }
 
   // Hot-path scratch sized once for the worst case (every neuron changes),
