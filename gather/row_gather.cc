@@ -41,6 +41,27 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
   return absl::OkStatus();
 }
 
+// Rows ahead of the one being copied whose pages are touched (see below).
+constexpr size_t kPageTouchAhead = 2;
+constexpr size_t kPageBytes = 4096;
+
+// One prefetch per 4 KiB page of a row, read for the source and write for
+// the destination. A randomly placed row otherwise begins every page with a
+// TLB miss (a two-level walk in a VM) and a closed DRAM page, which the
+// hardware prefetchers cannot hide because they stop at page boundaries.
+// Touching each page of the row two ahead overlaps that latency with the
+// current copy. Measured on 1230 scattered 12 KiB rows, 2 threads: plain
+// memcpy 19 GB/s, with page touches 24-26 GB/s (a contiguous memcpy of the
+// same bytes: 25-31 GB/s). Prefetching every line of the next row instead
+// floods the miss queues and was 10-20% slower than nothing.
+inline void TouchRowPages(const uint8_t* src_row, uint8_t* dst_row,
+                          size_t row_bytes) {
+  for (size_t b = 0; b < row_bytes; b += kPageBytes) {
+    __builtin_prefetch(src_row + b, 0, 3);
+    __builtin_prefetch(dst_row + b, 1, 3);
+  }
+}
+
 // Copies bytes [begin, end) of the concatenation of all copied rows.
 void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
                    size_t dst_stride, size_t row_bytes,
@@ -50,6 +71,11 @@ void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
   size_t remaining = end - begin;
   while (remaining > 0) {
     const size_t n = row_bytes - offset < remaining ? row_bytes - offset : remaining;
+    if (k + kPageTouchAhead < copies.size()) {
+      const RowCopy& ahead = copies[k + kPageTouchAhead];
+      TouchRowPages(src + ahead.src_row * src_stride, dst + ahead.dst_row * dst_stride,
+                    row_bytes);
+    }
     std::memcpy(dst + copies[k].dst_row * dst_stride + offset,
                 src + copies[k].src_row * src_stride + offset, n);
     remaining -= n;
