@@ -4,8 +4,9 @@
 //
 //   bazel run //bench:gather
 //
-// Row gather: 2048 random rows (sorted) of an 8192-row matrix into a packed
-// matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
+// Row gather: 2048 random rows (sorted; a new selection each iteration) of
+// an 8192-row matrix into a packed matrix, against a memcpy of as many bytes
+// from a moving window of the same matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
 // to [I, H], fp32 and bf16, plus the naive column loop for reference.
 #include <cstring>
 
@@ -29,27 +30,33 @@ memory::AlignedBuffer FilledBuffer(size_t bytes, int value) {
 void BM_RowGather(benchmark::State& state) {
   const size_t row_bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  constexpr size_t kSourceRows = 8192, kGathered = 2048;
+  constexpr size_t kSourceRows = 8192, kGathered = 2048, kSelections = 8;
   memory::AlignedBuffer src = FilledBuffer(kSourceRows * row_bytes, 1);
   memory::AlignedBuffer dst = FilledBuffer(kGathered * row_bytes, 0);
   memory::AlignedBuffer floor_dst = FilledBuffer(kGathered * row_bytes, 0);
-  std::vector<gather::RowCopy> copies;
-  uint32_t slot = 0;
-  for (uint32_t row : RandomSortedIndices(kSourceRows, kGathered, 7)) {
-    copies.push_back({row, slot++});
+  // A different random selection each iteration, and a floor that copies
+  // from a different window of the source each time, so neither finds its
+  // bytes in the caches from the iteration before.
+  std::vector<std::vector<gather::RowCopy>> selections(kSelections);
+  for (size_t k = 0; k < kSelections; ++k) {
+    uint32_t slot = 0;
+    for (uint32_t row : RandomSortedIndices(kSourceRows, kGathered, 7 + k)) {
+      selections[k].push_back({row, slot++});
+    }
   }
   const size_t bytes = kGathered * row_bytes;
+  size_t iteration = 0;
   TimeAgainstFloor(
       state, bytes,
       [&] {
         (void)gather::GatherRows({src.data(), kSourceRows, row_bytes},
                                  {dst.data(), kGathered, row_bytes}, row_bytes,
-                                 copies, threads);
+                                 selections[iteration % kSelections], threads);
       },
       [&] {
-        // Same bytes, contiguous, from the middle of the same source.
-        gather::ParallelCopy(floor_dst.data(), src.data() + src.size() / 4,
-                             bytes, threads);
+        const size_t window = iteration++ % (src.size() / bytes);
+        gather::ParallelCopy(floor_dst.data(), src.data() + window * bytes, bytes,
+                             threads);
       });
 }
 BENCHMARK(BM_RowGather)
