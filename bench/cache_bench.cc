@@ -194,14 +194,18 @@ class Bench {
     const size_t bytes = h_ * i_ * cache::DTypeSize(dtype);
     std::vector<double> create, copy;
     for (int rep = 0; rep < 3; ++rep) {
-      create.push_back(Seconds([&] { (void)cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
+      // Only construction is timed: what was built is destroyed afterwards.
+      absl::StatusOr<cache::WeightCache> built;
+      create.push_back(Seconds([&] { built = cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
+      built = absl::UnknownError("released");
       // The plain copy a user would make (allocate + copy, as tensor.clone()),
       // into fresh memory like the cache's.
+      std::vector<memory::AlignedBuffer> copies;
       copy.push_back(Seconds([&] {
         for (const memory::AlignedBuffer* src : {&w.gate, &w.up, &w.down}) {
-          memory::AlignedBuffer dst = *memory::AlignedBuffer::Allocate(
-              bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages);
-          gather::ParallelCopy(dst.data(), src->data(), bytes, threads_);
+          copies.push_back(*memory::AlignedBuffer::Allocate(
+              bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages));
+          gather::ParallelCopy(copies.back().data(), src->data(), bytes, threads_);
         }
       }));
     }
