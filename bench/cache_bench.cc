@@ -63,6 +63,10 @@ ABSL_FLAG(int, batch, 1,
           "tokens per step of a generated sequence: each step's mask is the "
           "union of this many per-token masks (a replay uses its masks as read)");
 ABSL_FLAG(bool, gate, true, "gated MLP (false: up and down only)");
+ABSL_FLAG(double, repack_fraction,
+          sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
+          "repack when max(|added|, |removed|) >= this fraction of the new "
+          "active count (1.0: only when every slot changes)");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 ABSL_FLAG(std::string, replay, "", "replay a mask sequence from this file");
 ABSL_FLAG(std::string, replay_format, "text", "text (0/1 lines) or bytes");
@@ -307,6 +311,7 @@ class Bench {
     o.dtype = dtype;
     o.has_gate = absl::GetFlag(FLAGS_gate);
     o.num_threads = threads_;
+    o.repack_fraction = absl::GetFlag(FLAGS_repack_fraction);
     return o;
   }
   cache::MlpWeights Sources(const Weights& w) const {
