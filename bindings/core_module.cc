@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
+#include "gather/transpose.h"
 
 namespace py = pybind11;
 
@@ -398,6 +399,40 @@ class PyWeightCache {
   std::unique_ptr<cache::WeightCache> cache_;
 };
 
+// dst[c][r] = src[r][c], both taken through DLPack (no copies besides the
+// transpose itself): src [R, C], dst [C, R], same dtype, C-contiguous.
+void TransposeInto(const py::object& src, const py::object& dst, int num_threads) {
+  ImportedTensor in = ImportMatrix(src, "src");
+  ImportedTensor out = ImportMatrix(dst, "dst");
+  const DType dtype = DTypeOf(in.tensor(), "src");
+  if (DTypeOf(out.tensor(), "dst") != dtype) {
+    throw py::type_error("src and dst must have the same dtype");
+  }
+  const int64_t rows = in.tensor().shape[0], cols = in.tensor().shape[1];
+  if (out.tensor().shape[0] != cols || out.tensor().shape[1] != rows) {
+    throw py::value_error(absl::StrFormat("dst must be [%d, %d] for src %s, got %s", cols,
+                                          rows, ShapeString(in.tensor()),
+                                          ShapeString(out.tensor())));
+  }
+  if (num_threads < 1) {
+    throw py::value_error(absl::StrFormat("num_threads must be at least 1, got %d", num_threads));
+  }
+  const size_t elem = cache::DTypeSize(dtype);
+  gather::TransposeOptions options;
+  options.num_threads = num_threads;
+  absl::Status status;
+  {
+    py::gil_scoped_release release;
+    status = gather::Transpose(
+        {in.data(), static_cast<size_t>(rows), static_cast<size_t>(cols) * elem},
+        static_cast<size_t>(cols), elem,
+        {const_cast<void*>(out.data()), static_cast<size_t>(cols),
+         static_cast<size_t>(rows) * elem},
+        options);
+  }
+  ThrowIfError(status);
+}
+
 }  // namespace
 }  // namespace sparse_mlp::bindings
 
@@ -405,6 +440,9 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   using sparse_mlp::bindings::DLPackView;
   using sparse_mlp::bindings::PyWeightCache;
   m.doc() = "Native core of sparse_mlp (use the sparse_mlp package instead).";
+  m.def("transpose", &sparse_mlp::bindings::TransposeInto, py::arg("src"), py::arg("dst"),
+        py::arg("num_threads") = 1,
+        "dst[c][r] = src[r][c] with the parallel SIMD transpose (zero-copy in and out).");
 
   py::class_<DLPackView>(m, "DLPackView",
                          "A zero-copy 2-D view of cache storage, consumable by "

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+import _sparse_mlp
 from sparse_mlp.cache import WeightCache
 
 
@@ -46,10 +47,14 @@ class LlamaSkipMLP(torch.nn.Module):
     float16 computes in float32 where torch has no CPU float16 kernels
     (torch < 2.1); the cache itself stays float16.
 
-    The cache reads gate and up in place and keeps its own transposed copy of
-    down, built on the first forward: call :meth:`reset_cache` after changing
-    the weights. ``sparsity`` (fraction of neurons expected inactive) only
-    pre-sizes the cache.
+    The cache duplicates no weight: on the first cached forward, down is
+    transposed once to neuron-major ``[I, H]`` (parallel SIMD transpose) and
+    ``down_proj.weight`` becomes a ``[H, I]`` view of that (same values, same
+    ``F.linear`` results), and the cache reads gate, up and that down in
+    place. The module then holds the three weights once plus the packed
+    active rows. Call :meth:`reset_cache` after changing the weights.
+    ``sparsity`` (fraction of neurons expected inactive) only pre-sizes the
+    cache.
     """
 
     def __init__(self, hidden_size, intermediate_size, sparsity=0.5,
@@ -108,14 +113,29 @@ class LlamaSkipMLP(torch.nn.Module):
                 f" got {tuple(mask.shape)}")
         return mask
 
+    def _neuron_major_down(self):
+        """down as a contiguous [I, H] tensor, making down_proj.weight a view
+        of it the first time (no second copy of down is kept)."""
+        down = self.down_proj.weight.detach()
+        if down.t().is_contiguous():
+            return down.t()  # already a view of a neuron-major tensor
+        neuron_major = torch.empty((self.intermediate_size, self.hidden_size),
+                                   dtype=down.dtype)
+        _sparse_mlp.transpose(down.contiguous(), neuron_major, self.num_threads)
+        self.down_proj.weight = torch.nn.Parameter(neuron_major.t(), requires_grad=False)
+        return neuron_major
+
+    def _build_cache(self, initial):
+        self._cache = WeightCache(initial, self.gate_proj.weight, self.up_proj.weight,
+                                  self._neuron_major_down(), down_neuron_major=True,
+                                  num_threads=self.num_threads)
+        self._cache.reserve(round((1.0 - self.sparsity) * self.intermediate_size))
+
     def forward(self, x, mask=None):
         mask = self._mask(x, mask)
         if self.use_optimized_cache:
             if self._cache is None:
-                initial = mask if mask.dim() == 1 else mask.any(dim=0)
-                self._cache = WeightCache(initial, self.gate_proj.weight, self.up_proj.weight,
-                                          self.down_proj.weight, num_threads=self.num_threads)
-                self._cache.reserve(round((1.0 - self.sparsity) * self.intermediate_size))
+                self._build_cache(mask if mask.dim() == 1 else mask.any(dim=0))
             else:
                 self._cache.update(mask)
             gate, up = self._cache.gate(), self._cache.up()

@@ -108,6 +108,37 @@ class SeedApiTest(unittest.TestCase):
         dense = F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
         torch.testing.assert_close(mlp(x, torch.ones(80, dtype=torch.bool)), dense)
 
+    def test_module_keeps_each_weight_once(self):
+        gen = torch.Generator().manual_seed(12)
+        i, h = 256, 32
+        gate, up, down = random_weights(gen, i, h, torch.float32)
+        mlp = LlamaSkipMLP.from_dense(gate, up, down, sparsity=0.5)
+        x = torch.randn(2, h, generator=gen)
+        mask = torch.rand(i, generator=gen) < 0.5
+        out = mlp(x, mask)
+        torch.testing.assert_close(out, dense_masked(x, gate, up, down, mask))
+        # down_proj.weight is now a [H, I] view of the neuron-major copy the
+        # cache reads in place, with the same values.
+        self.assertTrue(torch.equal(mlp.down_proj.weight, down))
+        self.assertTrue(mlp.down_proj.weight.t().is_contiguous())
+        cache = mlp.weight_cache
+        packed = cache.capacity * h * 4 * 3
+        self.assertLess(cache.memory_bytes, packed + (1 << 20),
+                        "the cache holds a copy of a source weight")
+        mlp.reset_cache()
+        torch.testing.assert_close(mlp(x, mask), out)  # rebuilt from the view
+
+    def test_transpose_function(self):
+        import _sparse_mlp
+        gen = torch.Generator().manual_seed(13)
+        for dtype in DTYPES:
+            src = torch.randn(37, 70, generator=gen).to(dtype)
+            dst = torch.empty(70, 37, dtype=dtype)
+            _sparse_mlp.transpose(src, dst, 2)
+            self.assertTrue(torch.equal(dst, src.t()), str(dtype))
+        with self.assertRaisesRegex(ValueError, "dst must be"):
+            _sparse_mlp.transpose(src, torch.empty(37, 70, dtype=dtype))
+
     def test_reference_path_matches_cache_path(self):
         gen = torch.Generator().manual_seed(3)
         gate, up, down = random_weights(gen, 70, 20, torch.float32)
