@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "gather/partition.h"
+#include "gather/stream_copy.h"
 
 namespace sparse_mlp::gather {
 namespace {
@@ -54,18 +55,24 @@ constexpr size_t kPageBytes = 4096;
 // memcpy 19 GB/s, with page touches 24-26 GB/s (a contiguous memcpy of the
 // same bytes: 25-31 GB/s). Prefetching every line of the next row instead
 // floods the miss queues and was 10-20% slower than nothing.
+// With streaming stores the destination is only touched for its
+// translation (a read prefetch: a write prefetch would fetch the line for
+// ownership, the very read streaming stores avoid).
+template <bool kStreaming>
 inline void TouchRowPages(const uint8_t* src_row, uint8_t* dst_row,
                           size_t row_bytes) {
   for (size_t b = 0; b < row_bytes; b += kPageBytes) {
     __builtin_prefetch(src_row + b, 0, 3);
-    __builtin_prefetch(dst_row + b, 1, 3);
+    __builtin_prefetch(dst_row + b, kStreaming ? 0 : 1, 3);
   }
 }
 
 // Copies bytes [begin, end) of the concatenation of all copied rows.
-void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
-                   size_t dst_stride, size_t row_bytes,
-                   absl::Span<const RowCopy> copies, size_t begin, size_t end) {
+template <bool kStreaming>
+void CopyByteRange(internal::RowCopyFn copy, const uint8_t* src,
+                   size_t src_stride, uint8_t* dst, size_t dst_stride,
+                   size_t row_bytes, absl::Span<const RowCopy> copies,
+                   size_t begin, size_t end) {
   size_t k = begin / row_bytes;
   size_t offset = begin % row_bytes;
   size_t remaining = end - begin;
@@ -73,11 +80,11 @@ void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
     const size_t n = row_bytes - offset < remaining ? row_bytes - offset : remaining;
     if (k + kPageTouchAhead < copies.size()) {
       const RowCopy& ahead = copies[k + kPageTouchAhead];
-      TouchRowPages(src + ahead.src_row * src_stride, dst + ahead.dst_row * dst_stride,
-                    row_bytes);
+      TouchRowPages<kStreaming>(src + ahead.src_row * src_stride,
+                                dst + ahead.dst_row * dst_stride, row_bytes);
     }
-    std::memcpy(dst + copies[k].dst_row * dst_stride + offset,
-                src + copies[k].src_row * src_stride + offset, n);
+    copy(dst + copies[k].dst_row * dst_stride + offset,
+         src + copies[k].src_row * src_stride + offset, n);
     remaining -= n;
     offset = 0;
     ++k;
@@ -87,7 +94,7 @@ void CopyByteRange(const uint8_t* src, size_t src_stride, uint8_t* dst,
 }  // namespace
 
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
-                             int num_threads) {
+                             int num_threads, SimdLevel level) {
   // Byte offset of each job in the concatenation of all jobs' rows.
   constexpr size_t kMaxJobs = 16;
   if (jobs.size() > kMaxJobs) {
@@ -110,18 +117,32 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
   const size_t total = job_begin[jobs.size()];
   if (total == 0) return absl::OkStatus();
 
+  // Streaming stores only pay for gathers larger than the caches; below,
+  // the rows would just have to be fetched back for the caller.
+  const bool streaming =
+      total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
+  const internal::RowCopyFn copy =
+      internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
   // Copies bytes [begin, end) of the concatenation.
   auto copy_range = [&](size_t begin, size_t end) {
     for (size_t j = 0; j < jobs.size() && begin < end; ++j) {
       if (job_begin[j + 1] <= begin) continue;
       const RowGatherJob& job = jobs[j];
       const size_t job_end = end < job_begin[j + 1] ? end : job_begin[j + 1];
-      CopyByteRange(static_cast<const uint8_t*>(job.src.data),
-                    job.src.stride_bytes, static_cast<uint8_t*>(job.dst.data),
-                    job.dst.stride_bytes, job.row_bytes, job.copies,
-                    begin - job_begin[j], job_end - job_begin[j]);
+      auto* dst = static_cast<uint8_t*>(job.dst.data);
+      const auto* src = static_cast<const uint8_t*>(job.src.data);
+      if (streaming) {
+        CopyByteRange<true>(copy, src, job.src.stride_bytes, dst, job.dst.stride_bytes,
+                            job.row_bytes, job.copies, begin - job_begin[j],
+                            job_end - job_begin[j]);
+      } else {
+        CopyByteRange<false>(copy, src, job.src.stride_bytes, dst, job.dst.stride_bytes,
+                             job.row_bytes, job.copies, begin - job_begin[j],
+                             job_end - job_begin[j]);
+      }
       begin = job_end;
     }
+    if (streaming) internal::FinishStreamCopies();
   };
   if (num_threads <= 1 || total < kParallelGatherMinBytes) {
     copy_range(0, total);
@@ -137,9 +158,10 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
 }
 
 absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
-                        absl::Span<const RowCopy> copies, int num_threads) {
+                        absl::Span<const RowCopy> copies, int num_threads,
+                        SimdLevel level) {
   const RowGatherJob job{src, dst, row_bytes, copies};
-  return GatherRowsBatch(absl::MakeConstSpan(&job, 1), num_threads);
+  return GatherRowsBatch(absl::MakeConstSpan(&job, 1), num_threads, level);
 }
 
 }  // namespace sparse_mlp::gather

@@ -33,10 +33,12 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "platform/simd_level.h"
 
 namespace sparse_mlp::gather {
 
 inline constexpr size_t kParallelGatherMinBytes = size_t{1} << 20;
+inline constexpr size_t kStreamingGatherMinBytes = size_t{1} << 20;
 
 // A row-major matrix of raw bytes. A non-owning view: the memory must stay
 // valid for the call it is passed to.
@@ -70,14 +72,16 @@ struct RowGatherJob {
 // moves rows inside them) pays for one OpenMP region, not six. Every job is
 // validated (as in GatherRows) before anything is written.
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
-                             int num_threads);
+                             int num_threads,
+                             SimdLevel level = SimdLevel::kBest);
 
 // For each copy: row_bytes bytes from src row `src_row` to dst row
 // `dst_row`. Errors (InvalidArgument, nothing written): row_bytes larger
 // than either stride, a null matrix with rows to copy, a row index out of
 // range (the message names the copy's position and index).
 absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
-                        absl::Span<const RowCopy> copies, int num_threads);
+                        absl::Span<const RowCopy> copies, int num_threads,
+                        SimdLevel level = SimdLevel::kBest);
 
 }  // namespace sparse_mlp::gather
 

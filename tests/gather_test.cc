@@ -93,15 +93,18 @@ TEST(GatherRowsTest, MatchesReferenceForRandomCopies) {
       std::memcpy(expected.data() + c.dst_row * dst_stride,
                   src.data() + c.src_row * src_stride, row_bytes);
     }
-    for (int threads : {1, 2, 3}) {
-      std::vector<uint8_t> out = dst;
-      const absl::Status s =
-          GatherRows({src.data(), src_rows, src_stride},
-                     {out.data(), dst_rows, dst_stride}, row_bytes, copies, threads);
-      ASSERT_TRUE(s.ok()) << s;
-      ASSERT_EQ(out, expected) << absl::StrFormat(
-          "trial %d: %d copies of %d-byte rows, strides %d/%d, %d threads", trial,
-          copies.size(), row_bytes, src_stride, dst_stride, threads);
+    for (SimdLevel level : SupportedSimdLevels()) {
+      for (int threads : {1, 2, 3}) {
+        std::vector<uint8_t> out = dst;
+        const absl::Status s = GatherRows({src.data(), src_rows, src_stride},
+                                          {out.data(), dst_rows, dst_stride}, row_bytes,
+                                          copies, threads, level);
+        ASSERT_TRUE(s.ok()) << s;
+        ASSERT_EQ(out, expected) << absl::StrFormat(
+            "trial %d: %d copies of %d-byte rows, strides %d/%d, %d threads, level %s",
+            trial, copies.size(), row_bytes, src_stride, dst_stride, threads,
+            SimdLevelName(level));
+      }
     }
   }
 }
@@ -137,6 +140,7 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
       row_bytes.push_back(rb);
     }
     for (int threads : {1, 2, 3}) {
+      const SimdLevel level = SupportedSimdLevels()[trial % SupportedSimdLevels().size()];
       std::vector<std::vector<uint8_t>> out = dsts;
       std::vector<RowGatherJob> jobs;
       for (size_t j = 0; j < num_jobs; ++j) {
@@ -146,8 +150,9 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
                         row_bytes[j],
                         copy_lists[j]});
       }
-      ASSERT_TRUE(GatherRowsBatch(jobs, threads).ok());
-      ASSERT_EQ(out, expected) << "trial " << trial << ", " << threads << " threads";
+      ASSERT_TRUE(GatherRowsBatch(jobs, threads, level).ok());
+      ASSERT_EQ(out, expected) << "trial " << trial << ", " << threads << " threads, level "
+                               << SimdLevelName(level);
     }
   }
 }

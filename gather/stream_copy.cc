@@ -1,0 +1,77 @@
+// Streaming row copies. Each vector function carries its ISA in a target
+// attribute and is reached only through SelectRowCopy's runtime check.
+#include "gather/stream_copy.h"
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace sparse_mlp::gather::internal {
+namespace {
+
+void PlainCopy(uint8_t* dst, const uint8_t* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+}
+
+// Bytes before dst reaches a multiple of 64 (at most `bytes`).
+size_t HeadBytes(const uint8_t* dst, size_t bytes) {
+  const size_t misalignment = reinterpret_cast<uintptr_t>(dst) % 64;
+  const size_t head = misalignment == 0 ? 0 : 64 - misalignment;
+  return head < bytes ? head : bytes;
+}
+
+}  // namespace
+
+__attribute__((target("avx2"))) void StreamCopyAvx2(uint8_t* dst, const uint8_t* src,
+                                                    size_t bytes) {
+  const size_t head = HeadBytes(dst, bytes);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 128 <= bytes; i += 128) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 32));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 64));
+    const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 96));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), a);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i + 32), b);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i + 64), c);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i + 96), d);
+  }
+  std::memcpy(dst + i, src + i, bytes - i);
+}
+
+__attribute__((target("avx512f"))) void StreamCopyAvx512(uint8_t* dst, const uint8_t* src,
+                                                         size_t bytes) {
+  const size_t head = HeadBytes(dst, bytes);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 256 <= bytes; i += 256) {
+    const __m512i a = _mm512_loadu_si512(src + i);
+    const __m512i b = _mm512_loadu_si512(src + i + 64);
+    const __m512i c = _mm512_loadu_si512(src + i + 128);
+    const __m512i d = _mm512_loadu_si512(src + i + 192);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), a);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i + 64), b);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i + 128), c);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i + 192), d);
+  }
+  for (; i + 64 <= bytes; i += 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + i), _mm512_loadu_si512(src + i));
+  }
+  std::memcpy(dst + i, src + i, bytes - i);
+}
+
+void FinishStreamCopies() { _mm_sfence(); }
+
+RowCopyFn SelectRowCopy(SimdLevel level) {
+  switch (Resolve(level)) {
+    case SimdLevel::kAvx512:
+      return StreamCopyAvx512;
+    case SimdLevel::kAvx2:
+      return StreamCopyAvx2;
+    default:
+      return PlainCopy;
+  }
+}
+
+}  // namespace sparse_mlp::gather::internal
