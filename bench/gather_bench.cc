@@ -5,8 +5,9 @@
 //   bazel run //bench:gather
 //
 // Row gather: 2048 random rows (sorted; a new selection each iteration) of
-// an 8192-row matrix into a packed matrix, against a memcpy of as many bytes
-// from a moving window of the same matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
+// an 8192-row matrix (I of the llama presets; 32-128 MiB) into a packed
+// matrix, against a memcpy of as many bytes from a moving window of the same
+// matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
 // to [I, H], fp32 and bf16, plus the naive column loop for reference.
 #include <cstring>
 
