@@ -29,6 +29,8 @@ struct Weights {
   size_t h, i, elem;
   std::vector<uint8_t> gate, up, down;          // [I,H], [I,H], [H,I]
   std::vector<uint8_t> down_neuron_major;       // [I,H]
+  // gate, up and down [H, I], the usual case.
+  MlpWeights Gated() const { return View(true, DownLayout::kHiddenMajor); }
   MlpWeights View(bool has_gate, DownLayout down_layout) const {
     return {has_gate ? gate.data() : nullptr, up.data(),
             down_layout == DownLayout::kHiddenMajor ? down.data()
@@ -93,6 +95,13 @@ void ExpectMatches(const WeightCache& cache, const Weights& w,
       ASSERT_EQ(0, std::memcmp(via_t, expected_elem, e)) << where;
     }
   }
+}
+
+WeightCacheOptions ShapeOptions(size_t hidden, size_t intermediate) {
+  WeightCacheOptions options;
+  options.hidden_size = hidden;
+  options.intermediate_size = intermediate;
+  return options;
 }
 
 struct Config {
@@ -168,9 +177,7 @@ TEST_P(WeightCacheSequenceTest, MatchesReferenceAfterEveryStep) {
       // Start small so later steps grow far beyond the first mask.
       diff::NeuronMask mask(i);
       for (size_t k = 0; k < i; ++k) mask.Set(k, rng() % 20 == 0);
-      WeightCacheOptions options;
-      options.hidden_size = h;
-      options.intermediate_size = i;
+      WeightCacheOptions options = ShapeOptions(h, i);
       options.dtype = config.dtype;
       options.has_gate = config.has_gate;
       options.layout = config.layout;
@@ -250,12 +257,10 @@ TEST(WeightCacheTest, LargeShapesOnTwoThreads) {
     const Weights w = RandomWeights(rng, h, i, DTypeSize(dtype));
     diff::NeuronMask mask(i);
     for (size_t k = 0; k < i; k += 2) mask.Set(k, true);
-    WeightCacheOptions options;
-    options.hidden_size = h;
-    options.intermediate_size = i;
+    WeightCacheOptions options = ShapeOptions(h, i);
     options.dtype = dtype;
     options.num_threads = 2;
-    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
     for (int step = 0; step < 12; ++step) {
       mask = NextMask(rng, mask);
       ASSERT_TRUE(cache.Update(mask).ok());
@@ -267,10 +272,8 @@ TEST(WeightCacheTest, LargeShapesOnTwoThreads) {
 TEST(WeightCacheTest, EveryMaskFormGivesTheSameCache) {
   std::mt19937_64 rng(78);
   const Weights w = RandomWeights(rng, 8, 100, 4);
-  WeightCacheOptions options;
-  options.hidden_size = 8;
-  options.intermediate_size = 100;
-  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+  WeightCacheOptions options = ShapeOptions(8, 100);
+  WeightCache cache = *WeightCache::Create(options, w.Gated(),
                                            diff::NeuronMask(100));
   std::vector<uint8_t> bytes(100, 0);
   bytes[3] = 1;
@@ -290,11 +293,9 @@ TEST(WeightCacheTest, EveryMaskFormGivesTheSameCache) {
 TEST(WeightCacheTest, NoChangeUpdateCopiesNothing) {
   std::mt19937_64 rng(79);
   const Weights w = RandomWeights(rng, 8, 64, 4);
-  WeightCacheOptions options;
-  options.hidden_size = 8;
-  options.intermediate_size = 64;
+  WeightCacheOptions options = ShapeOptions(8, 64);
   const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(64, {1, 5, 9});
-  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+  WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
   const uint64_t version = cache.version();
   ASSERT_TRUE(cache.Update(mask).ok());
   EXPECT_EQ(cache.last_update().bytes_copied, 0u);
@@ -304,10 +305,8 @@ TEST(WeightCacheTest, NoChangeUpdateCopiesNothing) {
 TEST(WeightCacheTest, ReservePreventsGrowthOnTheHotPath) {
   std::mt19937_64 rng(80);
   const Weights w = RandomWeights(rng, 8, 200, 4);
-  WeightCacheOptions options;
-  options.hidden_size = 8;
-  options.intermediate_size = 200;
-  WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+  WeightCacheOptions options = ShapeOptions(8, 200);
+  WeightCache cache = *WeightCache::Create(options, w.Gated(),
                                            *diff::NeuronMask::FromIndices(200, {0}));
   ASSERT_TRUE(cache.Reserve(200).ok());
   EXPECT_EQ(cache.capacity(), 200u);
@@ -324,12 +323,10 @@ TEST(WeightCacheTest, ConcatenatedGateUpAndInterleavedViewAgree) {
   const Weights w = RandomWeights(rng, h, i, 2);
   const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(i, {2, 7, 30, 39});
   for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp}) {
-    WeightCacheOptions options;
-    options.hidden_size = h;
-    options.intermediate_size = i;
+    WeightCacheOptions options = ShapeOptions(h, i);
     options.dtype = DType::kBFloat16;
     options.layout = layout;
-    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
     std::vector<uint8_t> concat(2 * 4 * h * 2);
     ASSERT_TRUE(cache.CopyConcatenatedGateUp(absl::MakeSpan(concat)).ok());
     for (size_t s = 0; s < 4; ++s) {
@@ -357,14 +354,12 @@ TEST(WeightCacheTest, ArenaBackedCacheAndFootprint) {
   std::mt19937_64 rng(82);
   const Weights w = RandomWeights(rng, 16, 128, 4);
   std::unique_ptr<memory::Arena> arena = *memory::Arena::Create(1 << 20);
-  WeightCacheOptions options;
-  options.hidden_size = 16;
-  options.intermediate_size = 128;
+  WeightCacheOptions options = ShapeOptions(16, 128);
   options.arena = arena.get();
   options.ownership = SourceOwnership::kBorrow;
   {
     const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(128, {0, 1, 2});
-    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor), mask);
+    WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
     EXPECT_GT(arena->bytes_in_use(), 128u * 16 * 4);  // the transposed down at least
     EXPECT_GE(cache.memory_bytes(), arena->bytes_in_use());
     ExpectMatches(cache, w, mask, "arena");
@@ -375,14 +370,12 @@ TEST(WeightCacheTest, ArenaBackedCacheAndFootprint) {
 TEST(WeightCacheTest, RetainedStorageOutlivesGrowthAndTheCache) {
   std::mt19937_64 rng(85);
   const Weights w = RandomWeights(rng, 8, 300, 4);
-  WeightCacheOptions options;
-  options.hidden_size = 8;
-  options.intermediate_size = 300;
+  WeightCacheOptions options = ShapeOptions(8, 300);
   std::shared_ptr<const void> keep;
   MatrixView old_up;
   std::vector<uint8_t> old_bytes;
   {
-    WeightCache cache = *WeightCache::Create(options, w.View(true, DownLayout::kHiddenMajor),
+    WeightCache cache = *WeightCache::Create(options, w.Gated(),
                                              *diff::NeuronMask::FromIndices(300, {7, 9}));
     old_up = cache.up();
     keep = cache.RetainStorage();
@@ -465,7 +458,7 @@ class WeightCacheErrorTest : public ::testing::Test {
 };
 
 TEST_F(WeightCacheErrorTest, MaskLengthMismatch) {
-  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
   absl::Status s = cache.Update(diff::NeuronMask(65));
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("65 neurons"));
@@ -482,18 +475,18 @@ TEST_F(WeightCacheErrorTest, MaskLengthMismatch) {
 TEST_F(WeightCacheErrorTest, ZeroSizes) {
   options_.hidden_size = 0;
   absl::StatusOr<WeightCache> cache =
-      WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+      WeightCache::Create(options_, w_.Gated(), mask_);
   ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cache.status().message(), HasSubstr("hidden_size must be positive"));
   options_.hidden_size = 8;
   options_.intermediate_size = 0;
-  cache = WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  cache = WeightCache::Create(options_, w_.Gated(), mask_);
   EXPECT_THAT(cache.status().message(), HasSubstr("intermediate_size must be positive"));
 }
 
 TEST_F(WeightCacheErrorTest, ShapeMismatchBetweenMaskAndWeights) {
   absl::StatusOr<WeightCache> cache = WeightCache::Create(
-      options_, w_.View(true, DownLayout::kHiddenMajor), diff::NeuronMask(63));
+      options_, w_.Gated(), diff::NeuronMask(63));
   ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cache.status().message(), HasSubstr("63 neurons, intermediate_size is 64"));
 }
@@ -512,31 +505,31 @@ TEST_F(WeightCacheErrorTest, MissingWeights) {
 TEST_F(WeightCacheErrorTest, UnsupportedType) {
   options_.dtype = static_cast<DType>(7);
   absl::StatusOr<WeightCache> cache =
-      WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+      WeightCache::Create(options_, w_.Gated(), mask_);
   ASSERT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(cache.status().message(), HasSubstr("unsupported element type 7"));
 }
 
 TEST_F(WeightCacheErrorTest, BadThreadCountAndRepackFraction) {
   options_.num_threads = 0;
-  EXPECT_THAT(WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_)
+  EXPECT_THAT(WeightCache::Create(options_, w_.Gated(), mask_)
                   .status()
                   .message(),
               HasSubstr("num_threads must be at least 1, got 0"));
   options_.num_threads = 1;
   options_.repack_fraction = 0;
-  EXPECT_THAT(WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_)
+  EXPECT_THAT(WeightCache::Create(options_, w_.Gated(), mask_)
                   .status()
                   .message(),
               HasSubstr("repack_fraction"));
   options_.repack_fraction = 0.5;
-  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
   EXPECT_EQ(cache.set_num_threads(-1).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache.num_threads(), 1);
 }
 
 TEST_F(WeightCacheErrorTest, ReserveBeyondTheLayer) {
-  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
   const absl::Status s = cache.Reserve(65);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("cannot reserve 65"));
@@ -550,7 +543,7 @@ TEST_F(WeightCacheErrorTest, AllocationFailureLeavesTheCacheUnchanged) {
   options_.ownership = SourceOwnership::kBorrow;
   {
     WeightCache cache =
-        *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+        *WeightCache::Create(options_, w_.Gated(), mask_);
     diff::NeuronMask full(64);
     for (size_t k = 0; k < 64; ++k) full.Set(k, true);
     const absl::Status s = cache.Update(full);
@@ -564,7 +557,7 @@ TEST_F(WeightCacheErrorTest, AllocationFailureLeavesTheCacheUnchanged) {
 }
 
 TEST_F(WeightCacheErrorTest, ConcatenationPreconditions) {
-  WeightCache cache = *WeightCache::Create(options_, w_.View(true, DownLayout::kHiddenMajor), mask_);
+  WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
   std::vector<uint8_t> wrong(10);
   EXPECT_THAT(cache.CopyConcatenatedGateUp(absl::MakeSpan(wrong)).message(),
               HasSubstr("output has 10 bytes"));
