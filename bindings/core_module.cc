@@ -326,6 +326,22 @@ class PyWeightCache {
     ThrowIfError(status);
   }
 
+  // Sorted, duplicate-free neuron indices (uint32, C-contiguous, 1-D).
+  void UpdateIndices(const py::array& indices) {
+    if (!py::isinstance<py::array_t<uint32_t>>(indices) ||
+        !(indices.flags() & py::array::c_style) || indices.ndim() != 1) {
+      throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
+    }
+    const auto* data = static_cast<const uint32_t*>(indices.data());
+    const size_t n = static_cast<size_t>(indices.shape(0));
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status = cache_->UpdateFromIndices(absl::MakeConstSpan(data, n));
+    }
+    ThrowIfError(status);
+  }
+
   void CatchUp() {
     absl::Status status;
     {
@@ -463,6 +479,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
            py::arg("repack_fraction") =
                sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction)
       .def("update", &PyWeightCache::Update, py::arg("mask"))
+      .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)
       .def("reserve", &PyWeightCache::Reserve, py::arg("active"))
       .def("gate", &PyWeightCache::Gate)

@@ -116,6 +116,27 @@ class WeightCache:
         union over a batch of tokens. Only neurons that enter or leave move."""
         self._native.update(_mask_array(mask))
 
+    def update_indices(self, indices):
+        """Like :meth:`update`, from the sorted, duplicate-free indices of the
+        active neurons (e.g. a top-k predictor's output; torch or NumPy
+        integers). Unsorted, duplicated, negative or out-of-range indices
+        raise ValueError naming the first bad position."""
+        if _is_torch(indices):
+            if indices.device.type != "cpu":
+                raise ValueError(f"indices must be on the CPU, got device {indices.device}")
+            indices = indices.detach().numpy()
+        if not isinstance(indices, np.ndarray):
+            raise TypeError(
+                f"indices must be a torch.Tensor or numpy.ndarray, got {type(indices).__name__}")
+        if indices.ndim != 1:
+            raise ValueError(f"indices must be 1-D, got {indices.ndim} dimensions")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"indices must be integers, got {indices.dtype}")
+        if indices.size and (indices.min() < 0 or indices.max() > np.iinfo(np.uint32).max):
+            bad = int(np.argmax((indices < 0) | (indices > np.iinfo(np.uint32).max)))
+            raise ValueError(f"neuron index {indices[bad]} at position {bad} is out of range")
+        self._native.update_indices(np.ascontiguousarray(indices, dtype=np.uint32))
+
     def catch_up(self):
         """Applies the last requested mask exactly, ignoring the tolerance."""
         self._native.catch_up()

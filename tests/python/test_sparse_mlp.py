@@ -269,6 +269,17 @@ class ViewLifetimeTest(unittest.TestCase):
         self.assertGreater(cache.memory_bytes, 120 * 10 * 2)  # at least its down copy
         self.assertEqual(cache.num_threads, 2)
 
+    def test_update_from_indices(self):
+        gen = torch.Generator().manual_seed(14)
+        gate, up, down = random_weights(gen, 90, 8, torch.float32)
+        cache = WeightCache(torch.zeros(90, dtype=torch.bool), gate, up, down)
+        top = torch.topk(torch.rand(90, generator=gen), 30).indices.sort().values
+        cache.update_indices(top)
+        self.assertTrue(torch.equal(torch.sort(cache.active_indices()).values, top))
+        self.assertTrue(torch.equal(cache.up(), up[cache.active_indices()]))
+        cache.update_indices(np.array([1, 5, 89]))
+        self.assertEqual(cache.num_active, 3)
+
     def test_interleaved_layout(self):
         gen = torch.Generator().manual_seed(10)
         gate, up, down = random_weights(gen, 50, 12, torch.bfloat16)
@@ -348,6 +359,19 @@ class BadInputTest(unittest.TestCase):
             WeightCacheOptimized(self.mask[:10], 16, self.gate, self.up, self.down)
         with self.assertRaisesRegex(TypeError, "hidden_size must be an int"):
             WeightCacheOptimized(self.mask, 16.0, self.gate, self.up, self.down)
+
+    def test_bad_indices(self):
+        with self.assertRaisesRegex(ValueError, "unsorted"):
+            self.cache.update_indices(torch.tensor([5, 2]))
+        with self.assertRaisesRegex(ValueError, "duplicate"):
+            self.cache.update_indices(torch.tensor([4, 4]))
+        with self.assertRaisesRegex(ValueError, "index 64 at position 1"):
+            self.cache.update_indices(torch.tensor([3, 64]))
+        with self.assertRaisesRegex(ValueError, "index -1 at position 0"):
+            self.cache.update_indices(torch.tensor([-1, 3]))
+        with self.assertRaisesRegex(TypeError, "integers"):
+            self.cache.update_indices(torch.tensor([1.0, 2.0]))
+        self.assert_unchanged()
 
     def test_bad_settings(self):
         with self.assertRaisesRegex(ValueError, "num_threads must be at least 1"):
