@@ -115,6 +115,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
     if (transpose) {
       gather::TransposeOptions transpose_options;
       transpose_options.num_threads = threads;
+      transpose_options.simd = options.simd;
       if (absl::Status s = gather::Transpose(
               {src, options.hidden_size, num_neurons * elem}, num_neurons, elem,
               {buffer->data(), num_neurons, *row_bytes}, transpose_options);
@@ -164,7 +165,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   cache.incoming_ = initial_mask;
 
   // A quarter of headroom over the first mask before the first growth.
-  const size_t initial_active = initial_mask.CountActive();
+  const size_t initial_active = initial_mask.CountActive(options.simd);
   if (absl::Status s = cache.Reserve(
           std::min(num_neurons, initial_active + initial_active / 4));
       !s.ok()) {
@@ -185,7 +186,7 @@ absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
 }
 
 absl::Status WeightCache::UpdateFromBytes(absl::Span<const uint8_t> mask) {
-  if (absl::Status s = incoming_.AssignBytes(mask); !s.ok()) return s;
+  if (absl::Status s = incoming_.AssignBytes(mask, options_.simd); !s.ok()) return s;
   return ApplyIncoming(/*respect_tolerance=*/true);
 }
 
@@ -197,7 +198,8 @@ absl::Status WeightCache::UpdateFromIndices(
 
 absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
                                              size_t rows) {
-  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows); !s.ok()) {
+  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
+      !s.ok()) {
     return s;
   }
   return ApplyIncoming(/*respect_tolerance=*/true);
@@ -278,7 +280,7 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
 
 absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
   UpdateStats stats;
-  stats.changed_neurons = *diff::CountMaskChanges(applied_, incoming_);
+  stats.changed_neurons = *diff::CountMaskChanges(applied_, incoming_, options_.simd);
   if (stats.changed_neurons == 0 ||
       (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
     stats.skipped = stats.changed_neurons != 0;
@@ -290,6 +292,7 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
 
   diff::DiffOptions diff_options;
   diff_options.num_threads = options_.num_threads;
+  diff_options.simd = options_.simd;
   // Sizes match (checked by every caller), so this cannot fail.
   (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
   const size_t new_active =
@@ -302,7 +305,7 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
   const size_t rewritten = std::max(diff_.added.size(), diff_.removed.size());
   if (static_cast<double>(rewritten) >=
       options_.repack_fraction * static_cast<double>(new_active)) {
-    incoming_.ToIndices(&active_scratch_);
+    incoming_.ToIndices(&active_scratch_, options_.simd);
     PlanRepack(active_scratch_, &map_, &plan_);
   } else {
     PlanDifferentialUpdate(diff_.added, diff_.removed, &map_, &plan_);
@@ -354,7 +357,8 @@ void WeightCache::ExecutePlan() {
   jobs[n++] = {{down_src_, num_neurons, rb}, packed(down_packed_, 0, rb), rb, loads};
   jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
   const absl::Status s =
-      gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads);
+      gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads,
+                              options_.simd);
   if (!s.ok()) {
     // The plan indexes only valid neurons and slots below capacity_; a
     // failure here is a bug in the planner, not a caller error.

@@ -67,6 +67,7 @@
 #include "diff/neuron_mask.h"
 #include "memory/aligned_buffer.h"
 #include "memory/arena.h"
+#include "platform/simd_level.h"
 
 namespace sparse_mlp::cache {
 
@@ -100,6 +101,9 @@ struct WeightCacheOptions {
   SourceOwnership ownership = SourceOwnership::kCopy;
   DownLayout down_layout = DownLayout::kHiddenMajor;
   int num_threads = 1;   // >= 1
+  // Instruction set of the diff, transpose and copy kernels (kBest: the
+  // best this CPU runs; kScalar: the portable reference paths).
+  SimdLevel simd = SimdLevel::kBest;
   size_t tolerance = 0;  // 0 = every update exact
   double repack_fraction = kDefaultRepackFraction;  // in (0, 1]; 1 = only full churn
   memory::Arena* arena = nullptr;  // not owned; must outlive the cache

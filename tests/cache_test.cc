@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "memory/arena.h"
+#include "platform/simd_level.h"
 
 namespace sparse_mlp::cache {
 namespace {
@@ -105,6 +106,7 @@ WeightCacheOptions ShapeOptions(size_t hidden, size_t intermediate) {
 }
 
 struct Config {
+  SimdLevel simd;
   DType dtype;
   bool has_gate;
   PackedLayout layout;
@@ -114,7 +116,8 @@ struct Config {
   size_t tolerance;
   std::string Describe() const {
     return absl::StrFormat(
-        "%s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d", DTypeName(dtype),
+        "%s %s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d",
+        SimdLevelName(simd), DTypeName(dtype),
         has_gate, layout == PackedLayout::kSplit ? "split" : "interleaved",
         ownership == SourceOwnership::kCopy ? "copy" : "borrow",
         down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance);
@@ -185,6 +188,7 @@ TEST_P(WeightCacheSequenceTest, MatchesReferenceAfterEveryStep) {
       options.down_layout = config.down_layout;
       options.num_threads = config.threads;
       options.tolerance = config.tolerance;
+      options.simd = config.simd;
       absl::StatusOr<WeightCache> cache =
           WeightCache::Create(options, w.View(config.has_gate, config.down_layout), mask);
       ASSERT_TRUE(cache.ok()) << cache.status();
@@ -233,7 +237,11 @@ std::vector<Config> AllConfigs() {
         for (int threads : {1, 2}) {
           for (size_t tolerance : {size_t{0}, size_t{3}}) {
             const bool alt = (threads + tolerance + static_cast<int>(dtype)) % 2 == 0;
-            configs.push_back({dtype, has_gate, layout,
+            // Every fast path against the scalar one: the configurations
+            // alternate between the best SIMD level and the portable code.
+            const SimdLevel simd = (configs.size() % 3 == 0) ? SimdLevel::kScalar
+                                                             : SimdLevel::kBest;
+            configs.push_back({simd, dtype, has_gate, layout,
                                alt ? SourceOwnership::kBorrow : SourceOwnership::kCopy,
                                alt ? DownLayout::kNeuronMajor : DownLayout::kHiddenMajor,
                                threads, tolerance});
