@@ -48,6 +48,7 @@
 #include "gather/row_gather.h"
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
+#include "platform/simd_level.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b",
           "shape preset: llama-3.2-1b, llama-3.2-3b, qwen2-1.5b, llama-2-7b, "
@@ -67,6 +68,9 @@ ABSL_FLAG(double, repack_fraction,
           sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
           "repack when max(|added|, |removed|) >= this fraction of the new "
           "active count (1.0: only when every slot changes)");
+ABSL_FLAG(std::string, simd, "best",
+          "kernel instruction set: best, avx512, avx2 or scalar (the portable "
+          "reference paths, for comparison)");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
 ABSL_FLAG(std::string, replay, "", "replay a mask sequence from this file");
 ABSL_FLAG(std::string, replay_format, "text", "text (0/1 lines) or bytes");
@@ -191,7 +195,8 @@ struct Weights {
 
 class Bench {
  public:
-  Bench(size_t h, size_t i, int threads) : h_(h), i_(i), threads_(threads) {}
+  Bench(size_t h, size_t i, int threads, SimdLevel simd)
+      : h_(h), i_(i), threads_(threads), simd_(simd) {}
 
   void ConstructionReport(DType dtype, const Weights& w, const diff::NeuronMask& mask,
                           std::vector<std::string>* lines) {
@@ -312,6 +317,7 @@ class Bench {
     o.has_gate = absl::GetFlag(FLAGS_gate);
     o.num_threads = threads_;
     o.repack_fraction = absl::GetFlag(FLAGS_repack_fraction);
+    o.simd = simd_;
     return o;
   }
   cache::MlpWeights Sources(const Weights& w) const {
@@ -320,6 +326,7 @@ class Bench {
 
   size_t h_, i_;
   int threads_;
+  SimdLevel simd_;
 };
 
 int Main() {
@@ -365,6 +372,24 @@ int Main() {
     return 2;
   }
   const size_t h = preset->hidden, n = preset->intermediate;
+  const std::string simd_name = absl::GetFlag(FLAGS_simd);
+  SimdLevel simd;
+  if (simd_name == "best") {
+    simd = SimdLevel::kBest;
+  } else if (simd_name == "avx512") {
+    simd = SimdLevel::kAvx512;
+  } else if (simd_name == "avx2") {
+    simd = SimdLevel::kAvx2;
+  } else if (simd_name == "scalar") {
+    simd = SimdLevel::kScalar;
+  } else {
+    std::fprintf(stderr, "error: unknown --simd=%s\n", simd_name.c_str());
+    return 2;
+  }
+  if (!IsSupported(simd)) {
+    std::fprintf(stderr, "error: this CPU does not support --simd=%s\n", simd_name.c_str());
+    return 2;
+  }
 
   std::vector<diff::NeuronMask> replay;
   if (!absl::GetFlag(FLAGS_replay).empty()) {
@@ -377,13 +402,14 @@ int Main() {
     replay = *std::move(read);
   }
 
-  std::printf("sparse_mlp cache benchmark: %s (H=%zu, I=%zu), %s, %d threads, %s\n",
+  std::printf("sparse_mlp cache benchmark: %s (H=%zu, I=%zu), %s, %d threads, %s kernels, %s\n",
               preset->name, h, n,
               replay.empty() ? absl::StrFormat("active %.2f, batch %d, %d steps", active,
                                                batch, steps).c_str()
                              : absl::StrFormat("replay of %zu masks", replay.size()).c_str(),
-              threads, absl::GetFlag(FLAGS_gate) ? "gate+up+down" : "up+down (no gate)");
-  Bench bench(h, n, threads);
+              threads, SimdLevelName(Resolve(simd)),
+              absl::GetFlag(FLAGS_gate) ? "gate+up+down" : "up+down (no gate)");
+  Bench bench(h, n, threads, simd);
   std::vector<CaseResult> results;
   std::vector<std::string> construction;
   for (DType dtype : dtypes) {
