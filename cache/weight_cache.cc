@@ -279,8 +279,15 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
 }
 
 absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
+  // The diff itself is the change count (an unchanged mask costs one XOR +
+  // popcount pass inside it and extracts nothing).
+  diff::DiffOptions diff_options;
+  diff_options.num_threads = options_.num_threads;
+  diff_options.simd = options_.simd;
+  // Sizes match (checked by every caller), so this cannot fail.
+  (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
   UpdateStats stats;
-  stats.changed_neurons = *diff::CountMaskChanges(applied_, incoming_, options_.simd);
+  stats.changed_neurons = diff_.added.size() + diff_.removed.size();
   if (stats.changed_neurons == 0 ||
       (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
     stats.skipped = stats.changed_neurons != 0;
@@ -290,11 +297,6 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
     return absl::OkStatus();
   }
 
-  diff::DiffOptions diff_options;
-  diff_options.num_threads = options_.num_threads;
-  diff_options.simd = options_.simd;
-  // Sizes match (checked by every caller), so this cannot fail.
-  (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
   const size_t new_active =
       num_active() + diff_.added.size() - diff_.removed.size();
   if (new_active > capacity_) {
