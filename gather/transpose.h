@@ -8,20 +8,26 @@
 // need straight from [H, I] with GatherColumns (strided reads: slower per
 // byte, no extra memory).
 //
-// Transpose walks the matrix in tiles, prefetching the next tile's source
-// rows; inside a tile, blocks are transposed in registers (AVX2 8x8 for 4-
-// and 2-byte elements; at the AVX-512 level, 16x8 word permutes for 2-byte
-// ones) and the destination is written with non-temporal stores where
-// aligned (no read-for-ownership of lines that are only written). Ragged
-// edges and 1-/8-byte elements go element by element. Output rows are split
-// over num_threads OpenMP threads (one thread below 1 MiB). kScalar is the
-// plain per-element path.
+// Transpose walks the matrix in tiles. At the SIMD levels each tile is
+// first copied row by row into a per-thread staging buffer (long DRAM read
+// runs, rows spread over the L1 sets), then transposed in registers (AVX-512:
+// 16x16 blocks of 4-byte and 32x32 blocks of 2-byte elements, whole 64-byte
+// lines in and out; AVX2: 8x8 blocks) and written column block by column
+// block, so every destination row receives long runs, with non-temporal
+// stores where aligned (no read-for-ownership of lines that are only
+// written); the next tile's rows are prefetched meanwhile. Ragged edges and
+// 1-/8-byte elements go element by element. Output rows are split over
+// num_threads OpenMP threads (one thread below 1 MiB). kScalar is the plain
+// per-element path, in place.
 //
-// Measured (//bench:gather, 2 threads, this project's EPYC VM): fp32 0.47-0.59
-// of memcpy bandwidth across the WORKLOADS.md shapes, bf16 0.31-0.33; a
-// naive column loop reaches 0.04.
+// Measured (//bench:gather, 2 threads, this project's EPYC VM): fp32
+// 0.53-0.61 of memcpy bandwidth across the WORKLOADS.md shapes, bf16
+// 0.51-0.59; a naive column loop reaches 0.05.
 //
-// Thread-safe for disjoint destinations. No allocation. O(rows x cols).
+// Thread-safe for disjoint destinations. O(rows x cols). Allocation:
+// Transpose allocates one 128 KiB staging tile per thread per call (freed
+// before it returns; ResourceExhausted if that fails); GatherColumns
+// allocates nothing.
 #ifndef SPARSE_MLP_GATHER_TRANSPOSE_H_
 #define SPARSE_MLP_GATHER_TRANSPOSE_H_
 
@@ -44,7 +50,8 @@ struct TransposeOptions {
 // elements. dst must have cols rows of at least src.num_rows elements.
 // Errors (InvalidArgument, nothing written): elem_bytes not 1/2/4/8, a row
 // that does not fit its stride, dst.num_rows != cols, null data with a
-// non-empty matrix.
+// non-empty matrix; ResourceExhausted if the staging tiles cannot be
+// allocated.
 absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
                        RowsView dst, const TransposeOptions& options = {});
 

@@ -29,10 +29,17 @@ void TileTransposeAvx2Bits16(const uint8_t* src, size_t src_stride,
                              uint8_t* dst, size_t dst_stride, size_t rows,
                              size_t cols);
 
-// AVX-512 (BW) 16-bit kernel: 16 x 8 blocks by two-source word permutes.
+// AVX-512 (BW) kernels: 32 x 32 (16-bit) and 16 x 16 (32-bit) blocks that
+// load and store whole 64-byte lines; narrower blocks at the edges.
+void TileTransposeAvx512Bits32(const uint8_t* src, size_t src_stride,
+                               uint8_t* dst, size_t dst_stride, size_t rows,
+                               size_t cols);
 void TileTransposeAvx512Bits16(const uint8_t* src, size_t src_stride,
                                uint8_t* dst, size_t dst_stride, size_t rows,
                                size_t cols);
+
+// Alignment of the staging tiles the SIMD kernels read from (whole lines).
+inline constexpr size_t kStagingAlignment = 64;
 
 // The SIMD kernels write with non-temporal stores where aligned: call this
 // (an sfence) on the writing thread before the destination is handed to

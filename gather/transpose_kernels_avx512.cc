@@ -72,9 +72,10 @@ SPARSE_MLP_AVX512 inline __m256i UpperHalf(__m512i v) {
   return _mm512_extracti64x4_epi64(v, 1);
 }
 
-template <bool kStream>
-SPARSE_MLP_AVX512 inline void Block16x8(const uint8_t* src, size_t src_stride,
-                                        uint8_t* dst, size_t dst_stride) {
+// 16 rows x 8 columns of src -> out[k]: destination rows 2k (low 256 bits)
+// and 2k + 1 (high 256 bits), 16 elements each.
+SPARSE_MLP_AVX512 inline void Transpose16x8(const uint8_t* src, size_t src_stride,
+                                            __m512i out[4]) {
   const __m512i r10 = _mm512_load_si512(kRound1[0].data());
   const __m512i r11 = _mm512_load_si512(kRound1[1].data());
   const __m512i r20 = _mm512_load_si512(kRound2[0].data());
@@ -87,10 +88,18 @@ SPARSE_MLP_AVX512 inline void Block16x8(const uint8_t* src, size_t src_stride,
   const __m512i top_hi = _mm512_permutex2var_epi16(rows0, r11, rows4);   // cols 4-7
   const __m512i bot_lo = _mm512_permutex2var_epi16(rows8, r10, rows12);
   const __m512i bot_hi = _mm512_permutex2var_epi16(rows8, r11, rows12);
-  const __m512i out[4] = {_mm512_permutex2var_epi16(top_lo, r20, bot_lo),
-                          _mm512_permutex2var_epi16(top_lo, r21, bot_lo),
-                          _mm512_permutex2var_epi16(top_hi, r20, bot_hi),
-                          _mm512_permutex2var_epi16(top_hi, r21, bot_hi)};
+  out[0] = _mm512_permutex2var_epi16(top_lo, r20, bot_lo);
+  out[1] = _mm512_permutex2var_epi16(top_lo, r21, bot_lo);
+  out[2] = _mm512_permutex2var_epi16(top_hi, r20, bot_hi);
+  out[3] = _mm512_permutex2var_epi16(top_hi, r21, bot_hi);
+}
+
+// 16 rows x 8 columns -> 8 destination rows x 16 elements (32-byte pieces).
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void Block16x8(const uint8_t* src, size_t src_stride,
+                                        uint8_t* dst, size_t dst_stride) {
+  __m512i out[4];
+  Transpose16x8(src, src_stride, out);
   for (int k = 0; k < 4; ++k) {
     auto* even = reinterpret_cast<__m256i*>(dst + (2 * k) * dst_stride);
     auto* odd = reinterpret_cast<__m256i*>(dst + (2 * k + 1) * dst_stride);
@@ -104,29 +113,172 @@ SPARSE_MLP_AVX512 inline void Block16x8(const uint8_t* src, size_t src_stride,
   }
 }
 
+// 32 rows x 8 columns -> 8 destination rows x 32 elements: each store is
+// one whole 64-byte line, so no write-combining buffer waits for a later
+// block to complete its line.
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void Block32x8(const uint8_t* src, size_t src_stride,
+                                        uint8_t* dst, size_t dst_stride) {
+  __m512i top[4], bottom[4];
+  Transpose16x8(src, src_stride, top);
+  Transpose16x8(src + 16 * src_stride, src_stride, bottom);
+  for (int k = 0; k < 4; ++k) {
+    // 128-bit lanes 0-1 (row 2k) or 2-3 (row 2k + 1) of each half.
+    const __m512i even = _mm512_shuffle_i64x2(top[k], bottom[k], 0x44);
+    const __m512i odd = _mm512_shuffle_i64x2(top[k], bottom[k], 0xEE);
+    auto* even_out = reinterpret_cast<__m512i*>(dst + (2 * k) * dst_stride);
+    auto* odd_out = reinterpret_cast<__m512i*>(dst + (2 * k + 1) * dst_stride);
+    if (kStream) {
+      _mm512_stream_si512(even_out, even);
+      _mm512_stream_si512(odd_out, odd);
+    } else {
+      _mm512_storeu_si512(even_out, even);
+      _mm512_storeu_si512(odd_out, odd);
+    }
+  }
+}
+
 template <bool kStream>
 SPARSE_MLP_AVX512 void Blocks(const uint8_t* src, size_t src_stride, uint8_t* dst,
-                              size_t dst_stride, size_t rows16, size_t cols8) {
+                              size_t dst_stride, size_t rows32, size_t rows16,
+                              size_t cols8) {
   for (size_t c = 0; c < cols8; c += 8) {
-    for (size_t r = 0; r < rows16; r += 16) {
+    for (size_t r = 0; r < rows32; r += 32) {
+      Block32x8<kStream>(src + r * src_stride + c * 2, src_stride,
+                         dst + c * dst_stride + r * 2, dst_stride);
+    }
+    for (size_t r = rows32; r < rows16; r += 16) {
       Block16x8<kStream>(src + r * src_stride + c * 2, src_stride,
                          dst + c * dst_stride + r * 2, dst_stride);
     }
   }
 }
 
+// Stores one 64-byte destination line.
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void StoreLine(uint8_t* dst, __m512i v) {
+  if (kStream) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), v);
+  } else {
+    _mm512_storeu_si512(dst, v);
+  }
+}
+
+// d[j] for 4 groups g: lane L of d[g][j] holds rows 4g..4g+3 (32-bit) or
+// 8g..8g+7 (16-bit) of column (lane width) x L + j. A 4x4 transpose of
+// 128-bit lanes joins the four groups' lane L into destination row L.
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void StoreLaneTranspose(const __m512i d0, const __m512i d1,
+                                                 const __m512i d2, const __m512i d3,
+                                                 uint8_t* dst, size_t lane_stride) {
+  const __m512i t0 = _mm512_shuffle_i64x2(d0, d1, 0x44);  // d0.l0 d0.l1 d1.l0 d1.l1
+  const __m512i t1 = _mm512_shuffle_i64x2(d0, d1, 0xEE);  // d0.l2 d0.l3 d1.l2 d1.l3
+  const __m512i t2 = _mm512_shuffle_i64x2(d2, d3, 0x44);
+  const __m512i t3 = _mm512_shuffle_i64x2(d2, d3, 0xEE);
+  StoreLine<kStream>(dst, _mm512_shuffle_i64x2(t0, t2, 0x88));
+  StoreLine<kStream>(dst + lane_stride, _mm512_shuffle_i64x2(t0, t2, 0xDD));
+  StoreLine<kStream>(dst + 2 * lane_stride, _mm512_shuffle_i64x2(t1, t3, 0x88));
+  StoreLine<kStream>(dst + 3 * lane_stride, _mm512_shuffle_i64x2(t1, t3, 0xDD));
+}
+
+// 32 x 32 16-bit elements: 32 whole source lines in, 32 whole destination
+// lines out. Each group of 8 rows is transposed in 8x8 blocks inside the
+// 128-bit lanes (unpack 16 -> 32 -> 64 bits); d[g][j] lane L then holds
+// column 8L + j of rows 8g..8g+7.
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void Block32x32Bits16(const uint8_t* src, size_t src_stride,
+                                               uint8_t* dst, size_t dst_stride) {
+  __m512i d[4][8];
+  for (int g = 0; g < 4; ++g) {
+    __m512i a[8];
+    for (int i = 0; i < 8; ++i) {
+      a[i] = _mm512_loadu_si512(src + (8 * g + i) * src_stride);
+    }
+    __m512i b[8];
+    for (int i = 0; i < 4; ++i) {
+      b[2 * i] = _mm512_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+      b[2 * i + 1] = _mm512_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+    }
+    __m512i c[8];
+    for (int h = 0; h < 2; ++h) {
+      const int k = 4 * h;
+      c[k + 0] = _mm512_unpacklo_epi32(b[k + 0], b[k + 2]);  // cols 0, 1
+      c[k + 1] = _mm512_unpackhi_epi32(b[k + 0], b[k + 2]);  // cols 2, 3
+      c[k + 2] = _mm512_unpacklo_epi32(b[k + 1], b[k + 3]);  // cols 4, 5
+      c[k + 3] = _mm512_unpackhi_epi32(b[k + 1], b[k + 3]);  // cols 6, 7
+    }
+    for (int i = 0; i < 4; ++i) {
+      d[g][2 * i] = _mm512_unpacklo_epi64(c[i], c[i + 4]);
+      d[g][2 * i + 1] = _mm512_unpackhi_epi64(c[i], c[i + 4]);
+    }
+  }
+  for (int j = 0; j < 8; ++j) {
+    StoreLaneTranspose<kStream>(d[0][j], d[1][j], d[2][j], d[3][j],
+                                dst + j * dst_stride, 8 * dst_stride);
+  }
+}
+
+// 16 x 16 32-bit elements, the same scheme with groups of 4 rows
+// (unpack 32 -> 64 bits): d[g][j] lane L holds column 4L + j of rows
+// 4g..4g+3.
+template <bool kStream>
+SPARSE_MLP_AVX512 inline void Block16x16Bits32(const uint8_t* src, size_t src_stride,
+                                               uint8_t* dst, size_t dst_stride) {
+  __m512i d[4][4];
+  for (int g = 0; g < 4; ++g) {
+    __m512i a[4];
+    for (int i = 0; i < 4; ++i) {
+      a[i] = _mm512_loadu_si512(src + (4 * g + i) * src_stride);
+    }
+    const __m512i b0 = _mm512_unpacklo_epi32(a[0], a[1]);  // cols 0, 1
+    const __m512i b1 = _mm512_unpackhi_epi32(a[0], a[1]);  // cols 2, 3
+    const __m512i b2 = _mm512_unpacklo_epi32(a[2], a[3]);
+    const __m512i b3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    d[g][0] = _mm512_unpacklo_epi64(b0, b2);
+    d[g][1] = _mm512_unpackhi_epi64(b0, b2);
+    d[g][2] = _mm512_unpacklo_epi64(b1, b3);
+    d[g][3] = _mm512_unpackhi_epi64(b1, b3);
+  }
+  for (int j = 0; j < 4; ++j) {
+    StoreLaneTranspose<kStream>(d[0][j], d[1][j], d[2][j], d[3][j],
+                                dst + j * dst_stride, 4 * dst_stride);
+  }
+}
+
+// Full-line blocks over [0, rows_b) x [0, cols_b): a block row at a time, so
+// each source row is read line after line. Loads never revisit a line,
+// which matters because source rows a power-of-two stride apart share L1
+// sets: kernels that read a line in 16- or 32-byte pieces over several
+// passes found it evicted in between and went to L2 for every piece.
+template <size_t kBlock, size_t kElemBytes,
+          void (*kKernel)(const uint8_t*, size_t, uint8_t*, size_t)>
+SPARSE_MLP_AVX512 inline void FullLineBlocks(const uint8_t* src, size_t src_stride,
+                                             uint8_t* dst, size_t dst_stride,
+                                             size_t rows_b, size_t cols_b) {
+  for (size_t c = 0; c < cols_b; c += kBlock) {
+    for (size_t r = 0; r < rows_b; r += kBlock) {
+      kKernel(src + r * src_stride + c * kElemBytes, src_stride,
+              dst + c * dst_stride + r * kElemBytes, dst_stride);
+    }
+  }
+}
+
 }  // namespace
 
-SPARSE_MLP_AVX512 void TileTransposeAvx512Bits16(const uint8_t* src,
-                                                 size_t src_stride, uint8_t* dst,
-                                                 size_t dst_stride, size_t rows,
-                                                 size_t cols) {
+// Transposes with 32x8 / 16x8 blocks (sub-line loads): the edges of the
+// full-line kernel below.
+SPARSE_MLP_AVX512 void NarrowTileBits16(const uint8_t* src, size_t src_stride,
+                                        uint8_t* dst, size_t dst_stride,
+                                        size_t rows, size_t cols) {
+  const size_t rows32 = rows / 32 * 32;
   const size_t rows16 = rows / 16 * 16;
   const size_t cols8 = cols / 8 * 8;
-  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 32 == 0) {
-    Blocks<true>(src, src_stride, dst, dst_stride, rows16, cols8);
+  // Streaming stores need 64-byte aligned pieces for the 32-row blocks and
+  // 32-byte ones for the 16-row remainder.
+  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
+    Blocks<true>(src, src_stride, dst, dst_stride, rows32, rows16, cols8);
   } else {
-    Blocks<false>(src, src_stride, dst, dst_stride, rows16, cols8);
+    Blocks<false>(src, src_stride, dst, dst_stride, rows32, rows16, cols8);
   }
   if (cols8 < cols) {
     TileTransposeScalar(src + cols8 * 2, src_stride, dst + cols8 * dst_stride,
@@ -135,6 +287,52 @@ SPARSE_MLP_AVX512 void TileTransposeAvx512Bits16(const uint8_t* src,
   if (rows16 < rows) {
     TileTransposeAvx2Bits16(src + rows16 * src_stride, src_stride, dst + rows16 * 2,
                             dst_stride, rows - rows16, cols8);
+  }
+}
+
+SPARSE_MLP_AVX512 void TileTransposeAvx512Bits16(const uint8_t* src,
+                                                 size_t src_stride, uint8_t* dst,
+                                                 size_t dst_stride, size_t rows,
+                                                 size_t cols) {
+  const size_t rows32 = rows / 32 * 32;
+  const size_t cols32 = cols / 32 * 32;
+  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
+    FullLineBlocks<32, 2, Block32x32Bits16<true>>(src, src_stride, dst, dst_stride,
+                                                  rows32, cols32);
+  } else {
+    FullLineBlocks<32, 2, Block32x32Bits16<false>>(src, src_stride, dst,
+                                                   dst_stride, rows32, cols32);
+  }
+  if (cols32 < cols) {
+    NarrowTileBits16(src + cols32 * 2, src_stride, dst + cols32 * dst_stride,
+                     dst_stride, rows, cols - cols32);
+  }
+  if (rows32 < rows) {
+    NarrowTileBits16(src + rows32 * src_stride, src_stride, dst + rows32 * 2,
+                     dst_stride, rows - rows32, cols32);
+  }
+}
+
+SPARSE_MLP_AVX512 void TileTransposeAvx512Bits32(const uint8_t* src,
+                                                 size_t src_stride, uint8_t* dst,
+                                                 size_t dst_stride, size_t rows,
+                                                 size_t cols) {
+  const size_t rows16 = rows / 16 * 16;
+  const size_t cols16 = cols / 16 * 16;
+  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
+    FullLineBlocks<16, 4, Block16x16Bits32<true>>(src, src_stride, dst, dst_stride,
+                                                  rows16, cols16);
+  } else {
+    FullLineBlocks<16, 4, Block16x16Bits32<false>>(src, src_stride, dst,
+                                                   dst_stride, rows16, cols16);
+  }
+  if (cols16 < cols) {
+    TileTransposeAvx2Bits32(src + cols16 * 4, src_stride, dst + cols16 * dst_stride,
+                            dst_stride, rows, cols - cols16);
+  }
+  if (rows16 < rows) {
+    TileTransposeAvx2Bits32(src + rows16 * src_stride, src_stride, dst + rows16 * 4,
+                            dst_stride, rows - rows16, cols16);
   }
 }
 
