@@ -5,10 +5,12 @@
 //   bazel run //bench:gather
 //
 // Row gather: 2048 random rows (sorted; a new selection each iteration) of
-// an 8192-row matrix (I of the llama presets; 32-128 MiB) into a packed
-// matrix, against a memcpy of as many bytes from a moving window of the same
-// matrix. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
+// a matrix of at least 128 MiB (8192 rows, I of the llama presets, or more
+// for short rows) into a packed matrix, against a memcpy of as many bytes
+// from a moving window of the same matrix; both destinations rotate over
+// four windows, so both write to lines that are not in the caches. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
 // to [I, H], fp32 and bf16, plus the naive column loop for reference.
+#include <algorithm>
 #include <cstring>
 
 #include "benchmark/benchmark.h"
@@ -31,33 +33,39 @@ memory::AlignedBuffer FilledBuffer(size_t bytes, int value) {
 void BM_RowGather(benchmark::State& state) {
   const size_t row_bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  constexpr size_t kSourceRows = 8192, kGathered = 2048, kSelections = 8;
-  memory::AlignedBuffer src = FilledBuffer(kSourceRows * row_bytes, 1);
-  memory::AlignedBuffer dst = FilledBuffer(kGathered * row_bytes, 0);
-  memory::AlignedBuffer floor_dst = FilledBuffer(kGathered * row_bytes, 0);
+  // At least 128 MiB of source rows (8192 rows of the llama presets' I, more
+  // for short rows) and four destination windows each for the gather and
+  // the floor, used in turn: neither finds its source or destination lines
+  // in the caches from an earlier iteration, as in a cache update.
+  constexpr size_t kGathered = 2048, kSelections = 8, kWindows = 4;
+  const size_t source_rows = std::max<size_t>(8192, (size_t{128} << 20) / row_bytes);
+  const size_t bytes = kGathered * row_bytes;
+  memory::AlignedBuffer src = FilledBuffer(source_rows * row_bytes, 1);
+  memory::AlignedBuffer dst = FilledBuffer(kWindows * bytes, 0);
+  memory::AlignedBuffer floor_dst = FilledBuffer(kWindows * bytes, 0);
   // A different random selection each iteration, and a floor that copies
-  // from a different window of the source each time, so neither finds its
-  // bytes in the caches from the iteration before.
+  // from a different window of the source each time.
   std::vector<std::vector<gather::RowCopy>> selections(kSelections);
   for (size_t k = 0; k < kSelections; ++k) {
     uint32_t slot = 0;
-    for (uint32_t row : RandomSortedIndices(kSourceRows, kGathered, 7 + k)) {
+    for (uint32_t row : RandomSortedIndices(source_rows, kGathered, 7 + k)) {
       selections[k].push_back({row, slot++});
     }
   }
-  const size_t bytes = kGathered * row_bytes;
   size_t iteration = 0;
   TimeAgainstFloor(
       state, bytes,
       [&] {
-        (void)gather::GatherRows({src.data(), kSourceRows, row_bytes},
-                                 {dst.data(), kGathered, row_bytes}, row_bytes,
-                                 selections[iteration % kSelections], threads);
+        (void)gather::GatherRows({src.data(), source_rows, row_bytes},
+                                 {dst.data() + iteration % kWindows * bytes, kGathered,
+                                  row_bytes},
+                                 row_bytes, selections[iteration % kSelections], threads);
       },
       [&] {
-        const size_t window = iteration++ % (src.size() / bytes);
-        gather::ParallelCopy(floor_dst.data(), src.data() + window * bytes, bytes,
-                             threads);
+        const size_t window = iteration % (src.size() / bytes);
+        gather::ParallelCopy(floor_dst.data() + iteration % kWindows * bytes,
+                             src.data() + window * bytes, bytes, threads);
+        ++iteration;
       });
 }
 BENCHMARK(BM_RowGather)
