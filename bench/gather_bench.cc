@@ -8,7 +8,7 @@
 // a matrix of at least 128 MiB (8192 rows, I of the llama presets, or more
 // for short rows) into a packed matrix, against a memcpy of as many bytes
 // from a moving window of the same matrix; both destinations rotate over
-// four windows, so both write to lines that are not in the caches. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
+// 128 MiB of windows, so both write to lines that are not in the caches. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
 // to [I, H], fp32 and bf16, plus the naive column loop for reference.
 #include <algorithm>
 #include <cstring>
@@ -34,12 +34,15 @@ void BM_RowGather(benchmark::State& state) {
   const size_t row_bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
   // At least 128 MiB of source rows (8192 rows of the llama presets' I, more
-  // for short rows) and four destination windows each for the gather and
-  // the floor, used in turn: neither finds its source or destination lines
-  // in the caches from an earlier iteration, as in a cache update.
-  constexpr size_t kGathered = 2048, kSelections = 8, kWindows = 4;
-  const size_t source_rows = std::max<size_t>(8192, (size_t{128} << 20) / row_bytes);
+  // for short rows), and destination windows over 128 MiB each for the
+  // gather and the floor, used in turn: at every row size neither finds its
+  // source or destination lines in the caches from an earlier iteration, as
+  // in a cache update.
+  constexpr size_t kGathered = 2048, kSelections = 8;
+  constexpr size_t kColdBytes = size_t{128} << 20;
+  const size_t source_rows = std::max<size_t>(8192, kColdBytes / row_bytes);
   const size_t bytes = kGathered * row_bytes;
+  const size_t kWindows = std::max<size_t>(2, kColdBytes / bytes);
   memory::AlignedBuffer src = FilledBuffer(source_rows * row_bytes, 1);
   memory::AlignedBuffer dst = FilledBuffer(kWindows * bytes, 0);
   memory::AlignedBuffer floor_dst = FilledBuffer(kWindows * bytes, 0);
