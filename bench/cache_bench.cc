@@ -235,11 +235,15 @@ class Bench {
     for (const auto& m : masks) max_active = std::max(max_active, m.CountActive());
     (void)c.Reserve(max_active);  // growth is not what this measures
     // The floor copies from and to memory as cold as the update's: its
-    // source and destination windows advance through buffers far larger
-    // than the caches, as the update's rows are spread over the sources
-    // and the packed buffers.
+    // source and destination windows advance through buffers of its own,
+    // far larger than the caches and touched by nothing else (the weights
+    // themselves are read by the rebuilds, which would leave the floor's
+    // next window partly cached), as the update's rows are spread over the
+    // cache's own sources and packed buffers.
     memory::AlignedBuffer floor_dst = Buffer(w.up.size(), 0);
-    const uint8_t* const floor_sources[] = {w.gate.data(), w.up.data(), w.down.data()};
+    memory::AlignedBuffer floor_src = Buffer(3 * w.up.size(), 1);
+    const uint8_t* const floor_sources[] = {floor_src.data(), floor_src.data() + w.up.size(),
+                                            floor_src.data() + 2 * w.up.size()};
     size_t floor_offset = 0;
     memory::AlignedBuffer packed = Buffer(matrices * max_active * rb, 0);
 
