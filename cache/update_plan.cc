@@ -1,5 +1,6 @@
 #include "cache/update_plan.h"
 
+#include <algorithm>
 #include <cassert>
 #include <cstddef>
 
@@ -13,15 +14,21 @@ void PlanDifferentialUpdate(absl::Span<const uint32_t> added,
   std::vector<uint32_t>& where = map->neuron_to_slot;
   const size_t old_active = slots.size();
 
+  std::vector<uint32_t>& holes = plan->holes;
   if (added.size() >= removed.size()) {
-    // Paired replacement, then append.
-    for (size_t k = 0; k < removed.size(); ++k) {
-      const uint32_t slot = where[removed[k]];
-      assert(slot != kNoSlot);
-      where[removed[k]] = kNoSlot;
-      slots[slot] = added[k];
-      where[added[k]] = slot;
-      plan->loads.push_back({added[k], slot});
+    // Paired replacement, then append. The freed slots are taken in
+    // ascending order, so that sources (added is ascending) and
+    // destinations both advance through memory.
+    for (uint32_t neuron : removed) {
+      assert(where[neuron] != kNoSlot);
+      holes.push_back(where[neuron]);
+      where[neuron] = kNoSlot;
+    }
+    std::sort(holes.begin(), holes.end());
+    for (size_t k = 0; k < holes.size(); ++k) {
+      slots[holes[k]] = added[k];
+      where[added[k]] = holes[k];
+      plan->loads.push_back({added[k], holes[k]});
     }
     for (size_t k = removed.size(); k < added.size(); ++k) {
       const uint32_t slot = static_cast<uint32_t>(slots.size());
@@ -37,7 +44,6 @@ void PlanDifferentialUpdate(absl::Span<const uint32_t> added,
   // then by live neurons from the tail. All removals are marked before any
   // hole is filled, so the tail scan can tell live slots from vacated ones.
   const size_t new_active = old_active - removed.size() + added.size();
-  std::vector<uint32_t>& holes = plan->holes;
   for (uint32_t neuron : removed) {
     const uint32_t slot = where[neuron];
     assert(slot != kNoSlot);
@@ -45,6 +51,7 @@ void PlanDifferentialUpdate(absl::Span<const uint32_t> added,
     slots[slot] = kNoSlot;
     if (slot < new_active) holes.push_back(slot);
   }
+  std::sort(holes.begin(), holes.end());
   size_t next_added = 0;
   size_t tail = new_active;
   for (uint32_t hole : holes) {

@@ -100,51 +100,80 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   const int threads = options.num_threads;
   const bool copy = options.ownership == SourceOwnership::kCopy;
 
-  // Points *view at a neuron-major [I, H] source: the caller's array
-  // (kBorrow), or an owned copy of it (kCopy), or, for down given [H, I],
-  // an owned transposed copy whatever the ownership.
-  auto take_source = [&](const void* src, bool transpose,
-                         memory::AlignedBuffer* owned,
-                         const uint8_t** view) -> absl::Status {
-    if (!copy && !transpose) {
-      *view = static_cast<const uint8_t*>(src);
-      return absl::OkStatus();
-    }
-    absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*matrix_bytes);
-    if (!buffer.ok()) return buffer.status();
+  // Writes the neuron-major [I, H] form of a source into rows of `dst`
+  // (stride dst_stride): a parallel transpose of a hidden-major down, or a
+  // parallel strided row copy.
+  auto write_neuron_major = [&](const void* src, bool transpose, uint8_t* dst,
+                                size_t dst_stride) -> absl::Status {
     if (transpose) {
       gather::TransposeOptions transpose_options;
       transpose_options.num_threads = threads;
       transpose_options.simd = options.simd;
-      if (absl::Status s = gather::Transpose(
-              {src, options.hidden_size, num_neurons * elem}, num_neurons, elem,
-              {buffer->data(), num_neurons, *row_bytes}, transpose_options);
-          !s.ok()) {
+      return gather::Transpose({src, options.hidden_size, num_neurons * elem},
+                               num_neurons, elem, {dst, num_neurons, dst_stride},
+                               transpose_options);
+    }
+    if (dst_stride == *row_bytes) {
+      gather::ParallelCopy(dst, src, *matrix_bytes, threads);
+      return absl::OkStatus();
+    }
+    std::vector<gather::RowCopy> rows(num_neurons);
+    for (size_t n = 0; n < num_neurons; ++n) {
+      rows[n] = {static_cast<uint32_t>(n), static_cast<uint32_t>(n)};
+    }
+    return gather::GatherRows({src, num_neurons, *row_bytes}, {dst, num_neurons, dst_stride},
+                              *row_bytes, rows, threads, options.simd);
+  };
+  const bool down_hidden_major = options.down_layout == DownLayout::kHiddenMajor;
+  if (copy) {
+    // One fused array, [gate | up | down] rows per neuron.
+    const size_t parts = options.has_gate ? 3 : 2;
+    absl::StatusOr<size_t> fused_bytes = memory::CheckedMul(*matrix_bytes, parts);
+    if (!fused_bytes.ok()) return fused_bytes.status();
+    absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*fused_bytes);
+    if (!buffer.ok()) return buffer.status();
+    cache.fused_owned_ = *std::move(buffer);
+    const size_t stride = parts * *row_bytes;
+    uint8_t* base = cache.fused_owned_.data();
+    size_t offset = 0;
+    if (options.has_gate) {
+      if (absl::Status s = write_neuron_major(weights.gate, false, base, stride); !s.ok()) {
         return s;
       }
-    } else {
-      gather::ParallelCopy(buffer->data(), src, *matrix_bytes, threads);
+      cache.gate_src_ = base;
+      offset = *row_bytes;
     }
-    *owned = *std::move(buffer);
-    *view = owned->data();
-    return absl::OkStatus();
-  };
-  if (options.has_gate) {
-    if (absl::Status s = take_source(weights.gate, false, &cache.gate_owned_,
-                                     &cache.gate_src_);
+    if (absl::Status s = write_neuron_major(weights.up, false, base + offset, stride);
         !s.ok()) {
       return s;
     }
-  }
-  if (absl::Status s = take_source(weights.up, false, &cache.up_owned_, &cache.up_src_);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = take_source(weights.down,
-                                   options.down_layout == DownLayout::kHiddenMajor,
-                                   &cache.down_owned_, &cache.down_src_);
-      !s.ok()) {
-    return s;
+    cache.up_src_ = base + offset;
+    offset += *row_bytes;
+    if (absl::Status s =
+            write_neuron_major(weights.down, down_hidden_major, base + offset, stride);
+        !s.ok()) {
+      return s;
+    }
+    cache.down_src_ = base + offset;
+    cache.gate_src_stride_ = cache.up_src_stride_ = cache.down_src_stride_ = stride;
+  } else {
+    cache.gate_src_ = static_cast<const uint8_t*>(weights.gate);
+    cache.up_src_ = static_cast<const uint8_t*>(weights.up);
+    cache.gate_src_stride_ = cache.up_src_stride_ = *row_bytes;
+    if (down_hidden_major) {
+      absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*matrix_bytes);
+      if (!buffer.ok()) return buffer.status();
+      cache.down_owned_ = *std::move(buffer);
+      if (absl::Status s = write_neuron_major(weights.down, true, cache.down_owned_.data(),
+                                              *row_bytes);
+          !s.ok()) {
+        return s;
+      }
+      cache.down_src_ = cache.down_owned_.data();
+    } else {
+      cache.down_src_ = static_cast<const uint8_t*>(weights.down);
+    }
+    cache.down_src_stride_ = *row_bytes;
   }
 
   // Hot-path scratch sized once for the worst case (every neuron changes),
@@ -342,21 +371,28 @@ void WeightCache::ExecutePlan() {
                         size_t stride) {
     return gather::ConstRowsView{buffer->data(), capacity_, stride};
   };
+  // All loads first, then all moves: jobs that share a copy list are walked
+  // copy by copy (gather/row_gather.h), so each loaded neuron is read as one
+  // run of its fused source row.
+  const gather::ConstRowsView gate_src{gate_src_, num_neurons, gate_src_stride_};
+  const gather::ConstRowsView up_src{up_src_, num_neurons, up_src_stride_};
+  const gather::ConstRowsView down_src{down_src_, num_neurons, down_src_stride_};
   if (options_.layout == PackedLayout::kInterleavedGateUp) {
     const size_t stride = 2 * rb;
-    jobs[n++] = {{gate_src_, num_neurons, rb}, packed(gate_packed_, 0, stride), rb, loads};
-    jobs[n++] = {{up_src_, num_neurons, rb}, packed(gate_packed_, rb, stride), rb, loads};
+    jobs[n++] = {gate_src, packed(gate_packed_, 0, stride), rb, loads};
+    jobs[n++] = {up_src, packed(gate_packed_, rb, stride), rb, loads};
+    jobs[n++] = {down_src, packed(down_packed_, 0, rb), rb, loads};
     jobs[n++] = {packed_src(gate_packed_, stride), packed(gate_packed_, 0, stride),
                  stride, moves};
   } else {
+    if (options_.has_gate) jobs[n++] = {gate_src, packed(gate_packed_, 0, rb), rb, loads};
+    jobs[n++] = {up_src, packed(up_packed_, 0, rb), rb, loads};
+    jobs[n++] = {down_src, packed(down_packed_, 0, rb), rb, loads};
     if (options_.has_gate) {
-      jobs[n++] = {{gate_src_, num_neurons, rb}, packed(gate_packed_, 0, rb), rb, loads};
       jobs[n++] = {packed_src(gate_packed_, rb), packed(gate_packed_, 0, rb), rb, moves};
     }
-    jobs[n++] = {{up_src_, num_neurons, rb}, packed(up_packed_, 0, rb), rb, loads};
     jobs[n++] = {packed_src(up_packed_, rb), packed(up_packed_, 0, rb), rb, moves};
   }
-  jobs[n++] = {{down_src_, num_neurons, rb}, packed(down_packed_, 0, rb), rb, loads};
   jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
   const absl::Status s =
       gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads,
@@ -444,7 +480,7 @@ std::shared_ptr<const void> WeightCache::RetainStorage() const {
 
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
-  return gate_owned_.size() + up_owned_.size() + down_owned_.size() +
+  return fused_owned_.size() + down_owned_.size() +
          gate_packed_->size() + up_packed_->size() + down_packed_->size() +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +

@@ -45,6 +45,7 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
 // Rows ahead of the one being copied whose pages are touched (see below).
 constexpr size_t kPageTouchAhead = 2;
 constexpr size_t kPageBytes = 4096;
+constexpr size_t kMaxJobs = 16;
 
 // One prefetch per 4 KiB page of a row: a read prefetch of the source, and
 // of the destination a write prefetch, or with streaming stores a read one
@@ -67,27 +68,107 @@ inline void TouchRowPages(const uint8_t* src_row, uint8_t* dst_row,
   }
 }
 
-// Copies bytes [begin, end) of the concatenation of all copied rows.
-template <bool kStreaming>
-void CopyByteRange(internal::RowCopyFn copy, const uint8_t* src,
-                   size_t src_stride, uint8_t* dst, size_t dst_stride,
-                   size_t row_bytes, absl::Span<const RowCopy> copies,
-                   size_t begin, size_t end) {
-  size_t k = begin / row_bytes;
-  size_t offset = begin % row_bytes;
-  size_t remaining = end - begin;
-  while (remaining > 0) {
-    const size_t n = row_bytes - offset < remaining ? row_bytes - offset : remaining;
-    if (k + kPageTouchAhead < copies.size()) {
-      const RowCopy& ahead = copies[k + kPageTouchAhead];
-      TouchRowPages<kStreaming>(src + ahead.src_row * src_stride,
-                                dst + ahead.dst_row * dst_stride, row_bytes);
+// The order in which a batch is copied. Consecutive jobs that share one
+// copy list (the same span) form a group, walked copy by copy: row k of
+// each job of the group, then row k + 1. When those jobs read the parts of
+// one fused source row ([gate | up | down] per neuron), each copy is one
+// long contiguous read instead of several short ones far apart. Other jobs
+// are groups of one, walked row by row.
+struct BatchLayout {
+  struct Group {
+    size_t first_job, end_job;  // jobs [first_job, end_job)
+    size_t num_copies;
+    size_t copy_bytes;  // the group's row bytes summed over its jobs
+    size_t begin;       // byte offset of the group in the batch
+  };
+  Group groups[kMaxJobs];
+  size_t num_groups = 0;
+  size_t total = 0;
+};
+
+bool SameCopies(const RowGatherJob& a, const RowGatherJob& b) {
+  return a.copies.data() == b.copies.data() && a.copies.size() == b.copies.size();
+}
+
+// A piece of one row: bytes [offset, offset + bytes) of copy `copy` of job
+// `job`.
+struct Piece {
+  const uint8_t* src;
+  uint8_t* dst;
+  size_t bytes;
+  size_t row_bytes;  // of the whole row the piece belongs to
+};
+
+// Walks bytes [begin, end) of a batch in BatchLayout order, one row piece at
+// a time.
+class BatchWalker {
+ public:
+  BatchWalker(absl::Span<const RowGatherJob> jobs, const BatchLayout& layout,
+              size_t begin, size_t end)
+      : jobs_(jobs), layout_(layout), remaining_(end - begin) {
+    while (group_ < layout_.num_groups) {
+      const BatchLayout::Group& g = layout_.groups[group_];
+      const size_t group_end = g.begin + g.num_copies * g.copy_bytes;
+      if (begin < group_end) {
+        const size_t into = begin - g.begin;
+        copy_ = into / g.copy_bytes;
+        size_t in_copy = into % g.copy_bytes;
+        job_ = g.first_job;
+        while (in_copy >= jobs_[job_].row_bytes) in_copy -= jobs_[job_++].row_bytes;
+        offset_ = in_copy;
+        break;
+      }
+      ++group_;
     }
-    copy(dst + copies[k].dst_row * dst_stride + offset,
-         src + copies[k].src_row * src_stride + offset, n);
-    remaining -= n;
-    offset = 0;
-    ++k;
+  }
+
+  bool Next(Piece* piece) {
+    if (remaining_ == 0 || group_ >= layout_.num_groups) return false;
+    const RowGatherJob& job = jobs_[job_];
+    const RowCopy& c = job.copies[copy_];
+    const size_t left_in_row = job.row_bytes - offset_;
+    piece->bytes = left_in_row < remaining_ ? left_in_row : remaining_;
+    piece->row_bytes = job.row_bytes;
+    piece->src = static_cast<const uint8_t*>(job.src.data) +
+                 c.src_row * job.src.stride_bytes + offset_;
+    piece->dst =
+        static_cast<uint8_t*>(job.dst.data) + c.dst_row * job.dst.stride_bytes + offset_;
+    remaining_ -= piece->bytes;
+    offset_ = 0;
+    // Next job of the group, or the next copy, or the next group.
+    const BatchLayout::Group& g = layout_.groups[group_];
+    if (++job_ == g.end_job) {
+      job_ = g.first_job;
+      if (++copy_ == g.num_copies) {
+        copy_ = 0;
+        if (++group_ < layout_.num_groups) job_ = layout_.groups[group_].first_job;
+      }
+    }
+    return true;
+  }
+
+ private:
+  absl::Span<const RowGatherJob> jobs_;
+  const BatchLayout& layout_;
+  size_t remaining_;
+  size_t group_ = 0;
+  size_t copy_ = 0;
+  size_t job_ = 0;
+  size_t offset_ = 0;
+};
+
+// Copies bytes [begin, end) of the batch, touching the pages of the piece
+// kPageTouchAhead pieces ahead of each one it copies.
+template <bool kStreaming>
+void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
+               const BatchLayout& layout, size_t begin, size_t end) {
+  BatchWalker rows(jobs, layout, begin, end);
+  BatchWalker ahead(jobs, layout, begin, end);
+  Piece piece, next;
+  for (size_t k = 0; k < kPageTouchAhead; ++k) (void)ahead.Next(&next);
+  while (rows.Next(&piece)) {
+    if (ahead.Next(&next)) TouchRowPages<kStreaming>(next.src, next.dst, next.bytes);
+    copy(piece.dst, piece.src, piece.bytes);
   }
 }
 
@@ -95,13 +176,11 @@ void CopyByteRange(internal::RowCopyFn copy, const uint8_t* src,
 
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads, SimdLevel level) {
-  // Byte offset of each job in the concatenation of all jobs' rows.
-  constexpr size_t kMaxJobs = 16;
   if (jobs.size() > kMaxJobs) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "a batch holds at most %u gathers, got %u", kMaxJobs, jobs.size()));
   }
-  size_t job_begin[kMaxJobs + 1] = {0};
+  BatchLayout layout;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const RowGatherJob& job = jobs[j];
     if (absl::Status s = Validate(job.src, job.dst, job.row_bytes, job.copies);
@@ -109,12 +188,27 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
       return absl::Status(s.code(),
                           absl::StrFormat("gather %u: %s", j, s.message()));
     }
-    const size_t bytes = job.copies.size() * job.row_bytes;  // validated
-    if (__builtin_add_overflow(job_begin[j], bytes, &job_begin[j + 1])) {
+    if (job.copies.empty() || job.row_bytes == 0) continue;  // moves nothing
+    BatchLayout::Group* last =
+        layout.num_groups > 0 ? &layout.groups[layout.num_groups - 1] : nullptr;
+    if (last != nullptr && last->end_job == j && SameCopies(jobs[last->first_job], job)) {
+      ++last->end_job;
+      last->copy_bytes += job.row_bytes;
+    } else {
+      layout.groups[layout.num_groups++] = {j, j + 1, job.copies.size(), job.row_bytes, 0};
+    }
+  }
+  for (size_t g = 0; g < layout.num_groups; ++g) {
+    BatchLayout::Group& group = layout.groups[g];
+    group.begin = layout.total;
+    size_t bytes;
+    // Each job's copies x row_bytes was validated; their sum may still wrap.
+    if (__builtin_mul_overflow(group.num_copies, group.copy_bytes, &bytes) ||
+        __builtin_add_overflow(layout.total, bytes, &layout.total)) {
       return absl::InvalidArgumentError("gather batch size overflows size_t");
     }
   }
-  const size_t total = job_begin[jobs.size()];
+  const size_t total = layout.total;
   if (total == 0) return absl::OkStatus();
 
   // Streaming stores only pay for gathers larger than the caches; below,
@@ -123,26 +217,13 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
       total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
   const internal::RowCopyFn copy =
       internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
-  // Copies bytes [begin, end) of the concatenation.
   auto copy_range = [&](size_t begin, size_t end) {
-    for (size_t j = 0; j < jobs.size() && begin < end; ++j) {
-      if (job_begin[j + 1] <= begin) continue;
-      const RowGatherJob& job = jobs[j];
-      const size_t job_end = end < job_begin[j + 1] ? end : job_begin[j + 1];
-      auto* dst = static_cast<uint8_t*>(job.dst.data);
-      const auto* src = static_cast<const uint8_t*>(job.src.data);
-      if (streaming) {
-        CopyByteRange<true>(copy, src, job.src.stride_bytes, dst, job.dst.stride_bytes,
-                            job.row_bytes, job.copies, begin - job_begin[j],
-                            job_end - job_begin[j]);
-      } else {
-        CopyByteRange<false>(copy, src, job.src.stride_bytes, dst, job.dst.stride_bytes,
-                             job.row_bytes, job.copies, begin - job_begin[j],
-                             job_end - job_begin[j]);
-      }
-      begin = job_end;
+    if (streaming) {
+      CopyRange<true>(copy, jobs, layout, begin, end);
+      internal::FinishStreamCopies();
+    } else {
+      CopyRange<false>(copy, jobs, layout, begin, end);
     }
-    if (streaming) internal::FinishStreamCopies();
   };
   if (num_threads <= 1 || total < kParallelGatherMinBytes) {
     copy_range(0, total);

@@ -9,14 +9,15 @@
 // Execution: the copies' total bytes are split evenly over num_threads
 // OpenMP threads on cache-line boundaries (gather/partition.h), so a list of
 // one huge row and a list of thousands of small ones both use every thread.
-// Each thread copies its share row by row with memcpy (glibc's is the best
-// vector copy for the CPU; AVX-512 loops with ordinary or non-temporal
-// stores measured no faster), touching each 4 KiB page of the row two ahead
-// with one prefetch so its TLB walk and DRAM page opening overlap the
-// current copy (scattered 12 KiB rows: 19 -> 25 GB/s; prefetching every line
-// of the next row instead was 10-20% slower than nothing). Gathers smaller
-// than kParallelGatherMinBytes run on the calling thread (see
-// parallel_copy.h).
+// Each thread copies its share row by row, touching each 4 KiB page of the
+// row two ahead with one prefetch so its TLB walk and DRAM page opening
+// overlap the current copy (scattered 12 KiB rows: 19 -> 25 GB/s;
+// prefetching every line of the next row instead was 10-20% slower than
+// nothing). Gathers of kStreamingGatherMinBytes or more write with
+// non-temporal stores at the AVX2 / AVX-512 levels (gather/stream_copy.h;
+// no read-for-ownership of scattered destination lines); smaller ones, and
+// the kScalar level, with memcpy. Gathers smaller than
+// kParallelGatherMinBytes run on the calling thread (see parallel_copy.h).
 //
 // Preconditions the caller keeps (not checked, they cost O(n log n)): no two
 // copies write the same destination row, and no destination row is also a
@@ -69,8 +70,13 @@ struct RowGatherJob {
 
 // Runs several gathers as one: the bytes of all jobs are split evenly over
 // the threads, so a cache update that copies rows of three matrices (and
-// moves rows inside them) pays for one OpenMP region, not six. Every job is
-// validated (as in GatherRows) before anything is written.
+// moves rows inside them) pays for one OpenMP region, not six. Consecutive
+// jobs that share one copy list (the same span: same data pointer and size)
+// are copied copy by copy, row k of each job in turn: jobs that read the
+// parts of one fused source row ([gate | up | down] per neuron) then read
+// it as one contiguous run. Other jobs are copied in order, row by row.
+// Every job is validated (as in GatherRows) before anything is written; at
+// most 16 jobs.
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads,
                              SimdLevel level = SimdLevel::kBest);

@@ -157,6 +157,81 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
   }
 }
 
+// Jobs that share one copy list are walked copy by copy (row k of each,
+// then row k + 1); the result must still equal the jobs run one after
+// another. Here the shared jobs read the parts of one fused source row
+// ([part 0 | part 1 | ...] per row, as the cache's owned sources), next to
+// jobs with lists of their own, over every split of bytes over threads.
+TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
+  std::mt19937_64 rng(16);
+  for (int trial = 0; trial < 200; ++trial) {
+    const bool large = trial % 10 == 0;  // >= 1 MiB: parallel, streaming
+    const size_t rows = large ? 300 : 1 + rng() % 40;
+    const size_t parts = 1 + rng() % 3;
+    std::vector<size_t> part_bytes(parts);
+    size_t fused_bytes = 0;
+    for (size_t& b : part_bytes) {
+      b = large ? 1000 + rng() % 3000 : 1 + rng() % 100;
+      fused_bytes += b;
+    }
+    const std::vector<uint8_t> fused = RandomBytes(rng, rows * fused_bytes);
+    const std::vector<uint8_t> other_src = RandomBytes(rng, rows * part_bytes[0]);
+    std::vector<uint32_t> order(rows);
+    for (size_t i = 0; i < rows; ++i) order[i] = static_cast<uint32_t>(i);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<RowCopy> shared, own;
+    for (size_t i = 0; i < rng() % (rows + 1); ++i) {
+      shared.push_back({static_cast<uint32_t>(rng() % rows), order[i]});
+    }
+    for (size_t i = 0; i < rng() % (rows + 1); ++i) {
+      own.push_back({static_cast<uint32_t>(rng() % rows), order[rows - 1 - i]});
+    }
+    // Destinations: one per part, then one for the job with its own list,
+    // placed first or last in the batch.
+    std::vector<std::vector<uint8_t>> dsts;
+    for (size_t p = 0; p <= parts; ++p) {
+      dsts.push_back(RandomBytes(rng, rows * (p < parts ? part_bytes[p] : part_bytes[0])));
+    }
+    std::vector<std::vector<uint8_t>> expected = dsts;
+    size_t part_offset = 0;
+    for (size_t p = 0; p < parts; ++p) {
+      for (const RowCopy& c : shared) {
+        std::memcpy(expected[p].data() + c.dst_row * part_bytes[p],
+                    fused.data() + c.src_row * fused_bytes + part_offset, part_bytes[p]);
+      }
+      part_offset += part_bytes[p];
+    }
+    for (const RowCopy& c : own) {
+      std::memcpy(expected[parts].data() + c.dst_row * part_bytes[0],
+                  other_src.data() + c.src_row * part_bytes[0], part_bytes[0]);
+    }
+    const bool own_first = rng() % 2 == 0;
+    for (int threads : {1, 2, 3}) {
+      const SimdLevel level = SupportedSimdLevels()[trial % SupportedSimdLevels().size()];
+      std::vector<std::vector<uint8_t>> out = dsts;
+      std::vector<RowGatherJob> jobs;
+      const RowGatherJob own_job{{other_src.data(), rows, part_bytes[0]},
+                                 {out[parts].data(), rows, part_bytes[0]},
+                                 part_bytes[0],
+                                 own};
+      if (own_first) jobs.push_back(own_job);
+      part_offset = 0;
+      for (size_t p = 0; p < parts; ++p) {
+        jobs.push_back({{fused.data() + part_offset, rows, fused_bytes},
+                        {out[p].data(), rows, part_bytes[p]},
+                        part_bytes[p],
+                        shared});
+        part_offset += part_bytes[p];
+      }
+      if (!own_first) jobs.push_back(own_job);
+      ASSERT_TRUE(GatherRowsBatch(jobs, threads, level).ok());
+      ASSERT_EQ(out, expected) << absl::StrFormat(
+          "trial %d: %d parts, %d shared and %d own copies, %d threads, level %s", trial,
+          parts, shared.size(), own.size(), threads, SimdLevelName(level));
+    }
+  }
+}
+
 TEST(GatherRowsErrorTest, BatchNamesTheFailingJobAndWritesNothing) {
   std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
   const std::vector<RowCopy> good = {{0, 0}}, bad = {{5, 1}};
