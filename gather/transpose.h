@@ -21,8 +21,9 @@
 // per-element path, in place.
 //
 // Measured (//bench:gather, 2 threads, this project's EPYC VM): fp32
-// 0.53-0.61 of memcpy bandwidth across the WORKLOADS.md shapes, bf16
-// 0.51-0.59; a naive column loop reaches 0.05.
+// 0.53-0.85 of memcpy bandwidth across the WORKLOADS.md shapes, bf16
+// 0.51-0.78 (unstaged: 0.44-0.59 and 0.31); a naive column loop reaches
+// 0.04-0.07.
 //
 // Thread-safe for disjoint destinations. O(rows x cols). Allocation:
 // Transpose allocates one 128 KiB staging tile per thread per call (freed
