@@ -442,21 +442,22 @@ int Main() {
     }
   }
   for (const std::string& line : construction) std::printf("%s\n", line.c_str());
-  std::printf("\n%-9s %-7s %7s %11s %9s %8s %8s %11s %9s %11s %9s\n", "dtype", "churn",
-              "active", "update_us", "moved_MB", "GB/s", "x_floor", "rebuild_a_ms",
-              "speedup_a", "rebuild_b_ms", "speedup_b");
+  std::printf("\n%-9s %-7s %7s %11s %9s %8s %8s %8s %11s %9s %11s %9s\n", "dtype",
+              "churn", "active", "update_us", "moved_MB", "GB/s", "floor_GB/s", "x_floor",
+              "rebuild_a_ms", "speedup_a", "rebuild_b_ms", "speedup_b");
   for (const CaseResult& r : results) {
     const double gbps = r.update_us > 0 ? r.moved_mb * 1e6 / (r.update_us * 1e-6) / 1e9 : 0;
+    const double floor_gbps = r.floor_us > 0 ? r.moved_mb * 1e6 / (r.floor_us * 1e-6) / 1e9 : 0;
     const double x_floor = r.floor_us > 0 ? r.update_us / r.floor_us : 0;
-    std::printf("%-9s %-7s %7zu %11.1f %9.2f %8.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
+    std::printf("%-9s %-7s %7zu %11.1f %9.2f %8.2f %10.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
                 r.dtype.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
-                r.moved_mb > 0 ? absl::StrFormat("%.2f", x_floor).c_str() : "-",
+                floor_gbps, r.moved_mb > 0 ? absl::StrFormat("%.2f", x_floor).c_str() : "-",
                 r.rebuild_a_ms, r.rebuild_a_ms * 1e3 / r.update_us, r.rebuild_b_ms,
                 r.rebuild_b_ms * 1e3 / r.update_us);
   }
   std::printf(
-      "\nupdate_us: median WeightCache::Update; moved_MB: bytes it copied; x_floor: update / "
-      "memcpy of those bytes (same threads, same run);\nrebuild_a: full gather with down "
+      "\nupdate_us: median WeightCache::Update; moved_MB: bytes it copied; floor_GB/s: memcpy of "
+      "those bytes;\nx_floor: update / that memcpy (same threads, same run);\nrebuild_a: full gather with down "
       "columns from [H, I]; rebuild_b: full gather from a neuron-major down; speedup = "
       "rebuild / update.\n");
 
