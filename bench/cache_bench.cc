@@ -4,9 +4,10 @@
 //   bazel run //bench:cache                      # default table, ~1 minute
 //   bazel run //bench:cache -- --help            # every option
 //
-// For each element type and churn (fraction of the active set replaced per
-// step) it replays a mask sequence of --steps steps through WeightCache and
-// measures, per step and interleaved so all columns see the same machine:
+// For each element type, churn (fraction of the active set replaced per
+// step) and packed layout (--layouts: split, the library's default, and
+// fused, the fastest) it replays a mask sequence of --steps steps through
+// WeightCache and measures, per step and interleaved so all columns see the same machine:
 //   update     WeightCache::Update (diff + plan + parallel row copies)
 //   floor      memcpy (gather::ParallelCopy) of exactly the bytes the update
 //              copied, same threads
@@ -64,6 +65,10 @@ ABSL_FLAG(int, batch, 1,
           "tokens per step of a generated sequence: each step's mask is the "
           "union of this many per-token masks (a replay uses its masks as read)");
 ABSL_FLAG(bool, gate, true, "gated MLP (false: up and down only)");
+ABSL_FLAG(std::string, layouts, "split,fused",
+          "comma-separated packed layouts: split (three [A, H] arrays, the "
+          "default of WeightCacheOptions), interleaved ([A, 2H] gate|up + "
+          "down), fused (one [A, 3H] array)");
 ABSL_FLAG(double, repack_fraction,
           sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
           "repack when max(|added|, |removed|) >= this fraction of the new "
@@ -90,6 +95,10 @@ constexpr Preset kPresets[] = {{"llama-3.2-1b", 2048, 8192},
                                {"llama-2-7b", 4096, 11008},
                                {"mistral-7b", 4096, 14336},
                                {"llama-3-8b", 4096, 14336}};
+
+constexpr cache::PackedLayout kLayouts[] = {cache::PackedLayout::kSplit,
+                                            cache::PackedLayout::kInterleavedGateUp,
+                                            cache::PackedLayout::kFusedRows};
 
 double Seconds(const std::function<void()>& fn) {
   const auto start = std::chrono::steady_clock::now();
@@ -184,7 +193,7 @@ absl::StatusOr<std::vector<diff::NeuronMask>> ReadReplay(const std::string& path
 }
 
 struct CaseResult {
-  std::string dtype, churn;
+  std::string dtype, layout, churn;
   double update_us, floor_us, rebuild_a_ms, rebuild_b_ms, moved_mb;
   size_t active;
 };
@@ -225,12 +234,15 @@ class Bench {
         Median(create) / Median(copy)));
   }
 
-  CaseResult Run(DType dtype, const Weights& w, const std::vector<diff::NeuronMask>& masks,
+  CaseResult Run(DType dtype, cache::PackedLayout layout, const Weights& w,
+                 const std::vector<diff::NeuronMask>& masks,
                  const std::string& churn_label) {
     const size_t elem = cache::DTypeSize(dtype);
     const size_t rb = h_ * elem;
     const size_t matrices = absl::GetFlag(FLAGS_gate) ? 3 : 2;
-    cache::WeightCache c = *cache::WeightCache::Create(Options(dtype), Sources(w), masks[0]);
+    cache::WeightCacheOptions cache_options = Options(dtype);
+    cache_options.layout = layout;
+    cache::WeightCache c = *cache::WeightCache::Create(cache_options, Sources(w), masks[0]);
     size_t max_active = 0;
     for (const auto& m : masks) max_active = std::max(max_active, m.CountActive());
     (void)c.Reserve(max_active);  // growth is not what this measures
@@ -296,7 +308,8 @@ class Bench {
                                  {packed.data() + offset, a, rb}, rb, copies, threads_);
       }));
     }
-    return {cache::DTypeName(dtype), churn_label, Median(update) * 1e6, Median(floor) * 1e6,
+    return {cache::DTypeName(dtype), cache::PackedLayoutName(layout), churn_label, Median(update) * 1e6,
+            Median(floor) * 1e6,
             Median(rebuild_a) * 1e3, Median(rebuild_b) * 1e3, Median(moved) / 1e6,
             masks.back().CountActive()};
   }
@@ -356,6 +369,22 @@ int Main() {
       std::fprintf(stderr, "error: unknown dtype '%s' in --dtypes\n", std::string(name).c_str());
       return 2;
     }
+  }
+  std::vector<cache::PackedLayout> layouts;
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_layouts), ',')) {
+    const auto* found =
+        std::find_if(std::begin(kLayouts), std::end(kLayouts),
+                     [&](cache::PackedLayout l) { return name == cache::PackedLayoutName(l); });
+    if (found == std::end(kLayouts)) {
+      std::fprintf(stderr, "error: unknown layout '%s' in --layouts\n",
+                   std::string(name).c_str());
+      return 2;
+    }
+    if (*found == cache::PackedLayout::kInterleavedGateUp && !absl::GetFlag(FLAGS_gate)) {
+      std::fprintf(stderr, "error: the interleaved layout needs --gate\n");
+      return 2;
+    }
+    layouts.push_back(*found);
   }
   std::vector<std::pair<std::string, double>> churns;
   for (absl::string_view text : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
@@ -422,7 +451,9 @@ int Main() {
     const size_t count = static_cast<size_t>(active * n);
     bench.ConstructionReport(dtype, w, RandomMask(n, count, rng), &construction);
     if (!replay.empty()) {
-      results.push_back(bench.Run(dtype, w, replay, "replay"));
+      for (cache::PackedLayout layout : layouts) {
+        results.push_back(bench.Run(dtype, layout, w, replay, "replay"));
+      }
       continue;
     }
     for (const auto& [label, churn] : churns) {
@@ -438,19 +469,21 @@ int Main() {
       }
       // Drop the warm-up transition from the medians by running it first.
       std::vector<diff::NeuronMask> measured(masks.begin() + 1, masks.end());
-      results.push_back(bench.Run(dtype, w, measured, label));
+      for (cache::PackedLayout layout : layouts) {
+        results.push_back(bench.Run(dtype, layout, w, measured, label));
+      }
     }
   }
   for (const std::string& line : construction) std::printf("%s\n", line.c_str());
-  std::printf("\n%-9s %-7s %7s %11s %9s %8s %8s %8s %11s %9s %11s %9s\n", "dtype",
-              "churn", "active", "update_us", "moved_MB", "GB/s", "floor_GB/s", "x_floor",
+  std::printf("\n%-9s %-6s %-7s %7s %11s %9s %8s %8s %8s %11s %9s %11s %9s\n", "dtype",
+              "layout", "churn", "active", "update_us", "moved_MB", "GB/s", "floor_GB/s", "x_floor",
               "rebuild_a_ms", "speedup_a", "rebuild_b_ms", "speedup_b");
   for (const CaseResult& r : results) {
     const double gbps = r.update_us > 0 ? r.moved_mb * 1e6 / (r.update_us * 1e-6) / 1e9 : 0;
     const double floor_gbps = r.floor_us > 0 ? r.moved_mb * 1e6 / (r.floor_us * 1e-6) / 1e9 : 0;
     const double x_floor = r.floor_us > 0 ? r.update_us / r.floor_us : 0;
-    std::printf("%-9s %-7s %7zu %11.1f %9.2f %8.2f %10.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
-                r.dtype.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
+    std::printf("%-9s %-6s %-7s %7zu %11.1f %9.2f %8.2f %10.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
+                r.dtype.c_str(), r.layout.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
                 floor_gbps, r.moved_mb > 0 ? absl::StrFormat("%.2f", x_floor).c_str() : "-",
                 r.rebuild_a_ms, r.rebuild_a_ms * 1e3 / r.update_us, r.rebuild_b_ms,
                 r.rebuild_b_ms * 1e3 / r.update_us);
@@ -467,10 +500,11 @@ int Main() {
     std::vector<std::string> rows;
     for (const CaseResult& r : results) {
       rows.push_back(absl::StrFormat(
-          "{\"dtype\": \"%s\", \"churn\": \"%s\", \"active\": %u, \"update_us\": %.3f, "
+          "{\"dtype\": \"%s\", \"layout\": \"%s\", \"churn\": \"%s\", \"active\": %u, "
+          "\"update_us\": %.3f, "
           "\"floor_us\": %.3f, \"moved_mb\": %.4f, \"rebuild_a_ms\": %.4f, "
           "\"rebuild_b_ms\": %.4f}",
-          r.dtype, r.churn, r.active, r.update_us, r.floor_us, r.moved_mb, r.rebuild_a_ms,
+          r.dtype, r.layout, r.churn, r.active, r.update_us, r.floor_us, r.moved_mb, r.rebuild_a_ms,
           r.rebuild_b_ms));
     }
     out << "{\"model\": \"" << preset->name << "\", \"threads\": " << threads

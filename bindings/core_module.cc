@@ -222,8 +222,9 @@ class DLPackView {
 cache::PackedLayout ParseLayout(const std::string& layout) {
   if (layout == "split") return cache::PackedLayout::kSplit;
   if (layout == "interleaved") return cache::PackedLayout::kInterleavedGateUp;
+  if (layout == "fused") return cache::PackedLayout::kFusedRows;
   throw py::value_error(
-      absl::StrFormat("layout must be 'split' or 'interleaved', got '%s'", layout));
+      absl::StrFormat("layout must be 'split', 'interleaved' or 'fused', got '%s'", layout));
 }
 
 class PyWeightCache {

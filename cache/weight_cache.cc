@@ -65,15 +65,46 @@ absl::Status MaskSizeError(size_t got, size_t expected) {
 
 }  // namespace
 
+const char* PackedLayoutName(PackedLayout layout) {
+  switch (layout) {
+    case PackedLayout::kSplit:
+      return "split";
+    case PackedLayout::kInterleavedGateUp:
+      return "interleaved";
+    case PackedLayout::kFusedRows:
+      return "fused";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<memory::AlignedBuffer> WeightCache::Allocate(size_t bytes) const {
   if (options_.arena != nullptr) return options_.arena->Allocate(bytes);
   return memory::AlignedBuffer::Allocate(bytes, memory::kCacheLineBytes,
                                          memory::HugePageAdvice::kHugePages);
 }
 
-size_t WeightCache::PackedRowBytes() const {
-  return options_.layout == PackedLayout::kInterleavedGateUp ? 2 * row_bytes()
-                                                             : row_bytes();
+size_t WeightCache::GateUpStride() const {
+  switch (options_.layout) {
+    case PackedLayout::kSplit:
+      return row_bytes();
+    case PackedLayout::kInterleavedGateUp:
+      return 2 * row_bytes();
+    case PackedLayout::kFusedRows:
+      break;
+  }
+  return (options_.has_gate ? 3 : 2) * row_bytes();
+}
+
+size_t WeightCache::DownStride() const {
+  return options_.layout == PackedLayout::kFusedRows ? GateUpStride() : row_bytes();
+}
+
+size_t WeightCache::UpOffset() const {
+  return options_.layout != PackedLayout::kSplit && options_.has_gate ? row_bytes() : 0;
+}
+
+size_t WeightCache::DownOffset() const {
+  return options_.layout == PackedLayout::kFusedRows ? UpOffset() + row_bytes() : 0;
 }
 
 absl::StatusOr<WeightCache> WeightCache::Create(
@@ -88,10 +119,10 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   absl::StatusOr<size_t> matrix_bytes =
       memory::CheckedMul(*row_bytes, options.intermediate_size);
   if (!matrix_bytes.ok()) return matrix_bytes.status();
-  // Twice a row (interleaved layout) and a full packed buffer must fit too.
-  if (absl::StatusOr<size_t> both = memory::CheckedMul(*matrix_bytes, 2);
-      !both.ok()) {
-    return both.status();
+  // Three rows per slot (fused layouts and sources) and a full packed
+  // array of them must fit too.
+  if (absl::StatusOr<size_t> all = memory::CheckedMul(*matrix_bytes, 3); !all.ok()) {
+    return all.status();
   }
 
   WeightCache cache;
@@ -262,43 +293,49 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   // Amortized growth: 1.5x, capped at I (no mask can need more).
   const size_t target = std::min(
       options_.intermediate_size, std::max(min_capacity, capacity_ + capacity_ / 2));
-  // Cannot overflow: target <= I and I x (2 x row) was checked in Create.
-  const size_t packed_bytes = target * PackedRowBytes();
-  const size_t down_bytes = target * row_bytes();
-  auto gate = std::make_shared<memory::AlignedBuffer>();
-  auto up = std::make_shared<memory::AlignedBuffer>();
-  auto down = std::make_shared<memory::AlignedBuffer>();
-  const bool split_gate = options_.has_gate && options_.layout == PackedLayout::kSplit;
-  const bool interleaved = options_.layout == PackedLayout::kInterleavedGateUp;
-  if (split_gate || interleaved) {
-    absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
-    if (!b.ok()) return b.status();
-    *gate = *std::move(b);
+  // Cannot overflow: target <= I and I x (3 x row) was checked in Create.
+  // One buffer per distinct packed array of the layout: kSplit gate (with a
+  // gate), up and down; kInterleavedGateUp gate_up and down; kFusedRows one
+  // array that all three parts share.
+  std::shared_ptr<memory::AlignedBuffer> fresh[3];
+  std::shared_ptr<memory::AlignedBuffer>* old[3] = {&gate_packed_, &up_packed_,
+                                                    &down_packed_};
+  size_t slot_bytes[3] = {0, 0, 0};
+  switch (options_.layout) {
+    case PackedLayout::kSplit:
+      slot_bytes[0] = options_.has_gate ? row_bytes() : 0;
+      slot_bytes[1] = row_bytes();
+      slot_bytes[2] = row_bytes();
+      break;
+    case PackedLayout::kInterleavedGateUp:
+      slot_bytes[0] = GateUpStride();
+      slot_bytes[2] = row_bytes();
+      break;
+    case PackedLayout::kFusedRows:
+      slot_bytes[0] = GateUpStride();
+      break;
   }
-  if (!interleaved) {
-    absl::StatusOr<memory::AlignedBuffer> b = Allocate(packed_bytes);
-    if (!b.ok()) return b.status();
-    *up = *std::move(b);
-  }
-  {
-    absl::StatusOr<memory::AlignedBuffer> b = Allocate(down_bytes);
-    if (!b.ok()) return b.status();
-    *down = *std::move(b);
+  for (size_t b = 0; b < 3; ++b) {
+    fresh[b] = std::make_shared<memory::AlignedBuffer>();
+    if (slot_bytes[b] == 0) continue;
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(target * slot_bytes[b]);
+    if (!buffer.ok()) return buffer.status();
+    *fresh[b] = *std::move(buffer);
   }
   // Nothing can fail from here on.
   const size_t active = num_active();
-  const int threads = options_.num_threads;
-  if (!gate->empty() && active > 0) {
-    gather::ParallelCopy(gate->data(), gate_packed_->data(), active * PackedRowBytes(),
-                         threads);
+  for (size_t b = 0; b < 3; ++b) {
+    if (slot_bytes[b] != 0 && active > 0) {
+      gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(), active * slot_bytes[b],
+                           options_.num_threads);
+    }
   }
-  if (!up->empty() && active > 0) {
-    gather::ParallelCopy(up->data(), up_packed_->data(), active * row_bytes(), threads);
-  }
-  if (active > 0) {
-    gather::ParallelCopy(down->data(), down_packed_->data(), active * row_bytes(),
-                         threads);
-  }
+  // Parts that live in another part's array share its buffer.
+  std::shared_ptr<memory::AlignedBuffer> gate = fresh[0];
+  std::shared_ptr<memory::AlignedBuffer> up =
+      options_.layout == PackedLayout::kSplit ? fresh[1] : fresh[0];
+  std::shared_ptr<memory::AlignedBuffer> down =
+      options_.layout == PackedLayout::kFusedRows ? fresh[0] : fresh[2];
   gate_packed_ = std::move(gate);
   up_packed_ = std::move(up);
   down_packed_ = std::move(down);
@@ -377,23 +414,32 @@ void WeightCache::ExecutePlan() {
   const gather::ConstRowsView gate_src{gate_src_, num_neurons, gate_src_stride_};
   const gather::ConstRowsView up_src{up_src_, num_neurons, up_src_stride_};
   const gather::ConstRowsView down_src{down_src_, num_neurons, down_src_stride_};
-  if (options_.layout == PackedLayout::kInterleavedGateUp) {
-    const size_t stride = 2 * rb;
-    jobs[n++] = {gate_src, packed(gate_packed_, 0, stride), rb, loads};
-    jobs[n++] = {up_src, packed(gate_packed_, rb, stride), rb, loads};
-    jobs[n++] = {down_src, packed(down_packed_, 0, rb), rb, loads};
-    jobs[n++] = {packed_src(gate_packed_, stride), packed(gate_packed_, 0, stride),
-                 stride, moves};
-  } else {
-    if (options_.has_gate) jobs[n++] = {gate_src, packed(gate_packed_, 0, rb), rb, loads};
-    jobs[n++] = {up_src, packed(up_packed_, 0, rb), rb, loads};
-    jobs[n++] = {down_src, packed(down_packed_, 0, rb), rb, loads};
-    if (options_.has_gate) {
-      jobs[n++] = {packed_src(gate_packed_, rb), packed(gate_packed_, 0, rb), rb, moves};
-    }
-    jobs[n++] = {packed_src(up_packed_, rb), packed(up_packed_, 0, rb), rb, moves};
+  const size_t gate_up_stride = GateUpStride();
+  const size_t down_stride = DownStride();
+  if (options_.has_gate) {
+    jobs[n++] = {gate_src, packed(gate_packed_, 0, gate_up_stride), rb, loads};
   }
-  jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
+  jobs[n++] = {up_src, packed(up_packed_, UpOffset(), gate_up_stride), rb, loads};
+  jobs[n++] = {down_src, packed(down_packed_, DownOffset(), down_stride), rb, loads};
+  // Moves copy whole slots of each distinct packed array.
+  switch (options_.layout) {
+    case PackedLayout::kSplit:
+      if (options_.has_gate) {
+        jobs[n++] = {packed_src(gate_packed_, rb), packed(gate_packed_, 0, rb), rb, moves};
+      }
+      jobs[n++] = {packed_src(up_packed_, rb), packed(up_packed_, 0, rb), rb, moves};
+      jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
+      break;
+    case PackedLayout::kInterleavedGateUp:
+      jobs[n++] = {packed_src(gate_packed_, gate_up_stride),
+                   packed(gate_packed_, 0, gate_up_stride), gate_up_stride, moves};
+      jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
+      break;
+    case PackedLayout::kFusedRows:
+      jobs[n++] = {packed_src(gate_packed_, gate_up_stride),
+                   packed(gate_packed_, 0, gate_up_stride), gate_up_stride, moves};
+      break;
+  }
   const absl::Status s =
       gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads,
                               options_.simd);
@@ -406,41 +452,39 @@ void WeightCache::ExecutePlan() {
 }
 
 MatrixView WeightCache::gate() const {
-  if (!options_.has_gate) {
-    return {nullptr, 0, options_.hidden_size, options_.hidden_size, 1, options_.dtype};
-  }
   const size_t h = options_.hidden_size;
-  const size_t stride = options_.layout == PackedLayout::kInterleavedGateUp ? 2 * h : h;
-  return {gate_packed_->data(), num_active(), h, stride, 1, options_.dtype};
+  if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype};
+  return {gate_packed_->data(), num_active(), h, GateUpStride() / DTypeSize(options_.dtype),
+          1, options_.dtype};
 }
 
 MatrixView WeightCache::up() const {
   const size_t h = options_.hidden_size;
-  if (options_.layout == PackedLayout::kInterleavedGateUp) {
-    return {gate_packed_->data() + row_bytes(), num_active(), h, 2 * h, 1,
-            options_.dtype};
-  }
-  return {up_packed_->data(), num_active(), h, h, 1, options_.dtype};
+  return {up_packed_->data() + UpOffset(), num_active(), h,
+          GateUpStride() / DTypeSize(options_.dtype), 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_rows() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_->data(), num_active(), h, h, 1, options_.dtype};
+  return {down_packed_->data() + DownOffset(), num_active(), h,
+          DownStride() / DTypeSize(options_.dtype), 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_hidden_major() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_->data(), h, num_active(), 1, h, options_.dtype};
+  return {down_packed_->data() + DownOffset(), h, num_active(), 1,
+          DownStride() / DTypeSize(options_.dtype), options_.dtype};
 }
 
 absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
-  if (options_.layout != PackedLayout::kInterleavedGateUp) {
+  if (options_.layout == PackedLayout::kSplit || !options_.has_gate) {
     return absl::FailedPreconditionError(
-        "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp");
+        "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp or kFusedRows "
+        "with a gate");
   }
   const size_t h = options_.hidden_size;
-  return MatrixView{gate_packed_->data(), num_active(), 2 * h, 2 * h, 1,
-                    options_.dtype};
+  return MatrixView{gate_packed_->data(), num_active(), 2 * h,
+                    GateUpStride() / DTypeSize(options_.dtype), 1, options_.dtype};
 }
 
 absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const {
@@ -463,10 +507,11 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
                          options_.num_threads);
     return absl::OkStatus();
   }
+  const size_t stride = GateUpStride();
+  const uint8_t* slots = gate_packed_->data();
   for (size_t s = 0; s < active; ++s) {
-    std::memcpy(out.data() + s * rb, gate_packed_->data() + 2 * s * rb, rb);
-    std::memcpy(out.data() + (active + s) * rb, gate_packed_->data() + (2 * s + 1) * rb,
-                rb);
+    std::memcpy(out.data() + s * rb, slots + s * stride, rb);
+    std::memcpy(out.data() + (active + s) * rb, slots + s * stride + UpOffset(), rb);
   }
   return absl::OkStatus();
 }
@@ -480,8 +525,13 @@ std::shared_ptr<const void> WeightCache::RetainStorage() const {
 
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
-  return fused_owned_.size() + down_owned_.size() +
-         gate_packed_->size() + up_packed_->size() + down_packed_->size() +
+  // Parts of one packed array share its buffer: count each buffer once.
+  size_t packed = gate_packed_->size();
+  if (up_packed_ != gate_packed_) packed += up_packed_->size();
+  if (down_packed_ != gate_packed_ && down_packed_ != up_packed_) {
+    packed += down_packed_->size();
+  }
+  return fused_owned_.size() + down_owned_.size() + packed +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
          vector_bytes(diff_.added) + vector_bytes(diff_.removed) +

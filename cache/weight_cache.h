@@ -79,7 +79,17 @@ namespace sparse_mlp::cache {
 enum class PackedLayout {
   kSplit,              // gate [A, H], up [A, H], down [A, H]: three buffers
   kInterleavedGateUp,  // gate_up [A, 2H] (gate row | up row), down [A, H]
+  // One [A, 3H] array, [gate row | up row | down row] per slot ([A, 2H]
+  // up | down without a gate): views are strided (row stride 3H), and a
+  // loaded neuron is one contiguous write, as it is one contiguous read of
+  // the cache's fused sources. Measured against kSplit in the same process,
+  // alternating: updates 3-15% faster (llama-3.2-3b, fp32 and bf16, churn
+  // 0.02-0.25).
+  kFusedRows,
 };
+
+// "split", "interleaved", "fused".
+const char* PackedLayoutName(PackedLayout layout);
 
 enum class SourceOwnership { kCopy, kBorrow };
 
@@ -235,7 +245,13 @@ class WeightCache {
   WeightCache() = default;
 
   size_t row_bytes() const { return options_.hidden_size * DTypeSize(options_.dtype); }
-  size_t PackedRowBytes() const;  // bytes of one slot in the gate/up buffer
+  // Layout of the packed arrays (bytes): the slot stride of the gate and up
+  // rows and of the down rows, and the offsets of the up and down rows in
+  // their slot (gate rows start their slot).
+  size_t GateUpStride() const;
+  size_t DownStride() const;
+  size_t UpOffset() const;
+  size_t DownOffset() const;
   absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
   absl::Status Grow(size_t min_capacity);
   // Applies incoming_ (already validated).

@@ -118,7 +118,7 @@ struct Config {
     return absl::StrFormat(
         "%s %s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d",
         SimdLevelName(simd), DTypeName(dtype),
-        has_gate, layout == PackedLayout::kSplit ? "split" : "interleaved",
+        has_gate, PackedLayoutName(layout),
         ownership == SourceOwnership::kCopy ? "copy" : "borrow",
         down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance);
   }
@@ -232,7 +232,8 @@ std::vector<Config> AllConfigs() {
   std::vector<Config> configs;
   for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
     for (bool has_gate : {true, false}) {
-      for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp}) {
+      for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp,
+                                  PackedLayout::kFusedRows}) {
         if (!has_gate && layout == PackedLayout::kInterleavedGateUp) continue;
         for (int threads : {1, 2}) {
           for (size_t tolerance : {size_t{0}, size_t{3}}) {
@@ -330,7 +331,8 @@ TEST(WeightCacheTest, ConcatenatedGateUpAndInterleavedViewAgree) {
   const size_t h = 5, i = 40;
   const Weights w = RandomWeights(rng, h, i, 2);
   const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(i, {2, 7, 30, 39});
-  for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp}) {
+  for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp,
+                              PackedLayout::kFusedRows}) {
     WeightCacheOptions options = ShapeOptions(h, i);
     options.dtype = DType::kBFloat16;
     options.layout = layout;
@@ -349,9 +351,10 @@ TEST(WeightCacheTest, ConcatenatedGateUpAndInterleavedViewAgree) {
     }
     ASSERT_TRUE(fused.ok());
     EXPECT_EQ(fused->cols, 2 * h);
+    EXPECT_EQ(fused->row_stride, (layout == PackedLayout::kFusedRows ? 3 : 2) * h);
     for (size_t s = 0; s < 4; ++s) {
       const uint32_t n = cache.active_indices()[s];
-      const uint8_t* row = static_cast<const uint8_t*>(fused->data) + s * 2 * h * 2;
+      const uint8_t* row = static_cast<const uint8_t*>(fused->data) + s * fused->row_stride * 2;
       EXPECT_EQ(0, std::memcmp(row, &w.gate[n * h * 2], h * 2));
       EXPECT_EQ(0, std::memcmp(row + h * 2, &w.up[n * h * 2], h * 2));
     }
@@ -373,6 +376,33 @@ TEST(WeightCacheTest, ArenaBackedCacheAndFootprint) {
     ExpectMatches(cache, w, mask, "arena");
   }
   EXPECT_EQ(arena->bytes_in_use(), 0u) << "the cache gave its regions back";
+}
+
+// The fused layout keeps all three parts in one array: its footprint is the
+// split layout's (each buffer counted once), and its views are strided.
+TEST(WeightCacheTest, FusedRowsShareOneArray) {
+  std::mt19937_64 rng(86);
+  const size_t h = 12, i = 96;
+  const Weights w = RandomWeights(rng, h, i, 4);
+  const diff::NeuronMask mask = *diff::NeuronMask::FromIndices(i, {1, 5, 50, 95});
+  for (bool has_gate : {true, false}) {
+    WeightCacheOptions options = ShapeOptions(h, i);
+    options.has_gate = has_gate;
+    const MlpWeights sources =
+        has_gate ? w.Gated() : w.View(false, DownLayout::kHiddenMajor);
+    WeightCache split = *WeightCache::Create(options, sources, mask);
+    options.layout = PackedLayout::kFusedRows;
+    WeightCache fused = *WeightCache::Create(options, sources, mask);
+    EXPECT_EQ(fused.memory_bytes(), split.memory_bytes()) << "gate=" << has_gate;
+    const size_t parts = has_gate ? 3 : 2;
+    EXPECT_EQ(fused.up().row_stride, parts * h);
+    EXPECT_EQ(fused.down_rows().row_stride, parts * h);
+    EXPECT_EQ(fused.down_hidden_major().col_stride, parts * h);
+    EXPECT_EQ(static_cast<const uint8_t*>(fused.down_rows().data) -
+                  static_cast<const uint8_t*>(fused.up().data),
+              static_cast<ptrdiff_t>(h * 4));
+    ExpectMatches(fused, w, mask, has_gate ? "fused" : "fused, no gate");
+  }
 }
 
 TEST(WeightCacheTest, RetainedStorageOutlivesGrowthAndTheCache) {

@@ -64,8 +64,10 @@ class WeightCache:
       num_threads: threads for the copies of each update.
       tolerance: skip updates that change fewer neurons than this (0: every
         update exact); see ``lag`` and ``catch_up``.
-      layout: ``"split"`` (separate gate/up buffers) or ``"interleaved"``
-        (``gate_up_interleaved()`` gives ``[A, 2H]`` for one fused matmul).
+      layout: ``"split"`` (separate gate/up/down buffers), ``"interleaved"``
+        (``gate_up_interleaved()`` gives ``[A, 2H]`` for one fused matmul) or
+        ``"fused"`` (one ``[A, 3H]`` array, gate | up | down per neuron: the
+        fastest updates; views are strided, ``gate_up_interleaved()`` too).
       copy_sources: copy gate/up into the cache. By default they are read in
         place (no duplicate of the weights) and must then not be modified
         while the cache lives; the cache holds references to them. down is
@@ -163,11 +165,13 @@ class WeightCache:
         return self._wrap(self._native.down_rows())
 
     def down_hidden_major(self):
-        """``[H, A]`` active down columns, strides ``(1, H)`` (zero-copy)."""
+        """``[H, A]`` active down columns, strides ``(1, H)`` (``(1, 3H)`` or
+        ``(1, 2H)`` with layout="fused"; zero-copy)."""
         return self._wrap(self._native.down_hidden_major())
 
     def gate_up_interleaved(self):
-        """``[A, 2H]``: gate row then up row per neuron (layout="interleaved")."""
+        """``[A, 2H]``: gate row then up row per neuron (layout="interleaved"
+        or "fused")."""
         return self._wrap(self._native.gate_up_interleaved())
 
     def concat_gate_up(self):

@@ -289,6 +289,22 @@ class ViewLifetimeTest(unittest.TestCase):
         fused = cache.gate_up_interleaved()
         self.assertTrue(torch.equal(fused, torch.cat([gate[idx], up[idx]], dim=1)))
 
+    def test_fused_layout_views_are_strided_and_exact(self):
+        gen = torch.Generator().manual_seed(12)
+        gate, up, down = random_weights(gen, 60, 10, torch.float32)
+        cache = WeightCache(torch.rand(60, generator=gen) < 0.5, gate, up, down,
+                            layout="fused")
+        for _ in range(5):
+            cache.update(torch.rand(60, generator=gen) < 0.4)
+            idx = cache.active_indices()
+            self.assertEqual(cache.up().stride(), (30, 1))
+            self.assertTrue(torch.equal(cache.gate(), gate[idx]))
+            self.assertTrue(torch.equal(cache.up(), up[idx]))
+            self.assertTrue(torch.equal(cache.down(), down.t()[idx]))
+            self.assertTrue(torch.equal(cache.down_hidden_major(), down[:, idx]))
+            self.assertTrue(torch.equal(cache.gate_up_interleaved(),
+                                        torch.cat([gate[idx], up[idx]], dim=1)))
+
 
 class BadInputTest(unittest.TestCase):
     """Every bad input raises a clear exception and leaves the cache as it was."""
