@@ -45,8 +45,10 @@
 // concatenated [gate; up] ([2A, H]) cannot be a zero-copy view with O(change)
 // updates (every neuron's up row would shift whenever A changes), so
 // CopyConcatenatedGateUp materializes it at O(A x H) per call; new callers
-// should use PackedLayout::kInterleavedGateUp, whose [A, 2H] view (gate row,
-// then up row, per neuron) feeds one fused GEMM with no copy.
+// should use PackedLayout::kInterleavedGateUp or kFusedRows, whose [A, 2H]
+// view (gate row, then up row, per neuron) feeds one fused GEMM with no copy.
+// Views carry their strides (MatrixView::row_stride): contiguous with
+// kSplit, strided by 2H / 3H in the other layouts.
 //
 // Errors: every failure returns an absl::Status naming the bad value, and the
 // cache is unchanged after it (validation and allocation happen before any
@@ -222,7 +224,8 @@ class WeightCache {
   MatrixView up() const;
   MatrixView down_rows() const;          // [A, H]: neuron-major down
   MatrixView down_hidden_major() const;  // [H, A]: strides (1, H)
-  // [A, 2H]; FailedPrecondition unless layout() is kInterleavedGateUp.
+  // [A, 2H] (gate row | up row per slot; row stride 2H, or 3H with
+  // kFusedRows); FailedPrecondition with kSplit or without a gate.
   absl::StatusOr<MatrixView> gate_up_interleaved() const;
 
   // Writes the seed API's [2A, H]: all active gate rows, then all active up
