@@ -4,10 +4,10 @@
 //   bazel run //bench:cache                      # default table, ~1 minute
 //   bazel run //bench:cache -- --help            # every option
 //
-// For each element type, churn (fraction of the active set replaced per
-// step) and packed layout (--layouts: split, the library's default, and
-// fused, the fastest) it replays a mask sequence of --steps steps through
-// WeightCache and measures, per step and interleaved so all columns see the same machine:
+// For each element type and churn (fraction of the active set replaced per
+// step) it replays a mask sequence of --steps steps through one WeightCache
+// per packed layout (--layouts: split, the library's default, and fused, the
+// fastest; their updates alternate within each step) and measures, per step and interleaved so all columns see the same machine:
 //   update     WeightCache::Update (diff + plan + parallel row copies)
 //   floor      memcpy (gather::ParallelCopy) of exactly the bytes the update
 //              copied, same threads
@@ -42,6 +42,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/types/span.h"
 #include "bench/optimized_build_check.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
@@ -234,18 +235,26 @@ class Bench {
         Median(create) / Median(copy)));
   }
 
-  CaseResult Run(DType dtype, cache::PackedLayout layout, const Weights& w,
-                 const std::vector<diff::NeuronMask>& masks,
-                 const std::string& churn_label) {
+  // One case: the same mask sequence through one cache per layout. Each
+  // step updates every cache (in an order that rotates from step to step),
+  // then runs the floor and the rebuilds once: the layouts' update times
+  // are taken under the same machine conditions, so their ratio is fair
+  // even when the machine's speed drifts during the run.
+  std::vector<CaseResult> Run(DType dtype, absl::Span<const cache::PackedLayout> layouts,
+                              const Weights& w, const std::vector<diff::NeuronMask>& masks,
+                              const std::string& churn_label) {
     const size_t elem = cache::DTypeSize(dtype);
     const size_t rb = h_ * elem;
     const size_t matrices = absl::GetFlag(FLAGS_gate) ? 3 : 2;
-    cache::WeightCacheOptions cache_options = Options(dtype);
-    cache_options.layout = layout;
-    cache::WeightCache c = *cache::WeightCache::Create(cache_options, Sources(w), masks[0]);
     size_t max_active = 0;
     for (const auto& m : masks) max_active = std::max(max_active, m.CountActive());
-    (void)c.Reserve(max_active);  // growth is not what this measures
+    std::vector<cache::WeightCache> caches;
+    for (cache::PackedLayout layout : layouts) {
+      cache::WeightCacheOptions cache_options = Options(dtype);
+      cache_options.layout = layout;
+      caches.push_back(*cache::WeightCache::Create(cache_options, Sources(w), masks[0]));
+      (void)caches.back().Reserve(max_active);  // growth is not what this measures
+    }
     // The floor copies from and to memory as cold as the update's: its
     // source and destination windows advance through buffers of its own,
     // far larger than the caches and touched by nothing else (the weights
@@ -259,11 +268,16 @@ class Bench {
     size_t floor_offset = 0;
     memory::AlignedBuffer packed = Buffer(matrices * max_active * rb, 0);
 
-    std::vector<double> update, floor, rebuild_a, rebuild_b, moved;
+    std::vector<std::vector<double>> update(caches.size());
+    std::vector<double> floor, rebuild_a, rebuild_b, moved;
     std::vector<gather::RowCopy> copies;
     for (size_t k = 1; k < masks.size(); ++k) {
-      update.push_back(Seconds([&] { (void)c.Update(masks[k]); }));
-      const size_t bytes = c.last_update().bytes_copied;
+      for (size_t j = 0; j < caches.size(); ++j) {
+        const size_t which = (j + k) % caches.size();
+        update[which].push_back(Seconds([&] { (void)caches[which].Update(masks[k]); }));
+      }
+      // Every layout copies the same rows (same plan), hence the same bytes.
+      const size_t bytes = caches[0].last_update().bytes_copied;
       moved.push_back(static_cast<double>(bytes));
       // Floor: the same bytes, contiguous, split over the three matrices
       // like the update's rows.
@@ -308,10 +322,14 @@ class Bench {
                                  {packed.data() + offset, a, rb}, rb, copies, threads_);
       }));
     }
-    return {cache::DTypeName(dtype), cache::PackedLayoutName(layout), churn_label, Median(update) * 1e6,
-            Median(floor) * 1e6,
-            Median(rebuild_a) * 1e3, Median(rebuild_b) * 1e3, Median(moved) / 1e6,
-            masks.back().CountActive()};
+    std::vector<CaseResult> results;
+    for (size_t j = 0; j < caches.size(); ++j) {
+      results.push_back({cache::DTypeName(dtype), cache::PackedLayoutName(layouts[j]),
+                         churn_label, Median(update[j]) * 1e6, Median(floor) * 1e6,
+                         Median(rebuild_a) * 1e3, Median(rebuild_b) * 1e3,
+                         Median(moved) / 1e6, masks.back().CountActive()});
+    }
+    return results;
   }
 
   Weights MakeWeights(DType dtype) const {
@@ -451,8 +469,8 @@ int Main() {
     const size_t count = static_cast<size_t>(active * n);
     bench.ConstructionReport(dtype, w, RandomMask(n, count, rng), &construction);
     if (!replay.empty()) {
-      for (cache::PackedLayout layout : layouts) {
-        results.push_back(bench.Run(dtype, layout, w, replay, "replay"));
+      for (CaseResult& r : bench.Run(dtype, layouts, w, replay, "replay")) {
+        results.push_back(std::move(r));
       }
       continue;
     }
@@ -469,8 +487,8 @@ int Main() {
       }
       // Drop the warm-up transition from the medians by running it first.
       std::vector<diff::NeuronMask> measured(masks.begin() + 1, masks.end());
-      for (cache::PackedLayout layout : layouts) {
-        results.push_back(bench.Run(dtype, layout, w, measured, label));
+      for (CaseResult& r : bench.Run(dtype, layouts, w, measured, label)) {
+        results.push_back(std::move(r));
       }
     }
   }
