@@ -144,10 +144,6 @@ absl::StatusOr<WeightCache> WeightCache::Create(
                                num_neurons, elem, {dst, num_neurons, dst_stride},
                                transpose_options);
     }
-    if (dst_stride == *row_bytes) {
-      gather::ParallelCopy(dst, src, *matrix_bytes, threads);
-      return absl::OkStatus();
-    }
     std::vector<gather::RowCopy> rows(num_neurons);
     for (size_t n = 0; n < num_neurons; ++n) {
       rows[n] = {static_cast<uint32_t>(n), static_cast<uint32_t>(n)};
