@@ -61,6 +61,8 @@ def main():
     parser.add_argument("--churn", type=float, default=0.10)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layout", default="split", choices=("split", "interleaved", "fused"),
+                        help="packed layout of the cache (fused: strided views, fastest updates)")
     parser.add_argument("--copy_sources", action="store_true",
                         help="let the cache copy gate/up (huge-page backed) instead of reading them in place")
     args = parser.parse_args()
@@ -81,7 +83,7 @@ def main():
         masks.append(churned(masks[-1], args.churn, gen))
 
     cache = WeightCache(masks[0], gate, up, down, num_threads=args.threads,
-                        copy_sources=args.copy_sources)
+                        copy_sources=args.copy_sources, layout=args.layout)
     cache.reserve(max(int(m.sum()) for m in masks))
     cache.update(masks[1])  # warm-up step
     t_update, t_select, t_dense, t_sparse = [], [], [], []
