@@ -119,7 +119,7 @@ def main():
             ("sparse", t_sparse))}
     print(f"sparse_mlp vs PyTorch: {args.model} (H={hidden}, I={inter}), {args.dtype}, "
           f"active {args.active:.2f}, churn {args.churn:.2f}, {args.threads} threads, "
-          f"{args.steps} steps (medians)")
+          f"{args.steps} steps, {args.layout} layout (medians)")
     print(f"  cache update                     {med['update']:9.3f} ms")
     print(f"  index_select rebuild             {med['index_select']:9.3f} ms   "
           f"-> update is {med['index_select'] / med['update']:.1f}x faster")
