@@ -245,13 +245,15 @@ SPARSE_MLP_AVX512 inline void Block16x16Bits32(const uint8_t* src, size_t src_st
   }
 }
 
-// Full-line blocks over [0, rows_b) x [0, cols_b): a block row at a time, so
-// each source row is read line after line. Loads never revisit a line,
-// which matters because source rows a power-of-two stride apart share L1
-// sets: kernels that read a line in 16- or 32-byte pieces over several
-// passes found it evicted in between and went to L2 for every piece.
-template <size_t kBlock, size_t kElemBytes,
-          void (*kKernel)(const uint8_t*, size_t, uint8_t*, size_t)>
+// Full-line blocks over [0, rows_b) x [0, cols_b), a block column at a time:
+// the destination rows of a column receive consecutive whole lines (long
+// streaming-store runs; walking block rows instead wrote 64-byte runs, 2x
+// slower). Loads never revisit a line: the source is the staging buffer
+// (transpose.cc), whose padded rows do not share L1 sets.
+using BlockFn = void (*)(const uint8_t*, size_t, uint8_t*, size_t);
+using EdgeFn = void (*)(const uint8_t*, size_t, uint8_t*, size_t, size_t, size_t);
+
+template <size_t kBlock, size_t kElemBytes, BlockFn kKernel>
 SPARSE_MLP_AVX512 inline void FullLineBlocks(const uint8_t* src, size_t src_stride,
                                              uint8_t* dst, size_t dst_stride,
                                              size_t rows_b, size_t cols_b) {
@@ -262,8 +264,6 @@ SPARSE_MLP_AVX512 inline void FullLineBlocks(const uint8_t* src, size_t src_stri
     }
   }
 }
-
-}  // namespace
 
 // Transposes with 32x8 / 16x8 blocks (sub-line loads): the edges of the
 // full-line kernel below.
@@ -290,50 +290,49 @@ SPARSE_MLP_AVX512 void NarrowTileBits16(const uint8_t* src, size_t src_stride,
   }
 }
 
+// A tile in kBlock x kBlock full-line blocks (streaming stores when the
+// destination rows are 64-byte aligned), its ragged right strip and bottom
+// strip by the narrower kEdge kernel.
+template <size_t kBlock, size_t kElemBytes, BlockFn kStreamBlock, BlockFn kPlainBlock,
+          EdgeFn kEdge>
+SPARSE_MLP_AVX512 inline void FullLineTile(const uint8_t* src, size_t src_stride,
+                                           uint8_t* dst, size_t dst_stride, size_t rows,
+                                           size_t cols) {
+  const size_t rows_b = rows / kBlock * kBlock;
+  const size_t cols_b = cols / kBlock * kBlock;
+  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
+    FullLineBlocks<kBlock, kElemBytes, kStreamBlock>(src, src_stride, dst, dst_stride,
+                                                     rows_b, cols_b);
+  } else {
+    FullLineBlocks<kBlock, kElemBytes, kPlainBlock>(src, src_stride, dst, dst_stride,
+                                                    rows_b, cols_b);
+  }
+  if (cols_b < cols) {
+    kEdge(src + cols_b * kElemBytes, src_stride, dst + cols_b * dst_stride, dst_stride,
+          rows, cols - cols_b);
+  }
+  if (rows_b < rows) {
+    kEdge(src + rows_b * src_stride, src_stride, dst + rows_b * kElemBytes, dst_stride,
+          rows - rows_b, cols_b);
+  }
+}
+
+}  // namespace
+
 SPARSE_MLP_AVX512 void TileTransposeAvx512Bits16(const uint8_t* src,
                                                  size_t src_stride, uint8_t* dst,
                                                  size_t dst_stride, size_t rows,
                                                  size_t cols) {
-  const size_t rows32 = rows / 32 * 32;
-  const size_t cols32 = cols / 32 * 32;
-  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
-    FullLineBlocks<32, 2, Block32x32Bits16<true>>(src, src_stride, dst, dst_stride,
-                                                  rows32, cols32);
-  } else {
-    FullLineBlocks<32, 2, Block32x32Bits16<false>>(src, src_stride, dst,
-                                                   dst_stride, rows32, cols32);
-  }
-  if (cols32 < cols) {
-    NarrowTileBits16(src + cols32 * 2, src_stride, dst + cols32 * dst_stride,
-                     dst_stride, rows, cols - cols32);
-  }
-  if (rows32 < rows) {
-    NarrowTileBits16(src + rows32 * src_stride, src_stride, dst + rows32 * 2,
-                     dst_stride, rows - rows32, cols32);
-  }
+  FullLineTile<32, 2, Block32x32Bits16<true>, Block32x32Bits16<false>, NarrowTileBits16>(
+      src, src_stride, dst, dst_stride, rows, cols);
 }
 
 SPARSE_MLP_AVX512 void TileTransposeAvx512Bits32(const uint8_t* src,
                                                  size_t src_stride, uint8_t* dst,
                                                  size_t dst_stride, size_t rows,
                                                  size_t cols) {
-  const size_t rows16 = rows / 16 * 16;
-  const size_t cols16 = cols / 16 * 16;
-  if ((reinterpret_cast<uintptr_t>(dst) | dst_stride) % 64 == 0) {
-    FullLineBlocks<16, 4, Block16x16Bits32<true>>(src, src_stride, dst, dst_stride,
-                                                  rows16, cols16);
-  } else {
-    FullLineBlocks<16, 4, Block16x16Bits32<false>>(src, src_stride, dst,
-                                                   dst_stride, rows16, cols16);
-  }
-  if (cols16 < cols) {
-    TileTransposeAvx2Bits32(src + cols16 * 4, src_stride, dst + cols16 * dst_stride,
-                            dst_stride, rows, cols - cols16);
-  }
-  if (rows16 < rows) {
-    TileTransposeAvx2Bits32(src + rows16 * src_stride, src_stride, dst + rows16 * 4,
-                            dst_stride, rows - rows16, cols16);
-  }
+  FullLineTile<16, 4, Block16x16Bits32<true>, Block16x16Bits32<false>,
+               TileTransposeAvx2Bits32>(src, src_stride, dst, dst_stride, rows, cols);
 }
 
 }  // namespace sparse_mlp::gather::internal
