@@ -25,8 +25,9 @@
 // Preconditions (checked by the cache, asserted here in debug builds): the
 // diff is between the mask the maps describe and a mask of the same size.
 // Thread-compatible. No allocation when the vectors have capacity: the
-// cache reserves I entries for each. O(c log c) for c changed neurons (the
-// sort of the freed slots; PlanRepack: O(A')).
+// cache reserves I entries for each and sizes `freed` for I slots. O(c + A/64)
+// for c changed neurons and A active ones (the freed slots are ordered by a
+// bitset over the slots, not by sorting; PlanRepack: O(A')).
 #ifndef SPARSE_MLP_CACHE_UPDATE_PLAN_H_
 #define SPARSE_MLP_CACHE_UPDATE_PLAN_H_
 
@@ -50,11 +51,12 @@ struct UpdatePlan {
   std::vector<gather::RowCopy> loads;  // src_row = neuron, dst_row = slot
   std::vector<gather::RowCopy> moves;  // src_row = old slot, dst_row = slot
   bool repack = false;
-  std::vector<uint32_t> holes;  // scratch: the freed slots, sorted
+  // Scratch: one bit per slot freed by the plan being made; all zero
+  // between plans (every set bit is taken and cleared).
+  std::vector<uint64_t> freed;
   void Clear() {
     loads.clear();
     moves.clear();
-    holes.clear();
     repack = false;
   }
 };

@@ -211,7 +211,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   cache.diff_.removed.reserve(num_neurons);
   cache.plan_.loads.reserve(num_neurons);
   cache.plan_.moves.reserve(num_neurons);
-  cache.plan_.holes.reserve(num_neurons);
+  cache.plan_.freed.assign((num_neurons + 63) / 64, 0);
   cache.active_scratch_.reserve(num_neurons);
   cache.gate_packed_ = std::make_shared<memory::AlignedBuffer>();
   cache.up_packed_ = std::make_shared<memory::AlignedBuffer>();
@@ -532,7 +532,7 @@ size_t WeightCache::memory_bytes() const {
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
          vector_bytes(diff_.added) + vector_bytes(diff_.removed) +
          vector_bytes(plan_.loads) + vector_bytes(plan_.moves) +
-         vector_bytes(plan_.holes) + vector_bytes(active_scratch_);
+         vector_bytes(plan_.freed) + vector_bytes(active_scratch_);
 }
 
 }  // namespace sparse_mlp::cache

@@ -434,44 +434,60 @@ TEST(WeightCacheTest, RetainedStorageOutlivesGrowthAndTheCache) {
 
 TEST(UpdatePlanTest, RowWritesMeetTheLowerBoundAndCopiesAreDisjoint) {
   std::mt19937_64 rng(83);
-  for (int trial = 0; trial < 3000; ++trial) {
-    const size_t n = 1 + rng() % 200;
-    diff::NeuronMask before(n), after(n);
-    for (size_t k = 0; k < n; ++k) {
-      before.Set(k, rng() % 3 == 0);
-      after.Set(k, rng() % 3 == 0);
-    }
+  for (int trial = 0; trial < 600; ++trial) {
+    const size_t n = 1 + rng() % 300;
+    diff::NeuronMask before(n);
+    for (size_t k = 0; k < n; ++k) before.Set(k, rng() % 3 == 0);
     SlotMap map;
     map.neuron_to_slot.assign(n, kNoSlot);
-    UpdatePlan plan;
+    UpdatePlan plan;  // reused by every step: its scratch must come back clean
     PlanRepack(before.ToIndices(), &map, &plan);
-    diff::MaskDiff d;
-    ASSERT_TRUE(diff::ComputeMaskDiff(before, after, &d).ok());
-    PlanDifferentialUpdate(d.added, d.removed, &map, &plan);
-    const std::string where = absl::StrFormat("trial %d: +%d -%d", trial, d.added.size(),
-                                              d.removed.size());
-    // Every added neuron is loaded once; removals in the tail need no move,
-    // so the writes are at most max(|added|, |removed|).
-    ASSERT_EQ(plan.loads.size(), d.added.size()) << where;
-    ASSERT_LE(plan.loads.size() + plan.moves.size(),
-              std::max(d.added.size(), d.removed.size()))
-        << where;
-    std::vector<uint32_t> slots = map.slot_to_neuron;
-    std::sort(slots.begin(), slots.end());
-    ASSERT_EQ(slots, after.ToIndices()) << where;
-    for (size_t s = 0; s < map.slot_to_neuron.size(); ++s) {
-      ASSERT_EQ(map.neuron_to_slot[map.slot_to_neuron[s]], s) << where;
-    }
-    // No copy writes a slot another copy reads, and all stay below A'.
-    std::vector<int> written(n, 0);
-    for (const auto& c : plan.loads) {
-      ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
-      ASSERT_EQ(written[c.dst_row]++, 0) << where;
-    }
-    for (const auto& c : plan.moves) {
-      ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
-      ASSERT_GE(c.src_row, map.slot_to_neuron.size()) << where;
-      ASSERT_EQ(written[c.dst_row]++, 0) << where;
+    for (int step = 0; step < 5; ++step) {
+      // Densities from empty to full, so steps grow, shrink and pair.
+      const int density = static_cast<int>(rng() % 5);
+      diff::NeuronMask after(n);
+      for (size_t k = 0; k < n; ++k) after.Set(k, static_cast<int>(rng() % 4) < density);
+      diff::MaskDiff d;
+      ASSERT_TRUE(diff::ComputeMaskDiff(before, after, &d).ok());
+      PlanDifferentialUpdate(d.added, d.removed, &map, &plan);
+      const std::string where = absl::StrFormat("trial %d step %d (n %d): +%d -%d", trial,
+                                                step, n, d.added.size(), d.removed.size());
+      // Every added neuron is loaded once; removals in the tail need no move,
+      // so the writes are at most max(|added|, |removed|).
+      ASSERT_EQ(plan.loads.size(), d.added.size()) << where;
+      ASSERT_LE(plan.loads.size() + plan.moves.size(),
+                std::max(d.added.size(), d.removed.size()))
+          << where;
+      std::vector<uint32_t> slots = map.slot_to_neuron;
+      std::sort(slots.begin(), slots.end());
+      ASSERT_EQ(slots, after.ToIndices()) << where;
+      for (size_t s = 0; s < map.slot_to_neuron.size(); ++s) {
+        ASSERT_EQ(map.neuron_to_slot[map.slot_to_neuron[s]], s) << where;
+      }
+      // No copy writes a slot another copy reads, and all stay below A'.
+      std::vector<int> written(n, 0);
+      for (const auto& c : plan.loads) {
+        ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
+        ASSERT_EQ(written[c.dst_row]++, 0) << where;
+      }
+      for (const auto& c : plan.moves) {
+        ASSERT_LT(c.dst_row, map.slot_to_neuron.size()) << where;
+        ASSERT_GE(c.src_row, map.slot_to_neuron.size()) << where;
+        ASSERT_EQ(written[c.dst_row]++, 0) << where;
+      }
+      // Sources and destinations both advance through memory.
+      for (size_t k = 1; k < plan.loads.size(); ++k) {
+        ASSERT_LT(plan.loads[k - 1].src_row, plan.loads[k].src_row) << where << " load " << k;
+        ASSERT_LT(plan.loads[k - 1].dst_row, plan.loads[k].dst_row) << where << " load " << k;
+      }
+      for (size_t k = 1; k < plan.moves.size(); ++k) {
+        ASSERT_LT(plan.moves[k - 1].src_row, plan.moves[k].src_row) << where << " move " << k;
+        ASSERT_LT(plan.moves[k - 1].dst_row, plan.moves[k].dst_row) << where << " move " << k;
+      }
+      for (size_t w = 0; w < plan.freed.size(); ++w) {
+        ASSERT_EQ(plan.freed[w], 0u) << where << " freed-slot word " << w;
+      }
+      before = after;
     }
   }
 }
