@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "bench/cache_eviction.h"
 
 namespace sparse_mlp::bench {
 
@@ -36,17 +37,23 @@ inline double SecondsOf(const std::function<void()>& fn) {
 }
 
 // Runs `op` as the timed operation of `state` (UseManualTime) and, in the
-// same iteration, `floor` (a memcpy of the same bytes). Reports GB/s of op,
-// GB/s of the floor and op's bandwidth as a fraction of the floor's.
-template <typename Op, typename Floor>
-void TimeAgainstFloor(benchmark::State& state, size_t bytes, Op op,
-                      Floor floor) {
+// same iteration, `floor` (a memcpy of the same bytes); after each, untimed,
+// `evict_op` / `evict_floor` (EvictFromCaches on what it touched), so each
+// starts from cold, clean caches. Reports GB/s of op, GB/s of the floor and
+// op's bandwidth as a fraction of the floor's.
+template <typename Op, typename Floor, typename EvictOp, typename EvictFloor>
+void TimeAgainstFloor(benchmark::State& state, size_t bytes, Op op, Floor floor,
+                      EvictOp evict_op, EvictFloor evict_floor) {
   std::vector<double> op_times, floor_times;
   for (auto _ : state) {
     const double t = SecondsOf(op);
     state.SetIterationTime(t);
     op_times.push_back(t);
+    state.PauseTiming();
+    evict_op();
     floor_times.push_back(SecondsOf(floor));
+    evict_floor();
+    state.ResumeTiming();
   }
   auto median = [](std::vector<double> v) {
     std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());

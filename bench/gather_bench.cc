@@ -56,6 +56,7 @@ void BM_RowGather(benchmark::State& state) {
     }
   }
   size_t iteration = 0;
+  auto floor_source = [&] { return src.data() + iteration % (src.size() / bytes) * bytes; };
   TimeAgainstFloor(
       state, bytes,
       [&] {
@@ -65,9 +66,18 @@ void BM_RowGather(benchmark::State& state) {
                                  row_bytes, selections[iteration % kSelections], threads);
       },
       [&] {
-        const size_t window = iteration % (src.size() / bytes);
         gather::ParallelCopy(floor_dst.data() + iteration % kWindows * bytes,
-                             src.data() + window * bytes, bytes, threads);
+                             floor_source(), bytes, threads);
+      },
+      [&] {
+        EvictFromCaches(dst.data() + iteration % kWindows * bytes, bytes);
+        for (const gather::RowCopy& c : selections[iteration % kSelections]) {
+          EvictFromCaches(src.data() + c.src_row * row_bytes, row_bytes);
+        }
+      },
+      [&] {
+        EvictFromCaches(floor_dst.data() + iteration % kWindows * bytes, bytes);
+        EvictFromCaches(floor_source(), bytes);
         ++iteration;
       });
 }
@@ -104,7 +114,15 @@ void TransposeCase(benchmark::State& state, bool naive) {
                                   {dst.data(), i, h * elem}, options);
         }
       },
-      [&] { gather::ParallelCopy(dst.data(), src.data(), bytes, threads); });
+      [&] { gather::ParallelCopy(dst.data(), src.data(), bytes, threads); },
+      [&] {
+        EvictFromCaches(src.data(), bytes);
+        EvictFromCaches(dst.data(), bytes);
+      },
+      [&] {
+        EvictFromCaches(src.data(), bytes);
+        EvictFromCaches(dst.data(), bytes);
+      });
 }
 
 void BM_Transpose(benchmark::State& state) { TransposeCase(state, false); }
