@@ -213,7 +213,9 @@ class Bench {
                           std::vector<std::string>* lines) {
     const size_t bytes = h_ * i_ * cache::DTypeSize(dtype);
     std::vector<double> create, copy;
-    for (int rep = 0; rep < 3; ++rep) {
+    // Seven pairs: with three, one slow phase of the machine could move the
+    // median of either side by 30%.
+    for (int rep = 0; rep < 7; ++rep) {
       // Only construction is timed: what was built is destroyed afterwards.
       absl::StatusOr<cache::WeightCache> built;
       create.push_back(Seconds([&] { built = cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
