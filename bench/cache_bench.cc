@@ -293,18 +293,19 @@ class Bench {
       // like the update's rows.
       const size_t per_matrix = bytes / matrices;
       if (floor_offset + per_matrix > w.up.size()) floor_offset = 0;
+      // Without a gate, the floor copies the up and down parts.
+      const size_t first_part = 3 - matrices;
       floor.push_back(Seconds([&] {
-        for (size_t m = 0; m < matrices; ++m) {
-          gather::ParallelCopy(floor_destinations[3 - matrices + m] + floor_offset,
-                               floor_sources[3 - matrices + m] + floor_offset, per_matrix,
-                               threads_);
+        for (size_t m = first_part; m < 3; ++m) {
+          gather::ParallelCopy(floor_destinations[m] + floor_offset,
+                               floor_sources[m] + floor_offset, per_matrix, threads_);
         }
       }));
       // Untimed: the floor's dirty lines would otherwise be written back
       // during the rebuilds, which are timed too.
-      for (size_t m = 0; m < matrices; ++m) {
-        EvictFromCaches(floor_destinations[3 - matrices + m] + floor_offset, per_matrix);
-        EvictFromCaches(floor_sources[3 - matrices + m] + floor_offset, per_matrix);
+      for (size_t m = first_part; m < 3; ++m) {
+        EvictFromCaches(floor_destinations[m] + floor_offset, per_matrix);
+        EvictFromCaches(floor_sources[m] + floor_offset, per_matrix);
       }
       floor_offset += per_matrix;
       // Baselines: rebuild every active row from scratch.

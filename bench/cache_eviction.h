@@ -35,11 +35,11 @@ inline bool HasClflushopt() {
 // or a baseline. Called untimed on the bytes each timed copy read and wrote;
 // O(bytes / 64) flushes.
 inline void EvictFromCaches(const void* data, size_t bytes) {
-  static const bool kOpt = internal::HasClflushopt();
+  static const bool has_clflushopt = internal::HasClflushopt();
   const uintptr_t first = reinterpret_cast<uintptr_t>(data) & ~uintptr_t{63};
   const auto* p = reinterpret_cast<const uint8_t*>(first);
   const auto* end = static_cast<const uint8_t*>(data) + bytes;
-  if (kOpt) {
+  if (has_clflushopt) {
     internal::FlushLinesOpt(p, end);
   } else {
     for (; p < end; p += 64) _mm_clflush(p);
