@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "bench/goals.h"
 #include "diff/mask_diff.h"
 #include "diff/neuron_mask.h"
 #include "platform/simd_level.h"
@@ -64,6 +65,9 @@ void BM_DiffNoChange(benchmark::State& state) { DiffCase(state, 0.0); }
 void BM_DiffSmallChange(benchmark::State& state) { DiffCase(state, 0.02); }
 BENCHMARK(BM_DiffNoChange)->ArgName("I")->Arg(8192)->Arg(14336);
 BENCHMARK(BM_DiffSmallChange)->ArgName("I")->Arg(8192)->Arg(14336);
+// The goal of issue #3 (the fast path of every unchanged update).
+const bool kNoChangeGoal = RegisterGoal({"no-change diff of bitsets at I = 14336 < 1 us",
+                                         {"BM_DiffNoChange/I:14336"}, "", false, 1000.0});
 
 void BM_CountChanges(benchmark::State& state) {
   auto [before, after] = MaskPair(static_cast<size_t>(state.range(0)), 0.02);

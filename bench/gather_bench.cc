@@ -15,6 +15,7 @@
 
 #include "benchmark/benchmark.h"
 #include "bench/bench_util.h"
+#include "bench/goals.h"
 #include "gather/parallel_copy.h"
 #include "gather/row_gather.h"
 #include "gather/transpose.h"
@@ -139,6 +140,15 @@ BENCHMARK(BM_Transpose)
     ->Args({4096, 14336, 2, 2})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
+// The goals of issue #3, at 2 threads: vs_memcpy is the kernel's bandwidth
+// over memcpy's for the same bytes, measured interleaved in the same loop.
+const bool kGatherGoal = RegisterGoal({"row gather of 4-16 KiB rows >= 0.85x memcpy, 2 threads",
+                                       {"BM_RowGather/", "/threads:2/"}, "vs_memcpy", true,
+                                       0.85});
+const bool kTransposeGoal =
+    RegisterGoal({"transpose of llama-3.2-3b down (fp32, bf16) >= 0.5x memcpy, 2 threads",
+                  {"BM_Transpose/H:3072/I:8192/", "/threads:2/"}, "vs_memcpy", true, 0.5});
+
 BENCHMARK(BM_TransposeNaiveColumnLoop)
     ->ArgNames({"H", "I", "elem_bytes", "threads"})
     ->Args({3072, 8192, 4, 1})
