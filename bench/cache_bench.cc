@@ -1,13 +1,14 @@
 // The main job: a differential WeightCache update against the memcpy floor
 // of the bytes it moves and against full rebuilds, in one run.
 //
-//   bazel run //bench:cache                      # default table, ~1 minute
+//   bazel run //bench:cache                      # default table, ~15 seconds
 //   bazel run //bench:cache -- --help            # every option
 //
 // For each element type and churn (fraction of the active set replaced per
 // step) it replays a mask sequence of --steps steps through one WeightCache
 // per packed layout (--layouts: split, the library's default, and fused, the
-// fastest; their updates alternate within each step) and measures, per step and interleaved so all columns see the same machine:
+// fastest; their updates alternate within each step) and measures, per
+// step and interleaved so all columns see the same machine:
 //   update     WeightCache::Update (diff + plan + parallel row copies)
 //   floor      memcpy (gather::ParallelCopy) of exactly the bytes the update
 //              copied, same threads
@@ -15,7 +16,8 @@
 //              down columns from [H, I] (strided) into packed buffers
 //   rebuild_b  the same full rebuild from a neuron-major ([I, H]) down
 // and prints medians. Construction (copies + transpose of down) is compared
-// with a plain copy of the three matrices.
+// with a plain copy of the three matrices. Under the table, the goals of
+// the main job (PrintGoals) are judged on this run's medians.
 //
 // Replay: --replay=FILE reads a mask sequence instead of generating one:
 // text, one mask per line as I characters '0'/'1' (other characters are an
