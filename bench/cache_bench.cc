@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -202,6 +203,11 @@ struct CaseResult {
   std::string dtype, layout, churn;
   double update_us, floor_us, rebuild_a_ms, rebuild_b_ms, moved_mb;
   size_t active;
+
+  // The derived columns, shared by the table and the goals.
+  double x_floor() const { return floor_us > 0 ? update_us / floor_us : 0; }
+  double speedup_a() const { return rebuild_a_ms * 1e3 / update_us; }
+  double speedup_b() const { return rebuild_b_ms * 1e3 / update_us; }
 };
 
 struct Weights {
@@ -216,8 +222,14 @@ void PrintGoals(const std::vector<CaseResult>& results,
                 const std::vector<std::pair<std::string, double>>& construction_ratio) {
   constexpr double kMaxFloorRatio = 1.25, kMinSpeedupA = 8.0, kMaxNoChangeUs = 5.0,
                    kMaxConstructionRatio = 2.0;
-  auto verdict = [](bool met) { return met ? "met" : "MISSED"; };
   auto near = [](double a, double b) { return std::abs(a - b) < 1e-9; };
+  // One goal's line: its value and verdict, or "not run" (empty value).
+  auto print_goal = [](const char* dtype, const std::string& goal, const std::string& value,
+                       bool met) {
+    std::printf("  %-9s %s: %s\n", dtype, goal.c_str(),
+                value.empty() ? "not run"
+                              : absl::StrCat(value, met ? " met" : " MISSED").c_str());
+  };
   std::printf("\ngoals (set for llama-3.2-3b, 2 threads), judged on this run:\n");
   for (const auto& [dtype, ratio] : construction_ratio) {
     const CaseResult* worst_floor = nullptr;  // highest x_floor at churn 0.02-0.25
@@ -227,46 +239,37 @@ void PrintGoals(const std::vector<CaseResult>& results,
       double churn;
       if (r.dtype != dtype || !absl::SimpleAtod(r.churn, &churn)) continue;
       if (churn >= 0.02 - 1e-9 && churn <= 0.25 + 1e-9 && r.floor_us > 0 &&
-          (worst_floor == nullptr ||
-           r.update_us / r.floor_us > worst_floor->update_us / worst_floor->floor_us)) {
+          (worst_floor == nullptr || r.x_floor() > worst_floor->x_floor())) {
         worst_floor = &r;
       }
-      if (near(churn, 0.10) && (slowest_a == nullptr || r.rebuild_a_ms / r.update_us <
-                                                            slowest_a->rebuild_a_ms /
-                                                                slowest_a->update_us)) {
+      if (near(churn, 0.10) && (slowest_a == nullptr || r.speedup_a() < slowest_a->speedup_a())) {
         slowest_a = &r;
       }
       if (churn == 0 && (slowest_still == nullptr || r.update_us > slowest_still->update_us)) {
         slowest_still = &r;
       }
     }
-    std::printf("  %-9s update <= %.2fx memcpy floor at churn 0.02-0.25: ", dtype.c_str(),
-                kMaxFloorRatio);
-    if (worst_floor == nullptr) {
-      std::printf("not run\n");
-    } else {
-      const double x = worst_floor->update_us / worst_floor->floor_us;
-      std::printf("worst %.2f (%s, churn %s) %s\n", x, worst_floor->layout.c_str(),
-                  worst_floor->churn.c_str(), verdict(x <= kMaxFloorRatio));
-    }
-    std::printf("  %-9s >= %.0fx faster than rebuild (a) at churn 0.10: ", "", kMinSpeedupA);
-    if (slowest_a == nullptr) {
-      std::printf("not run\n");
-    } else {
-      const double x = slowest_a->rebuild_a_ms * 1e3 / slowest_a->update_us;
-      std::printf("slowest %.1fx (%s) %s\n", x, slowest_a->layout.c_str(),
-                  verdict(x >= kMinSpeedupA));
-    }
-    std::printf("  %-9s no-change update < %.0f us: ", "", kMaxNoChangeUs);
-    if (slowest_still == nullptr) {
-      std::printf("not run\n");
-    } else {
-      std::printf("slowest %.1f us (%s) %s\n", slowest_still->update_us,
-                  slowest_still->layout.c_str(),
-                  verdict(slowest_still->update_us < kMaxNoChangeUs));
-    }
-    std::printf("  %-9s construction <= %.0fx a plain copy: %.2fx %s\n", "",
-                kMaxConstructionRatio, ratio, verdict(ratio <= kMaxConstructionRatio));
+    print_goal(dtype.c_str(),
+               absl::StrFormat("update <= %.2fx memcpy floor at churn 0.02-0.25", kMaxFloorRatio),
+               worst_floor == nullptr ? ""
+                                      : absl::StrFormat("worst %.2f (%s, churn %s)",
+                                                        worst_floor->x_floor(),
+                                                        worst_floor->layout, worst_floor->churn),
+               worst_floor != nullptr && worst_floor->x_floor() <= kMaxFloorRatio);
+    print_goal("", absl::StrFormat(">= %.0fx faster than rebuild (a) at churn 0.10", kMinSpeedupA),
+               slowest_a == nullptr ? ""
+                                    : absl::StrFormat("slowest %.1fx (%s)", slowest_a->speedup_a(),
+                                                      slowest_a->layout),
+               slowest_a != nullptr && slowest_a->speedup_a() >= kMinSpeedupA);
+    print_goal("", absl::StrFormat("no-change update < %.0f us", kMaxNoChangeUs),
+               slowest_still == nullptr ? ""
+                                        : absl::StrFormat("slowest %.1f us (%s)",
+                                                          slowest_still->update_us,
+                                                          slowest_still->layout),
+               slowest_still != nullptr && slowest_still->update_us < kMaxNoChangeUs);
+    print_goal("", absl::StrFormat("construction <= %.0fx a plain copy", kMaxConstructionRatio),
+               absl::StrFormat("%.2fx", ratio),
+               ratio <= kMaxConstructionRatio);
   }
 }
 
@@ -298,12 +301,12 @@ class Bench {
         }
       }));
     }
+    const double ratio = Median(create) / Median(copy);
     lines->push_back(absl::StrFormat(
         "construction %-8s: Create %.1f ms (copies + transpose of down), allocate + copy "
         "of gate, up, down %.1f ms -> %.2fx",
-        cache::DTypeName(dtype), Median(create) * 1e3, Median(copy) * 1e3,
-        Median(create) / Median(copy)));
-    return Median(create) / Median(copy);
+        cache::DTypeName(dtype), Median(create) * 1e3, Median(copy) * 1e3, ratio));
+    return ratio;
   }
 
   // One case: the same mask sequence through one cache per layout. Each
@@ -587,12 +590,10 @@ int Main() {
   for (const CaseResult& r : results) {
     const double gbps = r.update_us > 0 ? r.moved_mb * 1e6 / (r.update_us * 1e-6) / 1e9 : 0;
     const double floor_gbps = r.floor_us > 0 ? r.moved_mb * 1e6 / (r.floor_us * 1e-6) / 1e9 : 0;
-    const double x_floor = r.floor_us > 0 ? r.update_us / r.floor_us : 0;
     std::printf("%-9s %-6s %-7s %7zu %11.1f %9.2f %8.2f %10.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
                 r.dtype.c_str(), r.layout.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
-                floor_gbps, r.moved_mb > 0 ? absl::StrFormat("%.2f", x_floor).c_str() : "-",
-                r.rebuild_a_ms, r.rebuild_a_ms * 1e3 / r.update_us, r.rebuild_b_ms,
-                r.rebuild_b_ms * 1e3 / r.update_us);
+                floor_gbps, r.moved_mb > 0 ? absl::StrFormat("%.2f", r.x_floor()).c_str() : "-",
+                r.rebuild_a_ms, r.speedup_a(), r.rebuild_b_ms, r.speedup_b());
   }
   std::printf(
       "\nupdate_us: median WeightCache::Update; moved_MB: bytes it copied; floor_GB/s: memcpy of "
