@@ -57,9 +57,10 @@ constexpr size_t kMaxJobs = 16;
 // 1.61 -> 1.42; cache updates (llama-3.2-3b, split layout, medians of three
 // runs) at churn 0.10 float32 1.05 -> 0.89, bfloat16 1.26 -> 1.17. 4 and
 // 8 KiB did about as well as 6 KiB; 16 KiB was 15-30% slower than none for bfloat16 updates (the lines
-// arrive too early for the 32 KiB L1); 2 KiB gained half as much. In some
-// minutes of the same day (the machine's memory runs in phases) 4 KiB rows
-// and bfloat16 updates ran up to 10% slower with it than without.
+// arrive too early for the 32 KiB L1); 2 KiB gained half as much. Not a
+// gain in every phase of this shared machine: in its slow minutes (floor
+// ~22 GB/s) bfloat16 updates still gained 1-12% but float32 ones ran 0-20%
+// slower with it, and one run of 4 KiB rows 7% slower.
 constexpr size_t kReadAheadBytes = 6144;
 
 // One prefetch per 4 KiB page of a row: a read prefetch of the source, and

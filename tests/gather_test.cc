@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -12,6 +13,7 @@
 #include "gather/parallel_copy.h"
 #include "gather/partition.h"
 #include "gather/row_gather.h"
+#include "gather/stream_copy.h"
 #include "gather/transpose.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -228,6 +230,67 @@ TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
       ASSERT_EQ(out, expected) << absl::StrFormat(
           "trial %d: %d parts, %d shared and %d own copies, %d threads, level %s", trial,
           parts, shared.size(), own.size(), threads, SimdLevelName(level));
+    }
+  }
+}
+
+// The read-ahead of streaming gathers never changes what is copied (only
+// prefetches), so what can go wrong is its pacing: running out of step with
+// the copy, asking for pieces past the end, or looping on empty pieces.
+// Checks, after every Advance over random pieces (empty ones included),
+// that the pieces it asked for reach `distance` bytes past the copy's
+// progress (less than a line short) and that it asked for no piece before
+// it needed one.
+struct PieceSource {
+  std::vector<std::vector<uint8_t>> pieces;
+  size_t next = 0;
+  size_t requested_bytes = 0;  // of the pieces handed out
+  size_t last_bytes = 0;       // of the last piece handed out
+  int calls_after_end = 0;
+
+  static bool Next(void* context, const uint8_t** src, size_t* bytes) {
+    auto* self = static_cast<PieceSource*>(context);
+    if (self->next == self->pieces.size()) {
+      ++self->calls_after_end;
+      return false;
+    }
+    const std::vector<uint8_t>& piece = self->pieces[self->next++];
+    *src = piece.data();
+    *bytes = piece.size();
+    self->requested_bytes += piece.size();
+    self->last_bytes = piece.size();
+    return true;
+  }
+};
+
+TEST(ReadAheadTest, RunsItsDistanceAheadOfTheCopyAcrossPieces) {
+  std::mt19937_64 rng(19);
+  for (int trial = 0; trial < 500; ++trial) {
+    PieceSource source;
+    size_t total = 0;
+    const size_t num_pieces = rng() % 40;
+    for (size_t k = 0; k < num_pieces; ++k) {
+      const size_t bytes = rng() % 5 == 0 ? 0 : rng() % 9000;
+      source.pieces.emplace_back(bytes);
+      total += bytes;
+    }
+    const size_t distance = std::vector<size_t>{0, 64, 1000, 6144}[rng() % 4];
+    internal::ReadAhead ahead(&PieceSource::Next, &source, distance);
+    size_t progress = 0;
+    for (;;) {
+      const std::string where = absl::StrFormat(
+          "trial %d: %d pieces, %d bytes, distance %d, progress %d", trial,
+          num_pieces, total, distance, progress);
+      const size_t target = std::min(total, distance + progress);
+      ASSERT_GE(source.requested_bytes + 63, target) << where;
+      ASSERT_LT(source.requested_bytes - source.last_bytes,
+                std::max<size_t>(distance + progress, 1))
+          << where << ": asked for a piece before it needed one";
+      ASSERT_LE(source.calls_after_end, 1) << where;
+      if (progress >= total) break;
+      const size_t step = std::min(total - progress, 1 + rng() % 700);
+      ahead.Advance(step);
+      progress += step;
     }
   }
 }
