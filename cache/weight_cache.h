@@ -56,7 +56,10 @@
 //
 // Thread-safety: thread-compatible. Const methods (views, accessors) may run
 // concurrently; Update/Reserve/CatchUp/setters need exclusive access. The
-// copies inside one update use options.num_threads OpenMP threads.
+// copies inside one update use options.num_threads OpenMP threads (from the
+// calling thread's OpenMP pool: an update after tens of milliseconds without
+// any parallel region first wakes sleeping workers, ~100 us on the
+// development VM; see README, "Main job").
 #ifndef SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 #define SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 
