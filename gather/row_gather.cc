@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <cstring>
-#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "gather/partition.h"
@@ -193,14 +192,14 @@ void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
   BatchWalker ahead(jobs, layout, begin, end);
   Piece piece, next;
   for (size_t k = 0; k < kPageTouchAhead; ++k) (void)ahead.Next(&next);
-  // The read-ahead only pays where rows stream past the caches.
+  // The read-ahead only pays where rows stream past the caches; memcpy
+  // (the non-streaming copy) ignores it, and at distance 0 it walks nothing.
   BatchWalker read_ahead_rows(jobs, layout, begin, end);
-  std::optional<internal::ReadAhead> read_ahead;
-  if (kStreaming) read_ahead.emplace(&NextSourcePiece, &read_ahead_rows, kReadAheadBytes);
-  internal::ReadAhead* const read_ahead_or_null = read_ahead ? &*read_ahead : nullptr;
+  internal::ReadAhead read_ahead(&NextSourcePiece, &read_ahead_rows,
+                                 kStreaming ? kReadAheadBytes : 0);
   while (rows.Next(&piece)) {
     if (ahead.Next(&next)) TouchRowPages<kStreaming>(next.src, next.dst, next.bytes);
-    copy(piece.dst, piece.src, piece.bytes, read_ahead_or_null);
+    copy(piece.dst, piece.src, piece.bytes, &read_ahead);
   }
 }
 
