@@ -61,10 +61,14 @@ size_t StagingStride(const TileKernel& kernel, size_t elem_bytes) {
 }
 
 // The SIMD kernels stage their tiles (see above); tile shapes measured on
-// the llama-3.2-3b down matrix (1 and 2 threads): fp32 128 x 256 (1 KiB read
-// runs, 512-byte write runs), 16-bit 256 x 256 (512-byte runs both ways);
-// 64-512 rows x 128-1024 columns were all within 15% of these. The scalar
-// reference walks 64 x 64 tiles in place.
+// the llama-3.2-3b down matrix, 2 threads, in minutes when memcpy ran at
+// 35-39 GB/s (//bench:gather, x memcpy): fp32 256 x 128 (512-byte read
+// runs, 1 KiB write runs) 0.54 against 0.47 for 128 x 256 and 0.50-0.56
+// for 512 x 64-128; 16-bit 256 x 256 (512-byte runs both ways) 0.46-0.49,
+// 512 x 128-256 as good, 128 x 1024 and 256 x 512 0.40-0.44. Longer write
+// runs pay more than longer read runs. When memcpy runs at ~20 GB/s all
+// shapes are within a few percent. The scalar reference walks 64 x 64 tiles
+// in place.
 TileKernel SelectTileKernel(size_t elem_bytes, SimdLevel level) {
   const SimdLevel resolved = Resolve(level);
   if (resolved != SimdLevel::kScalar) {
@@ -72,7 +76,7 @@ TileKernel SelectTileKernel(size_t elem_bytes, SimdLevel level) {
     if (elem_bytes == 4) {
       return {avx512 ? internal::TileTransposeAvx512Bits32
                      : internal::TileTransposeAvx2Bits32,
-              128, 256, true};
+              256, 128, true};
     }
     if (elem_bytes == 2) {
       return {avx512 ? internal::TileTransposeAvx512Bits16
