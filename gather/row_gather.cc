@@ -106,6 +106,17 @@ bool SameCopies(const RowGatherJob& a, const RowGatherJob& b) {
   return a.copies.data() == b.copies.data() && a.copies.size() == b.copies.size();
 }
 
+// True when `next` copies the bytes right after `prev`'s in every row of
+// both matrices (same copies, same strides, adjacent column ranges), as the
+// gate, up and down parts of a fused [gate | up | down] source into fused
+// packed rows do: the two are then copied as one job with longer rows.
+bool ContinuesRows(const RowGatherJob& prev, const RowGatherJob& next) {
+  return SameCopies(prev, next) && prev.src.stride_bytes == next.src.stride_bytes &&
+         prev.dst.stride_bytes == next.dst.stride_bytes &&
+         static_cast<const uint8_t*>(prev.src.data) + prev.row_bytes == next.src.data &&
+         static_cast<uint8_t*>(prev.dst.data) + prev.row_bytes == next.dst.data;
+}
+
 // A piece of one row: bytes [offset, offset + bytes) of copy `copy` of job
 // `job`.
 struct Piece {
@@ -211,7 +222,6 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
     return absl::InvalidArgumentError(absl::StrFormat(
         "a batch holds at most %u gathers, got %u", kMaxJobs, jobs.size()));
   }
-  BatchLayout layout;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const RowGatherJob& job = jobs[j];
     if (absl::Status s = Validate(job.src, job.dst, job.row_bytes, job.copies);
@@ -219,16 +229,33 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
       return absl::Status(s.code(),
                           absl::StrFormat("gather %u: %s", j, s.message()));
     }
+  }
+  // The jobs as walked: those that move nothing dropped, and each job that
+  // continues the previous one's rows merged into it. Fewer, longer pieces
+  // cost less per byte: 410 scattered 18 KiB rows copied as three 6 KiB
+  // jobs ran 6-8% slower than as one job (2 threads, same process).
+  RowGatherJob walked[kMaxJobs];
+  size_t num_walked = 0;
+  BatchLayout layout;
+  for (const RowGatherJob& job : jobs) {
     if (job.copies.empty() || job.row_bytes == 0) continue;  // moves nothing
     BatchLayout::Group* last =
         layout.num_groups > 0 ? &layout.groups[layout.num_groups - 1] : nullptr;
-    if (last != nullptr && last->end_job == j && SameCopies(jobs[last->first_job], job)) {
+    if (last != nullptr && ContinuesRows(walked[num_walked - 1], job)) {
+      walked[num_walked - 1].row_bytes += job.row_bytes;
+      last->copy_bytes += job.row_bytes;
+      continue;
+    }
+    walked[num_walked++] = job;
+    const size_t j = num_walked - 1;
+    if (last != nullptr && SameCopies(walked[last->first_job], job)) {
       ++last->end_job;
       last->copy_bytes += job.row_bytes;
     } else {
       layout.groups[layout.num_groups++] = {j, j + 1, job.copies.size(), job.row_bytes, 0};
     }
   }
+  const absl::Span<const RowGatherJob> walked_jobs(walked, num_walked);
   for (size_t g = 0; g < layout.num_groups; ++g) {
     BatchLayout::Group& group = layout.groups[g];
     group.begin = layout.total;
@@ -250,10 +277,10 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
       internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
   auto copy_range = [&](size_t begin, size_t end) {
     if (streaming) {
-      CopyRange<true>(copy, jobs, layout, begin, end);
+      CopyRange<true>(copy, walked_jobs, layout, begin, end);
       internal::FinishStreamCopies();
     } else {
-      CopyRange<false>(copy, jobs, layout, begin, end);
+      CopyRange<false>(copy, walked_jobs, layout, begin, end);
     }
   };
   if (num_threads <= 1 || total < kParallelGatherMinBytes) {

@@ -77,7 +77,10 @@ struct RowGatherJob {
 // jobs that share one copy list (the same span: same data pointer and size)
 // are copied copy by copy, row k of each job in turn: jobs that read the
 // parts of one fused source row ([gate | up | down] per neuron) then read
-// it as one contiguous run. Other jobs are copied in order, row by row.
+// it as one contiguous run; when such a job also writes the bytes right
+// after the previous job's in every destination row (same strides), the two
+// are copied as one job with longer rows. Other jobs are copied in order,
+// row by row.
 // Every job is validated (as in GatherRows) before anything is written; at
 // most 16 jobs.
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,

@@ -166,7 +166,7 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
 // jobs with lists of their own, over every split of bytes over threads.
 TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
   std::mt19937_64 rng(16);
-  for (int trial = 0; trial < 200; ++trial) {
+  for (int trial = 0; trial < 300; ++trial) {
     const bool large = trial % 10 == 0;  // >= 1 MiB: parallel, streaming
     const size_t rows = large ? 300 : 1 + rng() % 40;
     const size_t parts = 1 + rng() % 3;
@@ -188,17 +188,28 @@ TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
     for (size_t i = 0; i < rng() % (rows + 1); ++i) {
       own.push_back({static_cast<uint32_t>(rng() % rows), order[rows - 1 - i]});
     }
-    // Destinations: one per part, then one for the job with its own list,
-    // placed first or last in the batch.
+    // Destinations: one per part, or one fused [rows, fused_bytes] array
+    // (in dsts[0]) whose rows take the parts side by side as the source's
+    // do (the jobs then continue each other's rows and are merged); then
+    // one for the job with its own list, placed first or last in the batch.
+    const bool fused_dst = trial % 3 == 1;
+    auto dst_stride = [&](size_t p) { return fused_dst ? fused_bytes : part_bytes[p]; };
     std::vector<std::vector<uint8_t>> dsts;
     for (size_t p = 0; p <= parts; ++p) {
-      dsts.push_back(RandomBytes(rng, rows * (p < parts ? part_bytes[p] : part_bytes[0])));
+      const size_t bytes = p == parts        ? part_bytes[0]
+                           : !fused_dst      ? part_bytes[p]
+                           : p == 0          ? fused_bytes
+                                             : 0;
+      dsts.push_back(RandomBytes(rng, rows * bytes));
     }
+    auto dst_of = [&](std::vector<std::vector<uint8_t>>& d, size_t p, size_t offset) {
+      return fused_dst ? d[0].data() + offset : d[p].data();
+    };
     std::vector<std::vector<uint8_t>> expected = dsts;
     size_t part_offset = 0;
     for (size_t p = 0; p < parts; ++p) {
       for (const RowCopy& c : shared) {
-        std::memcpy(expected[p].data() + c.dst_row * part_bytes[p],
+        std::memcpy(dst_of(expected, p, part_offset) + c.dst_row * dst_stride(p),
                     fused.data() + c.src_row * fused_bytes + part_offset, part_bytes[p]);
       }
       part_offset += part_bytes[p];
@@ -220,7 +231,7 @@ TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
       part_offset = 0;
       for (size_t p = 0; p < parts; ++p) {
         jobs.push_back({{fused.data() + part_offset, rows, fused_bytes},
-                        {out[p].data(), rows, part_bytes[p]},
+                        {dst_of(out, p, part_offset), rows, dst_stride(p)},
                         part_bytes[p],
                         shared});
         part_offset += part_bytes[p];
@@ -228,8 +239,10 @@ TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
       if (!own_first) jobs.push_back(own_job);
       ASSERT_TRUE(GatherRowsBatch(jobs, threads, level).ok());
       ASSERT_EQ(out, expected) << absl::StrFormat(
-          "trial %d: %d parts, %d shared and %d own copies, %d threads, level %s", trial,
-          parts, shared.size(), own.size(), threads, SimdLevelName(level));
+          "trial %d: %d parts, %s destination, %d shared and %d own copies, %d threads, "
+          "level %s",
+          trial, parts, fused_dst ? "fused" : "split", shared.size(), own.size(), threads,
+          SimdLevelName(level));
     }
   }
 }
