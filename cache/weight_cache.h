@@ -87,9 +87,10 @@ enum class PackedLayout {
   // One [A, 3H] array, [gate row | up row | down row] per slot ([A, 2H]
   // up | down without a gate): views are strided (row stride 3H), and a
   // loaded neuron is one contiguous write, as it is one contiguous read of
-  // the cache's fused sources. Measured against kSplit in the same process,
-  // alternating: updates 3-15% faster (llama-3.2-3b, fp32 and bf16, churn
-  // 0.02-0.25).
+  // the cache's fused sources (one piece per neuron for the copy kernel,
+  // gather/row_gather.h). Measured against kSplit in the same process,
+  // alternating: updates 4-30% faster (llama-3.2-3b, fp32 and bf16, churn
+  // 0.02-0.25; README, "Main job").
   kFusedRows,
 };
 
