@@ -63,7 +63,7 @@ size_t StagingStride(const TileKernel& kernel, size_t elem_bytes) {
 // The SIMD kernels stage their tiles (see above); tile shapes measured on
 // the llama-3.2-3b down matrix, 2 threads, in minutes when memcpy ran at
 // 35-39 GB/s (//bench:gather, x memcpy): fp32 256 x 128 (512-byte read
-// runs, 1 KiB write runs) 0.54 against 0.47 for 128 x 256 and 0.50-0.56
+// runs, 1 KiB write runs) 0.54 against 0.47 for 128 x 256 and 0.49-0.56
 // for 512 x 64-128; 16-bit 256 x 256 (512-byte runs both ways) 0.46-0.49,
 // 512 x 128-256 as good, 128 x 1024 and 256 x 512 0.40-0.44. Longer write
 // runs pay more than longer read runs. When memcpy runs at ~20 GB/s all
