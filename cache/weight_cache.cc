@@ -503,11 +503,13 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
                          options_.num_threads);
     return absl::OkStatus();
   }
+  // Gate and up rows share one strided array (the views' layout).
   const size_t stride = GateUpStride();
-  const uint8_t* slots = gate_packed_->data();
+  const uint8_t* gate_rows = gate_packed_->data();
+  const uint8_t* up_rows = up_packed_->data() + UpOffset();
   for (size_t s = 0; s < active; ++s) {
-    std::memcpy(out.data() + s * rb, slots + s * stride, rb);
-    std::memcpy(out.data() + (active + s) * rb, slots + s * stride + UpOffset(), rb);
+    std::memcpy(out.data() + s * rb, gate_rows + s * stride, rb);
+    std::memcpy(out.data() + (active + s) * rb, up_rows + s * stride, rb);
   }
   return absl::OkStatus();
 }
