@@ -9,7 +9,8 @@
 // for short rows) into a packed matrix, against a memcpy of as many bytes
 // from a moving window of the same matrix; both destinations rotate over
 // 128 MiB of windows, so both write to lines that are not in the caches. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
-// to [I, H], fp32 and bf16, plus the naive column loop for reference.
+// to [I, H], fp32 and bf16, plus the naive column loop for reference. Strided
+// row copy: the gate part of fused [A, 3H] rows into [A, H].
 #include <algorithm>
 #include <cstring>
 
@@ -86,6 +87,41 @@ BENCHMARK(BM_RowGather)
     ->ArgNames({"row_bytes", "threads"})
     ->ArgsProduct({{4096, 8192, 12288, 16384}, {1, 2}})
     ->UseManualTime();
+
+// Strided copy: one part of each row of a fused [A, 3H] matrix (the gate
+// rows of a kFusedRows cache, A = 4096 slots of llama-3.2-3b) into a
+// contiguous [A, H] one, as CopyConcatenatedGateUp does; the floor copies
+// the same bytes contiguously.
+void BM_CopyRows(benchmark::State& state) {
+  const size_t row_bytes = static_cast<size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  constexpr size_t kRows = 4096;
+  const size_t bytes = kRows * row_bytes;
+  memory::AlignedBuffer fused = FilledBuffer(3 * bytes, 1);
+  memory::AlignedBuffer dst = FilledBuffer(bytes, 0);
+  memory::AlignedBuffer floor_src = FilledBuffer(bytes, 1);
+  memory::AlignedBuffer floor_dst = FilledBuffer(bytes, 0);
+  TimeAgainstFloor(
+      state, bytes,
+      [&] {
+        (void)gather::CopyRows({fused.data(), kRows, 3 * row_bytes},
+                               {dst.data(), kRows, row_bytes}, row_bytes, kRows, threads);
+      },
+      [&] { gather::ParallelCopy(floor_dst.data(), floor_src.data(), bytes, threads); },
+      [&] {
+        EvictFromCaches(fused.data(), fused.size());
+        EvictFromCaches(dst.data(), bytes);
+      },
+      [&] {
+        EvictFromCaches(floor_src.data(), bytes);
+        EvictFromCaches(floor_dst.data(), bytes);
+      });
+}
+BENCHMARK(BM_CopyRows)
+    ->ArgNames({"row_bytes", "threads"})
+    ->ArgsProduct({{6144, 12288}, {1, 2}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 void TransposeCase(benchmark::State& state, bool naive) {
   const size_t h = static_cast<size_t>(state.range(0));

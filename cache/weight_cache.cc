@@ -503,15 +503,18 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
                          options_.num_threads);
     return absl::OkStatus();
   }
-  // Gate and up rows share one strided array (the views' layout).
+  // Gate and up rows share one strided array (the views' layout). Both
+  // copies are validated by construction (active <= capacity, rb <= stride).
   const size_t stride = GateUpStride();
-  const uint8_t* gate_rows = gate_packed_->data();
-  const uint8_t* up_rows = up_packed_->data() + UpOffset();
-  for (size_t s = 0; s < active; ++s) {
-    std::memcpy(out.data() + s * rb, gate_rows + s * stride, rb);
-    std::memcpy(out.data() + (active + s) * rb, up_rows + s * stride, rb);
+  const gather::ConstRowsView gate_rows{gate_packed_->data(), active, stride};
+  const gather::ConstRowsView up_rows{up_packed_->data() + UpOffset(), active, stride};
+  if (absl::Status s = gather::CopyRows(gate_rows, {out.data(), active, rb}, rb, active,
+                                        options_.num_threads);
+      !s.ok()) {
+    return s;
   }
-  return absl::OkStatus();
+  return gather::CopyRows(up_rows, {out.data() + active * rb, active, rb}, rb, active,
+                          options_.num_threads);
 }
 
 std::shared_ptr<const void> WeightCache::RetainStorage() const {

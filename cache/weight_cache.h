@@ -233,7 +233,9 @@ class WeightCache {
   absl::StatusOr<MatrixView> gate_up_interleaved() const;
 
   // Writes the seed API's [2A, H]: all active gate rows, then all active up
-  // rows, in slot order. O(A x H) copy. FailedPrecondition without a gate;
+  // rows, in slot order. O(A x H) copy with num_threads() threads (split:
+  // two contiguous copies; other layouts: two strided ones), no allocation.
+  // FailedPrecondition without a gate;
   // InvalidArgument unless out.size() == 2 x A x H x element size.
   absl::Status CopyConcatenatedGateUp(absl::Span<uint8_t> out) const;
 

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -214,6 +215,23 @@ void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
   }
 }
 
+// Runs copy_range(begin, end) over bytes [0, total) of a copy: on the
+// calling thread below kParallelGatherMinBytes or with one thread, else one
+// cache-line aligned share per OpenMP thread (gather/partition.h).
+template <typename CopyRangeFn>
+void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_range) {
+  if (num_threads <= 1 || total < kParallelGatherMinBytes) {
+    copy_range(size_t{0}, total);
+    return;
+  }
+  const BytePartition partition(total, num_threads);
+#pragma omp parallel num_threads(num_threads)
+  {
+    const size_t t = static_cast<size_t>(omp_get_thread_num());
+    copy_range(partition.Begin(t), partition.Begin(t + 1));
+  }
+}
+
 }  // namespace
 
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
@@ -283,16 +301,7 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
       CopyRange<false>(copy, walked_jobs, layout, begin, end);
     }
   };
-  if (num_threads <= 1 || total < kParallelGatherMinBytes) {
-    copy_range(0, total);
-    return absl::OkStatus();
-  }
-  const BytePartition partition(total, num_threads);
-#pragma omp parallel num_threads(num_threads)
-  {
-    const size_t t = static_cast<size_t>(omp_get_thread_num());
-    copy_range(partition.Begin(t), partition.Begin(t + 1));
-  }
+  SplitOverThreads(total, num_threads, copy_range);
   return absl::OkStatus();
 }
 
@@ -301,6 +310,46 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                         SimdLevel level) {
   const RowGatherJob job{src, dst, row_bytes, copies};
   return GatherRowsBatch(absl::MakeConstSpan(&job, 1), num_threads, level);
+}
+
+absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
+                      size_t num_rows, int num_threads) {
+  if (num_rows == 0 || row_bytes == 0) return absl::OkStatus();
+  if (row_bytes > src.stride_bytes || row_bytes > dst.stride_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "row of %u bytes does not fit the strides (source %u, destination %u)",
+        row_bytes, src.stride_bytes, dst.stride_bytes));
+  }
+  if (num_rows > src.num_rows || num_rows > dst.num_rows) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "copy of %u rows between matrices of %u (source) and %u (destination) rows",
+        num_rows, src.num_rows, dst.num_rows));
+  }
+  if (src.data == nullptr || dst.data == nullptr) {
+    return absl::InvalidArgumentError("row copy on a null matrix");
+  }
+  size_t total;
+  if (__builtin_mul_overflow(num_rows, row_bytes, &total)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%u rows of %u bytes overflow size_t", num_rows, row_bytes));
+  }
+  const auto* in = static_cast<const uint8_t*>(src.data);
+  auto* out = static_cast<uint8_t*>(dst.data);
+  // Bytes [begin, end) of the rows laid end to end.
+  auto copy_range = [&](size_t begin, size_t end) {
+    size_t row = begin / row_bytes;
+    size_t offset = begin % row_bytes;
+    while (begin < end) {
+      const size_t n = std::min(row_bytes - offset, end - begin);
+      std::memcpy(out + row * dst.stride_bytes + offset,
+                  in + row * src.stride_bytes + offset, n);
+      begin += n;
+      ++row;
+      offset = 0;
+    }
+  };
+  SplitOverThreads(total, num_threads, copy_range);
+  return absl::OkStatus();
 }
 
 }  // namespace sparse_mlp::gather

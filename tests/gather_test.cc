@@ -111,6 +111,38 @@ TEST(GatherRowsTest, MatchesReferenceForRandomCopies) {
   }
 }
 
+TEST(CopyRowsTest, MatchesReferenceForRandomStridesAndThreadCounts) {
+  std::mt19937_64 rng(17);
+  for (int trial = 0; trial < 400; ++trial) {
+    // Every 10th case is large enough for the parallel path.
+    const bool large = trial % 10 == 0;
+    const size_t row_bytes = large ? 3000 + rng() % 9000 : rng() % 300;
+    const size_t src_stride = row_bytes + rng() % 3 * 64 + rng() % 5;
+    const size_t dst_stride = row_bytes + rng() % 2 * 64 + rng() % 3;
+    const size_t src_rows = large ? 400 + rng() % 50 : rng() % 40;
+    const size_t dst_rows = large ? 400 + rng() % 50 : rng() % 40;
+    // All rows both matrices hold, or up to two fewer.
+    const size_t fit = std::min(src_rows, dst_rows);
+    const size_t num_rows = fit - std::min<size_t>(fit, rng() % 3);
+    const std::vector<uint8_t> src = RandomBytes(rng, src_rows * src_stride);
+    const std::vector<uint8_t> dst = RandomBytes(rng, dst_rows * dst_stride);
+    std::vector<uint8_t> expected = dst;
+    for (size_t r = 0; r < num_rows && row_bytes > 0; ++r) {
+      std::memcpy(expected.data() + r * dst_stride, src.data() + r * src_stride, row_bytes);
+    }
+    for (int threads : {1, 2, 3}) {
+      std::vector<uint8_t> out = dst;
+      const absl::Status s = CopyRows({src.data(), src_rows, src_stride},
+                                      {out.data(), dst_rows, dst_stride}, row_bytes,
+                                      num_rows, threads);
+      ASSERT_TRUE(s.ok()) << s;
+      ASSERT_EQ(out, expected) << absl::StrFormat(
+          "trial %d: %d rows of %d bytes, strides %d/%d, %d threads", trial, num_rows,
+          row_bytes, src_stride, dst_stride, threads);
+    }
+  }
+}
+
 // A batch equals its jobs run one after another, whatever the split of
 // bytes over threads.
 TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
@@ -349,6 +381,29 @@ TEST(GatherRowsErrorTest, NullMatrix) {
   std::vector<uint8_t> dst(8);
   const std::vector<RowCopy> copies = {{0, 0}};
   const absl::Status s = GatherRows({nullptr, 1, 8}, {dst.data(), 1, 8}, 8, copies, 1);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("null"));
+}
+
+TEST(CopyRowsErrorTest, RowWiderThanStride) {
+  std::vector<uint8_t> src(4 * 8), dst(4 * 16, 7);
+  const absl::Status s = CopyRows({src.data(), 4, 8}, {dst.data(), 4, 16}, 9, 4, 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("row of 9 bytes"));
+  EXPECT_EQ(dst, std::vector<uint8_t>(64, 7)) << "nothing may be written";
+}
+
+TEST(CopyRowsErrorTest, MoreRowsThanAMatrixHolds) {
+  std::vector<uint8_t> src(5 * 8), dst(4 * 8, 7);
+  const absl::Status s = CopyRows({src.data(), 5, 8}, {dst.data(), 4, 8}, 8, 5, 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("copy of 5 rows"));
+  EXPECT_EQ(dst, std::vector<uint8_t>(32, 7)) << "nothing may be written";
+}
+
+TEST(CopyRowsErrorTest, NullMatrix) {
+  std::vector<uint8_t> dst(8);
+  const absl::Status s = CopyRows({nullptr, 1, 8}, {dst.data(), 1, 8}, 8, 1, 1);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("null"));
 }
