@@ -107,6 +107,18 @@ size_t WeightCache::DownOffset() const {
   return options_.layout == PackedLayout::kFusedRows ? UpOffset() + row_bytes() : 0;
 }
 
+WeightCache::PackedArrays WeightCache::Arrays() const {
+  switch (options_.layout) {
+    case PackedLayout::kSplit:
+      return {{options_.has_gate ? row_bytes() : 0, row_bytes(), row_bytes()}, 0, 1, 2};
+    case PackedLayout::kInterleavedGateUp:
+      return {{GateUpStride(), 0, row_bytes()}, 0, 0, 2};
+    case PackedLayout::kFusedRows:
+      break;
+  }
+  return {{GateUpStride(), 0, 0}, 0, 0, 0};
+}
+
 absl::StatusOr<WeightCache> WeightCache::Create(
     const WeightCacheOptions& options, const MlpWeights& weights,
     const diff::NeuronMask& initial_mask) {
@@ -290,51 +302,30 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   const size_t target = std::min(
       options_.intermediate_size, std::max(min_capacity, capacity_ + capacity_ / 2));
   // Cannot overflow: target <= I and I x (3 x row) was checked in Create.
-  // One buffer per distinct packed array of the layout: kSplit gate (with a
-  // gate), up and down; kInterleavedGateUp gate_up and down; kFusedRows one
-  // array that all three parts share.
+  const PackedArrays arrays = Arrays();
   std::shared_ptr<memory::AlignedBuffer> fresh[3];
-  std::shared_ptr<memory::AlignedBuffer>* old[3] = {&gate_packed_, &up_packed_,
-                                                    &down_packed_};
-  size_t slot_bytes[3] = {0, 0, 0};
-  switch (options_.layout) {
-    case PackedLayout::kSplit:
-      slot_bytes[0] = options_.has_gate ? row_bytes() : 0;
-      slot_bytes[1] = row_bytes();
-      slot_bytes[2] = row_bytes();
-      break;
-    case PackedLayout::kInterleavedGateUp:
-      slot_bytes[0] = GateUpStride();
-      slot_bytes[2] = row_bytes();
-      break;
-    case PackedLayout::kFusedRows:
-      slot_bytes[0] = GateUpStride();
-      break;
-  }
   for (size_t b = 0; b < 3; ++b) {
     fresh[b] = std::make_shared<memory::AlignedBuffer>();
-    if (slot_bytes[b] == 0) continue;
-    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(target * slot_bytes[b]);
+    if (arrays.slot_bytes[b] == 0) continue;
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(target * arrays.slot_bytes[b]);
     if (!buffer.ok()) return buffer.status();
     *fresh[b] = *std::move(buffer);
   }
-  // Nothing can fail from here on.
+  // Nothing can fail from here on. The current buffers, by the same index.
+  const std::shared_ptr<memory::AlignedBuffer>* old[3] = {nullptr, nullptr, nullptr};
+  old[arrays.down_buffer] = &down_packed_;
+  old[arrays.up_buffer] = &up_packed_;
+  old[arrays.gate_buffer] = &gate_packed_;
   const size_t active = num_active();
   for (size_t b = 0; b < 3; ++b) {
-    if (slot_bytes[b] != 0 && active > 0) {
-      gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(), active * slot_bytes[b],
-                           options_.num_threads);
+    if (arrays.slot_bytes[b] != 0 && active > 0) {
+      gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(),
+                           active * arrays.slot_bytes[b], options_.num_threads);
     }
   }
-  // Parts that live in another part's array share its buffer.
-  std::shared_ptr<memory::AlignedBuffer> gate = fresh[0];
-  std::shared_ptr<memory::AlignedBuffer> up =
-      options_.layout == PackedLayout::kSplit ? fresh[1] : fresh[0];
-  std::shared_ptr<memory::AlignedBuffer> down =
-      options_.layout == PackedLayout::kFusedRows ? fresh[0] : fresh[2];
-  gate_packed_ = std::move(gate);
-  up_packed_ = std::move(up);
-  down_packed_ = std::move(down);
+  gate_packed_ = fresh[arrays.gate_buffer];
+  up_packed_ = fresh[arrays.up_buffer];
+  down_packed_ = fresh[arrays.down_buffer];
   capacity_ = target;
   ++version_;
   return absl::OkStatus();

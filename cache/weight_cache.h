@@ -261,6 +261,15 @@ class WeightCache {
   size_t DownStride() const;
   size_t UpOffset() const;
   size_t DownOffset() const;
+  // The distinct packed arrays of the layout: bytes per slot of each of up
+  // to three buffers (0: unused), and which buffer holds the gate, up and
+  // down parts (kSplit: one each; kInterleavedGateUp: gate and up share
+  // buffer 0; kFusedRows: all three share it).
+  struct PackedArrays {
+    size_t slot_bytes[3];
+    int gate_buffer, up_buffer, down_buffer;
+  };
+  PackedArrays Arrays() const;
   absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
   absl::Status Grow(size_t min_capacity);
   // Applies incoming_ (already validated).
