@@ -5,8 +5,6 @@
 #define SPARSE_MLP_BENCH_BENCH_UTIL_H_
 
 #include <algorithm>
-#include <chrono>
-#include <functional>
 #include <cstdint>
 #include <numeric>
 #include <random>
@@ -14,6 +12,7 @@
 
 #include "benchmark/benchmark.h"
 #include "bench/cache_eviction.h"
+#include "bench/timing.h"
 
 namespace sparse_mlp::bench {
 
@@ -27,13 +26,6 @@ inline std::vector<uint32_t> RandomSortedIndices(size_t n, size_t count,
   all.resize(count);
   std::sort(all.begin(), all.end());
   return all;
-}
-
-inline double SecondsOf(const std::function<void()>& fn) {
-  const auto start = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
 }
 
 // Runs `op` as the timed operation of `state` (UseManualTime) and, in the
@@ -55,12 +47,8 @@ void TimeAgainstFloor(benchmark::State& state, size_t bytes, Op op, Floor floor,
     evict_floor();
     state.ResumeTiming();
   }
-  auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
-  const double op_median = median(op_times);
-  const double floor_median = median(floor_times);
+  const double op_median = Median(op_times);
+  const double floor_median = Median(floor_times);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
                           static_cast<int64_t>(bytes));
   state.counters["floor_GBps"] = bytes / floor_median / 1e9;

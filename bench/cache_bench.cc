@@ -24,13 +24,11 @@
 // error), or --replay_format=bytes: a raw [steps, I] byte matrix, non-zero
 // bytes active.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <functional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -50,6 +48,7 @@
 #include "absl/types/span.h"
 #include "bench/cache_eviction.h"
 #include "bench/optimized_build_check.h"
+#include "bench/timing.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gather/parallel_copy.h"
@@ -106,19 +105,6 @@ constexpr Preset kPresets[] = {{"llama-3.2-1b", 2048, 8192},
 constexpr cache::PackedLayout kLayouts[] = {cache::PackedLayout::kSplit,
                                             cache::PackedLayout::kInterleavedGateUp,
                                             cache::PackedLayout::kFusedRows};
-
-double Seconds(const std::function<void()>& fn) {
-  const auto start = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 memory::AlignedBuffer Buffer(size_t bytes, int fill) {
   memory::AlignedBuffer b = *memory::AlignedBuffer::Allocate(
@@ -288,12 +274,12 @@ class Bench {
     for (int rep = 0; rep < 7; ++rep) {
       // Only construction is timed: what was built is destroyed afterwards.
       absl::StatusOr<cache::WeightCache> built;
-      create.push_back(Seconds([&] { built = cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
+      create.push_back(SecondsOf([&] { built = cache::WeightCache::Create(Options(dtype), Sources(w), mask); }));
       built = absl::UnknownError("released");
       // The plain copy a user would make (allocate + copy, as tensor.clone()),
       // into fresh memory like the cache's.
       std::vector<memory::AlignedBuffer> copies;
-      copy.push_back(Seconds([&] {
+      copy.push_back(SecondsOf([&] {
         for (const memory::AlignedBuffer* src : {&w.gate, &w.up, &w.down}) {
           copies.push_back(*memory::AlignedBuffer::Allocate(
               bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages));
@@ -355,7 +341,7 @@ class Bench {
     for (size_t k = 1; k < masks.size(); ++k) {
       for (size_t j = 0; j < caches.size(); ++j) {
         const size_t which = (j + k) % caches.size();
-        update[which].push_back(Seconds([&] { (void)caches[which].Update(masks[k]); }));
+        update[which].push_back(SecondsOf([&] { (void)caches[which].Update(masks[k]); }));
       }
       // Every layout copies the same rows (same plan), hence the same bytes.
       const size_t bytes = caches[0].last_update().bytes_copied;
@@ -366,7 +352,7 @@ class Bench {
       if (floor_offset + per_matrix > w.up.size()) floor_offset = 0;
       // Without a gate, the floor copies the up and down parts.
       const size_t first_part = 3 - matrices;
-      floor.push_back(Seconds([&] {
+      floor.push_back(SecondsOf([&] {
         for (size_t m = first_part; m < 3; ++m) {
           gather::ParallelCopy(floor_destinations[m] + floor_offset,
                                floor_sources[m] + floor_offset, per_matrix, threads_);
@@ -397,14 +383,14 @@ class Bench {
                                  copies, threads_);
         return offset + a * rb;
       };
-      rebuild_a.push_back(Seconds([&] {
+      rebuild_a.push_back(SecondsOf([&] {
         const size_t offset = gather_gate_up();
         gather::TransposeOptions options;
         options.num_threads = threads_;
         (void)gather::GatherColumns({w.down.data(), h_, i_ * elem}, i_, elem, active,
                                     {packed.data() + offset, a, rb}, options);
       }));
-      rebuild_b.push_back(Seconds([&] {
+      rebuild_b.push_back(SecondsOf([&] {
         const size_t offset = gather_gate_up();
         (void)gather::GatherRows({w.down_neuron_major.data(), i_, rb},
                                  {packed.data() + offset, a, rb}, rb, copies, threads_);
