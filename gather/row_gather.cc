@@ -12,14 +12,20 @@
 namespace sparse_mlp::gather {
 namespace {
 
-absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
-                      absl::Span<const RowCopy> copies) {
-  if (copies.empty() || row_bytes == 0) return absl::OkStatus();
+// Shared by GatherRows and CopyRows: a row must fit both matrices' strides.
+absl::Status CheckRowFitsStrides(ConstRowsView src, RowsView dst, size_t row_bytes) {
   if (row_bytes > src.stride_bytes || row_bytes > dst.stride_bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "row of %u bytes does not fit the strides (source %u, destination %u)",
         row_bytes, src.stride_bytes, dst.stride_bytes));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
+                      absl::Span<const RowCopy> copies) {
+  if (copies.empty() || row_bytes == 0) return absl::OkStatus();
+  if (absl::Status s = CheckRowFitsStrides(src, dst, row_bytes); !s.ok()) return s;
   size_t total;
   if (__builtin_mul_overflow(copies.size(), row_bytes, &total)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -315,11 +321,7 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                       size_t num_rows, int num_threads) {
   if (num_rows == 0 || row_bytes == 0) return absl::OkStatus();
-  if (row_bytes > src.stride_bytes || row_bytes > dst.stride_bytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "row of %u bytes does not fit the strides (source %u, destination %u)",
-        row_bytes, src.stride_bytes, dst.stride_bytes));
-  }
+  if (absl::Status s = CheckRowFitsStrides(src, dst, row_bytes); !s.ok()) return s;
   if (num_rows > src.num_rows || num_rows > dst.num_rows) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "copy of %u rows between matrices of %u (source) and %u (destination) rows",
