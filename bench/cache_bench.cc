@@ -283,7 +283,7 @@ class Bench {
         for (const memory::AlignedBuffer* src : {&w.gate, &w.up, &w.down}) {
           copies.push_back(*memory::AlignedBuffer::Allocate(
               bytes, memory::kCacheLineBytes, memory::HugePageAdvice::kHugePages));
-          gather::ParallelCopy(copies.back().data(), src->data(), bytes, threads_);
+          (void)gather::ParallelCopy(copies.back().data(), src->data(), bytes, threads_);
         }
       }));
     }
@@ -354,7 +354,7 @@ class Bench {
       const size_t first_part = 3 - matrices;
       floor.push_back(SecondsOf([&] {
         for (size_t m = first_part; m < 3; ++m) {
-          gather::ParallelCopy(floor_destinations[m] + floor_offset,
+          (void)gather::ParallelCopy(floor_destinations[m] + floor_offset,
                                floor_sources[m] + floor_offset, per_matrix, threads_);
         }
       }));

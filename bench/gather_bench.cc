@@ -68,7 +68,7 @@ void BM_RowGather(benchmark::State& state) {
                                  row_bytes, selections[iteration % kSelections], threads);
       },
       [&] {
-        gather::ParallelCopy(floor_dst.data() + iteration % kWindows * bytes,
+        (void)gather::ParallelCopy(floor_dst.data() + iteration % kWindows * bytes,
                              floor_source(), bytes, threads);
       },
       [&] {
@@ -107,7 +107,7 @@ void BM_CopyRows(benchmark::State& state) {
         (void)gather::CopyRows({fused.data(), kRows, 3 * row_bytes},
                                {dst.data(), kRows, row_bytes}, row_bytes, kRows, threads);
       },
-      [&] { gather::ParallelCopy(floor_dst.data(), floor_src.data(), bytes, threads); },
+      [&] { (void)gather::ParallelCopy(floor_dst.data(), floor_src.data(), bytes, threads); },
       [&] {
         EvictFromCaches(fused.data(), fused.size());
         EvictFromCaches(dst.data(), bytes);
@@ -156,7 +156,7 @@ void TransposeCase(benchmark::State& state, bool naive) {
                                   {dst.data(), i, h * elem}, options);
         }
       },
-      [&] { gather::ParallelCopy(dst.data(), src.data(), bytes, threads); },
+      [&] { (void)gather::ParallelCopy(dst.data(), src.data(), bytes, threads); },
       evict_both, evict_both);
 }
 

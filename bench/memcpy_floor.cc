@@ -23,7 +23,7 @@ void BM_ParallelCopy(benchmark::State& state) {
   std::memset(src.data(), 1, bytes);
   std::memset(dst.data(), 0, bytes);  // fault the pages in outside the loop
   for (auto _ : state) {
-    gather::ParallelCopy(dst.data(), src.data(), bytes, threads);
+    (void)gather::ParallelCopy(dst.data(), src.data(), bytes, threads);
     benchmark::DoNotOptimize(dst.data());
     benchmark::ClobberMemory();
   }

@@ -1,26 +1,41 @@
 // _sparse_mlp: the pybind11 extension behind the `sparse_mlp` Python package.
 //
-// Tensors cross the boundary through DLPack only, never through copies the
-// caller did not ask for:
-//   - weights come in via their __dlpack__() (torch tensors, NumPy arrays):
-//     CPU, 2-D, C-contiguous, float32 / bfloat16 / float16, else TypeError /
+// Tensors cross the boundary without copies the caller did not ask for:
+//   - weights come in through DLPack (torch tensors: __dlpack__()) or, for
+//     NumPy arrays, through the buffer protocol, which also takes read-only
+//     arrays such as np.load(path, mmap_mode="r") (NumPy's DLPack export
+//     refuses them, and the cache only reads its sources): CPU, 2-D,
+//     C-contiguous, float32 / bfloat16 / float16, else TypeError /
 //     ValueError naming the argument and what it got. With copy_sources the
 //     cache copies them during construction; otherwise it reads gate and up
-//     (and a neuron-major down) in place and keeps their DLPack handles
-//     (hence the producers' storage) alive for its lifetime;
+//     (and a neuron-major down) in place and keeps their DLPack handles or
+//     arrays (hence the producers' storage) alive for its lifetime;
 //   - views go out as objects implementing __dlpack__ / __dlpack_device__
 //     (torch.from_dlpack, numpy.from_dlpack). Each holds a share of the
 //     packed buffers (WeightCache::RetainStorage), so no view can reach freed
 //     memory, whatever happens to the cache.
-// Masks are small inputs read once: any C-contiguous bool/uint8 NumPy array
-// (the Python layer converts torch masks).
+// Masks are small inputs read once: a C-contiguous bool/uint8 NumPy array
+// (the Python layer converts torch masks); any non-zero byte is active.
+//
+// Integer arguments (hidden_size, num_threads, tolerance, reserve's active)
+// are taken as Python objects and range-checked here, so a wrong one gets a
+// ValueError naming it, its value and the allowed range (pybind's own
+// conversion would reject 2**64 with a dump of every overload).
+//
+// Concurrency: each cache has a mutex. Mutating calls release the GIL,
+// then take the mutex, so two threads updating one cache take turns while
+// two caches update in parallel; accessors and views take the same mutex
+// (briefly, with the GIL held: the mutating side never needs the GIL while
+// it holds the mutex, so this cannot deadlock).
 #include <dlpack/dlpack.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +45,7 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
+#include "platform/threads.h"
 
 namespace py = pybind11;
 
@@ -59,28 +75,63 @@ std::string TypeName(py::handle obj) {
   return py::str(py::type::handle_of(obj).attr("__name__"));
 }
 
-// A tensor taken from a DLPack producer; calls the producer's deleter when
-// destroyed (which releases the producer's storage).
+// A 2-D weight taken from the caller without a copy: through DLPack (a
+// DLManagedTensor whose deleter releases the producer's storage) or through
+// the buffer protocol (a NumPy array, referenced while this lives).
 class ImportedTensor {
  public:
   ImportedTensor() = default;
-  explicit ImportedTensor(DLManagedTensor* managed) : managed_(managed) {}
-  ImportedTensor(ImportedTensor&& other) noexcept
-      : managed_(std::exchange(other.managed_, nullptr)) {}
+  ImportedTensor(ImportedTensor&& other) noexcept { *this = std::move(other); }
   ImportedTensor& operator=(ImportedTensor&& other) noexcept {
     std::swap(managed_, other.managed_);
+    std::swap(array_, other.array_);
+    data_ = other.data_;
+    shape_[0] = other.shape_[0];
+    shape_[1] = other.shape_[1];
+    dtype_ = other.dtype_;
+    writable_ = other.writable_;
     return *this;
   }
   ~ImportedTensor() {
     if (managed_ != nullptr && managed_->deleter != nullptr) managed_->deleter(managed_);
   }
-  const DLTensor& tensor() const { return managed_->dl_tensor; }
-  const void* data() const {
-    return static_cast<const uint8_t*>(tensor().data) + tensor().byte_offset;
+
+  static ImportedTensor FromDLPack(DLManagedTensor* managed) {
+    ImportedTensor t;
+    t.managed_ = managed;
+    const DLTensor& dl = managed->dl_tensor;
+    t.data_ = static_cast<const uint8_t*>(dl.data) + dl.byte_offset;
+    t.writable_ = true;  // DLPack (before 1.0) has no read-only flag
+    return t;
+  }
+  static ImportedTensor FromArray(py::array array, DType dtype) {
+    ImportedTensor t;
+    t.data_ = array.data();
+    t.shape_[0] = array.shape(0);
+    t.shape_[1] = array.shape(1);
+    t.dtype_ = dtype;
+    t.writable_ = array.writeable();
+    t.array_ = std::move(array);
+    return t;
+  }
+
+  const void* data() const { return data_; }
+  int64_t rows() const { return shape_[0]; }
+  int64_t cols() const { return shape_[1]; }
+  DType dtype() const { return dtype_; }
+  bool writable() const { return writable_; }
+  std::string ShapeString() const {
+    return absl::StrFormat("[%d, %d]", shape_[0], shape_[1]);
   }
 
  private:
+  friend ImportedTensor ImportMatrix(py::handle obj, const char* name);
   DLManagedTensor* managed_ = nullptr;
+  py::object array_;
+  const void* data_ = nullptr;
+  int64_t shape_[2] = {0, 0};
+  DType dtype_ = DType::kFloat32;
+  bool writable_ = false;
 };
 
 std::string ShapeString(const DLTensor& t) {
@@ -101,9 +152,45 @@ DType DTypeOf(const DLTensor& t, const char* name) {
       name, dt.code, dt.bits));
 }
 
-// Imports `obj` through __dlpack__ and checks it is a C-contiguous 2-D CPU
-// tensor. Consumes the capsule (renamed "used_dltensor" per the protocol).
+// A NumPy array through the buffer protocol: read-only arrays (memory-mapped
+// weight files) are taken as they are. NumPy has no bfloat16.
+ImportedTensor ImportArray(const py::array& array, const char* name) {
+  const char kind = array.dtype().kind();
+  const py::ssize_t itemsize = array.itemsize();
+  DType dtype;
+  if (kind == 'f' && itemsize == 4) {
+    dtype = DType::kFloat32;
+  } else if (kind == 'f' && itemsize == 2) {
+    dtype = DType::kFloat16;
+  } else {
+    throw py::type_error(absl::StrFormat(
+        "%s must be float32 or float16 (NumPy has no bfloat16), got numpy dtype %s", name,
+        std::string(py::str(array.dtype()))));
+  }
+  if (array.ndim() != 2) {
+    throw py::value_error(absl::StrFormat(
+        "%s must be 2-D, got shape %s", name,
+        std::string(py::str(py::tuple(array.attr("shape"))))));
+  }
+  const bool empty = array.shape(0) == 0 || array.shape(1) == 0;
+  if (!empty && !(array.flags() & py::array::c_style)) {
+    throw py::value_error(absl::StrFormat(
+        "%s must be C-contiguous (row-major, no gaps); got shape [%d, %d] with strides "
+        "[%d, %d] bytes. Call numpy.ascontiguousarray first: the cache does not copy "
+        "silently",
+        name, array.shape(0), array.shape(1), array.strides(0), array.strides(1)));
+  }
+  return ImportedTensor::FromArray(array, dtype);
+}
+
+// Imports `obj` (a NumPy array through the buffer protocol, anything else
+// through __dlpack__) and checks it is a C-contiguous 2-D CPU tensor of a
+// supported dtype. A DLPack capsule is consumed (renamed "used_dltensor"
+// per the protocol).
 ImportedTensor ImportMatrix(py::handle obj, const char* name) {
+  if (py::isinstance<py::array>(obj)) {
+    return ImportArray(py::reinterpret_borrow<py::array>(obj), name);
+  }
   if (!py::hasattr(obj, "__dlpack__")) {
     throw py::type_error(absl::StrFormat(
         "%s must be a tensor supporting DLPack (torch.Tensor or numpy.ndarray), got %s",
@@ -114,8 +201,8 @@ ImportedTensor ImportMatrix(py::handle obj, const char* name) {
       PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
   if (managed == nullptr) throw py::error_already_set();
   PyCapsule_SetName(capsule.ptr(), "used_dltensor");
-  ImportedTensor imported(managed);
-  const DLTensor& t = imported.tensor();
+  ImportedTensor imported = ImportedTensor::FromDLPack(managed);
+  const DLTensor& t = managed->dl_tensor;
   if (t.device.device_type != kDLCPU) {
     throw py::value_error(absl::StrFormat(
         "%s must be on the CPU, got DLPack device type %d", name, t.device.device_type));
@@ -124,9 +211,13 @@ ImportedTensor ImportMatrix(py::handle obj, const char* name) {
     throw py::value_error(absl::StrFormat("%s must be 2-D, got shape %s", name,
                                           ShapeString(t)));
   }
-  // Strides of size-1 dimensions do not matter; null strides mean compact.
+  imported.dtype_ = DTypeOf(t, name);
+  imported.shape_[0] = t.shape[0];
+  imported.shape_[1] = t.shape[1];
+  // Strides of size-1 dimensions do not matter, nor any of an empty tensor;
+  // null strides mean compact.
   bool contiguous = true;
-  if (t.strides != nullptr) {
+  if (t.strides != nullptr && t.shape[0] != 0 && t.shape[1] != 0) {
     if (t.shape[1] > 1 && t.strides[1] != 1) contiguous = false;
     if (t.shape[0] > 1 && t.strides[0] != t.shape[1]) contiguous = false;
   }
@@ -134,7 +225,7 @@ ImportedTensor ImportMatrix(py::handle obj, const char* name) {
     throw py::value_error(absl::StrFormat(
         "%s must be C-contiguous (row-major, no gaps); got shape %s with strides [%d, %d]. "
         "Call .contiguous() first: the cache does not copy silently",
-        name, ShapeString(t), t.strides ? t.strides[0] : 0, t.strides ? t.strides[1] : 0));
+        name, ShapeString(t), t.strides[0], t.strides[1]));
   }
   if (t.data == nullptr && t.shape[0] * t.shape[1] != 0) {
     throw py::value_error(absl::StrFormat("%s has no data", name));
@@ -142,11 +233,35 @@ ImportedTensor ImportMatrix(py::handle obj, const char* name) {
   return imported;
 }
 
+// An integer argument in [lo, hi]: TypeError unless it is an int (or has
+// __index__, as NumPy integers do; bool is refused), ValueError naming the
+// argument, its value and the range otherwise.
+int64_t IntArg(py::handle obj, const char* name, int64_t lo, int64_t hi) {
+  if (PyBool_Check(obj.ptr())) {
+    throw py::type_error(absl::StrFormat("%s must be an int, got bool", name));
+  }
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) {
+    PyErr_Clear();
+    throw py::type_error(absl::StrFormat("%s must be an int, got %s", name, TypeName(obj)));
+  }
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow != 0 || value < lo || value > hi) {
+    throw py::value_error(absl::StrFormat("%s must be in [%d, %d], got %s", name, lo, hi,
+                                          std::string(py::str(index))));
+  }
+  return value;
+}
+
+int NumThreadsArg(py::handle obj) {
+  return static_cast<int>(IntArg(obj, "num_threads", 1, kMaxThreads));
+}
+
 // A mask as bytes: a C-contiguous bool or uint8 array of 1 or 2 dimensions.
 py::buffer_info MaskBuffer(const py::array& mask) {
   py::buffer_info info = mask.request();
-  const bool byte_type = info.itemsize == 1 && (info.format == "?" || info.format == "B" ||
-                                                info.format == "b");
+  const bool byte_type = info.itemsize == 1 && (info.format == "?" || info.format == "B");
   if (!byte_type) {
     throw py::type_error(absl::StrFormat(
         "mask must be bool or uint8, got numpy format '%s' of %d bytes", info.format,
@@ -158,6 +273,10 @@ py::buffer_info MaskBuffer(const py::array& mask) {
   }
   if (!(mask.flags() & py::array::c_style)) {
     throw py::value_error("mask must be C-contiguous");
+  }
+  if (info.ndim == 2 && info.shape[0] == 0) {
+    throw py::value_error(absl::StrFormat(
+        "a [tokens, I] mask needs at least one token, got shape [0, %d]", info.shape[1]));
   }
   return info;
 }
@@ -229,46 +348,55 @@ cache::PackedLayout ParseLayout(const std::string& layout) {
 
 class PyWeightCache {
  public:
-  PyWeightCache(const py::array& mask, int64_t hidden_size, const py::object& gate,
-                const py::object& up, const py::object& down, int num_threads,
-                int64_t tolerance, const std::string& layout, bool copy_sources,
-                bool down_neuron_major, double repack_fraction) {
-    if (hidden_size <= 0) {
-      throw py::value_error(
-          absl::StrFormat("hidden_size must be positive, got %d", hidden_size));
-    }
-    if (tolerance < 0) {
-      throw py::value_error(absl::StrFormat("tolerance must be >= 0, got %d", tolerance));
-    }
+  PyWeightCache(const py::array& mask, const py::object& hidden_size_arg,
+                const py::object& gate, const py::object& up, const py::object& down,
+                const py::object& num_threads_arg, const py::object& tolerance_arg,
+                const std::string& layout, bool copy_sources, bool down_neuron_major,
+                double repack_fraction) {
+    const int64_t hidden_size = IntArg(hidden_size_arg, "hidden_size", 1,
+                                       std::numeric_limits<int64_t>::max());
+    const int num_threads = NumThreadsArg(num_threads_arg);
     const bool has_gate = !gate.is_none();
-    if (has_gate) gate_ = ImportMatrix(gate, "gate_weight");
     up_ = ImportMatrix(up, "up_weight");
-    down_ = ImportMatrix(down, "down_weight");
-    const DLTensor& u = up_.tensor();
-    const DType dtype = DTypeOf(u, "up_weight");
-    const int64_t neurons = u.shape[0];
-    if (u.shape[1] != hidden_size) {
+    const DType dtype = up_.dtype();
+    const int64_t neurons = up_.rows();
+    if (neurons == 0) {
+      throw py::value_error(absl::StrFormat(
+          "intermediate_size must be positive, got 0 (up_weight has shape %s)",
+          up_.ShapeString()));
+    }
+    if (up_.cols() != hidden_size) {
       throw py::value_error(absl::StrFormat(
           "up_weight must be [intermediate_size, hidden_size=%d], got %s", hidden_size,
-          ShapeString(u)));
+          up_.ShapeString()));
     }
+    const int64_t tolerance =
+        IntArg(tolerance_arg, "tolerance", 0, std::numeric_limits<int64_t>::max());
     if (has_gate) {
-      if (DTypeOf(gate_.tensor(), "gate_weight") != dtype) {
-        throw py::type_error("gate_weight and up_weight must have the same dtype");
+      gate_ = ImportMatrix(gate, "gate_weight");
+      if (gate_.dtype() != dtype) {
+        throw py::type_error(absl::StrFormat(
+            "gate_weight and up_weight must have the same dtype, got %s and %s",
+                                             cache::DTypeName(gate_.dtype()),
+                                             cache::DTypeName(dtype)));
       }
-      if (gate_.tensor().shape[0] != neurons || gate_.tensor().shape[1] != hidden_size) {
+      if (gate_.rows() != neurons || gate_.cols() != hidden_size) {
         throw py::value_error(absl::StrFormat("gate_weight must have up_weight's shape %s, got %s",
-                                              ShapeString(u), ShapeString(gate_.tensor())));
+                                              up_.ShapeString(), gate_.ShapeString()));
       }
     }
-    if (DTypeOf(down_.tensor(), "down_weight") != dtype) {
-      throw py::type_error("down_weight and up_weight must have the same dtype");
+    down_ = ImportMatrix(down, "down_weight");
+    if (down_.dtype() != dtype) {
+      throw py::type_error(absl::StrFormat(
+          "down_weight and up_weight must have the same dtype, got %s and %s",
+                                           cache::DTypeName(down_.dtype()),
+                                           cache::DTypeName(dtype)));
     }
     const int64_t want0 = down_neuron_major ? neurons : hidden_size;
     const int64_t want1 = down_neuron_major ? hidden_size : neurons;
-    if (down_.tensor().shape[0] != want0 || down_.tensor().shape[1] != want1) {
+    if (down_.rows() != want0 || down_.cols() != want1) {
       throw py::value_error(absl::StrFormat("down_weight must be [%d, %d], got %s", want0,
-                                            want1, ShapeString(down_.tensor())));
+                                            want1, down_.ShapeString()));
     }
     py::buffer_info info = MaskBuffer(mask);
     if (info.ndim != 1 || info.shape[0] != neurons) {
@@ -311,20 +439,30 @@ class PyWeightCache {
     }
   }
 
+  // Runs f(cache) without the GIL, holding this cache's mutex (mutating
+  // calls: two threads on one cache take turns, caches run in parallel).
+  template <typename F>
+  absl::Status Mutate(F&& f) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mutex_);
+    return f(*cache_);
+  }
+  // Runs f(cache) with the GIL, holding this cache's mutex (accessors).
+  template <typename F>
+  auto Read(F&& f) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return f(static_cast<const cache::WeightCache&>(*cache_));
+  }
+
   void Update(const py::array& mask) {
     py::buffer_info info = MaskBuffer(mask);
     const auto* bytes = static_cast<const uint8_t*>(info.ptr);
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      if (info.ndim == 1) {
-        status = cache_->UpdateFromBytes(absl::MakeConstSpan(bytes, info.shape[0]));
-      } else {
-        status = cache_->UpdateFromByteRows(
-            absl::MakeConstSpan(bytes, info.shape[0] * info.shape[1]), info.shape[0]);
-      }
-    }
-    ThrowIfError(status);
+    const size_t rows = info.ndim == 1 ? 0 : static_cast<size_t>(info.shape[0]);
+    const size_t size = static_cast<size_t>(info.size);
+    ThrowIfError(Mutate([&](cache::WeightCache& c) {
+      return rows == 0 ? c.UpdateFromBytes(absl::MakeConstSpan(bytes, size))
+                       : c.UpdateFromByteRows(absl::MakeConstSpan(bytes, size), rows);
+    }));
   }
 
   // Sorted, duplicate-free neuron indices (uint32, C-contiguous, 1-D).
@@ -335,58 +473,90 @@ class PyWeightCache {
     }
     const auto* data = static_cast<const uint32_t*>(indices.data());
     const size_t n = static_cast<size_t>(indices.shape(0));
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      status = cache_->UpdateFromIndices(absl::MakeConstSpan(data, n));
-    }
-    ThrowIfError(status);
+    ThrowIfError(Mutate([&](cache::WeightCache& c) {
+      return c.UpdateFromIndices(absl::MakeConstSpan(data, n));
+    }));
   }
 
   void CatchUp() {
+    ThrowIfError(Mutate([](cache::WeightCache& c) { return c.CatchUp(); }));
+  }
+
+  void Reserve(const py::object& active_arg) {
+    const int64_t active = IntArg(active_arg, "active", 0,
+                                  static_cast<int64_t>(intermediate_size()));
+    ThrowIfError(Mutate(
+        [&](cache::WeightCache& c) { return c.Reserve(static_cast<size_t>(active)); }));
+  }
+
+  void SetNumThreads(const py::object& value) {
+    const int n = NumThreadsArg(value);
+    ThrowIfError(Mutate([&](cache::WeightCache& c) { return c.set_num_threads(n); }));
+  }
+
+  void SetTolerance(const py::object& value) {
+    const int64_t t = IntArg(value, "tolerance", 0, std::numeric_limits<int64_t>::max());
+    ThrowIfError(Mutate(
+        [&](cache::WeightCache& c) { return c.set_tolerance(static_cast<size_t>(t)); }));
+  }
+
+  void Verify() const {
     absl::Status status;
     {
       py::gil_scoped_release release;
-      status = cache_->CatchUp();
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = cache_->Verify();
     }
     ThrowIfError(status);
   }
 
-  void Reserve(int64_t active) {
-    if (active < 0) throw py::value_error(absl::StrFormat("cannot reserve %d neurons", active));
-    ThrowIfError(cache_->Reserve(static_cast<size_t>(active)));
-  }
+  // Fixed at construction: no lock needed.
+  size_t intermediate_size() const { return cache_->intermediate_size(); }
 
-  DLPackView View(const cache::MatrixView& view) const {
-    return DLPackView(cache_->RetainStorage(), view);
+  // A view and the storage it points into, taken under the mutex.
+  template <typename F>
+  DLPackView View(F&& view_of) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return DLPackView(cache_->RetainStorage(), view_of(*cache_));
   }
 
   DLPackView Gate() const {
     if (!cache_->has_gate()) throw py::value_error("this cache has no gate projection");
-    return View(cache_->gate());
+    return View([](const cache::WeightCache& c) { return c.gate(); });
   }
   DLPackView Interleaved() const {
+    std::lock_guard<std::mutex> lock(mutex_);
     absl::StatusOr<cache::MatrixView> view = cache_->gate_up_interleaved();
     ThrowIfError(view.status());
-    return View(*view);
+    return DLPackView(cache_->RetainStorage(), *view);
   }
 
   void CopyConcatenatedGateUp(const py::object& out) {
     ImportedTensor t = ImportMatrix(out, "out");
-    if (DTypeOf(t.tensor(), "out") != cache_->dtype()) {
-      throw py::type_error(absl::StrFormat("out must be %s", cache::DTypeName(cache_->dtype())));
+    if (!t.writable()) throw py::value_error("out must be writable, got a read-only array");
+    if (t.dtype() != cache_->dtype()) {
+      throw py::type_error(absl::StrFormat("out must be %s, got %s",
+                                           cache::DTypeName(cache_->dtype()),
+                                           cache::DTypeName(t.dtype())));
     }
-    const size_t bytes = static_cast<size_t>(t.tensor().shape[0] * t.tensor().shape[1]) *
+    const size_t bytes = static_cast<size_t>(t.rows() * t.cols()) *
                          cache::DTypeSize(cache_->dtype());
-    if (static_cast<size_t>(t.tensor().shape[1]) != cache_->hidden_size()) {
+    if (static_cast<size_t>(t.cols()) != cache_->hidden_size()) {
       throw py::value_error(absl::StrFormat("out must be [2 x num_active, %d], got %s",
-                                            cache_->hidden_size(), ShapeString(t.tensor())));
+                                            cache_->hidden_size(), t.ShapeString()));
     }
-    ThrowIfError(cache_->CopyConcatenatedGateUp(
-        absl::MakeSpan(static_cast<uint8_t*>(const_cast<void*>(t.data())), bytes)));
+    auto* data = static_cast<uint8_t*>(const_cast<void*>(t.data()));
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = cache_->CopyConcatenatedGateUp(absl::MakeSpan(data, bytes));
+    }
+    ThrowIfError(status);
   }
 
   py::array_t<int64_t> ActiveIndices() const {
+    std::lock_guard<std::mutex> lock(mutex_);
     const absl::Span<const uint32_t> slots = cache_->active_indices();
     py::array_t<int64_t> out(static_cast<py::ssize_t>(slots.size()));
     int64_t* p = out.mutable_data();
@@ -395,7 +565,8 @@ class PyWeightCache {
   }
 
   py::dict LastUpdate() const {
-    const cache::UpdateStats& u = cache_->last_update();
+    const cache::UpdateStats u =
+        Read([](const cache::WeightCache& c) { return c.last_update(); });
     py::dict d;
     d["changed_neurons"] = u.changed_neurons;
     d["rows_loaded"] = u.rows_loaded;
@@ -407,10 +578,8 @@ class PyWeightCache {
     return d;
   }
 
-  const cache::WeightCache& cache() const { return *cache_; }
-  cache::WeightCache& cache() { return *cache_; }
-
  private:
+  mutable std::mutex mutex_;
   // Declared before cache_: borrowed sources outlive the cache reading them.
   ImportedTensor gate_, up_, down_;
   std::unique_ptr<cache::WeightCache> cache_;
@@ -418,21 +587,20 @@ class PyWeightCache {
 
 // dst[c][r] = src[r][c], both taken through DLPack (no copies besides the
 // transpose itself): src [R, C], dst [C, R], same dtype, C-contiguous.
-void TransposeInto(const py::object& src, const py::object& dst, int num_threads) {
+void TransposeInto(const py::object& src, const py::object& dst,
+                   const py::object& num_threads_arg) {
+  const int num_threads = NumThreadsArg(num_threads_arg);
   ImportedTensor in = ImportMatrix(src, "src");
   ImportedTensor out = ImportMatrix(dst, "dst");
-  const DType dtype = DTypeOf(in.tensor(), "src");
-  if (DTypeOf(out.tensor(), "dst") != dtype) {
+  if (!out.writable()) throw py::value_error("dst must be writable, got a read-only array");
+  const DType dtype = in.dtype();
+  if (out.dtype() != dtype) {
     throw py::type_error("src and dst must have the same dtype");
   }
-  const int64_t rows = in.tensor().shape[0], cols = in.tensor().shape[1];
-  if (out.tensor().shape[0] != cols || out.tensor().shape[1] != rows) {
+  const int64_t rows = in.rows(), cols = in.cols();
+  if (out.rows() != cols || out.cols() != rows) {
     throw py::value_error(absl::StrFormat("dst must be [%d, %d] for src %s, got %s", cols,
-                                          rows, ShapeString(in.tensor()),
-                                          ShapeString(out.tensor())));
-  }
-  if (num_threads < 1) {
-    throw py::value_error(absl::StrFormat("num_threads must be at least 1, got %d", num_threads));
+                                          rows, in.ShapeString(), out.ShapeString()));
   }
   const size_t elem = cache::DTypeSize(dtype);
   gather::TransposeOptions options;
@@ -470,9 +638,11 @@ PYBIND11_MODULE(_sparse_mlp, m) {
       .def_property_readonly("strides", &DLPackView::strides)
       .def_property_readonly("dtype", &DLPackView::dtype);
 
+  using sparse_mlp::cache::WeightCache;
   py::class_<PyWeightCache>(m, "WeightCache")
-      .def(py::init<const py::array&, int64_t, const py::object&, const py::object&,
-                    const py::object&, int, int64_t, const std::string&, bool, bool, double>(),
+      .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&,
+                    const py::object&, const py::object&, const py::object&,
+                    const std::string&, bool, bool, double>(),
            py::arg("mask"), py::arg("hidden_size"), py::arg("gate"), py::arg("up"),
            py::arg("down"), py::arg("num_threads") = 1, py::arg("tolerance") = 0,
            py::arg("layout") = "split", py::arg("copy_sources") = false,
@@ -483,41 +653,57 @@ PYBIND11_MODULE(_sparse_mlp, m) {
       .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)
       .def("reserve", &PyWeightCache::Reserve, py::arg("active"))
+      .def("verify", &PyWeightCache::Verify)
       .def("gate", &PyWeightCache::Gate)
-      .def("up", [](const PyWeightCache& c) { return c.View(c.cache().up()); })
-      .def("down_rows", [](const PyWeightCache& c) { return c.View(c.cache().down_rows()); })
-      .def("down_hidden_major",
-           [](const PyWeightCache& c) { return c.View(c.cache().down_hidden_major()); })
+      .def("up", [](const PyWeightCache& c) {
+        return c.View([](const WeightCache& w) { return w.up(); });
+      })
+      .def("down_rows", [](const PyWeightCache& c) {
+        return c.View([](const WeightCache& w) { return w.down_rows(); });
+      })
+      .def("down_hidden_major", [](const PyWeightCache& c) {
+        return c.View([](const WeightCache& w) { return w.down_hidden_major(); });
+      })
       .def("gate_up_interleaved", &PyWeightCache::Interleaved)
       .def("copy_concatenated_gate_up", &PyWeightCache::CopyConcatenatedGateUp, py::arg("out"))
       .def("active_indices", &PyWeightCache::ActiveIndices)
       .def("last_update", &PyWeightCache::LastUpdate)
-      .def_property_readonly("num_active",
-                             [](const PyWeightCache& c) { return c.cache().num_active(); })
-      .def_property_readonly("capacity",
-                             [](const PyWeightCache& c) { return c.cache().capacity(); })
-      .def_property_readonly("hidden_size",
-                             [](const PyWeightCache& c) { return c.cache().hidden_size(); })
-      .def_property_readonly("intermediate_size",
-                             [](const PyWeightCache& c) { return c.cache().intermediate_size(); })
-      .def_property_readonly("has_gate",
-                             [](const PyWeightCache& c) { return c.cache().has_gate(); })
-      .def_property_readonly(
-          "dtype", [](const PyWeightCache& c) { return sparse_mlp::cache::DTypeName(c.cache().dtype()); })
-      .def_property_readonly("lag", [](const PyWeightCache& c) { return c.cache().lag(); })
-      .def_property_readonly("version",
-                             [](const PyWeightCache& c) { return c.cache().version(); })
-      .def_property_readonly("memory_bytes",
-                             [](const PyWeightCache& c) { return c.cache().memory_bytes(); })
+      .def_property_readonly("num_active", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.num_active(); });
+      })
+      .def_property_readonly("capacity", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.capacity(); });
+      })
+      .def_property_readonly("hidden_size", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.hidden_size(); });
+      })
+      .def_property_readonly("intermediate_size", &PyWeightCache::intermediate_size)
+      .def_property_readonly("has_gate", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.has_gate(); });
+      })
+      .def_property_readonly("dtype", [](const PyWeightCache& c) {
+        return c.Read(
+            [](const WeightCache& w) { return sparse_mlp::cache::DTypeName(w.dtype()); });
+      })
+      .def_property_readonly("lag", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.lag(); });
+      })
+      .def_property_readonly("version", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.version(); });
+      })
+      .def_property_readonly("memory_bytes", [](const PyWeightCache& c) {
+        return c.Read([](const WeightCache& w) { return w.memory_bytes(); });
+      })
       .def_property(
-          "num_threads", [](const PyWeightCache& c) { return c.cache().num_threads(); },
-          [](PyWeightCache& c, int n) {
-            sparse_mlp::bindings::ThrowIfError(c.cache().set_num_threads(n));
-          })
+          "num_threads",
+          [](const PyWeightCache& c) {
+            return c.Read([](const WeightCache& w) { return w.num_threads(); });
+          },
+          &PyWeightCache::SetNumThreads)
       .def_property(
-          "tolerance", [](const PyWeightCache& c) { return c.cache().tolerance(); },
-          [](PyWeightCache& c, int64_t t) {
-            if (t < 0) throw py::value_error("tolerance must be >= 0");
-            c.cache().set_tolerance(static_cast<size_t>(t));
-          });
+          "tolerance",
+          [](const PyWeightCache& c) {
+            return c.Read([](const WeightCache& w) { return w.tolerance(); });
+          },
+          &PyWeightCache::SetTolerance);
 }

@@ -10,6 +10,7 @@
 #include "gather/row_gather.h"
 #include "gather/transpose.h"
 #include "memory/size_math.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::cache {
 namespace {
@@ -42,10 +43,8 @@ absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
     return absl::InvalidArgumentError(
         "the interleaved gate/up layout needs a gate projection");
   }
-  if (o.num_threads < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("num_threads must be at least 1, got %d", o.num_threads));
-  }
+  if (absl::Status s = ValidateNumThreads(o.num_threads); !s.ok()) return s;
+
   if (!(o.repack_fraction > 0.0 && o.repack_fraction <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "repack_fraction must be in (0, 1], got %g", o.repack_fraction));
@@ -63,7 +62,30 @@ absl::Status MaskSizeError(size_t got, size_t expected) {
       "mask has %u neurons, the cache has intermediate_size %u", got, expected));
 }
 
+absl::Status ConcurrentMutationError(const char* method) {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "WeightCache::%s called while another call is mutating the same cache; "
+      "WeightCache is thread-compatible: serialize mutating calls on one object",
+      method));
+}
+
 }  // namespace
+
+// Holds the mutation flag for one mutating call, if no other call holds it.
+class WeightCache::MutationScope {
+ public:
+  explicit MutationScope(MutationFlag& flag) : flag_(flag), held_(flag.TryAcquire()) {}
+  MutationScope(const MutationScope&) = delete;
+  MutationScope& operator=(const MutationScope&) = delete;
+  ~MutationScope() {
+    if (held_) flag_.Release();
+  }
+  bool held() const { return held_; }
+
+ private:
+  MutationFlag& flag_;
+  const bool held_;
+};
 
 const char* PackedLayoutName(PackedLayout layout) {
   switch (layout) {
@@ -246,6 +268,8 @@ absl::StatusOr<WeightCache> WeightCache::Create(
 }
 
 absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("Update");
   if (mask.size() != options_.intermediate_size) {
     return MaskSizeError(mask.size(), options_.intermediate_size);
   }
@@ -254,18 +278,24 @@ absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
 }
 
 absl::Status WeightCache::UpdateFromBytes(absl::Span<const uint8_t> mask) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateFromBytes");
   if (absl::Status s = incoming_.AssignBytes(mask, options_.simd); !s.ok()) return s;
   return ApplyIncoming(/*respect_tolerance=*/true);
 }
 
 absl::Status WeightCache::UpdateFromIndices(
     absl::Span<const uint32_t> sorted_indices) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateFromIndices");
   if (absl::Status s = incoming_.AssignIndices(sorted_indices); !s.ok()) return s;
   return ApplyIncoming(/*respect_tolerance=*/true);
 }
 
 absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
                                              size_t rows) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateFromByteRows");
   if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
       !s.ok()) {
     return s;
@@ -274,20 +304,30 @@ absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
 }
 
 absl::Status WeightCache::CatchUp() {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("CatchUp");
   if (absl::Status s = incoming_.AssignWords(requested_.words()); !s.ok()) return s;
   return ApplyIncoming(/*respect_tolerance=*/false);
 }
 
 absl::Status WeightCache::set_num_threads(int num_threads) {
-  if (num_threads < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("num_threads must be at least 1, got %d", num_threads));
-  }
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("set_num_threads");
+  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   options_.num_threads = num_threads;
   return absl::OkStatus();
 }
 
+absl::Status WeightCache::set_tolerance(size_t tolerance) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("set_tolerance");
+  options_.tolerance = tolerance;
+  return absl::OkStatus();
+}
+
 absl::Status WeightCache::Reserve(size_t active) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("Reserve");
   if (active > options_.intermediate_size) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cannot reserve %u active neurons in a layer of %u", active,
@@ -311,7 +351,7 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
     if (!buffer.ok()) return buffer.status();
     *fresh[b] = *std::move(buffer);
   }
-  // Nothing can fail from here on. The current buffers, by the same index.
+  // The current buffers, by the same index.
   const std::shared_ptr<memory::AlignedBuffer>* old[3] = {nullptr, nullptr, nullptr};
   old[arrays.down_buffer] = &down_packed_;
   old[arrays.up_buffer] = &up_packed_;
@@ -319,8 +359,12 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   const size_t active = num_active();
   for (size_t b = 0; b < 3; ++b) {
     if (arrays.slot_bytes[b] != 0 && active > 0) {
-      gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(),
-                           active * arrays.slot_bytes[b], options_.num_threads);
+      if (absl::Status s = gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(),
+                                                active * arrays.slot_bytes[b],
+                                                options_.num_threads);
+          !s.ok()) {
+        return s;  // the fresh buffers are dropped; nothing changed yet
+      }
     }
   }
   gate_packed_ = fresh[arrays.gate_buffer];
@@ -488,11 +532,13 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   }
   if (active == 0) return absl::OkStatus();
   if (options_.layout == PackedLayout::kSplit) {
-    gather::ParallelCopy(out.data(), gate_packed_->data(), active * rb,
-                         options_.num_threads);
-    gather::ParallelCopy(out.data() + active * rb, up_packed_->data(), active * rb,
-                         options_.num_threads);
-    return absl::OkStatus();
+    if (absl::Status s = gather::ParallelCopy(out.data(), gate_packed_->data(),
+                                              active * rb, options_.num_threads);
+        !s.ok()) {
+      return s;
+    }
+    return gather::ParallelCopy(out.data() + active * rb, up_packed_->data(),
+                                active * rb, options_.num_threads);
   }
   // Gate and up rows share one strided array (the views' layout). Both
   // copies are validated by construction (active <= capacity, rb <= stride).
@@ -506,6 +552,48 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   }
   return gather::CopyRows(up_rows, {out.data() + active * rb, active, rb}, rb, active,
                           options_.num_threads);
+}
+
+absl::Status WeightCache::Verify() const {
+  const size_t num_neurons = options_.intermediate_size;
+  const size_t active = num_active();
+  if (applied_.CountActive(options_.simd) != active) {
+    return absl::DataLossError(absl::StrFormat(
+        "the cache holds %u slots but its applied mask has %u active neurons", active,
+        applied_.CountActive(options_.simd)));
+  }
+  const size_t rb = row_bytes();
+  const size_t elem = DTypeSize(options_.dtype);
+  struct Part {
+    const char* name;
+    MatrixView view;
+    const uint8_t* src;
+    size_t src_stride;
+  };
+  const Part parts[3] = {{"gate", gate(), gate_src_, gate_src_stride_},
+                         {"up", up(), up_src_, up_src_stride_},
+                         {"down", down_rows(), down_src_, down_src_stride_}};
+  for (size_t s = 0; s < active; ++s) {
+    const uint32_t n = map_.slot_to_neuron[s];
+    if (n >= num_neurons || !applied_.Test(n) || map_.neuron_to_slot[n] != s) {
+      return absl::DataLossError(absl::StrFormat(
+          "slot %u holds neuron %u, which is %s", s, n,
+          n >= num_neurons      ? "out of range"
+          : !applied_.Test(n)   ? "not in the applied mask"
+                                : "mapped to another slot"));
+    }
+    for (const Part& part : parts) {
+      if (part.view.data == nullptr) continue;  // no gate
+      const auto* row =
+          static_cast<const uint8_t*>(part.view.data) + s * part.view.row_stride * elem;
+      if (std::memcmp(row, part.src + size_t{n} * part.src_stride, rb) != 0) {
+        return absl::DataLossError(absl::StrFormat(
+            "the %s row of slot %u differs from neuron %u's row in the sources",
+            part.name, s, n));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::shared_ptr<const void> WeightCache::RetainStorage() const {

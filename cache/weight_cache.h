@@ -54,15 +54,21 @@
 // cache is unchanged after it (validation and allocation happen before any
 // state changes).
 //
-// Thread-safety: thread-compatible. Const methods (views, accessors) may run
-// concurrently; Update/Reserve/CatchUp/setters need exclusive access. The
-// copies inside one update use options.num_threads OpenMP threads (from the
-// calling thread's OpenMP pool: an update after tens of milliseconds without
-// any parallel region first wakes sleeping workers, ~100 us on the
-// development VM; see README, "Main job").
+// Thread-safety: thread-compatible. Const methods (views, accessors,
+// Verify) may run concurrently with each other; Update*, Reserve, CatchUp
+// and the setters need exclusive access. A mutating call made while another
+// one runs on the same object is a caller bug, but it is detected (one
+// atomic flag, no lock) and returns FailedPrecondition without touching the
+// cache instead of corrupting it. (A const call racing a mutating one is
+// not detected.) The copies inside one update use options.num_threads
+// OpenMP threads, work split over the team the runtime actually starts
+// (from the calling thread's OpenMP pool: an update after tens of
+// milliseconds without any parallel region first wakes sleeping workers,
+// ~100 us on the development VM; see README, "Main job").
 #ifndef SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 #define SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -121,11 +127,11 @@ struct WeightCacheOptions {
   PackedLayout layout = PackedLayout::kSplit;
   SourceOwnership ownership = SourceOwnership::kCopy;
   DownLayout down_layout = DownLayout::kHiddenMajor;
-  int num_threads = 1;   // >= 1
+  int num_threads = 1;   // [1, kMaxThreads] (platform/threads.h)
   // Instruction set of the diff, transpose and copy kernels (kBest: the
   // best this CPU runs; kScalar: the portable reference paths).
   SimdLevel simd = SimdLevel::kBest;
-  size_t tolerance = 0;  // 0 = every update exact
+  size_t tolerance = 0;  // 0 = every update exact; > I: only CatchUp applies
   double repack_fraction = kDefaultRepackFraction;  // in (0, 1]; 1 = only full churn
   memory::Arena* arena = nullptr;  // not owned; must outlive the cache
 };
@@ -165,7 +171,8 @@ class WeightCache {
   // Validates, copies / transposes the sources and packs initial_mask.
   // Errors (InvalidArgument unless noted): H or I zero or too large, a null
   // weight pointer (gate only when has_gate), initial_mask.size() != I,
-  // num_threads < 1, repack_fraction outside (0, 1], kInterleavedGateUp
+  // num_threads outside [1, kMaxThreads], repack_fraction
+  // outside (0, 1], kInterleavedGateUp
   // without a gate, byte sizes that overflow (OutOfRange), allocation
   // failure (ResourceExhausted).
   static absl::StatusOr<WeightCache> Create(const WeightCacheOptions& options,
@@ -180,7 +187,8 @@ class WeightCache {
   // Makes the packed rows match `mask` (subject to the tolerance). O(I / 64)
   // for the diff plus O(changes x H) copying; no allocation unless the
   // capacity must grow. Errors: mask size != I (InvalidArgument), capacity
-  // growth failing (ResourceExhausted); the cache is unchanged after either.
+  // growth failing (ResourceExhausted), another mutating call running on
+  // this cache (FailedPrecondition); the cache is unchanged after any.
   absl::Status Update(const diff::NeuronMask& mask);
   // The same, from the other mask forms of diff/neuron_mask.h (validated as
   // there: length, range, order).
@@ -196,8 +204,22 @@ class WeightCache {
   // ResourceExhausted on allocation failure (cache unchanged).
   absl::Status Reserve(size_t active);
 
+  // InvalidArgument outside [1, kMaxThreads] (unchanged).
   absl::Status set_num_threads(int num_threads);
-  void set_tolerance(size_t tolerance) { options_.tolerance = tolerance; }
+  // Fails only while another mutating call runs (FailedPrecondition).
+  absl::Status set_tolerance(size_t tolerance);
+
+  // Checks the cache against its sources: slots [0, A) and the neurons of
+  // applied_mask() map one to one (active_indices() and its inverse agree),
+  // and every slot's gate, up and down rows, as the views show them, equal
+  // its neuron's rows in the sources the cache reads (its own copies with
+  // kCopy; the caller's arrays with kBorrow; its transposed copy of a
+  // hidden-major down). DataLoss naming the slot, neuron and matrix at the
+  // first difference. For tests, and for callers who may have written
+  // through a view (views point into the live packed rows; writing through
+  // one changes the cache until the row is next loaded). O(A x H + I); no
+  // allocation.
+  absl::Status Verify() const;
 
   size_t num_active() const { return map_.slot_to_neuron.size(); }
   size_t capacity() const { return capacity_; }
@@ -251,6 +273,23 @@ class WeightCache {
   std::shared_ptr<const void> RetainStorage() const;
 
  private:
+  friend class WeightCacheTestPeer;  // tests/: holds the mutation flag
+
+  // Set while a mutating call runs (see "Thread-safety" above).
+  class MutationFlag {
+   public:
+    MutationFlag() = default;
+    // Moving a cache is itself a mutation; a moved cache starts idle.
+    MutationFlag(MutationFlag&&) noexcept {}
+    MutationFlag& operator=(MutationFlag&&) noexcept { return *this; }
+    bool TryAcquire() { return !busy_.exchange(true, std::memory_order_acquire); }
+    void Release() { busy_.store(false, std::memory_order_release); }
+
+   private:
+    std::atomic<bool> busy_{false};
+  };
+  class MutationScope;
+
   WeightCache() = default;
 
   size_t row_bytes() const { return options_.hidden_size * DTypeSize(options_.dtype); }
@@ -300,6 +339,7 @@ class WeightCache {
   size_t lag_ = 0;
   uint64_t version_ = 0;
   UpdateStats last_update_;
+  MutationFlag mutation_;
 };
 
 }  // namespace sparse_mlp::cache

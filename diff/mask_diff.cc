@@ -5,6 +5,7 @@
 #include "absl/strings/str_format.h"
 #include "diff/mask_diff_parallel.h"
 #include "diff/mask_kernels.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::diff {
 namespace {
@@ -22,6 +23,7 @@ absl::Status CheckSameSize(const NeuronMask& before, const NeuronMask& after) {
 
 absl::Status ComputeMaskDiff(const NeuronMask& before, const NeuronMask& after,
                              MaskDiff* diff, const DiffOptions& options) {
+  if (absl::Status s = ValidateNumThreads(options.num_threads); !s.ok()) return s;
   if (absl::Status s = CheckSameSize(before, after); !s.ok()) return s;
   const uint64_t* old_words = before.words().data();
   const uint64_t* new_words = after.words().data();
@@ -32,7 +34,7 @@ absl::Status ComputeMaskDiff(const NeuronMask& before, const NeuronMask& after,
   // threshold.
   const size_t threads = std::min(
       num_words / std::max<size_t>(1, options.min_words_per_thread),
-      static_cast<size_t>(std::max(1, options.num_threads)));
+      static_cast<size_t>(options.num_threads));
   if (threads >= 2) {
     internal::ParallelMaskDiff(old_words, new_words, num_words,
                                static_cast<int>(threads), level, diff);

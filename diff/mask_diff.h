@@ -41,13 +41,14 @@ struct DiffOptions {
   // 2048 words = 128k neurons per thread (see the header comment).
   static constexpr size_t kDefaultMinWordsPerThread = 2048;
 
-  int num_threads = 1;  // <= 1: the calling thread only
+  int num_threads = 1;  // [1, kMaxThreads] (platform/threads.h); 1: calling thread
   SimdLevel simd = SimdLevel::kBest;
   size_t min_words_per_thread = kDefaultMinWordsPerThread;
 };
 
 // Fills *diff with before -> after. InvalidArgument (and *diff unchanged)
-// when the masks have different sizes. O(I / 64 + changes).
+// when the masks have different sizes or options.num_threads is outside
+// [1, kMaxThreads]. O(I / 64 + changes).
 absl::Status ComputeMaskDiff(const NeuronMask& before, const NeuronMask& after,
                              MaskDiff* diff, const DiffOptions& options = {});
 

@@ -11,14 +11,17 @@ namespace sparse_mlp::diff::internal {
 void ParallelMaskDiff(const uint64_t* before, const uint64_t* after,
                       size_t num_words, int num_threads, SimdLevel level,
                       MaskDiff* diff) {
-  const size_t chunks = static_cast<size_t>(num_threads);
   // Counts per chunk, then exclusive prefix sums = each chunk's offset.
-  std::vector<size_t> added_offset(chunks + 1, 0);
-  std::vector<size_t> removed_offset(chunks + 1, 0);
-  auto chunk_begin = [&](size_t c) { return num_words * c / chunks; };
+  // Sized for the threads asked for; the team may be smaller.
+  std::vector<size_t> added_offset(static_cast<size_t>(num_threads) + 1, 0);
+  std::vector<size_t> removed_offset(static_cast<size_t>(num_threads) + 1, 0);
 
 #pragma omp parallel num_threads(num_threads)
   {
+    // One chunk per thread of the team actually started (OMP_THREAD_LIMIT
+    // or OMP_DYNAMIC may start fewer than num_threads).
+    const size_t chunks = static_cast<size_t>(omp_get_num_threads());
+    auto chunk_begin = [&](size_t c) { return num_words * c / chunks; };
     const size_t c = static_cast<size_t>(omp_get_thread_num());
     const size_t begin = chunk_begin(c);
     const size_t words = chunk_begin(c + 1) - begin;

@@ -10,7 +10,8 @@
 
 namespace sparse_mlp::diff::internal {
 
-// Chunked diff of `num_words` words over `num_threads` threads, written to
+// Chunked diff of `num_words` words over an OpenMP region of `num_threads`
+// threads (one chunk per thread the runtime starts), written to
 // diff->added / diff->removed (resized here) in serial order.
 void ParallelMaskDiff(const uint64_t* before, const uint64_t* after,
                       size_t num_words, int num_threads, SimdLevel level,

@@ -118,6 +118,13 @@ absl::Status NeuronMask::AssignWords(absl::Span<const uint64_t> words) {
 
 absl::Status NeuronMask::AssignByteRowsUnion(absl::Span<const uint8_t> matrix,
                                              size_t rows, SimdLevel level) {
+  // A batch of no tokens is refused rather than read as the empty union:
+  // it almost always comes from an empty slice upstream, and the empty mask
+  // has unambiguous forms of its own.
+  if (rows == 0) {
+    return absl::InvalidArgumentError(
+        "a [tokens, I] byte matrix needs at least one token row, got 0 rows");
+  }
   size_t expected;
   if (__builtin_mul_overflow(rows, num_neurons_, &expected) ||
       matrix.size() != expected) {

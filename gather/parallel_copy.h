@@ -9,19 +9,24 @@
 // second thread only adds its wake-up (measured with //bench:memcpy_floor:
 // 512 KiB took 5.7 us on 1 thread, 7.1 us on 2; 1 MiB 22.8 us vs 13.0 us).
 //
-// Threading: num_threads <= 1 copies on the calling thread; otherwise an
-// OpenMP parallel region of that many threads. Safe to call concurrently on
+// Threading: num_threads == 1 copies on the calling thread; otherwise an
+// OpenMP parallel region of that many threads, the bytes split over the team
+// the runtime actually starts (OMP_THREAD_LIMIT / OMP_DYNAMIC may give
+// fewer). Errors (InvalidArgument, nothing copied): num_threads outside
+// [1, kMaxThreads] (platform/threads.h). Safe to call concurrently on
 // disjoint buffers. No allocation. O(bytes).
 #ifndef SPARSE_MLP_GATHER_PARALLEL_COPY_H_
 #define SPARSE_MLP_GATHER_PARALLEL_COPY_H_
 
 #include <cstddef>
 
+#include "absl/status/status.h"
+
 namespace sparse_mlp::gather {
 
 inline constexpr size_t kParallelCopyMinBytes = size_t{1} << 20;
 
-void ParallelCopy(void* dst, const void* src, size_t bytes, int num_threads);
+absl::Status ParallelCopy(void* dst, const void* src, size_t bytes, int num_threads);
 
 }  // namespace sparse_mlp::gather
 

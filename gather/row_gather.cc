@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "gather/partition.h"
 #include "gather/stream_copy.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::gather {
 namespace {
@@ -224,15 +225,19 @@ void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
 // Runs copy_range(begin, end) over bytes [0, total) of a copy: on the
 // calling thread below kParallelGatherMinBytes or with one thread, else one
 // cache-line aligned share per OpenMP thread (gather/partition.h).
+// The split is over the team OpenMP actually started: under
+// OMP_THREAD_LIMIT or OMP_DYNAMIC it may be smaller than num_threads, and a
+// split for the requested count would leave the missing threads' shares
+// uncopied.
 template <typename CopyRangeFn>
 void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_range) {
   if (num_threads <= 1 || total < kParallelGatherMinBytes) {
     copy_range(size_t{0}, total);
     return;
   }
-  const BytePartition partition(total, num_threads);
 #pragma omp parallel num_threads(num_threads)
   {
+    const BytePartition partition(total, omp_get_num_threads());
     const size_t t = static_cast<size_t>(omp_get_thread_num());
     copy_range(partition.Begin(t), partition.Begin(t + 1));
   }
@@ -242,6 +247,7 @@ void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_ran
 
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads, SimdLevel level) {
+  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   if (jobs.size() > kMaxJobs) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "a batch holds at most %u gathers, got %u", kMaxJobs, jobs.size()));
@@ -320,6 +326,7 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
 
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                       size_t num_rows, int num_threads) {
+  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   if (num_rows == 0 || row_bytes == 0) return absl::OkStatus();
   if (absl::Status s = CheckRowFitsStrides(src, dst, row_bytes); !s.ok()) return s;
   if (num_rows > src.num_rows || num_rows > dst.num_rows) {

@@ -6,8 +6,10 @@
 // raw bytes: the element type only matters through row_bytes (4-byte fp32,
 // 2-byte bf16/fp16, anything else).
 //
-// Execution: the copies' total bytes are split evenly over num_threads
-// OpenMP threads on cache-line boundaries (gather/partition.h), so a list of
+// Execution: the copies' total bytes are split evenly over the threads of
+// one OpenMP region of num_threads threads (over the team the runtime
+// actually starts, which OMP_THREAD_LIMIT or OMP_DYNAMIC may make smaller),
+// on cache-line boundaries (gather/partition.h), so a list of
 // one huge row and a list of thousands of small ones both use every thread.
 // Each thread copies its share row by row, touching each 4 KiB page of the
 // row two ahead with one prefetch so its TLB walk and DRAM page opening
@@ -25,7 +27,9 @@
 // Preconditions the caller keeps (not checked, they cost O(n log n)): no two
 // copies write the same destination row, and no destination row is also a
 // source row of the same call (the copies of a call may run in any order).
-// Everything else is validated first; on error nothing is written.
+// Everything else is validated first; on error nothing is written. Every
+// entry point refuses a num_threads outside [1, kMaxThreads]
+// (platform/threads.h) with InvalidArgument.
 //
 // Thread-safe for disjoint destinations. No allocation. O(copies x
 // row_bytes).

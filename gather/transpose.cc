@@ -8,6 +8,7 @@
 #include <new>
 
 #include "absl/strings/str_format.h"
+#include "platform/threads.h"
 #include "gather/transpose_kernels.h"
 
 namespace sparse_mlp::gather {
@@ -149,8 +150,9 @@ size_t BandBegin(size_t n, size_t parts, size_t p) {
   return std::min(n, blocks * p / parts * 8);
 }
 
+// Precondition: num_threads validated (ValidateNumThreads).
 int ThreadsFor(size_t bytes, int num_threads) {
-  return bytes < kParallelTransposeMinBytes || num_threads < 1 ? 1 : num_threads;
+  return bytes < kParallelTransposeMinBytes ? 1 : num_threads;
 }
 
 template <size_t kElemBytes>
@@ -193,6 +195,7 @@ GatherColumnsFn SelectGatherColumns(size_t elem_bytes) {
 
 absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
                        RowsView dst, const TransposeOptions& options) {
+  if (absl::Status s = ValidateNumThreads(options.num_threads); !s.ok()) return s;
   if (dst.num_rows != cols) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "transpose of a matrix with %u columns needs %u destination rows, got %u",
@@ -266,6 +269,7 @@ absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
 absl::Status GatherColumns(ConstRowsView src, size_t cols, size_t elem_bytes,
                            absl::Span<const uint32_t> columns, RowsView dst,
                            const TransposeOptions& options) {
+  if (absl::Status s = ValidateNumThreads(options.num_threads); !s.ok()) return s;
   if (absl::Status s =
           ValidateMatrices(src, cols, elem_bytes, dst, columns.size());
       !s.ok()) {

@@ -43,13 +43,14 @@
 namespace sparse_mlp::gather {
 
 struct TransposeOptions {
-  int num_threads = 1;
+  int num_threads = 1;  // [1, kMaxThreads]; work split over the team started
   SimdLevel simd = SimdLevel::kBest;
 };
 
 // dst[c][r] = src[r][c] for the src.num_rows x cols matrix of elem_bytes
 // elements. dst must have cols rows of at least src.num_rows elements.
-// Errors (InvalidArgument, nothing written): elem_bytes not 1/2/4/8, a row
+// Errors (InvalidArgument, nothing written): options.num_threads outside
+// [1, kMaxThreads] (platform/threads.h), elem_bytes not 1/2/4/8, a row
 // that does not fit its stride, dst.num_rows != cols, null data with a
 // non-empty matrix; ResourceExhausted if the staging tiles cannot be
 // allocated.

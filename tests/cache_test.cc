@@ -3,11 +3,14 @@
 // over every configuration; the planner's invariants; one test per error
 // class. Fixed seeds; a failure prints the configuration, step and neuron.
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -19,8 +22,17 @@
 #include "gtest/gtest.h"
 #include "memory/arena.h"
 #include "platform/simd_level.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::cache {
+
+// Holds a cache's mutation flag as a mutating call on another thread would.
+class WeightCacheTestPeer {
+ public:
+  static bool HoldMutationFlag(WeightCache& cache) { return cache.mutation_.TryAcquire(); }
+  static void ReleaseMutationFlag(WeightCache& cache) { cache.mutation_.Release(); }
+};
+
 namespace {
 
 using ::testing::HasSubstr;
@@ -71,6 +83,9 @@ void ExpectMatches(const WeightCache& cache, const Weights& w,
   std::sort(sorted.begin(), sorted.end());
   ASSERT_EQ(sorted, expected) << where << ": slots hold the wrong neurons";
   ASSERT_EQ(cache.applied_mask(), mask) << where;
+  // The cache's own check must agree with this one.
+  const absl::Status verified = cache.Verify();
+  ASSERT_TRUE(verified.ok()) << where << ": " << verified;
   const MatrixView gate = cache.gate(), up = cache.up(), down = cache.down_rows();
   const MatrixView down_t = cache.down_hidden_major();
   ASSERT_EQ(down_t.rows, h);
@@ -257,23 +272,105 @@ std::vector<Config> AllConfigs() {
 INSTANTIATE_TEST_SUITE_P(AllConfigurations, WeightCacheSequenceTest,
                          ::testing::ValuesIn(AllConfigs()));
 
-// Shapes large enough that every copy runs on two threads and the transpose
-// takes the SIMD tiles, with odd sizes.
-TEST(WeightCacheTest, LargeShapesOnTwoThreads) {
+// Shapes large enough that every copy runs in parallel and the transpose
+// takes the SIMD tiles, with odd sizes; 8 threads is more than this
+// machine's cores and, in this suite's OMP_THREAD_LIMIT / OMP_DYNAMIC
+// variants (tests/BUILD.bazel), more than the runtime starts: construction
+// and updates must cover every row with whatever team they get.
+TEST(WeightCacheTest, LargeShapesOnSeveralThreads) {
   std::mt19937_64 rng(77);
-  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
-    const size_t h = 520, i = 1031;
-    const Weights w = RandomWeights(rng, h, i, DTypeSize(dtype));
+  for (int threads : {2, 8}) {
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+      for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kFusedRows}) {
+        const size_t h = 520, i = 1031;
+        const Weights w = RandomWeights(rng, h, i, DTypeSize(dtype));
+        diff::NeuronMask mask(i);
+        for (size_t k = 0; k < i; k += 2) mask.Set(k, true);
+        WeightCacheOptions options = ShapeOptions(h, i);
+        options.dtype = dtype;
+        options.layout = layout;
+        options.num_threads = threads;
+        WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
+        const std::string config = absl::StrFormat("%s %s %d threads", DTypeName(dtype),
+                                                   PackedLayoutName(layout), threads);
+        ExpectMatches(cache, w, mask, config + " after Create");
+        for (int step = 0; step < 12; ++step) {
+          mask = NextMask(rng, mask);
+          ASSERT_TRUE(cache.Update(mask).ok());
+          ExpectMatches(cache, w, mask, absl::StrFormat("%s step %d", config, step));
+        }
+        std::vector<uint8_t> concatenated(2 * cache.num_active() * h * DTypeSize(dtype));
+        ASSERT_TRUE(cache.CopyConcatenatedGateUp(absl::MakeSpan(concatenated)).ok());
+        const absl::Span<const uint32_t> slots = cache.active_indices();
+        const size_t rb = h * DTypeSize(dtype);
+        for (size_t s = 0; s < slots.size(); ++s) {
+          ASSERT_EQ(0, std::memcmp(&concatenated[s * rb], &w.gate[slots[s] * rb], rb))
+              << config << ": concatenated gate row " << s;
+          ASSERT_EQ(0, std::memcmp(&concatenated[(slots.size() + s) * rb],
+                                   &w.up[slots[s] * rb], rb))
+              << config << ": concatenated up row " << s;
+        }
+      }
+    }
+  }
+}
+
+// Two threads updating one cache (a caller bug the class detects): every
+// call either applies or is refused with FailedPrecondition, and the cache
+// is exact for the mask it reports applied, whichever calls won.
+TEST(WeightCacheTest, ConcurrentUpdatesOnOneCacheNeverCorruptIt) {
+  std::mt19937_64 rng(85);
+  const size_t h = 64, i = 2048;
+  const Weights w = RandomWeights(rng, h, i, 4);
+  WeightCacheOptions options = ShapeOptions(h, i);
+  WeightCache cache = *WeightCache::Create(options, w.Gated(), diff::NeuronMask(i));
+  std::atomic<int> refused{0}, other_errors{0};
+  auto hammer = [&](uint64_t seed) {
+    std::mt19937_64 local(seed);
     diff::NeuronMask mask(i);
-    for (size_t k = 0; k < i; k += 2) mask.Set(k, true);
-    WeightCacheOptions options = ShapeOptions(h, i);
-    options.dtype = dtype;
-    options.num_threads = 2;
-    WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
-    for (int step = 0; step < 12; ++step) {
-      mask = NextMask(rng, mask);
-      ASSERT_TRUE(cache.Update(mask).ok());
-      ExpectMatches(cache, w, mask, absl::StrFormat("%s step %d", DTypeName(dtype), step));
+    for (int step = 0; step < 300; ++step) {
+      mask = NextMask(local, mask);
+      const absl::Status s = step % 5 == 0 ? cache.Reserve(local() % i) : cache.Update(mask);
+      if (s.code() == absl::StatusCode::kFailedPrecondition) {
+        ++refused;
+      } else if (!s.ok()) {
+        ++other_errors;
+      }
+    }
+  };
+  std::thread a(hammer, 1), b(hammer, 2);
+  a.join();
+  b.join();
+  EXPECT_EQ(other_errors.load(), 0);
+  ExpectMatches(cache, w, cache.applied_mask(), "after concurrent updates");
+  std::printf("concurrent updates: %d calls refused\n", refused.load());
+}
+
+TEST(WeightCacheTest, VerifyFindsRowsWrittenThroughAView) {
+  std::mt19937_64 rng(86);
+  const Weights w = RandomWeights(rng, 8, 64, 4);
+  for (PackedLayout layout : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp,
+                              PackedLayout::kFusedRows}) {
+    for (SourceOwnership ownership : {SourceOwnership::kCopy, SourceOwnership::kBorrow}) {
+      WeightCacheOptions options = ShapeOptions(8, 64);
+      options.layout = layout;
+      options.ownership = ownership;
+      WeightCache cache =
+          *WeightCache::Create(options, w.Gated(), *diff::NeuronMask::FromIndices(64, {3, 9}));
+      ASSERT_TRUE(cache.Verify().ok());
+      // Slot 1's down row, element 5, changed the way a caller writing into
+      // a view would.
+      const MatrixView down = cache.down_rows();
+      // (A flipped bit: the weights are random bytes, and NaN + 1 is NaN.)
+      auto* p = static_cast<uint8_t*>(const_cast<void*>(down.data)) +
+                (down.row_stride + 5) * sizeof(float);
+      *p ^= 0x10;
+      const absl::Status s = cache.Verify();
+      ASSERT_EQ(s.code(), absl::StatusCode::kDataLoss) << PackedLayoutName(layout);
+      EXPECT_THAT(s.message(), HasSubstr("down row of slot 1"));
+      EXPECT_THAT(s.message(), HasSubstr("neuron 9"));
+      *p ^= 0x10;
+      EXPECT_TRUE(cache.Verify().ok());
     }
   }
 }
@@ -565,11 +662,12 @@ TEST_F(WeightCacheErrorTest, UnsupportedType) {
 }
 
 TEST_F(WeightCacheErrorTest, BadThreadCountAndRepackFraction) {
-  options_.num_threads = 0;
-  EXPECT_THAT(WeightCache::Create(options_, w_.Gated(), mask_)
-                  .status()
-                  .message(),
-              HasSubstr("num_threads must be at least 1, got 0"));
+  for (int threads : {0, kMaxThreads + 1, 1000000, 2147483647}) {
+    options_.num_threads = threads;
+    EXPECT_THAT(WeightCache::Create(options_, w_.Gated(), mask_).status().message(),
+                HasSubstr(absl::StrFormat("num_threads must be in [1, %d], got %d",
+                                          kMaxThreads, threads)));
+  }
   options_.num_threads = 1;
   options_.repack_fraction = 0;
   EXPECT_THAT(WeightCache::Create(options_, w_.Gated(), mask_)
@@ -579,7 +677,43 @@ TEST_F(WeightCacheErrorTest, BadThreadCountAndRepackFraction) {
   options_.repack_fraction = 0.5;
   WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
   EXPECT_EQ(cache.set_num_threads(-1).code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status s = cache.set_num_threads(1000000);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("num_threads must be in [1, 1024], got 1000000"));
   EXPECT_EQ(cache.num_threads(), 1);
+  ExpectUnchanged(cache);
+}
+
+// A mutating call while another one runs on the same cache: refused with
+// FailedPrecondition, nothing changed. (The flag is held through the test
+// peer, as a call running on another thread would hold it.)
+TEST_F(WeightCacheErrorTest, MutationWhileAnotherRunsIsRefused) {
+  WeightCache cache = *WeightCache::Create(options_, w_.Gated(), mask_);
+  const diff::NeuronMask other = *diff::NeuronMask::FromIndices(64, {1, 2, 3});
+  ASSERT_TRUE(WeightCacheTestPeer::HoldMutationFlag(cache));
+  const std::vector<uint8_t> bytes(64, 1);
+  const std::vector<uint32_t> indices = {5};
+  const absl::Status statuses[] = {
+      cache.Update(other),
+      cache.UpdateFromBytes(bytes),
+      cache.UpdateFromIndices(indices),
+      cache.UpdateFromByteRows(bytes, 1),
+      cache.CatchUp(),
+      cache.Reserve(64),
+      cache.set_num_threads(2),
+      cache.set_tolerance(5),
+  };
+  for (const absl::Status& s : statuses) {
+    ASSERT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(s.message(), HasSubstr("another call is mutating the same cache"));
+  }
+  EXPECT_EQ(cache.num_threads(), 1);
+  EXPECT_EQ(cache.tolerance(), 0u);
+  EXPECT_EQ(cache.requested_mask(), mask_);
+  ExpectUnchanged(cache);
+  WeightCacheTestPeer::ReleaseMutationFlag(cache);
+  ASSERT_TRUE(cache.Update(other).ok());
+  ExpectMatches(cache, w_, other, "after the flag is released");
 }
 
 TEST_F(WeightCacheErrorTest, ReserveBeyondTheLayer) {

@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "platform/simd_level.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::diff {
 namespace {
@@ -144,7 +145,11 @@ TEST(MaskDiffTest, MatchesReferenceForEveryLevelAndThreadCount) {
     const NeuronMask before = *NeuronMask::FromBytes(before_bytes);
     const NeuronMask after = *NeuronMask::FromBytes(after_bytes);
     for (SimdLevel level : SupportedSimdLevels()) {
-      for (int threads : {1, 2, 3}) {
+      // 8: more threads than cores (and, in this suite's OMP_THREAD_LIMIT /
+      // OMP_DYNAMIC variants, than the runtime starts); every 50th trial,
+      // as oversubscribed regions are slow to run.
+      for (int threads : {1, 2, 3, 8}) {
+        if (threads == 8 && trial % 50 != 0) continue;
         SCOPED_TRACE(absl::StrFormat(
             "trial %d, n=%d, level %s, %d threads\nbefore %s\nafter  %s", trial, n,
             SimdLevelName(level), threads, n <= 200 ? Describe(before_bytes) : "(long)",
@@ -260,6 +265,14 @@ TEST(NeuronMaskErrorTest, ByteMatrixShapeMismatch) {
   EXPECT_THAT(mask.ToIndices(), ElementsAre(3));
 }
 
+TEST(NeuronMaskErrorTest, ByteMatrixOfZeroRows) {
+  NeuronMask mask = *NeuronMask::FromIndices(4, {3});
+  const absl::Status s = mask.AssignByteRowsUnion({}, 0);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("at least one token row, got 0 rows"));
+  EXPECT_THAT(mask.ToIndices(), ElementsAre(3));
+}
+
 TEST(NeuronMaskErrorTest, TooManyNeurons) {
   const absl::StatusOr<NeuronMask> mask = NeuronMask::Create(NeuronMask::kMaxNeurons + 1);
   ASSERT_EQ(mask.status().code(), absl::StatusCode::kInvalidArgument);
@@ -275,6 +288,21 @@ TEST(MaskDiffErrorTest, SizeMismatch) {
   EXPECT_THAT(diff.added, ElementsAre(7));
   EXPECT_FALSE(CountMaskChanges(NeuronMask(10), NeuronMask(11)).ok());
   EXPECT_FALSE(NeuronMask(10).UnionWith(NeuronMask(11)).ok());
+}
+
+TEST(MaskDiffErrorTest, ThreadCountOutOfRange) {
+  for (int threads : {0, -3, kMaxThreads + 1, 2147483647}) {
+    MaskDiff diff;
+    diff.added = {7};
+    DiffOptions options;
+    options.num_threads = threads;
+    const absl::Status s = ComputeMaskDiff(NeuronMask(10), NeuronMask(10), &diff, options);
+    ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrFormat(
+                                 "num_threads must be in [1, %d], got %d", kMaxThreads,
+                                 threads)));
+    EXPECT_THAT(diff.added, ElementsAre(7));
+  }
 }
 
 }  // namespace

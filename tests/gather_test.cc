@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "memory/aligned_buffer.h"
 #include "platform/simd_level.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::gather {
 namespace {
@@ -56,9 +57,9 @@ TEST(ParallelCopyTest, MatchesMemcpyForAnySizeAndThreadCount) {
                        kParallelCopyMinBytes - 1, kParallelCopyMinBytes,
                        kParallelCopyMinBytes * 3 + 17}) {
     const std::vector<uint8_t> src = RandomBytes(rng, bytes);
-    for (int threads : {1, 2, 3}) {
+    for (int threads : {1, 2, 3, 8}) {
       std::vector<uint8_t> dst(bytes + 1, 0xCC);
-      ParallelCopy(dst.data(), src.data(), bytes, threads);
+      ASSERT_TRUE(ParallelCopy(dst.data(), src.data(), bytes, threads).ok());
       ASSERT_EQ(dst[bytes], 0xCC) << "wrote past the end";
       ASSERT_TRUE(std::equal(src.begin(), src.end(), dst.begin()))
           << bytes << " bytes, " << threads << " threads";
@@ -406,6 +407,84 @@ TEST(CopyRowsErrorTest, NullMatrix) {
   const absl::Status s = CopyRows({nullptr, 1, 8}, {dst.data(), 1, 8}, 8, 1, 1);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("null"));
+}
+
+// More threads than cores, and (in the OMP_THREAD_LIMIT / OMP_DYNAMIC
+// variants of this suite, tests/BUILD.bazel) more than the runtime starts:
+// every kernel must still cover all of its bytes, whatever team it gets.
+TEST(ThreadTeamTest, EveryKernelCoversItsWorkWithAnyTeamSize) {
+  std::mt19937_64 rng(19);
+  const size_t rows = 600, row_bytes = 4096 + 64;  // ~2.4 MiB: parallel paths
+  const std::vector<uint8_t> src = RandomBytes(rng, rows * row_bytes);
+  std::vector<RowCopy> copies(rows);
+  for (size_t r = 0; r < rows; ++r) copies[r] = {static_cast<uint32_t>(r),
+                                                 static_cast<uint32_t>(rows - 1 - r)};
+  std::vector<uint8_t> reversed(src.size());
+  for (size_t r = 0; r < rows; ++r) {
+    std::memcpy(&reversed[(rows - 1 - r) * row_bytes], &src[r * row_bytes], row_bytes);
+  }
+  for (int threads : {2, 3, 8, 64}) {
+    SCOPED_TRACE(absl::StrFormat("%d threads", threads));
+    std::vector<uint8_t> dst(src.size(), 0);
+    ASSERT_TRUE(ParallelCopy(dst.data(), src.data(), src.size(), threads).ok());
+    ASSERT_TRUE(dst == src) << "ParallelCopy";
+    for (SimdLevel level : SupportedSimdLevels()) {
+      std::fill(dst.begin(), dst.end(), 0);
+      ASSERT_TRUE(GatherRows({src.data(), rows, row_bytes}, {dst.data(), rows, row_bytes},
+                             row_bytes, copies, threads, level)
+                      .ok());
+      ASSERT_TRUE(dst == reversed) << "GatherRows at " << SimdLevelName(level);
+    }
+    std::fill(dst.begin(), dst.end(), 0);
+    ASSERT_TRUE(CopyRows({src.data(), rows, row_bytes}, {dst.data(), rows, row_bytes},
+                         row_bytes, rows, threads)
+                    .ok());
+    ASSERT_TRUE(dst == src) << "CopyRows";
+    // [rows, row_bytes / 4] fp32 transposed.
+    const size_t cols = row_bytes / 4;
+    std::vector<uint8_t> t(src.size(), 0), expected(src.size(), 0);
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        std::memcpy(&expected[(c * rows + r) * 4], &src[r * row_bytes + c * 4], 4);
+      }
+    }
+    TransposeOptions options;
+    options.num_threads = threads;
+    ASSERT_TRUE(Transpose({src.data(), rows, row_bytes}, cols, 4, {t.data(), cols, rows * 4},
+                          options)
+                    .ok());
+    ASSERT_TRUE(t == expected) << "Transpose";
+  }
+}
+
+// Every entry point that takes a thread count refuses one outside
+// [1, kMaxThreads] (libgomp crashes or aborts on huge ones) and writes
+// nothing.
+TEST(ThreadCountErrorTest, OutOfRangeCountsAreRefusedByEveryKernel) {
+  std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
+  const std::vector<RowCopy> copies = {{0, 0}};
+  const RowGatherJob job{{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, copies};
+  const std::vector<uint32_t> columns = {0, 1};
+  for (int threads : {0, -1, kMaxThreads + 1, 1000000, 2147483647}) {
+    SCOPED_TRACE(threads);
+    TransposeOptions options;
+    options.num_threads = threads;
+    const absl::Status statuses[] = {
+        ParallelCopy(dst.data(), src.data(), 32, threads),
+        GatherRows({src.data(), 4, 8}, {dst.data(), 4, 8}, 8, copies, threads),
+        GatherRowsBatch(absl::MakeConstSpan(&job, 1), threads),
+        CopyRows({src.data(), 4, 8}, {dst.data(), 4, 8}, 8, 4, threads),
+        Transpose({src.data(), 4, 8}, 2, 4, {dst.data(), 2, 16}, options),
+        GatherColumns({src.data(), 4, 8}, 2, 4, columns, {dst.data(), 2, 16}, options),
+    };
+    for (const absl::Status& s : statuses) {
+      ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      EXPECT_THAT(s.message(),
+                  HasSubstr(absl::StrFormat("num_threads must be in [1, %d], got %d",
+                                            kMaxThreads, threads)));
+    }
+    EXPECT_EQ(dst, std::vector<uint8_t>(32, 7)) << "nothing may be written";
+  }
 }
 
 // Plain per-element reference: dst[c][r] = src[r][c].
