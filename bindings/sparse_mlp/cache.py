@@ -14,11 +14,20 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _mask_array(mask):
-    """A bool/uint8 mask as a C-contiguous NumPy array (masks are read once;
-    copying a non-contiguous one is cheap and changes nothing the caller
-    holds)."""
-    if (_is_torch(mask) or isinstance(mask, np.ndarray)) and mask.ndim not in (1, 2):
+MASK_RULES = """Masks, on every path of this package: a torch.Tensor or
+numpy.ndarray on the CPU, of dtype bool or uint8 (any non-zero uint8 is
+active; floats and other integer types raise TypeError rather than being
+guessed at), shaped ``[I]`` or ``[tokens, I]`` (the union over the tokens);
+a ``[0, I]`` mask (no tokens) raises ValueError rather than meaning the
+empty mask."""
+
+
+def check_mask(mask):
+    """Validates ``mask`` against :data:`MASK_RULES` and returns it."""
+    if not (_is_torch(mask) or isinstance(mask, np.ndarray)):
+        raise TypeError(
+            f"mask must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+    if mask.ndim not in (1, 2):
         raise ValueError(
             f"mask must be 1-D [I] or 2-D [tokens, I], got {mask.ndim} dimensions")
     if _is_torch(mask):
@@ -26,20 +35,31 @@ def _mask_array(mask):
             raise ValueError(f"mask must be on the CPU, got device {mask.device}")
         if mask.dtype not in (torch.bool, torch.uint8):
             raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
+    elif mask.dtype not in (np.bool_, np.uint8):
+        raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
+    if mask.ndim == 2 and mask.shape[0] == 0:
+        raise ValueError(
+            f"a [tokens, I] mask needs at least one token, got shape {tuple(mask.shape)}")
+    return mask
+
+
+def _mask_array(mask):
+    """A checked mask as a C-contiguous NumPy array (masks are read once;
+    copying a non-contiguous one is cheap and changes nothing the caller
+    holds)."""
+    check_mask(mask)
+    if _is_torch(mask):
         return np.ascontiguousarray(mask.detach().numpy())
-    if isinstance(mask, np.ndarray):
-        if mask.dtype not in (np.bool_, np.uint8):
-            raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
-        return np.ascontiguousarray(mask)
-    raise TypeError(
-        f"mask must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
+    return np.ascontiguousarray(mask)
 
 
 def _weight(x, name):
-    """A weight ready for DLPack export, never copied: torch tensors must be
-    on the CPU (a meta or CUDA tensor is refused here with a clear message),
-    and are detached (a view) because DLPack refuses tensors that require
-    grad. Contiguity and dtype are checked by the native module."""
+    """A weight ready for the native module, never copied: torch tensors
+    must be on the CPU (a meta or CUDA tensor is refused here with a clear
+    message) and are detached (a view) because DLPack refuses tensors that
+    require grad; NumPy arrays go through the buffer protocol, read-only ones
+    (``np.load(path, mmap_mode="r")``) included. Contiguity and dtype are
+    checked by the native module."""
     if x is None:
         return None
     if _is_torch(x):
@@ -74,9 +94,18 @@ class WeightCache:
         always transposed into the cache unless given neuron-major.
 
     Weights are float32, bfloat16 or float16, C-contiguous, on the CPU; they
-    are taken through DLPack without copying. Anything else raises
-    TypeError/ValueError, as do bad masks; the cache is unchanged after any
-    failed call.
+    are taken without copying (torch through DLPack; NumPy through the buffer
+    protocol, so read-only and memory-mapped arrays work, and a borrowed
+    memory-mapped file is read in place, its pages faulted in as rows are
+    loaded). Anything else raises TypeError/ValueError naming the argument,
+    as do bad masks (see ``MASK_RULES``) and integers out of range
+    (``num_threads`` in [1, 1024], ``tolerance`` >= 0); the cache is
+    unchanged after any failed call.
+
+    Threads: calls that change the cache (updates, ``reserve``,
+    ``catch_up``, the setters) release the GIL and are serialized per cache,
+    so several Python threads may share one cache safely (they take turns)
+    and different caches update in parallel.
 
     Views (``gate()``, ``up()``, ``down()``, ``down_hidden_major()``,
     ``gate_up_interleaved()``) are zero-copy tensors into the cache. They
@@ -87,6 +116,12 @@ class WeightCache:
     rows, in slots that may hold other neurons, and keeps its old row
     count); a growth moves the cache to new memory (older views keep the
     old rows). Take views after each update.
+
+    Views are the cache's live packed rows, and torch tensors cannot be
+    made read-only: writing into one (``cache.up().mul_(2)``) changes the
+    cache's rows until that neuron is next loaded, silently. Treat views as
+    read-only; :meth:`verify` checks the cache against its sources. (NumPy
+    views are read-only.)
     """
 
     def __init__(self, mask, gate_weight, up_weight, down_weight, *, num_threads=1,
@@ -104,7 +139,7 @@ class WeightCache:
         # DLPack handles, so they cannot be freed under the cache.
         self._sources = (gate_weight, up_weight, down_weight)
         self._native = _sparse_mlp.WeightCache(
-            _mask_array(mask), int(hidden_size), _weight(gate_weight, "gate_weight"), up,
+            _mask_array(mask), hidden_size, _weight(gate_weight, "gate_weight"), up,
             _weight(down_weight, "down_weight"), num_threads=num_threads,
             tolerance=tolerance, layout=layout, copy_sources=copy_sources,
             down_neuron_major=down_neuron_major)
@@ -139,13 +174,20 @@ class WeightCache:
             raise ValueError(f"neuron index {indices[bad]} at position {bad} is out of range")
         self._native.update_indices(np.ascontiguousarray(indices, dtype=np.uint32))
 
+    def verify(self):
+        """Checks every packed row against the sources the cache reads (the
+        caller's arrays when borrowed, the cache's copies otherwise) and the
+        slot map against the applied mask; raises RuntimeError naming the
+        first slot, neuron and matrix that differ. O(A x H)."""
+        self._native.verify()
+
     def catch_up(self):
         """Applies the last requested mask exactly, ignoring the tolerance."""
         self._native.catch_up()
 
     def reserve(self, active):
         """Pre-sizes the cache for ``active`` neurons so updates never allocate."""
-        self._native.reserve(int(active))
+        self._native.reserve(active)
 
     # -- views -------------------------------------------------------------
 
@@ -153,25 +195,26 @@ class WeightCache:
         return torch.from_dlpack(view) if self._torch else np.from_dlpack(view)
 
     def gate(self):
-        """``[A, H]`` active gate rows (zero-copy)."""
+        """``[A, H]`` active gate rows (zero-copy; do not write into it)."""
         return self._wrap(self._native.gate())
 
     def up(self):
-        """``[A, H]`` active up rows (zero-copy)."""
+        """``[A, H]`` active up rows (zero-copy; do not write into it)."""
         return self._wrap(self._native.up())
 
     def down(self):
-        """``[A, H]`` active down columns stored as rows (zero-copy)."""
+        """``[A, H]`` active down columns stored as rows (zero-copy; do not
+        write into it)."""
         return self._wrap(self._native.down_rows())
 
     def down_hidden_major(self):
         """``[H, A]`` active down columns, strides ``(1, H)`` (``(1, 3H)`` or
-        ``(1, 2H)`` with layout="fused"; zero-copy)."""
+        ``(1, 2H)`` with layout="fused"; zero-copy; do not write into it)."""
         return self._wrap(self._native.down_hidden_major())
 
     def gate_up_interleaved(self):
         """``[A, 2H]``: gate row then up row per neuron (layout="interleaved"
-        or "fused")."""
+        or "fused"; zero-copy; do not write into it)."""
         return self._wrap(self._native.gate_up_interleaved())
 
     def concat_gate_up(self):
@@ -249,7 +292,8 @@ class WeightCacheOptimized(WeightCache):
         return self.concat_gate_up()
 
     def get_active_down_weight(self):
-        """``[H, A]`` zero-copy view, columns in the same neuron order."""
+        """``[H, A]`` zero-copy view, columns in the same neuron order (do
+        not write into it)."""
         return self.down_hidden_major()
 
     def get_num_active(self):

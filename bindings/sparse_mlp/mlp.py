@@ -3,8 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-import _sparse_mlp
-from sparse_mlp.cache import WeightCache
+from sparse_mlp.cache import WeightCache, check_mask
 
 
 def _half_matmul_supported():
@@ -35,9 +34,11 @@ class LlamaSkipMLP(torch.nn.Module):
     intermediate_size, sparsity, use_optimized_cache=True)``) and load
     weights, or from an existing dense MLP with :meth:`from_dense`.
 
-    ``forward(x, mask=None)``: ``mask`` is bool ``[I]`` or ``[tokens, I]``
-    (the union is used), or omitted when a ``predictor`` callable was given
-    (``predictor(x) -> mask``). With ``use_optimized_cache=True`` the mask
+    ``forward(x, mask=None)``: ``mask`` is bool or uint8 ``[I]`` or
+    ``[tokens, I]`` (the union is used; the rules of
+    ``sparse_mlp.cache.MASK_RULES``, the same on both paths below), or
+    omitted when a ``predictor`` callable was given (``predictor(x) ->
+    mask``). With ``use_optimized_cache=True`` the mask
     updates a :class:`WeightCache` (differentially) and the matmuls run on its
     zero-copy views; with ``False`` the active rows are gathered with
     ``index_select`` each call (the reference path). Both give the dense MLP's
@@ -47,12 +48,15 @@ class LlamaSkipMLP(torch.nn.Module):
     float16 computes in float32 where torch has no CPU float16 kernels
     (torch < 2.1); the cache itself stays float16.
 
-    The cache duplicates no weight: on the first cached forward, down is
-    transposed once to neuron-major ``[I, H]`` (parallel SIMD transpose) and
-    ``down_proj.weight`` becomes a ``[H, I]`` view of that (same values, same
-    ``F.linear`` results), and the cache reads gate, up and that down in
-    place. The module then holds the three weights once plus the packed
-    active rows. Call :meth:`reset_cache` after changing the weights.
+    The module's weights are the source of truth and are never replaced:
+    :meth:`from_dense` shares the caller's tensors, the cache reads gate and
+    up in place, and on the first cached forward it transposes down once
+    into a neuron-major ``[I, H]`` copy of its own (parallel SIMD transpose;
+    none when ``down_proj.weight`` is already a transposed view of a
+    neuron-major tensor, which it then reads in place). Memory: the weights,
+    plus that copy of down, plus the packed active rows. The cache does not
+    follow later edits of the weights: call :meth:`reset_cache` after
+    changing them, and the next forward rebuilds it from them.
     ``sparsity`` (fraction of neurons expected inactive) only pre-sizes the
     cache.
     """
@@ -80,7 +84,8 @@ class LlamaSkipMLP(torch.nn.Module):
     def from_dense(cls, gate_proj, up_proj, down_proj, sparsity=0.5,
                    use_optimized_cache=True, **kwargs):
         """From ``nn.Linear`` layers (or weight tensors) of a dense MLP; shares
-        their weights (no copy)."""
+        their weights (no copy: ``module.down_proj.weight`` is the caller's
+        tensor, and edits to it are seen after :meth:`reset_cache`)."""
         def weight(w):
             return w.weight if isinstance(w, torch.nn.Linear) else w
         gate, up, down = weight(gate_proj), weight(up_proj), weight(down_proj)
@@ -107,27 +112,19 @@ class LlamaSkipMLP(torch.nn.Module):
             mask = self.predictor(x)
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-        if mask.dim() not in (1, 2) or mask.shape[-1] != self.intermediate_size:
+        check_mask(mask)
+        if mask.shape[-1] != self.intermediate_size:
             raise ValueError(
                 f"mask must be [{self.intermediate_size}] or [tokens, {self.intermediate_size}],"
                 f" got {tuple(mask.shape)}")
         return mask
 
-    def _neuron_major_down(self):
-        """down as a contiguous [I, H] tensor, making down_proj.weight a view
-        of it the first time (no second copy of down is kept)."""
-        down = self.down_proj.weight.detach()
-        if down.t().is_contiguous():
-            return down.t()  # already a view of a neuron-major tensor
-        neuron_major = torch.empty((self.intermediate_size, self.hidden_size),
-                                   dtype=down.dtype)
-        _sparse_mlp.transpose(down.contiguous(), neuron_major, self.num_threads)
-        self.down_proj.weight = torch.nn.Parameter(neuron_major.t(), requires_grad=False)
-        return neuron_major
-
     def _build_cache(self, initial):
+        down = self.down_proj.weight.detach()
+        neuron_major = down.t().is_contiguous() and not down.is_contiguous()
         self._cache = WeightCache(initial, self.gate_proj.weight, self.up_proj.weight,
-                                  self._neuron_major_down(), down_neuron_major=True,
+                                  down.t() if neuron_major else down,
+                                  down_neuron_major=neuron_major,
                                   num_threads=self.num_threads)
         self._cache.reserve(round((1.0 - self.sparsity) * self.intermediate_size))
 
@@ -135,13 +132,13 @@ class LlamaSkipMLP(torch.nn.Module):
         mask = self._mask(x, mask)
         if self.use_optimized_cache:
             if self._cache is None:
-                self._build_cache(mask if mask.dim() == 1 else mask.any(dim=0))
+                self._build_cache(mask if mask.dim() == 1 else (mask != 0).any(dim=0))
             else:
                 self._cache.update(mask)
             gate, up = self._cache.gate(), self._cache.up()
             down = self._cache.down_hidden_major()  # [H, A]
         else:
-            active = (mask if mask.dim() == 1 else mask.any(dim=0)).nonzero().squeeze(1)
+            active = (mask if mask.dim() == 1 else (mask != 0).any(dim=0)).nonzero().squeeze(1)
             gate = self.gate_proj.weight.index_select(0, active)
             up = self.up_proj.weight.index_select(0, active)
             down = self.down_proj.weight.index_select(1, active)

@@ -117,16 +117,29 @@ class SeedApiTest(unittest.TestCase):
         mask = torch.rand(i, generator=gen) < 0.5
         out = mlp(x, mask)
         torch.testing.assert_close(out, dense_masked(x, gate, up, down, mask))
-        # down_proj.weight is now a [H, I] view of the neuron-major copy the
-        # cache reads in place, with the same values.
-        self.assertTrue(torch.equal(mlp.down_proj.weight, down))
-        self.assertTrue(mlp.down_proj.weight.t().is_contiguous())
+        # The module shares the caller's tensors (never swaps them); the
+        # cache reads gate and up in place and holds only its transposed
+        # copy of down besides the packed rows.
+        for name, w in (("gate", gate), ("up", up), ("down", down)):
+            self.assertEqual(getattr(mlp, f"{name}_proj").weight.data_ptr(), w.data_ptr(), name)
         cache = mlp.weight_cache
         packed = cache.capacity * h * 4 * 3
-        self.assertLess(cache.memory_bytes, packed + (1 << 20),
-                        "the cache holds a copy of a source weight")
+        self.assertLess(cache.memory_bytes, packed + i * h * 4 + (1 << 20),
+                        "the cache holds a copy of gate or up")
         mlp.reset_cache()
-        torch.testing.assert_close(mlp(x, mask), out)  # rebuilt from the view
+        torch.testing.assert_close(mlp(x, mask), out)  # rebuilt from the weights
+
+    def test_from_dense_sees_the_callers_edits_after_reset(self):
+        gen = torch.Generator().manual_seed(14)
+        i, h = 64, 16
+        gate, up, down = random_weights(gen, i, h, torch.float32)
+        mlp = LlamaSkipMLP.from_dense(gate, up, down)
+        x = torch.randn(1, h, generator=gen)
+        mask = torch.ones(i, dtype=torch.bool)
+        mlp(x, mask)
+        down.mul_(2)  # the caller edits its own tensor
+        mlp.reset_cache()
+        torch.testing.assert_close(mlp(x, mask), dense_masked(x, gate, up, down, mask))
 
     def test_transpose_function(self):
         import _sparse_mlp
@@ -304,6 +317,206 @@ class ViewLifetimeTest(unittest.TestCase):
             self.assertTrue(torch.equal(cache.down_hidden_major(), down[:, idx]))
             self.assertTrue(torch.equal(cache.gate_up_interleaved(),
                                         torch.cat([gate[idx], up[idx]], dim=1)))
+
+
+class ReliabilityTest(unittest.TestCase):
+    """Concurrent use, read-only sources, argument ranges, one rule for
+    masks, writes through views."""
+
+    def test_two_threads_updating_one_cache(self):
+        import threading
+        i, h = 4096, 256
+        gen = torch.Generator().manual_seed(20)
+        gate, up, down = random_weights(gen, i, h, torch.float32)
+        c = WeightCache(torch.rand(i, generator=gen) < 0.5, gate, up, down)
+        errors = []
+
+        def work(seed):
+            g = torch.Generator().manual_seed(seed)
+            try:
+                for _ in range(400):
+                    c.update(torch.rand(i, generator=g) < torch.rand((), generator=g).item())
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        c.verify()
+        idx = c.active_indices()
+        self.assertTrue(torch.equal(c.up(), up[idx]))
+        self.assertTrue(torch.equal(c.down_hidden_major(), down[:, idx]))
+
+    def test_two_caches_update_in_parallel_threads(self):
+        import threading
+        gen = torch.Generator().manual_seed(21)
+        caches = []
+        for _ in range(2):
+            gate, up, down = random_weights(gen, 1024, 64, torch.float32)
+            caches.append((WeightCache(torch.zeros(1024, dtype=torch.bool), gate, up, down),
+                           up))
+
+        def work(cache, seed):
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(200):
+                cache.update(torch.rand(1024, generator=g) < 0.3)
+
+        threads = [threading.Thread(target=work, args=(c, k)) for k, (c, _) in enumerate(caches)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for cache, up in caches:
+            cache.verify()
+            self.assertTrue(torch.equal(cache.up(), up[cache.active_indices()]))
+
+    def test_thread_counts_beyond_the_limit_are_refused(self):
+        gen = torch.Generator().manual_seed(22)
+        gate, up, down = random_weights(gen, 64, 8, torch.float32)
+        mask = torch.rand(64, generator=gen) < 0.5
+        c = WeightCache(mask, gate, up, down)
+        for n in (10**6, 2**31 - 1, 2**31, 2**64, 0, -1):
+            with self.assertRaisesRegex(ValueError, rf"num_threads must be in \[1, 1024\], got {n}"):
+                c.num_threads = n
+            with self.assertRaisesRegex(ValueError, rf"num_threads must be in \[1, 1024\], got {n}"):
+                WeightCache(mask, gate, up, down, num_threads=n)
+        with self.assertRaisesRegex(TypeError, "num_threads must be an int, got float"):
+            c.num_threads = 2.0
+        self.assertEqual(c.num_threads, 1)
+        c.update(torch.ones(64, dtype=torch.bool))  # still usable
+        c.verify()
+
+    def test_read_only_and_memory_mapped_numpy_sources(self):
+        import ctypes
+        import tempfile
+        rng = np.random.default_rng(23)
+        i, h = 512, 96  # 192 KiB per matrix: several pages to fault in
+        arrays = {"gate": rng.standard_normal((i, h), dtype=np.float32),
+                  "up": rng.standard_normal((i, h), dtype=np.float32),
+                  "down": rng.standard_normal((h, i), dtype=np.float32)}
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) as tmp:
+            paths = {}
+            for name, a in arrays.items():
+                paths[name] = os.path.join(tmp, f"{name}.npy")
+                np.save(paths[name], a)
+                # Drop the file's pages from the page cache (clean after
+                # fsync), so a borrowed map starts non-resident.
+                fd = os.open(paths[name], os.O_RDONLY)
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            mapped = {n: np.load(p, mmap_mode="r") for n, p in paths.items()}
+            for a in mapped.values():
+                self.assertFalse(a.flags.writeable)
+            # How much of the borrowed up array is resident before the cache
+            # reads it (mincore); printed, as tmpfs cannot drop pages.
+            libc = ctypes.CDLL(None, use_errno=True)
+            page = os.sysconf("SC_PAGE_SIZE")
+            addr = mapped["up"].ctypes.data // page * page
+            length = mapped["up"].ctypes.data + mapped["up"].nbytes - addr
+            vec = (ctypes.c_ubyte * ((length + page - 1) // page))()
+            if libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(length), vec) == 0:
+                resident = sum(v & 1 for v in vec)
+                print(f"borrowed up: {resident} of {len(vec)} pages resident before use")
+            mask = rng.random(i) < 0.4
+            for copy_sources in (False, True):
+                c = WeightCache(mask, mapped["gate"], mapped["up"], mapped["down"],
+                                copy_sources=copy_sources)
+                for step in range(5):
+                    mask = rng.random(i) < 0.2 + 0.15 * step
+                    c.update(mask)
+                    idx = c.active_indices()
+                    np.testing.assert_array_equal(c.gate(), arrays["gate"][idx])
+                    np.testing.assert_array_equal(c.up(), arrays["up"][idx])
+                    np.testing.assert_array_equal(c.down_hidden_major(), arrays["down"][:, idx])
+                c.verify()
+                del c
+            # Read-only sources are never written: an output must be writable.
+            c = WeightCache(mask, mapped["gate"], mapped["up"], mapped["down"])
+            with self.assertRaisesRegex(ValueError, "out must be writable"):
+                c._native.copy_concatenated_gate_up(
+                    np.load(paths["up"], mmap_mode="r")[: 2 * c.num_active])
+            del c, mapped
+
+    def test_messages_name_the_argument_value_and_range(self):
+        gen = torch.Generator().manual_seed(24)
+        gate, up, down = random_weights(gen, 64, 20, torch.float32)
+        mask = torch.rand(64, generator=gen) < 0.5
+        cases = [
+            (lambda: WeightCache(torch.zeros(0, dtype=torch.bool), torch.zeros(0, 20),
+                                 torch.zeros(0, 20), torch.zeros(20, 0)),
+             ValueError, r"intermediate_size must be positive, got 0 \(up_weight has shape \[0, 20\]\)"),
+            (lambda: WeightCacheOptimized(mask, 2**64, gate, up, down),
+             ValueError, r"hidden_size must be in \[1, 9223372036854775807\], got 18446744073709551616"),
+            (lambda: WeightCacheOptimized(mask, 0, gate, up, down),
+             ValueError, r"hidden_size must be in \[1, .*\], got 0"),
+            (lambda: WeightCache(mask, gate, up, down, tolerance=2**64),
+             ValueError, r"tolerance must be in \[0, 9223372036854775807\], got 18446744073709551616"),
+            (lambda: WeightCache(mask, gate, up, down, tolerance=-1),
+             ValueError, r"tolerance must be in \[0, .*\], got -1"),
+            (lambda: WeightCache(mask, gate, up, down, num_threads=2**31),
+             ValueError, r"num_threads must be in \[1, 1024\], got 2147483648"),
+            (lambda: WeightCache(mask, gate, up, down, num_threads="2"),
+             TypeError, r"num_threads must be an int, got str"),
+        ]
+        for make, error, pattern in cases:
+            with self.assertRaises(error) as ctx:
+                make()
+            self.assertRegex(str(ctx.exception), pattern)
+            self.assertLess(len(str(ctx.exception)), 300, "a dump, not a message")
+        c = WeightCache(mask, gate, up, down)
+        with self.assertRaisesRegex(ValueError, r"tolerance must be in \[0, .*\], got 18446744073709551616"):
+            c.tolerance = 2**64
+        with self.assertRaisesRegex(ValueError, r"active must be in \[0, 64\], got -1"):
+            c.reserve(-1)
+        self.assertEqual(c.tolerance, 0)
+
+    def test_one_rule_for_masks_on_every_path(self):
+        gen = torch.Generator().manual_seed(25)
+        i, h = 48, 8
+        gate, up, down = random_weights(gen, i, h, torch.float32)
+        x = torch.randn(1, h, generator=gen)
+        ones = torch.ones(i, dtype=torch.bool)
+        paths = {
+            "WeightCache": lambda m: WeightCache(ones, gate, up, down).update(m),
+            "cached LlamaSkipMLP": lambda m: LlamaSkipMLP.from_dense(gate, up, down)(x, m),
+            "reference LlamaSkipMLP": lambda m: LlamaSkipMLP.from_dense(
+                gate, up, down, use_optimized_cache=False)(x, m),
+        }
+        for name, run in paths.items():
+            with self.assertRaisesRegex(TypeError, "mask must be bool or uint8, got torch.float32",
+                                        msg=name):
+                run(torch.ones(i))
+            with self.assertRaisesRegex(TypeError, "mask must be bool or uint8", msg=name):
+                run(torch.ones(i, dtype=torch.int64))
+            with self.assertRaisesRegex(ValueError, "needs at least one token", msg=name):
+                run(torch.zeros(0, i, dtype=torch.bool))
+        # Any non-zero uint8 is active, on every path alike.
+        values = torch.zeros(i, dtype=torch.uint8)
+        values[[1, 5, 9]] = torch.tensor([1, 7, 255], dtype=torch.uint8)
+        active = values != 0
+        c = WeightCache(values, gate, up, down)
+        self.assertEqual(sorted(c.active_indices().tolist()), [1, 5, 9])
+        expected = dense_masked(x, gate, up, down, active)
+        for name in ("cached LlamaSkipMLP", "reference LlamaSkipMLP"):
+            mlp = LlamaSkipMLP.from_dense(gate, up, down,
+                                          use_optimized_cache=name.startswith("cached"))
+            torch.testing.assert_close(mlp(x, values), expected, msg=name)
+            torch.testing.assert_close(mlp(x, values.expand(2, i)), expected, msg=name)
+
+    def test_writes_through_a_view_are_found_by_verify(self):
+        gen = torch.Generator().manual_seed(26)
+        gate, up, down = random_weights(gen, 64, 16, torch.float32)
+        for copy_sources in (False, True):
+            c = WeightCache(torch.rand(64, generator=gen) < 0.5, gate, up, down,
+                            copy_sources=copy_sources)
+            c.verify()
+            c.up().mul_(2)  # torch views are writable: this corrupts the cache
+            with self.assertRaisesRegex(RuntimeError, "the up row of slot 0 differs"):
+                c.verify()
 
 
 class BadInputTest(unittest.TestCase):
