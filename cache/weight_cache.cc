@@ -482,6 +482,16 @@ void WeightCache::ExecutePlan() {
   }
 }
 
+namespace {
+
+// The first row of one part of a packed buffer; null while the buffer is
+// unallocated (capacity 0: no offset may be applied to a null pointer).
+const uint8_t* PartData(const memory::AlignedBuffer& buffer, size_t offset) {
+  return buffer.data() == nullptr ? nullptr : buffer.data() + offset;
+}
+
+}  // namespace
+
 MatrixView WeightCache::gate() const {
   const size_t h = options_.hidden_size;
   if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype};
@@ -491,19 +501,19 @@ MatrixView WeightCache::gate() const {
 
 MatrixView WeightCache::up() const {
   const size_t h = options_.hidden_size;
-  return {up_packed_->data() + UpOffset(), num_active(), h,
+  return {PartData(*up_packed_, UpOffset()), num_active(), h,
           GateUpStride() / DTypeSize(options_.dtype), 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_rows() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_->data() + DownOffset(), num_active(), h,
+  return {PartData(*down_packed_, DownOffset()), num_active(), h,
           DownStride() / DTypeSize(options_.dtype), 1, options_.dtype};
 }
 
 MatrixView WeightCache::down_hidden_major() const {
   const size_t h = options_.hidden_size;
-  return {down_packed_->data() + DownOffset(), h, num_active(), 1,
+  return {PartData(*down_packed_, DownOffset()), h, num_active(), 1,
           DownStride() / DTypeSize(options_.dtype), options_.dtype};
 }
 

@@ -15,8 +15,10 @@
 // GCC 12's avx512fintrin.h passes an intentionally undefined vector into
 // its 256-bit extracts and then warns about it (maybe-uninitialized) where
 // they inline; the warning is about the header, not this code.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <cstdint>
 
 #include "gather/transpose_kernels.h"

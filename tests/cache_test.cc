@@ -21,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "memory/arena.h"
+#include "tests/cache_reference.h"
 #include "platform/simd_level.h"
 #include "platform/threads.h"
 
@@ -37,80 +38,19 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Random weights of the given element size (bytes are bytes to the cache).
-struct Weights {
-  size_t h, i, elem;
-  std::vector<uint8_t> gate, up, down;          // [I,H], [I,H], [H,I]
-  std::vector<uint8_t> down_neuron_major;       // [I,H]
-  // gate, up and down [H, I], the usual case.
-  MlpWeights Gated() const { return View(true, DownLayout::kHiddenMajor); }
-  MlpWeights View(bool has_gate, DownLayout down_layout) const {
-    return {has_gate ? gate.data() : nullptr, up.data(),
-            down_layout == DownLayout::kHiddenMajor ? down.data()
-                                                    : down_neuron_major.data()};
-  }
-};
+using Weights = testing::ReferenceWeights;
+using Config = testing::CacheConfig;
 
 Weights RandomWeights(std::mt19937_64& rng, size_t h, size_t i, size_t elem) {
-  Weights w{h, i, elem, {}, {}, {}, {}};
-  auto fill = [&](std::vector<uint8_t>& v) {
-    v.resize(h * i * elem);
-    for (auto& b : v) b = static_cast<uint8_t>(rng());
-  };
-  fill(w.gate);
-  fill(w.up);
-  fill(w.down);
-  w.down_neuron_major.resize(w.down.size());
-  for (size_t r = 0; r < h; ++r) {
-    for (size_t c = 0; c < i; ++c) {
-      std::memcpy(&w.down_neuron_major[(c * h + r) * elem], &w.down[(r * i + c) * elem],
-                  elem);
-    }
-  }
-  return w;
+  return testing::RandomReferenceWeights(rng, h, i, elem);
 }
 
-// Reference check: every slot holds exactly its neuron's rows, the slots
-// hold exactly the mask's neurons, and the views describe that.
+// Reference check (tests/cache_reference.h): every slot holds exactly its
+// neuron's rows, the slots hold exactly the mask's neurons, the views
+// describe that, and the cache's own Verify() agrees.
 void ExpectMatches(const WeightCache& cache, const Weights& w,
                    const diff::NeuronMask& mask, const std::string& where) {
-  const size_t e = w.elem, h = w.h;
-  const std::vector<uint32_t> expected = mask.ToIndices();
-  ASSERT_EQ(cache.num_active(), expected.size()) << where;
-  std::vector<uint32_t> slots(cache.active_indices().begin(),
-                              cache.active_indices().end());
-  std::vector<uint32_t> sorted = slots;
-  std::sort(sorted.begin(), sorted.end());
-  ASSERT_EQ(sorted, expected) << where << ": slots hold the wrong neurons";
-  ASSERT_EQ(cache.applied_mask(), mask) << where;
-  // The cache's own check must agree with this one.
-  const absl::Status verified = cache.Verify();
-  ASSERT_TRUE(verified.ok()) << where << ": " << verified;
-  const MatrixView gate = cache.gate(), up = cache.up(), down = cache.down_rows();
-  const MatrixView down_t = cache.down_hidden_major();
-  ASSERT_EQ(down_t.rows, h);
-  ASSERT_EQ(down_t.cols, expected.size());
-  for (size_t s = 0; s < slots.size(); ++s) {
-    const size_t n = slots[s];
-    auto row = [&](const MatrixView& v) {
-      return static_cast<const uint8_t*>(v.data) + s * v.row_stride * e;
-    };
-    if (cache.has_gate()) {
-      ASSERT_EQ(0, std::memcmp(row(gate), &w.gate[n * h * e], h * e))
-          << where << ": gate row of slot " << s << " (neuron " << n << ")";
-    }
-    ASSERT_EQ(0, std::memcmp(row(up), &w.up[n * h * e], h * e))
-        << where << ": up row of slot " << s << " (neuron " << n << ")";
-    for (size_t r = 0; r < h; ++r) {
-      // down column n of [H, I], through both views.
-      const uint8_t* expected_elem = &w.down[(r * w.i + n) * e];
-      ASSERT_EQ(0, std::memcmp(row(down) + r * e, expected_elem, e))
-          << where << ": down of slot " << s << " (neuron " << n << "), row " << r;
-      const uint8_t* via_t = static_cast<const uint8_t*>(down_t.data) +
-                             (r * down_t.row_stride + s * down_t.col_stride) * e;
-      ASSERT_EQ(0, std::memcmp(via_t, expected_elem, e)) << where;
-    }
-  }
+  ASSERT_EQ(testing::CompareWithReference(cache, w, mask), "") << where;
 }
 
 WeightCacheOptions ShapeOptions(size_t hidden, size_t intermediate) {
@@ -119,25 +59,6 @@ WeightCacheOptions ShapeOptions(size_t hidden, size_t intermediate) {
   options.intermediate_size = intermediate;
   return options;
 }
-
-struct Config {
-  SimdLevel simd;
-  DType dtype;
-  bool has_gate;
-  PackedLayout layout;
-  SourceOwnership ownership;
-  DownLayout down_layout;
-  int threads;
-  size_t tolerance;
-  std::string Describe() const {
-    return absl::StrFormat(
-        "%s %s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d",
-        SimdLevelName(simd), DTypeName(dtype),
-        has_gate, PackedLayoutName(layout),
-        ownership == SourceOwnership::kCopy ? "copy" : "borrow",
-        down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance);
-  }
-};
 
 // Next mask of a random sequence: the kinds every cache must survive.
 diff::NeuronMask NextMask(std::mt19937_64& rng, const diff::NeuronMask& current) {

@@ -9,6 +9,9 @@ packages=(
   bazel-rules-java     # required by Bazel's toolchain resolution, even for C++
   bazel-skylib
   g++
+  clang                # the fuzz targets (--config=fuzz): clang 14,
+  libclang-rt-14-dev   # libFuzzer and clang's sanitizer runtimes,
+  libomp-dev           # and LLVM's OpenMP runtime for clang builds
   libabsl-dev
   libgtest-dev
   libgmock-dev
