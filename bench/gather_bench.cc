@@ -8,8 +8,10 @@
 // a matrix of at least 128 MiB (8192 rows, I of the llama presets, or more
 // for short rows) into a packed matrix, against a memcpy of as many bytes
 // from a moving window of the same matrix; both destinations rotate over
-// 128 MiB of windows, so both write to lines that are not in the caches. Transpose: the down_proj [H, I] matrices of ../shared/WORKLOADS.md
-// to [I, H], fp32 and bf16, plus the naive column loop for reference. Strided
+// 128 MiB of windows, so both write to lines that are not in the caches.
+// Transpose: the down_proj [H, I] matrices of real models (the presets
+// below) to [I, H], fp32 and bf16, plus the naive column loop for
+// reference. Strided
 // row copy: the gate part of fused [A, 3H] rows into [A, H].
 #include <algorithm>
 #include <cstring>

@@ -17,8 +17,7 @@
 //     writes, and all copies of a plan may run at once, in any order.
 // Slots are filled in ascending order with the neurons in ascending order,
 // so both the source rows and the destination slots of the copies advance
-// through memory (measured: 4-10% faster updates than pairing in removal
-// order).
+// through memory (faster than pairing in removal order; docs/performance.md).
 // PlanRepack instead lays every active neuron out afresh, in ascending
 // order, all loads (used when most of the set changes anyway).
 //

@@ -29,9 +29,7 @@
 // the caller's arrays may be freed after Create. That storage is fused per
 // neuron ([gate row | up row | down row], one [I, 3H] array), so loading a
 // neuron is one contiguous read instead of three short ones far apart
-// (measured against borrowed separate sources, same process, alternating:
-// fp32 llama-3.2-3b updates 5-17% faster at churn 0.10-0.25, equal at
-// 0.02; bf16 within +-10% noise). With kBorrow it reads gate,
+// (docs/design.md, "Fused sources"). With kBorrow it reads gate,
 // up (and down, when given neuron-major) in place: those arrays must stay
 // alive and unchanged for the cache's whole lifetime. memory_bytes() reports
 // what the cache itself holds. Storage comes from the heap (huge-page
@@ -64,7 +62,7 @@
 // OpenMP threads, work split over the team the runtime actually starts
 // (from the calling thread's OpenMP pool: an update after tens of
 // milliseconds without any parallel region first wakes sleeping workers,
-// ~100 us on the development VM; see README, "Main job").
+// ~100 us on the development VM; docs/performance.md).
 #ifndef SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 #define SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 
@@ -94,9 +92,7 @@ enum class PackedLayout {
   // up | down without a gate): views are strided (row stride 3H), and a
   // loaded neuron is one contiguous write, as it is one contiguous read of
   // the cache's fused sources (one piece per neuron for the copy kernel,
-  // gather/row_gather.h). Measured against kSplit in the same process,
-  // alternating: updates 4-30% faster (llama-3.2-3b, fp32 and bf16, churn
-  // 0.02-0.25; README, "Main job").
+  // gather/row_gather.h): the fastest updates (docs/performance.md).
   kFusedRows,
 };
 
@@ -113,11 +109,9 @@ enum class DownLayout {
 struct WeightCacheOptions {
   // Repack when max(|added|, |removed|) >= repack_fraction x new A. A
   // repack writes all A rows where the differential plan writes max(|added|,
-  // |removed|); its in-order reads and writes run faster per byte but not
-  // enough to pay for the extra rows: on llama-3.2-3b fp32 at churn 0.9 the
-  // differential update took 4.8-4.9 ms, a repack 5.3-5.4 ms (//bench:cache
-  // --repack_fraction). So by default a repack happens only when every slot
-  // changes anyway (same bytes, rows left in ascending order).
+  // |removed|); its in-order copies are faster per byte but not enough to pay
+  // for the extra rows (docs/design.md, "Repack threshold"), so by default
+  // a repack happens only when every slot changes anyway.
   static constexpr double kDefaultRepackFraction = 1.0;
 
   size_t hidden_size = 0;        // H > 0

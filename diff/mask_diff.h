@@ -8,11 +8,11 @@
 // words, the words are split into one contiguous chunk per thread; each
 // thread counts its chunk's changes, a prefix sum gives each chunk its
 // output offset, and each thread writes its chunk's indices there (an
-// ordered merge: the output is identical to the serial one). The parallel
-// region costs ~7 us here, while real layers (I <= ~32k neurons) diff in
-// 0.02-2 us on one thread, so the default threshold keeps them serial and
-// only masks of 256k+ neurons go parallel (measured with //bench:diff,
-// 2 threads: 262k neurons 28.8 -> 23.0 us, 1M neurons 433 -> 191 us).
+// ordered merge: the output is identical to the serial one). A parallel
+// region costs more than a real layer's whole diff (I <= ~32k neurons diff
+// in microseconds on one thread), so the default threshold keeps them
+// serial and only masks of 256k+ neurons go parallel (//bench:diff;
+// docs/performance.md).
 //
 // Thread-compatible: concurrent calls on distinct outputs are fine. The
 // output vectors are resized, reusing their capacity: a caller that keeps

@@ -13,16 +13,15 @@
 // one huge row and a list of thousands of small ones both use every thread.
 // Each thread copies its share row by row, touching each 4 KiB page of the
 // row two ahead with one prefetch so its TLB walk and DRAM page opening
-// overlap the current copy (scattered 12 KiB rows: 19 -> 25 GB/s;
-// prefetching every line of the next row at once instead was 10-20% slower
-// than nothing). Gathers of kStreamingGatherMinBytes or more write with
-// non-temporal stores at the AVX2 / AVX-512 levels (gather/stream_copy.h;
-// no read-for-ownership of scattered destination lines) and prefetch the
-// source one line per line copied, 6 KiB ahead across row boundaries, so a
-// row's first lines do not wait on a restarting hardware prefetcher (8 KiB
-// rows: 1.40 -> 1.07x the memcpy floor); smaller ones, and the kScalar
-// level, copy with memcpy. Gathers smaller than
-// kParallelGatherMinBytes run on the calling thread (see parallel_copy.h).
+// overlap the current copy. Gathers of kStreamingGatherMinBytes or more
+// write with non-temporal stores at the AVX2 / AVX-512 levels
+// (gather/stream_copy.h; no read-for-ownership of scattered destination
+// lines) and prefetch the source one line per line copied, 6 KiB ahead
+// across row boundaries, so a row's first lines do not wait on a
+// restarting hardware prefetcher (docs/design.md, "Page touches and
+// read-ahead"); smaller ones, and the kScalar level, copy with memcpy.
+// Gathers smaller than kParallelGatherMinBytes run on the calling thread
+// (see parallel_copy.h).
 //
 // Preconditions the caller keeps (not checked, they cost O(n log n)): no two
 // copies write the same destination row, and no destination row is also a
@@ -106,10 +105,8 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
 // is usually read next, so it is left in the caches). Errors
 // (InvalidArgument, nothing written): row_bytes larger than either stride,
 // num_rows beyond either matrix, a null matrix with rows to copy, a size
-// that overflows. Measured (//bench:gather, BM_CopyRows): the 6 KiB gate
-// parts of 4096 fused rows, 2 threads, 0.79 of a contiguous memcpy of the
-// same bytes (1 thread: 0.77, half the bandwidth). The two
-// matrices must not overlap. Thread-safe for disjoint destinations; no
+// that overflows. (Speed: //bench:gather, BM_CopyRows.) The two matrices
+// must not overlap. Thread-safe for disjoint destinations; no
 // allocation; O(num_rows x row_bytes).
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                       size_t num_rows, int num_threads);

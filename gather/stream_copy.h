@@ -5,9 +5,7 @@
 // than the caches and are not read back by the copying thread. An ordinary
 // store first reads every destination line (read-for-ownership), which for
 // scattered rows runs at the speed of scattered reads; streaming stores skip
-// that read. Measured on 1230 scattered 12 KiB rows, 2 threads, with the
-// page touches of row_gather.cc: memcpy 26 GB/s, streaming 28-29 GB/s
-// (4 KiB rows: 21 -> 23 GB/s).
+// that read (docs/performance.md has the figures).
 //
 // The sources are scattered too, and the hardware prefetchers restart at
 // every row: each row would begin with demand misses, one memory latency

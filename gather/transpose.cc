@@ -211,7 +211,7 @@ absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
   auto* out = static_cast<uint8_t*>(dst.data);
   const int threads = ThreadsFor(rows * cols * elem_bytes, options.num_threads);
 
-  // One staging tile per thread, allocated per call (128 KiB each): the
+  // One staging tile per thread, allocated per call (144 KiB each): the
   // transpose runs once per weight matrix, and a buffer owned by the call
   // keeps the function reentrant.
   const size_t staging_stride = StagingStride(kernel, elem_bytes);

@@ -20,15 +20,14 @@
 // num_threads OpenMP threads (one thread below 1 MiB). kScalar is the plain
 // per-element path, in place.
 //
-// Measured (//bench:gather, 2 threads, this project's EPYC VM): fp32
-// 0.53-0.85 of memcpy bandwidth across the WORKLOADS.md shapes, bf16
-// 0.51-0.78 (unstaged: 0.44-0.59 and 0.31); a naive column loop reaches
-// 0.04-0.07.
+// Speed: about half of a memcpy of the same bytes, ten times a naive column
+// loop (//bench:gather; docs/performance.md).
 //
 // Thread-safe for disjoint destinations. O(rows x cols). Allocation:
-// Transpose allocates one 128 KiB staging tile per thread per call (freed
-// before it returns; ResourceExhausted if that fails); GatherColumns
-// allocates nothing.
+// Transpose allocates one staging tile per thread per call (tile rows x
+// padded tile row: 256 x 576 B = 144 KiB at the SIMD levels; freed before
+// it returns; ResourceExhausted if that fails); GatherColumns allocates
+// nothing.
 #ifndef SPARSE_MLP_GATHER_TRANSPOSE_H_
 #define SPARSE_MLP_GATHER_TRANSPOSE_H_
 

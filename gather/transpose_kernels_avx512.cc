@@ -1,13 +1,15 @@
-// AVX-512 (BW) transpose of 16-bit elements.
+// AVX-512 (F/BW/VL/DQ) tile transposes of 16-bit and 32-bit elements.
 //
-// The 8x8 SSE kernel spends 24 shuffles on 64 bf16/fp16 elements, and in
-// cache it ran at only half the fp32 rate per byte. Here a 16-row x 8-column
-// block (128 elements) takes 8 two-source word permutes (VPERMT2W): rows are
-// loaded four to a register, a first round gathers each column group of 8
-// rows, a second joins the two 8-row halves into two full 16-element
-// destination rows per register. Destination rows get 32-byte pieces,
-// written with streaming stores when aligned (see transpose_kernels_avx2.cc).
-// Remaining rows and columns go to the AVX2 / scalar kernels.
+// The main kernels take whole 64-byte lines in and write whole lines out:
+// Block32x32Bits16 (32 x 32 bf16/fp16 elements) and Block16x16Bits32
+// (16 x 16 fp32), each an 8x8 (resp. 4x4) transpose inside the 128-bit
+// lanes followed by a 4x4 transpose of the lanes (StoreLaneTranspose), so a
+// destination row receives a full line per block, written with a streaming
+// store. FullLineBlocks walks a staged tile block column by block column
+// (long write runs per destination row). The edges of a tile that do not
+// fill a full-line block go to Block32x8 / Block16x8 (two-source word
+// permutes, VPERMT2W, over sub-line loads) and then to the AVX2 / scalar
+// kernels.
 #include <immintrin.h>
 
 #include <array>
