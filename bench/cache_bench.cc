@@ -102,10 +102,6 @@ constexpr Preset kPresets[] = {{"llama-3.2-1b", 2048, 8192},
                                {"mistral-7b", 4096, 14336},
                                {"llama-3-8b", 4096, 14336}};
 
-constexpr cache::PackedLayout kLayouts[] = {cache::PackedLayout::kSplit,
-                                            cache::PackedLayout::kInterleavedGateUp,
-                                            cache::PackedLayout::kFusedRows};
-
 memory::AlignedBuffer Buffer(size_t bytes, int fill) {
   memory::AlignedBuffer b = *memory::AlignedBuffer::Allocate(
       std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
@@ -451,32 +447,25 @@ int Main() {
   }
   std::vector<DType> dtypes;
   for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
-    if (name == "float32") {
-      dtypes.push_back(DType::kFloat32);
-    } else if (name == "bfloat16") {
-      dtypes.push_back(DType::kBFloat16);
-    } else if (name == "float16") {
-      dtypes.push_back(DType::kFloat16);
-    } else {
-      std::fprintf(stderr, "error: unknown dtype '%s' in --dtypes\n", std::string(name).c_str());
+    const absl::StatusOr<DType> dtype = cache::ParseDType(name);
+    if (!dtype.ok()) {
+      std::fprintf(stderr, "error: --dtypes: %s\n", dtype.status().ToString().c_str());
       return 2;
     }
+    dtypes.push_back(*dtype);
   }
   std::vector<cache::PackedLayout> layouts;
   for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_layouts), ',')) {
-    const auto* found =
-        std::find_if(std::begin(kLayouts), std::end(kLayouts),
-                     [&](cache::PackedLayout l) { return name == cache::PackedLayoutName(l); });
-    if (found == std::end(kLayouts)) {
-      std::fprintf(stderr, "error: unknown layout '%s' in --layouts\n",
-                   std::string(name).c_str());
+    const absl::StatusOr<cache::PackedLayout> layout = cache::ParsePackedLayout(name);
+    if (!layout.ok()) {
+      std::fprintf(stderr, "error: --layouts: %s\n", layout.status().ToString().c_str());
       return 2;
     }
-    if (*found == cache::PackedLayout::kInterleavedGateUp && !absl::GetFlag(FLAGS_gate)) {
+    if (*layout == cache::PackedLayout::kInterleavedGateUp && !absl::GetFlag(FLAGS_gate)) {
       std::fprintf(stderr, "error: the interleaved layout needs --gate\n");
       return 2;
     }
-    layouts.push_back(*found);
+    layouts.push_back(*layout);
   }
   std::vector<std::pair<std::string, double>> churns;
   for (absl::string_view text : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
@@ -498,19 +487,12 @@ int Main() {
   }
   const size_t h = preset->hidden, n = preset->intermediate;
   const std::string simd_name = absl::GetFlag(FLAGS_simd);
-  SimdLevel simd;
-  if (simd_name == "best") {
-    simd = SimdLevel::kBest;
-  } else if (simd_name == "avx512") {
-    simd = SimdLevel::kAvx512;
-  } else if (simd_name == "avx2") {
-    simd = SimdLevel::kAvx2;
-  } else if (simd_name == "scalar") {
-    simd = SimdLevel::kScalar;
-  } else {
-    std::fprintf(stderr, "error: unknown --simd=%s\n", simd_name.c_str());
+  const absl::StatusOr<SimdLevel> parsed_simd = ParseSimdLevel(simd_name);
+  if (!parsed_simd.ok()) {
+    std::fprintf(stderr, "error: --simd: %s\n", parsed_simd.status().ToString().c_str());
     return 2;
   }
+  const SimdLevel simd = *parsed_simd;
   if (!IsSupported(simd)) {
     std::fprintf(stderr, "error: this CPU does not support --simd=%s\n", simd_name.c_str());
     return 2;

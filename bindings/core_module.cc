@@ -339,11 +339,9 @@ class DLPackView {
 };
 
 cache::PackedLayout ParseLayout(const std::string& layout) {
-  if (layout == "split") return cache::PackedLayout::kSplit;
-  if (layout == "interleaved") return cache::PackedLayout::kInterleavedGateUp;
-  if (layout == "fused") return cache::PackedLayout::kFusedRows;
-  throw py::value_error(
-      absl::StrFormat("layout must be 'split', 'interleaved' or 'fused', got '%s'", layout));
+  absl::StatusOr<cache::PackedLayout> parsed = cache::ParsePackedLayout(layout);
+  ThrowIfError(parsed.status());
+  return *parsed;
 }
 
 class PyWeightCache {

@@ -5,24 +5,30 @@
 
 #include <cstddef>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "platform/enum_names.h"
+
 namespace sparse_mlp::cache {
 
 enum class DType { kFloat32, kBFloat16, kFloat16 };
+
+inline constexpr EnumName<DType> kDTypeNames[] = {
+    {DType::kFloat32, "float32"},
+    {DType::kBFloat16, "bfloat16"},
+    {DType::kFloat16, "float16"},
+};
 
 constexpr size_t DTypeSize(DType dtype) {
   return dtype == DType::kFloat32 ? 4 : 2;
 }
 
-constexpr const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kBFloat16:
-      return "bfloat16";
-    case DType::kFloat16:
-      return "float16";
-  }
-  return "unknown";
+// "float32", "bfloat16", "float16".
+constexpr const char* DTypeName(DType dtype) { return NameOf(kDTypeNames, dtype); }
+
+// The inverse of DTypeName; InvalidArgument naming the choices otherwise.
+inline absl::StatusOr<DType> ParseDType(absl::string_view name) {
+  return ParseName(kDTypeNames, name, "dtype");
 }
 
 }  // namespace sparse_mlp::cache

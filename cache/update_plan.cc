@@ -3,6 +3,8 @@
 #include <cassert>
 #include <cstddef>
 
+#include "memory/size_math.h"
+
 namespace sparse_mlp::cache {
 namespace {
 
@@ -16,7 +18,7 @@ namespace {
 class FreedSlots {
  public:
   FreedSlots(std::vector<uint64_t>* bits, size_t limit)
-      : bits_(*bits), num_words_((limit + 63) / 64) {
+      : bits_(*bits), num_words_(memory::WordsForBits(limit)) {
     // The cache sizes the scratch for I slots at construction; only a
     // caller that did not pays this allocation (zero-filled, as required).
     if (bits_.size() < num_words_) bits_.resize(num_words_, 0);

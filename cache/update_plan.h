@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "gather/row_gather.h"
+#include "gather/row_types.h"
 
 namespace sparse_mlp::cache {
 

@@ -87,18 +87,6 @@ class WeightCache::MutationScope {
   const bool held_;
 };
 
-const char* PackedLayoutName(PackedLayout layout) {
-  switch (layout) {
-    case PackedLayout::kSplit:
-      return "split";
-    case PackedLayout::kInterleavedGateUp:
-      return "interleaved";
-    case PackedLayout::kFusedRows:
-      return "fused";
-  }
-  return "unknown";
-}
-
 absl::StatusOr<memory::AlignedBuffer> WeightCache::Allocate(size_t bytes) const {
   if (options_.arena != nullptr) return options_.arena->Allocate(bytes);
   return memory::AlignedBuffer::Allocate(bytes, memory::kCacheLineBytes,
@@ -245,7 +233,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   cache.diff_.removed.reserve(num_neurons);
   cache.plan_.loads.reserve(num_neurons);
   cache.plan_.moves.reserve(num_neurons);
-  cache.plan_.freed.assign((num_neurons + 63) / 64, 0);
+  cache.plan_.freed.assign(memory::WordsForBits(num_neurons), 0);
   cache.active_scratch_.reserve(num_neurons);
   cache.gate_packed_ = std::make_shared<memory::AlignedBuffer>();
   cache.up_packed_ = std::make_shared<memory::AlignedBuffer>();

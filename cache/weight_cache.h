@@ -74,6 +74,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "cache/dtype.h"
 #include "cache/update_plan.h"
@@ -81,6 +82,7 @@
 #include "diff/neuron_mask.h"
 #include "memory/aligned_buffer.h"
 #include "memory/arena.h"
+#include "platform/enum_names.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::cache {
@@ -96,8 +98,20 @@ enum class PackedLayout {
   kFusedRows,
 };
 
-// "split", "interleaved", "fused".
-const char* PackedLayoutName(PackedLayout layout);
+inline constexpr EnumName<PackedLayout> kPackedLayoutNames[] = {
+    {PackedLayout::kSplit, "split"},
+    {PackedLayout::kInterleavedGateUp, "interleaved"},
+    {PackedLayout::kFusedRows, "fused"},
+};
+
+// "split", "interleaved", "fused", and back (InvalidArgument naming the
+// choices for any other name).
+constexpr const char* PackedLayoutName(PackedLayout layout) {
+  return NameOf(kPackedLayoutNames, layout);
+}
+inline absl::StatusOr<PackedLayout> ParsePackedLayout(absl::string_view name) {
+  return ParseName(kPackedLayoutNames, name, "layout");
+}
 
 enum class SourceOwnership { kCopy, kBorrow };
 

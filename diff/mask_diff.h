@@ -27,15 +27,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "diff/mask_diff_types.h"
 #include "diff/neuron_mask.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::diff {
 
-struct MaskDiff {
-  std::vector<uint32_t> added;    // active after, not before; ascending
-  std::vector<uint32_t> removed;  // active before, not after; ascending
-};
 
 struct DiffOptions {
   // 2048 words = 128k neurons per thread (see the header comment).

@@ -6,7 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "diff/mask_diff.h"
+#include "diff/mask_diff_types.h"
+#include "platform/simd_level.h"
 
 namespace sparse_mlp::diff::internal {
 

@@ -18,12 +18,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "memory/size_math.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::diff {
 
 // 64-bit words needed for n neurons.
-constexpr size_t WordsForNeurons(size_t n) { return (n + 63) / 64; }
+constexpr size_t WordsForNeurons(size_t n) { return memory::WordsForBits(n); }
 
 // words[w] bit b = (bytes[64 w + b] != 0) for the n bytes; writes
 // WordsForNeurons(n) words, zero bits past n.

@@ -40,7 +40,7 @@ SPARSE_MLP_AVX512 inline size_t SumLanes(__m512i v) {
 
 SPARSE_MLP_AVX512 void PackBytesAvx512(const uint8_t* bytes, size_t n,
                                        uint64_t* words) {
-  const size_t num_words = (n + 63) / 64;
+  const size_t num_words = WordsForNeurons(n);
   for (size_t w = 0; w < num_words; ++w) {
     const __m512i v = LoadBytes(bytes + w * 64, n - w * 64);
     words[w] = _mm512_test_epi8_mask(v, v);
@@ -49,7 +49,7 @@ SPARSE_MLP_AVX512 void PackBytesAvx512(const uint8_t* bytes, size_t n,
 
 SPARSE_MLP_AVX512 void PackBytesUnionAvx512(const uint8_t* bytes, size_t rows,
                                             size_t n, uint64_t* words) {
-  const size_t num_words = (n + 63) / 64;
+  const size_t num_words = WordsForNeurons(n);
   for (size_t w = 0; w < num_words; ++w) {
     __m512i acc = _mm512_setzero_si512();
     for (size_t r = 0; r < rows; ++r) {

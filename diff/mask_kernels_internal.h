@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "diff/mask_kernels.h"
+
 namespace sparse_mlp::diff::internal {
 
 #define SPARSE_MLP_DECLARE_MASK_KERNELS(suffix)                                \

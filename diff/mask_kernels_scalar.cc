@@ -8,7 +8,7 @@
 namespace sparse_mlp::diff::internal {
 
 void PackBytesScalar(const uint8_t* bytes, size_t n, uint64_t* words) {
-  const size_t num_words = (n + 63) / 64;
+  const size_t num_words = WordsForNeurons(n);
   for (size_t w = 0; w < num_words; ++w) words[w] = 0;
   for (size_t i = 0; i < n; ++i) {
     if (bytes[i] != 0) words[i / 64] |= uint64_t{1} << (i % 64);
@@ -17,7 +17,7 @@ void PackBytesScalar(const uint8_t* bytes, size_t n, uint64_t* words) {
 
 void PackBytesUnionScalar(const uint8_t* bytes, size_t rows, size_t n,
                           uint64_t* words) {
-  const size_t num_words = (n + 63) / 64;
+  const size_t num_words = WordsForNeurons(n);
   for (size_t w = 0; w < num_words; ++w) words[w] = 0;
   for (size_t r = 0; r < rows; ++r) {
     const uint8_t* row = bytes + r * n;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "diff/mask_kernels.h"
+#include "memory/size_math.h"
 
 namespace sparse_mlp::diff {
 namespace {
@@ -125,9 +126,9 @@ absl::Status NeuronMask::AssignByteRowsUnion(absl::Span<const uint8_t> matrix,
     return absl::InvalidArgumentError(
         "a [tokens, I] byte matrix needs at least one token row, got 0 rows");
   }
-  size_t expected;
-  if (__builtin_mul_overflow(rows, num_neurons_, &expected) ||
-      matrix.size() != expected) {
+  const absl::StatusOr<size_t> expected = memory::CheckedMul(rows, num_neurons_);
+  if (!expected.ok()) return expected.status();
+  if (matrix.size() != *expected) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "byte matrix has %u entries, expected %u rows x %u neurons",
         matrix.size(), rows, num_neurons_));

@@ -13,7 +13,7 @@ namespace sparse_mlp::gather {
 absl::Status ParallelCopy(void* dst, const void* src, size_t bytes, int num_threads) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   if (bytes == 0) return absl::OkStatus();
-  if (num_threads == 1 || bytes < kParallelCopyMinBytes) {
+  if (num_threads == 1 || bytes < kParallelMinBytes) {
     std::memcpy(dst, src, bytes);
     return absl::OkStatus();
   }

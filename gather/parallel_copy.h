@@ -4,9 +4,8 @@
 // `num_threads` OpenMP threads. Each thread copies one contiguous,
 // cache-line aligned share with the C library's memcpy (already the best
 // SIMD copy for the CPU), so the result is byte-identical to one memcpy.
-// Copies shorter than kParallelCopyMinBytes run on the calling thread: up to
-// about the per-core L2 size one core already copies at cache speed and a
-// second thread only adds its wake-up (//bench:memcpy_floor).
+// Copies shorter than kParallelMinBytes (gather/partition.h) run on the
+// calling thread.
 //
 // Threading: num_threads == 1 copies on the calling thread; otherwise an
 // OpenMP parallel region of that many threads, the bytes split over the team
@@ -20,10 +19,9 @@
 #include <cstddef>
 
 #include "absl/status/status.h"
+#include "gather/partition.h"
 
 namespace sparse_mlp::gather {
-
-inline constexpr size_t kParallelCopyMinBytes = size_t{1} << 20;
 
 absl::Status ParallelCopy(void* dst, const void* src, size_t bytes, int num_threads);
 

@@ -12,6 +12,12 @@
 
 namespace sparse_mlp::gather {
 
+// Copies, gathers and transposes of fewer bytes run on the calling thread:
+// up to about a core's L2 a single core already moves them at cache speed
+// and a second thread only adds its wake-up (//bench:memcpy_floor). The one
+// threshold of every parallel kernel in gather/.
+inline constexpr size_t kParallelMinBytes = size_t{1} << 20;
+
 class BytePartition {
  public:
   static constexpr size_t kGranuleBytes = 64;

@@ -8,6 +8,8 @@
 #include "absl/strings/str_format.h"
 #include "gather/partition.h"
 #include "gather/stream_copy.h"
+#include "memory/size_math.h"
+#include "platform/store_fence.h"
 #include "platform/threads.h"
 
 namespace sparse_mlp::gather {
@@ -27,10 +29,9 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
                       absl::Span<const RowCopy> copies) {
   if (copies.empty() || row_bytes == 0) return absl::OkStatus();
   if (absl::Status s = CheckRowFitsStrides(src, dst, row_bytes); !s.ok()) return s;
-  size_t total;
-  if (__builtin_mul_overflow(copies.size(), row_bytes, &total)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%u copies of %u-byte rows overflow size_t", copies.size(), row_bytes));
+  if (absl::StatusOr<size_t> total = memory::CheckedMul(copies.size(), row_bytes);
+      !total.ok()) {
+    return total.status();
   }
   if (src.data == nullptr || dst.data == nullptr) {
     return absl::InvalidArgumentError("row gather on a null matrix");
@@ -223,7 +224,7 @@ void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
 }
 
 // Runs copy_range(begin, end) over bytes [0, total) of a copy: on the
-// calling thread below kParallelGatherMinBytes or with one thread, else one
+// calling thread below kParallelMinBytes or with one thread, else one
 // cache-line aligned share per OpenMP thread (gather/partition.h).
 // The split is over the team OpenMP actually started: under
 // OMP_THREAD_LIMIT or OMP_DYNAMIC it may be smaller than num_threads, and a
@@ -231,7 +232,7 @@ void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
 // uncopied.
 template <typename CopyRangeFn>
 void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_range) {
-  if (num_threads <= 1 || total < kParallelGatherMinBytes) {
+  if (num_threads <= 1 || total < kParallelMinBytes) {
     copy_range(size_t{0}, total);
     return;
   }
@@ -289,12 +290,13 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
   for (size_t g = 0; g < layout.num_groups; ++g) {
     BatchLayout::Group& group = layout.groups[g];
     group.begin = layout.total;
-    size_t bytes;
     // Each job's copies x row_bytes was validated; their sum may still wrap.
-    if (__builtin_mul_overflow(group.num_copies, group.copy_bytes, &bytes) ||
-        __builtin_add_overflow(layout.total, bytes, &layout.total)) {
-      return absl::InvalidArgumentError("gather batch size overflows size_t");
-    }
+    const absl::StatusOr<size_t> bytes =
+        memory::CheckedMul(group.num_copies, group.copy_bytes);
+    if (!bytes.ok()) return bytes.status();
+    const absl::StatusOr<size_t> total = memory::CheckedAdd(layout.total, *bytes);
+    if (!total.ok()) return total.status();
+    layout.total = *total;
   }
   const size_t total = layout.total;
   if (total == 0) return absl::OkStatus();
@@ -308,7 +310,7 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
   auto copy_range = [&](size_t begin, size_t end) {
     if (streaming) {
       CopyRange<true>(copy, walked_jobs, layout, begin, end);
-      internal::FinishStreamCopies();
+      FinishStreamingStores();
     } else {
       CopyRange<false>(copy, walked_jobs, layout, begin, end);
     }
@@ -337,11 +339,9 @@ absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
   if (src.data == nullptr || dst.data == nullptr) {
     return absl::InvalidArgumentError("row copy on a null matrix");
   }
-  size_t total;
-  if (__builtin_mul_overflow(num_rows, row_bytes, &total)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%u rows of %u bytes overflow size_t", num_rows, row_bytes));
-  }
+  const absl::StatusOr<size_t> checked_total = memory::CheckedMul(num_rows, row_bytes);
+  if (!checked_total.ok()) return checked_total.status();
+  const size_t total = *checked_total;
   const auto* in = static_cast<const uint8_t*>(src.data);
   auto* out = static_cast<uint8_t*>(dst.data);
   // Bytes [begin, end) of the rows laid end to end.

@@ -1,10 +1,10 @@
 // Row gather/scatter between row-major matrices: the building block of every
 // cache update.
 //
-// A matrix is described by RowsView (base pointer, row count, stride in
-// bytes); a copy is a list of (source row, destination row) pairs. Rows are
-// raw bytes: the element type only matters through row_bytes (4-byte fp32,
-// 2-byte bf16/fp16, anything else).
+// A matrix is described by RowsView (gather/row_types.h: base pointer, row
+// count, stride in bytes); a copy is a list of (source row, destination row)
+// pairs. Rows are raw bytes: the element type only matters through
+// row_bytes (4-byte fp32, 2-byte bf16/fp16, anything else).
 //
 // Execution: the copies' total bytes are split evenly over the threads of
 // one OpenMP region of num_threads threads (over the team the runtime
@@ -20,8 +20,8 @@
 // across row boundaries, so a row's first lines do not wait on a
 // restarting hardware prefetcher (docs/design.md, "Page touches and
 // read-ahead"); smaller ones, and the kScalar level, copy with memcpy.
-// Gathers smaller than kParallelGatherMinBytes run on the calling thread
-// (see parallel_copy.h).
+// Gathers smaller than kParallelMinBytes run on the calling thread
+// (gather/partition.h).
 //
 // Preconditions the caller keeps (not checked, they cost O(n log n)): no two
 // copies write the same destination row, and no destination row is also a
@@ -40,31 +40,15 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "gather/partition.h"
+#include "gather/row_types.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::gather {
 
-inline constexpr size_t kParallelGatherMinBytes = size_t{1} << 20;
+// Streaming stores only pay for gathers larger than the caches; below, the
+// rows would just have to be fetched back by the caller.
 inline constexpr size_t kStreamingGatherMinBytes = size_t{1} << 20;
-
-// A row-major matrix of raw bytes. A non-owning view: the memory must stay
-// valid for the call it is passed to.
-struct ConstRowsView {
-  const void* data = nullptr;
-  size_t num_rows = 0;
-  size_t stride_bytes = 0;
-};
-
-struct RowsView {
-  void* data = nullptr;
-  size_t num_rows = 0;
-  size_t stride_bytes = 0;
-};
-
-struct RowCopy {
-  uint32_t src_row;
-  uint32_t dst_row;
-};
 
 // One matrix-to-matrix gather of a batch.
 struct RowGatherJob {

@@ -72,8 +72,6 @@ __attribute__((target("avx512f"))) void StreamCopyAvx512(uint8_t* dst, const uin
   Progress(ahead, head + (bytes - body_end));
 }
 
-void FinishStreamCopies() { _mm_sfence(); }
-
 RowCopyFn SelectRowCopy(SimdLevel level) {
   switch (Resolve(level)) {
     case SimdLevel::kAvx512:

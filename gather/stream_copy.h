@@ -16,8 +16,9 @@
 //
 // StreamCopy* write the 64-byte aligned body of [dst, dst + bytes) with
 // streaming stores and the unaligned head and tail with memcpy; the result
-// is identical to memcpy. The writing thread must call FinishStreamCopies
-// (an sfence) before another thread reads the destination.
+// is identical to memcpy. The writing thread must call
+// FinishStreamingStores (platform/store_fence.h) before another thread
+// reads the destination.
 #ifndef SPARSE_MLP_GATHER_STREAM_COPY_H_
 #define SPARSE_MLP_GATHER_STREAM_COPY_H_
 
@@ -88,7 +89,6 @@ RowCopyFn SelectRowCopy(SimdLevel level);
 
 void StreamCopyAvx2(uint8_t* dst, const uint8_t* src, size_t bytes, ReadAhead* ahead);
 void StreamCopyAvx512(uint8_t* dst, const uint8_t* src, size_t bytes, ReadAhead* ahead);
-void FinishStreamCopies();
 
 }  // namespace sparse_mlp::gather::internal
 

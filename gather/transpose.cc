@@ -8,14 +8,16 @@
 #include <new>
 
 #include "absl/strings/str_format.h"
-#include "platform/threads.h"
+#include "gather/partition.h"
 #include "gather/transpose_kernels.h"
+#include "memory/size_math.h"
+#include "platform/store_fence.h"
+#include "platform/threads.h"
 
 namespace sparse_mlp::gather {
 namespace {
 
 // Below this many bytes a second thread costs more than it saves.
-constexpr size_t kParallelTransposeMinBytes = size_t{1} << 20;
 
 template <size_t kElemBytes>
 void ScalarTile(const uint8_t* src, size_t src_stride, uint8_t* dst,
@@ -115,11 +117,11 @@ absl::Status ValidateMatrices(ConstRowsView src, size_t cols, size_t elem_bytes,
     return absl::InvalidArgumentError(absl::StrFormat(
         "element size %u is not supported (1, 2, 4 or 8 bytes)", elem_bytes));
   }
-  size_t src_row_bytes, dst_row_bytes;
-  if (__builtin_mul_overflow(cols, elem_bytes, &src_row_bytes) ||
-      __builtin_mul_overflow(src.num_rows, elem_bytes, &dst_row_bytes)) {
-    return absl::InvalidArgumentError("matrix row size overflows size_t");
-  }
+  const absl::StatusOr<size_t> src_row = memory::CheckedMul(cols, elem_bytes);
+  if (!src_row.ok()) return src_row.status();
+  const absl::StatusOr<size_t> dst_row = memory::CheckedMul(src.num_rows, elem_bytes);
+  if (!dst_row.ok()) return dst_row.status();
+  const size_t src_row_bytes = *src_row, dst_row_bytes = *dst_row;
   if (src_row_bytes > src.stride_bytes && src.num_rows > 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "source rows of %u columns x %u bytes do not fit the stride of %u bytes",
@@ -152,7 +154,7 @@ size_t BandBegin(size_t n, size_t parts, size_t p) {
 
 // Precondition: num_threads validated (ValidateNumThreads).
 int ThreadsFor(size_t bytes, int num_threads) {
-  return bytes < kParallelTransposeMinBytes ? 1 : num_threads;
+  return bytes < kParallelMinBytes ? 1 : num_threads;
 }
 
 template <size_t kElemBytes>
@@ -261,7 +263,7 @@ absl::Status Transpose(ConstRowsView src, size_t cols, size_t elem_bytes,
                          tile_rows, tile_cols);
       }
     }
-    internal::FinishStreamingStores();
+    FinishStreamingStores();
   }
   return absl::OkStatus();
 }

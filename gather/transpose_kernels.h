@@ -41,10 +41,9 @@ void TileTransposeAvx512Bits16(const uint8_t* src, size_t src_stride,
 // Alignment of the staging tiles the SIMD kernels read from (whole lines).
 inline constexpr size_t kStagingAlignment = 64;
 
-// The SIMD kernels write with non-temporal stores where aligned: call this
-// (an sfence) on the writing thread before the destination is handed to
-// another thread.
-void FinishStreamingStores();
+// The SIMD kernels write with non-temporal stores where aligned: the writing
+// thread calls FinishStreamingStores (platform/store_fence.h) before the
+// destination is handed to another thread.
 
 }  // namespace sparse_mlp::gather::internal
 

@@ -9,7 +9,8 @@
 // 16-byte (16-bit) pieces that the write-combining buffers merge into whole
 // lines. Compiled per function with a target attribute and only reached
 // after the runtime check in transpose.cc; callers sfence
-// (FinishStreamingStores) before another thread reads the destination.
+// (FinishStreamingStores, platform/store_fence.h) before another thread
+// reads the destination.
 #include <immintrin.h>
 
 #include "gather/transpose_8x8.h"
@@ -101,6 +102,5 @@ SPARSE_MLP_AVX2 void TileTransposeAvx2Bits16(const uint8_t* src,
   TileTransposeBlocks<2, Block16>(src, src_stride, dst, dst_stride, rows, cols);
 }
 
-void FinishStreamingStores() { _mm_sfence(); }
 
 }  // namespace sparse_mlp::gather::internal

@@ -25,6 +25,9 @@ absl::StatusOr<size_t> CheckedAdd(size_t a, size_t b);
 // of two (InvalidArgumentError otherwise); OutOfRangeError on overflow.
 absl::StatusOr<size_t> CheckedRoundUp(size_t size, size_t alignment);
 
+// 64-bit words that hold `bits` bits (a bitset over neurons or slots).
+constexpr size_t WordsForBits(size_t bits) { return bits / 64 + (bits % 64 != 0); }
+
 // True for 1, 2, 4, 8, ...
 constexpr bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 

@@ -59,18 +59,4 @@ std::vector<SimdLevel> SupportedSimdLevels() {
   return levels;
 }
 
-const char* SimdLevelName(SimdLevel level) {
-  switch (level) {
-    case SimdLevel::kScalar:
-      return "scalar";
-    case SimdLevel::kAvx2:
-      return "avx2";
-    case SimdLevel::kAvx512:
-      return "avx512";
-    case SimdLevel::kBest:
-      return "best";
-  }
-  return "unknown";
-}
-
 }  // namespace sparse_mlp

@@ -13,6 +13,10 @@
 
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "platform/enum_names.h"
+
 namespace sparse_mlp {
 
 enum class SimdLevel {
@@ -32,7 +36,21 @@ SimdLevel Resolve(SimdLevel level);
 // The supported concrete levels, kScalar first (for tests and benchmarks).
 std::vector<SimdLevel> SupportedSimdLevels();
 
-const char* SimdLevelName(SimdLevel level);
+inline constexpr EnumName<SimdLevel> kSimdLevelNames[] = {
+    {SimdLevel::kScalar, "scalar"},
+    {SimdLevel::kAvx2, "avx2"},
+    {SimdLevel::kAvx512, "avx512"},
+    {SimdLevel::kBest, "best"},
+};
+
+// "scalar", "avx2", "avx512", "best", and back (InvalidArgument naming the
+// choices for any other name).
+constexpr const char* SimdLevelName(SimdLevel level) {
+  return NameOf(kSimdLevelNames, level);
+}
+inline absl::StatusOr<SimdLevel> ParseSimdLevel(absl::string_view name) {
+  return ParseName(kSimdLevelNames, name, "SIMD level");
+}
 
 }  // namespace sparse_mlp
 

@@ -267,6 +267,28 @@ TEST(WeightCacheTest, ConcurrentUpdatesOnOneCacheNeverCorruptIt) {
   std::printf("concurrent updates: %d calls refused\n", refused.load());
 }
 
+// The enum names (platform/enum_names.h) round-trip, and a wrong name is
+// refused with the choices listed.
+TEST(EnumNamesTest, NamesRoundTripAndBadNamesListTheChoices) {
+  for (DType d : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    EXPECT_EQ(*ParseDType(DTypeName(d)), d);
+  }
+  for (PackedLayout l : {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp,
+                         PackedLayout::kFusedRows}) {
+    EXPECT_EQ(*ParsePackedLayout(PackedLayoutName(l)), l);
+  }
+  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512,
+                          SimdLevel::kBest}) {
+    EXPECT_EQ(*ParseSimdLevel(SimdLevelName(level)), level);
+  }
+  EXPECT_THAT(ParseDType("float64").status().message(),
+              HasSubstr("dtype must be one of float32, bfloat16, float16; got 'float64'"));
+  EXPECT_THAT(ParsePackedLayout("Split").status().message(),
+              HasSubstr("layout must be one of split, interleaved, fused; got 'Split'"));
+  EXPECT_EQ(ParseSimdLevel("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_STREQ(DTypeName(static_cast<DType>(9)), "unknown");
+}
+
 TEST(WeightCacheTest, VerifyFindsRowsWrittenThroughAView) {
   std::mt19937_64 rng(86);
   const Weights w = RandomWeights(rng, 8, 64, 4);

@@ -54,8 +54,8 @@ TEST(BytePartitionTest, CoversTheRangeInAlignedNearEqualParts) {
 TEST(ParallelCopyTest, MatchesMemcpyForAnySizeAndThreadCount) {
   std::mt19937_64 rng(11);
   for (size_t bytes : {size_t{0}, size_t{1}, size_t{63}, size_t{65}, size_t{4097},
-                       kParallelCopyMinBytes - 1, kParallelCopyMinBytes,
-                       kParallelCopyMinBytes * 3 + 17}) {
+                       kParallelMinBytes - 1, kParallelMinBytes,
+                       kParallelMinBytes * 3 + 17}) {
     const std::vector<uint8_t> src = RandomBytes(rng, bytes);
     for (int threads : {1, 2, 3, 8}) {
       std::vector<uint8_t> dst(bytes + 1, 0xCC);
