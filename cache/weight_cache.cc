@@ -62,6 +62,12 @@ absl::Status MaskSizeError(size_t got, size_t expected) {
       "mask has %u neurons, the cache has intermediate_size %u", got, expected));
 }
 
+// The first row of one part of a packed buffer; null while the buffer is
+// unallocated (capacity 0: no offset may be applied to a null pointer).
+uint8_t* PartData(memory::AlignedBuffer& buffer, size_t offset) {
+  return buffer.data() == nullptr ? nullptr : buffer.data() + offset;
+}
+
 absl::Status ConcurrentMutationError(const char* method) {
   return absl::FailedPreconditionError(absl::StrFormat(
       "WeightCache::%s called while another call is mutating the same cache; "
@@ -93,40 +99,30 @@ absl::StatusOr<memory::AlignedBuffer> WeightCache::Allocate(size_t bytes) const 
                                          memory::HugePageAdvice::kHugePages);
 }
 
-size_t WeightCache::GateUpStride() const {
-  switch (options_.layout) {
-    case PackedLayout::kSplit:
-      return row_bytes();
-    case PackedLayout::kInterleavedGateUp:
-      return 2 * row_bytes();
-    case PackedLayout::kFusedRows:
+WeightCache::SlotLayout WeightCache::MakeSlotLayout(PackedLayout layout, bool has_gate,
+                                                    size_t rb) {
+  SlotLayout l;
+  switch (layout) {
+    case PackedLayout::kSplit:  // one buffer per part
+      l.slot_bytes[0] = has_gate ? rb : 0;
+      l.slot_bytes[1] = l.slot_bytes[2] = rb;
+      l.buffer[kGatePart] = 0;
+      l.buffer[kUpPart] = 1;
+      l.buffer[kDownPart] = 2;
+      break;
+    case PackedLayout::kInterleavedGateUp:  // [gate | up], [down]
+      l.slot_bytes[0] = 2 * rb;
+      l.slot_bytes[2] = rb;
+      l.buffer[kDownPart] = 2;
+      l.offset[kUpPart] = rb;
+      break;
+    case PackedLayout::kFusedRows:  // [gate | up | down], or [up | down]
+      l.slot_bytes[0] = (has_gate ? 3 : 2) * rb;
+      l.offset[kUpPart] = has_gate ? rb : 0;
+      l.offset[kDownPart] = l.offset[kUpPart] + rb;
       break;
   }
-  return (options_.has_gate ? 3 : 2) * row_bytes();
-}
-
-size_t WeightCache::DownStride() const {
-  return options_.layout == PackedLayout::kFusedRows ? GateUpStride() : row_bytes();
-}
-
-size_t WeightCache::UpOffset() const {
-  return options_.layout != PackedLayout::kSplit && options_.has_gate ? row_bytes() : 0;
-}
-
-size_t WeightCache::DownOffset() const {
-  return options_.layout == PackedLayout::kFusedRows ? UpOffset() + row_bytes() : 0;
-}
-
-WeightCache::PackedArrays WeightCache::Arrays() const {
-  switch (options_.layout) {
-    case PackedLayout::kSplit:
-      return {{options_.has_gate ? row_bytes() : 0, row_bytes(), row_bytes()}, 0, 1, 2};
-    case PackedLayout::kInterleavedGateUp:
-      return {{GateUpStride(), 0, row_bytes()}, 0, 0, 2};
-    case PackedLayout::kFusedRows:
-      break;
-  }
-  return {{GateUpStride(), 0, 0}, 0, 0, 0};
+  return l;
 }
 
 absl::StatusOr<WeightCache> WeightCache::Create(
@@ -135,117 +131,26 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   if (absl::Status s = ValidateOptions(options, weights, initial_mask); !s.ok()) {
     return s;
   }
-  const size_t elem = DTypeSize(options.dtype);
-  absl::StatusOr<size_t> row_bytes = memory::CheckedMul(options.hidden_size, elem);
-  if (!row_bytes.ok()) return row_bytes.status();
-  absl::StatusOr<size_t> matrix_bytes =
-      memory::CheckedMul(*row_bytes, options.intermediate_size);
-  if (!matrix_bytes.ok()) return matrix_bytes.status();
-  // Three rows per slot (fused layouts and sources) and a full packed
-  // array of them must fit too.
-  if (absl::StatusOr<size_t> all = memory::CheckedMul(*matrix_bytes, 3); !all.ok()) {
+  // Three rows per neuron (fused sources and layouts) for every neuron must
+  // fit a size_t; every size derived later is smaller.
+  absl::StatusOr<size_t> rb = memory::CheckedMul(options.hidden_size, DTypeSize(options.dtype));
+  if (!rb.ok()) return rb.status();
+  absl::StatusOr<size_t> matrix = memory::CheckedMul(*rb, options.intermediate_size);
+  if (!matrix.ok()) return matrix.status();
+  if (absl::StatusOr<size_t> all = memory::CheckedMul(*matrix, 3); !all.ok()) {
     return all.status();
   }
 
   WeightCache cache;
   cache.options_ = options;
-  const size_t num_neurons = options.intermediate_size;
-  const int threads = options.num_threads;
-  const bool copy = options.ownership == SourceOwnership::kCopy;
-
-  // Writes the neuron-major [I, H] form of a source into rows of `dst`
-  // (stride dst_stride): a parallel transpose of a hidden-major down, or a
-  // parallel strided row copy.
-  auto write_neuron_major = [&](const void* src, bool transpose, uint8_t* dst,
-                                size_t dst_stride) -> absl::Status {
-    if (transpose) {
-      gather::TransposeOptions transpose_options;
-      transpose_options.num_threads = threads;
-      transpose_options.simd = options.simd;
-      return gather::Transpose({src, options.hidden_size, num_neurons * elem},
-                               num_neurons, elem, {dst, num_neurons, dst_stride},
-                               transpose_options);
-    }
-    std::vector<gather::RowCopy> rows(num_neurons);
-    for (size_t n = 0; n < num_neurons; ++n) {
-      rows[n] = {static_cast<uint32_t>(n), static_cast<uint32_t>(n)};
-    }
-    return gather::GatherRows({src, num_neurons, *row_bytes}, {dst, num_neurons, dst_stride},
-                              *row_bytes, rows, threads, options.simd);
-  };
-  const bool down_hidden_major = options.down_layout == DownLayout::kHiddenMajor;
-  if (copy) {
-    // One fused array, [gate | up | down] rows per neuron.
-    const size_t parts = options.has_gate ? 3 : 2;
-    absl::StatusOr<size_t> fused_bytes = memory::CheckedMul(*matrix_bytes, parts);
-    if (!fused_bytes.ok()) return fused_bytes.status();
-    absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*fused_bytes);
-    if (!buffer.ok()) return buffer.status();
-    cache.fused_owned_ = *std::move(buffer);
-    const size_t stride = parts * *row_bytes;
-    uint8_t* base = cache.fused_owned_.data();
-    size_t offset = 0;
-    if (options.has_gate) {
-      if (absl::Status s = write_neuron_major(weights.gate, false, base, stride); !s.ok()) {
-        return s;
-      }
-      cache.gate_src_ = base;
-      offset = *row_bytes;
-    }
-    if (absl::Status s = write_neuron_major(weights.up, false, base + offset, stride);
-        !s.ok()) {
-      return s;
-    }
-    cache.up_src_ = base + offset;
-    offset += *row_bytes;
-    if (absl::Status s =
-            write_neuron_major(weights.down, down_hidden_major, base + offset, stride);
-        !s.ok()) {
-      return s;
-    }
-    cache.down_src_ = base + offset;
-    cache.gate_src_stride_ = cache.up_src_stride_ = cache.down_src_stride_ = stride;
-  } else {
-    cache.gate_src_ = static_cast<const uint8_t*>(weights.gate);
-    cache.up_src_ = static_cast<const uint8_t*>(weights.up);
-    cache.gate_src_stride_ = cache.up_src_stride_ = *row_bytes;
-    if (down_hidden_major) {
-      absl::StatusOr<memory::AlignedBuffer> buffer = cache.Allocate(*matrix_bytes);
-      if (!buffer.ok()) return buffer.status();
-      cache.down_owned_ = *std::move(buffer);
-      if (absl::Status s = write_neuron_major(weights.down, true, cache.down_owned_.data(),
-                                              *row_bytes);
-          !s.ok()) {
-        return s;
-      }
-      cache.down_src_ = cache.down_owned_.data();
-    } else {
-      cache.down_src_ = static_cast<const uint8_t*>(weights.down);
-    }
-    cache.down_src_stride_ = *row_bytes;
-  }
-
-  // Hot-path scratch sized once for the worst case (every neuron changes),
-  // so updates never allocate.
-  cache.map_.neuron_to_slot.assign(num_neurons, kNoSlot);
-  cache.map_.slot_to_neuron.reserve(num_neurons);
-  cache.diff_.added.reserve(num_neurons);
-  cache.diff_.removed.reserve(num_neurons);
-  cache.plan_.loads.reserve(num_neurons);
-  cache.plan_.moves.reserve(num_neurons);
-  cache.plan_.freed.assign(memory::WordsForBits(num_neurons), 0);
-  cache.active_scratch_.reserve(num_neurons);
-  cache.gate_packed_ = std::make_shared<memory::AlignedBuffer>();
-  cache.up_packed_ = std::make_shared<memory::AlignedBuffer>();
-  cache.down_packed_ = std::make_shared<memory::AlignedBuffer>();
-  cache.applied_ = diff::NeuronMask(num_neurons);
-  cache.requested_ = diff::NeuronMask(num_neurons);
-  cache.incoming_ = initial_mask;
-
-  // A quarter of headroom over the first mask before the first growth.
+  cache.slots_ = MakeSlotLayout(options.layout, options.has_gate, *rb);
+  if (absl::Status s = cache.PrepareSources(weights); !s.ok()) return s;
+  cache.ReserveScratch(initial_mask);
+  // First packing, with a quarter of headroom over the first mask before
+  // the first growth.
   const size_t initial_active = initial_mask.CountActive(options.simd);
-  if (absl::Status s = cache.Reserve(
-          std::min(num_neurons, initial_active + initial_active / 4));
+  if (absl::Status s = cache.Reserve(std::min(options.intermediate_size,
+                                              initial_active + initial_active / 4));
       !s.ok()) {
     return s;
   }
@@ -253,6 +158,79 @@ absl::StatusOr<WeightCache> WeightCache::Create(
     return s;
   }
   return cache;
+}
+
+absl::Status WeightCache::PrepareSources(const MlpWeights& weights) {
+  const size_t rb = row_bytes();
+  const size_t num_neurons = options_.intermediate_size;
+  const bool down_hidden_major = options_.down_layout == DownLayout::kHiddenMajor;
+  const void* given[3] = {weights.gate, weights.up, weights.down};
+  // Writes part p's neuron-major rows into dst (stride dst_stride): the
+  // transpose of a hidden-major down, or a streaming strided row copy.
+  auto write_neuron_major = [&](int p, uint8_t* dst, size_t dst_stride) {
+    if (p == kDownPart && down_hidden_major) {
+      gather::TransposeOptions transpose_options;
+      transpose_options.num_threads = options_.num_threads;
+      transpose_options.simd = options_.simd;
+      return gather::Transpose({given[p], options_.hidden_size, num_neurons * DTypeSize(options_.dtype)},
+                               num_neurons, DTypeSize(options_.dtype),
+                               {dst, num_neurons, dst_stride}, transpose_options);
+    }
+    return gather::CopyRows({given[p], num_neurons, rb}, {dst, num_neurons, dst_stride}, rb,
+                            num_neurons, options_.num_threads, options_.simd);
+  };
+  if (options_.ownership == SourceOwnership::kCopy) {
+    // One fused array, [gate | up | down] rows per neuron, in part order.
+    const size_t stride = (options_.has_gate ? 3 : 2) * rb;
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(stride * num_neurons);
+    if (!buffer.ok()) return buffer.status();
+    fused_owned_ = *std::move(buffer);
+    size_t offset = 0;
+    for (int p = kGatePart; p <= kDownPart; ++p) {
+      if (!HasPart(p)) continue;
+      if (absl::Status s = write_neuron_major(p, fused_owned_.data() + offset, stride);
+          !s.ok()) {
+        return s;
+      }
+      src_[p] = fused_owned_.data() + offset;
+      src_stride_[p] = stride;
+      offset += rb;
+    }
+    fused_sources_ = true;
+    return absl::OkStatus();
+  }
+  for (int p = kGatePart; p <= kDownPart; ++p) {
+    src_[p] = static_cast<const uint8_t*>(given[p]);
+    src_stride_[p] = rb;
+  }
+  if (down_hidden_major) {
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(rb * num_neurons);
+    if (!buffer.ok()) return buffer.status();
+    down_owned_ = *std::move(buffer);
+    if (absl::Status s = write_neuron_major(kDownPart, down_owned_.data(), rb); !s.ok()) {
+      return s;
+    }
+    src_[kDownPart] = down_owned_.data();
+  }
+  return absl::OkStatus();
+}
+
+void WeightCache::ReserveScratch(const diff::NeuronMask& initial_mask) {
+  // Hot-path scratch sized once for the worst case (every neuron changes),
+  // so updates never allocate.
+  const size_t num_neurons = options_.intermediate_size;
+  map_.neuron_to_slot.assign(num_neurons, kNoSlot);
+  map_.slot_to_neuron.reserve(num_neurons);
+  diff_.added.reserve(num_neurons);
+  diff_.removed.reserve(num_neurons);
+  plan_.loads.reserve(num_neurons);
+  plan_.moves.reserve(num_neurons);
+  plan_.freed.assign(memory::WordsForBits(num_neurons), 0);
+  active_scratch_.reserve(num_neurons);
+  for (auto& buffer : packed_) buffer = std::make_shared<memory::AlignedBuffer>();
+  applied_ = diff::NeuronMask(num_neurons);
+  requested_ = diff::NeuronMask(num_neurons);
+  incoming_ = initial_mask;
 }
 
 absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
@@ -330,34 +308,23 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   const size_t target = std::min(
       options_.intermediate_size, std::max(min_capacity, capacity_ + capacity_ / 2));
   // Cannot overflow: target <= I and I x (3 x row) was checked in Create.
-  const PackedArrays arrays = Arrays();
   std::shared_ptr<memory::AlignedBuffer> fresh[3];
-  for (size_t b = 0; b < 3; ++b) {
-    fresh[b] = std::make_shared<memory::AlignedBuffer>();
-    if (arrays.slot_bytes[b] == 0) continue;
-    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(target * arrays.slot_bytes[b]);
-    if (!buffer.ok()) return buffer.status();
-    *fresh[b] = *std::move(buffer);
-  }
-  // The current buffers, by the same index.
-  const std::shared_ptr<memory::AlignedBuffer>* old[3] = {nullptr, nullptr, nullptr};
-  old[arrays.down_buffer] = &down_packed_;
-  old[arrays.up_buffer] = &up_packed_;
-  old[arrays.gate_buffer] = &gate_packed_;
   const size_t active = num_active();
   for (size_t b = 0; b < 3; ++b) {
-    if (arrays.slot_bytes[b] != 0 && active > 0) {
-      if (absl::Status s = gather::ParallelCopy(fresh[b]->data(), (*old[b])->data(),
-                                                active * arrays.slot_bytes[b],
-                                                options_.num_threads);
-          !s.ok()) {
-        return s;  // the fresh buffers are dropped; nothing changed yet
-      }
+    fresh[b] = std::make_shared<memory::AlignedBuffer>();
+    if (slots_.slot_bytes[b] == 0) continue;
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(target * slots_.slot_bytes[b]);
+    if (!buffer.ok()) return buffer.status();
+    *fresh[b] = *std::move(buffer);
+    if (active == 0) continue;
+    if (absl::Status s = gather::ParallelCopy(fresh[b]->data(), packed_[b]->data(),
+                                              active * slots_.slot_bytes[b],
+                                              options_.num_threads);
+        !s.ok()) {
+      return s;  // the fresh buffers are dropped; nothing changed yet
     }
   }
-  gate_packed_ = fresh[arrays.gate_buffer];
-  up_packed_ = fresh[arrays.up_buffer];
-  down_packed_ = fresh[arrays.down_buffer];
+  for (size_t b = 0; b < 3; ++b) packed_[b] = fresh[b];
   capacity_ = target;
   ++version_;
   return absl::OkStatus();
@@ -414,54 +381,42 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
 
 void WeightCache::ExecutePlan() {
   const size_t rb = row_bytes();
-  const size_t num_neurons = options_.intermediate_size;
-  const absl::Span<const gather::RowCopy> loads = plan_.loads;
-  const absl::Span<const gather::RowCopy> moves = plan_.moves;
-  gather::RowGatherJob jobs[6];
-  size_t n = 0;
-  auto packed = [&](const std::shared_ptr<memory::AlignedBuffer>& buffer,
-                    size_t offset, size_t stride) {
-    return gather::RowsView{buffer->data() + offset, capacity_, stride};
-  };
-  auto packed_src = [&](const std::shared_ptr<memory::AlignedBuffer>& buffer,
-                        size_t stride) {
-    return gather::ConstRowsView{buffer->data(), capacity_, stride};
-  };
-  // All loads first, then all moves: jobs that share a copy list are walked
-  // copy by copy (gather/row_gather.h), so each loaded neuron is read as one
-  // run of its fused source row.
-  const gather::ConstRowsView gate_src{gate_src_, num_neurons, gate_src_stride_};
-  const gather::ConstRowsView up_src{up_src_, num_neurons, up_src_stride_};
-  const gather::ConstRowsView down_src{down_src_, num_neurons, down_src_stride_};
-  const size_t gate_up_stride = GateUpStride();
-  const size_t down_stride = DownStride();
-  if (options_.has_gate) {
-    jobs[n++] = {gate_src, packed(gate_packed_, 0, gate_up_stride), rb, loads};
+  // Loads: one job, the parts of each loaded neuron in slot order, so a
+  // neuron's rows are read back to back (one run of a fused source row).
+  // With fused sources, parts that are also adjacent in their packed slot
+  // are one part of the summed length (the layout says so, nothing is
+  // probed): kFusedRows loads a neuron as one piece, kInterleavedGateUp its
+  // gate and up as one.
+  gather::RowPart load_parts[3];
+  size_t num_load_parts = 0;
+  int last = -1;
+  for (int p = kGatePart; p <= kDownPart; ++p) {
+    if (!HasPart(p)) continue;
+    const int b = slots_.buffer[p];
+    if (last >= 0 && fused_sources_ && slots_.buffer[last] == b &&
+        slots_.offset[p] == slots_.offset[last] + rb) {
+      load_parts[num_load_parts - 1].row_bytes += rb;
+    } else {
+      load_parts[num_load_parts++] = {
+          {src_[p], options_.intermediate_size, src_stride_[p]},
+          {PartData(*packed_[b], slots_.offset[p]), capacity_, slots_.slot_bytes[b]},
+          rb};
+    }
+    last = p;
   }
-  jobs[n++] = {up_src, packed(up_packed_, UpOffset(), gate_up_stride), rb, loads};
-  jobs[n++] = {down_src, packed(down_packed_, DownOffset(), down_stride), rb, loads};
-  // Moves copy whole slots of each distinct packed array.
-  switch (options_.layout) {
-    case PackedLayout::kSplit:
-      if (options_.has_gate) {
-        jobs[n++] = {packed_src(gate_packed_, rb), packed(gate_packed_, 0, rb), rb, moves};
-      }
-      jobs[n++] = {packed_src(up_packed_, rb), packed(up_packed_, 0, rb), rb, moves};
-      jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
-      break;
-    case PackedLayout::kInterleavedGateUp:
-      jobs[n++] = {packed_src(gate_packed_, gate_up_stride),
-                   packed(gate_packed_, 0, gate_up_stride), gate_up_stride, moves};
-      jobs[n++] = {packed_src(down_packed_, rb), packed(down_packed_, 0, rb), rb, moves};
-      break;
-    case PackedLayout::kFusedRows:
-      jobs[n++] = {packed_src(gate_packed_, gate_up_stride),
-                   packed(gate_packed_, 0, gate_up_stride), gate_up_stride, moves};
-      break;
+  // Moves: whole slots of each packed buffer, one job.
+  gather::RowPart move_parts[3];
+  size_t num_move_parts = 0;
+  for (size_t b = 0; b < 3; ++b) {
+    if (slots_.slot_bytes[b] == 0) continue;
+    move_parts[num_move_parts++] = {{packed_[b]->data(), capacity_, slots_.slot_bytes[b]},
+                                    {packed_[b]->data(), capacity_, slots_.slot_bytes[b]},
+                                    slots_.slot_bytes[b]};
   }
-  const absl::Status s =
-      gather::GatherRowsBatch(absl::MakeConstSpan(jobs, n), options_.num_threads,
-                              options_.simd);
+  const gather::RowGatherJob jobs[2] = {
+      {absl::MakeConstSpan(load_parts, num_load_parts), plan_.loads},
+      {absl::MakeConstSpan(move_parts, num_move_parts), plan_.moves}};
+  const absl::Status s = gather::GatherRowsBatch(jobs, options_.num_threads, options_.simd);
   if (!s.ok()) {
     // The plan indexes only valid neurons and slots below capacity_; a
     // failure here is a bug in the planner, not a caller error.
@@ -470,39 +425,25 @@ void WeightCache::ExecutePlan() {
   }
 }
 
-namespace {
-
-// The first row of one part of a packed buffer; null while the buffer is
-// unallocated (capacity 0: no offset may be applied to a null pointer).
-const uint8_t* PartData(const memory::AlignedBuffer& buffer, size_t offset) {
-  return buffer.data() == nullptr ? nullptr : buffer.data() + offset;
+MatrixView WeightCache::PartView(Part part) const {
+  const int b = slots_.buffer[part];
+  return {PartData(*packed_[b], slots_.offset[part]), num_active(), options_.hidden_size,
+          slots_.slot_bytes[b] / DTypeSize(options_.dtype), 1, options_.dtype};
 }
-
-}  // namespace
 
 MatrixView WeightCache::gate() const {
   const size_t h = options_.hidden_size;
   if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype};
-  return {gate_packed_->data(), num_active(), h, GateUpStride() / DTypeSize(options_.dtype),
-          1, options_.dtype};
+  return PartView(kGatePart);
 }
 
-MatrixView WeightCache::up() const {
-  const size_t h = options_.hidden_size;
-  return {PartData(*up_packed_, UpOffset()), num_active(), h,
-          GateUpStride() / DTypeSize(options_.dtype), 1, options_.dtype};
-}
+MatrixView WeightCache::up() const { return PartView(kUpPart); }
 
-MatrixView WeightCache::down_rows() const {
-  const size_t h = options_.hidden_size;
-  return {PartData(*down_packed_, DownOffset()), num_active(), h,
-          DownStride() / DTypeSize(options_.dtype), 1, options_.dtype};
-}
+MatrixView WeightCache::down_rows() const { return PartView(kDownPart); }
 
 MatrixView WeightCache::down_hidden_major() const {
-  const size_t h = options_.hidden_size;
-  return {PartData(*down_packed_, DownOffset()), h, num_active(), 1,
-          DownStride() / DTypeSize(options_.dtype), options_.dtype};
+  const MatrixView rows = PartView(kDownPart);
+  return {rows.data, rows.cols, rows.rows, rows.col_stride, rows.row_stride, rows.dtype};
 }
 
 absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
@@ -511,9 +452,9 @@ absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
         "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp or kFusedRows "
         "with a gate");
   }
-  const size_t h = options_.hidden_size;
-  return MatrixView{gate_packed_->data(), num_active(), 2 * h,
-                    GateUpStride() / DTypeSize(options_.dtype), 1, options_.dtype};
+  MatrixView view = PartView(kGatePart);
+  view.cols = 2 * options_.hidden_size;  // gate row, then up row
+  return view;
 }
 
 absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const {
@@ -529,27 +470,20 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
         options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
   }
   if (active == 0) return absl::OkStatus();
-  if (options_.layout == PackedLayout::kSplit) {
-    if (absl::Status s = gather::ParallelCopy(out.data(), gate_packed_->data(),
-                                              active * rb, options_.num_threads);
-        !s.ok()) {
-      return s;
-    }
-    return gather::ParallelCopy(out.data() + active * rb, up_packed_->data(),
-                                active * rb, options_.num_threads);
+  // Each part's rows into its half: one contiguous copy where the part's
+  // rows are contiguous (kSplit), a strided row copy otherwise.
+  for (const Part part : {kGatePart, kUpPart}) {
+    const MatrixView rows = PartView(part);
+    uint8_t* dst = out.data() + (part == kGatePart ? 0 : active * rb);
+    const size_t stride = rows.row_stride * DTypeSize(options_.dtype);
+    const absl::Status s =
+        stride == rb
+            ? gather::ParallelCopy(dst, rows.data, active * rb, options_.num_threads)
+            : gather::CopyRows({rows.data, active, stride}, {dst, active, rb}, rb, active,
+                               options_.num_threads);
+    if (!s.ok()) return s;
   }
-  // Gate and up rows share one strided array (the views' layout). Both
-  // copies are validated by construction (active <= capacity, rb <= stride).
-  const size_t stride = GateUpStride();
-  const gather::ConstRowsView gate_rows{gate_packed_->data(), active, stride};
-  const gather::ConstRowsView up_rows{up_packed_->data() + UpOffset(), active, stride};
-  if (absl::Status s = gather::CopyRows(gate_rows, {out.data(), active, rb}, rb, active,
-                                        options_.num_threads);
-      !s.ok()) {
-    return s;
-  }
-  return gather::CopyRows(up_rows, {out.data() + active * rb, active, rb}, rb, active,
-                          options_.num_threads);
+  return absl::OkStatus();
 }
 
 absl::Status WeightCache::Verify() const {
@@ -562,15 +496,15 @@ absl::Status WeightCache::Verify() const {
   }
   const size_t rb = row_bytes();
   const size_t elem = DTypeSize(options_.dtype);
-  struct Part {
+  struct Checked {
     const char* name;
     MatrixView view;
     const uint8_t* src;
     size_t src_stride;
   };
-  const Part parts[3] = {{"gate", gate(), gate_src_, gate_src_stride_},
-                         {"up", up(), up_src_, up_src_stride_},
-                         {"down", down_rows(), down_src_, down_src_stride_}};
+  const Checked parts[3] = {{"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
+                         {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
+                         {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
   for (size_t s = 0; s < active; ++s) {
     const uint32_t n = map_.slot_to_neuron[s];
     if (n >= num_neurons || !applied_.Test(n) || map_.neuron_to_slot[n] != s) {
@@ -580,7 +514,7 @@ absl::Status WeightCache::Verify() const {
           : !applied_.Test(n)   ? "not in the applied mask"
                                 : "mapped to another slot"));
     }
-    for (const Part& part : parts) {
+    for (const Checked& part : parts) {
       if (part.view.data == nullptr) continue;  // no gate
       const auto* row =
           static_cast<const uint8_t*>(part.view.data) + s * part.view.row_stride * elem;
@@ -596,19 +530,15 @@ absl::Status WeightCache::Verify() const {
 
 std::shared_ptr<const void> WeightCache::RetainStorage() const {
   struct Storage {
-    std::shared_ptr<memory::AlignedBuffer> gate, up, down;
+    std::shared_ptr<memory::AlignedBuffer> buffers[3];
   };
-  return std::make_shared<Storage>(Storage{gate_packed_, up_packed_, down_packed_});
+  return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2]}});
 }
 
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
-  // Parts of one packed array share its buffer: count each buffer once.
-  size_t packed = gate_packed_->size();
-  if (up_packed_ != gate_packed_) packed += up_packed_->size();
-  if (down_packed_ != gate_packed_ && down_packed_ != up_packed_) {
-    packed += down_packed_->size();
-  }
+  size_t packed = 0;
+  for (const auto& buffer : packed_) packed += buffer->size();
   return fused_owned_.size() + down_owned_.size() + packed +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +

@@ -301,22 +301,27 @@ class WeightCache {
   WeightCache() = default;
 
   size_t row_bytes() const { return options_.hidden_size * DTypeSize(options_.dtype); }
-  // Layout of the packed arrays (bytes): the slot stride of the gate and up
-  // rows and of the down rows, and the offsets of the up and down rows in
-  // their slot (gate rows start their slot).
-  size_t GateUpStride() const;
-  size_t DownStride() const;
-  size_t UpOffset() const;
-  size_t DownOffset() const;
-  // The distinct packed arrays of the layout: bytes per slot of each of up
-  // to three buffers (0: unused), and which buffer holds the gate, up and
-  // down parts (kSplit: one each; kInterleavedGateUp: gate and up share
-  // buffer 0; kFusedRows: all three share it).
-  struct PackedArrays {
-    size_t slot_bytes[3];
-    int gate_buffer, up_buffer, down_buffer;
+
+  // The parts of a neuron's slot.
+  enum Part { kGatePart = 0, kUpPart = 1, kDownPart = 2 };
+  // The one statement of a packed layout, computed once in Create: bytes
+  // per slot of each of up to three packed buffers (0: unused), and for
+  // each part the buffer holding it and its byte offset in the slot.
+  // Views, growth, loads and moves all derive from it.
+  struct SlotLayout {
+    size_t slot_bytes[3] = {0, 0, 0};
+    int buffer[3] = {0, 0, 0};
+    size_t offset[3] = {0, 0, 0};
   };
-  PackedArrays Arrays() const;
+  static SlotLayout MakeSlotLayout(PackedLayout layout, bool has_gate, size_t row_bytes);
+  bool HasPart(int part) const { return part != kGatePart || options_.has_gate; }
+  // [A, H] rows of one part (row stride: its buffer's slot bytes).
+  MatrixView PartView(Part part) const;
+
+  // Steps of Create, in order (validation comes first, in Create).
+  absl::Status PrepareSources(const MlpWeights& weights);
+  void ReserveScratch(const diff::NeuronMask& initial_mask);
+
   absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
   absl::Status Grow(size_t min_capacity);
   // Applies incoming_ (already validated).
@@ -324,19 +329,20 @@ class WeightCache {
   void ExecutePlan();
 
   WeightCacheOptions options_;
-  // Sources: neuron-major rows, src_stride_ bytes apart: the parts of one
-  // fused [I, 3H] (or [I, 2H] without gate) array owned by the cache
-  // (kCopy), or the caller's [I, H] arrays (kBorrow; down transposed into
-  // down_owned_ when given hidden-major).
-  const uint8_t* gate_src_ = nullptr;
-  const uint8_t* up_src_ = nullptr;
-  const uint8_t* down_src_ = nullptr;
-  size_t gate_src_stride_ = 0, up_src_stride_ = 0, down_src_stride_ = 0;
+  SlotLayout slots_;
+  // Sources, per part: neuron-major rows, src_stride_ bytes apart. With
+  // kCopy the parts of one fused [I, 3H] (or [I, 2H] without gate) array
+  // owned by the cache, in part order with no gaps (fused_sources_); with
+  // kBorrow the caller's [I, H] arrays (down transposed into down_owned_
+  // when given hidden-major).
+  const uint8_t* src_[3] = {nullptr, nullptr, nullptr};
+  size_t src_stride_[3] = {0, 0, 0};
+  bool fused_sources_ = false;
   memory::AlignedBuffer fused_owned_, down_owned_;
-  // Packed rows, capacity_ slots each. kSplit: gate_packed_ and up_packed_;
-  // kInterleavedGateUp: gate_packed_ holds [gate | up] per slot.
-  // Shared so that RetainStorage() can keep them alive past a growth.
-  std::shared_ptr<memory::AlignedBuffer> gate_packed_, up_packed_, down_packed_;
+  // The packed buffers (slots_.slot_bytes[b] x capacity_ bytes; empty when
+  // unused), shared so that RetainStorage() can keep them alive past a
+  // growth.
+  std::shared_ptr<memory::AlignedBuffer> packed_[3];
   size_t capacity_ = 0;
 
   SlotMap map_;

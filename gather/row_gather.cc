@@ -54,21 +54,14 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
 // Rows ahead of the one being copied whose pages are touched (see below).
 constexpr size_t kPageTouchAhead = 2;
 constexpr size_t kPageBytes = 4096;
-constexpr size_t kMaxJobs = 16;
+constexpr size_t kMaxParts = 16;
 
 // How far the source prefetch of streaming gathers runs ahead of the copy
 // (internal::ReadAhead, stream_copy.h): one line per line copied, across row
 // boundaries, so a new row's first lines are already on their way when the
-// copy reaches them. Measured with 2 threads, each distance against none in
-// the same process, alternating (x memcpy floor, lower is better): 2048
-// scattered rows of 8 KiB 1.40 -> 1.07, 16 KiB 1.20 -> 0.93, 4 KiB
-// 1.61 -> 1.42; cache updates (llama-3.2-3b, split layout, medians of three
-// runs) at churn 0.10 float32 1.05 -> 0.89, bfloat16 1.26 -> 1.17. 4 and
-// 8 KiB did about as well as 6 KiB; 16 KiB was 15-30% slower than none for bfloat16 updates (the lines
-// arrive too early for the 32 KiB L1); 2 KiB gained half as much. Not a
-// gain in every phase of this shared machine: in its slow minutes (floor
-// ~22 GB/s) bfloat16 updates still gained 1-12% but float32 ones ran 0-20%
-// slower with it, and one run of 4 KiB rows 7% slower.
+// copy reaches them. 4-8 KiB did about equally well; 2 KiB gained half as
+// much, 16 KiB lost (lines arrive too early for the 32 KiB L1);
+// docs/performance.md has the figures.
 constexpr size_t kReadAheadBytes = 6144;
 
 // One prefetch per 4 KiB page of a row: a read prefetch of the source, and
@@ -93,41 +86,24 @@ inline void TouchRowPages(const uint8_t* src_row, uint8_t* dst_row,
   }
 }
 
-// The order in which a batch is copied. Consecutive jobs that share one
-// copy list (the same span) form a group, walked copy by copy: row k of
-// each job of the group, then row k + 1. When those jobs read the parts of
-// one fused source row ([gate | up | down] per neuron), each copy is one
-// long contiguous read instead of several short ones far apart. Other jobs
-// are groups of one, walked row by row.
+// The order in which a batch is copied: its jobs in turn, each copy by
+// copy, and within a copy the job's parts in order (so the parts of one
+// fused source row are read as one run). Jobs that move nothing are left
+// out.
 struct BatchLayout {
   struct Group {
-    size_t first_job, end_job;  // jobs [first_job, end_job)
-    size_t num_copies;
-    size_t copy_bytes;  // the group's row bytes summed over its jobs
+    absl::Span<const RowPart> parts;
+    absl::Span<const RowCopy> copies;
+    size_t copy_bytes;  // the parts' row bytes summed
     size_t begin;       // byte offset of the group in the batch
   };
-  Group groups[kMaxJobs];
+  Group groups[kMaxParts];
   size_t num_groups = 0;
   size_t total = 0;
 };
 
-bool SameCopies(const RowGatherJob& a, const RowGatherJob& b) {
-  return a.copies.data() == b.copies.data() && a.copies.size() == b.copies.size();
-}
-
-// True when `next` copies the bytes right after `prev`'s in every row of
-// both matrices (same copies, same strides, adjacent column ranges), as the
-// gate, up and down parts of a fused [gate | up | down] source into fused
-// packed rows do: the two are then copied as one job with longer rows.
-bool ContinuesRows(const RowGatherJob& prev, const RowGatherJob& next) {
-  return SameCopies(prev, next) && prev.src.stride_bytes == next.src.stride_bytes &&
-         prev.dst.stride_bytes == next.dst.stride_bytes &&
-         static_cast<const uint8_t*>(prev.src.data) + prev.row_bytes == next.src.data &&
-         static_cast<uint8_t*>(prev.dst.data) + prev.row_bytes == next.dst.data;
-}
-
-// A piece of one row: bytes [offset, offset + bytes) of copy `copy` of job
-// `job`.
+// A piece of one row: bytes [offset, offset + bytes) of one part's row of
+// one copy.
 struct Piece {
   const uint8_t* src;
   uint8_t* dst;
@@ -139,18 +115,16 @@ struct Piece {
 // a time.
 class BatchWalker {
  public:
-  BatchWalker(absl::Span<const RowGatherJob> jobs, const BatchLayout& layout,
-              size_t begin, size_t end)
-      : jobs_(jobs), layout_(layout), remaining_(end - begin) {
+  BatchWalker(const BatchLayout& layout, size_t begin, size_t end)
+      : layout_(layout), remaining_(end - begin) {
     while (group_ < layout_.num_groups) {
       const BatchLayout::Group& g = layout_.groups[group_];
-      const size_t group_end = g.begin + g.num_copies * g.copy_bytes;
+      const size_t group_end = g.begin + g.copies.size() * g.copy_bytes;
       if (begin < group_end) {
         const size_t into = begin - g.begin;
         copy_ = into / g.copy_bytes;
         size_t in_copy = into % g.copy_bytes;
-        job_ = g.first_job;
-        while (in_copy >= jobs_[job_].row_bytes) in_copy -= jobs_[job_++].row_bytes;
+        while (in_copy >= g.parts[part_].row_bytes) in_copy -= g.parts[part_++].row_bytes;
         offset_ = in_copy;
         break;
       }
@@ -160,36 +134,38 @@ class BatchWalker {
 
   bool Next(Piece* piece) {
     if (remaining_ == 0 || group_ >= layout_.num_groups) return false;
-    const RowGatherJob& job = jobs_[job_];
-    const RowCopy& c = job.copies[copy_];
-    const size_t left_in_row = job.row_bytes - offset_;
+    const BatchLayout::Group& g = layout_.groups[group_];
+    const RowPart& part = g.parts[part_];
+    const RowCopy& c = g.copies[copy_];
+    const size_t left_in_row = part.row_bytes - offset_;
     piece->bytes = left_in_row < remaining_ ? left_in_row : remaining_;
-    piece->row_bytes = job.row_bytes;
-    piece->src = static_cast<const uint8_t*>(job.src.data) +
-                 c.src_row * job.src.stride_bytes + offset_;
+    piece->row_bytes = part.row_bytes;
+    piece->src = static_cast<const uint8_t*>(part.src.data) +
+                 c.src_row * part.src.stride_bytes + offset_;
     piece->dst =
-        static_cast<uint8_t*>(job.dst.data) + c.dst_row * job.dst.stride_bytes + offset_;
+        static_cast<uint8_t*>(part.dst.data) + c.dst_row * part.dst.stride_bytes + offset_;
     remaining_ -= piece->bytes;
     offset_ = 0;
-    // Next job of the group, or the next copy, or the next group.
-    const BatchLayout::Group& g = layout_.groups[group_];
-    if (++job_ == g.end_job) {
-      job_ = g.first_job;
-      if (++copy_ == g.num_copies) {
-        copy_ = 0;
-        if (++group_ < layout_.num_groups) job_ = layout_.groups[group_].first_job;
+    // The next part with bytes, or the next copy, or the next group.
+    do {
+      if (++part_ == g.parts.size()) {
+        part_ = 0;
+        if (++copy_ == g.copies.size()) {
+          copy_ = 0;
+          ++group_;
+          break;
+        }
       }
-    }
+    } while (g.parts[part_].row_bytes == 0);
     return true;
   }
 
  private:
-  absl::Span<const RowGatherJob> jobs_;
   const BatchLayout& layout_;
   size_t remaining_;
   size_t group_ = 0;
   size_t copy_ = 0;
-  size_t job_ = 0;
+  size_t part_ = 0;
   size_t offset_ = 0;
 };
 
@@ -206,15 +182,15 @@ bool NextSourcePiece(void* walker, const uint8_t** src, size_t* bytes) {
 // kPageTouchAhead pieces ahead of each one it copies and, with streaming
 // stores, prefetching the source kReadAheadBytes ahead of the copy.
 template <bool kStreaming>
-void CopyRange(internal::RowCopyFn copy, absl::Span<const RowGatherJob> jobs,
-               const BatchLayout& layout, size_t begin, size_t end) {
-  BatchWalker rows(jobs, layout, begin, end);
-  BatchWalker ahead(jobs, layout, begin, end);
+void CopyRange(internal::RowCopyFn copy, const BatchLayout& layout, size_t begin,
+               size_t end) {
+  BatchWalker rows(layout, begin, end);
+  BatchWalker ahead(layout, begin, end);
   Piece piece, next;
   for (size_t k = 0; k < kPageTouchAhead; ++k) (void)ahead.Next(&next);
   // The read-ahead only pays where rows stream past the caches; memcpy
   // (the non-streaming copy) ignores it, and at distance 0 it walks nothing.
-  BatchWalker read_ahead_rows(jobs, layout, begin, end);
+  BatchWalker read_ahead_rows(layout, begin, end);
   internal::ReadAhead read_ahead(&NextSourcePiece, &read_ahead_rows,
                                  kStreaming ? kReadAheadBytes : 0);
   while (rows.Next(&piece)) {
@@ -249,50 +225,39 @@ void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_ran
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads, SimdLevel level) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
-  if (jobs.size() > kMaxJobs) {
+  size_t num_parts = 0;
+  for (const RowGatherJob& job : jobs) num_parts += job.parts.size();
+  if (num_parts > kMaxParts) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "a batch holds at most %u gathers, got %u", kMaxJobs, jobs.size()));
+        "a batch holds at most %u parts, got %u", kMaxParts, num_parts));
   }
+  BatchLayout layout;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const RowGatherJob& job = jobs[j];
-    if (absl::Status s = Validate(job.src, job.dst, job.row_bytes, job.copies);
-        !s.ok()) {
-      return absl::Status(s.code(),
-                          absl::StrFormat("gather %u: %s", j, s.message()));
+    size_t copy_bytes = 0;
+    for (size_t p = 0; p < job.parts.size(); ++p) {
+      const RowPart& part = job.parts[p];
+      if (absl::Status s = Validate(part.src, part.dst, part.row_bytes, job.copies);
+          !s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrFormat("gather %u, part %u: %s", j, p, s.message()));
+      }
+      copy_bytes += part.row_bytes;  // each part's copies x row_bytes fit
     }
+    if (job.copies.empty() || copy_bytes == 0) continue;  // moves nothing
+    // The walk starts each copy at the first part; leading empty parts are
+    // skipped here so that it never stands on one.
+    size_t first = 0;
+    while (job.parts[first].row_bytes == 0) ++first;
+    layout.groups[layout.num_groups++] = {job.parts.subspan(first), job.copies, copy_bytes,
+                                          0};
   }
-  // The jobs as walked: those that move nothing dropped, and each job that
-  // continues the previous one's rows merged into it. Fewer, longer pieces
-  // cost less per byte: 410 scattered 18 KiB rows copied as three 6 KiB
-  // jobs ran 6-8% slower than as one job (2 threads, same process).
-  RowGatherJob walked[kMaxJobs];
-  size_t num_walked = 0;
-  BatchLayout layout;
-  for (const RowGatherJob& job : jobs) {
-    if (job.copies.empty() || job.row_bytes == 0) continue;  // moves nothing
-    BatchLayout::Group* last =
-        layout.num_groups > 0 ? &layout.groups[layout.num_groups - 1] : nullptr;
-    if (last != nullptr && ContinuesRows(walked[num_walked - 1], job)) {
-      walked[num_walked - 1].row_bytes += job.row_bytes;
-      last->copy_bytes += job.row_bytes;
-      continue;
-    }
-    walked[num_walked++] = job;
-    const size_t j = num_walked - 1;
-    if (last != nullptr && SameCopies(walked[last->first_job], job)) {
-      ++last->end_job;
-      last->copy_bytes += job.row_bytes;
-    } else {
-      layout.groups[layout.num_groups++] = {j, j + 1, job.copies.size(), job.row_bytes, 0};
-    }
-  }
-  const absl::Span<const RowGatherJob> walked_jobs(walked, num_walked);
   for (size_t g = 0; g < layout.num_groups; ++g) {
     BatchLayout::Group& group = layout.groups[g];
     group.begin = layout.total;
-    // Each job's copies x row_bytes was validated; their sum may still wrap.
+    // Each part's copies x row_bytes was validated; their sum may still wrap.
     const absl::StatusOr<size_t> bytes =
-        memory::CheckedMul(group.num_copies, group.copy_bytes);
+        memory::CheckedMul(group.copies.size(), group.copy_bytes);
     if (!bytes.ok()) return bytes.status();
     const absl::StatusOr<size_t> total = memory::CheckedAdd(layout.total, *bytes);
     if (!total.ok()) return total.status();
@@ -301,18 +266,16 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
   const size_t total = layout.total;
   if (total == 0) return absl::OkStatus();
 
-  // Streaming stores only pay for gathers larger than the caches; below,
-  // the rows would just have to be fetched back for the caller.
   const bool streaming =
       total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
   const internal::RowCopyFn copy =
       internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
   auto copy_range = [&](size_t begin, size_t end) {
     if (streaming) {
-      CopyRange<true>(copy, walked_jobs, layout, begin, end);
+      CopyRange<true>(copy, layout, begin, end);
       FinishStreamingStores();
     } else {
-      CopyRange<false>(copy, walked_jobs, layout, begin, end);
+      CopyRange<false>(copy, layout, begin, end);
     }
   };
   SplitOverThreads(total, num_threads, copy_range);
@@ -322,12 +285,13 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
 absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                         absl::Span<const RowCopy> copies, int num_threads,
                         SimdLevel level) {
-  const RowGatherJob job{src, dst, row_bytes, copies};
+  const RowPart part{src, dst, row_bytes};
+  const RowGatherJob job{absl::MakeConstSpan(&part, 1), copies};
   return GatherRowsBatch(absl::MakeConstSpan(&job, 1), num_threads, level);
 }
 
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
-                      size_t num_rows, int num_threads) {
+                      size_t num_rows, int num_threads, SimdLevel level) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   if (num_rows == 0 || row_bytes == 0) return absl::OkStatus();
   if (absl::Status s = CheckRowFitsStrides(src, dst, row_bytes); !s.ok()) return s;
@@ -344,18 +308,26 @@ absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
   const size_t total = *checked_total;
   const auto* in = static_cast<const uint8_t*>(src.data);
   auto* out = static_cast<uint8_t*>(dst.data);
-  // Bytes [begin, end) of the rows laid end to end.
+  const bool streaming =
+      total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
+  const internal::RowCopyFn copy =
+      internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
+  // Bytes [begin, end) of the rows laid end to end. Rows in order need no
+  // software read-ahead (the hardware prefetchers follow them).
   auto copy_range = [&](size_t begin, size_t end) {
+    internal::ReadAhead no_read_ahead(
+        [](void*, const uint8_t**, size_t*) { return false; }, nullptr, 0);
     size_t row = begin / row_bytes;
     size_t offset = begin % row_bytes;
     while (begin < end) {
       const size_t n = std::min(row_bytes - offset, end - begin);
-      std::memcpy(out + row * dst.stride_bytes + offset,
-                  in + row * src.stride_bytes + offset, n);
+      copy(out + row * dst.stride_bytes + offset, in + row * src.stride_bytes + offset, n,
+           &no_read_ahead);
       begin += n;
       ++row;
       offset = 0;
     }
+    if (streaming) FinishStreamingStores();
   };
   SplitOverThreads(total, num_threads, copy_range);
   return absl::OkStatus();

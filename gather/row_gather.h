@@ -50,26 +50,32 @@ namespace sparse_mlp::gather {
 // rows would just have to be fetched back by the caller.
 inline constexpr size_t kStreamingGatherMinBytes = size_t{1} << 20;
 
-// One matrix-to-matrix gather of a batch.
-struct RowGatherJob {
+// One matrix pair of a gather job: for each copy (s, d) of the job,
+// row_bytes bytes from row s of src to row d of dst.
+struct RowPart {
   ConstRowsView src;
   RowsView dst;
   size_t row_bytes = 0;
+};
+
+// A gather job: one copy list applied to one or more parts, copy by copy:
+// for copy k, the row of each part in order, then copy k + 1. Which parts
+// share a list is the caller's statement, not something the batch infers:
+// the parts of one fused source row ([gate | up | down] per neuron, one part
+// each) are then read as one contiguous run per copy. Parts that are
+// adjacent in both matrices are better passed as one part of the summed
+// row length (fewer, longer pieces cost less per byte).
+struct RowGatherJob {
+  absl::Span<const RowPart> parts;
   absl::Span<const RowCopy> copies;
 };
 
-// Runs several gathers as one: the bytes of all jobs are split evenly over
-// the threads, so a cache update that copies rows of three matrices (and
-// moves rows inside them) pays for one OpenMP region, not six. Consecutive
-// jobs that share one copy list (the same span: same data pointer and size)
-// are copied copy by copy, row k of each job in turn: jobs that read the
-// parts of one fused source row ([gate | up | down] per neuron) then read
-// it as one contiguous run; when such a job also writes the bytes right
-// after the previous job's in every destination row (same strides), the two
-// are copied as one job with longer rows. Other jobs are copied in order,
-// row by row.
-// Every job is validated (as in GatherRows) before anything is written; at
-// most 16 jobs.
+// Runs several jobs as one: the bytes of all jobs are split evenly over the
+// threads, so a cache update that loads rows of three matrices and moves
+// rows inside them pays for one OpenMP region, not six. Jobs are copied in
+// order, each as described above. Every part is validated (as in
+// GatherRows; the message names the job and the part) before anything is
+// written; at most 16 parts in all.
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads,
                              SimdLevel level = SimdLevel::kBest);
@@ -85,15 +91,19 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
 // Rows [0, num_rows) of src to rows [0, num_rows) of dst, row_bytes each:
 // a strided matrix copy (e.g. one part of interleaved rows into a
 // contiguous matrix) without a copy list. The rows' bytes are split evenly
-// over the threads as in GatherRows and copied with memcpy (the destination
-// is usually read next, so it is left in the caches). Errors
+// over the threads as in GatherRows. At kScalar (the default) they are
+// copied with memcpy and the destination stays in the caches, for a caller
+// that reads it next; at the SIMD levels, copies of
+// kStreamingGatherMinBytes or more write with streaming stores (for large
+// copies nobody reads soon, e.g. weights copied at construction). Errors
 // (InvalidArgument, nothing written): row_bytes larger than either stride,
 // num_rows beyond either matrix, a null matrix with rows to copy, a size
 // that overflows. (Speed: //bench:gather, BM_CopyRows.) The two matrices
 // must not overlap. Thread-safe for disjoint destinations; no
 // allocation; O(num_rows x row_bytes).
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
-                      size_t num_rows, int num_threads);
+                      size_t num_rows, int num_threads,
+                      SimdLevel level = SimdLevel::kScalar);
 
 }  // namespace sparse_mlp::gather
 

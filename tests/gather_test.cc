@@ -177,14 +177,15 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
     for (int threads : {1, 2, 3}) {
       const SimdLevel level = SupportedSimdLevels()[trial % SupportedSimdLevels().size()];
       std::vector<std::vector<uint8_t>> out = dsts;
-      std::vector<RowGatherJob> jobs;
+      std::vector<RowPart> parts;
       for (size_t j = 0; j < num_jobs; ++j) {
         const size_t rows = srcs[j].size() / row_bytes[j];
-        jobs.push_back({{srcs[j].data(), rows, row_bytes[j]},
-                        {out[j].data(), rows, row_bytes[j]},
-                        row_bytes[j],
-                        copy_lists[j]});
+        parts.push_back({{srcs[j].data(), rows, row_bytes[j]},
+                         {out[j].data(), rows, row_bytes[j]},
+                         row_bytes[j]});
       }
+      std::vector<RowGatherJob> jobs;
+      for (size_t j = 0; j < num_jobs; ++j) jobs.push_back({{&parts[j], 1}, copy_lists[j]});
       ASSERT_TRUE(GatherRowsBatch(jobs, threads, level).ok());
       ASSERT_EQ(out, expected) << "trial " << trial << ", " << threads << " threads, level "
                                << SimdLevelName(level);
@@ -192,12 +193,14 @@ TEST(GatherRowsBatchTest, MatchesSequentialJobs) {
   }
 }
 
-// Jobs that share one copy list are walked copy by copy (row k of each,
-// then row k + 1); the result must still equal the jobs run one after
-// another. Here the shared jobs read the parts of one fused source row
-// ([part 0 | part 1 | ...] per row, as the cache's owned sources), next to
-// jobs with lists of their own, over every split of bytes over threads.
-TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
+// The parts of one job are walked copy by copy (row k of each part, then
+// row k + 1); the result must still equal the parts copied one after
+// another. Here the parts read the pieces of one fused source row
+// ([part 0 | part 1 | ...] per row, as the cache's owned sources), beside
+// a job with a list of its own, over every split of bytes over threads;
+// into a fused destination the adjacent parts are also passed as one part
+// of the summed length, as the cache passes them.
+TEST(GatherRowsBatchTest, PartsOfOneJobMatchSequentialCopies) {
   std::mt19937_64 rng(16);
   for (int trial = 0; trial < 300; ++trial) {
     const bool large = trial % 10 == 0;  // >= 1 MiB: parallel, streaming
@@ -255,20 +258,28 @@ TEST(GatherRowsBatchTest, SharedCopyListsMatchSequentialJobs) {
     for (int threads : {1, 2, 3}) {
       const SimdLevel level = SupportedSimdLevels()[trial % SupportedSimdLevels().size()];
       std::vector<std::vector<uint8_t>> out = dsts;
-      std::vector<RowGatherJob> jobs;
-      const RowGatherJob own_job{{other_src.data(), rows, part_bytes[0]},
-                                 {out[parts].data(), rows, part_bytes[0]},
-                                 part_bytes[0],
-                                 own};
-      if (own_first) jobs.push_back(own_job);
-      part_offset = 0;
-      for (size_t p = 0; p < parts; ++p) {
-        jobs.push_back({{fused.data() + part_offset, rows, fused_bytes},
-                        {dst_of(out, p, part_offset), rows, dst_stride(p)},
-                        part_bytes[p],
-                        shared});
-        part_offset += part_bytes[p];
+      const RowPart own_part{{other_src.data(), rows, part_bytes[0]},
+                             {out[parts].data(), rows, part_bytes[0]},
+                             part_bytes[0]};
+      std::vector<RowPart> shared_parts;
+      if (fused_dst && threads == 2) {
+        // Adjacent in both matrices: one part of the summed length.
+        shared_parts.push_back({{fused.data(), rows, fused_bytes},
+                                {out[0].data(), rows, fused_bytes},
+                                fused_bytes});
+      } else {
+        part_offset = 0;
+        for (size_t p = 0; p < parts; ++p) {
+          shared_parts.push_back({{fused.data() + part_offset, rows, fused_bytes},
+                                  {dst_of(out, p, part_offset), rows, dst_stride(p)},
+                                  part_bytes[p]});
+          part_offset += part_bytes[p];
+        }
       }
+      std::vector<RowGatherJob> jobs;
+      const RowGatherJob own_job{{&own_part, 1}, own};
+      if (own_first) jobs.push_back(own_job);
+      jobs.push_back({shared_parts, shared});
       if (!own_first) jobs.push_back(own_job);
       ASSERT_TRUE(GatherRowsBatch(jobs, threads, level).ok());
       ASSERT_EQ(out, expected) << absl::StrFormat(
@@ -344,12 +355,12 @@ TEST(ReadAheadTest, RunsItsDistanceAheadOfTheCopyAcrossPieces) {
 TEST(GatherRowsErrorTest, BatchNamesTheFailingJobAndWritesNothing) {
   std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
   const std::vector<RowCopy> good = {{0, 0}}, bad = {{5, 1}};
-  const std::vector<RowGatherJob> jobs = {
-      {{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, good},
-      {{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, bad}};
+  const RowPart parts[2] = {{{src.data(), 4, 8}, {dst.data(), 4, 8}, 8},
+                            {{src.data(), 4, 8}, {dst.data(), 4, 8}, 4}};
+  const std::vector<RowGatherJob> jobs = {{{parts, 1}, good}, {{parts, 2}, bad}};
   const absl::Status s = GatherRowsBatch(jobs, 2);
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("gather 1: copy 0 reads source row 5"));
+  EXPECT_THAT(s.message(), HasSubstr("gather 1, part 0: copy 0 reads source row 5"));
   EXPECT_EQ(dst, std::vector<uint8_t>(32, 7));
 }
 
@@ -463,7 +474,8 @@ TEST(ThreadTeamTest, EveryKernelCoversItsWorkWithAnyTeamSize) {
 TEST(ThreadCountErrorTest, OutOfRangeCountsAreRefusedByEveryKernel) {
   std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
   const std::vector<RowCopy> copies = {{0, 0}};
-  const RowGatherJob job{{src.data(), 4, 8}, {dst.data(), 4, 8}, 8, copies};
+  const RowPart part{{src.data(), 4, 8}, {dst.data(), 4, 8}, 8};
+  const RowGatherJob job{{&part, 1}, copies};
   const std::vector<uint32_t> columns = {0, 1};
   for (int threads : {0, -1, kMaxThreads + 1, 1000000, 2147483647}) {
     SCOPED_TRACE(threads);
