@@ -642,7 +642,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
                     const py::object&, const py::object&, const py::object&,
                     const std::string&, bool, bool, double>(),
            py::arg("mask"), py::arg("hidden_size"), py::arg("gate"), py::arg("up"),
-           py::arg("down"), py::arg("num_threads") = 1, py::arg("tolerance") = 0,
+           py::arg("down"), py::kw_only(), py::arg("num_threads") = 1, py::arg("tolerance") = 0,
            py::arg("layout") = "split", py::arg("copy_sources") = false,
            py::arg("down_neuron_major") = false,
            py::arg("repack_fraction") =

@@ -92,6 +92,11 @@ class WeightCache:
         place (no duplicate of the weights) and must then not be modified
         while the cache lives; the cache holds references to them. down is
         always transposed into the cache unless given neuron-major.
+      repack_fraction: repack (lay every row out afresh, in order) when at
+        least this fraction of the new active set changes; in (0, 1]. The
+        default 1.0 repacks only when every slot changes anyway: a repack
+        writes all A rows where the differential plan writes only the
+        changed ones, which has not paid earlier on the machines measured.
 
     Weights are float32, bfloat16 or float16, C-contiguous, on the CPU; they
     are taken without copying (torch through DLPack; NumPy through the buffer
@@ -126,7 +131,7 @@ class WeightCache:
 
     def __init__(self, mask, gate_weight, up_weight, down_weight, *, num_threads=1,
                  tolerance=0, layout="split", copy_sources=False,
-                 down_neuron_major=False, hidden_size=None):
+                 down_neuron_major=False, repack_fraction=1.0, hidden_size=None):
         up = _weight(up_weight, "up_weight")
         if up is None:
             raise TypeError("up_weight is required")
@@ -142,7 +147,7 @@ class WeightCache:
             _mask_array(mask), hidden_size, _weight(gate_weight, "gate_weight"), up,
             _weight(down_weight, "down_weight"), num_threads=num_threads,
             tolerance=tolerance, layout=layout, copy_sources=copy_sources,
-            down_neuron_major=down_neuron_major)
+            down_neuron_major=down_neuron_major, repack_fraction=float(repack_fraction))
         if copy_sources:
             self._sources = None
 
@@ -202,9 +207,9 @@ class WeightCache:
         """``[A, H]`` active up rows (zero-copy; do not write into it)."""
         return self._wrap(self._native.up())
 
-    def down(self):
+    def down_rows(self):
         """``[A, H]`` active down columns stored as rows (zero-copy; do not
-        write into it)."""
+        write into it). The same name as the C++ ``down_rows()``."""
         return self._wrap(self._native.down_rows())
 
     def down_hidden_major(self):

@@ -250,7 +250,7 @@ class ViewLifetimeTest(unittest.TestCase):
         cache = WeightCache(torch.ones(40, dtype=torch.bool), gate, up, down)
         self.assertEqual(cache.gate().data_ptr(), cache.gate().data_ptr())
         self.assertEqual(cache.down_hidden_major().stride(), (1, 8))
-        self.assertEqual(cache.down_hidden_major().data_ptr(), cache.down().data_ptr())
+        self.assertEqual(cache.down_hidden_major().data_ptr(), cache.down_rows().data_ptr())
 
     def test_numpy_inputs_and_outputs(self):
         rng = np.random.default_rng(8)
@@ -313,7 +313,7 @@ class ViewLifetimeTest(unittest.TestCase):
             self.assertEqual(cache.up().stride(), (30, 1))
             self.assertTrue(torch.equal(cache.gate(), gate[idx]))
             self.assertTrue(torch.equal(cache.up(), up[idx]))
-            self.assertTrue(torch.equal(cache.down(), down.t()[idx]))
+            self.assertTrue(torch.equal(cache.down_rows(), down.t()[idx]))
             self.assertTrue(torch.equal(cache.down_hidden_major(), down[:, idx]))
             self.assertTrue(torch.equal(cache.gate_up_interleaved(),
                                         torch.cat([gate[idx], up[idx]], dim=1)))
@@ -506,6 +506,27 @@ class ReliabilityTest(unittest.TestCase):
                                           use_optimized_cache=name.startswith("cached"))
             torch.testing.assert_close(mlp(x, values), expected, msg=name)
             torch.testing.assert_close(mlp(x, values.expand(2, i)), expected, msg=name)
+
+    def test_repack_fraction_and_keyword_options(self):
+        import _sparse_mlp
+        gen = torch.Generator().manual_seed(27)
+        gate, up, down = random_weights(gen, 64, 8, torch.float32)
+        first = torch.zeros(64, dtype=torch.bool)
+        first[:20] = True
+        c = WeightCache(first, gate, up, down, repack_fraction=0.5)
+        second = torch.zeros(64, dtype=torch.bool)
+        second[10:30] = True  # half of the 20 change: repacked at 0.5
+        c.update(second)
+        self.assertTrue(c.last_update["repacked"])
+        self.assertTrue(torch.equal(c.up(), up[c.active_indices()]))
+        d = WeightCache(first, gate, up, down)  # default 1.0: differential
+        d.update(second)
+        self.assertFalse(d.last_update["repacked"])
+        with self.assertRaisesRegex(ValueError, r"repack_fraction must be in \(0, 1\], got 0"):
+            WeightCache(first, gate, up, down, repack_fraction=0)
+        # The native options are keyword-only (no 11 positional arguments).
+        with self.assertRaises(TypeError):
+            _sparse_mlp.WeightCache(first.numpy(), 8, gate, up, down, 2)
 
     def test_writes_through_a_view_are_found_by_verify(self):
         gen = torch.Generator().manual_seed(26)
