@@ -2,6 +2,9 @@
 // a target attribute (not a -mavx2 copt) so that no inline function shared
 // with other translation units is ever emitted with AVX2 instructions; they
 // are only reached through the runtime check in mask_kernels.cc.
+#include "platform/simd_level.h"  // SPARSE_MLP_X86
+
+#if SPARSE_MLP_X86
 #include <immintrin.h>
 
 #include <array>
@@ -183,3 +186,5 @@ SPARSE_MLP_AVX2 size_t ExtractAndNotBitsAvx2(const uint64_t* a,
 }
 
 }  // namespace sparse_mlp::diff::internal
+
+#endif  // SPARSE_MLP_X86

@@ -1,15 +1,20 @@
-// AVX-512 versions of the mask kernels (F/BW/VL/DQ + VPOPCNTDQ). Compiled per
-// function with a target attribute and reached only through the runtime
-// check in mask_kernels.cc (see mask_kernels_avx2.cc for why not a copt).
+// AVX-512 versions of the mask kernels (F/BW/VL/DQ; the two popcounts also
+// VPOPCNTDQ). Compiled per function with a target attribute and reached
+// only through the runtime checks in mask_kernels.cc (see
+// mask_kernels_avx2.cc for why not a copt). x86 only.
+#include "diff/mask_kernels_internal.h"
+
+#if SPARSE_MLP_X86
 #include <immintrin.h>
 
 #include <cstddef>
 #include <cstdint>
 
-#include "diff/mask_kernels_internal.h"
-
-#define SPARSE_MLP_AVX512                                                   \
-  __attribute__((target(                                                    \
+#define SPARSE_MLP_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,bmi,bmi2,popcnt")))
+// The popcount kernels, chosen only where the CPU has VPOPCNTDQ.
+#define SPARSE_MLP_AVX512_POPCNT                                                \
+  __attribute__((target(                                                         \
       "avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx2,bmi,bmi2,popcnt")))
 
 namespace sparse_mlp::diff::internal {
@@ -59,7 +64,7 @@ SPARSE_MLP_AVX512 void PackBytesUnionAvx512(const uint8_t* bytes, size_t rows,
   }
 }
 
-SPARSE_MLP_AVX512 size_t CountDifferentBitsAvx512(const uint64_t* a,
+SPARSE_MLP_AVX512_POPCNT size_t CountDifferentBitsAvx512(const uint64_t* a,
                                                   const uint64_t* b,
                                                   size_t num_words) {
   __m512i sums = _mm512_setzero_si512();
@@ -72,7 +77,7 @@ SPARSE_MLP_AVX512 size_t CountDifferentBitsAvx512(const uint64_t* a,
   return SumLanes(sums);
 }
 
-SPARSE_MLP_AVX512 size_t CountSetBitsAvx512(const uint64_t* a,
+SPARSE_MLP_AVX512_POPCNT size_t CountSetBitsAvx512(const uint64_t* a,
                                             size_t num_words) {
   __m512i sums = _mm512_setzero_si512();
   for (size_t w = 0; w < num_words; w += 8) {
@@ -114,3 +119,5 @@ SPARSE_MLP_AVX512 size_t ExtractAndNotBitsAvx512(const uint64_t* a,
 }
 
 }  // namespace sparse_mlp::diff::internal
+
+#endif  // SPARSE_MLP_X86

@@ -22,8 +22,10 @@ namespace sparse_mlp::diff::internal {
                                    uint32_t* out);
 
 SPARSE_MLP_DECLARE_MASK_KERNELS(Scalar)
+#if SPARSE_MLP_X86
 SPARSE_MLP_DECLARE_MASK_KERNELS(Avx2)
 SPARSE_MLP_DECLARE_MASK_KERNELS(Avx512)
+#endif
 
 #undef SPARSE_MLP_DECLARE_MASK_KERNELS
 

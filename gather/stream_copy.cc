@@ -2,9 +2,11 @@
 // attribute and is reached only through SelectRowCopy's runtime check.
 #include "gather/stream_copy.h"
 
-#include <immintrin.h>
-
 #include <cstring>
+
+#if SPARSE_MLP_X86
+#include <immintrin.h>
+#endif
 
 namespace sparse_mlp::gather::internal {
 namespace {
@@ -12,6 +14,11 @@ namespace {
 void PlainCopy(uint8_t* dst, const uint8_t* src, size_t bytes, ReadAhead* /*ahead*/) {
   std::memcpy(dst, src, bytes);
 }
+
+}  // namespace
+
+#if SPARSE_MLP_X86
+namespace {
 
 // The read-ahead's progress in the loops below: one Advance per loop step
 // (four lines), the head and tail at the end.
@@ -71,13 +78,16 @@ __attribute__((target("avx512f"))) void StreamCopyAvx512(uint8_t* dst, const uin
   std::memcpy(dst + i, src + i, bytes - i);
   Progress(ahead, head + (bytes - body_end));
 }
+#endif  // SPARSE_MLP_X86
 
 RowCopyFn SelectRowCopy(SimdLevel level) {
   switch (Resolve(level)) {
+#if SPARSE_MLP_X86
     case SimdLevel::kAvx512:
       return StreamCopyAvx512;
     case SimdLevel::kAvx2:
       return StreamCopyAvx2;
+#endif
     default:
       return PlainCopy;
   }

@@ -74,6 +74,7 @@ size_t StagingStride(const TileKernel& kernel, size_t elem_bytes) {
 // in place.
 TileKernel SelectTileKernel(size_t elem_bytes, SimdLevel level) {
   const SimdLevel resolved = Resolve(level);
+#if SPARSE_MLP_X86
   if (resolved != SimdLevel::kScalar) {
     const bool avx512 = resolved == SimdLevel::kAvx512;
     if (elem_bytes == 4) {
@@ -87,6 +88,9 @@ TileKernel SelectTileKernel(size_t elem_bytes, SimdLevel level) {
               256, 256, true};
     }
   }
+#else
+  (void)resolved;  // only the scalar kernels exist off x86
+#endif
   switch (elem_bytes) {
     case 1:
       return {ScalarTile<1>, 64, 64, false};

@@ -11,6 +11,9 @@
 // after the runtime check in transpose.cc; callers sfence
 // (FinishStreamingStores, platform/store_fence.h) before another thread
 // reads the destination.
+#include "platform/simd_level.h"  // SPARSE_MLP_X86
+
+#if SPARSE_MLP_X86
 #include <immintrin.h>
 
 #include "gather/transpose_8x8.h"
@@ -104,3 +107,5 @@ SPARSE_MLP_AVX2 void TileTransposeAvx2Bits16(const uint8_t* src,
 
 
 }  // namespace sparse_mlp::gather::internal
+
+#endif  // SPARSE_MLP_X86

@@ -10,6 +10,9 @@
 // fill a full-line block go to Block32x8 / Block16x8 (two-source word
 // permutes, VPERMT2W, over sub-line loads) and then to the AVX2 / scalar
 // kernels.
+#include "platform/simd_level.h"  // SPARSE_MLP_X86
+
+#if SPARSE_MLP_X86
 #include <immintrin.h>
 
 #include <array>
@@ -340,3 +343,5 @@ SPARSE_MLP_AVX512 void TileTransposeAvx512Bits32(const uint8_t* src,
 }
 
 }  // namespace sparse_mlp::gather::internal
+
+#endif  // SPARSE_MLP_X86

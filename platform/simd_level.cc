@@ -4,25 +4,27 @@ namespace sparse_mlp {
 namespace {
 
 struct CpuLevels {
-  bool avx2;
-  bool avx512;
+  bool avx2 = false;
+  bool avx512 = false;
+  bool vpopcntdq = false, bf16 = false, fma = false, f16c = false;
 };
 
 CpuLevels Detect() {
-#if defined(__x86_64__) || defined(__i386__)
+  CpuLevels l;
+#if SPARSE_MLP_X86
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") &&
-                    __builtin_cpu_supports("bmi2") &&
-                    __builtin_cpu_supports("popcnt");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vpopcntdq");
-  return {avx2, avx512};
-#else
-  return {false, false};
+  // Every instruction the kAvx2 kernels use (BMI1: andn, tzcnt; BMI2: bzhi).
+  l.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi") &&
+           __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt");
+  l.avx512 = l.avx2 && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq");
+  l.vpopcntdq = l.avx512 && __builtin_cpu_supports("avx512vpopcntdq");
+  l.bf16 = l.avx512 && __builtin_cpu_supports("avx512bf16");
+  l.fma = __builtin_cpu_supports("fma");
+  l.f16c = __builtin_cpu_supports("f16c");
 #endif
+  return l;
 }
 
 const CpuLevels& Levels() {
@@ -31,6 +33,20 @@ const CpuLevels& Levels() {
 }
 
 }  // namespace
+
+bool HasCpuFeature(CpuFeature feature) {
+  switch (feature) {
+    case CpuFeature::kAvx512Vpopcntdq:
+      return Levels().vpopcntdq;
+    case CpuFeature::kAvx512Bf16:
+      return Levels().bf16;
+    case CpuFeature::kFma:
+      return Levels().fma;
+    case CpuFeature::kF16c:
+      return Levels().f16c;
+  }
+  return false;
+}
 
 bool IsSupported(SimdLevel level) {
   switch (level) {

@@ -12,6 +12,7 @@ packages=(
   clang                # the fuzz targets (--config=fuzz): clang 14,
   libclang-rt-14-dev   # libFuzzer and clang's sanitizer runtimes,
   libomp-dev           # and LLVM's OpenMP runtime for clang builds
+  g++-aarch64-linux-gnu  # CI compiles the library for aarch64 (portable paths)
   libabsl-dev
   libgtest-dev
   libgmock-dev
