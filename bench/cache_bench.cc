@@ -46,6 +46,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/types/span.h"
+#include "nlohmann/json.hpp"
 #include "bench/cache_eviction.h"
 #include "bench/optimized_build_check.h"
 #include "bench/timing.h"
@@ -255,6 +256,54 @@ void PrintGoals(const std::vector<CaseResult>& results,
   }
 }
 
+// The floor: a memcpy of exactly the bytes an update copied, from and to
+// memory as cold as the update's. Its source and destination windows
+// advance through buffers of its own, far larger than the caches and
+// touched by nothing else (the weights themselves are read by the rebuilds,
+// which would leave the next window partly cached), as the update's rows
+// are spread over the cache's sources and packed buffers. Each matrix's
+// part has a destination of its own too: writing the parts into one window
+// would leave the second and third writes hitting lines the first had just
+// brought into the cache, a floor faster than any copy of that many
+// distinct bytes.
+class Floor {
+ public:
+  Floor(size_t matrix_bytes, size_t matrices)
+      : matrix_bytes_(matrix_bytes),
+        matrices_(matrices),
+        dst_(Buffer(3 * matrix_bytes, 0)),
+        src_(Buffer(3 * matrix_bytes, 1)) {}
+
+  // Seconds for `bytes` split over the matrices like the update's rows
+  // (without a gate: the up and down parts). Untimed afterwards: what it
+  // read and wrote is flushed, so the next timed copy does not pay its
+  // write-back.
+  double Time(size_t bytes, int threads) {
+    const size_t per_matrix = bytes / matrices_;
+    if (offset_ + per_matrix > matrix_bytes_) offset_ = 0;
+    const size_t first_part = 3 - matrices_;
+    auto at = [&](memory::AlignedBuffer& b, size_t m) {
+      return b.data() + m * matrix_bytes_ + offset_;
+    };
+    const double seconds = SecondsOf([&] {
+      for (size_t m = first_part; m < 3; ++m) {
+        (void)gather::ParallelCopy(at(dst_, m), at(src_, m), per_matrix, threads);
+      }
+    });
+    for (size_t m = first_part; m < 3; ++m) {
+      EvictFromCaches(at(dst_, m), per_matrix);
+      EvictFromCaches(at(src_, m), per_matrix);
+    }
+    offset_ += per_matrix;
+    return seconds;
+  }
+
+ private:
+  size_t matrix_bytes_, matrices_;
+  memory::AlignedBuffer dst_, src_;
+  size_t offset_ = 0;
+};
+
 class Bench {
  public:
   Bench(size_t h, size_t i, int threads, SimdLevel simd)
@@ -311,29 +360,10 @@ class Bench {
       caches.push_back(*cache::WeightCache::Create(cache_options, Sources(w), masks[0]));
       (void)caches.back().Reserve(max_active);  // growth is not what this measures
     }
-    // The floor copies from and to memory as cold as the update's: its
-    // source and destination windows advance through buffers of its own,
-    // far larger than the caches and touched by nothing else (the weights
-    // themselves are read by the rebuilds, which would leave the floor's
-    // next window partly cached), as the update's rows are spread over the
-    // cache's own sources and packed buffers. Each matrix's part has a
-    // destination of its own too: writing the three parts into one window
-    // would leave the second and third writes hitting lines the first one
-    // had just brought into the cache, a floor faster than any copy of that
-    // many distinct bytes (it read 26 GB/s where a copy into distinct cold
-    // bytes read 17-18 GB/s in the same minutes).
-    memory::AlignedBuffer floor_dst = Buffer(3 * w.up.size(), 0);
-    memory::AlignedBuffer floor_src = Buffer(3 * w.up.size(), 1);
-    const uint8_t* const floor_sources[] = {floor_src.data(), floor_src.data() + w.up.size(),
-                                            floor_src.data() + 2 * w.up.size()};
-    uint8_t* const floor_destinations[] = {floor_dst.data(), floor_dst.data() + w.up.size(),
-                                           floor_dst.data() + 2 * w.up.size()};
-    size_t floor_offset = 0;
+    Floor floor_buffers(w.up.size(), absl::GetFlag(FLAGS_gate) ? 3 : 2);
     memory::AlignedBuffer packed = Buffer(matrices * max_active * rb, 0);
-
     std::vector<std::vector<double>> update(caches.size());
     std::vector<double> floor, rebuild_a, rebuild_b, moved;
-    std::vector<gather::RowCopy> copies;
     for (size_t k = 1; k < masks.size(); ++k) {
       for (size_t j = 0; j < caches.size(); ++j) {
         const size_t which = (j + k) % caches.size();
@@ -342,55 +372,10 @@ class Bench {
       // Every layout copies the same rows (same plan), hence the same bytes.
       const size_t bytes = caches[0].last_update().bytes_copied;
       moved.push_back(static_cast<double>(bytes));
-      // Floor: the same bytes, contiguous, split over the three matrices
-      // like the update's rows.
-      const size_t per_matrix = bytes / matrices;
-      if (floor_offset + per_matrix > w.up.size()) floor_offset = 0;
-      // Without a gate, the floor copies the up and down parts.
-      const size_t first_part = 3 - matrices;
-      floor.push_back(SecondsOf([&] {
-        for (size_t m = first_part; m < 3; ++m) {
-          (void)gather::ParallelCopy(floor_destinations[m] + floor_offset,
-                               floor_sources[m] + floor_offset, per_matrix, threads_);
-        }
-      }));
-      // Untimed: the floor's dirty lines would otherwise be written back
-      // during the rebuilds, which are timed too.
-      for (size_t m = first_part; m < 3; ++m) {
-        EvictFromCaches(floor_destinations[m] + floor_offset, per_matrix);
-        EvictFromCaches(floor_sources[m] + floor_offset, per_matrix);
-      }
-      floor_offset += per_matrix;
-      // Baselines: rebuild every active row from scratch.
-      const std::vector<uint32_t> active = masks[k].ToIndices();
-      copies.clear();
-      for (size_t s = 0; s < active.size(); ++s) {
-        copies.push_back({active[s], static_cast<uint32_t>(s)});
-      }
-      const size_t a = active.size();
-      auto gather_gate_up = [&] {
-        size_t offset = 0;
-        if (absl::GetFlag(FLAGS_gate)) {
-          (void)gather::GatherRows({w.gate.data(), i_, rb}, {packed.data(), a, rb}, rb,
-                                   copies, threads_);
-          offset = a * rb;
-        }
-        (void)gather::GatherRows({w.up.data(), i_, rb}, {packed.data() + offset, a, rb}, rb,
-                                 copies, threads_);
-        return offset + a * rb;
-      };
-      rebuild_a.push_back(SecondsOf([&] {
-        const size_t offset = gather_gate_up();
-        gather::TransposeOptions options;
-        options.num_threads = threads_;
-        (void)gather::GatherColumns({w.down.data(), h_, i_ * elem}, i_, elem, active,
-                                    {packed.data() + offset, a, rb}, options);
-      }));
-      rebuild_b.push_back(SecondsOf([&] {
-        const size_t offset = gather_gate_up();
-        (void)gather::GatherRows({w.down_neuron_major.data(), i_, rb},
-                                 {packed.data() + offset, a, rb}, rb, copies, threads_);
-      }));
+      floor.push_back(floor_buffers.Time(bytes, threads_));
+      const auto [a, b] = TimeRebuilds(dtype, w, masks[k], packed);
+      rebuild_a.push_back(a);
+      rebuild_b.push_back(b);
     }
     std::vector<CaseResult> results;
     for (size_t j = 0; j < caches.size(); ++j) {
@@ -400,6 +385,46 @@ class Bench {
                          Median(moved) / 1e6, masks.back().CountActive()});
     }
     return results;
+  }
+
+  // The baselines: every active row rebuilt from scratch into `packed`,
+  // (a) with down columns gathered from [H, I], (b) from a neuron-major down.
+  // Seconds of each.
+  std::pair<double, double> TimeRebuilds(DType dtype, const Weights& w,
+                                         const diff::NeuronMask& mask,
+                                         memory::AlignedBuffer& packed) {
+    const size_t elem = cache::DTypeSize(dtype);
+    const size_t rb = h_ * elem;
+    const std::vector<uint32_t> active = mask.ToIndices();
+    copies_.clear();
+    for (size_t s = 0; s < active.size(); ++s) {
+      copies_.push_back({active[s], static_cast<uint32_t>(s)});
+    }
+    const size_t a = active.size();
+    auto gather_gate_up = [&] {
+      size_t offset = 0;
+      if (absl::GetFlag(FLAGS_gate)) {
+        (void)gather::GatherRows({w.gate.data(), i_, rb}, {packed.data(), a, rb}, rb, copies_,
+                                 threads_);
+        offset = a * rb;
+      }
+      (void)gather::GatherRows({w.up.data(), i_, rb}, {packed.data() + offset, a, rb}, rb,
+                               copies_, threads_);
+      return offset + a * rb;
+    };
+    const double seconds_a = SecondsOf([&] {
+      const size_t offset = gather_gate_up();
+      gather::TransposeOptions options;
+      options.num_threads = threads_;
+      (void)gather::GatherColumns({w.down.data(), h_, i_ * elem}, i_, elem, active,
+                                  {packed.data() + offset, a, rb}, options);
+    });
+    const double seconds_b = SecondsOf([&] {
+      const size_t offset = gather_gate_up();
+      (void)gather::GatherRows({w.down_neuron_major.data(), i_, rb},
+                               {packed.data() + offset, a, rb}, rb, copies_, threads_);
+    });
+    return {seconds_a, seconds_b};
   }
 
   Weights MakeWeights(DType dtype) const {
@@ -432,162 +457,182 @@ class Bench {
   size_t h_, i_;
   int threads_;
   SimdLevel simd_;
+  std::vector<gather::RowCopy> copies_;  // the rebuilds' copy list
 };
 
-int Main() {
-  RequireOptimizedBuild();
-  const std::string model = absl::GetFlag(FLAGS_model);
+// What a run measures, from the flags.
+struct Config {
   const Preset* preset = nullptr;
-  for (const Preset& p : kPresets) {
-    if (model == p.name) preset = &p;
-  }
-  if (preset == nullptr) {
-    std::fprintf(stderr, "error: unknown --model=%s\n", model.c_str());
-    return 2;
-  }
   std::vector<DType> dtypes;
-  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
-    const absl::StatusOr<DType> dtype = cache::ParseDType(name);
-    if (!dtype.ok()) {
-      std::fprintf(stderr, "error: --dtypes: %s\n", dtype.status().ToString().c_str());
-      return 2;
-    }
-    dtypes.push_back(*dtype);
-  }
   std::vector<cache::PackedLayout> layouts;
-  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_layouts), ',')) {
-    const absl::StatusOr<cache::PackedLayout> layout = cache::ParsePackedLayout(name);
-    if (!layout.ok()) {
-      std::fprintf(stderr, "error: --layouts: %s\n", layout.status().ToString().c_str());
-      return 2;
-    }
-    if (*layout == cache::PackedLayout::kInterleavedGateUp && !absl::GetFlag(FLAGS_gate)) {
-      std::fprintf(stderr, "error: the interleaved layout needs --gate\n");
-      return 2;
-    }
-    layouts.push_back(*layout);
-  }
-  std::vector<std::pair<std::string, double>> churns;
-  for (absl::string_view text : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
-    double c;
-    if (!absl::SimpleAtod(text, &c) || c < 0 || c > 1) {
-      std::fprintf(stderr, "error: churn '%s' is not a number in [0, 1]\n",
-                   std::string(text).c_str());
-      return 2;
-    }
-    churns.push_back({std::string(text), c});
-  }
-  const double active = absl::GetFlag(FLAGS_active);
-  const int threads = absl::GetFlag(FLAGS_threads);
-  const int steps = absl::GetFlag(FLAGS_steps);
-  const int batch = absl::GetFlag(FLAGS_batch);
-  if (!(active > 0 && active <= 1) || threads < 1 || steps < 1 || batch < 1) {
-    std::fprintf(stderr, "error: need 0 < --active <= 1 and --threads, --steps, --batch >= 1\n");
-    return 2;
-  }
-  const size_t h = preset->hidden, n = preset->intermediate;
-  const std::string simd_name = absl::GetFlag(FLAGS_simd);
-  const absl::StatusOr<SimdLevel> parsed_simd = ParseSimdLevel(simd_name);
-  if (!parsed_simd.ok()) {
-    std::fprintf(stderr, "error: --simd: %s\n", parsed_simd.status().ToString().c_str());
-    return 2;
-  }
-  const SimdLevel simd = *parsed_simd;
-  if (!IsSupported(simd)) {
-    std::fprintf(stderr, "error: this CPU does not support --simd=%s\n", simd_name.c_str());
-    return 2;
-  }
+  std::vector<std::pair<std::string, double>> churns;  // label as given, value
+  double active = 0;
+  int threads = 0, steps = 0, batch = 0;
+  SimdLevel simd = SimdLevel::kBest;
+  std::vector<diff::NeuronMask> replay;  // empty: generated masks
+};
 
-  std::vector<diff::NeuronMask> replay;
+// Every flag checked; the error names the flag and the value.
+absl::StatusOr<Config> ConfigFromFlags() {
+  Config c;
+  const std::string model = absl::GetFlag(FLAGS_model);
+  for (const Preset& p : kPresets) {
+    if (model == p.name) c.preset = &p;
+  }
+  if (c.preset == nullptr) return absl::InvalidArgumentError("unknown --model=" + model);
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
+    absl::StatusOr<DType> dtype = cache::ParseDType(name);
+    if (!dtype.ok()) return dtype.status();
+    c.dtypes.push_back(*dtype);
+  }
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_layouts), ',')) {
+    absl::StatusOr<cache::PackedLayout> layout = cache::ParsePackedLayout(name);
+    if (!layout.ok()) return layout.status();
+    if (*layout == cache::PackedLayout::kInterleavedGateUp && !absl::GetFlag(FLAGS_gate)) {
+      return absl::InvalidArgumentError("the interleaved layout needs --gate");
+    }
+    c.layouts.push_back(*layout);
+  }
+  for (absl::string_view text : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
+    double churn;
+    if (!absl::SimpleAtod(text, &churn) || churn < 0 || churn > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("churn '%s' is not a number in [0, 1]", text));
+    }
+    c.churns.push_back({std::string(text), churn});
+  }
+  c.active = absl::GetFlag(FLAGS_active);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.steps = absl::GetFlag(FLAGS_steps);
+  c.batch = absl::GetFlag(FLAGS_batch);
+  if (!(c.active > 0 && c.active <= 1) || c.threads < 1 || c.steps < 1 || c.batch < 1) {
+    return absl::InvalidArgumentError(
+        "need 0 < --active <= 1 and --threads, --steps, --batch >= 1");
+  }
+  absl::StatusOr<SimdLevel> simd = ParseSimdLevel(absl::GetFlag(FLAGS_simd));
+  if (!simd.ok()) return simd.status();
+  if (!IsSupported(*simd)) {
+    return absl::InvalidArgumentError("this CPU does not support --simd=" +
+                                      absl::GetFlag(FLAGS_simd));
+  }
+  c.simd = *simd;
   if (!absl::GetFlag(FLAGS_replay).empty()) {
     absl::StatusOr<std::vector<diff::NeuronMask>> read =
-        ReadReplay(absl::GetFlag(FLAGS_replay), absl::GetFlag(FLAGS_replay_format), n);
-    if (!read.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(read.status().message()).c_str());
-      return 2;
-    }
-    replay = *std::move(read);
+        ReadReplay(absl::GetFlag(FLAGS_replay), absl::GetFlag(FLAGS_replay_format),
+                   c.preset->intermediate);
+    if (!read.ok()) return read.status();
+    c.replay = *std::move(read);
   }
+  return c;
+}
 
-  std::printf("sparse_mlp cache benchmark: %s (H=%zu, I=%zu), %s, %d threads, %s kernels, %s\n",
-              preset->name, h, n,
-              replay.empty() ? absl::StrFormat("active %.2f, batch %d, %d steps", active,
-                                               batch, steps).c_str()
-                             : absl::StrFormat("replay of %zu masks", replay.size()).c_str(),
-              threads, SimdLevelName(Resolve(simd)),
-              absl::GetFlag(FLAGS_gate) ? "gate+up+down" : "up+down (no gate)");
-  Bench bench(h, n, threads, simd);
-  std::vector<CaseResult> results;
-  std::vector<std::string> construction;
-  std::vector<std::pair<std::string, double>> construction_ratio;  // dtype, Create / copy
-  for (DType dtype : dtypes) {
-    const Weights w = bench.MakeWeights(dtype);
-    std::mt19937_64 rng(2026);
-    const size_t count = static_cast<size_t>(active * n);
-    construction_ratio.push_back(
-        {cache::DTypeName(dtype),
-         bench.ConstructionReport(dtype, w, RandomMask(n, count, rng), &construction)});
-    if (!replay.empty()) {
-      for (CaseResult& r : bench.Run(dtype, layouts, w, replay, "replay")) {
-        results.push_back(std::move(r));
-      }
-      continue;
-    }
-    for (const auto& [label, churn] : churns) {
-      // One warm-up step, then `steps` measured ones. Each step's mask is
-      // the union of `batch` token masks around the step's base mask.
-      std::vector<diff::NeuronMask> masks;
-      diff::NeuronMask base = RandomMask(n, count, rng);
-      for (int k = 0; k <= steps + 1; ++k) {
-        diff::NeuronMask step = base;
-        for (int t = 1; t < batch; ++t) (void)step.UnionWith(Churn(base, churn, rng));
-        masks.push_back(step);
-        base = Churn(base, churn, rng);
-      }
-      // Drop the warm-up transition from the medians by running it first.
-      std::vector<diff::NeuronMask> measured(masks.begin() + 1, masks.end());
-      for (CaseResult& r : bench.Run(dtype, layouts, w, measured, label)) {
-        results.push_back(std::move(r));
-      }
-    }
+// A case's mask sequence: one warm-up transition (dropped here, so that the
+// medians see only steady-state updates), then `steps` measured steps, each
+// the union of `batch` token masks around the step's base mask.
+std::vector<diff::NeuronMask> CaseMasks(const Config& c, size_t count, double churn,
+                                        std::mt19937_64& rng) {
+  const size_t n = c.preset->intermediate;
+  std::vector<diff::NeuronMask> masks;
+  diff::NeuronMask base = RandomMask(n, count, rng);
+  for (int k = 0; k <= c.steps + 1; ++k) {
+    diff::NeuronMask step = base;
+    for (int t = 1; t < c.batch; ++t) (void)step.UnionWith(Churn(base, churn, rng));
+    if (k > 0) masks.push_back(step);
+    base = Churn(base, churn, rng);
   }
+  return masks;
+}
+
+void PrintTable(const std::vector<std::string>& construction,
+                const std::vector<CaseResult>& results) {
   for (const std::string& line : construction) std::printf("%s\n", line.c_str());
   std::printf("\n%-9s %-6s %-7s %7s %11s %9s %8s %8s %8s %11s %9s %11s %9s\n", "dtype",
-              "layout", "churn", "active", "update_us", "moved_MB", "GB/s", "floor_GB/s", "x_floor",
-              "rebuild_a_ms", "speedup_a", "rebuild_b_ms", "speedup_b");
+              "layout", "churn", "active", "update_us", "moved_MB", "GB/s", "floor_GB/s",
+              "x_floor", "rebuild_a_ms", "speedup_a", "rebuild_b_ms", "speedup_b");
   for (const CaseResult& r : results) {
     const double gbps = r.update_us > 0 ? r.moved_mb * 1e6 / (r.update_us * 1e-6) / 1e9 : 0;
     const double floor_gbps = r.floor_us > 0 ? r.moved_mb * 1e6 / (r.floor_us * 1e-6) / 1e9 : 0;
     std::printf("%-9s %-6s %-7s %7zu %11.1f %9.2f %8.2f %10.2f %8s %11.2f %9.1f %11.2f %9.1f\n",
-                r.dtype.c_str(), r.layout.c_str(), r.churn.c_str(), r.active, r.update_us, r.moved_mb, gbps,
-                floor_gbps, r.moved_mb > 0 ? absl::StrFormat("%.2f", r.x_floor()).c_str() : "-",
+                r.dtype.c_str(), r.layout.c_str(), r.churn.c_str(), r.active, r.update_us,
+                r.moved_mb, gbps, floor_gbps,
+                r.moved_mb > 0 ? absl::StrFormat("%.2f", r.x_floor()).c_str() : "-",
                 r.rebuild_a_ms, r.speedup_a(), r.rebuild_b_ms, r.speedup_b());
   }
   std::printf(
       "\nupdate_us: median WeightCache::Update; moved_MB: bytes it copied; floor_GB/s: memcpy of "
-      "those bytes;\nx_floor: update / that memcpy (same threads, same run);\nrebuild_a: full gather with down "
-      "columns from [H, I]; rebuild_b: full gather from a neuron-major down; speedup = "
-      "rebuild / update.\n");
-  if (replay.empty()) PrintGoals(results, construction_ratio);
+      "those bytes;\nx_floor: update / that memcpy (same threads, same run);\nrebuild_a: full "
+      "gather with down columns from [H, I]; rebuild_b: full gather from a neuron-major down; "
+      "speedup = rebuild / update.\n");
+}
 
-  const std::string json_path = absl::GetFlag(FLAGS_json);
-  if (!json_path.empty()) {
-    std::ofstream out(json_path);
-    std::vector<std::string> rows;
-    for (const CaseResult& r : results) {
-      rows.push_back(absl::StrFormat(
-          "{\"dtype\": \"%s\", \"layout\": \"%s\", \"churn\": \"%s\", \"active\": %u, "
-          "\"update_us\": %.3f, "
-          "\"floor_us\": %.3f, \"moved_mb\": %.4f, \"rebuild_a_ms\": %.4f, "
-          "\"rebuild_b_ms\": %.4f}",
-          r.dtype, r.layout, r.churn, r.active, r.update_us, r.floor_us, r.moved_mb, r.rebuild_a_ms,
-          r.rebuild_b_ms));
+absl::Status WriteJson(const std::string& path, const Config& c,
+                       const std::vector<std::string>& construction,
+                       const std::vector<CaseResult>& results) {
+  nlohmann::json cases = nlohmann::json::array();
+  for (const CaseResult& r : results) {
+    cases.push_back({{"dtype", r.dtype},
+                     {"layout", r.layout},
+                     {"churn", r.churn},
+                     {"active", r.active},
+                     {"update_us", r.update_us},
+                     {"floor_us", r.floor_us},
+                     {"moved_mb", r.moved_mb},
+                     {"rebuild_a_ms", r.rebuild_a_ms},
+                     {"rebuild_b_ms", r.rebuild_b_ms}});
+  }
+  const nlohmann::json doc = {{"model", c.preset->name},
+                              {"threads", c.threads},
+                              {"construction", construction},
+                              {"cases", cases}};
+  std::ofstream out(path);
+  out << doc.dump(2) << "\n";
+  if (!out) return absl::UnavailableError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+int Main() {
+  RequireOptimizedBuild();
+  const absl::StatusOr<Config> config = ConfigFromFlags();
+  if (!config.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  const Config& c = *config;
+  const size_t h = c.preset->hidden, n = c.preset->intermediate;
+  std::printf("sparse_mlp cache benchmark: %s (H=%zu, I=%zu), %s, %d threads, %s kernels, %s\n",
+              c.preset->name, h, n,
+              c.replay.empty() ? absl::StrFormat("active %.2f, batch %d, %d steps", c.active,
+                                                 c.batch, c.steps).c_str()
+                               : absl::StrFormat("replay of %zu masks", c.replay.size()).c_str(),
+              c.threads, SimdLevelName(Resolve(c.simd)),
+              absl::GetFlag(FLAGS_gate) ? "gate+up+down" : "up+down (no gate)");
+  Bench bench(h, n, c.threads, c.simd);
+  std::vector<CaseResult> results;
+  std::vector<std::string> construction;
+  std::vector<std::pair<std::string, double>> construction_ratio;  // dtype, Create / copy
+  for (DType dtype : c.dtypes) {
+    const Weights w = bench.MakeWeights(dtype);
+    std::mt19937_64 rng(2026);
+    const size_t count = static_cast<size_t>(c.active * n);
+    construction_ratio.push_back(
+        {cache::DTypeName(dtype),
+         bench.ConstructionReport(dtype, w, RandomMask(n, count, rng), &construction)});
+    auto add = [&](std::vector<CaseResult> rs) {
+      for (CaseResult& r : rs) results.push_back(std::move(r));
+    };
+    if (!c.replay.empty()) {
+      add(bench.Run(dtype, c.layouts, w, c.replay, "replay"));
+      continue;
     }
-    out << "{\"model\": \"" << preset->name << "\", \"threads\": " << threads
-        << ", \"construction\": [\"" << absl::StrJoin(construction, "\", \"")
-        << "\"], \"cases\": [" << absl::StrJoin(rows, ", ") << "]}\n";
-    if (!out) {
-      std::fprintf(stderr, "error: cannot write %s\n", json_path.c_str());
+    for (const auto& [label, churn] : c.churns) {
+      add(bench.Run(dtype, c.layouts, w, CaseMasks(c, count, churn, rng), label));
+    }
+  }
+  PrintTable(construction, results);
+  if (c.replay.empty()) PrintGoals(results, construction_ratio);
+  if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
+    if (absl::Status s = WriteJson(path, c, construction, results); !s.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
       return 1;
     }
   }

@@ -18,6 +18,7 @@ packages=(
   libgmock-dev
   libbenchmark-dev
   libdlpack-dev        # DLPack header for the zero-copy Python bindings
+  nlohmann-json3-dev   # the benchmarks' JSON output
   pybind11-dev
   python3-dev
   python3-numpy
