@@ -23,13 +23,9 @@ constexpr size_t DTypeSize(DType dtype) {
   return dtype == DType::kFloat32 ? 4 : 2;
 }
 
-// "float32", "bfloat16", "float16".
-constexpr const char* DTypeName(DType dtype) { return NameOf(kDTypeNames, dtype); }
-
-// The inverse of DTypeName; InvalidArgument naming the choices otherwise.
-inline absl::StatusOr<DType> ParseDType(absl::string_view name) {
-  return ParseName(kDTypeNames, name, "dtype");
-}
+// DTypeName: "float32", "bfloat16", "float16"; ParseDType: the inverse
+// (InvalidArgument naming the choices for any other name).
+SPARSE_MLP_ENUM_NAME_FUNCTIONS(DType, kDTypeNames, DTypeName, ParseDType, "dtype")
 
 }  // namespace sparse_mlp::cache
 

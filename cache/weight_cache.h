@@ -104,14 +104,10 @@ inline constexpr EnumName<PackedLayout> kPackedLayoutNames[] = {
     {PackedLayout::kFusedRows, "fused"},
 };
 
-// "split", "interleaved", "fused", and back (InvalidArgument naming the
-// choices for any other name).
-constexpr const char* PackedLayoutName(PackedLayout layout) {
-  return NameOf(kPackedLayoutNames, layout);
-}
-inline absl::StatusOr<PackedLayout> ParsePackedLayout(absl::string_view name) {
-  return ParseName(kPackedLayoutNames, name, "layout");
-}
+// PackedLayoutName: "split", "interleaved", "fused"; ParsePackedLayout: the
+// inverse (InvalidArgument naming the choices for any other name).
+SPARSE_MLP_ENUM_NAME_FUNCTIONS(PackedLayout, kPackedLayoutNames, PackedLayoutName,
+                               ParsePackedLayout, "layout")
 
 enum class SourceOwnership { kCopy, kBorrow };
 

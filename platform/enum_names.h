@@ -53,4 +53,15 @@ absl::StatusOr<E> ParseName(const EnumName<E> (&table)[N], absl::string_view nam
 
 }  // namespace sparse_mlp
 
+// Defines an enum's two named functions over its table:
+//   constexpr const char* NameFn(Enum)               (NameOf)
+//   absl::StatusOr<Enum> ParseFn(absl::string_view)  (ParseName, naming `what`)
+#define SPARSE_MLP_ENUM_NAME_FUNCTIONS(Enum, table, NameFn, ParseFn, what) \
+  constexpr const char* NameFn(Enum value) {                              \
+    return ::sparse_mlp::NameOf(table, value);                            \
+  }                                                                       \
+  inline absl::StatusOr<Enum> ParseFn(absl::string_view name) {           \
+    return ::sparse_mlp::ParseName(table, name, what);                    \
+  }
+
 #endif  // SPARSE_MLP_PLATFORM_ENUM_NAMES_H_

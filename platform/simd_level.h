@@ -65,14 +65,10 @@ inline constexpr EnumName<SimdLevel> kSimdLevelNames[] = {
     {SimdLevel::kBest, "best"},
 };
 
-// "scalar", "avx2", "avx512", "best", and back (InvalidArgument naming the
-// choices for any other name).
-constexpr const char* SimdLevelName(SimdLevel level) {
-  return NameOf(kSimdLevelNames, level);
-}
-inline absl::StatusOr<SimdLevel> ParseSimdLevel(absl::string_view name) {
-  return ParseName(kSimdLevelNames, name, "SIMD level");
-}
+// SimdLevelName: "scalar", "avx2", "avx512", "best"; ParseSimdLevel: the
+// inverse (InvalidArgument naming the choices for any other name).
+SPARSE_MLP_ENUM_NAME_FUNCTIONS(SimdLevel, kSimdLevelNames, SimdLevelName, ParseSimdLevel,
+                               "SIMD level")
 
 }  // namespace sparse_mlp
 
