@@ -60,7 +60,8 @@ class NeuronMask {
   // duplicated; the message names the position and values); words.size() !=
   // WordsForNeurons(size()) or a bit set past the last neuron; a byte matrix
   // whose size is not rows * size(), or of zero rows (a batch of no tokens
-  // is taken for an upstream slicing mistake, not for the empty mask).
+  // is taken for an upstream slicing mistake, not for the empty mask);
+  // rows * size() overflowing a size_t is OutOfRange.
   absl::Status AssignBytes(absl::Span<const uint8_t> bytes,
                            SimdLevel level = SimdLevel::kBest);
   absl::Status AssignIndices(absl::Span<const uint32_t> sorted_indices);

@@ -83,7 +83,9 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
 // For each copy: row_bytes bytes from src row `src_row` to dst row
 // `dst_row`. Errors (InvalidArgument, nothing written): row_bytes larger
 // than either stride, a null matrix with rows to copy, a row index out of
-// range (the message names the copy's position and index).
+// range (the message names the copy's position and index); copies x
+// row_bytes overflowing a size_t is OutOfRange, as every size overflow in
+// sparse_mlp (memory/size_math.h).
 absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
                         absl::Span<const RowCopy> copies, int num_threads,
                         SimdLevel level = SimdLevel::kBest);
@@ -97,8 +99,9 @@ absl::Status GatherRows(ConstRowsView src, RowsView dst, size_t row_bytes,
 // kStreamingGatherMinBytes or more write with streaming stores (for large
 // copies nobody reads soon, e.g. weights copied at construction). Errors
 // (InvalidArgument, nothing written): row_bytes larger than either stride,
-// num_rows beyond either matrix, a null matrix with rows to copy, a size
-// that overflows. (Speed: //bench:gather, BM_CopyRows.) The two matrices
+// num_rows beyond either matrix, a null matrix with rows to copy; a size
+// that overflows is OutOfRange. (Speed: //bench:gather, BM_CopyRows.) The
+// two matrices
 // must not overlap. Thread-safe for disjoint destinations; no
 // allocation; O(num_rows x row_bytes).
 absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
