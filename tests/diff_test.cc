@@ -273,6 +273,13 @@ TEST(NeuronMaskErrorTest, ByteMatrixOfZeroRows) {
   EXPECT_THAT(mask.ToIndices(), ElementsAre(3));
 }
 
+TEST(NeuronMaskErrorTest, ByteMatrixSizeOverflow) {
+  NeuronMask mask = *NeuronMask::FromIndices(4, {3});
+  const absl::Status s = mask.AssignByteRowsUnion({}, ~size_t{0} / 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_THAT(mask.ToIndices(), ElementsAre(3));
+}
+
 TEST(NeuronMaskErrorTest, TooManyNeurons) {
   const absl::StatusOr<NeuronMask> mask = NeuronMask::Create(NeuronMask::kMaxNeurons + 1);
   ASSERT_EQ(mask.status().code(), absl::StatusCode::kInvalidArgument);

@@ -413,6 +413,22 @@ TEST(CopyRowsErrorTest, MoreRowsThanAMatrixHolds) {
   EXPECT_EQ(dst, std::vector<uint8_t>(32, 7)) << "nothing may be written";
 }
 
+// Sizes that overflow a size_t are OutOfRange (memory/size_math.h), found
+// before anything is read or written.
+TEST(GatherRowsErrorTest, SizeOverflow) {
+  uint8_t byte = 7;
+  const size_t huge_rows = size_t{1} << 40, row = size_t{1} << 30;
+  const absl::Status copy = CopyRows({&byte, huge_rows, row}, {&byte, huge_rows, row}, row,
+                                     huge_rows, 1);
+  EXPECT_EQ(copy.code(), absl::StatusCode::kOutOfRange) << copy;
+  const RowCopy one{0, 0};
+  // A copy list whose length times the row overflows (never read).
+  const absl::Span<const RowCopy> many(&one, size_t{1} << 40);
+  const absl::Status gather = GatherRows({&byte, 1, row}, {&byte, 1, row}, row, many, 1);
+  EXPECT_EQ(gather.code(), absl::StatusCode::kOutOfRange) << gather;
+  EXPECT_EQ(byte, 7);
+}
+
 TEST(CopyRowsErrorTest, NullMatrix) {
   std::vector<uint8_t> dst(8);
   const absl::Status s = CopyRows({nullptr, 1, 8}, {dst.data(), 1, 8}, 8, 1, 1);
