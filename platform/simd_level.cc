@@ -1,5 +1,9 @@
 #include "platform/simd_level.h"
 
+#if SPARSE_MLP_X86
+#include <cpuid.h>
+#endif
+
 namespace sparse_mlp {
 namespace {
 
@@ -20,9 +24,15 @@ CpuLevels Detect() {
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx512dq");
   l.vpopcntdq = l.avx512 && __builtin_cpu_supports("avx512vpopcntdq");
-  l.bf16 = l.avx512 && __builtin_cpu_supports("avx512bf16");
+  // AVX512_BF16 is CPUID leaf 7, sub-leaf 1, EAX bit 5 (clang 14's
+  // __builtin_cpu_supports does not know the feature's name).
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  l.bf16 = l.avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
+           ((eax >> 5) & 1) != 0;
   l.fma = __builtin_cpu_supports("fma");
-  l.f16c = __builtin_cpu_supports("f16c");
+  // F16C: CPUID leaf 1, ECX bit 29 (also unknown to clang 14's builtin).
+  l.f16c = __builtin_cpu_supports("avx") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 &&
+           ((ecx >> 29) & 1) != 0;
 #endif
   return l;
 }

@@ -168,6 +168,29 @@ TEST(MaskDiffTest, MatchesReferenceForEveryLevelAndThreadCount) {
   }
 }
 
+// The features a kernel may need beyond its level are only reported where
+// the level itself runs; and the popcounts agree at every level however
+// they are dispatched (AVX-512 without VPOPCNTDQ takes the AVX2 ones).
+TEST(SimdLevelTest, FeaturesImplyTheirLevelAndPopcountsAgree) {
+  if (HasCpuFeature(CpuFeature::kAvx512Vpopcntdq) || HasCpuFeature(CpuFeature::kAvx512Bf16)) {
+    EXPECT_TRUE(IsSupported(SimdLevel::kAvx512));
+  }
+  std::mt19937_64 rng(5);
+  std::vector<uint64_t> a(37), b(37);
+  for (auto& w : a) w = rng();
+  for (auto& w : b) w = rng();
+  size_t expected_diff = 0, expected_set = 0;
+  for (size_t k = 0; k < a.size(); ++k) {
+    expected_diff += static_cast<size_t>(__builtin_popcountll(a[k] ^ b[k]));
+    expected_set += static_cast<size_t>(__builtin_popcountll(a[k]));
+  }
+  for (SimdLevel level : SupportedSimdLevels()) {
+    EXPECT_EQ(CountDifferentBits(a.data(), b.data(), a.size(), level), expected_diff)
+        << SimdLevelName(level);
+    EXPECT_EQ(CountSetBits(a.data(), a.size(), level), expected_set) << SimdLevelName(level);
+  }
+}
+
 TEST(NeuronMaskTest, FormsRoundTrip) {
   std::mt19937_64 rng(4);
   for (int trial = 0; trial < 500; ++trial) {
