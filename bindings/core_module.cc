@@ -437,10 +437,11 @@ class PyWeightCache {
     }
   }
 
-  // Runs f(cache) without the GIL, holding this cache's mutex (mutating
-  // calls: two threads on one cache take turns, caches run in parallel).
+  // Runs f(cache) without the GIL, holding this cache's mutex: mutating
+  // calls and long const ones (two threads on one cache take turns, caches
+  // run in parallel).
   template <typename F>
-  absl::Status Mutate(F&& f) {
+  absl::Status RunWithoutGil(F&& f) const {
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(mutex_);
     return f(*cache_);
@@ -457,7 +458,7 @@ class PyWeightCache {
     const auto* bytes = static_cast<const uint8_t*>(info.ptr);
     const size_t rows = info.ndim == 1 ? 0 : static_cast<size_t>(info.shape[0]);
     const size_t size = static_cast<size_t>(info.size);
-    ThrowIfError(Mutate([&](cache::WeightCache& c) {
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
       return rows == 0 ? c.UpdateFromBytes(absl::MakeConstSpan(bytes, size))
                        : c.UpdateFromByteRows(absl::MakeConstSpan(bytes, size), rows);
     }));
@@ -471,41 +472,35 @@ class PyWeightCache {
     }
     const auto* data = static_cast<const uint32_t*>(indices.data());
     const size_t n = static_cast<size_t>(indices.shape(0));
-    ThrowIfError(Mutate([&](cache::WeightCache& c) {
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
       return c.UpdateFromIndices(absl::MakeConstSpan(data, n));
     }));
   }
 
   void CatchUp() {
-    ThrowIfError(Mutate([](cache::WeightCache& c) { return c.CatchUp(); }));
+    ThrowIfError(RunWithoutGil([](cache::WeightCache& c) { return c.CatchUp(); }));
   }
 
   void Reserve(const py::object& active_arg) {
     const int64_t active = IntArg(active_arg, "active", 0,
                                   static_cast<int64_t>(intermediate_size()));
-    ThrowIfError(Mutate(
+    ThrowIfError(RunWithoutGil(
         [&](cache::WeightCache& c) { return c.Reserve(static_cast<size_t>(active)); }));
   }
 
   void SetNumThreads(const py::object& value) {
     const int n = NumThreadsArg(value);
-    ThrowIfError(Mutate([&](cache::WeightCache& c) { return c.set_num_threads(n); }));
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) { return c.set_num_threads(n); }));
   }
 
   void SetTolerance(const py::object& value) {
     const int64_t t = IntArg(value, "tolerance", 0, std::numeric_limits<int64_t>::max());
-    ThrowIfError(Mutate(
+    ThrowIfError(RunWithoutGil(
         [&](cache::WeightCache& c) { return c.set_tolerance(static_cast<size_t>(t)); }));
   }
 
   void Verify() const {
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = cache_->Verify();
-    }
-    ThrowIfError(status);
+    ThrowIfError(RunWithoutGil([](const cache::WeightCache& c) { return c.Verify(); }));
   }
 
   // Fixed at construction: no lock needed.
@@ -544,13 +539,9 @@ class PyWeightCache {
                                             cache_->hidden_size(), t.ShapeString()));
     }
     auto* data = static_cast<uint8_t*>(const_cast<void*>(t.data()));
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(mutex_);
-      status = cache_->CopyConcatenatedGateUp(absl::MakeSpan(data, bytes));
-    }
-    ThrowIfError(status);
+    ThrowIfError(RunWithoutGil([&](const cache::WeightCache& c) {
+      return c.CopyConcatenatedGateUp(absl::MakeSpan(data, bytes));
+    }));
   }
 
   py::array_t<int64_t> ActiveIndices() const {

@@ -172,9 +172,10 @@ absl::Status WeightCache::PrepareSources(const MlpWeights& weights) {
       gather::TransposeOptions transpose_options;
       transpose_options.num_threads = options_.num_threads;
       transpose_options.simd = options_.simd;
-      return gather::Transpose({given[p], options_.hidden_size, num_neurons * DTypeSize(options_.dtype)},
-                               num_neurons, DTypeSize(options_.dtype),
-                               {dst, num_neurons, dst_stride}, transpose_options);
+      const size_t elem = DTypeSize(options_.dtype);
+      return gather::Transpose({given[p], options_.hidden_size, num_neurons * elem},
+                               num_neurons, elem, {dst, num_neurons, dst_stride},
+                               transpose_options);
     }
     return gather::CopyRows({given[p], num_neurons, rb}, {dst, num_neurons, dst_stride}, rb,
                             num_neurons, options_.num_threads, options_.simd);
@@ -489,10 +490,10 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
 absl::Status WeightCache::Verify() const {
   const size_t num_neurons = options_.intermediate_size;
   const size_t active = num_active();
-  if (applied_.CountActive(options_.simd) != active) {
+  if (const size_t in_mask = applied_.CountActive(options_.simd); in_mask != active) {
     return absl::DataLossError(absl::StrFormat(
         "the cache holds %u slots but its applied mask has %u active neurons", active,
-        applied_.CountActive(options_.simd)));
+        in_mask));
   }
   const size_t rb = row_bytes();
   const size_t elem = DTypeSize(options_.dtype);
@@ -502,9 +503,10 @@ absl::Status WeightCache::Verify() const {
     const uint8_t* src;
     size_t src_stride;
   };
-  const Checked parts[3] = {{"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
-                         {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
-                         {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
+  const Checked parts[3] = {
+      {"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
+      {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
+      {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
   for (size_t s = 0; s < active; ++s) {
     const uint32_t n = map_.slot_to_neuron[s];
     if (n >= num_neurons || !applied_.Test(n) || map_.neuron_to_slot[n] != s) {

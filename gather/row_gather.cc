@@ -199,6 +199,14 @@ void CopyRange(internal::RowCopyFn copy, const BatchLayout& layout, size_t begin
   }
 }
 
+// The row copy for a copy of `total` bytes at `level`: streaming stores
+// (*streaming set) for copies larger than the caches at the SIMD levels,
+// memcpy otherwise.
+internal::RowCopyFn RowCopyFor(size_t total, SimdLevel level, bool* streaming) {
+  *streaming = total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
+  return internal::SelectRowCopy(*streaming ? level : SimdLevel::kScalar);
+}
+
 // Runs copy_range(begin, end) over bytes [0, total) of a copy: on the
 // calling thread below kParallelMinBytes or with one thread, else one
 // cache-line aligned share per OpenMP thread (gather/partition.h).
@@ -266,10 +274,8 @@ absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
   const size_t total = layout.total;
   if (total == 0) return absl::OkStatus();
 
-  const bool streaming =
-      total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
-  const internal::RowCopyFn copy =
-      internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
+  bool streaming;
+  const internal::RowCopyFn copy = RowCopyFor(total, level, &streaming);
   auto copy_range = [&](size_t begin, size_t end) {
     if (streaming) {
       CopyRange<true>(copy, layout, begin, end);
@@ -308,21 +314,17 @@ absl::Status CopyRows(ConstRowsView src, RowsView dst, size_t row_bytes,
   const size_t total = *checked_total;
   const auto* in = static_cast<const uint8_t*>(src.data);
   auto* out = static_cast<uint8_t*>(dst.data);
-  const bool streaming =
-      total >= kStreamingGatherMinBytes && Resolve(level) != SimdLevel::kScalar;
-  const internal::RowCopyFn copy =
-      internal::SelectRowCopy(streaming ? level : SimdLevel::kScalar);
+  bool streaming;
+  const internal::RowCopyFn copy = RowCopyFor(total, level, &streaming);
   // Bytes [begin, end) of the rows laid end to end. Rows in order need no
-  // software read-ahead (the hardware prefetchers follow them).
+  // software read-ahead (the hardware prefetchers follow them): none given.
   auto copy_range = [&](size_t begin, size_t end) {
-    internal::ReadAhead no_read_ahead(
-        [](void*, const uint8_t**, size_t*) { return false; }, nullptr, 0);
     size_t row = begin / row_bytes;
     size_t offset = begin % row_bytes;
     while (begin < end) {
       const size_t n = std::min(row_bytes - offset, end - begin);
       copy(out + row * dst.stride_bytes + offset, in + row * src.stride_bytes + offset, n,
-           &no_read_ahead);
+           /*ahead=*/nullptr);
       begin += n;
       ++row;
       offset = 0;

@@ -283,8 +283,7 @@ class WeightCacheOptimized(WeightCache):
     """
 
     def __init__(self, mask, hidden_size, gate_weight, up_weight, down_weight, **kwargs):
-        if not isinstance(hidden_size, int) or isinstance(hidden_size, bool):
-            raise TypeError(f"hidden_size must be an int, got {type(hidden_size).__name__}")
+        # hidden_size is checked by the native module (an int in range).
         super().__init__(mask, gate_weight, up_weight, down_weight,
                          hidden_size=hidden_size, **kwargs)
 
