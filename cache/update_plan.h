@@ -17,7 +17,9 @@
 //     writes, and all copies of a plan may run at once, in any order.
 // Slots are filled in ascending order with the neurons in ascending order,
 // so both the source rows and the destination slots of the copies advance
-// through memory (faster than pairing in removal order; docs/performance.md).
+// through memory (faster than pairing in removal order; docs/performance.md):
+// `loads` and `moves` are each in ascending destination-slot order, which
+// consumers that walk slots in order (mlp/layer_step.h) rely on.
 // PlanRepack instead lays every active neuron out afresh, in ascending
 // order, all loads (used when most of the set changes anyway).
 //

@@ -270,6 +270,27 @@ absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
   return ApplyIncoming(/*respect_tolerance=*/true);
 }
 
+absl::Status WeightCache::UpdateWith(const diff::NeuronMask& mask, PlanExecutor execute) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateWith");
+  if (mask.size() != options_.intermediate_size) {
+    return MaskSizeError(mask.size(), options_.intermediate_size);
+  }
+  if (absl::Status s = incoming_.AssignWords(mask.words()); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/true, &execute);
+}
+
+absl::Status WeightCache::UpdateFromByteRowsWith(absl::Span<const uint8_t> matrix,
+                                                 size_t rows, PlanExecutor execute) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateFromByteRowsWith");
+  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
+      !s.ok()) {
+    return s;
+  }
+  return ApplyIncoming(/*respect_tolerance=*/true, &execute);
+}
+
 absl::Status WeightCache::CatchUp() {
   MutationScope scope(mutation_);
   if (!scope.held()) return ConcurrentMutationError("CatchUp");
@@ -331,7 +352,8 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   return absl::OkStatus();
 }
 
-absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
+absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
+                                        const PlanExecutor* execute) {
   // The diff itself is the change count (an unchanged mask costs one XOR +
   // popcount pass inside it and extracts nothing).
   diff::DiffOptions diff_options;
@@ -344,6 +366,10 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
   if (stats.changed_neurons == 0 ||
       (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
     stats.skipped = stats.changed_neurons != 0;
+    if (execute != nullptr) {
+      plan_.Clear();  // nothing to copy: the executor sees the current set
+      (*execute)(MakePlannedUpdate());
+    }
     std::swap(requested_, incoming_);
     lag_ = stats.changed_neurons;
     last_update_ = stats;
@@ -365,7 +391,11 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance) {
   } else {
     PlanDifferentialUpdate(diff_.added, diff_.removed, &map_, &plan_);
   }
-  ExecutePlan();
+  if (execute != nullptr) {
+    (*execute)(MakePlannedUpdate());
+  } else {
+    ExecutePlan();
+  }
 
   std::swap(applied_, incoming_);
   (void)requested_.AssignWords(applied_.words());
@@ -424,6 +454,23 @@ void WeightCache::ExecutePlan() {
     ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error executing a cache update: %s",
                  std::string(s.message()).c_str());
   }
+}
+
+PlannedUpdate WeightCache::MakePlannedUpdate() const {
+  PlannedUpdate p;
+  p.num_active = num_active();
+  p.row_bytes = row_bytes();
+  for (int part = kGatePart; part <= kDownPart; ++part) {
+    if (!HasPart(part)) continue;
+    const int b = slots_.buffer[part];
+    p.source[part] = src_[part];
+    p.source_stride[part] = src_stride_[part];
+    p.packed[part] = PartData(*packed_[b], slots_.offset[part]);
+    p.packed_stride[part] = slots_.slot_bytes[b];
+  }
+  p.loads = plan_.loads;
+  p.moves = plan_.moves;
+  return p;
 }
 
 MatrixView WeightCache::PartView(Part part) const {

@@ -72,6 +72,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -80,6 +81,7 @@
 #include "cache/update_plan.h"
 #include "diff/mask_diff.h"
 #include "diff/neuron_mask.h"
+#include "gather/row_types.h"
 #include "memory/aligned_buffer.h"
 #include "memory/arena.h"
 #include "platform/enum_names.h"
@@ -170,6 +172,33 @@ struct UpdateStats {
   bool grew = false;     // capacity was increased (allocation)
 };
 
+// An update's planned copies, for a caller that executes them itself while
+// it reads the rows for its own use (the fused layer step of
+// mlp/layer_step.h: each entering row is read once, computed on and stored
+// into its slot). Part p is 0 gate, 1 up, 2 down (neuron-major rows of
+// row_bytes): row r of the sources is at source[p] + r x source_stride[p],
+// slot s of the packed rows at packed[p] + s x packed_stride[p]; the gate
+// pointers are null without a gate.
+struct PlannedUpdate {
+  size_t num_active = 0;  // slots [0, num_active) hold the new set
+  size_t row_bytes = 0;
+  const uint8_t* source[3] = {nullptr, nullptr, nullptr};
+  size_t source_stride[3] = {0, 0, 0};
+  uint8_t* packed[3] = {nullptr, nullptr, nullptr};
+  size_t packed_stride[3] = {0, 0, 0};
+  // (neuron, slot) rows to copy from the sources and (old slot, slot) rows
+  // to copy inside the packed buffers, each in ascending slot order. Every
+  // other slot below num_active keeps its rows. No copy reads a row another
+  // one writes (moves read slots >= num_active), so all may run at once.
+  absl::Span<const gather::RowCopy> loads;
+  absl::Span<const gather::RowCopy> moves;
+};
+
+// Must perform every copy of the plan (all parts), e.g. with streaming
+// stores followed by FinishStreamingStores before returning; may read any
+// row of the plan. It must not call the cache.
+using PlanExecutor = absl::FunctionRef<void(const PlannedUpdate&)>;
+
 class WeightCache {
  public:
   // Validates, copies / transposes the sources and packs initial_mask.
@@ -200,6 +229,17 @@ class WeightCache {
   absl::Status UpdateFromIndices(absl::Span<const uint32_t> sorted_indices);
   // The union of a [rows, I] byte matrix (a batch of tokens).
   absl::Status UpdateFromByteRows(absl::Span<const uint8_t> matrix, size_t rows);
+
+  // Update / UpdateFromByteRows that hand the planned copies to `execute`
+  // instead of running them (see PlannedUpdate). `execute` runs exactly
+  // once on success, after validation, the plan and any capacity growth;
+  // with a skipped or empty update it sees no copies and the current set.
+  // Errors are those of the plain calls, returned before `execute` runs,
+  // with the cache unchanged. After success the cache is exactly as after
+  // the plain call.
+  absl::Status UpdateWith(const diff::NeuronMask& mask, PlanExecutor execute);
+  absl::Status UpdateFromByteRowsWith(absl::Span<const uint8_t> matrix, size_t rows,
+                                      PlanExecutor execute);
 
   // Applies the last requested mask exactly, ignoring the tolerance.
   absl::Status CatchUp();
@@ -320,9 +360,11 @@ class WeightCache {
 
   absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
   absl::Status Grow(size_t min_capacity);
-  // Applies incoming_ (already validated).
-  absl::Status ApplyIncoming(bool respect_tolerance);
+  // Applies incoming_ (already validated); the copies through `execute`
+  // when given, else ExecutePlan.
+  absl::Status ApplyIncoming(bool respect_tolerance, const PlanExecutor* execute = nullptr);
   void ExecutePlan();
+  PlannedUpdate MakePlannedUpdate() const;
 
   WeightCacheOptions options_;
   SlotLayout slots_;

@@ -1,0 +1,415 @@
+#include "mlp/forward_core.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "gather/partition.h"
+#include "gather/stream_copy.h"
+#include "memory/size_math.h"
+#include "mlp/float16.h"
+#include "mlp/kernels.h"
+#include "platform/store_fence.h"
+#include "platform/threads.h"
+
+namespace sparse_mlp::mlp {
+namespace {
+
+using internal::Kernels;
+using internal::kMaxAxpyRows;
+using internal::NeuronPtrs;
+using internal::VectorDType;
+
+constexpr size_t kBlock = kMaxAxpyRows;
+// Prefetched lines at the start of the next neuron's rows: enough for the
+// hardware prefetcher to pick the row up, which it cannot do before its
+// first misses (direct-index rows are scattered).
+constexpr size_t kPrefetchHeadBytes = 1024;
+
+size_t AlignUp64(size_t n) { return (n + 63) / 64 * 64; }
+
+float Load(const void* p, DType dtype, size_t i) {
+  switch (dtype) {
+    case DType::kBFloat16:
+      return BFloat16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kFloat16:
+      return Float16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kFloat32:
+      break;
+  }
+  return static_cast<const float*>(p)[i];
+}
+
+void Store(void* p, DType dtype, size_t i, float v) {
+  switch (dtype) {
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(p)[i] = FloatToBFloat16(v);
+      return;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(p)[i] = FloatToFloat16(v);
+      return;
+    case DType::kFloat32:
+      break;
+  }
+  static_cast<float*>(p)[i] = v;
+}
+
+const uint8_t* TokenRow(const ConstTokens& x, size_t t) {
+  return static_cast<const uint8_t*>(x.data) + t * x.stride * DTypeSize(x.dtype);
+}
+uint8_t* TokenRow(const Tokens& y, size_t t) {
+  return static_cast<uint8_t*>(y.data) + t * y.stride * DTypeSize(y.dtype);
+}
+
+bool ValidDType(DType d) {
+  return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16;
+}
+
+bool ValidActivation(Activation a) {
+  return a == Activation::kSiLU || a == Activation::kGeluTanh || a == Activation::kReLU;
+}
+
+absl::Status CheckTokens(const char* name, const void* data, size_t tokens, size_t stride,
+                         DType dtype, DType weights, size_t hidden) {
+  if (data == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s is null", name));
+  if (tokens == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s has 0 tokens", name));
+  }
+  if (stride < hidden) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s row stride %u is smaller than hidden_size %u", name, stride, hidden));
+  }
+  if (dtype != DType::kFloat32 && dtype != weights) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s is %s; with %s weights it must be float32 or %s", name,
+        ValidDType(dtype) ? DTypeName(dtype) : "of an unknown type", DTypeName(weights),
+        DTypeName(weights)));
+  }
+  absl::StatusOr<size_t> elements = memory::CheckedMul(tokens - 1, stride);
+  if (elements.ok()) elements = memory::CheckedAdd(*elements, hidden);
+  if (elements.ok()) elements = memory::CheckedMul(*elements, DTypeSize(dtype));
+  return elements.status();
+}
+
+// The activation of neuron pre-activations for tc tokens.
+void Activations(Activation act, bool has_gate, const float* ga, const float* ua, size_t tc,
+                 float* out) {
+  for (size_t t = 0; t < tc; ++t) {
+    out[t] = has_gate ? Activate(act, ga[t]) * ua[t] : Activate(act, ua[t]);
+  }
+}
+
+void PrefetchHead(const uint8_t* row, size_t row_bytes) {
+  if (row == nullptr) return;
+  const size_t n = std::min(row_bytes, kPrefetchHeadBytes);
+  for (size_t o = 0; o < n; o += 64) __builtin_prefetch(row + o, 0, 2);
+}
+
+// x in the kernels' vector form: x itself, or converted into the workspace.
+struct Vectors {
+  const void* data;
+  size_t stride;
+};
+
+Vectors PrepareVectors(DType weights, const ConstTokens& x, size_t hidden, Workspace* ws) {
+  const DType form = VectorDType(weights);
+  if (x.dtype == form) return {x.data, x.stride};
+  uint8_t* out = WorkspaceAccess::Vectors(ws);
+  for (size_t t = 0; t < x.tokens; ++t) {
+    const uint8_t* row = TokenRow(x, t);
+    void* dst = out + t * hidden * DTypeSize(form);
+    for (size_t i = 0; i < hidden; ++i) Store(dst, form, i, Load(row, x.dtype, i));
+  }
+  return {out, hidden};
+}
+
+const uint8_t* VectorRow(const Vectors& v, DType weights, size_t t) {
+  return static_cast<const uint8_t*>(v.data) + t * v.stride * DTypeSize(VectorDType(weights));
+}
+
+// A contiguous share of [0, n) for member `tid` of a team of `team`;
+// `align` rounds the boundaries (not the end).
+void Share(size_t n, int tid, int team, size_t align, size_t* begin, size_t* end) {
+  auto bound = [&](int k) {
+    if (k >= team) return n;
+    const size_t b = n * static_cast<size_t>(k) / static_cast<size_t>(team) / align * align;
+    return std::min(b, n);
+  };
+  *begin = bound(tid);
+  *end = bound(tid + 1);
+}
+
+// y rows [t0, t0 + tc), columns [c0, c1): the sum of the team's partials in
+// thread order (plus y with accumulate).
+void Reduce(const Tokens& y, bool accumulate, size_t t0, size_t tc, size_t c0, size_t c1,
+            const uint8_t* partials, size_t per_thread, int team, size_t hidden) {
+  for (size_t t = 0; t < tc; ++t) {
+    uint8_t* yt = TokenRow(y, t0 + t);
+    for (size_t c = c0; c < c1; ++c) {
+      float s = accumulate ? Load(yt, y.dtype, c) : 0.0f;
+      for (int k = 0; k < team; ++k) {
+        s += reinterpret_cast<const float*>(partials + k * per_thread)[t * hidden + c];
+      }
+      Store(yt, y.dtype, c, s);
+    }
+  }
+}
+
+void WriteEmpty(const Tokens& y, bool accumulate, size_t hidden) {
+  if (accumulate) return;  // y += 0
+  for (size_t t = 0; t < y.tokens; ++t) {
+    std::memset(TokenRow(y, t), 0, hidden * DTypeSize(y.dtype));
+  }
+}
+
+int ThreadsFor(size_t weight_bytes, int requested) {
+  return weight_bytes >= gather::kParallelMinBytes ? requested : 1;
+}
+
+}  // namespace
+
+absl::Status WorkspaceAccess::Grow(Workspace* w, size_t per_thread_bytes, int threads,
+                                   size_t vector_bytes, size_t hidden_bytes) {
+  absl::StatusOr<size_t> partial_bytes =
+      memory::CheckedMul(per_thread_bytes, static_cast<size_t>(threads));
+  if (!partial_bytes.ok()) return partial_bytes.status();
+  const bool grow_partials =
+      per_thread_bytes > w->per_thread_bytes_ || *partial_bytes > w->partials_.size();
+  memory::AlignedBuffer partials, vectors, hidden;
+  if (grow_partials) {
+    const size_t per = std::max(per_thread_bytes, w->per_thread_bytes_);
+    absl::StatusOr<size_t> total = memory::CheckedMul(per, static_cast<size_t>(threads));
+    if (!total.ok()) return total.status();
+    absl::StatusOr<memory::AlignedBuffer> b =
+        memory::AlignedBuffer::Allocate(std::max(*total, w->partials_.size()));
+    if (!b.ok()) return b.status();
+    partials = *std::move(b);
+  }
+  if (vector_bytes > w->vectors_.size()) {
+    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(vector_bytes);
+    if (!b.ok()) return b.status();
+    vectors = *std::move(b);
+  }
+  if (hidden_bytes > w->hidden_.size()) {
+    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(hidden_bytes);
+    if (!b.ok()) return b.status();
+    hidden = *std::move(b);
+  }
+  // Every allocation succeeded: commit.
+  if (grow_partials) {
+    w->per_thread_bytes_ = std::max(per_thread_bytes, w->per_thread_bytes_);
+    w->partials_ = std::move(partials);
+  }
+  if (vectors.size() != 0) w->vectors_ = std::move(vectors);
+  if (hidden.size() != 0) w->hidden_ = std::move(hidden);
+  return absl::OkStatus();
+}
+
+absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t intermediate_size,
+                                int num_threads) {
+  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
+  const size_t chunk = std::min(tokens, kTokenChunk);
+  absl::StatusOr<size_t> sums = memory::CheckedMul(chunk, hidden_size);
+  if (!sums.ok()) return sums.status();
+  absl::StatusOr<size_t> vectors = memory::CheckedMul(*sums, 4);
+  if (!vectors.ok()) return vectors.status();
+  absl::StatusOr<size_t> all = memory::CheckedMul(tokens, hidden_size);
+  if (all.ok()) all = memory::CheckedMul(*all, 4);
+  if (!all.ok()) return all.status();
+  absl::StatusOr<size_t> hidden = memory::CheckedMul(chunk, intermediate_size);
+  if (hidden.ok()) hidden = memory::CheckedMul(*hidden, 4);
+  if (!hidden.ok()) return hidden.status();
+  const size_t per_thread = AlignUp64(*vectors + (kBlock + 2) * chunk * 4);
+  return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden);
+}
+
+namespace internal {
+
+absl::Status ValidateCall(DType dtype, size_t hidden, const ConstTokens& x, const Tokens& y,
+                          const ForwardOptions& options) {
+  if (!ValidDType(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("unsupported weight type %d", static_cast<int>(dtype)));
+  }
+  if (hidden == 0) return absl::InvalidArgumentError("hidden_size must be positive, got 0");
+  if (absl::Status s = CheckTokens("x", x.data, x.tokens, x.stride, x.dtype, dtype, hidden);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckTokens("y", y.data, y.tokens, y.stride, y.dtype, dtype, hidden);
+      !s.ok()) {
+    return s;
+  }
+  if (y.tokens != x.tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("y has %u tokens but x has %u", y.tokens, x.tokens));
+  }
+  if (!ValidActivation(options.activation)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "unknown activation %d", static_cast<int>(options.activation)));
+  }
+  return ValidateNumThreads(options.num_threads);
+}
+
+absl::Status ValidateRows(const NeuronRows& rows) {
+  if (rows.count == 0) return absl::OkStatus();
+  struct Part {
+    const char* name;
+    const void* data;
+    size_t stride;
+  };
+  const Part parts[3] = {{"gate", rows.gate, rows.gate_stride},
+                         {"up", rows.up, rows.up_stride},
+                         {"down", rows.down, rows.down_stride}};
+  for (const Part& p : parts) {
+    if (p.data == nullptr) {
+      if (p.name[0] == 'g') continue;  // gate-less
+      return absl::InvalidArgumentError(absl::StrFormat("%s rows are null", p.name));
+    }
+    if (p.stride < rows.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s row stride %u is smaller than hidden_size %u", p.name, p.stride,
+          rows.hidden_size));
+    }
+    absl::StatusOr<size_t> bytes = memory::CheckedMul(rows.count, p.stride);
+    if (bytes.ok()) bytes = memory::CheckedMul(*bytes, DTypeSize(rows.dtype));
+    if (!bytes.ok()) return bytes.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PrepareWorkspace(DType dtype, size_t hidden, size_t intermediate,
+                              const ConstTokens& x, const ForwardOptions& options,
+                              Workspace* ws) {
+  if (ws == nullptr) return absl::InvalidArgumentError("workspace is null");
+  const size_t chunk = std::min(x.tokens, kTokenChunk);
+  // Sizes: validated above (x fits a size_t; chunk <= 32).
+  const size_t per_thread = AlignUp64((chunk * hidden + (kBlock + 2) * chunk) * 4);
+  const DType form = VectorDType(dtype);
+  const size_t vector_bytes = x.dtype == form ? 0 : x.tokens * hidden * DTypeSize(form);
+  absl::StatusOr<size_t> hidden_bytes = memory::CheckedMul(chunk * 4, intermediate);
+  if (!hidden_bytes.ok()) return hidden_bytes.status();
+  // ForwardLinear keeps no partial sums.
+  return WorkspaceAccess::Grow(ws, intermediate != 0 ? 0 : per_thread, options.num_threads,
+                               vector_bytes, *hidden_bytes);
+}
+
+void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const Tokens& y,
+         const ForwardOptions& o, Workspace* ws) {
+  const size_t hidden = p.hidden_size;
+  if (p.count == 0) return WriteEmpty(y, o.accumulate, hidden);
+  const Kernels k = SelectKernels(p.dtype, o.simd);
+  const gather::internal::RowCopyFn copy = gather::internal::SelectRowCopy(o.simd);
+  const Vectors v = PrepareVectors(p.dtype, x, hidden, ws);
+  const size_t row_bytes = hidden * DTypeSize(p.dtype);
+  const size_t parts = p.has_gate ? 3 : 2;
+  const int threads = ThreadsFor(p.count * parts * row_bytes, o.num_threads);
+  uint8_t* partials = WorkspaceAccess::Partials(ws);
+  const size_t per_thread = WorkspaceAccess::PerThreadBytes(ws);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int team = omp_get_num_threads();
+    const int tid = omp_get_thread_num();
+    size_t begin, end;
+    Share(p.count, tid, team, 1, &begin, &end);
+    size_t c0, c1;
+    Share(hidden, tid, team, 16, &c0, &c1);
+    float* partial = reinterpret_cast<float*>(partials + tid * per_thread);
+    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
+      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
+      float* coef = partial + tc * hidden;
+      float* ga = coef + kBlock * tc;
+      float* ua = ga + tc;
+      const bool store = p.stores && t0 == 0;
+      std::memset(partial, 0, tc * hidden * sizeof(float));
+      const void* xt = VectorRow(v, p.dtype, t0);
+      NeuronPtrs ptrs[kBlock + 1];
+      for (size_t j0 = begin; j0 < end; j0 += kBlock) {
+        const size_t nb = std::min(kBlock, end - j0);
+        const size_t look = p.prefetch && j0 + nb < end ? 1 : 0;
+        source.Locate(j0, nb + look, ptrs);
+        const void* downs[kBlock];
+        for (size_t b = 0; b < nb; ++b) {
+          const NeuronPtrs& n = ptrs[b];
+          if (b + 1 < nb + look) {
+            if (p.prefetch) {
+              for (const uint8_t* r : ptrs[b + 1].row) PrefetchHead(r, row_bytes);
+            }
+          }
+          k.dot2(n.row[0], n.row[1], xt, v.stride, tc, hidden, ga, ua);
+          Activations(o.activation, p.has_gate, ga, ua, tc, coef + b * tc);
+          if (store) {
+            for (int part = 0; part < 2; ++part) {
+              if (n.store[part] != nullptr) copy(n.store[part], n.row[part], row_bytes, nullptr);
+            }
+          }
+          downs[b] = n.row[2];
+        }
+        k.axpy(downs, nb, coef, tc, hidden, partial, hidden);
+        if (store) {
+          for (size_t b = 0; b < nb; ++b) {
+            if (ptrs[b].store[2] != nullptr) {
+              copy(ptrs[b].store[2], ptrs[b].row[2], row_bytes, nullptr);
+            }
+          }
+        }
+      }
+      if (store) FinishStreamingStores();
+#pragma omp barrier
+      Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, hidden);
+#pragma omp barrier
+    }
+  }
+}
+
+void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
+               const ForwardOptions& o, Workspace* ws) {
+  const size_t hidden = w.hidden_size;
+  const size_t inter = w.intermediate_size;
+  const Kernels k = SelectKernels(w.dtype, o.simd);
+  const Vectors v = PrepareVectors(w.dtype, x, hidden, ws);
+  const size_t elem = DTypeSize(w.dtype);
+  const size_t row_bytes = hidden * elem;
+  const int threads = ThreadsFor(inter * (w.gate ? 3 : 2) * row_bytes, o.num_threads);
+  float* h = WorkspaceAccess::Hidden(ws);
+  const auto* gate = static_cast<const uint8_t*>(w.gate);
+  const auto* up = static_cast<const uint8_t*>(w.up);
+  const auto* down = static_cast<const uint8_t*>(w.down);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int team = omp_get_num_threads();
+    const int tid = omp_get_thread_num();
+    size_t begin, end, r0, r1;
+    Share(inter, tid, team, 1, &begin, &end);
+    Share(hidden, tid, team, 1, &r0, &r1);
+    float ga[kTokenChunk], ua[kTokenChunk], hv[kTokenChunk], out[kTokenChunk];
+    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
+      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
+      const void* xt = VectorRow(v, w.dtype, t0);
+      // Phase 1: every neuron's activation, [tc, I].
+      for (size_t j = begin; j < end; ++j) {
+        k.dot2(gate ? gate + j * row_bytes : nullptr, up + j * row_bytes, xt, v.stride, tc,
+               hidden, ga, ua);
+        Activations(o.activation, gate != nullptr, ga, ua, tc, hv);
+        for (size_t t = 0; t < tc; ++t) h[t * inter + j] = hv[t];
+      }
+#pragma omp barrier
+      // Phase 2: output r of every token is <down row r, h_t>.
+      for (size_t r = r0; r < r1; ++r) {
+        k.dot2_f32(nullptr, down + r * inter * elem, h, inter, tc, inter, nullptr, out);
+        for (size_t t = 0; t < tc; ++t) {
+          uint8_t* yt = TokenRow(y, t0 + t);
+          Store(yt, y.dtype, r, (o.accumulate ? Load(yt, y.dtype, r) : 0.0f) + out[t]);
+        }
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+}  // namespace internal
+}  // namespace sparse_mlp::mlp

@@ -1,0 +1,80 @@
+// The forward's driver (internal to //mlp): validation, workspace sizing
+// and the parallel loop over a set of neurons whose rows a RowSource
+// locates, so that dense rows, indices, a cache's packed rows and the fused
+// layer step (rows half in the cache, half in the sources, some stored into
+// their slots on the way) share one loop and one set of kernels.
+#ifndef SPARSE_MLP_MLP_FORWARD_CORE_H_
+#define SPARSE_MLP_MLP_FORWARD_CORE_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "mlp/mlp_forward.h"
+
+namespace sparse_mlp::mlp {
+
+// The driver's view of a Workspace's buffers.
+struct WorkspaceAccess {
+  static uint8_t* Partials(Workspace* w) { return w->partials_.data(); }
+  static size_t PerThreadBytes(const Workspace* w) { return w->per_thread_bytes_; }
+  static uint8_t* Vectors(Workspace* w) { return w->vectors_.data(); }
+  static float* Hidden(Workspace* w) { return reinterpret_cast<float*>(w->hidden_.data()); }
+  // Grows each buffer to at least the given size (per-thread partials for
+  // `threads` threads); ResourceExhausted leaves the workspace unchanged.
+  static absl::Status Grow(Workspace* w, size_t per_thread_bytes, int threads,
+                           size_t vector_bytes, size_t hidden_bytes);
+};
+
+namespace internal {
+
+// Neuron k's rows (gate, up, down; gate null without one) and, where the
+// driver must also store a row into a cache slot, its destination (null:
+// no store). Stores happen once per call, with streaming stores, while the
+// row is still in the core's caches.
+struct NeuronPtrs {
+  const uint8_t* row[3] = {nullptr, nullptr, nullptr};
+  uint8_t* store[3] = {nullptr, nullptr, nullptr};
+};
+
+class RowSource {
+ public:
+  virtual ~RowSource() = default;
+  // Fills out[0, n) for neurons [first, first + n) of the set.
+  virtual void Locate(size_t first, size_t n, NeuronPtrs* out) const = 0;
+};
+
+struct Problem {
+  DType dtype = DType::kFloat32;
+  size_t hidden_size = 0;
+  size_t count = 0;       // neurons in the set
+  bool has_gate = true;
+  bool prefetch = false;  // rows scattered: prefetch the next neuron's
+  bool stores = false;    // some NeuronPtrs carry stores
+};
+
+// Checks the weights' type and width, x, y and the options.
+absl::Status ValidateCall(DType dtype, size_t hidden_size, const ConstTokens& x,
+                          const Tokens& y, const ForwardOptions& options);
+
+// Checks strided neuron-major rows of `count` neurons.
+absl::Status ValidateRows(const NeuronRows& rows);
+
+// Grows the workspace for this call (intermediate_size: ForwardLinear's
+// I, else 0).
+absl::Status PrepareWorkspace(DType dtype, size_t hidden_size, size_t intermediate_size,
+                              const ConstTokens& x, const ForwardOptions& options,
+                              Workspace* workspace);
+
+// Computes y (after ValidateCall and PrepareWorkspace succeeded; cannot
+// fail then).
+void Run(const RowSource& source, const Problem& problem, const ConstTokens& x,
+         const Tokens& y, const ForwardOptions& options, Workspace* workspace);
+
+void RunLinear(const LinearWeights& weights, const ConstTokens& x, const Tokens& y,
+               const ForwardOptions& options, Workspace* workspace);
+
+}  // namespace internal
+}  // namespace sparse_mlp::mlp
+
+#endif  // SPARSE_MLP_MLP_FORWARD_CORE_H_

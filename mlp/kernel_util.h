@@ -1,0 +1,84 @@
+// Pieces shared by the per-ISA kernel files of mlp/ (internal): scalar
+// element reads for tails and the reference, and the dispatch of runtime
+// block sizes to the template arguments the register-blocked loops need.
+// Macros, not templates taking a lambda: a lambda does not inherit its
+// enclosing function's target attribute, and the intrinsics inside would
+// not compile.
+#ifndef SPARSE_MLP_MLP_KERNEL_UTIL_H_
+#define SPARSE_MLP_MLP_KERNEL_UTIL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cache/dtype.h"
+#include "mlp/float16.h"
+
+namespace sparse_mlp::mlp::internal {
+
+template <cache::DType D>
+inline float Elem(const void* p, size_t i) {
+  if constexpr (D == cache::DType::kFloat32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (D == cache::DType::kBFloat16) {
+    return BFloat16ToFloat(static_cast<const uint16_t*>(p)[i]);
+  } else {
+    return Float16ToFloat(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+}  // namespace sparse_mlp::mlp::internal
+
+// Runs CALL(TB, t) for token blocks [t, t + TB) of [0, tokens), TB = 4
+// except the last (1 to 4): 4 tokens x 2 rows of accumulators fit the
+// registers of every level.
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, CALL)             \
+  for (size_t t_ = 0; t_ < (tokens); t_ += 4) {               \
+    switch ((tokens) - t_ < 4 ? (tokens) - t_ : 4) {          \
+      case 1:                                                 \
+        CALL(1, t_);                                          \
+        break;                                                \
+      case 2:                                                 \
+        CALL(2, t_);                                          \
+        break;                                                \
+      case 3:                                                 \
+        CALL(3, t_);                                          \
+        break;                                                \
+      default:                                                \
+        CALL(4, t_);                                          \
+        break;                                                \
+    }                                                         \
+  }
+
+// Runs CALL(N) for the compile-time N == n, n in [1, kMaxAxpyRows] (0: no
+// call).
+#define SPARSE_MLP_FOR_ROW_COUNT(n, CALL) \
+  switch (n) {                            \
+    case 0:                               \
+      break;                              \
+    case 1:                               \
+      CALL(1);                            \
+      break;                              \
+    case 2:                               \
+      CALL(2);                            \
+      break;                              \
+    case 3:                               \
+      CALL(3);                            \
+      break;                              \
+    case 4:                               \
+      CALL(4);                            \
+      break;                              \
+    case 5:                               \
+      CALL(5);                            \
+      break;                              \
+    case 6:                               \
+      CALL(6);                            \
+      break;                              \
+    case 7:                               \
+      CALL(7);                            \
+      break;                              \
+    default:                              \
+      CALL(8);                            \
+      break;                              \
+  }
+
+#endif  // SPARSE_MLP_MLP_KERNEL_UTIL_H_

@@ -1,0 +1,133 @@
+#include "mlp/layer_step.h"
+
+#include <algorithm>
+
+#include "mlp/forward_core.h"
+
+namespace sparse_mlp::mlp {
+namespace {
+
+using internal::NeuronPtrs;
+
+// Slots [0, num_active) of a planned update: kept rows in place, loaded
+// rows from the sources and moved rows from their old slot, each of the
+// latter two stored into its new slot.
+class StepRows final : public internal::RowSource {
+ public:
+  explicit StepRows(const cache::PlannedUpdate& plan) : plan_(plan) {}
+
+  void Locate(size_t first, size_t n, NeuronPtrs* out) const override {
+    for (size_t k = 0; k < n; ++k) {
+      for (int p = 0; p < 3; ++p) {
+        out[k].row[p] = Slot(p, first + k);
+        out[k].store[p] = nullptr;
+      }
+    }
+    // Loads and moves are each in ascending slot order (cache/update_plan.h).
+    const auto by_slot = [](const gather::RowCopy& c, size_t slot) { return c.dst_row < slot; };
+    for (auto it = std::lower_bound(plan_.loads.begin(), plan_.loads.end(), first, by_slot);
+         it != plan_.loads.end() && it->dst_row < first + n; ++it) {
+      NeuronPtrs& ptrs = out[it->dst_row - first];
+      for (int p = 0; p < 3; ++p) {
+        if (plan_.source[p] == nullptr) continue;
+        ptrs.row[p] = plan_.source[p] + size_t{it->src_row} * plan_.source_stride[p];
+        ptrs.store[p] = Slot(p, it->dst_row);
+      }
+    }
+    for (auto it = std::lower_bound(plan_.moves.begin(), plan_.moves.end(), first, by_slot);
+         it != plan_.moves.end() && it->dst_row < first + n; ++it) {
+      NeuronPtrs& ptrs = out[it->dst_row - first];
+      for (int p = 0; p < 3; ++p) {
+        if (plan_.packed[p] == nullptr) continue;
+        ptrs.row[p] = Slot(p, it->src_row);
+        ptrs.store[p] = Slot(p, it->dst_row);
+      }
+    }
+  }
+
+ private:
+  uint8_t* Slot(int part, size_t slot) const {
+    return plan_.packed[part] == nullptr ? nullptr
+                                         : plan_.packed[part] + slot * plan_.packed_stride[part];
+  }
+
+  const cache::PlannedUpdate& plan_;
+};
+
+absl::Status Prepare(const cache::WeightCache* cache, const ConstTokens& x, const Tokens& y,
+                     const ForwardOptions& options, Workspace* workspace) {
+  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
+  if (absl::Status s =
+          internal::ValidateCall(cache->dtype(), cache->hidden_size(), x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  return internal::PrepareWorkspace(cache->dtype(), cache->hidden_size(), 0, x, options,
+                                    workspace);
+}
+
+// The executor of a layer step: the forward over the planned slots.
+struct StepExecutor {
+  DType dtype;
+  size_t hidden_size;
+  bool has_gate;
+  const ConstTokens& x;
+  const Tokens& y;
+  const ForwardOptions& options;
+  Workspace* workspace;
+
+  void operator()(const cache::PlannedUpdate& plan) const {
+    internal::Problem p;
+    p.dtype = dtype;
+    p.hidden_size = hidden_size;
+    p.count = plan.num_active;
+    p.has_gate = has_gate;
+    p.stores = !plan.loads.empty() || !plan.moves.empty();
+    p.prefetch = p.stores;  // entering rows are scattered over the sources
+    internal::Run(StepRows(plan), p, x, y, options, workspace);
+  }
+};
+
+}  // namespace
+
+NeuronRows CacheRows(const cache::WeightCache& cache) {
+  NeuronRows rows;
+  rows.dtype = cache.dtype();
+  rows.hidden_size = cache.hidden_size();
+  rows.count = cache.num_active();
+  const cache::MatrixView gate = cache.gate(), up = cache.up(), down = cache.down_rows();
+  rows.gate = gate.data;
+  rows.gate_stride = gate.row_stride;
+  rows.up = up.data;
+  rows.up_stride = up.row_stride;
+  rows.down = down.data;
+  rows.down_stride = down.row_stride;
+  return rows;
+}
+
+absl::Status CacheForward(const cache::WeightCache& cache, const ConstTokens& x,
+                          const Tokens& y, const ForwardOptions& options,
+                          Workspace* workspace) {
+  return Forward(CacheRows(cache), x, y, options, workspace);
+}
+
+absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
+                       const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
+                       Workspace* workspace) {
+  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
+                             options, workspace};
+  return cache->UpdateWith(mask, execute);
+}
+
+absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
+                                   absl::Span<const uint8_t> masks, size_t rows,
+                                   const ConstTokens& x, const Tokens& y,
+                                   const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
+                             options, workspace};
+  return cache->UpdateFromByteRowsWith(masks, rows, execute);
+}
+
+}  // namespace sparse_mlp::mlp

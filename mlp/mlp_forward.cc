@@ -1,0 +1,138 @@
+#include "mlp/mlp_forward.h"
+
+#include "absl/strings/str_format.h"
+#include "memory/size_math.h"
+#include "mlp/forward_core.h"
+
+namespace sparse_mlp::mlp {
+namespace {
+
+using internal::NeuronPtrs;
+
+// Rows 0..count-1 of strided arrays.
+class StridedRows final : public internal::RowSource {
+ public:
+  explicit StridedRows(const NeuronRows& rows) {
+    const size_t elem = DTypeSize(rows.dtype);
+    base_[0] = static_cast<const uint8_t*>(rows.gate);
+    base_[1] = static_cast<const uint8_t*>(rows.up);
+    base_[2] = static_cast<const uint8_t*>(rows.down);
+    stride_[0] = rows.gate_stride * elem;
+    stride_[1] = rows.up_stride * elem;
+    stride_[2] = rows.down_stride * elem;
+  }
+  void Locate(size_t first, size_t n, NeuronPtrs* out) const override {
+    for (size_t k = 0; k < n; ++k) Row(first + k, &out[k]);
+  }
+  void Row(size_t r, NeuronPtrs* out) const {
+    for (int p = 0; p < 3; ++p) {
+      out->row[p] = base_[p] == nullptr ? nullptr : base_[p] + r * stride_[p];
+    }
+  }
+
+ private:
+  const uint8_t* base_[3];
+  size_t stride_[3];
+};
+
+// Rows indices[0..n) of the same arrays.
+class IndexedRows final : public internal::RowSource {
+ public:
+  IndexedRows(const NeuronRows& rows, absl::Span<const uint32_t> indices)
+      : rows_(rows), indices_(indices) {}
+  void Locate(size_t first, size_t n, NeuronPtrs* out) const override {
+    for (size_t k = 0; k < n; ++k) rows_.Row(indices_[first + k], &out[k]);
+  }
+
+ private:
+  StridedRows rows_;
+  absl::Span<const uint32_t> indices_;
+};
+
+internal::Problem ProblemOf(const NeuronRows& rows, size_t count) {
+  internal::Problem p;
+  p.dtype = rows.dtype;
+  p.hidden_size = rows.hidden_size;
+  p.count = count;
+  p.has_gate = rows.gate != nullptr;
+  return p;
+}
+
+absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows) {
+  for (size_t k = 0; k < indices.size(); ++k) {
+    if (indices[k] >= num_rows) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "indices[%u] = %u is out of range for %u neurons", k, indices[k], num_rows));
+    }
+    if (k > 0 && indices[k] <= indices[k - 1]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "indices[%u] = %u follows indices[%u] = %u: indices must be ascending and "
+          "distinct",
+          k, indices[k], k - 1, indices[k - 1]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Forward(const NeuronRows& rows, const ConstTokens& x, const Tokens& y,
+                     const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = internal::ValidateCall(rows.dtype, rows.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::ValidateRows(rows); !s.ok()) return s;
+  if (absl::Status s =
+          internal::PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::Run(StridedRows(rows), ProblemOf(rows, rows.count), x, y, options, workspace);
+  return absl::OkStatus();
+}
+
+absl::Status ForwardIndexed(const NeuronRows& rows, absl::Span<const uint32_t> indices,
+                            const ConstTokens& x, const Tokens& y,
+                            const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = internal::ValidateCall(rows.dtype, rows.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::ValidateRows(rows); !s.ok()) return s;
+  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
+  if (absl::Status s =
+          internal::PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::Problem p = ProblemOf(rows, indices.size());
+  p.prefetch = true;
+  internal::Run(IndexedRows(rows, indices), p, x, y, options, workspace);
+  return absl::OkStatus();
+}
+
+absl::Status ForwardLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
+                           const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = internal::ValidateCall(w.dtype, w.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (w.intermediate_size == 0) {
+    return absl::InvalidArgumentError("intermediate_size must be positive, got 0");
+  }
+  if (w.up == nullptr) return absl::InvalidArgumentError("up weight is null");
+  if (w.down == nullptr) return absl::InvalidArgumentError("down weight is null");
+  absl::StatusOr<size_t> bytes = memory::CheckedMul(w.hidden_size, w.intermediate_size);
+  if (bytes.ok()) bytes = memory::CheckedMul(*bytes, DTypeSize(w.dtype));
+  if (!bytes.ok()) return bytes.status();
+  if (absl::Status s = internal::PrepareWorkspace(w.dtype, w.hidden_size, w.intermediate_size,
+                                                  x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::RunLinear(w, x, y, options, workspace);
+  return absl::OkStatus();
+}
+
+}  // namespace sparse_mlp::mlp
