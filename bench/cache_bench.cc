@@ -48,6 +48,7 @@
 #include "absl/types/span.h"
 #include "nlohmann/json.hpp"
 #include "bench/cache_eviction.h"
+#include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
 #include "bench/timing.h"
 #include "cache/weight_cache.h"
@@ -91,17 +92,6 @@ namespace sparse_mlp::bench {
 namespace {
 
 using cache::DType;
-
-struct Preset {
-  const char* name;
-  size_t hidden, intermediate;
-};
-constexpr Preset kPresets[] = {{"llama-3.2-1b", 2048, 8192},
-                               {"llama-3.2-3b", 3072, 8192},
-                               {"qwen2-1.5b", 1536, 8960},
-                               {"llama-2-7b", 4096, 11008},
-                               {"mistral-7b", 4096, 14336},
-                               {"llama-3-8b", 4096, 14336}};
 
 memory::AlignedBuffer Buffer(size_t bytes, int fill) {
   memory::AlignedBuffer b = *memory::AlignedBuffer::Allocate(
@@ -462,7 +452,7 @@ class Bench {
 
 // What a run measures, from the flags.
 struct Config {
-  const Preset* preset = nullptr;
+  const ModelPreset* preset = nullptr;
   std::vector<DType> dtypes;
   std::vector<cache::PackedLayout> layouts;
   std::vector<std::pair<std::string, double>> churns;  // label as given, value
@@ -476,9 +466,7 @@ struct Config {
 absl::StatusOr<Config> ConfigFromFlags() {
   Config c;
   const std::string model = absl::GetFlag(FLAGS_model);
-  for (const Preset& p : kPresets) {
-    if (model == p.name) c.preset = &p;
-  }
+  c.preset = FindModelPreset(model);
   if (c.preset == nullptr) return absl::InvalidArgumentError("unknown --model=" + model);
   for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
     absl::StatusOr<DType> dtype = cache::ParseDType(name);

@@ -28,6 +28,12 @@ inline float Elem(const void* p, size_t i) {
 
 }  // namespace sparse_mlp::mlp::internal
 
+// Before every loop over a compile-time count of tokens or rows: -O2 does
+// not unroll them by itself, and a rolled loop keeps its per-iteration
+// vectors (weights, accumulators) in memory instead of registers (measured:
+// the T = 1 axpy ran at 0.65x the read floor that way).
+#define SPARSE_MLP_UNROLL _Pragma("GCC unroll 16")
+
 // Runs CALL(TB, t) for token blocks [t, t + TB) of [0, tokens), TB = 4
 // except the last (1 to 4): 4 tokens x 2 rows of accumulators fit the
 // registers of every level.

@@ -40,17 +40,20 @@ SPARSE_MLP_AVX2 inline void Dot2Block(const void* a, const void* b, const void* 
                                       size_t v_stride, size_t len, float* out_a,
                                       float* out_b) {
   __m256 acc_a[TB], acc_b[TB];
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm256_setzero_ps();
   size_t i = 0;
   for (; i + 8 <= len; i += 8) {
     const __m256 wb = Load8<W>(b, i);
     const __m256 wa = kA ? Load8<W>(a, i) : wb;
+    SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m256 x = Load8<V>(v, t * v_stride + i);
       if (kA) acc_a[t] = _mm256_fmadd_ps(wa, x, acc_a[t]);
       acc_b[t] = _mm256_fmadd_ps(wb, x, acc_b[t]);
     }
   }
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) {
     float sa = kA ? HorizontalSum(acc_a[t]) : 0.0f;
     float sb = HorizontalSum(acc_b[t]);
@@ -91,11 +94,13 @@ SPARSE_MLP_AVX2 void AxpyRows(const void* const* rows, const float* coef, size_t
   size_t i = 0;
   for (; i + 8 <= len; i += 8) {
     __m256 w[N];
+    SPARSE_MLP_UNROLL
     for (int j = 0; j < N; ++j) w[j] = Load8<W>(rows[j], i);
     for (size_t t = 0; t < tokens; ++t) {
       float* yt = y + t * y_stride + i;
       __m256 acc0 = _mm256_loadu_ps(yt);
       __m256 acc1 = _mm256_setzero_ps();
+      SPARSE_MLP_UNROLL
       for (int j = 0; j < N; ++j) {
         const __m256 c = _mm256_set1_ps(coef[j * tokens + t]);
         if (j % 2 == 0) {
@@ -104,13 +109,14 @@ SPARSE_MLP_AVX2 void AxpyRows(const void* const* rows, const float* coef, size_t
           acc1 = _mm256_fmadd_ps(c, w[j], acc1);
         }
       }
-      _mm256_storeu_ps(yt, _mm256_add_ps(acc0, acc1));
+      _mm256_storeu_ps(yt, N > 1 ? _mm256_add_ps(acc0, acc1) : acc0);
     }
   }
   for (size_t t = 0; t < tokens; ++t) {
     float* yt = y + t * y_stride;
     for (size_t k = i; k < len; ++k) {
       float acc = yt[k];
+      SPARSE_MLP_UNROLL
       for (int j = 0; j < N; ++j) acc += coef[j * tokens + t] * Elem<W>(rows[j], k);
       yt[k] = acc;
     }

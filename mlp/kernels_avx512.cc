@@ -63,11 +63,13 @@ SPARSE_MLP_AVX512 inline void Dot2Block(const void* a, const void* b, const void
                                         size_t v_stride, size_t len, float* out_a,
                                         float* out_b) {
   __m512 acc_a[TB], acc_b[TB];
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm512_setzero_ps();
   size_t i = 0;
   for (; i + 16 <= len; i += 16) {
     const __m512 wb = Load16<W>(b, i);
     const __m512 wa = kA ? Load16<W>(a, i) : wb;
+    SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512 x = Load16<V>(v, t * v_stride + i);
       if (kA) acc_a[t] = _mm512_fmadd_ps(wa, x, acc_a[t]);
@@ -78,12 +80,14 @@ SPARSE_MLP_AVX512 inline void Dot2Block(const void* a, const void* b, const void
     const __mmask16 m = TailMask16(len - i);
     const __m512 wb = Load16<W>(b, i, m);
     const __m512 wa = kA ? Load16<W>(a, i, m) : wb;
+    SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512 x = Load16<V>(v, t * v_stride + i, m);
       if (kA) acc_a[t] = _mm512_fmadd_ps(wa, x, acc_a[t]);
       acc_b[t] = _mm512_fmadd_ps(wb, x, acc_b[t]);
     }
   }
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) {
     if (kA) out_a[t] = _mm512_reduce_add_ps(acc_a[t]);
     out_b[t] = _mm512_reduce_add_ps(acc_b[t]);
@@ -118,11 +122,13 @@ SPARSE_MLP_AVX512_BF16 inline void Dot2Bf16Block(const uint16_t* a, const uint16
                                                  const uint16_t* v, size_t v_stride,
                                                  size_t len, float* out_a, float* out_b) {
   __m512 acc_a[TB], acc_b[TB];
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm512_setzero_ps();
   size_t i = 0;
   for (; i + 32 <= len; i += 32) {
     const __m512bh wb = (__m512bh)_mm512_loadu_si512(b + i);
     const __m512bh wa = kA ? (__m512bh)_mm512_loadu_si512(a + i) : wb;
+    SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512bh x = (__m512bh)_mm512_loadu_si512(v + t * v_stride + i);
       if (kA) acc_a[t] = _mm512_dpbf16_ps(acc_a[t], wa, x);
@@ -133,12 +139,14 @@ SPARSE_MLP_AVX512_BF16 inline void Dot2Bf16Block(const uint16_t* a, const uint16
     const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (len - i)) - 1);
     const __m512bh wb = (__m512bh)_mm512_maskz_loadu_epi16(m, b + i);
     const __m512bh wa = kA ? (__m512bh)_mm512_maskz_loadu_epi16(m, a + i) : wb;
+    SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512bh x = (__m512bh)_mm512_maskz_loadu_epi16(m, v + t * v_stride + i);
       if (kA) acc_a[t] = _mm512_dpbf16_ps(acc_a[t], wa, x);
       acc_b[t] = _mm512_dpbf16_ps(acc_b[t], wb, x);
     }
   }
+  SPARSE_MLP_UNROLL
   for (int t = 0; t < TB; ++t) {
     if (kA) out_a[t] = _mm512_reduce_add_ps(acc_a[t]);
     out_b[t] = _mm512_reduce_add_ps(acc_b[t]);
@@ -177,11 +185,13 @@ SPARSE_MLP_AVX512 void AxpyRows(const void* const* rows, const float* coef, size
     const bool tail = i + 16 > len;
     const __mmask16 m = tail ? TailMask16(len - i) : static_cast<__mmask16>(0xffff);
     __m512 w[N];
+    SPARSE_MLP_UNROLL
     for (int j = 0; j < N; ++j) w[j] = tail ? Load16<W>(rows[j], i, m) : Load16<W>(rows[j], i);
     for (size_t t = 0; t < tokens; ++t) {
       float* yt = y + t * y_stride + i;
       __m512 acc0 = tail ? _mm512_maskz_loadu_ps(m, yt) : _mm512_loadu_ps(yt);
       __m512 acc1 = _mm512_setzero_ps();
+      SPARSE_MLP_UNROLL
       for (int j = 0; j < N; ++j) {
         const __m512 c = _mm512_set1_ps(coef[j * tokens + t]);
         if (j % 2 == 0) {
@@ -190,7 +200,7 @@ SPARSE_MLP_AVX512 void AxpyRows(const void* const* rows, const float* coef, size
           acc1 = _mm512_fmadd_ps(c, w[j], acc1);
         }
       }
-      acc0 = _mm512_add_ps(acc0, acc1);
+      if (N > 1) acc0 = _mm512_add_ps(acc0, acc1);
       if (tail) {
         _mm512_mask_storeu_ps(yt, m, acc0);
       } else {

@@ -19,6 +19,8 @@ packages=(
   libbenchmark-dev
   libdlpack-dev        # DLPack header for the zero-copy Python bindings
   nlohmann-json3-dev   # the benchmarks' JSON output
+  libopenblas-openmp-dev  # //bench:mlp baselines only (the OpenMP build: the
+  libdnnl-dev             # pthread one fights OpenMP threads); oneDNN 2.6
   pybind11-dev
   python3-dev
   python3-numpy

@@ -1,0 +1,802 @@
+// The sparse MLP forward against the read floor of its bytes and the
+// libraries a user would otherwise call, in one run:
+//
+//   bazel run //bench:mlp                 # default table and goals, ~60 s
+//   bazel run //bench:mlp -- --help       # every option
+//
+// For each element type and token count T (llama-3.2-3b shape by default):
+//   dense     mlp::Forward on all I neurons (down transposed once)
+//   linear    mlp::ForwardLinear (nn.Linear layout, down [H, I] as given)
+//   openblas  cblas_sgemv (T = 1) / cblas_sgemm, OpenMP build, float32 only
+//   onednn    oneDNN matmuls with prepacked weights (gate with swish and
+//             the up product fused as post-ops), float32 and bfloat16
+//   floor     a vectorized read of the same weight bytes, same threads
+// and for each active fraction a < 1, on a WeightCache (--layout, split):
+//   packed    mlp::CacheForward on the A packed neurons
+//   direct    mlp::ForwardIndexed on the full arrays (no cache)
+//   floor     a read of the packed rows' bytes
+//   update+fwd, step  (T = --step_tokens, per churn) WeightCache::Update then
+//             CacheForward, and the fused mlp::LayerStep, on masks that
+//             change by that churn every call
+// Every call starts from cold caches (a 96 MiB scrub read between calls);
+// a case's calls are interleaved, repetition by repetition, so all see the
+// same machine; the table shows medians. The goals of the forward's issue
+// are judged on this run at the end.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "bench/model_presets.h"
+#include "bench/optimized_build_check.h"
+#include "bench/read_floor.h"
+#include "bench/timing.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
+#include "dnnl.hpp"
+#include "gather/transpose.h"
+#include "memory/aligned_buffer.h"
+#include "mlp/activation.h"
+#include "mlp/float16.h"
+#include "mlp/layer_step.h"
+#include "mlp/mlp_forward.h"
+#include "nlohmann/json.hpp"
+#include "platform/simd_level.h"
+#include <x86_64-linux-gnu/openblas-openmp/cblas.h>
+
+ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
+ABSL_FLAG(std::string, dtypes, "float32,bfloat16", "weight types: float32, bfloat16, float16");
+ABSL_FLAG(std::string, tokens, "1,4,16", "token counts T");
+ABSL_FLAG(std::string, active, "0.5,0.3,0.1", "active fractions of the sparse cases");
+ABSL_FLAG(std::string, churn, "0.02,0.10,0.25",
+          "fractions of the active set replaced per call in the update/step cases");
+ABSL_FLAG(int, step_tokens, 1, "T of the update+fwd and step cases");
+ABSL_FLAG(int, threads, 2, "threads of every call");
+ABSL_FLAG(bool, single_thread, true, "also run the dense T = 1 cases on 1 thread");
+ABSL_FLAG(int, reps, 11, "timed repetitions of every call (medians are reported)");
+ABSL_FLAG(std::string, layout, "split",
+          "packed layout of the caches: split (the library default), interleaved, fused");
+ABSL_FLAG(std::string, simd, "best", "kernel instruction set: best, avx512, avx2, scalar");
+ABSL_FLAG(bool, baselines, true, "run the OpenBLAS and oneDNN baselines");
+ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+
+namespace sparse_mlp::bench {
+namespace {
+
+using cache::DType;
+
+memory::AlignedBuffer Buffer(size_t bytes) {
+  return *memory::AlignedBuffer::Allocate(std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
+                                          memory::HugePageAdvice::kHugePages);
+}
+
+// Small pseudo-random values in `dtype` (a cheap generator: the weights are
+// hundreds of MB).
+memory::AlignedBuffer RandomValues(size_t n, DType dtype, float scale, uint64_t seed) {
+  memory::AlignedBuffer b = Buffer(n * cache::DTypeSize(dtype));
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t k = 0; k < n; ++k) {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    const float v = scale * (static_cast<float>(s >> 40) / 8388608.0f - 1.0f);
+    if (dtype == DType::kFloat32) {
+      reinterpret_cast<float*>(b.data())[k] = v;
+    } else {
+      reinterpret_cast<uint16_t*>(b.data())[k] =
+          dtype == DType::kBFloat16 ? mlp::FloatToBFloat16(v) : mlp::FloatToFloat16(v);
+    }
+  }
+  return b;
+}
+
+// A layer's weights: gate, up [I, H]; down [H, I] and its transpose.
+struct Layer {
+  DType dtype;
+  size_t h, i;
+  memory::AlignedBuffer gate, up, down, down_rows;
+  size_t Bytes() const { return 3 * h * i * cache::DTypeSize(dtype); }
+};
+
+Layer MakeLayer(DType dtype, size_t h, size_t i, int threads) {
+  Layer l{dtype, h, i, RandomValues(h * i, dtype, 0.03f, 1), RandomValues(h * i, dtype, 0.03f, 2),
+          RandomValues(h * i, dtype, 0.03f, 3), Buffer(h * i * cache::DTypeSize(dtype))};
+  gather::TransposeOptions o;
+  o.num_threads = threads;
+  const size_t elem = cache::DTypeSize(dtype);
+  (void)gather::Transpose({l.down.data(), h, i * elem}, i, elem, {l.down_rows.data(), i, h * elem},
+                          o);
+  return l;
+}
+
+mlp::NeuronRows FullRows(const Layer& l) {
+  return {l.dtype, l.h, l.i, l.gate.data(), l.h, l.up.data(), l.h, l.down_rows.data(), l.h};
+}
+
+// ---- baselines ---------------------------------------------------------------
+
+float Silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+// The MLP with OpenBLAS: gate and up GEMV/GEMM, SiLU(gate) * up, down.
+class OpenBlasMlp {
+ public:
+  OpenBlasMlp(const Layer& l, size_t tokens)
+      : l_(l), t_(tokens), g_(Buffer(tokens * l.i * 4)), u_(Buffer(tokens * l.i * 4)) {}
+  void Run(const float* x, float* y) {
+    const float* gate = reinterpret_cast<const float*>(l_.gate.data());
+    const float* up = reinterpret_cast<const float*>(l_.up.data());
+    const float* down = reinterpret_cast<const float*>(l_.down.data());
+    float* g = reinterpret_cast<float*>(g_.data());
+    float* u = reinterpret_cast<float*>(u_.data());
+    const int h = static_cast<int>(l_.h), i = static_cast<int>(l_.i), t = static_cast<int>(t_);
+    if (t_ == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, i, h, 1.0f, gate, h, x, 1, 0.0f, g, 1);
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, i, h, 1.0f, up, h, x, 1, 0.0f, u, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, i, h, 1.0f, x, h, gate, h, 0.0f,
+                  g, i);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, i, h, 1.0f, x, h, up, h, 0.0f, u,
+                  i);
+    }
+    for (size_t k = 0; k < t_ * l_.i; ++k) g[k] = Silu(g[k]) * u[k];
+    if (t_ == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, h, i, 1.0f, down, i, g, 1, 0.0f, y, 1);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t, h, i, 1.0f, g, i, down, i, 0.0f,
+                  y, h);
+    }
+  }
+
+ private:
+  const Layer& l_;
+  size_t t_;
+  memory::AlignedBuffer g_, u_;
+};
+
+// The MLP with oneDNN matmuls on weights reordered once into the layout
+// the primitives ask for (format_tag::any): up; gate with swish and the
+// product with up as post-ops; down. Activations in the weights' type
+// (float32 or bfloat16), y in float32.
+class OneDnnMlp {
+ public:
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+
+  OneDnnMlp(dnnl::engine& engine, const Layer& l, size_t tokens) : engine_(engine), stream_(engine) {
+    const dt wt = l.dtype == DType::kBFloat16 ? dt::bf16 : dt::f32;
+    const auto T = static_cast<int64_t>(tokens), H = static_cast<int64_t>(l.h),
+               I = static_cast<int64_t>(l.i);
+    const dnnl::memory::desc x_md({T, H}, wt, tag::ab), u_md({T, I}, dt::f32, tag::ab),
+        h_md({T, I}, wt, tag::ab), y_md({T, H}, dt::f32, tag::ab),
+        wi_any({H, I}, wt, tag::any), wd_any({I, H}, wt, tag::any);
+    up_pd_ = dnnl::matmul::primitive_desc(dnnl::matmul::desc(x_md, wi_any, u_md), engine_);
+    dnnl::post_ops ops;
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+    ops.append_binary(dnnl::algorithm::binary_mul, u_md);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    gate_pd_ =
+        dnnl::matmul::primitive_desc(dnnl::matmul::desc(x_md, wi_any, h_md), attr, engine_);
+    down_pd_ = dnnl::matmul::primitive_desc(dnnl::matmul::desc(h_md, wd_any, y_md), engine_);
+    // User weights: gate/up [I, H] row-major are the [H, I] matrix in "ba";
+    // down [H, I] row-major is the [I, H] matrix in "ba".
+    gate_w_ = Pack(gate_pd_.weights_desc(), {{H, I}, wt, tag::ba}, l.gate.data());
+    up_w_ = Pack(up_pd_.weights_desc(), {{H, I}, wt, tag::ba}, l.up.data());
+    down_w_ = Pack(down_pd_.weights_desc(), {{I, H}, wt, tag::ba}, l.down.data());
+    x_ = dnnl::memory(x_md, engine_);
+    u_ = dnnl::memory(u_md, engine_);
+    h_ = dnnl::memory(h_md, engine_);
+    y_ = dnnl::memory(y_md, engine_);
+    up_ = dnnl::matmul(up_pd_);
+    gate_ = dnnl::matmul(gate_pd_);
+    down_ = dnnl::matmul(down_pd_);
+  }
+  void* x() { return x_.get_data_handle(); }
+  const float* y() { return static_cast<const float*>(y_.get_data_handle()); }
+  void Run() {
+    up_.execute(stream_, {{DNNL_ARG_SRC, x_}, {DNNL_ARG_WEIGHTS, up_w_}, {DNNL_ARG_DST, u_}});
+    gate_.execute(stream_, {{DNNL_ARG_SRC, x_},
+                            {DNNL_ARG_WEIGHTS, gate_w_},
+                            {DNNL_ARG_DST, h_},
+                            {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, u_}});
+    down_.execute(stream_, {{DNNL_ARG_SRC, h_}, {DNNL_ARG_WEIGHTS, down_w_}, {DNNL_ARG_DST, y_}});
+    stream_.wait();
+  }
+
+ private:
+  dnnl::memory Pack(const dnnl::memory::desc& want, const dnnl::memory::desc& given,
+                    const void* data) {
+    dnnl::memory user(given, engine_, const_cast<void*>(data));
+    dnnl::memory packed(want, engine_);
+    dnnl::reorder(user, packed).execute(stream_, user, packed);
+    stream_.wait();
+    return packed;
+  }
+
+  dnnl::engine& engine_;
+  dnnl::stream stream_;
+  dnnl::matmul::primitive_desc up_pd_, gate_pd_, down_pd_;
+  dnnl::memory gate_w_, up_w_, down_w_, x_, u_, h_, y_;
+  dnnl::matmul up_, gate_, down_;
+};
+
+// ---- masks ---------------------------------------------------------------------
+
+diff::NeuronMask RandomMask(size_t n, size_t count, std::mt19937_64& rng) {
+  std::vector<uint32_t> all(n);
+  for (size_t k = 0; k < n; ++k) all[k] = static_cast<uint32_t>(k);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(count);
+  std::sort(all.begin(), all.end());
+  return *diff::NeuronMask::FromIndices(n, all);
+}
+
+// `mask` with round(churn x A) active neurons swapped for inactive ones.
+diff::NeuronMask Churn(const diff::NeuronMask& mask, double churn, std::mt19937_64& rng) {
+  std::vector<uint32_t> on, off;
+  for (size_t k = 0; k < mask.size(); ++k) (mask.Test(k) ? on : off).push_back(k);
+  std::shuffle(on.begin(), on.end(), rng);
+  std::shuffle(off.begin(), off.end(), rng);
+  const size_t n = std::min({static_cast<size_t>(churn * on.size() + 0.5), on.size(), off.size()});
+  diff::NeuronMask next = mask;
+  for (size_t k = 0; k < n; ++k) {
+    next.Set(on[k], false);
+    next.Set(off[k], true);
+  }
+  return next;
+}
+
+// ---- measurement ---------------------------------------------------------------
+
+struct Result {
+  std::string dtype;
+  size_t tokens;
+  int threads;
+  double active;
+  std::string churn;  // "-" outside the update/step cases
+  std::string op;
+  double seconds;     // median
+  double bytes;       // weight bytes the call must read
+  double floor_seconds;  // median of the case's floor
+  double x_floor() const { return floor_seconds > 0 ? seconds / floor_seconds : 0; }
+  double gbps() const { return bytes / seconds / 1e9; }
+};
+
+// Ops of one case, timed interleaved: each repetition runs every op once
+// (the order rotating), each from scrubbed caches.
+struct Op {
+  std::string name;
+  std::string churn = "-";
+  double bytes = 0;
+  std::function<void()> run;
+};
+
+class Runner {
+ public:
+  Runner(int reps, Scrubber* scrubber, int threads)
+      : reps_(reps), scrubber_(scrubber), threads_(threads) {}
+  // Median seconds per op.
+  std::vector<double> Time(const std::vector<Op>& ops) {
+    std::vector<std::vector<double>> samples(ops.size());
+    for (const Op& op : ops) op.run();  // warm-up: first-touch, OpenMP team
+    for (int rep = 0; rep < reps_; ++rep) {
+      for (size_t k = 0; k < ops.size(); ++k) {
+        const size_t which = (k + static_cast<size_t>(rep)) % ops.size();
+        scrubber_->Scrub(threads_);
+        samples[which].push_back(SecondsOf(ops[which].run));
+      }
+    }
+    std::vector<double> medians;
+    for (auto& s : samples) medians.push_back(Median(s));
+    return medians;
+  }
+
+ private:
+  int reps_;
+  Scrubber* scrubber_;
+  int threads_;
+};
+
+struct Config {
+  const ModelPreset* preset = nullptr;
+  std::vector<DType> dtypes;
+  std::vector<size_t> tokens;
+  std::vector<double> active;
+  std::vector<std::pair<std::string, double>> churns;
+  int step_tokens = 1, threads = 2, reps = 11;
+  bool single_thread = true, baselines = true;
+  cache::PackedLayout layout = cache::PackedLayout::kSplit;
+  SimdLevel simd = SimdLevel::kBest;
+};
+
+template <typename T>
+absl::Status ParseList(const std::string& flag, const std::string& text, std::vector<T>* out,
+                       double lo, double hi) {
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    double v;
+    if (!absl::SimpleAtod(part, &v) || v < lo || v > hi) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("--%s: '%s' is not a number in [%g, %g]", flag, part, lo, hi));
+    }
+    out->push_back(static_cast<T>(v));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Config> ConfigFromFlags() {
+  Config c;
+  c.preset = FindModelPreset(absl::GetFlag(FLAGS_model));
+  if (c.preset == nullptr) {
+    return absl::InvalidArgumentError("unknown --model=" + absl::GetFlag(FLAGS_model));
+  }
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_dtypes), ',')) {
+    absl::StatusOr<DType> d = cache::ParseDType(name);
+    if (!d.ok()) return d.status();
+    c.dtypes.push_back(*d);
+  }
+  if (absl::Status s = ParseList("tokens", absl::GetFlag(FLAGS_tokens), &c.tokens, 1, 4096);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ParseList("active", absl::GetFlag(FLAGS_active), &c.active, 0.001, 1);
+      !s.ok()) {
+    return s;
+  }
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_churn), ',')) {
+    double v;
+    if (!absl::SimpleAtod(part, &v) || v < 0 || v > 1) {
+      return absl::InvalidArgumentError(absl::StrFormat("--churn: '%s' is not in [0, 1]", part));
+    }
+    c.churns.push_back({std::string(part), v});
+  }
+  c.step_tokens = absl::GetFlag(FLAGS_step_tokens);
+  c.threads = absl::GetFlag(FLAGS_threads);
+  c.reps = absl::GetFlag(FLAGS_reps);
+  if (c.step_tokens < 1 || c.threads < 1 || c.reps < 1) {
+    return absl::InvalidArgumentError("need --step_tokens, --threads, --reps >= 1");
+  }
+  c.single_thread = absl::GetFlag(FLAGS_single_thread);
+  c.baselines = absl::GetFlag(FLAGS_baselines);
+  absl::StatusOr<cache::PackedLayout> layout = cache::ParsePackedLayout(absl::GetFlag(FLAGS_layout));
+  if (!layout.ok()) return layout.status();
+  c.layout = *layout;
+  absl::StatusOr<SimdLevel> simd = ParseSimdLevel(absl::GetFlag(FLAGS_simd));
+  if (!simd.ok()) return simd.status();
+  if (!IsSupported(*simd)) return absl::InvalidArgumentError("this CPU lacks --simd");
+  c.simd = *simd;
+  return c;
+}
+
+// Token activations: x in float32 and in the weights' type, y in float32.
+struct TokenBuffers {
+  memory::AlignedBuffer x32, x, y;
+  TokenBuffers(const Layer& l, size_t tokens)
+      : x32(RandomValues(tokens * l.h, DType::kFloat32, 1.0f, 9)),
+        x(RandomValues(tokens * l.h, l.dtype, 1.0f, 9)),
+        y(Buffer(tokens * l.h * 4)) {}
+  mlp::ConstTokens In(const Layer& l, size_t tokens) const {
+    return {x.data(), tokens, l.h, l.dtype};
+  }
+  mlp::Tokens Out(const Layer& l, size_t tokens) {
+    return {y.data(), tokens, l.h, DType::kFloat32};
+  }
+};
+
+void Check(const absl::Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s failed: %s\n", what, std::string(s.message()).c_str());
+    std::exit(1);
+  }
+}
+
+class Bench {
+ public:
+  explicit Bench(const Config& c) : c_(c), runner_(c.reps, &scrubber_, c.threads) {}
+
+  // Dense cases of one layer: ours, the floor and the libraries.
+  void Dense(const Layer& l, size_t tokens, int threads, dnnl::engine& engine) {
+    TokenBuffers tb(l, tokens);
+    mlp::ForwardOptions o = Options(threads);
+    mlp::Workspace ws;
+    Check(ws.Reserve(tokens, l.h, l.i, threads), "Workspace::Reserve");
+    const mlp::NeuronRows rows = FullRows(l);
+    const mlp::LinearWeights linear{l.dtype, l.h, l.i, l.gate.data(), l.up.data(), l.down.data()};
+    const double bytes = static_cast<double>(l.Bytes());
+    std::vector<Op> ops;
+    ops.push_back({"floor", "-", bytes, [&] {
+                     ReadRanges({{l.gate.data(), l.gate.size()},
+                                 {l.up.data(), l.up.size()},
+                                 {l.down.data(), l.down.size()}},
+                                threads);
+                   }});
+    ops.push_back({"dense", "-", bytes, [&] {
+                     (void)mlp::Forward(rows, tb.In(l, tokens), tb.Out(l, tokens), o, &ws);
+                   }});
+    ops.push_back({"linear", "-", bytes, [&] {
+                     (void)mlp::ForwardLinear(linear, tb.In(l, tokens), tb.Out(l, tokens), o,
+                                              &ws);
+                   }});
+    std::unique_ptr<OpenBlasMlp> blas;
+    std::unique_ptr<OneDnnMlp> dnn;
+    memory::AlignedBuffer blas_y = Buffer(tokens * l.h * 4);
+    if (c_.baselines) {
+      if (l.dtype == DType::kFloat32) {
+        blas = std::make_unique<OpenBlasMlp>(l, tokens);
+        ops.push_back({"openblas", "-", bytes, [&] {
+                         openblas_set_num_threads(threads);
+                         blas->Run(reinterpret_cast<const float*>(tb.x.data()),
+                                   reinterpret_cast<float*>(blas_y.data()));
+                       }});
+      }
+      if (l.dtype != DType::kFloat16) {
+        dnn = std::make_unique<OneDnnMlp>(engine, l, tokens);
+        std::memcpy(dnn->x(), tb.x.data(), tokens * l.h * cache::DTypeSize(l.dtype));
+        ops.push_back({"onednn", "-", bytes, [&] {
+                         omp_set_num_threads(threads);
+                         dnn->Run();
+                       }});
+      }
+    }
+    Record(l, tokens, threads, 1.0, ops, runner_.Time(ops));
+    // The outputs agree (same x, same weights; oneDNN rounds h to bf16 in
+    // the bf16 case, and so on): a sanity check, printed.
+    (void)mlp::Forward(rows, tb.In(l, tokens), tb.Out(l, tokens), o, &ws);
+    const float* ours = reinterpret_cast<const float*>(tb.y.data());
+    if (blas) Agreement("openblas", ours, reinterpret_cast<const float*>(blas_y.data()), tokens * l.h);
+    if (dnn) Agreement("onednn", ours, dnn->y(), tokens * l.h);
+  }
+
+  // Sparse cases of one layer and active fraction.
+  void Sparse(const Layer& l, double active, const std::vector<size_t>& token_counts) {
+    std::mt19937_64 rng(static_cast<uint64_t>(active * 1000) + l.h);
+    const size_t count = static_cast<size_t>(active * l.i + 0.5);
+    diff::NeuronMask first = RandomMask(l.i, count, rng);
+    // One cache per churn (the first also serves the packed forward), fed
+    // masks that change by that churn at every call.
+    struct Stream {
+      std::string label;
+      double churn;
+      cache::WeightCache cache;
+      diff::NeuronMask mask;
+    };
+    std::vector<Stream> streams;
+    for (const auto& [label, churn] : c_.churns) {
+      cache::WeightCacheOptions co;
+      co.hidden_size = l.h;
+      co.intermediate_size = l.i;
+      co.dtype = l.dtype;
+      co.layout = c_.layout;
+      co.num_threads = c_.threads;
+      co.simd = c_.simd;
+      co.ownership = cache::SourceOwnership::kCopy;
+      cache::WeightCache wc =
+          *cache::WeightCache::Create(co, {l.gate.data(), l.up.data(), l.down.data()}, first);
+      Check(wc.Reserve(std::min(l.i, count + count / 4)), "Reserve");
+      streams.push_back({label, churn, std::move(wc), first});
+    }
+    if (streams.empty()) return;
+    const std::vector<uint32_t> indices = first.ToIndices();
+    const double sparse_bytes = static_cast<double>(count) * 3 * l.h * cache::DTypeSize(l.dtype);
+    for (size_t tokens : token_counts) {
+      TokenBuffers tb(l, tokens);
+      mlp::ForwardOptions o = Options(c_.threads);
+      mlp::Workspace ws;
+      Check(ws.Reserve(tokens, l.h, 0, c_.threads), "Workspace::Reserve");
+      cache::WeightCache& packed = streams[0].cache;
+      std::vector<Op> ops;
+      ops.push_back({"floor", "-", sparse_bytes, [&] {
+                       ReadRanges(PackedRanges(packed), c_.threads);
+                     }});
+      ops.push_back({"packed", "-", sparse_bytes, [&] {
+                       (void)mlp::CacheForward(packed, tb.In(l, tokens), tb.Out(l, tokens), o,
+                                               &ws);
+                     }});
+      ops.push_back({"direct", "-", sparse_bytes, [&] {
+                       (void)mlp::ForwardIndexed(FullRows(l), indices, tb.In(l, tokens),
+                                                 tb.Out(l, tokens), o, &ws);
+                     }});
+      const bool steps = tokens == static_cast<size_t>(c_.step_tokens);
+      for (size_t k = 1; steps && k < streams.size() + 1; ++k) {
+        Stream* s = &streams[k - 1];
+        // Each call moves its stream on by one churn step.
+        ops.push_back({"update+fwd", s->label, sparse_bytes, [&, s] {
+                         s->mask = Churn(s->mask, s->churn, step_rng_);
+                         (void)s->cache.Update(s->mask);
+                         (void)mlp::CacheForward(s->cache, tb.In(l, tokens), tb.Out(l, tokens),
+                                                 o, &ws);
+                       }});
+        ops.push_back({"step", s->label, sparse_bytes, [&, s] {
+                         s->mask = Churn(s->mask, s->churn, step_rng_);
+                         (void)mlp::LayerStep(&s->cache, s->mask, tb.In(l, tokens),
+                                              tb.Out(l, tokens), o, &ws);
+                       }});
+      }
+      // The churn ops draw their next mask inside the timed call; drawing
+      // one (an O(I) shuffle) costs ~0.1 ms, so it is measured apart and
+      // subtracted below.
+      Record(l, tokens, c_.threads, active, ops, Subtract(runner_.Time(ops), ops, l));
+    }
+  }
+
+  const std::vector<Result>& results() const { return results_; }
+  const std::vector<std::string>& notes() const { return notes_; }
+
+ private:
+  mlp::ForwardOptions Options(int threads) const {
+    mlp::ForwardOptions o;
+    o.num_threads = threads;
+    o.simd = c_.simd;
+    return o;
+  }
+
+  static std::vector<ByteRange> PackedRanges(const cache::WeightCache& wc) {
+    const mlp::NeuronRows r = mlp::CacheRows(wc);
+    const size_t elem = cache::DTypeSize(r.dtype), row = r.hidden_size * elem;
+    if (wc.layout() == cache::PackedLayout::kFusedRows) {
+      return {{r.gate != nullptr ? r.gate : r.up, r.count * r.up_stride * elem}};
+    }
+    std::vector<ByteRange> out;
+    for (const void* p : {r.gate, r.up, r.down}) {
+      if (p != nullptr) out.push_back({p, r.count * row});
+    }
+    if (wc.layout() == cache::PackedLayout::kInterleavedGateUp) {
+      out = {{r.gate, r.count * 2 * row}, {r.down, r.count * row}};
+    }
+    return out;
+  }
+
+  // Removes the mask drawing from the churn ops' medians.
+  std::vector<double> Subtract(std::vector<double> medians, const std::vector<Op>& ops,
+                               const Layer& l) {
+    std::vector<double> draw;
+    diff::NeuronMask m = RandomMask(l.i, l.i / 2, step_rng_);
+    for (int k = 0; k < 9; ++k) draw.push_back(SecondsOf([&] { m = Churn(m, 0.1, step_rng_); }));
+    const double d = Median(draw);
+    for (size_t k = 0; k < ops.size(); ++k) {
+      if (ops[k].churn != "-") medians[k] = std::max(medians[k] - d, 1e-9);
+    }
+    return medians;
+  }
+
+  void Record(const Layer& l, size_t tokens, int threads, double active,
+              const std::vector<Op>& ops, const std::vector<double>& medians) {
+    double floor = 0;
+    for (size_t k = 0; k < ops.size(); ++k) {
+      if (ops[k].name == "floor") floor = medians[k];
+    }
+    for (size_t k = 0; k < ops.size(); ++k) {
+      results_.push_back({cache::DTypeName(l.dtype), tokens, threads, active, ops[k].churn,
+                          ops[k].name, medians[k], ops[k].bytes, floor});
+    }
+  }
+
+  void Agreement(const char* name, const float* a, const float* b, size_t n) {
+    double diff = 0, scale = 0;
+    for (size_t k = 0; k < n; ++k) {
+      diff = std::max(diff, static_cast<double>(std::fabs(a[k] - b[k])));
+      scale = std::max(scale, static_cast<double>(std::fabs(b[k])));
+    }
+    notes_.push_back(absl::StrFormat("check: max |dense - %s| / max |%s| = %.2g", name, name,
+                                     scale > 0 ? diff / scale : diff));
+  }
+
+  const Config& c_;
+  Scrubber scrubber_;
+  Runner runner_;
+  std::mt19937_64 step_rng_{77};
+  std::vector<Result> results_;
+  std::vector<std::string> notes_;
+};
+
+// ---- report ----------------------------------------------------------------------
+
+const Result* Find(const std::vector<Result>& rs, const std::string& dtype, size_t tokens,
+                   int threads, double active, const std::string& op,
+                   const std::string& churn = "-") {
+  for (const Result& r : rs) {
+    if (r.dtype == dtype && r.tokens == tokens && r.threads == threads &&
+        std::abs(r.active - active) < 1e-9 && r.op == op && r.churn == churn) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+void PrintTable(const std::vector<Result>& rs) {
+  std::printf("%-9s %3s %3s %6s %-6s %-10s %10s %8s %8s\n", "dtype", "T", "thr", "active",
+              "churn", "op", "time_us", "GB/s", "x_floor");
+  for (const Result& r : rs) {
+    std::printf("%-9s %3zu %3d %6.2f %-6s %-10s %10.1f %8.2f %8.2f\n", r.dtype.c_str(), r.tokens,
+                r.threads, r.active, r.churn.c_str(), r.op.c_str(), r.seconds * 1e6, r.gbps(),
+                r.x_floor());
+  }
+}
+
+// The goals of the forward's issue, each on the worst case this run has.
+class Goals {
+ public:
+  explicit Goals(const std::vector<Result>& rs, int threads) : rs_(rs), thr_(threads) {}
+
+  // value <= limit over the listed cases (each a ratio); "not run" if none.
+  void AtMost(const std::string& what, double limit,
+              const std::vector<std::pair<std::string, double>>& cases) {
+    double worst = -1;
+    std::string where;
+    for (const auto& [label, v] : cases) {
+      if (v > worst) {
+        worst = v;
+        where = label;
+      }
+    }
+    if (cases.empty()) {
+      std::printf("  %s: not run\n", what.c_str());
+      return;
+    }
+    std::printf("  %s: worst %.2f (%s) %s\n", what.c_str(), worst, where.c_str(),
+                worst <= limit ? "met" : "MISSED");
+  }
+
+  // Ratio of two ops' times for matching cases.
+  std::vector<std::pair<std::string, double>> Ratio(const std::string& a, const std::string& b,
+                                                    const std::vector<std::string>& dtypes,
+                                                    size_t tokens,
+                                                    const std::vector<double>& actives,
+                                                    const std::string& churn_a = "-") const {
+    std::vector<std::pair<std::string, double>> out;
+    for (const std::string& d : dtypes) {
+      for (double act : actives) {
+        const Result* x = Find(rs_, d, tokens, thr_, act, a, churn_a);
+        const Result* y = Find(rs_, d, tokens, thr_, act, b);
+        if (x != nullptr && y != nullptr) {
+          out.push_back({absl::StrFormat("%s T=%u a=%.1f", d, tokens, act), x->seconds / y->seconds});
+        }
+      }
+    }
+    return out;
+  }
+
+  std::vector<std::pair<std::string, double>> XFloor(const std::string& op,
+                                                     const std::vector<std::string>& dtypes,
+                                                     size_t tokens,
+                                                     const std::vector<double>& actives) const {
+    std::vector<std::pair<std::string, double>> out;
+    for (const std::string& d : dtypes) {
+      for (double act : actives) {
+        const Result* r = Find(rs_, d, tokens, thr_, act, op);
+        if (r != nullptr) out.push_back({absl::StrFormat("%s T=%u a=%.1f", d, tokens, act), r->x_floor()});
+      }
+    }
+    return out;
+  }
+
+  // float32 time over bfloat16 time for the same case (>= limit).
+  void Bf16Speedup(double limit, const std::vector<std::pair<std::string, double>>& cases_op) {
+    double worst = 1e30;
+    std::string where;
+    bool any = false;
+    for (const auto& [op, act] : cases_op) {
+      const Result* f = Find(rs_, "float32", 1, thr_, act, op);
+      const Result* b = Find(rs_, "bfloat16", 1, thr_, act, op);
+      if (f == nullptr || b == nullptr) continue;
+      any = true;
+      if (f->seconds / b->seconds < worst) {
+        worst = f->seconds / b->seconds;
+        where = absl::StrFormat("%s a=%.1f", op, act);
+      }
+    }
+    if (!any) {
+      std::printf("  bfloat16 >= %.1fx faster than float32: not run\n", limit);
+      return;
+    }
+    std::printf("  bfloat16 >= %.1fx faster than float32: worst %.2fx (%s) %s\n", limit, worst,
+                where.c_str(), worst >= limit ? "met" : "MISSED");
+  }
+
+ private:
+  const std::vector<Result>& rs_;
+  int thr_;
+};
+
+void PrintGoals(const std::vector<Result>& rs, int threads) {
+  std::printf("\ngoals (set for llama-3.2-3b, %d threads), judged on this run:\n", threads);
+  Goals g(rs, threads);
+  const std::vector<std::string> both = {"float32", "bfloat16"};
+  const std::vector<double> dense = {1.0}, sparse = {0.5, 0.3, 0.1};
+  g.AtMost("dense forward <= 1.10x read floor (T=1)", 1.10, g.XFloor("dense", both, 1, dense));
+  g.AtMost("packed forward <= 1.15x read floor (T=1)", 1.15, g.XFloor("packed", both, 1, sparse));
+  g.AtMost("direct-index <= 1.30x read floor (T=1)", 1.30, g.XFloor("direct", both, 1, sparse));
+  g.AtMost("dense float32 <= 1.0x OpenBLAS sgemv (T=1)", 1.0,
+           g.Ratio("dense", "openblas", {"float32"}, 1, dense));
+  g.AtMost("dense <= 0.85x oneDNN prepacked (T=1)", 0.85, g.Ratio("dense", "onednn", both, 1, dense));
+  g.AtMost("T=4 <= 1.3x read floor (dense and packed)", 1.3, [&] {
+    auto v = g.XFloor("dense", both, 4, dense);
+    for (auto& p : g.XFloor("packed", both, 4, sparse)) v.push_back(p);
+    return v;
+  }());
+  g.AtMost("T=16 bfloat16 <= 1.3x oneDNN prepacked", 1.3,
+           g.Ratio("dense", "onednn", {"bfloat16"}, 16, dense));
+  g.AtMost("layer step churn 0.10 a=0.5 <= 1.15x packed forward", 1.15,
+           g.Ratio("step", "packed", both, 1, {0.5}, "0.10"));
+  g.AtMost("layer step churn 0.10 a=0.5 faster than direct-index (ratio < 1)", 0.999,
+           g.Ratio("step", "direct", both, 1, {0.5}, "0.10"));
+  g.Bf16Speedup(1.8, {{"dense", 1.0}, {"packed", 0.5}, {"packed", 0.3}, {"packed", 0.1}});
+}
+
+void WriteJson(const std::string& path, const Config& c, const std::vector<Result>& rs) {
+  nlohmann::json j;
+  j["model"] = c.preset->name;
+  j["threads"] = c.threads;
+  for (const Result& r : rs) {
+    j["results"].push_back({{"dtype", r.dtype},
+                            {"tokens", r.tokens},
+                            {"threads", r.threads},
+                            {"active", r.active},
+                            {"churn", r.churn},
+                            {"op", r.op},
+                            {"median_us", r.seconds * 1e6},
+                            {"gbps", r.gbps()},
+                            {"x_floor", r.x_floor()}});
+  }
+  std::ofstream(path) << j.dump(2) << "\n";
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("The sparse MLP forward against its read floor and libraries");
+  absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<Config> config = ConfigFromFlags();
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  const Config& c = *config;
+  const char* wait = std::getenv("OMP_WAIT_POLICY");
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
+  std::printf("%s: H=%zu I=%zu, %d threads, simd %s, cache layout %s, OMP_WAIT_POLICY=%s "
+              "GOMP_SPINCOUNT=%s, %d reps (medians), cold caches\n\n",
+              c.preset->name, c.preset->hidden, c.preset->intermediate, c.threads,
+              SimdLevelName(Resolve(c.simd)), cache::PackedLayoutName(c.layout),
+              wait ? wait : "(default)", spin ? spin : "(default)", c.reps);
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  Bench bench(c);
+  for (DType dtype : c.dtypes) {
+    const Layer l = MakeLayer(dtype, c.preset->hidden, c.preset->intermediate, c.threads);
+    for (size_t tokens : c.tokens) bench.Dense(l, tokens, c.threads, engine);
+    if (c.single_thread && c.threads != 1) bench.Dense(l, 1, 1, engine);
+    for (double active : c.active) {
+      if (active < 1.0) bench.Sparse(l, active, c.tokens);
+    }
+  }
+  PrintTable(bench.results());
+  std::printf("\n");
+  for (const std::string& n : bench.notes()) std::printf("%s\n", n.c_str());
+  PrintGoals(bench.results(), c.threads);
+  if (!absl::GetFlag(FLAGS_json).empty()) WriteJson(absl::GetFlag(FLAGS_json), c, bench.results());
+  return 0;
+}
+
+}  // namespace
+}  // namespace sparse_mlp::bench
+
+int main(int argc, char** argv) {
+  sparse_mlp::bench::RequireOptimizedBuild();
+  return sparse_mlp::bench::Main(argc, argv);
+}
