@@ -23,6 +23,17 @@ using internal::NeuronPtrs;
 using internal::VectorDType;
 
 constexpr size_t kBlock = kMaxAxpyRows;
+using internal::kMaxDotRows;
+// From this many tokens on, one dot call takes two neurons' rows: each x
+// vector then serves four rows (loads per FMA halve, and x, which no
+// longer fits L1 beyond a few tokens, is swept half as often). At one
+// token a single neuron's two rows read as fewer concurrent streams, which
+// measured faster (docs/performance.md).
+constexpr size_t kPairedNeuronTokens = 2;
+
+// Scratch floats per thread after the partial sums: the block's
+// coefficients and one dot call's results.
+constexpr size_t ScratchFloats(size_t chunk) { return (kBlock + kMaxDotRows) * chunk; }
 // Prefetched lines at the start of the next neuron's rows: enough for the
 // hardware prefetcher to pick the row up, which it cannot do before its
 // first misses (direct-index rows are scattered).
@@ -221,7 +232,7 @@ absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t interm
   absl::StatusOr<size_t> hidden = memory::CheckedMul(chunk, intermediate_size);
   if (hidden.ok()) hidden = memory::CheckedMul(*hidden, 4);
   if (!hidden.ok()) return hidden.status();
-  const size_t per_thread = AlignUp64(*vectors + (kBlock + 2) * chunk * 4);
+  const size_t per_thread = AlignUp64(*vectors + ScratchFloats(chunk) * 4);
   return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden);
 }
 
@@ -286,7 +297,7 @@ absl::Status PrepareWorkspace(DType dtype, size_t hidden, size_t intermediate,
   if (ws == nullptr) return absl::InvalidArgumentError("workspace is null");
   const size_t chunk = std::min(x.tokens, kTokenChunk);
   // Sizes: validated above (x fits a size_t; chunk <= 32).
-  const size_t per_thread = AlignUp64((chunk * hidden + (kBlock + 2) * chunk) * 4);
+  const size_t per_thread = AlignUp64((chunk * hidden + ScratchFloats(chunk)) * 4);
   const DType form = VectorDType(dtype);
   const size_t vector_bytes = x.dtype == form ? 0 : x.tokens * hidden * DTypeSize(form);
   absl::StatusOr<size_t> hidden_bytes = memory::CheckedMul(chunk * 4, intermediate);
@@ -321,8 +332,8 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
     for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
       const size_t tc = std::min(kTokenChunk, x.tokens - t0);
       float* coef = partial + tc * hidden;
-      float* ga = coef + kBlock * tc;
-      float* ua = ga + tc;
+      float* dots = coef + kBlock * tc;
+      const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;  // neurons per dot call
       const bool store = p.stores && t0 == 0;
       std::memset(partial, 0, tc * hidden * sizeof(float));
       const void* xt = VectorRow(v, p.dtype, t0);
@@ -332,21 +343,31 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
         const size_t look = p.prefetch && j0 + nb < end ? 1 : 0;
         source.Locate(j0, nb + look, ptrs);
         const void* downs[kBlock];
-        for (size_t b = 0; b < nb; ++b) {
-          const NeuronPtrs& n = ptrs[b];
-          if (b + 1 < nb + look) {
-            if (p.prefetch) {
-              for (const uint8_t* r : ptrs[b + 1].row) PrefetchHead(r, row_bytes);
-            }
+        for (size_t b = 0; b < nb; b += group) {
+          const size_t g = std::min(group, nb - b);
+          if (p.prefetch && b + g < nb + look) {
+            for (const uint8_t* r : ptrs[b + g].row) PrefetchHead(r, row_bytes);
           }
-          k.dot2(n.row[0], n.row[1], xt, v.stride, tc, hidden, ga, ua);
-          Activations(o.activation, p.has_gate, ga, ua, tc, coef + b * tc);
-          if (store) {
-            for (int part = 0; part < 2; ++part) {
-              if (n.store[part] != nullptr) copy(n.store[part], n.row[part], row_bytes, nullptr);
-            }
+          const void* rows[kMaxDotRows];
+          size_t num_rows = 0;
+          for (size_t q = b; q < b + g; ++q) {
+            if (p.has_gate) rows[num_rows++] = ptrs[q].row[0];
+            rows[num_rows++] = ptrs[q].row[1];
           }
-          downs[b] = n.row[2];
+          k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
+          for (size_t q = b; q < b + g; ++q) {
+            const size_t first = (q - b) * (p.has_gate ? 2 : 1);  // its rows in the call
+            Activations(o.activation, p.has_gate, dots + first * tc,
+                        dots + (first + (p.has_gate ? 1 : 0)) * tc, tc, coef + q * tc);
+            if (store) {
+              for (int part = 0; part < 2; ++part) {
+                if (ptrs[q].store[part] != nullptr) {
+                  copy(ptrs[q].store[part], ptrs[q].row[part], row_bytes, nullptr);
+                }
+              }
+            }
+            downs[q] = ptrs[q].row[2];
+          }
         }
         k.axpy(downs, nb, coef, tc, hidden, partial, hidden);
         if (store) {
@@ -386,24 +407,43 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
     size_t begin, end, r0, r1;
     Share(inter, tid, team, 1, &begin, &end);
     Share(hidden, tid, team, 1, &r0, &r1);
-    float ga[kTokenChunk], ua[kTokenChunk], hv[kTokenChunk], out[kTokenChunk];
+    float dots[kMaxDotRows * kTokenChunk], hv[kTokenChunk];
     for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
       const size_t tc = std::min(kTokenChunk, x.tokens - t0);
+      const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;
       const void* xt = VectorRow(v, w.dtype, t0);
       // Phase 1: every neuron's activation, [tc, I].
-      for (size_t j = begin; j < end; ++j) {
-        k.dot2(gate ? gate + j * row_bytes : nullptr, up + j * row_bytes, xt, v.stride, tc,
-               hidden, ga, ua);
-        Activations(o.activation, gate != nullptr, ga, ua, tc, hv);
-        for (size_t t = 0; t < tc; ++t) h[t * inter + j] = hv[t];
+      for (size_t j = begin; j < end; j += group) {
+        const size_t g = std::min(group, end - j);
+        const void* rows[kMaxDotRows];
+        size_t num_rows = 0;
+        for (size_t q = j; q < j + g; ++q) {
+          if (gate != nullptr) rows[num_rows++] = gate + q * row_bytes;
+          rows[num_rows++] = up + q * row_bytes;
+        }
+        k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
+        for (size_t q = j; q < j + g; ++q) {
+          const size_t first = (q - j) * (gate != nullptr ? 2 : 1);
+          Activations(o.activation, gate != nullptr, dots + first * tc,
+                      dots + (first + (gate != nullptr ? 1 : 0)) * tc, tc, hv);
+          for (size_t t = 0; t < tc; ++t) h[t * inter + q] = hv[t];
+        }
       }
 #pragma omp barrier
-      // Phase 2: output r of every token is <down row r, h_t>.
-      for (size_t r = r0; r < r1; ++r) {
-        k.dot2_f32(nullptr, down + r * inter * elem, h, inter, tc, inter, nullptr, out);
-        for (size_t t = 0; t < tc; ++t) {
-          uint8_t* yt = TokenRow(y, t0 + t);
-          Store(yt, y.dtype, r, (o.accumulate ? Load(yt, y.dtype, r) : 0.0f) + out[t]);
+      // Phase 2: output r of every token is <down row r, h_t>; several
+      // rows per call from kPairedNeuronTokens tokens on.
+      const size_t rows_per_call = tc >= kPairedNeuronTokens ? kMaxDotRows : 1;
+      for (size_t r = r0; r < r1; r += rows_per_call) {
+        const size_t n = std::min(rows_per_call, r1 - r);
+        const void* rows[kMaxDotRows];
+        for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * inter * elem;
+        k.dot_f32(rows, n, h, inter, tc, inter, dots);
+        for (size_t q = 0; q < n; ++q) {
+          for (size_t t = 0; t < tc; ++t) {
+            uint8_t* yt = TokenRow(y, t0 + t);
+            const float before = o.accumulate ? Load(yt, y.dtype, r + q) : 0.0f;
+            Store(yt, y.dtype, r + q, before + dots[q * tc + t]);
+          }
         }
       }
 #pragma omp barrier

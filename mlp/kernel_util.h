@@ -35,11 +35,14 @@ inline float Elem(const void* p, size_t i) {
 #define SPARSE_MLP_UNROLL _Pragma("GCC unroll 16")
 
 // Runs CALL(TB, t) for token blocks [t, t + TB) of [0, tokens), TB = 4
-// except the last (1 to 4): 4 tokens x 2 rows of accumulators fit the
-// registers of every level.
-#define SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, CALL)             \
-  for (size_t t_ = 0; t_ < (tokens); t_ += 4) {               \
-    switch ((tokens) - t_ < 4 ? (tokens) - t_ : 4) {          \
+// except the last (1 to 4): with up to 4 rows, 16 accumulators.
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, CALL) \
+  SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, 4, CALL)
+
+// The same with blocks of at most `max_tb` (1 to 4) tokens.
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, max_tb, CALL)  \
+  for (size_t t_ = 0; t_ < (tokens); t_ += (max_tb)) {        \
+    switch ((tokens) - t_ < (max_tb) ? (tokens) - t_ : (max_tb)) { \
       case 1:                                                 \
         CALL(1, t_);                                          \
         break;                                                \
@@ -55,7 +58,27 @@ inline float Elem(const void* p, size_t i) {
     }                                                         \
   }
 
-// Runs CALL(N) for the compile-time N == n, n in [1, kMaxAxpyRows] (0: no
+// Runs CALL(R) for the compile-time R == n, n in [1, kMaxDotRows] (0: no
+// call).
+#define SPARSE_MLP_FOR_DOT_ROWS(n, CALL) \
+  switch (n) {                           \
+    case 0:                              \
+      break;                             \
+    case 1:                              \
+      CALL(1);                           \
+      break;                             \
+    case 2:                              \
+      CALL(2);                           \
+      break;                             \
+    case 3:                              \
+      CALL(3);                           \
+      break;                             \
+    default:                             \
+      CALL(4);                           \
+      break;                             \
+  }
+
+// Runs CALL(N) for the compile-time N == n, n in [1, 8] (0: no
 // call).
 #define SPARSE_MLP_FOR_ROW_COUNT(n, CALL) \
   switch (n) {                            \

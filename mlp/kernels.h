@@ -28,21 +28,22 @@ namespace sparse_mlp::mlp::internal {
 
 using cache::DType;
 
-inline constexpr size_t kMaxAxpyRows = 8;
+inline constexpr size_t kMaxAxpyRows = 16;
+inline constexpr size_t kMaxDotRows = 4;
 
 // v_t at v + t x v_stride elements.
-using Dot2Fn = void (*)(const void* a, const void* b, const void* v, size_t v_stride,
-                        size_t tokens, size_t len, float* out_a, float* out_b);
+using DotFn = void (*)(const void* const* rows, size_t nrows, const void* v, size_t v_stride,
+                       size_t tokens, size_t len, float* out);
 // y_t at y + t x y_stride floats.
 using AxpyFn = void (*)(const void* const* rows, size_t n, const float* coef, size_t tokens,
                         size_t len, float* y, size_t y_stride);
 
 struct Kernels {
-  Dot2Fn dot2 = nullptr;      // v in the weights' vector form (VectorDType)
-  Dot2Fn dot2_f32 = nullptr;  // v float32 whatever the weights
+  DotFn dot = nullptr;      // v in the weights' vector form (VectorDType)
+  DotFn dot_f32 = nullptr;  // v float32 whatever the weights
   AxpyFn axpy = nullptr;
   SimdLevel level = SimdLevel::kScalar;  // the level that runs
-  bool bf16_dot = false;                 // dot2 uses vdpbf16ps
+  bool bf16_dot = false;                 // dot uses vdpbf16ps
 };
 
 // bfloat16 for bfloat16 weights, float32 otherwise.

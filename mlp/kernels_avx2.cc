@@ -35,57 +35,55 @@ SPARSE_MLP_AVX2 inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)));
 }
 
-template <DType W, DType V, int TB, bool kA>
-SPARSE_MLP_AVX2 inline void Dot2Block(const void* a, const void* b, const void* v,
-                                      size_t v_stride, size_t len, float* out_a,
-                                      float* out_b) {
-  __m256 acc_a[TB], acc_b[TB];
+// R rows x TB tokens of accumulators (at most 8 of the 16 registers).
+template <DType W, DType V, int R, int TB>
+SPARSE_MLP_AVX2 inline void DotBlock(const void* const* rows, const void* v, size_t v_stride,
+                                     size_t len, float* out, size_t out_stride) {
+  __m256 acc[R][TB];
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
   size_t i = 0;
   for (; i + 8 <= len; i += 8) {
-    const __m256 wb = Load8<W>(b, i);
-    const __m256 wa = kA ? Load8<W>(a, i) : wb;
+    __m256 w[R];
+    SPARSE_MLP_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = Load8<W>(rows[r], i);
     SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m256 x = Load8<V>(v, t * v_stride + i);
-      if (kA) acc_a[t] = _mm256_fmadd_ps(wa, x, acc_a[t]);
-      acc_b[t] = _mm256_fmadd_ps(wb, x, acc_b[t]);
+      SPARSE_MLP_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(w[r], x, acc[r][t]);
     }
   }
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) {
-    float sa = kA ? HorizontalSum(acc_a[t]) : 0.0f;
-    float sb = HorizontalSum(acc_b[t]);
-    for (size_t k = i; k < len; ++k) {
-      const float x = Elem<V>(v, t * v_stride + k);
-      if (kA) sa += Elem<W>(a, k) * x;
-      sb += Elem<W>(b, k) * x;
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      float s = HorizontalSum(acc[r][t]);
+      for (size_t k = i; k < len; ++k) s += Elem<W>(rows[r], k) * Elem<V>(v, t * v_stride + k);
+      out[r * out_stride + t] = s;
     }
-    if (kA) out_a[t] = sa;
-    out_b[t] = sb;
   }
 }
 
-template <DType W, DType V, bool kA>
-SPARSE_MLP_AVX2 void Dot2Tokens(const void* a, const void* b, const void* v, size_t v_stride,
-                                size_t tokens, size_t len, float* out_a, float* out_b) {
+template <DType W, DType V, int R>
+SPARSE_MLP_AVX2 void DotRows(const void* const* rows, const void* v, size_t v_stride,
+                             size_t tokens, size_t len, float* out) {
   const auto* v8 = static_cast<const uint8_t*>(v);
-#define SPARSE_MLP_DOT2_BLOCK(TB, t)                                                   \
-  Dot2Block<W, V, TB, kA>(a, b, v8 + (t) * v_stride * DTypeSize(V), v_stride, len, \
-                          out_a + (t), out_b + (t))
-  SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, SPARSE_MLP_DOT2_BLOCK)
-#undef SPARSE_MLP_DOT2_BLOCK
+#define SPARSE_MLP_DOT_BLOCK(TB, t) \
+  DotBlock<W, V, R, TB>(rows, v8 + (t) * v_stride * DTypeSize(V), v_stride, len, out + (t), tokens)
+  SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, R <= 2 ? 4 : 2, SPARSE_MLP_DOT_BLOCK)
+#undef SPARSE_MLP_DOT_BLOCK
 }
 
 template <DType W, DType V>
-SPARSE_MLP_AVX2 void Dot2(const void* a, const void* b, const void* v, size_t v_stride,
-                          size_t tokens, size_t len, float* out_a, float* out_b) {
-  if (a != nullptr) {
-    Dot2Tokens<W, V, true>(a, b, v, v_stride, tokens, len, out_a, out_b);
-  } else {
-    Dot2Tokens<W, V, false>(a, b, v, v_stride, tokens, len, out_a, out_b);
-  }
+SPARSE_MLP_AVX2 void Dot(const void* const* rows, size_t nrows, const void* v,
+                         size_t v_stride, size_t tokens, size_t len, float* out) {
+#define SPARSE_MLP_DOT_ROWS(R) DotRows<W, V, R>(rows, v, v_stride, tokens, len, out)
+  SPARSE_MLP_FOR_DOT_ROWS(nrows, SPARSE_MLP_DOT_ROWS)
+#undef SPARSE_MLP_DOT_ROWS
 }
 
 template <DType W, int N>
@@ -126,16 +124,20 @@ SPARSE_MLP_AVX2 void AxpyRows(const void* const* rows, const float* coef, size_t
 template <DType W>
 SPARSE_MLP_AVX2 void Axpy(const void* const* rows, size_t n, const float* coef,
                           size_t tokens, size_t len, float* y, size_t y_stride) {
-#define SPARSE_MLP_AXPY_ROWS(N) AxpyRows<W, N>(rows, coef, tokens, len, y, y_stride)
-  SPARSE_MLP_FOR_ROW_COUNT(n, SPARSE_MLP_AXPY_ROWS)
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t nb = n - j < 8 ? n - j : 8;
+#define SPARSE_MLP_AXPY_ROWS(N) \
+  AxpyRows<W, N>(rows + j, coef + j * tokens, tokens, len, y, y_stride)
+    SPARSE_MLP_FOR_ROW_COUNT(nb, SPARSE_MLP_AXPY_ROWS)
 #undef SPARSE_MLP_AXPY_ROWS
+  }
 }
 
 template <DType W>
 Kernels Make() {
   Kernels k;
-  k.dot2 = Dot2<W, VectorDType(W)>;
-  k.dot2_f32 = Dot2<W, DType::kFloat32>;
+  k.dot = Dot<W, VectorDType(W)>;
+  k.dot_f32 = Dot<W, DType::kFloat32>;
   k.axpy = Axpy<W>;
   k.level = SimdLevel::kAvx2;
   return k;

@@ -58,126 +58,138 @@ SPARSE_MLP_AVX512 inline __mmask16 TailMask16(size_t left) {
   return static_cast<__mmask16>((1u << left) - 1u);
 }
 
-template <DType W, DType V, int TB, bool kA>
-SPARSE_MLP_AVX512 inline void Dot2Block(const void* a, const void* b, const void* v,
-                                        size_t v_stride, size_t len, float* out_a,
-                                        float* out_b) {
-  __m512 acc_a[TB], acc_b[TB];
+// R rows x TB tokens of accumulators (at most 16 of the 32 registers):
+// each weight vector is loaded once for TB tokens, each x vector once for R
+// rows.
+template <DType W, DType V, int R, int TB>
+SPARSE_MLP_AVX512 inline void DotBlock(const void* const* rows, const void* v, size_t v_stride,
+                                       size_t len, float* out, size_t out_stride) {
+  __m512 acc[R][TB];
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
   size_t i = 0;
   for (; i + 16 <= len; i += 16) {
-    const __m512 wb = Load16<W>(b, i);
-    const __m512 wa = kA ? Load16<W>(a, i) : wb;
+    __m512 w[R];
+    SPARSE_MLP_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = Load16<W>(rows[r], i);
     SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512 x = Load16<V>(v, t * v_stride + i);
-      if (kA) acc_a[t] = _mm512_fmadd_ps(wa, x, acc_a[t]);
-      acc_b[t] = _mm512_fmadd_ps(wb, x, acc_b[t]);
+      SPARSE_MLP_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
     }
   }
-  if (i < len) {
+  if (i < len) {  // masked tail (unmasked loads above: measured faster)
     const __mmask16 m = TailMask16(len - i);
-    const __m512 wb = Load16<W>(b, i, m);
-    const __m512 wa = kA ? Load16<W>(a, i, m) : wb;
+    __m512 w[R];
+    SPARSE_MLP_UNROLL
+    for (int r = 0; r < R; ++r) w[r] = Load16<W>(rows[r], i, m);
     SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512 x = Load16<V>(v, t * v_stride + i, m);
-      if (kA) acc_a[t] = _mm512_fmadd_ps(wa, x, acc_a[t]);
-      acc_b[t] = _mm512_fmadd_ps(wb, x, acc_b[t]);
+      SPARSE_MLP_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], x, acc[r][t]);
     }
   }
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) {
-    if (kA) out_a[t] = _mm512_reduce_add_ps(acc_a[t]);
-    out_b[t] = _mm512_reduce_add_ps(acc_b[t]);
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) out[r * out_stride + t] = _mm512_reduce_add_ps(acc[r][t]);
   }
 }
 
-template <DType W, DType V, bool kA>
-SPARSE_MLP_AVX512 void Dot2Tokens(const void* a, const void* b, const void* v, size_t v_stride,
-                                  size_t tokens, size_t len, float* out_a, float* out_b) {
+template <DType W, DType V, int R>
+SPARSE_MLP_AVX512 void DotRows(const void* const* rows, const void* v, size_t v_stride,
+                               size_t tokens, size_t len, float* out) {
   const auto* v8 = static_cast<const uint8_t*>(v);
-#define SPARSE_MLP_DOT2_BLOCK(TB, t)                                                   \
-  Dot2Block<W, V, TB, kA>(a, b, v8 + (t) * v_stride * DTypeSize(V), v_stride, len, \
-                          out_a + (t), out_b + (t))
-  SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, SPARSE_MLP_DOT2_BLOCK)
-#undef SPARSE_MLP_DOT2_BLOCK
+#define SPARSE_MLP_DOT_BLOCK(TB, t) \
+  DotBlock<W, V, R, TB>(rows, v8 + (t) * v_stride * DTypeSize(V), v_stride, len, out + (t), tokens)
+  SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, SPARSE_MLP_DOT_BLOCK)
+#undef SPARSE_MLP_DOT_BLOCK
 }
 
 template <DType W, DType V>
-SPARSE_MLP_AVX512 void Dot2(const void* a, const void* b, const void* v, size_t v_stride,
-                            size_t tokens, size_t len, float* out_a, float* out_b) {
-  if (a != nullptr) {
-    Dot2Tokens<W, V, true>(a, b, v, v_stride, tokens, len, out_a, out_b);
-  } else {
-    Dot2Tokens<W, V, false>(a, b, v, v_stride, tokens, len, out_a, out_b);
-  }
+SPARSE_MLP_AVX512 void Dot(const void* const* rows, size_t nrows, const void* v,
+                           size_t v_stride, size_t tokens, size_t len, float* out) {
+#define SPARSE_MLP_DOT_ROWS(R) DotRows<W, V, R>(rows, v, v_stride, tokens, len, out)
+  SPARSE_MLP_FOR_DOT_ROWS(nrows, SPARSE_MLP_DOT_ROWS)
+#undef SPARSE_MLP_DOT_ROWS
 }
 
 // bfloat16 x bfloat16 with vdpbf16ps: each 32-bit lane adds the products
-// of one pair of adjacent elements.
-template <int TB, bool kA>
-SPARSE_MLP_AVX512_BF16 inline void Dot2Bf16Block(const uint16_t* a, const uint16_t* b,
-                                                 const uint16_t* v, size_t v_stride,
-                                                 size_t len, float* out_a, float* out_b) {
-  __m512 acc_a[TB], acc_b[TB];
+// of one pair of adjacent elements, 32 weights per instruction.
+template <int R, int TB>
+SPARSE_MLP_AVX512_BF16 inline void DotBf16Block(const void* const* rows, const uint16_t* v,
+                                                size_t v_stride, size_t len, float* out,
+                                                size_t out_stride) {
+  __m512 acc[R][TB];
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) acc_a[t] = acc_b[t] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
   size_t i = 0;
   for (; i + 32 <= len; i += 32) {
-    const __m512bh wb = (__m512bh)_mm512_loadu_si512(b + i);
-    const __m512bh wa = kA ? (__m512bh)_mm512_loadu_si512(a + i) : wb;
+    __m512bh w[R];
+    SPARSE_MLP_UNROLL
+    for (int r = 0; r < R; ++r) {
+      w[r] = (__m512bh)_mm512_loadu_si512(static_cast<const uint16_t*>(rows[r]) + i);
+    }
     SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512bh x = (__m512bh)_mm512_loadu_si512(v + t * v_stride + i);
-      if (kA) acc_a[t] = _mm512_dpbf16_ps(acc_a[t], wa, x);
-      acc_b[t] = _mm512_dpbf16_ps(acc_b[t], wb, x);
+      SPARSE_MLP_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], x);
     }
   }
   if (i < len) {
     const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (len - i)) - 1);
-    const __m512bh wb = (__m512bh)_mm512_maskz_loadu_epi16(m, b + i);
-    const __m512bh wa = kA ? (__m512bh)_mm512_maskz_loadu_epi16(m, a + i) : wb;
+    __m512bh w[R];
+    SPARSE_MLP_UNROLL
+    for (int r = 0; r < R; ++r) {
+      w[r] = (__m512bh)_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t*>(rows[r]) + i);
+    }
     SPARSE_MLP_UNROLL
     for (int t = 0; t < TB; ++t) {
       const __m512bh x = (__m512bh)_mm512_maskz_loadu_epi16(m, v + t * v_stride + i);
-      if (kA) acc_a[t] = _mm512_dpbf16_ps(acc_a[t], wa, x);
-      acc_b[t] = _mm512_dpbf16_ps(acc_b[t], wb, x);
+      SPARSE_MLP_UNROLL
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], x);
     }
   }
   SPARSE_MLP_UNROLL
-  for (int t = 0; t < TB; ++t) {
-    if (kA) out_a[t] = _mm512_reduce_add_ps(acc_a[t]);
-    out_b[t] = _mm512_reduce_add_ps(acc_b[t]);
+  for (int r = 0; r < R; ++r) {
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) out[r * out_stride + t] = _mm512_reduce_add_ps(acc[r][t]);
   }
 }
 
-template <bool kA>
-SPARSE_MLP_AVX512_BF16 void Dot2Bf16Tokens(const uint16_t* a, const uint16_t* b,
-                                           const uint16_t* v, size_t v_stride, size_t tokens,
-                                           size_t len, float* out_a, float* out_b) {
-#define SPARSE_MLP_DOT2_BLOCK(TB, t) \
-  Dot2Bf16Block<TB, kA>(a, b, v + (t) * v_stride, v_stride, len, out_a + (t), out_b + (t))
-  SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, SPARSE_MLP_DOT2_BLOCK)
-#undef SPARSE_MLP_DOT2_BLOCK
+template <int R>
+SPARSE_MLP_AVX512_BF16 void DotBf16Rows(const void* const* rows, const uint16_t* v,
+                                        size_t v_stride, size_t tokens, size_t len, float* out) {
+#define SPARSE_MLP_DOT_BLOCK(TB, t) \
+  DotBf16Block<R, TB>(rows, v + (t) * v_stride, v_stride, len, out + (t), tokens)
+  SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, SPARSE_MLP_DOT_BLOCK)
+#undef SPARSE_MLP_DOT_BLOCK
 }
 
-SPARSE_MLP_AVX512_BF16 void Dot2Bf16(const void* a, const void* b, const void* v,
-                                     size_t v_stride, size_t tokens, size_t len, float* out_a,
-                                     float* out_b) {
-  const auto* a16 = static_cast<const uint16_t*>(a);
-  const auto* b16 = static_cast<const uint16_t*>(b);
+SPARSE_MLP_AVX512_BF16 void DotBf16(const void* const* rows, size_t nrows, const void* v,
+                                    size_t v_stride, size_t tokens, size_t len, float* out) {
   const auto* v16 = static_cast<const uint16_t*>(v);
-  if (a != nullptr) {
-    Dot2Bf16Tokens<true>(a16, b16, v16, v_stride, tokens, len, out_a, out_b);
-  } else {
-    Dot2Bf16Tokens<false>(a16, b16, v16, v_stride, tokens, len, out_a, out_b);
-  }
+#define SPARSE_MLP_DOT_ROWS(R) DotBf16Rows<R>(rows, v16, v_stride, tokens, len, out)
+  SPARSE_MLP_FOR_DOT_ROWS(nrows, SPARSE_MLP_DOT_ROWS)
+#undef SPARSE_MLP_DOT_ROWS
 }
 
 // N rows at once: each y vector is loaded and stored once per N rows; two
 // accumulators halve the dependency chain at one token.
+// From this many tokens on, Axpy keeps the tokens' sums in registers
+// (AxpyColumns) rather than the rows' weights (AxpyRows): measured T = 16
+// -10% time, T = 4 +15% (//bench:mlp, docs/performance.md).
+constexpr size_t kColumnAxpyTokens = 8;
+
 template <DType W, int N>
 SPARSE_MLP_AVX512 void AxpyRows(const void* const* rows, const float* coef, size_t tokens,
                                 size_t len, float* y, size_t y_stride) {
@@ -210,23 +222,73 @@ SPARSE_MLP_AVX512 void AxpyRows(const void* const* rows, const float* coef, size
   }
 }
 
+// Several tokens: for each vector of 16 columns, the sums of TB tokens stay
+// in registers while all n rows pass (one weight load serves TB FMAs), so
+// y is read and written once per call, not once per 8 rows.
+template <DType W, int TB>
+SPARSE_MLP_AVX512 void AxpyColumns(const void* const* rows, size_t n, const float* coef,
+                                   size_t tokens, size_t len, float* y, size_t y_stride) {
+  for (size_t i = 0; i < len; i += 16) {
+    const bool tail = i + 16 > len;
+    const __mmask16 m = tail ? TailMask16(len - i) : static_cast<__mmask16>(0xffff);
+    __m512 acc[TB];
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) acc[t] = _mm512_maskz_loadu_ps(m, y + t * y_stride + i);
+    for (size_t j = 0; j < n; ++j) {
+      const __m512 w = tail ? Load16<W>(rows[j], i, m) : Load16<W>(rows[j], i);
+      const float* c = coef + j * tokens;
+      SPARSE_MLP_UNROLL
+      for (int t = 0; t < TB; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(c[t]), w, acc[t]);
+    }
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) _mm512_mask_storeu_ps(y + t * y_stride + i, m, acc[t]);
+  }
+}
+
 template <DType W>
 SPARSE_MLP_AVX512 void Axpy(const void* const* rows, size_t n, const float* coef,
                             size_t tokens, size_t len, float* y, size_t y_stride) {
-#define SPARSE_MLP_AXPY_ROWS(N) AxpyRows<W, N>(rows, coef, tokens, len, y, y_stride)
-  SPARSE_MLP_FOR_ROW_COUNT(n, SPARSE_MLP_AXPY_ROWS)
+  if (tokens >= kColumnAxpyTokens) {
+    for (size_t t0 = 0; t0 < tokens; t0 += 8) {
+      const size_t tb = tokens - t0 < 8 ? tokens - t0 : 8;
+      float* yt = y + t0 * y_stride;
+      const float* ct = coef + t0;
+      switch (tb) {
+#define SPARSE_MLP_CASE(TB)                                         \
+  case TB:                                                          \
+    AxpyColumns<W, TB>(rows, n, ct, tokens, len, yt, y_stride); \
+    break;
+        SPARSE_MLP_CASE(1)
+        SPARSE_MLP_CASE(2)
+        SPARSE_MLP_CASE(3)
+        SPARSE_MLP_CASE(4)
+        SPARSE_MLP_CASE(5)
+        SPARSE_MLP_CASE(6)
+        SPARSE_MLP_CASE(7)
+        SPARSE_MLP_CASE(8)
+#undef SPARSE_MLP_CASE
+      }
+    }
+    return;
+  }
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t nb = n - j < 8 ? n - j : 8;
+#define SPARSE_MLP_AXPY_ROWS(N) \
+  AxpyRows<W, N>(rows + j, coef + j * tokens, tokens, len, y, y_stride)
+    SPARSE_MLP_FOR_ROW_COUNT(nb, SPARSE_MLP_AXPY_ROWS)
 #undef SPARSE_MLP_AXPY_ROWS
+  }
 }
 
 template <DType W>
 Kernels Make(bool bf16_dot) {
   Kernels k;
-  k.dot2 = Dot2<W, VectorDType(W)>;
-  k.dot2_f32 = Dot2<W, DType::kFloat32>;
+  k.dot = Dot<W, VectorDType(W)>;
+  k.dot_f32 = Dot<W, DType::kFloat32>;
   k.axpy = Axpy<W>;
   k.level = SimdLevel::kAvx512;
   if (W == DType::kBFloat16 && bf16_dot) {
-    k.dot2 = Dot2Bf16;
+    k.dot = DotBf16;
     k.bf16_dot = true;
   }
   return k;

@@ -9,19 +9,16 @@ namespace sparse_mlp::mlp::internal {
 namespace {
 
 template <DType W, DType V>
-void Dot2(const void* a, const void* b, const void* v, size_t v_stride, size_t tokens,
-          size_t len, float* out_a, float* out_b) {
+void Dot(const void* const* rows, size_t nrows, const void* v, size_t v_stride, size_t tokens,
+         size_t len, float* out) {
   const size_t vsize = DTypeSize(V);
-  for (size_t t = 0; t < tokens; ++t) {
-    const void* vt = static_cast<const uint8_t*>(v) + t * v_stride * vsize;
-    float sa = 0.0f, sb = 0.0f;
-    for (size_t i = 0; i < len; ++i) {
-      const float x = Elem<V>(vt, i);
-      if (a != nullptr) sa += Elem<W>(a, i) * x;
-      sb += Elem<W>(b, i) * x;
+  for (size_t r = 0; r < nrows; ++r) {
+    for (size_t t = 0; t < tokens; ++t) {
+      const void* vt = static_cast<const uint8_t*>(v) + t * v_stride * vsize;
+      float s = 0.0f;
+      for (size_t i = 0; i < len; ++i) s += Elem<W>(rows[r], i) * Elem<V>(vt, i);
+      out[r * tokens + t] = s;
     }
-    if (a != nullptr) out_a[t] = sa;
-    out_b[t] = sb;
   }
 }
 
@@ -40,8 +37,8 @@ void Axpy(const void* const* rows, size_t n, const float* coef, size_t tokens, s
 template <DType W>
 Kernels Make() {
   Kernels k;
-  k.dot2 = Dot2<W, VectorDType(W)>;
-  k.dot2_f32 = Dot2<W, DType::kFloat32>;
+  k.dot = Dot<W, VectorDType(W)>;
+  k.dot_f32 = Dot<W, DType::kFloat32>;
   k.axpy = Axpy<W>;
   k.level = SimdLevel::kScalar;
   return k;
