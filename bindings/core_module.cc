@@ -22,6 +22,11 @@
 // ValueError naming it, its value and the allowed range (pybind's own
 // conversion would reject 2**64 with a dump of every overload).
 //
+// The forward (WeightCache.forward / step, mlp_forward) takes x and a
+// preallocated out as 2-D [tokens, H] tensors through the same import (the
+// Python layer reshapes [H] and allocates out in x's type), computes with
+// the GIL released and writes out in place.
+//
 // Concurrency: each cache has a mutex. Mutating calls release the GIL,
 // then take the mutex, so two threads updating one cache take turns while
 // two caches update in parallel; accessors and views take the same mutex
@@ -45,6 +50,9 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
+#include "mlp/activation.h"
+#include "mlp/layer_step.h"
+#include "mlp/mlp_forward.h"
 #include "platform/threads.h"
 
 namespace py = pybind11;
@@ -344,6 +352,49 @@ cache::PackedLayout ParseLayout(const std::string& layout) {
   return *parsed;
 }
 
+mlp::Activation ActivationArg(const std::string& name) {
+  absl::StatusOr<mlp::Activation> a = mlp::ParseActivation(name);
+  ThrowIfError(a.status());
+  return *a;
+}
+
+// x and out of a forward: [tokens, hidden] each, out writable, x float32 or
+// the weights' type, out of x's type.
+struct TokenArgs {
+  ImportedTensor x, out;
+  mlp::ConstTokens In() const {
+    return {x.data(), static_cast<size_t>(x.rows()), static_cast<size_t>(x.cols()), x.dtype()};
+  }
+  mlp::Tokens Out() const {
+    return {const_cast<void*>(out.data()), static_cast<size_t>(out.rows()),
+            static_cast<size_t>(out.cols()), out.dtype()};
+  }
+};
+
+TokenArgs ImportTokens(const py::object& x, const py::object& out, size_t hidden, DType weights) {
+  TokenArgs a{ImportMatrix(x, "x"), ImportMatrix(out, "out")};
+  if (static_cast<size_t>(a.x.cols()) != hidden || a.x.rows() == 0) {
+    throw py::value_error(absl::StrFormat("x must be [tokens >= 1, hidden_size=%d], got %s",
+                                          hidden, a.x.ShapeString()));
+  }
+  if (a.x.dtype() != DType::kFloat32 && a.x.dtype() != weights) {
+    throw py::type_error(absl::StrFormat("x must be float32 or %s (the weights' type), got %s",
+                                         cache::DTypeName(weights),
+                                         cache::DTypeName(a.x.dtype())));
+  }
+  if (!a.out.writable()) throw py::value_error("out must be writable, got a read-only array");
+  if (a.out.rows() != a.x.rows() || a.out.cols() != a.x.cols()) {
+    throw py::value_error(absl::StrFormat("out must have x's shape %s, got %s",
+                                          a.x.ShapeString(), a.out.ShapeString()));
+  }
+  if (a.out.dtype() != a.x.dtype()) {
+    throw py::type_error(absl::StrFormat("out must have x's type %s, got %s",
+                                         cache::DTypeName(a.x.dtype()),
+                                         cache::DTypeName(a.out.dtype())));
+  }
+  return a;
+}
+
 class PyWeightCache {
  public:
   PyWeightCache(const py::array& mask, const py::object& hidden_size_arg,
@@ -506,6 +557,15 @@ class PyWeightCache {
   // Fixed at construction: no lock needed.
   size_t intermediate_size() const { return cache_->intermediate_size(); }
 
+  // The forward's options (its thread count is the cache's, set under the
+  // mutex in the call).
+  static mlp::ForwardOptions ForwardOptionsFor(const std::string& activation, bool accumulate) {
+    mlp::ForwardOptions o;
+    o.activation = ActivationArg(activation);
+    o.accumulate = accumulate;
+    return o;
+  }
+
   // A view and the storage it points into, taken under the mutex.
   template <typename F>
   DLPackView View(F&& view_of) const {
@@ -553,6 +613,33 @@ class PyWeightCache {
     return out;
   }
 
+  // out = MLP(x) over the active neurons (out += with accumulate).
+  void Forward(const py::object& x, const py::object& out, const std::string& activation,
+               bool accumulate) {
+    const TokenArgs t = ImportTokens(x, out, cache_->hidden_size(), cache_->dtype());
+    mlp::ForwardOptions o = ForwardOptionsFor(activation, accumulate);
+    ThrowIfError(RunWithoutGil([&](const cache::WeightCache& c) {
+      o.num_threads = c.num_threads();
+      return mlp::CacheForward(c, t.In(), t.Out(), o, &workspace_);
+    }));
+  }
+
+  // The fused layer step: update to `mask` and compute out = MLP(x).
+  void Step(const py::array& mask, const py::object& x, const py::object& out,
+            const std::string& activation, bool accumulate) {
+    py::buffer_info info = MaskBuffer(mask);
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    const size_t rows = info.ndim == 1 ? 1 : static_cast<size_t>(info.shape[0]);
+    const size_t size = static_cast<size_t>(info.size);
+    const TokenArgs t = ImportTokens(x, out, cache_->hidden_size(), cache_->dtype());
+    mlp::ForwardOptions o = ForwardOptionsFor(activation, accumulate);
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
+      o.num_threads = c.num_threads();
+      return mlp::LayerStepFromByteRows(&c, absl::MakeConstSpan(bytes, size), rows, t.In(),
+                                        t.Out(), o, &workspace_);
+    }));
+  }
+
   py::dict LastUpdate() const {
     const cache::UpdateStats u =
         Read([](const cache::WeightCache& c) { return c.last_update(); });
@@ -569,6 +656,8 @@ class PyWeightCache {
 
  private:
   mutable std::mutex mutex_;
+  // The forward's scratch, used under mutex_ (allocated by the first call).
+  mutable mlp::Workspace workspace_;
   // Declared before cache_: borrowed sources outlive the cache reading them.
   ImportedTensor gate_, up_, down_;
   std::unique_ptr<cache::WeightCache> cache_;
@@ -607,6 +696,87 @@ void TransposeInto(const py::object& src, const py::object& dst,
   ThrowIfError(status);
 }
 
+// out = down(act(gate x) * (up x)) from full weights, dense or over sorted
+// `indices` (uint32 array or None); gate may be None. down is [H, I]
+// (nn.Linear) or, with down_neuron_major, [I, H]; direct-index needs the
+// latter. One workspace per Python thread, kept between calls.
+void MlpForward(const py::object& x, const py::object& gate, const py::object& up,
+                const py::object& down, const py::object& indices, const py::object& out,
+                const std::string& activation, bool down_neuron_major,
+                const py::object& num_threads_arg, bool accumulate) {
+  mlp::ForwardOptions o;
+  o.activation = ActivationArg(activation);
+  o.accumulate = accumulate;
+  o.num_threads = NumThreadsArg(num_threads_arg);
+  const ImportedTensor u = ImportMatrix(up, "up");
+  const DType dtype = u.dtype();
+  const int64_t neurons = u.rows(), hidden = u.cols();
+  if (neurons == 0 || hidden == 0) {
+    throw py::value_error(absl::StrFormat("up must be [I >= 1, H >= 1], got %s", u.ShapeString()));
+  }
+  ImportedTensor g;
+  if (!gate.is_none()) {
+    g = ImportMatrix(gate, "gate");
+    if (g.dtype() != dtype) {
+      throw py::type_error(absl::StrFormat("gate and up must have the same type, got %s and %s",
+                                           cache::DTypeName(g.dtype()), cache::DTypeName(dtype)));
+    }
+    if (g.rows() != neurons || g.cols() != hidden) {
+      throw py::value_error(absl::StrFormat("gate must have up's shape %s, got %s",
+                                            u.ShapeString(), g.ShapeString()));
+    }
+  }
+  const ImportedTensor d = ImportMatrix(down, "down");
+  if (d.dtype() != dtype) {
+    throw py::type_error(absl::StrFormat("down and up must have the same type, got %s and %s",
+                                         cache::DTypeName(d.dtype()), cache::DTypeName(dtype)));
+  }
+  const int64_t want0 = down_neuron_major ? neurons : hidden;
+  const int64_t want1 = down_neuron_major ? hidden : neurons;
+  if (d.rows() != want0 || d.cols() != want1) {
+    throw py::value_error(absl::StrFormat("down must be [%d, %d]%s, got %s", want0, want1,
+                                          down_neuron_major ? " (neuron-major)" : "",
+                                          d.ShapeString()));
+  }
+  const TokenArgs t = ImportTokens(x, out, static_cast<size_t>(hidden), dtype);
+  const void* gate_data = gate.is_none() ? nullptr : g.data();
+  thread_local mlp::Workspace workspace;
+  absl::Status status;
+  if (indices.is_none()) {
+    if (down_neuron_major) {
+      const mlp::NeuronRows rows{dtype,      static_cast<size_t>(hidden), static_cast<size_t>(neurons),
+                                 gate_data,  static_cast<size_t>(hidden), u.data(),
+                                 static_cast<size_t>(hidden), d.data(), static_cast<size_t>(hidden)};
+      py::gil_scoped_release release;
+      status = mlp::Forward(rows, t.In(), t.Out(), o, &workspace);
+    } else {
+      const mlp::LinearWeights w{dtype, static_cast<size_t>(hidden), static_cast<size_t>(neurons),
+                                 gate_data, u.data(), d.data()};
+      py::gil_scoped_release release;
+      status = mlp::ForwardLinear(w, t.In(), t.Out(), o, &workspace);
+    }
+  } else {
+    if (!down_neuron_major) {
+      throw py::value_error(
+          "indices need a neuron-major down [I, H]: transpose it once "
+          "(down.t().contiguous()) and pass down_neuron_major=True");
+    }
+    const py::array index_array = py::reinterpret_borrow<py::array>(indices);
+    if (!py::isinstance<py::array_t<uint32_t>>(indices) ||
+        !(index_array.flags() & py::array::c_style) || index_array.ndim() != 1) {
+      throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
+    }
+    const absl::Span<const uint32_t> idx(static_cast<const uint32_t*>(index_array.data()),
+                                         static_cast<size_t>(index_array.shape(0)));
+    const mlp::NeuronRows rows{dtype,      static_cast<size_t>(hidden), static_cast<size_t>(neurons),
+                               gate_data,  static_cast<size_t>(hidden), u.data(),
+                               static_cast<size_t>(hidden), d.data(), static_cast<size_t>(hidden)};
+    py::gil_scoped_release release;
+    status = mlp::ForwardIndexed(rows, idx, t.In(), t.Out(), o, &workspace);
+  }
+  ThrowIfError(status);
+}
+
 }  // namespace
 }  // namespace sparse_mlp::bindings
 
@@ -617,6 +787,12 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   m.def("transpose", &sparse_mlp::bindings::TransposeInto, py::arg("src"), py::arg("dst"),
         py::arg("num_threads") = 1,
         "dst[c][r] = src[r][c] with the parallel SIMD transpose (zero-copy in and out).");
+
+  m.def("mlp_forward", &sparse_mlp::bindings::MlpForward, py::arg("x"), py::arg("gate"),
+        py::arg("up"), py::arg("down"), py::arg("indices"), py::arg("out"), py::kw_only(),
+        py::arg("activation") = "silu", py::arg("down_neuron_major") = false,
+        py::arg("num_threads") = 1, py::arg("accumulate") = false,
+        "out = down(act(gate x) * (up x)), dense or over sorted uint32 indices (native).");
 
   py::class_<DLPackView>(m, "DLPackView",
                          "A zero-copy 2-D view of cache storage, consumable by "
@@ -655,6 +831,10 @@ PYBIND11_MODULE(_sparse_mlp, m) {
       })
       .def("gate_up_interleaved", &PyWeightCache::Interleaved)
       .def("copy_concatenated_gate_up", &PyWeightCache::CopyConcatenatedGateUp, py::arg("out"))
+      .def("forward", &PyWeightCache::Forward, py::arg("x"), py::arg("out"), py::kw_only(),
+           py::arg("activation") = "silu", py::arg("accumulate") = false)
+      .def("step", &PyWeightCache::Step, py::arg("mask"), py::arg("x"), py::arg("out"),
+           py::kw_only(), py::arg("activation") = "silu", py::arg("accumulate") = false)
       .def("active_indices", &PyWeightCache::ActiveIndices)
       .def("last_update", &PyWeightCache::LastUpdate)
       .def_property_readonly("num_active", [](const PyWeightCache& c) {

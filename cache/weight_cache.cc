@@ -284,7 +284,9 @@ absl::Status WeightCache::UpdateFromByteRowsWith(absl::Span<const uint8_t> matri
                                                  size_t rows, PlanExecutor execute) {
   MutationScope scope(mutation_);
   if (!scope.held()) return ConcurrentMutationError("UpdateFromByteRowsWith");
-  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
+  // One row is a plain [I] mask (and its error names it as one).
+  if (absl::Status s = rows == 1 ? incoming_.AssignBytes(matrix, options_.simd)
+                                 : incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
       !s.ok()) {
     return s;
   }

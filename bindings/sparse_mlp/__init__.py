@@ -5,10 +5,11 @@
 ``WeightCache`` is the full API (views, gate-less mode, tolerance, threads,
 footprint); ``WeightCacheOptimized`` is the seed design's API on top of it;
 ``LlamaSkipMLP`` is a LLaMA MLP (``down(silu(gate(x)) * up(x))``) that computes
-only the active neurons through the cache.
+only the active neurons through the cache's fused layer step;
+``mlp_forward`` is the native forward on full weights (dense or over indices).
 """
 
 from sparse_mlp.cache import WeightCache, WeightCacheOptimized
-from sparse_mlp.mlp import LlamaSkipMLP
+from sparse_mlp.mlp import LlamaSkipMLP, mlp_forward
 
-__all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP"]
+__all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward"]

@@ -72,6 +72,53 @@ def _weight(x, name):
         f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
 
 
+_TORCH_DTYPES = None if torch is None else {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _contiguous(t):
+    return t.is_contiguous() if _is_torch(t) else t.flags.c_contiguous
+
+
+def _tokens(x, hidden_size, name="x"):
+    """``x`` as a 2-D ``[tokens, H]`` view (``[H]`` becomes ``[1, H]``, never
+    a copy) and a new output of x's shape, type and kind (torch or NumPy)."""
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got device {x.device}")
+        x = x.detach()
+    elif not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name} must be [H] or [tokens, H], got shape {tuple(x.shape)}")
+    if x.shape[-1] != hidden_size:
+        raise ValueError(
+            f"{name} must be [{hidden_size}] or [tokens, {hidden_size}], got shape {tuple(x.shape)}")
+    if not _contiguous(x):
+        raise ValueError(f"{name} must be C-contiguous: the forward does not copy silently")
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    out = torch.empty_like(x2) if _is_torch(x2) else np.empty_like(x2)
+    return x2, out
+
+
+def _result(out, x):
+    return out.reshape(x.shape)
+
+
+def _out_matrix(out, x2):
+    """``out`` (x's shape, [H] or [tokens, H]) as the 2-D view the native
+    module writes (shape and type are checked there)."""
+    if not (_is_torch(out) or isinstance(out, np.ndarray)):
+        raise TypeError(f"out must be a torch.Tensor or numpy.ndarray, got {type(out).__name__}")
+    if not _contiguous(out):
+        raise ValueError("out must be C-contiguous (it is written in place)")
+    if out.ndim == 1:
+        out = out.reshape(1, -1)
+    if tuple(out.shape) != tuple(x2.shape):
+        raise ValueError(f"out must have x's shape, got {tuple(out.shape)}")
+    return out
+
+
 class WeightCache:
     """The packed active weights of one gated MLP layer.
 
@@ -193,6 +240,34 @@ class WeightCache:
     def reserve(self, active):
         """Pre-sizes the cache for ``active`` neurons so updates never allocate."""
         self._native.reserve(active)
+
+    # -- the forward -------------------------------------------------------
+
+    def forward(self, x, activation="silu", out=None):
+        """``down(act(gate x) * (up x))`` over the cache's active neurons,
+        computed natively on the packed rows (mlp/ kernels, GIL released).
+
+        ``x``: ``[H]`` or ``[tokens, H]``, float32 or the weights' type,
+        C-contiguous, CPU; the result has x's shape and type (a new tensor,
+        or ``out`` when given: x's shape and type, written in place).
+        ``activation``: "silu" (LLaMA), "gelu_tanh" or "relu". Gate-less
+        caches compute ``down(act(up x))``."""
+        x2, fresh = _tokens(x, self.hidden_size)
+        target = fresh if out is None else _out_matrix(out, x2)
+        self._native.forward(x2, target, activation=activation)
+        return _result(target, x) if out is None else out
+
+    def step(self, mask, x, activation="silu", out=None):
+        """The fused layer step: ``update(mask)`` and ``forward(x)`` in one
+        pass, each entering neuron's rows read once, used for the compute
+        and stored into the cache on the way. Afterwards the cache is as
+        after ``update(mask)``; returns the forward over the neurons it now
+        holds. Arguments as in :meth:`update` and :meth:`forward`."""
+        m = _mask_array(mask)
+        x2, fresh = _tokens(x, self.hidden_size)
+        target = fresh if out is None else _out_matrix(out, x2)
+        self._native.step(m, x2, target, activation=activation)
+        return _result(target, x) if out is None else out
 
     # -- views -------------------------------------------------------------
 

@@ -1,9 +1,58 @@
-"""A LLaMA MLP that computes only the active neurons through the cache."""
+"""The native MLP forward (``mlp_forward``) and a LLaMA MLP that computes
+only the active neurons through the cache (``LlamaSkipMLP``)."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sparse_mlp.cache import WeightCache, check_mask
+import _sparse_mlp
+from sparse_mlp.cache import (WeightCache, _is_torch, _out_matrix, _result, _tokens,
+                              _weight, check_mask)
+
+
+def _indices(indices, num_neurons):
+    """Sorted neuron indices as a C-contiguous uint32 NumPy array (checked
+    for sign and type here, for order, duplicates and range natively)."""
+    if _is_torch(indices):
+        indices = indices.detach().cpu().numpy()
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {indices.shape}")
+    if indices.size and (indices.min() < 0 or indices.max() >= num_neurons):
+        bad = indices.min() if indices.min() < 0 else indices.max()
+        raise ValueError(f"indices must be in [0, {num_neurons}), got {int(bad)}")
+    return np.ascontiguousarray(indices, dtype=np.uint32)
+
+
+def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
+                down_neuron_major=False, num_threads=None, out=None, accumulate=False):
+    """``down(act(gate x) * (up x))`` with the native kernels (GIL released).
+
+    ``gate``/``up``: ``[I, H]`` (``gate`` None: a gate-less MLP,
+    ``down(act(up x))``); ``down``: ``[H, I]`` as in ``nn.Linear``, or
+    ``[I, H]`` with ``down_neuron_major=True``. ``indices`` (sorted,
+    distinct neuron indices) computes over those neurons only, reading
+    their rows in place (direct-index: needs the neuron-major down); None
+    computes over all of them. ``x``: ``[H]`` or ``[tokens, H]``, float32 or
+    the weights' type; the result has x's shape and type (``out``: written
+    in place; ``accumulate=True`` adds to it, a residual add). Weights are
+    taken without copying (torch or NumPy, C-contiguous, CPU).
+    ``num_threads``: default ``torch.get_num_threads()``."""
+    up_w = _weight(up, "up")
+    if up_w is None:
+        raise TypeError("up must be a torch.Tensor or numpy.ndarray, got None")
+    x2, fresh = _tokens(x, up_w.shape[-1])
+    target = fresh if out is None else _out_matrix(out, x2)
+    if accumulate and out is None:
+        raise ValueError("accumulate=True adds to out: pass out")
+    idx = None if indices is None else _indices(indices, up_w.shape[0])
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    _sparse_mlp.mlp_forward(x2, _weight(gate, "gate"), up_w, _weight(down, "down"), idx, target,
+                            activation=activation, down_neuron_major=down_neuron_major,
+                            num_threads=threads, accumulate=accumulate)
+    return _result(target, x) if out is None else out
 
 
 def _half_matmul_supported():
@@ -18,9 +67,9 @@ _HALF_MATMUL = _half_matmul_supported()
 
 
 def _gated_mlp(x, gate, up, down):
-    """down(silu(gate(x)) * up(x)) with weights [A, H], [A, H], [H, A]. In
-    float32 for float16 where torch lacks CPU float16 kernels (result rounded
-    back to float16)."""
+    """The reference path's down(silu(gate(x)) * up(x)) in torch, weights
+    [A, H], [A, H], [H, A]. In float32 for float16 where torch lacks CPU
+    float16 kernels (result rounded back to float16)."""
     if gate.dtype == torch.float16 and not _HALF_MATMUL:
         out = _gated_mlp(x.float(), gate.float(), up.float(), down.float())
         return out.to(torch.float16)
@@ -39,14 +88,15 @@ class LlamaSkipMLP(torch.nn.Module):
     ``sparse_mlp.cache.MASK_RULES``, the same on both paths below), or
     omitted when a ``predictor`` callable was given (``predictor(x) ->
     mask``). With ``use_optimized_cache=True`` the mask
-    updates a :class:`WeightCache` (differentially) and the matmuls run on its
-    zero-copy views; with ``False`` the active rows are gathered with
-    ``index_select`` each call (the reference path). Both give the dense MLP's
+    drives a :class:`WeightCache` through its fused layer step
+    (:meth:`WeightCache.step`: the update and the native forward in one pass;
+    no torch matmul on this path, float16 and bfloat16 computed natively);
+    with ``False`` the active rows are gathered with ``index_select`` each
+    call and multiplied in torch (the reference path; float16 in float32
+    where torch < 2.1 has no CPU float16 matmul). Both give the dense MLP's
     output with the inactive neurons zeroed; with an all-true mask, the dense
-    output.
-
-    float16 computes in float32 where torch has no CPU float16 kernels
-    (torch < 2.1); the cache itself stays float16.
+    output. ``x``: ``[H]`` or ``[tokens, H]`` (any leading shape is
+    flattened), in the weights' type or float32.
 
     The module's weights are the source of truth and are never replaced:
     :meth:`from_dense` shares the caller's tensors, the cache reads gate and
@@ -131,12 +181,15 @@ class LlamaSkipMLP(torch.nn.Module):
     def forward(self, x, mask=None):
         mask = self._mask(x, mask)
         if self.use_optimized_cache:
+            flat = x.reshape(-1, self.hidden_size) if x.dim() > 2 else x
+            if not flat.is_contiguous():
+                flat = flat.contiguous()  # an input, read once: not a weight
             if self._cache is None:
                 self._build_cache(mask if mask.dim() == 1 else (mask != 0).any(dim=0))
+                out = self._cache.forward(flat)
             else:
-                self._cache.update(mask)
-            gate, up = self._cache.gate(), self._cache.up()
-            down = self._cache.down_hidden_major()  # [H, A]
+                out = self._cache.step(mask, flat)
+            return out.reshape(x.shape)
         else:
             active = (mask if mask.dim() == 1 else (mask != 0).any(dim=0)).nonzero().squeeze(1)
             gate = self.gate_proj.weight.index_select(0, active)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import sparse_mlp
-from sparse_mlp import LlamaSkipMLP, WeightCache, WeightCacheOptimized
+from sparse_mlp import LlamaSkipMLP, WeightCache, WeightCacheOptimized, mlp_forward
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Relative error (in norm) allowed between the sparse output and the masked
@@ -105,8 +105,12 @@ class SeedApiTest(unittest.TestCase):
         gate, up, down = random_weights(gen, 80, 24, torch.float32)
         mlp = LlamaSkipMLP.from_dense(gate, up, down)
         x = torch.randn(5, 24, generator=gen)
+        # The native forward sums in another order than torch: compare both
+        # with float64, in norm.
         dense = F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
-        torch.testing.assert_close(mlp(x, torch.ones(80, dtype=torch.bool)), dense)
+        exact = torch_mlp(x, gate, up, down)
+        assert_close_in_norm(self, mlp(x, torch.ones(80, dtype=torch.bool)), exact, 1e-6, "native")
+        assert_close_in_norm(self, dense, exact, 1e-6, "torch")
 
     def test_module_keeps_each_weight_once(self):
         gen = torch.Generator().manual_seed(12)
@@ -116,7 +120,7 @@ class SeedApiTest(unittest.TestCase):
         x = torch.randn(2, h, generator=gen)
         mask = torch.rand(i, generator=gen) < 0.5
         out = mlp(x, mask)
-        torch.testing.assert_close(out, dense_masked(x, gate, up, down, mask))
+        assert_close_in_norm(self, out, torch_mlp(x, gate, up, down, mask=mask), 1e-6, "native")
         # The module shares the caller's tensors (never swaps them); the
         # cache reads gate and up in place and holds only its transposed
         # copy of down besides the packed rows.
@@ -127,7 +131,7 @@ class SeedApiTest(unittest.TestCase):
         self.assertLess(cache.memory_bytes, packed + i * h * 4 + (1 << 20),
                         "the cache holds a copy of gate or up")
         mlp.reset_cache()
-        torch.testing.assert_close(mlp(x, mask), out)  # rebuilt from the weights
+        self.assertTrue(torch.equal(mlp(x, mask), out))  # rebuilt from the weights
 
     def test_from_dense_sees_the_callers_edits_after_reset(self):
         gen = torch.Generator().manual_seed(14)
@@ -636,7 +640,162 @@ class BadInputTest(unittest.TestCase):
 
     def test_module_exports(self):
         self.assertEqual(set(sparse_mlp.__all__),
-                         {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP"})
+                         {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward"})
+
+
+def torch_mlp(x, gate, up, down, activation="silu", mask=None):
+    """The float64 reference MLP (down [H, I]); gate None: gate-less."""
+    x, up, down = x.double(), up.double(), down.double()
+    act = {"silu": F.silu, "relu": F.relu,
+           "gelu_tanh": lambda v: F.gelu(v, approximate="tanh")}[activation]
+    pre = F.linear(x, up)
+    hidden = act(F.linear(x, gate.double())) * pre if gate is not None else act(pre)
+    if mask is not None:
+        hidden = hidden * mask.double()
+    return F.linear(hidden, down)
+
+
+# Relative error in norm of the native forward against float64: float32
+# summation; bfloat16 also rounds x (documented), float16 rounds the output.
+FORWARD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+class ForwardTest(unittest.TestCase):
+    """mlp_forward, WeightCache.forward / step and LlamaSkipMLP on the native
+    forward, against a float64 torch reference."""
+
+    def test_mlp_forward_dense_and_indexed(self):
+        gen = torch.Generator().manual_seed(61)
+        h, i = 48, 130
+        for dtype in DTYPES:
+            for activation in ("silu", "gelu_tanh", "relu"):
+                for gated in (True, False):
+                    gate, up, down = random_weights(gen, i, h, dtype)
+                    gate = gate if gated else None
+                    for shape in ((h,), (1, h), (5, h)):
+                        x = torch.randn(*shape, generator=gen).to(dtype)
+                        where = f"{dtype} {activation} gated={gated} x{shape}"
+                        ref = torch_mlp(x, gate, up, down, activation)
+                        out = mlp_forward(x, gate, up, down, activation=activation)
+                        self.assertEqual(out.shape, x.shape, where)
+                        self.assertEqual(out.dtype, x.dtype, where)
+                        assert_close_in_norm(self, out, ref, FORWARD_TOLERANCE[dtype], where)
+                        idx = torch.nonzero(torch.rand(i, generator=gen) < 0.3).squeeze(1)
+                        mask = torch.zeros(i)
+                        mask[idx] = 1
+                        out = mlp_forward(x, gate, up, down.t().contiguous(), indices=idx,
+                                          down_neuron_major=True, activation=activation)
+                        assert_close_in_norm(self, out, torch_mlp(x, gate, up, down, activation,
+                                                                  mask),
+                                             FORWARD_TOLERANCE[dtype], where + " indexed")
+
+    def test_float32_x_with_16_bit_weights_and_residual_add(self):
+        gen = torch.Generator().manual_seed(62)
+        gate, up, down = random_weights(gen, 70, 32, torch.bfloat16)
+        x = torch.randn(3, 32, generator=gen)
+        residual = torch.randn(3, 32, generator=gen)
+        out = residual.clone()
+        result = mlp_forward(x, gate, up, down, out=out, accumulate=True)
+        self.assertIs(result, out)
+        assert_close_in_norm(self, out - residual, torch_mlp(x, gate, up, down), 1e-2, "bf16")
+
+    def test_cache_forward_and_step_match_update_then_forward(self):
+        gen = torch.Generator().manual_seed(63)
+        h, i = 40, 96
+        for dtype in DTYPES:
+            for layout in ("split", "interleaved", "fused"):
+                gate, up, down = random_weights(gen, i, h, dtype)
+                masks = list(mask_sequence(gen, i, 14))
+                stepped = WeightCache(masks[0], gate, up, down, layout=layout)
+                updated = WeightCache(masks[0], gate, up, down, layout=layout)
+                for step, mask in enumerate(masks[1:]):
+                    where = f"{dtype} {layout} step {step}"
+                    x = torch.randn(1 + step % 3, h, generator=gen).to(dtype)
+                    out = stepped.step(mask, x)
+                    updated.update(mask)
+                    self.assertTrue(torch.equal(out, updated.forward(x)), where)
+                    stepped.verify()
+                    self.assertTrue(torch.equal(stepped.active_indices(),
+                                                updated.active_indices()), where)
+                    assert_close_in_norm(self, out, torch_mlp(x, gate, up, down,
+                                                              mask=union(mask)),
+                                         FORWARD_TOLERANCE[dtype], where)
+
+    def test_numpy_forward(self):
+        rng = np.random.default_rng(64)
+        gate, up = rng.standard_normal((2, 50, 16), dtype=np.float32)
+        down = rng.standard_normal((16, 50), dtype=np.float32)
+        x = rng.standard_normal(16, dtype=np.float32)
+        mask = rng.random(50) < 0.5
+        cache = WeightCache(mask, gate, up, down)
+        out = cache.forward(x)
+        self.assertIsInstance(out, np.ndarray)
+        expected = torch_mlp(torch.from_numpy(x), torch.from_numpy(gate), torch.from_numpy(up),
+                             torch.from_numpy(down), mask=torch.from_numpy(mask)).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(mlp_forward(x, gate, up, down),
+                                   torch_mlp(torch.from_numpy(x), torch.from_numpy(gate),
+                                             torch.from_numpy(up),
+                                             torch.from_numpy(down)).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+    def test_llama_skip_mlp_runs_natively_in_every_dtype(self):
+        gen = torch.Generator().manual_seed(65)
+        h, i = 32, 80
+        for dtype in DTYPES:
+            gate, up, down = random_weights(gen, i, h, dtype)
+            module = LlamaSkipMLP.from_dense(gate, up, down)
+            linear = F.linear
+            try:  # the cached path must not touch torch's matmul
+                F.linear = None
+                outs = []
+                for step, mask in enumerate(mask_sequence(gen, i, 8)):
+                    x = torch.randn(2, h, generator=gen).to(dtype)
+                    outs.append((x, mask, module(x, mask)))
+            finally:
+                F.linear = linear
+            for x, mask, out in outs:
+                self.assertEqual(out.dtype, dtype)
+                assert_close_in_norm(self, out, torch_mlp(x, gate, up, down, mask=union(mask)),
+                                     FORWARD_TOLERANCE[dtype], f"{dtype}")
+
+    def test_forward_errors_name_the_argument(self):
+        gen = torch.Generator().manual_seed(66)
+        gate, up, down = random_weights(gen, 20, 8, torch.float32)
+        x = torch.randn(2, 8, generator=gen)
+        with self.assertRaisesRegex(ValueError, "activation must be one of silu, gelu_tanh, relu; got 'swish'"):
+            mlp_forward(x, gate, up, down, activation="swish")
+        with self.assertRaisesRegex(ValueError, r"x must be \[8\] or \[tokens, 8\]"):
+            mlp_forward(torch.randn(2, 9), gate, up, down)
+        with self.assertRaisesRegex(TypeError, "x must be float32 or float32"):
+            mlp_forward(x.to(torch.bfloat16), gate, up, down)
+        with self.assertRaisesRegex(ValueError, "x must be C-contiguous"):
+            mlp_forward(torch.randn(8, 2).t(), gate, up, down)
+        with self.assertRaisesRegex(ValueError, "indices need a neuron-major down"):
+            mlp_forward(x, gate, up, down, indices=[1, 2])
+        with self.assertRaisesRegex(ValueError, "indices\\[1\\] = 1 follows indices\\[0\\] = 3"):
+            mlp_forward(x, gate, up, down.t().contiguous(), indices=[3, 1],
+                        down_neuron_major=True)
+        with self.assertRaisesRegex(ValueError, r"indices must be in \[0, 20\), got 20"):
+            mlp_forward(x, gate, up, down.t().contiguous(), indices=[20],
+                        down_neuron_major=True)
+        with self.assertRaisesRegex(TypeError, "indices must be integers"):
+            mlp_forward(x, gate, up, down.t().contiguous(), indices=[0.5],
+                        down_neuron_major=True)
+        with self.assertRaisesRegex(ValueError, r"down must be \[8, 20\]"):
+            mlp_forward(x, gate, up, down.t().contiguous())
+        with self.assertRaisesRegex(ValueError, r"num_threads must be in \[1, 1024\], got 0"):
+            mlp_forward(x, gate, up, down, num_threads=0)
+        cache = WeightCache(torch.ones(20, dtype=torch.bool), gate, up, down)
+        version = cache.last_update
+        with self.assertRaisesRegex(ValueError, r"byte mask has 19 entries, expected 20"):
+            cache.step(torch.ones(19, dtype=torch.bool), x)
+        with self.assertRaisesRegex(ValueError, "out must have x's shape"):
+            cache.forward(x, out=torch.empty(3, 8))
+        with self.assertRaisesRegex(ValueError, "out must be C-contiguous"):
+            cache.forward(x, out=torch.empty(8, 2).t())
+        self.assertEqual(cache.last_update, version)
+        cache.verify()
 
 
 if __name__ == "__main__":
