@@ -22,7 +22,7 @@ ln -s /usr/include/absl "$stage/absl"
 
 passed=0
 failed=0
-for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'cache/*.cc'); do
+for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'cache/*.cc' 'mlp/*.cc'); do
   if "$cxx" -std=c++17 -O2 -fopenmp -Wall -Wextra -Wshadow -Werror -I. -isystem "$stage" \
        -c "$src" -o "$stage/out.o" 2>"$stage/err"; then
     passed=$((passed + 1))
