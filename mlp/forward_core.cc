@@ -104,11 +104,14 @@ absl::Status CheckTokens(const char* name, const void* data, size_t tokens, size
   return elements.status();
 }
 
-// The activation of neuron pre-activations for tc tokens.
-void Activations(Activation act, bool has_gate, const float* ga, const float* ua, size_t tc,
-                 float* out) {
+// The activation of neuron pre-activations for tc tokens; with bfloat16
+// weights rounded to bfloat16 (the down projection multiplies bfloat16 by
+// bfloat16, mlp_forward.h).
+void Activations(Activation act, bool has_gate, bool round_bf16, const float* ga,
+                 const float* ua, size_t tc, float* out) {
   for (size_t t = 0; t < tc; ++t) {
-    out[t] = has_gate ? Activate(act, ga[t]) * ua[t] : Activate(act, ua[t]);
+    const float h = has_gate ? Activate(act, ga[t]) * ua[t] : Activate(act, ua[t]);
+    out[t] = round_bf16 ? BFloat16ToFloat(FloatToBFloat16(h)) : h;
   }
 }
 
@@ -154,14 +157,17 @@ void Share(size_t n, int tid, int team, size_t align, size_t* begin, size_t* end
 
 // y rows [t0, t0 + tc), columns [c0, c1): the sum of the team's partials in
 // thread order (plus y with accumulate).
+// Partial rows are `width` floats in the kernels' column order (`paired`:
+// internal::YIndex).
 void Reduce(const Tokens& y, bool accumulate, size_t t0, size_t tc, size_t c0, size_t c1,
-            const uint8_t* partials, size_t per_thread, int team, size_t hidden) {
+            const uint8_t* partials, size_t per_thread, int team, size_t width, bool paired) {
   for (size_t t = 0; t < tc; ++t) {
     uint8_t* yt = TokenRow(y, t0 + t);
     for (size_t c = c0; c < c1; ++c) {
       float s = accumulate ? Load(yt, y.dtype, c) : 0.0f;
+      const size_t at = t * width + internal::YIndex(c, paired);
       for (int k = 0; k < team; ++k) {
-        s += reinterpret_cast<const float*>(partials + k * per_thread)[t * hidden + c];
+        s += reinterpret_cast<const float*>(partials + k * per_thread)[at];
       }
       Store(yt, y.dtype, c, s);
     }
@@ -232,7 +238,10 @@ absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t interm
   absl::StatusOr<size_t> hidden = memory::CheckedMul(chunk, intermediate_size);
   if (hidden.ok()) hidden = memory::CheckedMul(*hidden, 4);
   if (!hidden.ok()) return hidden.status();
-  const size_t per_thread = AlignUp64(*vectors + ScratchFloats(chunk) * 4);
+  absl::StatusOr<size_t> sums_bytes =
+      memory::CheckedMul(chunk * 4, internal::PaddedWidth(hidden_size));
+  if (!sums_bytes.ok()) return sums_bytes.status();
+  const size_t per_thread = AlignUp64(*sums_bytes + ScratchFloats(chunk) * 4);
   return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden);
 }
 
@@ -297,7 +306,8 @@ absl::Status PrepareWorkspace(DType dtype, size_t hidden, size_t intermediate,
   if (ws == nullptr) return absl::InvalidArgumentError("workspace is null");
   const size_t chunk = std::min(x.tokens, kTokenChunk);
   // Sizes: validated above (x fits a size_t; chunk <= 32).
-  const size_t per_thread = AlignUp64((chunk * hidden + ScratchFloats(chunk)) * 4);
+  const size_t per_thread =
+      AlignUp64((chunk * internal::PaddedWidth(hidden) + ScratchFloats(chunk)) * 4);
   const DType form = VectorDType(dtype);
   const size_t vector_bytes = x.dtype == form ? 0 : x.tokens * hidden * DTypeSize(form);
   absl::StatusOr<size_t> hidden_bytes = memory::CheckedMul(chunk * 4, intermediate);
@@ -331,11 +341,12 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
     float* partial = reinterpret_cast<float*>(partials + tid * per_thread);
     for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
       const size_t tc = std::min(kTokenChunk, x.tokens - t0);
-      float* coef = partial + tc * hidden;
+      const size_t width = k.paired_y ? internal::PaddedWidth(hidden) : hidden;
+      float* coef = partial + tc * width;
       float* dots = coef + kBlock * tc;
       const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;  // neurons per dot call
       const bool store = p.stores && t0 == 0;
-      std::memset(partial, 0, tc * hidden * sizeof(float));
+      std::memset(partial, 0, tc * width * sizeof(float));
       const void* xt = VectorRow(v, p.dtype, t0);
       NeuronPtrs ptrs[kBlock + 1];
       for (size_t j0 = begin; j0 < end; j0 += kBlock) {
@@ -357,8 +368,9 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
           k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
           for (size_t q = b; q < b + g; ++q) {
             const size_t first = (q - b) * (p.has_gate ? 2 : 1);  // its rows in the call
-            Activations(o.activation, p.has_gate, dots + first * tc,
-                        dots + (first + (p.has_gate ? 1 : 0)) * tc, tc, coef + q * tc);
+            Activations(o.activation, p.has_gate, p.dtype == DType::kBFloat16,
+                        dots + first * tc, dots + (first + (p.has_gate ? 1 : 0)) * tc, tc,
+                        coef + q * tc);
             if (store) {
               for (int part = 0; part < 2; ++part) {
                 if (ptrs[q].store[part] != nullptr) {
@@ -369,7 +381,7 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
             downs[q] = ptrs[q].row[2];
           }
         }
-        k.axpy(downs, nb, coef, tc, hidden, partial, hidden);
+        k.axpy(downs, nb, coef, tc, hidden, partial, width);
         if (store) {
           for (size_t b = 0; b < nb; ++b) {
             if (ptrs[b].store[2] != nullptr) {
@@ -380,7 +392,7 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
       }
       if (store) FinishStreamingStores();
 #pragma omp barrier
-      Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, hidden);
+      Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, width, k.paired_y);
 #pragma omp barrier
     }
   }
@@ -395,7 +407,11 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
   const size_t elem = DTypeSize(w.dtype);
   const size_t row_bytes = hidden * elem;
   const int threads = ThreadsFor(inter * (w.gate ? 3 : 2) * row_bytes, o.num_threads);
+  // Every neuron's activation, [chunk, I]: bfloat16 for bfloat16 weights
+  // (the down dot then runs bfloat16 x bfloat16), float32 otherwise.
   float* h = WorkspaceAccess::Hidden(ws);
+  auto* h16 = reinterpret_cast<uint16_t*>(h);
+  const bool bf16 = w.dtype == DType::kBFloat16;
   const auto* gate = static_cast<const uint8_t*>(w.gate);
   const auto* up = static_cast<const uint8_t*>(w.up);
   const auto* down = static_cast<const uint8_t*>(w.down);
@@ -424,9 +440,15 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
         k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
         for (size_t q = j; q < j + g; ++q) {
           const size_t first = (q - j) * (gate != nullptr ? 2 : 1);
-          Activations(o.activation, gate != nullptr, dots + first * tc,
+          Activations(o.activation, gate != nullptr, false, dots + first * tc,
                       dots + (first + (gate != nullptr ? 1 : 0)) * tc, tc, hv);
-          for (size_t t = 0; t < tc; ++t) h[t * inter + q] = hv[t];
+          for (size_t t = 0; t < tc; ++t) {
+            if (bf16) {
+              h16[t * inter + q] = FloatToBFloat16(hv[t]);
+            } else {
+              h[t * inter + q] = hv[t];
+            }
+          }
         }
       }
 #pragma omp barrier
@@ -437,7 +459,11 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
         const size_t n = std::min(rows_per_call, r1 - r);
         const void* rows[kMaxDotRows];
         for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * inter * elem;
-        k.dot_f32(rows, n, h, inter, tc, inter, dots);
+        if (bf16) {
+          k.dot(rows, n, h16, inter, tc, inter, dots);
+        } else {
+          k.dot_f32(rows, n, h, inter, tc, inter, dots);
+        }
         for (size_t q = 0; q < n; ++q) {
           for (size_t t = 0; t < tc; ++t) {
             uint8_t* yt = TokenRow(y, t0 + t);

@@ -5,7 +5,8 @@
 //         be null: only out_b), a and b rows of `len` weights, read once
 //         for all tokens (token blocks of 4 re-read them from L1);
 //   axpy: for tokens t, y_t += sum_{j < n} coef[j x tokens + t] x row_j
-//         (n <= kMaxAxpyRows rows, y in float32).
+//         (n <= kMaxAxpyRows rows, y in float32, in the kernel's column
+//         order: Kernels::paired_y).
 // Weights are float32, bfloat16 or float16, converted to float32 exactly
 // (bfloat16 and float16 embed in float32); products accumulate in float32.
 // Vectors v are float32, or bfloat16 in dot2 of bfloat16 weights (the
@@ -44,7 +45,26 @@ struct Kernels {
   AxpyFn axpy = nullptr;
   SimdLevel level = SimdLevel::kScalar;  // the level that runs
   bool bf16_dot = false;                 // dot uses vdpbf16ps
+  // axpy multiplies pairs of bfloat16 rows with vdpbf16ps: it reads the
+  // coefficients as bfloat16 (callers round them first) and keeps y rows in
+  // pair order, PaddedWidth(len) floats whose column c is at YIndex(c).
+  // Why: interleaving two rows' elements (one unpack per 32 weights) feeds
+  // vdpbf16ps, one instruction per 32 multiply-adds, where widening to
+  // float32 takes a load-convert, a shift and an FMA per 16.
+  bool paired_y = false;
 };
+
+// Columns of a y row in pair order (a multiple of 32).
+constexpr size_t PaddedWidth(size_t hidden) { return (hidden + 31) / 32 * 32; }
+
+// Where column c lives in a y row: in pair order, the unpacks of each
+// 32-column block put columns 8L + 0..3 (L = 0..3, one per 128-bit lane) in
+// its first 16 floats and 8L + 4..7 in the next 16.
+constexpr size_t YIndex(size_t c, bool paired) {
+  if (!paired) return c;
+  const size_t block = c / 32 * 32, lane = (c % 32) / 8, k = c % 8;
+  return block + (k < 4 ? 0 : 16) + lane * 4 + k % 4;
+}
 
 // bfloat16 for bfloat16 weights, float32 otherwise.
 constexpr DType VectorDType(DType weights) {

@@ -2,6 +2,7 @@
 // on load), masked tails; bfloat16 dot products with vdpbf16ps (32 weights
 // per instruction) where the CPU has AVX512_BF16.
 #include "mlp/kernels.h"
+#include "mlp/float16.h"
 #include "mlp/kernel_util.h"
 
 #if SPARSE_MLP_X86
@@ -280,6 +281,84 @@ SPARSE_MLP_AVX512 void Axpy(const void* const* rows, size_t n, const float* coef
   }
 }
 
+// bfloat16 rows in pairs with vdpbf16ps (Kernels::paired_y): the two rows'
+// elements interleaved by one unpack per 32 columns meet (h_j, h_j+1)
+// coefficient pairs, two multiply-adds per 32-bit lane. For each 32-column
+// block the sums of up to 8 tokens stay in registers while all row pairs
+// pass. An odd last row pairs with itself under a zero coefficient.
+template <int TB>
+SPARSE_MLP_AVX512_BF16 void AxpyBf16PairBlock(const uint16_t* const* rows, size_t pairs,
+                                              const uint32_t* cpair, size_t tokens, size_t i,
+                                              __mmask32 m, float* y, size_t y_stride) {
+  __m512 lo[TB], hi[TB];
+  SPARSE_MLP_UNROLL
+  for (int t = 0; t < TB; ++t) {
+    lo[t] = _mm512_loadu_ps(y + t * y_stride + i);
+    hi[t] = _mm512_loadu_ps(y + t * y_stride + i + 16);
+  }
+  for (size_t q = 0; q < pairs; ++q) {
+    const __m512i a = _mm512_maskz_loadu_epi16(m, rows[2 * q] + i);
+    const __m512i b = _mm512_maskz_loadu_epi16(m, rows[2 * q + 1] + i);
+    const __m512bh ab_lo = (__m512bh)_mm512_unpacklo_epi16(a, b);
+    const __m512bh ab_hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    const uint32_t* c = cpair + q * tokens;
+    SPARSE_MLP_UNROLL
+    for (int t = 0; t < TB; ++t) {
+      const __m512bh ct = (__m512bh)_mm512_set1_epi32(static_cast<int>(c[t]));
+      lo[t] = _mm512_dpbf16_ps(lo[t], ab_lo, ct);
+      hi[t] = _mm512_dpbf16_ps(hi[t], ab_hi, ct);
+    }
+  }
+  SPARSE_MLP_UNROLL
+  for (int t = 0; t < TB; ++t) {
+    _mm512_storeu_ps(y + t * y_stride + i, lo[t]);
+    _mm512_storeu_ps(y + t * y_stride + i + 16, hi[t]);
+  }
+}
+
+SPARSE_MLP_AVX512_BF16 void AxpyBf16Pairs(const void* const* rows, size_t n, const float* coef,
+                                          size_t tokens, size_t len, float* y,
+                                          size_t y_stride) {
+  if (n == 0) return;
+  const uint16_t* paired[kMaxAxpyRows + 1];
+  uint32_t cpair[(kMaxAxpyRows + 1) / 2 * 32];  // [pair][token], tokens <= 32
+  const size_t pairs = (n + 1) / 2;
+  for (size_t q = 0; q < pairs; ++q) {
+    const size_t j = 2 * q, j1 = j + 1 < n ? j + 1 : j;
+    paired[j] = static_cast<const uint16_t*>(rows[j]);
+    paired[j + 1] = static_cast<const uint16_t*>(rows[j1]);
+    for (size_t t = 0; t < tokens; ++t) {
+      const uint32_t h0 = FloatToBFloat16(coef[j * tokens + t]);
+      const uint32_t h1 = j + 1 < n ? FloatToBFloat16(coef[(j + 1) * tokens + t]) : 0;
+      cpair[q * tokens + t] = h0 | (h1 << 16);
+    }
+  }
+  for (size_t i = 0; i < len; i += 32) {
+    const __mmask32 m = len - i >= 32 ? static_cast<__mmask32>(0xffffffffu)
+                                      : static_cast<__mmask32>((uint64_t{1} << (len - i)) - 1);
+    for (size_t t0 = 0; t0 < tokens; t0 += 8) {
+      const size_t tb = tokens - t0 < 8 ? tokens - t0 : 8;
+      float* yt = y + t0 * y_stride;
+      const uint32_t* ct = cpair + t0;
+      switch (tb) {
+#define SPARSE_MLP_CASE(TB)                                                      \
+  case TB:                                                                       \
+    AxpyBf16PairBlock<TB>(paired, pairs, ct, tokens, i, m, yt, y_stride); \
+    break;
+        SPARSE_MLP_CASE(1)
+        SPARSE_MLP_CASE(2)
+        SPARSE_MLP_CASE(3)
+        SPARSE_MLP_CASE(4)
+        SPARSE_MLP_CASE(5)
+        SPARSE_MLP_CASE(6)
+        SPARSE_MLP_CASE(7)
+        SPARSE_MLP_CASE(8)
+#undef SPARSE_MLP_CASE
+      }
+    }
+  }
+}
+
 template <DType W>
 Kernels Make(bool bf16_dot) {
   Kernels k;
@@ -290,6 +369,8 @@ Kernels Make(bool bf16_dot) {
   if (W == DType::kBFloat16 && bf16_dot) {
     k.dot = DotBf16;
     k.bf16_dot = true;
+    k.axpy = AxpyBf16Pairs;
+    k.paired_y = true;
   }
   return k;
 }

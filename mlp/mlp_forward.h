@@ -29,9 +29,11 @@
 //     |y - y_exact| <= 2^-24 x (H + count + 16) x M, where M is the sum of
 //     the magnitudes of the terms involved (|weights| x |inputs|, through
 //     the activation's slope);
-//   - bfloat16 weights: x is rounded to bfloat16 once per call (as bf16
-//     GEMMs do; vdpbf16ps needs it), then as above; the rounding adds up to
-//     2^-9 relative per x element;
+//   - bfloat16 weights: x is rounded to bfloat16 once per call, and each
+//     neuron's activation h_j[t] before the down projection, as bf16 GEMMs
+//     (and PyTorch's bf16 MLP) do and as vdpbf16ps needs; then as above
+//     (bfloat16 x bfloat16 products are exact in float32). Each rounding
+//     adds up to 2^-9 relative to its term;
 //   - a bfloat16 or float16 y is the float32 result rounded to nearest even.
 // Determinism: the same inputs, thread team size and SIMD level give the
 // same bits (fixed partition of the neurons, partial sums added in thread

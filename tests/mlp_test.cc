@@ -128,7 +128,12 @@ Expected Reference(const Layer& l, const std::vector<uint32_t>& set, const Array
   e.tol.assign(tokens * l.h, 0);
   const double eps = std::ldexp(1.0, -24);
   const double n_terms = static_cast<double>(l.h + set.size() + 64);
+  // bfloat16 weights: each h_j is rounded to bfloat16 before the down
+  // projection (the contract), up to 2^-9 of |h_j d_j| per term; 2^-8 covers
+  // float32 errors in h moving it across a rounding boundary.
+  std::vector<double> rounding(l.h, 0);
   for (size_t t = 0; t < tokens; ++t) {
+    std::fill(rounding.begin(), rounding.end(), 0.0);
     std::vector<double> xv(l.h);
     for (size_t c = 0; c < l.h; ++c) {
       float v = x.Get(t * l.h + c);
@@ -153,6 +158,7 @@ Expected Reference(const Layer& l, const std::vector<uint32_t>& set, const Array
         const double d = l.down_rows.values[j * l.h + c];
         e.y[t * l.h + c] += hv * d;
         e.tol[t * l.h + c] += std::fabs(d) * hmag;
+        rounding[c] += std::fabs(d * hv);
       }
     }
     for (size_t c = 0; c < l.h; ++c) {
@@ -163,6 +169,7 @@ Expected Reference(const Layer& l, const std::vector<uint32_t>& set, const Array
         tol += std::fabs(before);
       }
       tol = 4 * eps * n_terms * tol + 1e-30;
+      if (l.dtype == DType::kBFloat16) tol += std::ldexp(rounding[c], -8);
       if (y_dtype != DType::kFloat32) {
         const double ulp = y_dtype == DType::kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
         tol += std::fabs(e.y[t * l.h + c]) * ulp + (y_dtype == DType::kFloat16 ? 6e-8 : 1e-38);
