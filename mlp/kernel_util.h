@@ -58,6 +58,38 @@ inline float Elem(const void* p, size_t i) {
     }                                                         \
   }
 
+// Runs CALL(TB, t) for token blocks of up to 8 tokens (kernels that keep
+// one accumulator pair per token).
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS_8(tokens, CALL)        \
+  for (size_t t_ = 0; t_ < (tokens); t_ += 8) {            \
+    switch ((tokens) - t_ < 8 ? (tokens) - t_ : 8) {       \
+      case 1:                                              \
+        CALL(1, t_);                                       \
+        break;                                             \
+      case 2:                                              \
+        CALL(2, t_);                                       \
+        break;                                             \
+      case 3:                                              \
+        CALL(3, t_);                                       \
+        break;                                             \
+      case 4:                                              \
+        CALL(4, t_);                                       \
+        break;                                             \
+      case 5:                                              \
+        CALL(5, t_);                                       \
+        break;                                             \
+      case 6:                                              \
+        CALL(6, t_);                                       \
+        break;                                             \
+      case 7:                                              \
+        CALL(7, t_);                                       \
+        break;                                             \
+      default:                                             \
+        CALL(8, t_);                                       \
+        break;                                             \
+    }                                                      \
+  }
+
 // Runs CALL(R) for the compile-time R == n, n in [1, kMaxDotRows] (0: no
 // call).
 #define SPARSE_MLP_FOR_DOT_ROWS(n, CALL) \

@@ -250,26 +250,10 @@ template <DType W>
 SPARSE_MLP_AVX512 void Axpy(const void* const* rows, size_t n, const float* coef,
                             size_t tokens, size_t len, float* y, size_t y_stride) {
   if (tokens >= kColumnAxpyTokens) {
-    for (size_t t0 = 0; t0 < tokens; t0 += 8) {
-      const size_t tb = tokens - t0 < 8 ? tokens - t0 : 8;
-      float* yt = y + t0 * y_stride;
-      const float* ct = coef + t0;
-      switch (tb) {
-#define SPARSE_MLP_CASE(TB)                                         \
-  case TB:                                                          \
-    AxpyColumns<W, TB>(rows, n, ct, tokens, len, yt, y_stride); \
-    break;
-        SPARSE_MLP_CASE(1)
-        SPARSE_MLP_CASE(2)
-        SPARSE_MLP_CASE(3)
-        SPARSE_MLP_CASE(4)
-        SPARSE_MLP_CASE(5)
-        SPARSE_MLP_CASE(6)
-        SPARSE_MLP_CASE(7)
-        SPARSE_MLP_CASE(8)
-#undef SPARSE_MLP_CASE
-      }
-    }
+#define SPARSE_MLP_AXPY_COLUMNS(TB, t) \
+  AxpyColumns<W, TB>(rows, n, coef + (t), tokens, len, y + (t) * y_stride, y_stride)
+    SPARSE_MLP_FOR_TOKEN_BLOCKS_8(tokens, SPARSE_MLP_AXPY_COLUMNS)
+#undef SPARSE_MLP_AXPY_COLUMNS
     return;
   }
   for (size_t j = 0; j < n; j += 8) {
@@ -336,26 +320,10 @@ SPARSE_MLP_AVX512_BF16 void AxpyBf16Pairs(const void* const* rows, size_t n, con
   for (size_t i = 0; i < len; i += 32) {
     const __mmask32 m = len - i >= 32 ? static_cast<__mmask32>(0xffffffffu)
                                       : static_cast<__mmask32>((uint64_t{1} << (len - i)) - 1);
-    for (size_t t0 = 0; t0 < tokens; t0 += 8) {
-      const size_t tb = tokens - t0 < 8 ? tokens - t0 : 8;
-      float* yt = y + t0 * y_stride;
-      const uint32_t* ct = cpair + t0;
-      switch (tb) {
-#define SPARSE_MLP_CASE(TB)                                                      \
-  case TB:                                                                       \
-    AxpyBf16PairBlock<TB>(paired, pairs, ct, tokens, i, m, yt, y_stride); \
-    break;
-        SPARSE_MLP_CASE(1)
-        SPARSE_MLP_CASE(2)
-        SPARSE_MLP_CASE(3)
-        SPARSE_MLP_CASE(4)
-        SPARSE_MLP_CASE(5)
-        SPARSE_MLP_CASE(6)
-        SPARSE_MLP_CASE(7)
-        SPARSE_MLP_CASE(8)
-#undef SPARSE_MLP_CASE
-      }
-    }
+#define SPARSE_MLP_PAIR_BLOCK(TB, t) \
+  AxpyBf16PairBlock<TB>(paired, pairs, cpair + (t), tokens, i, m, y + (t) * y_stride, y_stride)
+    SPARSE_MLP_FOR_TOKEN_BLOCKS_8(tokens, SPARSE_MLP_PAIR_BLOCK)
+#undef SPARSE_MLP_PAIR_BLOCK
   }
 }
 
