@@ -29,7 +29,7 @@ namespace sparse_mlp::mlp::internal {
 
 using cache::DType;
 
-inline constexpr size_t kMaxAxpyRows = 16;
+inline constexpr size_t kMaxAxpyRows = 32;
 inline constexpr size_t kMaxDotRows = 4;
 
 // v_t at v + t x v_stride elements.
