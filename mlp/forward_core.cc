@@ -22,8 +22,9 @@ using internal::kMaxAxpyRows;
 using internal::NeuronPtrs;
 using internal::VectorDType;
 
-constexpr size_t kBlock = kMaxAxpyRows;
 using internal::kMaxDotRows;
+// Neurons per block: the axpy's rows per pass over the partial sums.
+constexpr size_t kBlock = kMaxAxpyRows;
 // From this many tokens on, one dot call takes two neurons' rows: each x
 // vector then serves four rows (loads per FMA halve, and x, which no
 // longer fits L1 beyond a few tokens, is swept half as often). At one
@@ -228,10 +229,8 @@ absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t interm
                                 int num_threads) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   const size_t chunk = std::min(tokens, kTokenChunk);
-  absl::StatusOr<size_t> sums = memory::CheckedMul(chunk, hidden_size);
-  if (!sums.ok()) return sums.status();
-  absl::StatusOr<size_t> vectors = memory::CheckedMul(*sums, 4);
-  if (!vectors.ok()) return vectors.status();
+  // x converted for every token (the widest form, float32), the linear
+  // path's activations, and per thread the partial sums and scratch.
   absl::StatusOr<size_t> all = memory::CheckedMul(tokens, hidden_size);
   if (all.ok()) all = memory::CheckedMul(*all, 4);
   if (!all.ok()) return all.status();
