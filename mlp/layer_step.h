@@ -10,15 +10,17 @@
 // the sources, used for the compute and, still in the core's caches, stored
 // into their slot with streaming stores; a moved neuron's rows are read from
 // the old slot and stored into the new one. So with a new mask per token the
-// update costs its stores, not a second pass over the entering rows: the
-// cache pays even at T = 1 (docs/design.md, "Layer step"). Afterwards the
+// update costs its stores, not a second read of the entering rows
+// (docs/design.md, "The forward"; what that buys on one machine is in
+// docs/performance.md). Afterwards the
 // cache is exactly as after Update(mask) (tests check Verify and the maps),
 // and y is the forward over the neurons the cache now holds: the mask, or,
 // when the cache's tolerance skipped the update, the applied mask.
 //
 // Precision, determinism and threading as in mlp/mlp_forward.h
 // (options.num_threads runs both the forward and the plan's copies; the
-// cache's own thread count only serves a capacity growth).
+// cache's own thread count only serves a capacity growth). Allocation: the
+// workspace's (as for Forward) and the cache's growth, nothing else.
 //
 // Errors: those of Forward for x, y and the options (checked first, with the
 // cache's dtype and width as the weights'), a null cache, and those of the
