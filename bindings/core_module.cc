@@ -49,6 +49,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
+#include "diff/score_select.h"
 #include "gather/transpose.h"
 #include "mlp/activation.h"
 #include "mlp/layer_step.h"
@@ -532,6 +533,33 @@ class PyWeightCache {
     ThrowIfError(RunWithoutGil([](cache::WeightCache& c) { return c.CatchUp(); }));
   }
 
+  // Scores [rows, I] (the Python layer makes [I] one row), float32 or
+  // bfloat16, C-contiguous.
+  static diff::ScoreMatrix Scores(const ImportedTensor& t) {
+    if (t.dtype() == DType::kFloat16) {
+      throw py::type_error("scores must be float32 or bfloat16, got float16");
+    }
+    return {t.data(), static_cast<size_t>(t.rows()), static_cast<size_t>(t.cols()),
+            t.dtype() == DType::kFloat32 ? diff::ScoreType::kFloat32
+                                         : diff::ScoreType::kBFloat16};
+  }
+
+  void UpdateTopK(const py::object& scores, const py::object& k_arg) {
+    const ImportedTensor t = ImportMatrix(scores, "scores");
+    const int64_t k = IntArg(k_arg, "k", 0, std::numeric_limits<int64_t>::max());
+    const diff::ScoreMatrix m = Scores(t);
+    ThrowIfError(RunWithoutGil(
+        [&](cache::WeightCache& c) { return c.UpdateTopK(m, static_cast<size_t>(k)); }));
+  }
+
+  void UpdateThreshold(const py::object& scores, double threshold) {
+    const ImportedTensor t = ImportMatrix(scores, "scores");
+    const diff::ScoreMatrix m = Scores(t);
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
+      return c.UpdateThreshold(m, static_cast<float>(threshold));
+    }));
+  }
+
   void Reserve(const py::object& active_arg) {
     const int64_t active = IntArg(active_arg, "active", 0,
                                   static_cast<int64_t>(intermediate_size()));
@@ -817,6 +845,9 @@ PYBIND11_MODULE(_sparse_mlp, m) {
       .def("update", &PyWeightCache::Update, py::arg("mask"))
       .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)
+      .def("update_topk", &PyWeightCache::UpdateTopK, py::arg("scores"), py::arg("k"))
+      .def("update_threshold", &PyWeightCache::UpdateThreshold, py::arg("scores"),
+           py::arg("threshold"))
       .def("reserve", &PyWeightCache::Reserve, py::arg("active"))
       .def("verify", &PyWeightCache::Verify)
       .def("gate", &PyWeightCache::Gate)

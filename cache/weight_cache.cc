@@ -228,6 +228,7 @@ void WeightCache::ReserveScratch(const diff::NeuronMask& initial_mask) {
   plan_.moves.reserve(num_neurons);
   plan_.freed.assign(memory::WordsForBits(num_neurons), 0);
   active_scratch_.reserve(num_neurons);
+  selector_.Reserve(num_neurons);
   for (auto& buffer : packed_) buffer = std::make_shared<memory::AlignedBuffer>();
   applied_ = diff::NeuronMask(num_neurons);
   requested_ = diff::NeuronMask(num_neurons);
@@ -267,6 +268,20 @@ absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
       !s.ok()) {
     return s;
   }
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::UpdateTopK(const diff::ScoreMatrix& scores, size_t k) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateTopK");
+  if (absl::Status s = selector_.TopK(scores, k, &incoming_); !s.ok()) return s;
+  return ApplyIncoming(/*respect_tolerance=*/true);
+}
+
+absl::Status WeightCache::UpdateThreshold(const diff::ScoreMatrix& scores, float threshold) {
+  MutationScope scope(mutation_);
+  if (!scope.held()) return ConcurrentMutationError("UpdateThreshold");
+  if (absl::Status s = selector_.Threshold(scores, threshold, &incoming_); !s.ok()) return s;
   return ApplyIncoming(/*respect_tolerance=*/true);
 }
 
@@ -595,7 +610,7 @@ size_t WeightCache::memory_bytes() const {
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
          vector_bytes(diff_.added) + vector_bytes(diff_.removed) +
          vector_bytes(plan_.loads) + vector_bytes(plan_.moves) +
-         vector_bytes(plan_.freed) + vector_bytes(active_scratch_);
+         vector_bytes(plan_.freed) + vector_bytes(active_scratch_) + selector_.bytes();
 }
 
 }  // namespace sparse_mlp::cache

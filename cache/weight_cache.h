@@ -81,6 +81,7 @@
 #include "cache/update_plan.h"
 #include "diff/mask_diff.h"
 #include "diff/neuron_mask.h"
+#include "diff/score_select.h"
 #include "gather/row_types.h"
 #include "memory/aligned_buffer.h"
 #include "memory/arena.h"
@@ -229,6 +230,14 @@ class WeightCache {
   absl::Status UpdateFromIndices(absl::Span<const uint32_t> sorted_indices);
   // The union of a [rows, I] byte matrix (a batch of tokens).
   absl::Status UpdateFromByteRows(absl::Span<const uint8_t> matrix, size_t rows);
+
+  // Updates to the mask a predictor's scores select ([rows, I], float32 or
+  // bfloat16; diff/score_select.h): each row's k highest scores (ties to
+  // the lower index), or the scores above `threshold`, the union over the
+  // rows. O(rows x I) to select, then as Update; no allocation. Errors:
+  // those of the selection (shape, k > I, NaN), then those of Update.
+  absl::Status UpdateTopK(const diff::ScoreMatrix& scores, size_t k);
+  absl::Status UpdateThreshold(const diff::ScoreMatrix& scores, float threshold);
 
   // Update / UpdateFromByteRows that hand the planned copies to `execute`
   // instead of running them (see PlannedUpdate). `execute` runs exactly
@@ -386,6 +395,7 @@ class WeightCache {
   SlotMap map_;
   diff::NeuronMask applied_, requested_, incoming_;
   diff::MaskDiff diff_;
+  diff::ScoreSelector selector_;
   UpdatePlan plan_;
   std::vector<uint32_t> active_scratch_;
   size_t lag_ = 0;

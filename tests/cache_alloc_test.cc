@@ -27,6 +27,8 @@ TEST(WeightCacheAllocationTest, UpdatesAfterReserveDoNotAllocate) {
   const size_t h = 64, i = 3000;
   std::vector<float> gate(h * i, 1.0f), up(h * i, 2.0f), down(h * i, 3.0f);
   std::mt19937_64 rng(90);
+  std::vector<float> scores(2 * i);
+  for (float& s : scores) s = static_cast<float>(rng() % 1000) / 1000.0f;
   // Masks prepared before counting: building them allocates.
   std::vector<diff::NeuronMask> masks;
   for (int step = 0; step < 50; ++step) {
@@ -48,6 +50,13 @@ TEST(WeightCacheAllocationTest, UpdatesAfterReserveDoNotAllocate) {
     for (const diff::NeuronMask& mask : masks) {
       ASSERT_TRUE(cache.Update(mask).ok());
       ASSERT_FALSE(cache.last_update().grew);
+    }
+    // Masks from scores: top-k and threshold select into the cache's own
+    // mask without allocating either.
+    for (size_t k : {size_t{0}, size_t{10}, i / 2, i}) {
+      ASSERT_TRUE(cache.UpdateTopK({scores.data(), 2, i, diff::ScoreType::kFloat32}, k).ok());
+      ASSERT_TRUE(cache.UpdateThreshold({scores.data(), 1, i, diff::ScoreType::kFloat32}, 0.5f)
+                      .ok());
     }
     EXPECT_EQ(sparse_mlp::testing::AllocationCount() - before, 0u) << threads << " threads";
   }

@@ -226,6 +226,32 @@ class WeightCache:
             raise ValueError(f"neuron index {indices[bad]} at position {bad} is out of range")
         self._native.update_indices(np.ascontiguousarray(indices, dtype=np.uint32))
 
+    def _scores(self, scores):
+        """[I] or [tokens, I] float32 / bfloat16 scores as a 2-D view (never a
+        copy: a non-contiguous tensor is refused natively)."""
+        if _is_torch(scores):
+            if scores.device.type != "cpu":
+                raise ValueError(f"scores must be on the CPU, got device {scores.device}")
+            scores = scores.detach()
+        elif not isinstance(scores, np.ndarray):
+            raise TypeError(
+                f"scores must be a torch.Tensor or numpy.ndarray, got {type(scores).__name__}")
+        if scores.ndim not in (1, 2):
+            raise ValueError(f"scores must be [I] or [tokens, I], got shape {tuple(scores.shape)}")
+        return scores.reshape(1, -1) if scores.ndim == 1 else scores
+
+    def update_topk(self, scores, k):
+        """Updates to the ``k`` highest scores (per token for ``[tokens, I]``
+        scores, then the union), selected natively in O(I) per token (no
+        sort, no bool mask in between). Ties go to the lower neuron index;
+        NaN scores raise ValueError; ``k`` in [0, I]."""
+        self._native.update_topk(self._scores(scores), k)
+
+    def update_threshold(self, scores, threshold):
+        """Updates to the neurons whose score is strictly above ``threshold``
+        (the union over tokens for ``[tokens, I]``)."""
+        self._native.update_threshold(self._scores(scores), float(threshold))
+
     def verify(self):
         """Checks every packed row against the sources the cache reads (the
         caller's arrays when borrowed, the cache's copies otherwise) and the

@@ -660,6 +660,66 @@ def torch_mlp(x, gate, up, down, activation="silu", mask=None):
 FORWARD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
+class ScoreMaskTest(unittest.TestCase):
+    """update_topk / update_threshold against torch.topk and a sort with
+    ties to the lower index."""
+
+    def setUp(self):
+        gen = torch.Generator().manual_seed(71)
+        self.i, self.h = 300, 8
+        self.gate, self.up, self.down = random_weights(gen, self.i, self.h, torch.float32)
+        self.cache = WeightCache(torch.zeros(self.i, dtype=torch.bool), self.gate, self.up,
+                                 self.down)
+        self.gen = gen
+
+    def active(self):
+        return set(self.cache.active_indices().tolist())
+
+    def test_topk_matches_torch_topk_and_the_tie_rule(self):
+        for k in (0, 1, 37, 150, self.i):
+            scores = torch.randn(self.i, generator=self.gen)
+            self.cache.update_topk(scores, k)
+            self.assertEqual(self.active(), set(torch.topk(scores, k).indices.tolist()), k)
+            self.cache.verify()
+        # Ties: quantized scores, the lower index first (torch.topk leaves
+        # the order of equal values unspecified, so a stable sort is the
+        # reference).
+        for dtype in (torch.float32, torch.bfloat16):
+            scores = torch.randint(0, 5, (3, self.i), generator=self.gen).to(dtype)
+            self.cache.update_topk(scores, 40)
+            expected = set()
+            for row in scores.float():
+                order = sorted(range(self.i), key=lambda j: (-float(row[j]), j))
+                expected |= set(order[:40])
+            self.assertEqual(self.active(), expected, dtype)
+
+    def test_threshold_and_numpy_scores(self):
+        scores = np.random.default_rng(72).standard_normal((2, self.i)).astype(np.float32)
+        self.cache.update_threshold(scores, 0.5)
+        self.assertEqual(self.active(), set(np.nonzero((scores > 0.5).any(axis=0))[0].tolist()))
+        self.cache.update_threshold(scores[0], 0.5)
+        self.assertEqual(self.active(), set(np.nonzero(scores[0] > 0.5)[0].tolist()))
+
+    def test_bad_scores_are_refused_and_change_nothing(self):
+        self.cache.update_topk(torch.arange(self.i, dtype=torch.float32), 10)
+        before = self.active()
+        scores = torch.randn(self.i, generator=self.gen)
+        with self.assertRaisesRegex(ValueError, f"k = {self.i + 1} exceeds the {self.i} neurons"):
+            self.cache.update_topk(scores, self.i + 1)
+        scores[7] = float("nan")
+        with self.assertRaisesRegex(ValueError, "score of neuron 7 in row 0 is NaN"):
+            self.cache.update_topk(scores, 3)
+        with self.assertRaisesRegex(ValueError, "threshold is NaN"):
+            self.cache.update_threshold(torch.zeros(self.i), float("nan"))
+        with self.assertRaisesRegex(ValueError, "scores have 299 columns"):
+            self.cache.update_topk(torch.zeros(self.i - 1), 1)
+        with self.assertRaisesRegex(TypeError, "scores must be float32 or bfloat16, got float16"):
+            self.cache.update_topk(torch.zeros(self.i, dtype=torch.float16), 1)
+        with self.assertRaisesRegex(ValueError, r"k must be in \[0, "):
+            self.cache.update_topk(torch.zeros(self.i), -1)
+        self.assertEqual(self.active(), before)
+
+
 class ForwardTest(unittest.TestCase):
     """mlp_forward, WeightCache.forward / step and LlamaSkipMLP on the native
     forward, against a float64 torch reference."""
