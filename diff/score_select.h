@@ -11,8 +11,8 @@
 // Scores are float32 or bfloat16. NaN scores are refused (InvalidArgument
 // naming the row and the neuron): a NaN has no place in an order.
 //
-// Complexity: TopK O(T x I) expected (one std::nth_element per row over
-// 64-bit keys, no sort), Threshold O(T x I). Allocation: none once the
+// Complexity: O(T x I) for both (TopK: a radix selection of the k-th
+// score per row, four counting passes, no sort). Allocation: none once the
 // selector is reserved for I scores (the cache reserves its own). Errors
 // (InvalidArgument unless noted): null scores, 0 rows, a row length other
 // than the mask's size, k > I, a NaN score or threshold; *out is unchanged
@@ -49,13 +49,15 @@ class ScoreSelector {
 
   absl::Status TopK(const ScoreMatrix& scores, size_t k, NeuronMask* out);
   // Bytes of scratch held.
-  size_t bytes() const { return (keys_.capacity() + words_.capacity()) * sizeof(uint64_t); }
+  size_t bytes() const {
+    return keys_.capacity() * sizeof(uint32_t) + words_.capacity() * sizeof(uint64_t);
+  }
   absl::Status Threshold(const ScoreMatrix& scores, float threshold, NeuronMask* out);
 
  private:
   absl::Status Validate(const ScoreMatrix& scores, const NeuronMask& out) const;
 
-  std::vector<uint64_t> keys_;   // per neuron: order of its score, then index
+  std::vector<uint32_t> keys_;   // per neuron: its score as an ordered key
   std::vector<uint64_t> words_;  // the mask being built
 };
 
