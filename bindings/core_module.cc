@@ -402,7 +402,7 @@ class PyWeightCache {
                 const py::object& gate, const py::object& up, const py::object& down,
                 const py::object& num_threads_arg, const py::object& tolerance_arg,
                 const std::string& layout, bool copy_sources, bool down_neuron_major,
-                double repack_fraction) {
+                double repack_fraction, bool concat_gate_up) {
     const int64_t hidden_size = IntArg(hidden_size_arg, "hidden_size", 1,
                                        std::numeric_limits<int64_t>::max());
     const int num_threads = NumThreadsArg(num_threads_arg);
@@ -471,6 +471,7 @@ class PyWeightCache {
     options.num_threads = num_threads;
     options.tolerance = static_cast<size_t>(tolerance);
     options.repack_fraction = repack_fraction;
+    options.concat_gate_up = concat_gate_up;
     cache::MlpWeights weights{has_gate ? gate_.data() : nullptr, up_.data(), down_.data()};
     absl::StatusOr<cache::WeightCache> created;
     {
@@ -605,6 +606,13 @@ class PyWeightCache {
     if (!cache_->has_gate()) throw py::value_error("this cache has no gate projection");
     return View([](const cache::WeightCache& c) { return c.gate(); });
   }
+  DLPackView Concatenated() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    absl::StatusOr<cache::MatrixView> view = cache_->concatenated_gate_up();
+    ThrowIfError(view.status());
+    return DLPackView(cache_->RetainStorage(), *view);
+  }
+
   DLPackView Interleaved() const {
     std::lock_guard<std::mutex> lock(mutex_);
     absl::StatusOr<cache::MatrixView> view = cache_->gate_up_interleaved();
@@ -835,13 +843,14 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   py::class_<PyWeightCache>(m, "WeightCache")
       .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&,
                     const py::object&, const py::object&, const py::object&,
-                    const std::string&, bool, bool, double>(),
+                    const std::string&, bool, bool, double, bool>(),
            py::arg("mask"), py::arg("hidden_size"), py::arg("gate"), py::arg("up"),
            py::arg("down"), py::kw_only(), py::arg("num_threads") = 1, py::arg("tolerance") = 0,
            py::arg("layout") = "split", py::arg("copy_sources") = false,
            py::arg("down_neuron_major") = false,
            py::arg("repack_fraction") =
-               sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction)
+               sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
+           py::arg("concat_gate_up") = false)
       .def("update", &PyWeightCache::Update, py::arg("mask"))
       .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)
@@ -861,6 +870,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
         return c.View([](const WeightCache& w) { return w.down_hidden_major(); });
       })
       .def("gate_up_interleaved", &PyWeightCache::Interleaved)
+      .def("concatenated_gate_up", &PyWeightCache::Concatenated)
       .def("copy_concatenated_gate_up", &PyWeightCache::CopyConcatenatedGateUp, py::arg("out"))
       .def("forward", &PyWeightCache::Forward, py::arg("x"), py::arg("out"), py::kw_only(),
            py::arg("activation") = "silu", py::arg("accumulate") = false)

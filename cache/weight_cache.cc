@@ -39,6 +39,9 @@ absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
   }
   if (w.up == nullptr) return absl::InvalidArgumentError("up weight is null");
   if (w.down == nullptr) return absl::InvalidArgumentError("down weight is null");
+  if (o.concat_gate_up && !o.has_gate) {
+    return absl::InvalidArgumentError("concat_gate_up needs a gate projection");
+  }
   if (!o.has_gate && o.layout == PackedLayout::kInterleavedGateUp) {
     return absl::InvalidArgumentError(
         "the interleaved gate/up layout needs a gate projection");
@@ -230,6 +233,7 @@ void WeightCache::ReserveScratch(const diff::NeuronMask& initial_mask) {
   active_scratch_.reserve(num_neurons);
   selector_.Reserve(num_neurons);
   for (auto& buffer : packed_) buffer = std::make_shared<memory::AlignedBuffer>();
+  concat_ = std::make_shared<memory::AlignedBuffer>();
   applied_ = diff::NeuronMask(num_neurons);
   requested_ = diff::NeuronMask(num_neurons);
   incoming_ = initial_mask;
@@ -363,7 +367,23 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
       return s;  // the fresh buffers are dropped; nothing changed yet
     }
   }
+  std::shared_ptr<memory::AlignedBuffer> fresh_concat = concat_;
+  if (options_.concat_gate_up) {
+    const size_t rb = row_bytes();
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(2 * target * rb);
+    if (!buffer.ok()) return buffer.status();
+    fresh_concat = std::make_shared<memory::AlignedBuffer>(*std::move(buffer));
+    // Rows keep their positions: gate [0, A), up [A, 2A).
+    if (active != 0) {
+      if (absl::Status s = gather::ParallelCopy(fresh_concat->data(), concat_->data(),
+                                                2 * active * rb, options_.num_threads);
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
   for (size_t b = 0; b < 3; ++b) packed_[b] = fresh[b];
+  concat_ = fresh_concat;
   capacity_ = target;
   ++version_;
   return absl::OkStatus();
@@ -400,6 +420,7 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
     stats.grew = true;
   }
 
+  const size_t old_active = num_active();
   const size_t rewritten = std::max(diff_.added.size(), diff_.removed.size());
   if (static_cast<double>(rewritten) >=
       options_.repack_fraction * static_cast<double>(new_active)) {
@@ -413,6 +434,7 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
   } else {
     ExecutePlan();
   }
+  if (options_.concat_gate_up) UpdateConcat(old_active, new_active);
 
   std::swap(applied_, incoming_);
   (void)requested_.AssignWords(applied_.words());
@@ -471,6 +493,60 @@ void WeightCache::ExecutePlan() {
     ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error executing a cache update: %s",
                  std::string(s.message()).c_str());
   }
+}
+
+void WeightCache::UpdateConcat(size_t old_active, size_t new_active) {
+  const size_t rb = row_bytes();
+  uint8_t* base = concat_->data();
+  if (base == nullptr) return;  // capacity 0: nothing active, nothing to move
+  gather::RowPart gate_rows{{base, capacity_, rb}, {base, capacity_, rb}, rb};
+  auto run = [&](absl::Span<const gather::RowGatherJob> jobs) {
+    const absl::Status s = gather::GatherRowsBatch(jobs, options_.num_threads, options_.simd);
+    if (!s.ok()) {
+      ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error updating the concatenation: %s",
+                   std::string(s.message()).c_str());
+    }
+  };
+  // Shrinking, the up block moves down over the gate rows of tail slots
+  // that moves still read: those gate moves go first.
+  const bool shrink = new_active < old_active;
+  if (shrink && !plan_.moves.empty()) {
+    const gather::RowGatherJob gate_moves[1] = {{absl::MakeConstSpan(&gate_rows, 1), plan_.moves}};
+    run(gate_moves);
+  }
+  // Rows [A, 2A) to [A', A' + A): overlapping ranges, hence memmove; both
+  // fit the 2 x capacity rows. O(A x H), only when A changes (and not for
+  // a repack, which reloads every row).
+  if (new_active != old_active && old_active != 0 && !plan_.repack) {
+    std::memmove(base + new_active * rb, base + old_active * rb, old_active * rb);
+  }
+  uint8_t* up_base = base + new_active * rb;
+  const size_t up_rows = 2 * capacity_ - new_active;
+  const gather::RowPart load_parts[2] = {
+      {{src_[kGatePart], options_.intermediate_size, src_stride_[kGatePart]},
+       {base, capacity_, rb},
+       rb},
+      {{src_[kUpPart], options_.intermediate_size, src_stride_[kUpPart]},
+       {up_base, up_rows, rb},
+       rb}};
+  // Moves read and write within each half (a moved slot's up row moved
+  // with the block); the gate half is done already when shrinking.
+  const gather::RowPart move_parts[2] = {gate_rows,
+                                         {{up_base, up_rows, rb}, {up_base, up_rows, rb}, rb}};
+  const gather::RowGatherJob jobs[2] = {
+      {load_parts, plan_.loads},
+      {shrink ? absl::MakeConstSpan(move_parts + 1, 1) : absl::MakeConstSpan(move_parts, 2),
+       plan_.moves}};
+  run(jobs);
+}
+
+absl::StatusOr<MatrixView> WeightCache::concatenated_gate_up() const {
+  if (!options_.concat_gate_up) {
+    return absl::FailedPreconditionError(
+        "concatenated_gate_up() needs WeightCacheOptions::concat_gate_up");
+  }
+  const size_t h = options_.hidden_size;
+  return MatrixView{concat_->data(), 2 * num_active(), h, h, 1, options_.dtype};
 }
 
 PlannedUpdate WeightCache::MakePlannedUpdate() const {
@@ -591,20 +667,34 @@ absl::Status WeightCache::Verify() const {
       }
     }
   }
+  if (options_.concat_gate_up && active != 0) {
+    const uint8_t* base = concat_->data();
+    for (size_t s = 0; s < active; ++s) {
+      const uint32_t n = map_.slot_to_neuron[s];
+      if (std::memcmp(base + s * rb, src_[kGatePart] + size_t{n} * src_stride_[kGatePart], rb) !=
+              0 ||
+          std::memcmp(base + (active + s) * rb, src_[kUpPart] + size_t{n} * src_stride_[kUpPart],
+                      rb) != 0) {
+        return absl::DataLossError(absl::StrFormat(
+            "the concatenated [gate; up] rows of slot %u differ from neuron %u's rows", s, n));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
 std::shared_ptr<const void> WeightCache::RetainStorage() const {
   struct Storage {
-    std::shared_ptr<memory::AlignedBuffer> buffers[3];
+    std::shared_ptr<memory::AlignedBuffer> buffers[4];
   };
-  return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2]}});
+  return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2], concat_}});
 }
 
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
   size_t packed = 0;
   for (const auto& buffer : packed_) packed += buffer->size();
+  packed += concat_->size();
   return fused_owned_.size() + down_owned_.size() + packed +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +

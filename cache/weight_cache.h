@@ -140,6 +140,14 @@ struct WeightCacheOptions {
   SimdLevel simd = SimdLevel::kBest;
   size_t tolerance = 0;  // 0 = every update exact; > I: only CatchUp applies
   double repack_fraction = kDefaultRepackFraction;  // in (0, 1]; 1 = only full churn
+  // Also keep the seed API's concatenated [gate; up] ([2A, H]: active gate
+  // rows, then active up rows, in slot order) as a zero-copy view,
+  // concatenated_gate_up(), maintained by every update: O(changed rows)
+  // while A stays the same (a replaced neuron keeps its slot, so its gate
+  // row s and up row A + s are rewritten in place), plus one O(A x H) move
+  // of the up block when A changes. Costs 2 x capacity x H elements and the
+  // gate and up rows written twice per load. Needs a gate.
+  bool concat_gate_up = false;
   memory::Arena* arena = nullptr;  // not owned; must outlive the cache
 };
 
@@ -307,6 +315,14 @@ class WeightCache {
   // kFusedRows); FailedPrecondition with kSplit or without a gate.
   absl::StatusOr<MatrixView> gate_up_interleaved() const;
 
+  // The [2A, H] concatenation kept with options.concat_gate_up: a view
+  // into the cache (contiguous, row stride H), valid like the other views
+  // until the next mutating call. An update that keeps A rewrites its rows
+  // in place (a view taken before shows the new rows); one that changes A
+  // moves the up block (take a new view). FailedPrecondition without the
+  // option.
+  absl::StatusOr<MatrixView> concatenated_gate_up() const;
+
   // Writes the seed API's [2A, H]: all active gate rows, then all active up
   // rows, in slot order. O(A x H) copy with num_threads() threads (split:
   // two contiguous copies; other layouts: two strided ones), no allocation.
@@ -374,6 +390,10 @@ class WeightCache {
   absl::Status ApplyIncoming(bool respect_tolerance, const PlanExecutor* execute = nullptr);
   void ExecutePlan();
   PlannedUpdate MakePlannedUpdate() const;
+  // With concat_gate_up, after a plan from old_active to new_active slots:
+  // moves the up block to row new_active and applies the plan's loads and
+  // moves to the concatenation.
+  void UpdateConcat(size_t old_active, size_t new_active);
 
   WeightCacheOptions options_;
   SlotLayout slots_;
@@ -390,6 +410,9 @@ class WeightCache {
   // unused), shared so that RetainStorage() can keep them alive past a
   // growth.
   std::shared_ptr<memory::AlignedBuffer> packed_[3];
+  // With options_.concat_gate_up: [2 x capacity_, H], gate rows [0, A) and
+  // up rows [A, 2A) for the current A.
+  std::shared_ptr<memory::AlignedBuffer> concat_;
   size_t capacity_ = 0;
 
   SlotMap map_;

@@ -79,6 +79,24 @@ std::string CompareWithReference(const WeightCache& cache, const ReferenceWeight
       return absl::StrFormat("down row of slot %d (neuron %d) differs", s, n);
     }
   }
+  // The seed API's [2A, H] concatenation, when the cache keeps it.
+  if (const absl::StatusOr<MatrixView> concat = cache.concatenated_gate_up(); concat.ok()) {
+    const size_t a = slots.size();
+    if (concat->rows != 2 * a || concat->cols != h || concat->row_stride != h) {
+      return absl::StrFormat("concatenated_gate_up() is [%d, %d] stride %d, expected [%d, %d]",
+                             concat->rows, concat->cols, concat->row_stride, 2 * a, h);
+    }
+    const auto* base = static_cast<const uint8_t*>(concat->data);
+    for (size_t s = 0; s < a; ++s) {
+      const size_t n = slots[s];
+      if (std::memcmp(base + s * rb, &w.gate[n * rb], rb) != 0) {
+        return absl::StrFormat("concatenated gate row %d (neuron %d) differs", s, n);
+      }
+      if (std::memcmp(base + (a + s) * rb, &w.up[n * rb], rb) != 0) {
+        return absl::StrFormat("concatenated up row %d (neuron %d) differs", a + s, n);
+      }
+    }
+  }
   if (const absl::Status verified = cache.Verify(); !verified.ok()) {
     return "Verify() disagrees: " + std::string(verified.message());
   }
@@ -87,10 +105,10 @@ std::string CompareWithReference(const WeightCache& cache, const ReferenceWeight
 
 std::string CacheConfig::Describe() const {
   return absl::StrFormat(
-      "%s %s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d", SimdLevelName(simd),
-      DTypeName(dtype), has_gate, PackedLayoutName(layout),
+      "%s %s gate=%d layout=%s own=%s down=%s threads=%d tolerance=%d concat=%d",
+      SimdLevelName(simd), DTypeName(dtype), has_gate, PackedLayoutName(layout),
       ownership == SourceOwnership::kCopy ? "copy" : "borrow",
-      down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance);
+      down_layout == DownLayout::kHiddenMajor ? "[H,I]" : "[I,H]", threads, tolerance, concat);
 }
 
 WeightCacheOptions CacheConfig::Options(size_t h, size_t i) const {
@@ -105,6 +123,7 @@ WeightCacheOptions CacheConfig::Options(size_t h, size_t i) const {
   options.num_threads = threads;
   options.tolerance = tolerance;
   options.simd = simd;
+  options.concat_gate_up = concat;
   return options;
 }
 

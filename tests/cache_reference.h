@@ -37,8 +37,9 @@ ReferenceWeights RandomReferenceWeights(std::mt19937_64& rng, size_t h, size_t i
                                         size_t elem);
 
 // "" when `cache` holds exactly `mask`'s neurons with their rows from `w`
-// (through gate(), up(), down_rows() and down_hidden_major()) and its own
-// Verify() agrees; otherwise the first difference.
+// (through gate(), up(), down_rows(), down_hidden_major() and, when kept,
+// concatenated_gate_up()) and its own Verify() agrees; otherwise the first
+// difference.
 std::string CompareWithReference(const WeightCache& cache, const ReferenceWeights& w,
                                  const diff::NeuronMask& mask);
 
@@ -52,6 +53,7 @@ struct CacheConfig {
   DownLayout down_layout = DownLayout::kHiddenMajor;
   int threads = 1;
   size_t tolerance = 0;
+  bool concat = false;  // concat_gate_up (needs a gate)
   std::string Describe() const;
   WeightCacheOptions Options(size_t h, size_t i) const;
 };

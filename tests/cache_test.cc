@@ -125,6 +125,7 @@ TEST_P(WeightCacheSequenceTest, MatchesReferenceAfterEveryStep) {
       options.num_threads = config.threads;
       options.tolerance = config.tolerance;
       options.simd = config.simd;
+      options.concat_gate_up = config.concat;
       absl::StatusOr<WeightCache> cache =
           WeightCache::Create(options, w.View(config.has_gate, config.down_layout), mask);
       ASSERT_TRUE(cache.ok()) << cache.status();
@@ -178,10 +179,12 @@ std::vector<Config> AllConfigs() {
             // alternate between the best SIMD level and the portable code.
             const SimdLevel simd = (configs.size() % 3 == 0) ? SimdLevel::kScalar
                                                              : SimdLevel::kBest;
+            // Half the gated configurations also keep the concatenation.
+            const bool concat = has_gate && (configs.size() / 2) % 2 == 0;
             configs.push_back({simd, dtype, has_gate, layout,
                                alt ? SourceOwnership::kBorrow : SourceOwnership::kCopy,
                                alt ? DownLayout::kNeuronMajor : DownLayout::kHiddenMajor,
-                               threads, tolerance});
+                               threads, tolerance, concat});
           }
         }
       }
@@ -698,6 +701,41 @@ TEST_F(WeightCacheErrorTest, ConcatenationPreconditions) {
   EXPECT_EQ(gateless.CopyConcatenatedGateUp(absl::MakeSpan(wrong)).code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(gateless.gate().data, nullptr);
+  // The kept concatenation: only when asked for, and only with a gate.
+  EXPECT_THAT(cache.concatenated_gate_up().status().message(),
+              HasSubstr("needs WeightCacheOptions::concat_gate_up"));
+  options_.concat_gate_up = true;
+  EXPECT_THAT(WeightCache::Create(options_, w_.View(false, DownLayout::kHiddenMajor), mask_)
+                  .status()
+                  .message(),
+              HasSubstr("concat_gate_up needs a gate projection"));
+}
+
+// With A constant (top-k style masks), a view of the concatenation taken
+// before an update shows the new rows: the update rewrote them in place.
+TEST(WeightCacheTest, ConcatenationViewIsLiveWhileTheCountStaysTheSame) {
+  std::mt19937_64 rng(41);
+  const size_t h = 16, i = 64;
+  const testing::ReferenceWeights w = testing::RandomReferenceWeights(rng, h, i, 4);
+  WeightCacheOptions options;
+  options.hidden_size = h;
+  options.intermediate_size = i;
+  options.concat_gate_up = true;
+  diff::NeuronMask mask(i);
+  for (size_t k = 0; k < 20; ++k) mask.Set(k, true);
+  WeightCache cache = *WeightCache::Create(options, w.Gated(), mask);
+  const MatrixView before = *cache.concatenated_gate_up();
+  diff::NeuronMask next = mask;
+  next.Set(3, false);
+  next.Set(40, true);  // one replaced neuron, A stays 20
+  ASSERT_TRUE(cache.Update(next).ok());
+  EXPECT_EQ(cache.last_update().rows_loaded, 1u);
+  const MatrixView after = *cache.concatenated_gate_up();
+  EXPECT_EQ(after.data, before.data);
+  EXPECT_EQ(testing::CompareWithReference(cache, w, next), "");
+  std::vector<uint8_t> copy(2 * 20 * h * 4);
+  ASSERT_TRUE(cache.CopyConcatenatedGateUp(absl::MakeSpan(copy)).ok());
+  EXPECT_EQ(std::memcmp(before.data, copy.data(), copy.size()), 0);
 }
 
 }  // namespace

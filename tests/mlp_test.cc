@@ -518,6 +518,7 @@ TEST(LayerStepTest, SequencesMatchUpdateThenForwardOnEveryLayout) {
         co.layout = layout;
         co.ownership = own;
         co.num_threads = threads;
+        co.concat_gate_up = layout == cache::PackedLayout::kSplit;  // kept by the step too
         diff::NeuronMask mask(i);
         for (uint32_t j : RandomSet(rng, i, 0.3)) mask.Set(j, true);
         cache::WeightCache stepped =

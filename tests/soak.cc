@@ -53,6 +53,7 @@ CacheConfig RandomConfig(std::mt19937_64& rng) {
   c.threads = 1 + static_cast<int>(rng() % 2);
   static constexpr size_t kTolerances[] = {0, 0, 0, 3, 40};
   c.tolerance = kTolerances[rng() % 5];
+  c.concat = c.has_gate && rng() % 2 == 0;
   return c;
 }
 

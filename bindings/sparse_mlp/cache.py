@@ -139,6 +139,12 @@ class WeightCache:
         place (no duplicate of the weights) and must then not be modified
         while the cache lives; the cache holds references to them. down is
         always transposed into the cache unless given neuron-major.
+      concat_gate_up: also keep the seed API's ``[2A, H]`` concatenation
+        (active gate rows, then active up rows) as a zero-copy view,
+        :meth:`concatenated_gate_up`, kept right by every update at O(changed
+        rows) while the active count stays the same (a replaced neuron keeps
+        its slot) plus one O(A x H) move of the up block when it changes.
+        Costs ``2 x capacity x H`` more elements; needs a gate.
       repack_fraction: repack (lay every row out afresh, in order) when at
         least this fraction of the new active set changes; in (0, 1]. The
         default 1.0 repacks only when every slot changes anyway: a repack
@@ -178,7 +184,8 @@ class WeightCache:
 
     def __init__(self, mask, gate_weight, up_weight, down_weight, *, num_threads=1,
                  tolerance=0, layout="split", copy_sources=False,
-                 down_neuron_major=False, repack_fraction=1.0, hidden_size=None):
+                 down_neuron_major=False, repack_fraction=1.0, concat_gate_up=False,
+                 hidden_size=None):
         up = _weight(up_weight, "up_weight")
         if up is None:
             raise TypeError("up_weight is required")
@@ -194,7 +201,8 @@ class WeightCache:
             _mask_array(mask), hidden_size, _weight(gate_weight, "gate_weight"), up,
             _weight(down_weight, "down_weight"), num_threads=num_threads,
             tolerance=tolerance, layout=layout, copy_sources=copy_sources,
-            down_neuron_major=down_neuron_major, repack_fraction=float(repack_fraction))
+            down_neuron_major=down_neuron_major, repack_fraction=float(repack_fraction),
+            concat_gate_up=bool(concat_gate_up))
         if copy_sources:
             self._sources = None
 
@@ -323,6 +331,12 @@ class WeightCache:
         or "fused"; zero-copy; do not write into it)."""
         return self._wrap(self._native.gate_up_interleaved())
 
+    def concatenated_gate_up(self):
+        """``[2A, H]`` kept concatenation (``concat_gate_up=True``; zero-copy,
+        contiguous; do not write into it). After an update that keeps A it
+        shows the new rows; after one that changes A take a new view."""
+        return self._wrap(self._native.concatenated_gate_up())
+
     def concat_gate_up(self):
         """A new ``[2A, H]`` tensor: active gate rows, then active up rows in the
         same neuron order. A copy, O(A x H): prefer the views."""
@@ -380,21 +394,29 @@ class WeightCacheOptimized(WeightCache):
 
     ``WeightCacheOptimized(mask, hidden_size, gate_weight, up_weight,
     down_weight)`` with ``gate/up: [I, H]``, ``down: [H, I]`` and a bool mask
-    of length I. Keyword arguments are those of :class:`WeightCache`.
+    of length I. Keyword arguments are those of :class:`WeightCache`;
+    ``concat_gate_up`` defaults to True here, so that
+    :meth:`get_concat_weight` is a zero-copy view.
     """
 
     def __init__(self, mask, hidden_size, gate_weight, up_weight, down_weight, **kwargs):
         # hidden_size is checked by the native module (an int in range).
+        kwargs.setdefault("concat_gate_up", gate_weight is not None)
         super().__init__(mask, gate_weight, up_weight, down_weight,
                          hidden_size=hidden_size, **kwargs)
+        self._concat = kwargs["concat_gate_up"]
 
     def update_active_weights(self, mask):
         """``mask``: ``[I]``, or ``[tokens, I]`` meaning the union over tokens."""
         self.update(mask)
 
     def get_concat_weight(self):
-        """``[2A, H]``: active gate rows then active up rows (a new tensor)."""
-        return self.concat_gate_up()
+        """``[2A, H]``: active gate rows then active up rows. Zero-copy (a view
+        of the kept concatenation, O(changed rows) per update while A stays
+        the same, one O(A x H) move of the up block when A changes); a new
+        tensor (an O(A x H) copy per call) with ``concat_gate_up=False``.
+        Take it after each update, like the other views."""
+        return self.concatenated_gate_up() if self._concat else self.concat_gate_up()
 
     def get_active_down_weight(self):
         """``[H, A]`` zero-copy view, columns in the same neuron order (do

@@ -48,6 +48,7 @@ void Run(FuzzInput& in) {
       (b >> 1) % 2 ? cache::DownLayout::kNeuronMajor : cache::DownLayout::kHiddenMajor;
   config.threads = 1 + (b >> 2) % 2;
   config.tolerance = (b >> 3) % 8 < 5 ? 0 : (b >> 3) % 8 - 4;
+  config.concat = config.has_gate && (b >> 6) % 2 != 0;
   const size_t h = 1 + in.Below(40), n = 1 + in.Below(300);
   std::mt19937_64 rng(in.U16());
   const cache::testing::ReferenceWeights weights =

@@ -100,6 +100,34 @@ class SeedApiTest(unittest.TestCase):
                 assert_close_in_norm(self, out, dense_masked(x, gate, up, down, active),
                                      TOLERANCE[dtype], where)
 
+    def test_concat_weight_is_zero_copy_while_the_count_stays(self):
+        for dtype in DTYPES:
+            gen = torch.Generator().manual_seed(3)
+            i, h, k = 120, 24, 30
+            gate, up, down = random_weights(gen, i, h, dtype)
+            cache = WeightCacheOptimized(torch.rand(i, generator=gen) < 0.25, h, gate, up, down)
+            cache.update_topk(torch.randn(i, generator=gen), k)
+            first = cache.get_concat_weight()
+            for step in range(12):  # top-k masks: A constant
+                where = f"{dtype} step {step}"
+                cache.update_topk(torch.randn(i, generator=gen), k)
+                concat = cache.get_concat_weight()
+                idx = cache.active_indices()
+                self.assertEqual(concat.data_ptr(), first.data_ptr(), where)  # no copy
+                self.assertTrue(torch.equal(concat, torch.cat([gate[idx], up[idx]])), where)
+                # The view taken before shows the new rows too.
+                self.assertTrue(torch.equal(first, concat), where)
+            # A varying, growth beyond the first capacity, empty and full.
+            for step, k2 in enumerate((10, 90, 0, i, 45)):
+                cache.update_topk(torch.randn(i, generator=gen), k2)
+                idx = cache.active_indices()
+                self.assertTrue(torch.equal(cache.get_concat_weight(),
+                                            torch.cat([gate[idx], up[idx]])), f"{dtype} k={k2}")
+                cache.verify()
+            plain = WeightCacheOptimized(torch.ones(i, dtype=torch.bool), h, gate, up, down,
+                                         concat_gate_up=False)
+            self.assertTrue(torch.equal(plain.get_concat_weight(), torch.cat([gate, up])))
+
     def test_all_true_mask_equals_dense_mlp(self):
         gen = torch.Generator().manual_seed(2)
         gate, up, down = random_weights(gen, 80, 24, torch.float32)
