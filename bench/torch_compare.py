@@ -88,9 +88,14 @@ class Timer:
 
 
 def blas_in_use():
-    lines = [l.strip() for l in torch.__config__.show().splitlines()
-             if "BLAS" in l or "LAPACK" in l]
-    return "; ".join(lines) or "unknown"
+    """The BLAS-related fields of torch's build configuration."""
+    config = torch.__config__.show()
+    fields = [f.strip() for f in config.replace("\n", ",").split(",")]
+    keep = []
+    for key in ("BLAS_INFO=", "LAPACK_INFO=", "USE_MKLDNN=", "USE_OPENMP="):
+        keep += [f[f.index(key):] for f in fields if key in f][:1]
+    return ", ".join(keep) + " (generic: the system libblas, which tools/setup.sh makes " \
+        "OpenBLAS's OpenMP build)" if keep else "unknown"
 
 
 def run_case(args, hidden, inter, dtype, active, gen):

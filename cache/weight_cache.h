@@ -40,11 +40,13 @@
 // gate_up_interleaved() point into the packed buffers without copying. They
 // stay valid until the next non-const call (an update may rewrite rows in
 // place, and growing the capacity moves the buffers). The seed API's
-// concatenated [gate; up] ([2A, H]) cannot be a zero-copy view with O(change)
-// updates (every neuron's up row would shift whenever A changes), so
-// CopyConcatenatedGateUp materializes it at O(A x H) per call; new callers
-// should use PackedLayout::kInterleavedGateUp or kFusedRows, whose [A, 2H]
-// view (gate row, then up row, per neuron) feeds one fused GEMM with no copy.
+// concatenated [gate; up] ([2A, H]) is a zero-copy view only when asked for
+// (options.concat_gate_up keeps a mirror of it, O(changed rows) per update
+// while A stays the same, O(A x H) when A changes); otherwise
+// CopyConcatenatedGateUp materializes it at O(A x H) per call. Callers free
+// to choose should use PackedLayout::kInterleavedGateUp or kFusedRows, whose
+// [A, 2H] view (gate row, then up row, per neuron) feeds one fused GEMM with
+// no copy and no mirror.
 // Views carry their strides (MatrixView::row_stride): contiguous with
 // kSplit, strided by 2H / 3H in the other layouts.
 //
