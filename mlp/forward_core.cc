@@ -28,8 +28,9 @@ constexpr size_t kBlock = kMaxAxpyRows;
 // From this many tokens on, one dot call takes two neurons' rows: each x
 // vector then serves four rows (loads per FMA halve, and x, which no
 // longer fits L1 beyond a few tokens, is swept half as often). At one
-// token a single neuron's two rows read as fewer concurrent streams, which
-// measured faster (docs/performance.md).
+// token a call keeps to one neuron: two concurrent read streams, the
+// pattern the T = 1 measurements favoured (docs/performance.md); four rows
+// at one token were not measured.
 constexpr size_t kPairedNeuronTokens = 2;
 
 // Scratch floats per thread after the partial sums: the block's
