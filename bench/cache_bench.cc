@@ -48,6 +48,7 @@
 #include "absl/types/span.h"
 #include "nlohmann/json.hpp"
 #include "bench/cache_eviction.h"
+#include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
 #include "bench/timing.h"
@@ -99,31 +100,6 @@ memory::AlignedBuffer Buffer(size_t bytes, int fill) {
       memory::HugePageAdvice::kHugePages);
   std::memset(b.data(), fill, b.size());
   return b;
-}
-
-// A random mask with `count` active neurons.
-diff::NeuronMask RandomMask(size_t n, size_t count, std::mt19937_64& rng) {
-  std::vector<uint32_t> all(n);
-  for (size_t i = 0; i < n; ++i) all[i] = static_cast<uint32_t>(i);
-  std::shuffle(all.begin(), all.end(), rng);
-  all.resize(count);
-  std::sort(all.begin(), all.end());
-  return *diff::NeuronMask::FromIndices(n, all);
-}
-
-// `mask` with round(churn x A) active neurons replaced by inactive ones.
-diff::NeuronMask Churn(const diff::NeuronMask& mask, double churn, std::mt19937_64& rng) {
-  std::vector<uint32_t> on, off;
-  for (size_t i = 0; i < mask.size(); ++i) (mask.Test(i) ? on : off).push_back(i);
-  std::shuffle(on.begin(), on.end(), rng);
-  std::shuffle(off.begin(), off.end(), rng);
-  const size_t k = std::min({static_cast<size_t>(churn * on.size() + 0.5), on.size(), off.size()});
-  diff::NeuronMask next = mask;
-  for (size_t j = 0; j < k; ++j) {
-    next.Set(on[j], false);
-    next.Set(off[j], true);
-  }
-  return next;
 }
 
 absl::StatusOr<std::vector<diff::NeuronMask>> ReadReplay(const std::string& path,

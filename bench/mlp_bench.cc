@@ -46,6 +46,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
 #include "bench/read_floor.h"
@@ -238,32 +239,6 @@ class OneDnnMlp {
   dnnl::memory gate_w_, up_w_, down_w_, x_, u_, h_, y_;
   dnnl::matmul up_, gate_, down_;
 };
-
-// ---- masks ---------------------------------------------------------------------
-
-diff::NeuronMask RandomMask(size_t n, size_t count, std::mt19937_64& rng) {
-  std::vector<uint32_t> all(n);
-  for (size_t k = 0; k < n; ++k) all[k] = static_cast<uint32_t>(k);
-  std::shuffle(all.begin(), all.end(), rng);
-  all.resize(count);
-  std::sort(all.begin(), all.end());
-  return *diff::NeuronMask::FromIndices(n, all);
-}
-
-// `mask` with round(churn x A) active neurons swapped for inactive ones.
-diff::NeuronMask Churn(const diff::NeuronMask& mask, double churn, std::mt19937_64& rng) {
-  std::vector<uint32_t> on, off;
-  for (size_t k = 0; k < mask.size(); ++k) (mask.Test(k) ? on : off).push_back(k);
-  std::shuffle(on.begin(), on.end(), rng);
-  std::shuffle(off.begin(), off.end(), rng);
-  const size_t n = std::min({static_cast<size_t>(churn * on.size() + 0.5), on.size(), off.size()});
-  diff::NeuronMask next = mask;
-  for (size_t k = 0; k < n; ++k) {
-    next.Set(on[k], false);
-    next.Set(off[k], true);
-  }
-  return next;
-}
 
 // ---- measurement ---------------------------------------------------------------
 

@@ -778,16 +778,14 @@ void MlpForward(const py::object& x, const py::object& gate, const py::object& u
   const void* gate_data = gate.is_none() ? nullptr : g.data();
   thread_local mlp::Workspace workspace;
   absl::Status status;
+  const size_t h = static_cast<size_t>(hidden), n = static_cast<size_t>(neurons);
+  const mlp::NeuronRows rows{dtype, h, n, gate_data, h, u.data(), h, d.data(), h};
   if (indices.is_none()) {
     if (down_neuron_major) {
-      const mlp::NeuronRows rows{dtype,      static_cast<size_t>(hidden), static_cast<size_t>(neurons),
-                                 gate_data,  static_cast<size_t>(hidden), u.data(),
-                                 static_cast<size_t>(hidden), d.data(), static_cast<size_t>(hidden)};
       py::gil_scoped_release release;
       status = mlp::Forward(rows, t.In(), t.Out(), o, &workspace);
     } else {
-      const mlp::LinearWeights w{dtype, static_cast<size_t>(hidden), static_cast<size_t>(neurons),
-                                 gate_data, u.data(), d.data()};
+      const mlp::LinearWeights w{dtype, h, n, gate_data, u.data(), d.data()};
       py::gil_scoped_release release;
       status = mlp::ForwardLinear(w, t.In(), t.Out(), o, &workspace);
     }
@@ -804,9 +802,6 @@ void MlpForward(const py::object& x, const py::object& gate, const py::object& u
     }
     const absl::Span<const uint32_t> idx(static_cast<const uint32_t*>(index_array.data()),
                                          static_cast<size_t>(index_array.shape(0)));
-    const mlp::NeuronRows rows{dtype,      static_cast<size_t>(hidden), static_cast<size_t>(neurons),
-                               gate_data,  static_cast<size_t>(hidden), u.data(),
-                               static_cast<size_t>(hidden), d.data(), static_cast<size_t>(hidden)};
     py::gil_scoped_release release;
     status = mlp::ForwardIndexed(rows, idx, t.In(), t.Out(), o, &workspace);
   }

@@ -10,6 +10,7 @@
 #include "gather/stream_copy.h"
 #include "memory/size_math.h"
 #include "mlp/float16.h"
+#include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
 #include "platform/store_fence.h"
 #include "platform/threads.h"
@@ -46,13 +47,13 @@ size_t AlignUp64(size_t n) { return (n + 63) / 64 * 64; }
 float Load(const void* p, DType dtype, size_t i) {
   switch (dtype) {
     case DType::kBFloat16:
-      return BFloat16ToFloat(static_cast<const uint16_t*>(p)[i]);
+      return internal::Elem<DType::kBFloat16>(p, i);
     case DType::kFloat16:
-      return Float16ToFloat(static_cast<const uint16_t*>(p)[i]);
+      return internal::Elem<DType::kFloat16>(p, i);
     case DType::kFloat32:
       break;
   }
-  return static_cast<const float*>(p)[i];
+  return internal::Elem<DType::kFloat32>(p, i);
 }
 
 void Store(void* p, DType dtype, size_t i, float v) {
@@ -191,36 +192,26 @@ int ThreadsFor(size_t weight_bytes, int requested) {
 
 absl::Status WorkspaceAccess::Grow(Workspace* w, size_t per_thread_bytes, int threads,
                                    size_t vector_bytes, size_t hidden_bytes) {
+  const size_t per_thread = std::max(per_thread_bytes, w->per_thread_bytes_);
   absl::StatusOr<size_t> partial_bytes =
-      memory::CheckedMul(per_thread_bytes, static_cast<size_t>(threads));
+      memory::CheckedMul(per_thread, static_cast<size_t>(threads));
   if (!partial_bytes.ok()) return partial_bytes.status();
-  const bool grow_partials =
-      per_thread_bytes > w->per_thread_bytes_ || *partial_bytes > w->partials_.size();
+  // *out = a buffer of `bytes` when `current` is smaller (else left empty).
+  auto bigger = [](size_t bytes, const memory::AlignedBuffer& current,
+                   memory::AlignedBuffer* out) -> absl::Status {
+    if (bytes <= current.size()) return absl::OkStatus();
+    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(bytes);
+    if (!b.ok()) return b.status();
+    *out = *std::move(b);
+    return absl::OkStatus();
+  };
   memory::AlignedBuffer partials, vectors, hidden;
-  if (grow_partials) {
-    const size_t per = std::max(per_thread_bytes, w->per_thread_bytes_);
-    absl::StatusOr<size_t> total = memory::CheckedMul(per, static_cast<size_t>(threads));
-    if (!total.ok()) return total.status();
-    absl::StatusOr<memory::AlignedBuffer> b =
-        memory::AlignedBuffer::Allocate(std::max(*total, w->partials_.size()));
-    if (!b.ok()) return b.status();
-    partials = *std::move(b);
-  }
-  if (vector_bytes > w->vectors_.size()) {
-    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(vector_bytes);
-    if (!b.ok()) return b.status();
-    vectors = *std::move(b);
-  }
-  if (hidden_bytes > w->hidden_.size()) {
-    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(hidden_bytes);
-    if (!b.ok()) return b.status();
-    hidden = *std::move(b);
-  }
+  if (absl::Status s = bigger(*partial_bytes, w->partials_, &partials); !s.ok()) return s;
+  if (absl::Status s = bigger(vector_bytes, w->vectors_, &vectors); !s.ok()) return s;
+  if (absl::Status s = bigger(hidden_bytes, w->hidden_, &hidden); !s.ok()) return s;
   // Every allocation succeeded: commit.
-  if (grow_partials) {
-    w->per_thread_bytes_ = std::max(per_thread_bytes, w->per_thread_bytes_);
-    w->partials_ = std::move(partials);
-  }
+  w->per_thread_bytes_ = per_thread;
+  if (partials.size() != 0) w->partials_ = std::move(partials);
   if (vectors.size() != 0) w->vectors_ = std::move(vectors);
   if (hidden.size() != 0) w->hidden_ = std::move(hidden);
   return absl::OkStatus();
@@ -341,7 +332,7 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
     float* partial = reinterpret_cast<float*>(partials + tid * per_thread);
     for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
       const size_t tc = std::min(kTokenChunk, x.tokens - t0);
-      const size_t width = k.paired_y ? internal::PaddedWidth(hidden) : hidden;
+      const size_t width = k.bf16_dot ? internal::PaddedWidth(hidden) : hidden;
       float* coef = partial + tc * width;
       float* dots = coef + kBlock * tc;
       const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;  // neurons per dot call
@@ -392,7 +383,7 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
       }
       if (store) FinishStreamingStores();
 #pragma omp barrier
-      Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, width, k.paired_y);
+      Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, width, k.bf16_dot);
 #pragma omp barrier
     }
   }

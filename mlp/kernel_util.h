@@ -9,9 +9,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "cache/dtype.h"
 #include "mlp/float16.h"
+#include "mlp/kernels.h"
 
 namespace sparse_mlp::mlp::internal {
 
@@ -26,6 +28,31 @@ inline float Elem(const void* p, size_t i) {
   }
 }
 
+// A level's kernel table (the flags default to off).
+inline Kernels MakeKernels(DotFn dot, DotFn dot_f32, AxpyFn axpy, SimdLevel level) {
+  Kernels k;
+  k.dot = dot;
+  k.dot_f32 = dot_f32;
+  k.axpy = axpy;
+  k.level = level;
+  return k;
+}
+
+// make(std::integral_constant<DType, D>{}) for D == dtype: the one switch
+// from a runtime weight type to the per-type kernels of every level.
+template <typename Make>
+Kernels ForDType(cache::DType dtype, Make make) {
+  switch (dtype) {
+    case cache::DType::kBFloat16:
+      return make(std::integral_constant<cache::DType, cache::DType::kBFloat16>{});
+    case cache::DType::kFloat16:
+      return make(std::integral_constant<cache::DType, cache::DType::kFloat16>{});
+    case cache::DType::kFloat32:
+      break;
+  }
+  return make(std::integral_constant<cache::DType, cache::DType::kFloat32>{});
+}
+
 }  // namespace sparse_mlp::mlp::internal
 
 // Before every loop over a compile-time count of tokens or rows: -O2 does
@@ -34,112 +61,72 @@ inline float Elem(const void* p, size_t i) {
 // the T = 1 axpy ran at 0.65x the read floor that way).
 #define SPARSE_MLP_UNROLL _Pragma("GCC unroll 16")
 
-// Runs CALL(TB, t) for token blocks [t, t + TB) of [0, tokens), TB = 4
-// except the last (1 to 4): with up to 4 rows, 16 accumulators.
-#define SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, CALL) \
-  SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, 4, CALL)
+// `case k: CALL(k, arg); break;` for k = 1..4 and 5..8: the one list every
+// dispatch below expands.
+#define SPARSE_MLP_CASES_1_TO_4(CALL, arg) \
+  case 1:                                  \
+    CALL(1, arg);                          \
+    break;                                 \
+  case 2:                                  \
+    CALL(2, arg);                          \
+    break;                                 \
+  case 3:                                  \
+    CALL(3, arg);                          \
+    break;                                 \
+  case 4:                                  \
+    CALL(4, arg);                          \
+    break;
+#define SPARSE_MLP_CASES_5_TO_8(CALL, arg) \
+  case 5:                                  \
+    CALL(5, arg);                          \
+    break;                                 \
+  case 6:                                  \
+    CALL(6, arg);                          \
+    break;                                 \
+  case 7:                                  \
+    CALL(7, arg);                          \
+    break;                                 \
+  case 8:                                  \
+    CALL(8, arg);                          \
+    break;
 
-// The same with blocks of at most `max_tb` (1 to 4) tokens.
-#define SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, max_tb, CALL)  \
-  for (size_t t_ = 0; t_ < (tokens); t_ += (max_tb)) {        \
-    switch ((tokens) - t_ < (max_tb) ? (tokens) - t_ : (max_tb)) { \
-      case 1:                                                 \
-        CALL(1, t_);                                          \
-        break;                                                \
-      case 2:                                                 \
-        CALL(2, t_);                                          \
-        break;                                                \
-      case 3:                                                 \
-        CALL(3, t_);                                          \
-        break;                                                \
-      default:                                                \
-        CALL(4, t_);                                          \
-        break;                                                \
-    }                                                         \
+// Runs CALL(TB, t) for token blocks [t, t + TB) of [0, tokens): TB =
+// max_tb (at most 4, or 8 with the _8 form) except for the last block. With
+// up to 4 rows, blocks of 4 tokens are 16 accumulators.
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, max_tb, CALL)          \
+  for (size_t t_ = 0; t_ < (tokens); t_ += (max_tb)) {                \
+    switch ((tokens) - t_ < (max_tb) ? (tokens) - t_ : (max_tb)) {    \
+      SPARSE_MLP_CASES_1_TO_4(CALL, t_)                               \
+      default:                                                        \
+        break;                                                        \
+    }                                                                 \
+  }
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS(tokens, CALL) SPARSE_MLP_FOR_TOKEN_BLOCKS_OF(tokens, 4, CALL)
+#define SPARSE_MLP_FOR_TOKEN_BLOCKS_8(tokens, CALL)              \
+  for (size_t t_ = 0; t_ < (tokens); t_ += 8) {                  \
+    switch ((tokens) - t_ < 8 ? (tokens) - t_ : 8) {             \
+      SPARSE_MLP_CASES_1_TO_4(CALL, t_)                          \
+      SPARSE_MLP_CASES_5_TO_8(CALL, t_)                          \
+      default:                                                   \
+        break;                                                   \
+    }                                                            \
   }
 
-// Runs CALL(TB, t) for token blocks of up to 8 tokens (kernels that keep
-// one accumulator pair per token).
-#define SPARSE_MLP_FOR_TOKEN_BLOCKS_8(tokens, CALL)        \
-  for (size_t t_ = 0; t_ < (tokens); t_ += 8) {            \
-    switch ((tokens) - t_ < 8 ? (tokens) - t_ : 8) {       \
-      case 1:                                              \
-        CALL(1, t_);                                       \
-        break;                                             \
-      case 2:                                              \
-        CALL(2, t_);                                       \
-        break;                                             \
-      case 3:                                              \
-        CALL(3, t_);                                       \
-        break;                                             \
-      case 4:                                              \
-        CALL(4, t_);                                       \
-        break;                                             \
-      case 5:                                              \
-        CALL(5, t_);                                       \
-        break;                                             \
-      case 6:                                              \
-        CALL(6, t_);                                       \
-        break;                                             \
-      case 7:                                              \
-        CALL(7, t_);                                       \
-        break;                                             \
-      default:                                             \
-        CALL(8, t_);                                       \
-        break;                                             \
-    }                                                      \
+// Runs CALL(N) for the compile-time N == n: n in [0, kMaxDotRows] for dot
+// rows, [0, 8] for axpy rows (0: no call).
+#define SPARSE_MLP_CALL_WITH(N, CALL) CALL(N)
+#define SPARSE_MLP_FOR_DOT_ROWS(n, CALL)                 \
+  switch (n) {                                           \
+    SPARSE_MLP_CASES_1_TO_4(SPARSE_MLP_CALL_WITH, CALL) \
+    default:                                             \
+      break;                                             \
   }
-
-// Runs CALL(R) for the compile-time R == n, n in [1, kMaxDotRows] (0: no
-// call).
-#define SPARSE_MLP_FOR_DOT_ROWS(n, CALL) \
-  switch (n) {                           \
-    case 0:                              \
-      break;                             \
-    case 1:                              \
-      CALL(1);                           \
-      break;                             \
-    case 2:                              \
-      CALL(2);                           \
-      break;                             \
-    case 3:                              \
-      CALL(3);                           \
-      break;                             \
-    default:                             \
-      CALL(4);                           \
-      break;                             \
-  }
-
-// Runs CALL(N) for the compile-time N == n, n in [1, 8] (0: no
-// call).
-#define SPARSE_MLP_FOR_ROW_COUNT(n, CALL) \
-  switch (n) {                            \
-    case 0:                               \
-      break;                              \
-    case 1:                               \
-      CALL(1);                            \
-      break;                              \
-    case 2:                               \
-      CALL(2);                            \
-      break;                              \
-    case 3:                               \
-      CALL(3);                            \
-      break;                              \
-    case 4:                               \
-      CALL(4);                            \
-      break;                              \
-    case 5:                               \
-      CALL(5);                            \
-      break;                              \
-    case 6:                               \
-      CALL(6);                            \
-      break;                              \
-    case 7:                               \
-      CALL(7);                            \
-      break;                              \
-    default:                              \
-      CALL(8);                            \
-      break;                              \
+#define SPARSE_MLP_FOR_ROW_COUNT(n, CALL)                \
+  switch (n) {                                           \
+    SPARSE_MLP_CASES_1_TO_4(SPARSE_MLP_CALL_WITH, CALL) \
+    SPARSE_MLP_CASES_5_TO_8(SPARSE_MLP_CALL_WITH, CALL) \
+    default:                                             \
+      break;                                             \
   }
 
 #endif  // SPARSE_MLP_MLP_KERNEL_UTIL_H_

@@ -6,7 +6,7 @@
 //         for all tokens (token blocks of 4 re-read them from L1);
 //   axpy: for tokens t, y_t += sum_{j < n} coef[j x tokens + t] x row_j
 //         (n <= kMaxAxpyRows rows, y in float32, in the kernel's column
-//         order: Kernels::paired_y).
+//         order: Kernels::bf16_dot).
 // Weights are float32, bfloat16 or float16, converted to float32 exactly
 // (bfloat16 and float16 embed in float32); products accumulate in float32.
 // Vectors v are float32, or bfloat16 in dot2 of bfloat16 weights (the
@@ -44,14 +44,14 @@ struct Kernels {
   DotFn dot_f32 = nullptr;  // v float32 whatever the weights
   AxpyFn axpy = nullptr;
   SimdLevel level = SimdLevel::kScalar;  // the level that runs
-  bool bf16_dot = false;                 // dot uses vdpbf16ps
-  // axpy multiplies pairs of bfloat16 rows with vdpbf16ps: it reads the
-  // coefficients as bfloat16 (callers round them first) and keeps y rows in
-  // pair order, PaddedWidth(len) floats whose column c is at YIndex(c).
-  // Why: interleaving two rows' elements (one unpack per 32 weights) feeds
-  // vdpbf16ps, one instruction per 32 multiply-adds, where widening to
-  // float32 takes a load-convert, a shift and an FMA per 16.
-  bool paired_y = false;
+  // bfloat16 weights with vdpbf16ps: dot multiplies bfloat16 pairs, and
+  // axpy multiplies pairs of rows, reading the coefficients as bfloat16
+  // (callers round them first) and keeping y rows in pair order,
+  // PaddedWidth(len) floats whose column c is at YIndex(c). Why: one unpack
+  // per 32 weights interleaves two rows' elements for vdpbf16ps (32
+  // multiply-adds per instruction), where widening to float32 takes a
+  // load-convert, a shift and an FMA per 16.
+  bool bf16_dot = false;
 };
 
 // Columns of a y row in pair order (a multiple of 32).

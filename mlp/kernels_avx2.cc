@@ -133,28 +133,14 @@ SPARSE_MLP_AVX2 void Axpy(const void* const* rows, size_t n, const float* coef,
   }
 }
 
-template <DType W>
-Kernels Make() {
-  Kernels k;
-  k.dot = Dot<W, VectorDType(W)>;
-  k.dot_f32 = Dot<W, DType::kFloat32>;
-  k.axpy = Axpy<W>;
-  k.level = SimdLevel::kAvx2;
-  return k;
-}
-
 }  // namespace
 
 Kernels Avx2Kernels(DType dtype) {
-  switch (dtype) {
-    case DType::kBFloat16:
-      return Make<DType::kBFloat16>();
-    case DType::kFloat16:
-      return Make<DType::kFloat16>();
-    case DType::kFloat32:
-      break;
-  }
-  return Make<DType::kFloat32>();
+  return ForDType(dtype, [](auto w) {
+    constexpr DType W = decltype(w)::value;
+    return MakeKernels(Dot<W, VectorDType(W)>, Dot<W, DType::kFloat32>, Axpy<W>,
+                       SimdLevel::kAvx2);
+  });
 }
 
 }  // namespace sparse_mlp::mlp::internal

@@ -265,7 +265,7 @@ SPARSE_MLP_AVX512 void Axpy(const void* const* rows, size_t n, const float* coef
   }
 }
 
-// bfloat16 rows in pairs with vdpbf16ps (Kernels::paired_y): the two rows'
+// bfloat16 rows in pairs with vdpbf16ps (Kernels::bf16_dot): the two rows'
 // elements interleaved by one unpack per 32 columns meet (h_j, h_j+1)
 // coefficient pairs, two multiply-adds per 32-bit lane. For each 32-column
 // block the sums of up to 8 tokens stay in registers while all row pairs
@@ -330,34 +330,20 @@ SPARSE_MLP_AVX512_BF16 void AxpyBf16Pairs(const void* const* rows, size_t n, con
   }
 }
 
-template <DType W>
-Kernels Make(bool bf16_dot) {
-  Kernels k;
-  k.dot = Dot<W, VectorDType(W)>;
-  k.dot_f32 = Dot<W, DType::kFloat32>;
-  k.axpy = Axpy<W>;
-  k.level = SimdLevel::kAvx512;
-  if (W == DType::kBFloat16 && bf16_dot) {
-    k.dot = DotBf16;
-    k.bf16_dot = true;
-    k.axpy = AxpyBf16Pairs;
-    k.paired_y = true;
-  }
-  return k;
-}
-
 }  // namespace
 
 Kernels Avx512Kernels(DType dtype, bool bf16_dot) {
-  switch (dtype) {
-    case DType::kBFloat16:
-      return Make<DType::kBFloat16>(bf16_dot);
-    case DType::kFloat16:
-      return Make<DType::kFloat16>(bf16_dot);
-    case DType::kFloat32:
-      break;
-  }
-  return Make<DType::kFloat32>(bf16_dot);
+  return ForDType(dtype, [bf16_dot](auto w) {
+    constexpr DType W = decltype(w)::value;
+    Kernels k = MakeKernels(Dot<W, VectorDType(W)>, Dot<W, DType::kFloat32>, Axpy<W>,
+                            SimdLevel::kAvx512);
+    if (W == DType::kBFloat16 && bf16_dot) {
+      k.dot = DotBf16;
+      k.bf16_dot = true;
+      k.axpy = AxpyBf16Pairs;
+    }
+    return k;
+  });
 }
 
 }  // namespace sparse_mlp::mlp::internal
