@@ -54,7 +54,6 @@ absl::Status Validate(ConstRowsView src, RowsView dst, size_t row_bytes,
 // Rows ahead of the one being copied whose pages are touched (see below).
 constexpr size_t kPageTouchAhead = 2;
 constexpr size_t kPageBytes = 4096;
-constexpr size_t kMaxParts = 16;
 
 // How far the source prefetch of streaming gathers runs ahead of the copy
 // (internal::ReadAhead, stream_copy.h): one line per line copied, across row
@@ -97,7 +96,7 @@ struct BatchLayout {
     size_t copy_bytes;  // the parts' row bytes summed
     size_t begin;       // byte offset of the group in the batch
   };
-  Group groups[kMaxParts];
+  Group groups[kMaxBatchJobs];
   size_t num_groups = 0;
   size_t total = 0;
 };
@@ -233,11 +232,9 @@ void SplitOverThreads(size_t total, int num_threads, const CopyRangeFn& copy_ran
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads, SimdLevel level) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
-  size_t num_parts = 0;
-  for (const RowGatherJob& job : jobs) num_parts += job.parts.size();
-  if (num_parts > kMaxParts) {
+  if (jobs.size() > kMaxBatchJobs) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "a batch holds at most %u parts, got %u", kMaxParts, num_parts));
+        "a batch holds at most %u jobs, got %u", kMaxBatchJobs, jobs.size()));
   }
   BatchLayout layout;
   for (size_t j = 0; j < jobs.size(); ++j) {

@@ -70,12 +70,16 @@ struct RowGatherJob {
   absl::Span<const RowCopy> copies;
 };
 
+// The most jobs one batch takes (its bookkeeping lives on the stack).
+inline constexpr size_t kMaxBatchJobs = 256;
+
 // Runs several jobs as one: the bytes of all jobs are split evenly over the
 // threads, so a cache update that loads rows of three matrices and moves
-// rows inside them pays for one OpenMP region, not six. Jobs are copied in
+// rows inside them pays for one OpenMP region, not six, and so do the
+// updates of many caches at once (cache/model_cache.h). Jobs are copied in
 // order, each as described above. Every part is validated (as in
 // GatherRows; the message names the job and the part) before anything is
-// written; at most 16 parts in all.
+// written; more than kMaxBatchJobs jobs is InvalidArgument.
 absl::Status GatherRowsBatch(absl::Span<const RowGatherJob> jobs,
                              int num_threads,
                              SimdLevel level = SimdLevel::kBest);

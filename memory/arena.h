@@ -21,11 +21,18 @@
 // (default 64 bytes, one cache line) and its size is rounded up to one, so
 // regions never share a cache line and so never false-share between threads.
 //
+// Growth (opt-in): an Arena created with growth_bytes > 0 answers a request
+// that no free extent holds by reserving one more block of
+// max(growth_bytes, request) bytes (same alignment and huge-page advice), so
+// a pool sized for the expected case stays a few large allocations when one
+// user needs more. Extents never merge across blocks (each block is its own
+// mapping). Blocks are kept until the Arena is destroyed.
+//
 // Failure mode: Allocate never throws and never returns a partial region. A
-// request that overflows when rounded up, or that no free extent can hold,
-// returns an absl::Status naming the request and what is free; the Arena is
-// unchanged. There is no fallback to the heap: callers that want one choose
-// it themselves (see cache/).
+// request that overflows when rounded up, or that no free extent can hold
+// (with growth: nor a new block), returns an absl::Status naming the
+// request and what is free; the Arena is unchanged. There is no fallback to
+// the heap beyond the Arena's own blocks.
 //
 // Lifetime: the Arena must outlive every buffer carved from it; destroying an
 // Arena with live buffers is a programming error and aborts with a message.
@@ -38,6 +45,7 @@
 #define SPARSE_MLP_MEMORY_ARENA_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 
@@ -51,37 +59,51 @@ namespace sparse_mlp::memory {
 class Arena {
  public:
   // Reserves `capacity` bytes (rounded up to `alignment`). capacity == 0
-  // gives an Arena that can only satisfy zero-size requests. Errors as in
+  // gives an Arena that can only satisfy zero-size requests (or grows at the
+  // first one). growth_bytes: 0 = fixed size; else the least size of a block
+  // added when a request does not fit (see "Growth"). Errors as in
   // AlignedBuffer::Allocate.
   static absl::StatusOr<std::unique_ptr<Arena>> Create(
       size_t capacity, size_t alignment = kCacheLineBytes,
-      HugePageAdvice advice = HugePageAdvice::kNone);
+      HugePageAdvice advice = HugePageAdvice::kNone, size_t growth_bytes = 0);
 
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
   ~Arena();
 
   // A region of `size` bytes, aligned to alignment(). size == 0 gives an
-  // empty buffer and consumes nothing. Errors: OutOfRange when rounding
-  // overflows, ResourceExhausted when no free extent is large enough (the
-  // message gives the request, the free total and the largest extent).
+  // empty buffer and consumes nothing. O(free extents) (+ one block
+  // allocation when growing). Errors: OutOfRange when rounding overflows,
+  // ResourceExhausted when no free extent is large enough and the Arena
+  // cannot grow (the message gives the request, the free total and the
+  // largest extent), or when growing fails.
   absl::StatusOr<AlignedBuffer> Allocate(size_t size) ABSL_LOCKS_EXCLUDED(mu_);
 
-  size_t capacity() const { return block_.size(); }
-  size_t alignment() const { return block_.alignment(); }
+  // Bytes of all blocks.
+  size_t capacity() const ABSL_LOCKS_EXCLUDED(mu_);
+  size_t alignment() const { return alignment_; }
+  size_t growth_bytes() const { return growth_bytes_; }
+  size_t num_blocks() const ABSL_LOCKS_EXCLUDED(mu_);
   size_t bytes_in_use() const ABSL_LOCKS_EXCLUDED(mu_);
   size_t largest_free_extent() const ABSL_LOCKS_EXCLUDED(mu_);
   size_t live_regions() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class AlignedBuffer;
-  explicit Arena(AlignedBuffer block);
+  Arena(size_t alignment, HugePageAdvice advice, size_t growth_bytes);
+  absl::Status AddBlockLocked(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Release(const uint8_t* data, size_t size) ABSL_LOCKS_EXCLUDED(mu_);
   size_t LargestFreeExtentLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  AlignedBuffer block_;
+  const size_t alignment_;
+  const HugePageAdvice advice_;
+  const size_t growth_bytes_;
   mutable absl::Mutex mu_;
-  std::map<size_t, size_t> free_extents_ ABSL_GUARDED_BY(mu_);  // offset->size
+  // Blocks by start address (the value's data()), so a released region
+  // finds its block, and merges stop at block ends.
+  std::map<uintptr_t, AlignedBuffer> blocks_ ABSL_GUARDED_BY(mu_);
+  std::map<uintptr_t, size_t> free_extents_ ABSL_GUARDED_BY(mu_);  // address->size
+  size_t capacity_ ABSL_GUARDED_BY(mu_) = 0;
   size_t bytes_in_use_ ABSL_GUARDED_BY(mu_) = 0;
   size_t live_regions_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -364,6 +364,51 @@ TEST(GatherRowsErrorTest, BatchNamesTheFailingJobAndWritesNothing) {
   EXPECT_EQ(dst, std::vector<uint8_t>(32, 7));
 }
 
+TEST(GatherRowsErrorTest, BatchOfTooManyJobsIsRefusedAndWritesNothing) {
+  std::vector<uint8_t> src(4 * 8, 1), dst(4 * 8, 7);
+  const std::vector<RowCopy> copies = {{0, 0}};
+  const RowPart part{{src.data(), 4, 8}, {dst.data(), 4, 8}, 8};
+  const std::vector<RowGatherJob> jobs(kMaxBatchJobs + 1, {{&part, 1}, copies});
+  const absl::Status s = GatherRowsBatch(jobs, 2);
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("at most 256 jobs, got 257"));
+  EXPECT_EQ(dst, std::vector<uint8_t>(32, 7));
+}
+
+// kMaxBatchJobs jobs of different matrices (the updates of many caches):
+// the same bytes as the jobs one by one, on any thread count.
+TEST(GatherRowsBatchTest, ManyJobsMatchSequentialJobs) {
+  std::mt19937_64 rng(2026120201);
+  constexpr size_t kRows = 40, kRowBytes = 200;
+  std::vector<std::vector<uint8_t>> src(kMaxBatchJobs), expected(kMaxBatchJobs),
+      got(kMaxBatchJobs);
+  std::vector<std::vector<RowCopy>> copies(kMaxBatchJobs);
+  std::vector<RowPart> parts(kMaxBatchJobs);
+  std::vector<RowGatherJob> jobs(kMaxBatchJobs);
+  for (int threads : {1, 2, 5}) {
+    for (size_t j = 0; j < kMaxBatchJobs; ++j) {
+      src[j].resize(kRows * kRowBytes);
+      for (uint8_t& b : src[j]) b = static_cast<uint8_t>(rng());
+      expected[j].assign(kRows * kRowBytes, 0);
+      got[j].assign(kRows * kRowBytes, 0);
+      std::vector<uint32_t> order(kRows);
+      for (size_t r = 0; r < kRows; ++r) order[r] = static_cast<uint32_t>(r);
+      std::shuffle(order.begin(), order.end(), rng);
+      copies[j].clear();
+      for (size_t k = 0; k < rng() % kRows; ++k) copies[j].push_back({order[k], static_cast<uint32_t>(k)});
+      ASSERT_TRUE(GatherRows({src[j].data(), kRows, kRowBytes}, {expected[j].data(), kRows, kRowBytes},
+                             kRowBytes, copies[j], 1)
+                      .ok());
+      parts[j] = {{src[j].data(), kRows, kRowBytes}, {got[j].data(), kRows, kRowBytes}, kRowBytes};
+      jobs[j] = {{&parts[j], 1}, copies[j]};
+    }
+    ASSERT_TRUE(GatherRowsBatch(jobs, threads).ok());
+    for (size_t j = 0; j < kMaxBatchJobs; ++j) {
+      ASSERT_EQ(got[j], expected[j]) << "threads " << threads << ", job " << j;
+    }
+  }
+}
+
 TEST(GatherRowsErrorTest, SourceRowOutOfRange) {
   std::vector<uint8_t> src(4 * 8), dst(4 * 8, 7);
   const std::vector<RowCopy> copies = {{0, 0}, {4, 1}};

@@ -241,6 +241,63 @@ TEST(ArenaTest, RandomizedAllocateReleaseNeverOverlaps) {
   EXPECT_EQ(arena->largest_free_extent(), kCapacity);
 }
 
+TEST(ArenaTest, GrowingArenaAddsBlocksOnlyWhenNothingFits) {
+  std::unique_ptr<Arena> arena =
+      *Arena::Create(1024, 64, HugePageAdvice::kNone, /*growth_bytes=*/4096);
+  EXPECT_EQ(arena->num_blocks(), 1u);
+  AlignedBuffer a = *arena->Allocate(1024);
+  EXPECT_EQ(arena->num_blocks(), 1u);
+  // Nothing free: one block of growth_bytes.
+  AlignedBuffer b = *arena->Allocate(100);
+  EXPECT_EQ(arena->num_blocks(), 2u);
+  EXPECT_EQ(arena->capacity(), 1024u + 4096u);
+  // Fits the second block's rest: no third block.
+  AlignedBuffer c = *arena->Allocate(2000);
+  EXPECT_EQ(arena->num_blocks(), 2u);
+  // Larger than growth_bytes: a block of the request's size.
+  AlignedBuffer d = *arena->Allocate(10000);
+  EXPECT_EQ(arena->num_blocks(), 3u);
+  EXPECT_EQ(arena->capacity(), 1024u + 4096u + 10048u);
+  std::memset(a.data(), 1, a.size());
+  std::memset(b.data(), 2, b.size());
+  std::memset(c.data(), 3, c.size());
+  std::memset(d.data(), 4, d.size());
+  EXPECT_EQ(a.data()[1023], 1);
+  EXPECT_EQ(b.data()[99], 2);
+  EXPECT_EQ(c.data()[1999], 3);
+  a.Reset();
+  b.Reset();
+  c.Reset();
+  d.Reset();
+  // Freed extents merge within their block, never across blocks.
+  EXPECT_EQ(arena->largest_free_extent(), 10048u);
+  EXPECT_EQ(arena->bytes_in_use(), 0u);
+  AlignedBuffer e = *arena->Allocate(4096);
+  EXPECT_EQ(arena->num_blocks(), 3u);
+}
+
+TEST(ArenaTest, FixedArenaDoesNotGrow) {
+  std::unique_ptr<Arena> arena = *Arena::Create(1024);
+  EXPECT_EQ(arena->growth_bytes(), 0u);
+  AlignedBuffer a = *arena->Allocate(1024);
+  EXPECT_EQ(arena->Allocate(64).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(arena->num_blocks(), 1u);
+  EXPECT_EQ(arena->capacity(), 1024u);
+}
+
+TEST(ArenaTest, GrowingFromZeroCapacity) {
+  std::unique_ptr<Arena> arena = *Arena::Create(0, 64, HugePageAdvice::kNone, 256);
+  EXPECT_EQ(arena->num_blocks(), 0u);
+  AlignedBuffer a = *arena->Allocate(10);
+  EXPECT_EQ(arena->num_blocks(), 1u);
+  EXPECT_EQ(arena->capacity(), 256u);
+}
+
+TEST(ArenaTest, BadAlignmentIsRefusedAtCreate) {
+  EXPECT_EQ(Arena::Create(0, 3).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Arena::Create(1024, 48).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ArenaDeathTest, DestroyingWithLiveRegionsAborts) {
   EXPECT_DEATH(
       {
