@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/base/internal/raw_logging.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_format.h"
 #include "gather/parallel_copy.h"
 #include "gather/row_gather.h"
@@ -80,6 +81,9 @@ absl::Status ConcurrentMutationError(const char* method) {
 
 }  // namespace
 
+static_assert(WeightCache::kMaxBatchCaches * 2 <= gather::kMaxBatchJobs,
+              "UpdateMany's jobs must fit one gather batch");
+
 // Holds the mutation flag for one mutating call, if no other call holds it.
 class WeightCache::MutationScope {
  public:
@@ -149,17 +153,19 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   cache.slots_ = MakeSlotLayout(options.layout, options.has_gate, *rb);
   if (absl::Status s = cache.PrepareSources(weights); !s.ok()) return s;
   cache.ReserveScratch(initial_mask);
-  // First packing, with a quarter of headroom over the first mask before
-  // the first growth.
+  // First packing: options.initial_capacity slots when they hold the first
+  // mask, else a quarter of headroom over it before the first growth.
   const size_t initial_active = initial_mask.CountActive(options.simd);
-  if (absl::Status s = cache.Reserve(std::min(options.intermediate_size,
-                                              initial_active + initial_active / 4));
-      !s.ok()) {
+  const size_t reserve = options.initial_capacity >= initial_active
+                             ? options.initial_capacity
+                             : initial_active + initial_active / 4;
+  if (absl::Status s = cache.Reserve(std::min(options.intermediate_size, reserve)); !s.ok()) {
     return s;
   }
   if (absl::Status s = cache.ApplyIncoming(/*respect_tolerance=*/false); !s.ok()) {
     return s;
   }
+  cache.totals_ = UpdateTotals();  // the first packing is not an update
   return cache;
 }
 
@@ -389,8 +395,7 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   return absl::OkStatus();
 }
 
-absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
-                                        const PlanExecutor* execute) {
+absl::Status WeightCache::BeginApply(bool respect_tolerance, PendingUpdate* pending) {
   // The diff itself is the change count (an unchanged mask costs one XOR +
   // popcount pass inside it and extracts nothing).
   diff::DiffOptions diff_options;
@@ -398,58 +403,82 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
   diff_options.simd = options_.simd;
   // Sizes match (checked by every caller), so this cannot fail.
   (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
-  UpdateStats stats;
+  *pending = PendingUpdate();
+  UpdateStats& stats = pending->stats;
   stats.changed_neurons = diff_.added.size() + diff_.removed.size();
   if (stats.changed_neurons == 0 ||
       (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
     stats.skipped = stats.changed_neurons != 0;
-    if (execute != nullptr) {
-      plan_.Clear();  // nothing to copy: the executor sees the current set
-      (*execute)(MakePlannedUpdate());
-    }
-    std::swap(requested_, incoming_);
-    lag_ = stats.changed_neurons;
-    last_update_ = stats;
     return absl::OkStatus();
   }
-
-  const size_t new_active =
-      num_active() + diff_.added.size() - diff_.removed.size();
-  if (new_active > capacity_) {
-    if (absl::Status s = Grow(new_active); !s.ok()) return s;
+  pending->apply = true;
+  pending->old_active = num_active();
+  pending->new_active = num_active() + diff_.added.size() - diff_.removed.size();
+  if (pending->new_active > capacity_) {
+    if (absl::Status s = Grow(pending->new_active); !s.ok()) return s;
     stats.grew = true;
   }
+  return absl::OkStatus();
+}
 
-  const size_t old_active = num_active();
+void WeightCache::PlanApply(const PendingUpdate& pending) {
   const size_t rewritten = std::max(diff_.added.size(), diff_.removed.size());
   if (static_cast<double>(rewritten) >=
-      options_.repack_fraction * static_cast<double>(new_active)) {
+      options_.repack_fraction * static_cast<double>(pending.new_active)) {
     incoming_.ToIndices(&active_scratch_, options_.simd);
     PlanRepack(active_scratch_, &map_, &plan_);
   } else {
     PlanDifferentialUpdate(diff_.added, diff_.removed, &map_, &plan_);
   }
+}
+
+void WeightCache::FinishApply(PendingUpdate pending) {
+  UpdateStats& stats = pending.stats;
+  if (!pending.apply) {
+    std::swap(requested_, incoming_);
+    lag_ = stats.changed_neurons;
+  } else {
+    if (options_.concat_gate_up) UpdateConcat(pending.old_active, pending.new_active);
+    std::swap(applied_, incoming_);
+    (void)requested_.AssignWords(applied_.words());
+    lag_ = 0;
+    ++version_;
+    stats.rows_loaded = plan_.loads.size();
+    stats.rows_moved = plan_.moves.size();
+    stats.repacked = plan_.repack;
+    const size_t matrices = options_.has_gate ? 3 : 2;
+    stats.bytes_copied = (stats.rows_loaded + stats.rows_moved) * row_bytes() * matrices;
+  }
+  last_update_ = stats;
+  ++totals_.updates;
+  totals_.skipped += stats.skipped ? 1 : 0;
+  totals_.changed_neurons += stats.changed_neurons;
+  totals_.rows_loaded += stats.rows_loaded;
+  totals_.rows_moved += stats.rows_moved;
+  totals_.bytes_copied += stats.bytes_copied;
+  totals_.repacks += stats.repacked ? 1 : 0;
+  totals_.growths += stats.grew ? 1 : 0;
+}
+
+absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
+                                        const PlanExecutor* execute) {
+  PendingUpdate pending;
+  if (absl::Status s = BeginApply(respect_tolerance, &pending); !s.ok()) return s;
+  if (pending.apply) {
+    PlanApply(pending);
+  } else {
+    plan_.Clear();  // nothing to copy: an executor sees the current set
+  }
   if (execute != nullptr) {
     (*execute)(MakePlannedUpdate());
-  } else {
+  } else if (pending.apply) {
     ExecutePlan();
   }
-  if (options_.concat_gate_up) UpdateConcat(old_active, new_active);
-
-  std::swap(applied_, incoming_);
-  (void)requested_.AssignWords(applied_.words());
-  lag_ = 0;
-  ++version_;
-  stats.rows_loaded = plan_.loads.size();
-  stats.rows_moved = plan_.moves.size();
-  stats.repacked = plan_.repack;
-  const size_t matrices = options_.has_gate ? 3 : 2;
-  stats.bytes_copied = (stats.rows_loaded + stats.rows_moved) * row_bytes() * matrices;
-  last_update_ = stats;
+  FinishApply(pending);
   return absl::OkStatus();
 }
 
-void WeightCache::ExecutePlan() {
+void WeightCache::AppendPlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const {
   const size_t rb = row_bytes();
   // Loads: one job, the parts of each loaded neuron in slot order, so a
   // neuron's rows are read back to back (one run of a fused source row).
@@ -457,7 +486,7 @@ void WeightCache::ExecutePlan() {
   // are one part of the summed length (the layout says so, nothing is
   // probed): kFusedRows loads a neuron as one piece, kInterleavedGateUp its
   // gate and up as one.
-  gather::RowPart load_parts[3];
+  gather::RowPart* load_parts = parts;
   size_t num_load_parts = 0;
   int last = -1;
   for (int p = kGatePart; p <= kDownPart; ++p) {
@@ -475,7 +504,7 @@ void WeightCache::ExecutePlan() {
     last = p;
   }
   // Moves: whole slots of each packed buffer, one job.
-  gather::RowPart move_parts[3];
+  gather::RowPart* move_parts = parts + num_load_parts;
   size_t num_move_parts = 0;
   for (size_t b = 0; b < 3; ++b) {
     if (slots_.slot_bytes[b] == 0) continue;
@@ -483,16 +512,96 @@ void WeightCache::ExecutePlan() {
                                     {packed_[b]->data(), capacity_, slots_.slot_bytes[b]},
                                     slots_.slot_bytes[b]};
   }
-  const gather::RowGatherJob jobs[2] = {
-      {absl::MakeConstSpan(load_parts, num_load_parts), plan_.loads},
-      {absl::MakeConstSpan(move_parts, num_move_parts), plan_.moves}};
-  const absl::Status s = gather::GatherRowsBatch(jobs, options_.num_threads, options_.simd);
+  jobs[0] = {absl::MakeConstSpan(load_parts, num_load_parts), plan_.loads};
+  jobs[1] = {absl::MakeConstSpan(move_parts, num_move_parts), plan_.moves};
+}
+
+void WeightCache::ExecutePlan() {
+  gather::RowPart parts[kMaxPlanParts];
+  gather::RowGatherJob jobs[kPlanJobs];
+  AppendPlanJobs(parts, jobs);
+  RunPlanJobs(jobs, options_.num_threads, options_.simd);
+}
+
+void WeightCache::RunPlanJobs(absl::Span<const gather::RowGatherJob> jobs, int num_threads,
+                              SimdLevel simd) {
+  const absl::Status s = gather::GatherRowsBatch(jobs, num_threads, simd);
   if (!s.ok()) {
-    // The plan indexes only valid neurons and slots below capacity_; a
+    // The plans index only valid neurons and slots below capacity; a
     // failure here is a bug in the planner, not a caller error.
     ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error executing a cache update: %s",
                  std::string(s.message()).c_str());
   }
+}
+
+absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int num_threads,
+                                     SimdLevel simd) {
+  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
+  if (updates.size() > kMaxBatchCaches) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "a batch updates at most %u caches, got %u", kMaxBatchCaches, updates.size()));
+  }
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const CacheUpdate& u = updates[i];
+    if (u.cache == nullptr || u.mask == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("update %u has a null %s", i, u.cache == nullptr ? "cache" : "mask"));
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (updates[j].cache == u.cache) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "updates %u and %u name the same cache; a batch updates a cache once", j, i));
+      }
+    }
+    const size_t neurons = u.cache->options_.intermediate_size;
+    if (u.mask->size() != neurons) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("update %u: mask has %u neurons, the cache has intermediate_size %u",
+                          i, u.mask->size(), neurons));
+    }
+  }
+  // Every cache's flag, or none (released on every return).
+  struct HeldFlags {
+    absl::InlinedVector<MutationFlag*, kInlineBatchCaches> flags;
+    ~HeldFlags() {
+      for (MutationFlag* f : flags) f->Release();
+    }
+  } held;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    if (!updates[i].cache->mutation_.TryAcquire()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "WeightCache::UpdateMany: the cache of update %u is being mutated by another "
+          "call; WeightCache is thread-compatible: serialize mutating calls on one object",
+          i));
+    }
+    held.flags.push_back(&updates[i].cache->mutation_);
+  }
+  // Phase 1, every cache: diff and capacity. A growth failure returns here,
+  // before any cache's map or rows change.
+  absl::InlinedVector<PendingUpdate, kInlineBatchCaches> pending(updates.size());
+  for (size_t i = 0; i < updates.size(); ++i) {
+    WeightCache& cache = *updates[i].cache;
+    (void)cache.incoming_.AssignWords(updates[i].mask->words());  // sizes match
+    if (absl::Status s = cache.BeginApply(/*respect_tolerance=*/true, &pending[i]); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("update %u: %s", i, s.message()));
+    }
+  }
+  // Phase 2: the plans, and all their copies as one batch (one parallel
+  // region, bytes split evenly over the threads whatever the layers' churn).
+  absl::InlinedVector<gather::RowPart, kMaxPlanParts * kInlineBatchCaches> parts(
+      updates.size() * kMaxPlanParts);
+  absl::InlinedVector<gather::RowGatherJob, kPlanJobs * kInlineBatchCaches> jobs;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    if (!pending[i].apply) continue;
+    WeightCache& cache = *updates[i].cache;
+    cache.PlanApply(pending[i]);
+    gather::RowGatherJob cache_jobs[kPlanJobs];
+    cache.AppendPlanJobs(&parts[i * kMaxPlanParts], cache_jobs);
+    jobs.insert(jobs.end(), cache_jobs, cache_jobs + kPlanJobs);
+  }
+  if (!jobs.empty()) RunPlanJobs(jobs, num_threads, simd);
+  for (size_t i = 0; i < updates.size(); ++i) updates[i].cache->FinishApply(pending[i]);
+  return absl::OkStatus();
 }
 
 void WeightCache::UpdateConcat(size_t old_active, size_t new_active) {
@@ -690,12 +799,15 @@ std::shared_ptr<const void> WeightCache::RetainStorage() const {
   return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2], concat_}});
 }
 
+size_t WeightCache::packed_bytes() const {
+  size_t packed = concat_->size();
+  for (const auto& buffer : packed_) packed += buffer->size();
+  return packed;
+}
+
 size_t WeightCache::memory_bytes() const {
   auto vector_bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
-  size_t packed = 0;
-  for (const auto& buffer : packed_) packed += buffer->size();
-  packed += concat_->size();
-  return fused_owned_.size() + down_owned_.size() + packed +
+  return fused_owned_.size() + down_owned_.size() + packed_bytes() +
          3 * applied_.words().size() * sizeof(uint64_t) +
          vector_bytes(map_.slot_to_neuron) + vector_bytes(map_.neuron_to_slot) +
          vector_bytes(diff_.added) + vector_bytes(diff_.removed) +

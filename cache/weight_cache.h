@@ -90,6 +90,11 @@
 #include "platform/enum_names.h"
 #include "platform/simd_level.h"
 
+namespace sparse_mlp::gather {
+struct RowPart;
+struct RowGatherJob;
+}  // namespace sparse_mlp::gather
+
 namespace sparse_mlp::cache {
 
 enum class PackedLayout {
@@ -151,6 +156,9 @@ struct WeightCacheOptions {
   // gate and up rows written twice per load. Needs a gate.
   bool concat_gate_up = false;
   memory::Arena* arena = nullptr;  // not owned; must outlive the cache
+  // Slots reserved by Create (capped at I) when at least the initial mask's
+  // count; otherwise Create reserves that count plus a quarter.
+  size_t initial_capacity = 0;
 };
 
 // Row-major weight arrays of options.dtype, contiguous. gate may be null
@@ -210,6 +218,30 @@ struct PlannedUpdate {
 // row of the plan. It must not call the cache.
 using PlanExecutor = absl::FunctionRef<void(const PlannedUpdate&)>;
 
+// What all updates since Create did (sums of UpdateStats; Create's first
+// packing does not count; every update call does, skipped or not,
+// including those of UpdateMany and of the layer step, which goes through
+// UpdateWith).
+struct UpdateTotals {
+  uint64_t updates = 0;
+  uint64_t skipped = 0;          // below the tolerance
+  uint64_t changed_neurons = 0;  // sum of |added| + |removed|
+  uint64_t rows_loaded = 0;      // per matrix
+  uint64_t rows_moved = 0;       // per matrix
+  uint64_t bytes_copied = 0;     // over all matrices
+  uint64_t repacks = 0;
+  uint64_t growths = 0;
+};
+
+class WeightCache;
+
+// One cache's part of WeightCache::UpdateMany: the cache and the mask it
+// is to match (neither owned; both must outlive the call).
+struct CacheUpdate {
+  WeightCache* cache = nullptr;
+  const diff::NeuronMask* mask = nullptr;
+};
+
 class WeightCache {
  public:
   // Validates, copies / transposes the sources and packs initial_mask.
@@ -260,6 +292,26 @@ class WeightCache {
   absl::Status UpdateFromByteRowsWith(absl::Span<const uint8_t> matrix, size_t rows,
                                       PlanExecutor execute);
 
+  // The most caches one UpdateMany takes.
+  static constexpr size_t kMaxBatchCaches = 128;
+
+  // Updates several caches, each to its mask exactly as Update would
+  // (tolerance included), with the copies of all of them in one parallel
+  // batch of num_threads OpenMP threads at `simd` (bytes split evenly over
+  // the team, whatever each cache's share): one thread wake-up instead of
+  // one per cache, and no thread idles on a cache with few changes. The
+  // caches' own num_threads serve only their diffs and capacity growth.
+  // O(sum of the updates' costs); allocates only beyond 32 caches (and for
+  // capacity growth). Errors, each returned before any cache's rows, maps
+  // or masks change: num_threads outside [1, kMaxThreads], more than
+  // kMaxBatchCaches updates, a null cache or mask, one cache named twice, a
+  // mask size that is not its cache's I (InvalidArgument, naming the update
+  // by position), a cache another call is mutating (FailedPrecondition), a
+  // capacity growth failing (ResourceExhausted; caches grown before it keep
+  // their larger capacity, nothing else changes).
+  static absl::Status UpdateMany(absl::Span<const CacheUpdate> updates, int num_threads,
+                                 SimdLevel simd = SimdLevel::kBest);
+
   // Applies the last requested mask exactly, ignoring the tolerance.
   absl::Status CatchUp();
 
@@ -304,6 +356,7 @@ class WeightCache {
   // Neurons by which applied_mask() differs from requested_mask().
   size_t lag() const { return lag_; }
   const UpdateStats& last_update() const { return last_update_; }
+  const UpdateTotals& totals() const { return totals_; }
   // Incremented by every update that rewrote rows or moved the buffers.
   uint64_t version() const { return version_; }
 
@@ -335,6 +388,8 @@ class WeightCache {
   // Bytes the cache holds: owned source copies, packed buffers (at
   // capacity), masks and index maps.
   size_t memory_bytes() const;
+  // Of which the packed buffers (and the concatenation mirror), at capacity.
+  size_t packed_bytes() const;
 
   // Shared ownership of the packed buffers the views point into right now.
   // For language bindings whose views may outlive the cache or a growth of
@@ -387,9 +442,31 @@ class WeightCache {
 
   absl::StatusOr<memory::AlignedBuffer> Allocate(size_t bytes) const;
   absl::Status Grow(size_t min_capacity);
+  // An update in three phases, so that UpdateMany can run the copies of
+  // many caches between them. BeginApply diffs incoming_ (validated)
+  // against the applied mask, decides whether to apply it and grows the
+  // capacity (its only failure); PlanApply plans (map_ and plan_ change);
+  // FinishApply, after the plan's copies ran, commits masks and stats.
+  struct PendingUpdate {
+    UpdateStats stats;
+    bool apply = false;  // false: unchanged or below the tolerance
+    size_t old_active = 0;
+    size_t new_active = 0;
+  };
+  absl::Status BeginApply(bool respect_tolerance, PendingUpdate* pending);
+  void PlanApply(const PendingUpdate& pending);
+  void FinishApply(PendingUpdate pending);
   // Applies incoming_ (already validated); the copies through `execute`
   // when given, else ExecutePlan.
   absl::Status ApplyIncoming(bool respect_tolerance, const PlanExecutor* execute = nullptr);
+  // The plan's copies as kPlanJobs gather jobs (loads, moves) over at most
+  // kMaxPlanParts parts, written to parts[] and jobs[].
+  static constexpr size_t kPlanJobs = 2;
+  static constexpr size_t kMaxPlanParts = 6;
+  static constexpr size_t kInlineBatchCaches = 32;
+  void AppendPlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const;
+  static void RunPlanJobs(absl::Span<const gather::RowGatherJob> jobs, int num_threads,
+                          SimdLevel simd);
   void ExecutePlan();
   PlannedUpdate MakePlannedUpdate() const;
   // With concat_gate_up, after a plan from old_active to new_active slots:
@@ -426,6 +503,7 @@ class WeightCache {
   size_t lag_ = 0;
   uint64_t version_ = 0;
   UpdateStats last_update_;
+  UpdateTotals totals_;
   MutationFlag mutation_;
 };
 

@@ -2,9 +2,11 @@
 // without a single call to operator new (counted by replacing it in this
 // test binary). Separate from cache_test so the replacement affects nothing
 // else.
+#include <memory>
 #include <random>
 #include <vector>
 
+#include "cache/model_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
@@ -60,6 +62,41 @@ TEST(WeightCacheAllocationTest, UpdatesAfterReserveDoNotAllocate) {
     }
     EXPECT_EQ(sparse_mlp::testing::AllocationCount() - before, 0u) << threads << " threads";
   }
+}
+
+// A model's layers (ModelCache) updated one by one and 28 at a time: no
+// allocation once every layer's capacity holds its masks.
+TEST(ModelCacheAllocationTest, UpdatesAndBatchesWithinCapacityDoNotAllocate) {
+  constexpr size_t kLayers = 28, kH = 32, kI = 1000;
+  std::vector<float> weights(3 * kH * kI, 1.5f);
+  std::vector<MlpWeights> layers(kLayers, {weights.data(), weights.data() + kH * kI,
+                                           weights.data() + 2 * kH * kI});
+  std::mt19937_64 rng(91);
+  std::vector<diff::NeuronMask> masks;
+  for (int step = 0; step < 4 * static_cast<int>(kLayers); ++step) {
+    diff::NeuronMask mask(kI);
+    for (size_t k = 0; k < kI; ++k) mask.Set(k, rng() % 100 < 40);
+    masks.push_back(std::move(mask));
+  }
+  ModelCacheOptions options;
+  options.num_layers = kLayers;
+  options.hidden_size = kH;
+  options.intermediate_size = kI;
+  options.num_threads = 2;
+  options.expected_active_fraction = 0.6;  // every mask fits
+  std::unique_ptr<ModelCache> model = *ModelCache::Create(options, layers);
+  std::vector<LayerMask> batch(kLayers);
+  ASSERT_TRUE(model->Update(0, masks[0]).ok());  // warms the OpenMP team
+  const size_t before = sparse_mlp::testing::AllocationCount();
+  for (size_t round = 0; round < 4; ++round) {
+    for (size_t l = 0; l < kLayers; ++l) {
+      ASSERT_TRUE(model->Update(l, masks[round * kLayers + (l + 1) % kLayers]).ok());
+      batch[l] = {l, &masks[round * kLayers + l]};
+    }
+    ASSERT_TRUE(model->UpdateMany(batch).ok());
+  }
+  EXPECT_EQ(sparse_mlp::testing::AllocationCount() - before, 0u);
+  EXPECT_EQ(model->totals().growths, 0u);
 }
 
 }  // namespace
