@@ -576,29 +576,45 @@ absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int 
     }
     held.flags.push_back(&updates[i].cache->mutation_);
   }
-  // Phase 1, every cache: diff and capacity. A growth failure returns here,
-  // before any cache's map or rows change.
-  absl::InlinedVector<PendingUpdate, kInlineBatchCaches> pending(updates.size());
-  for (size_t i = 0; i < updates.size(); ++i) {
+  // Each cache's diff, growth and plan are its own (the arena is
+  // thread-safe), so the threads share them out, cache by cache; nested
+  // regions inside (a diff's or growth's own threads) run on one thread.
+  const size_t n = updates.size();
+  auto for_each_cache = [&](auto&& fn) {
+    if (num_threads <= 1 || n <= 1) {
+      for (size_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
+    for (long i = 0; i < static_cast<long>(n); ++i) fn(static_cast<size_t>(i));
+  };
+  // Phase 1: diffs and capacity. A growth failure returns here, before any
+  // cache's map or rows change.
+  absl::InlinedVector<PendingUpdate, kInlineBatchCaches> pending(n);
+  absl::InlinedVector<absl::Status, kInlineBatchCaches> status(n);
+  for_each_cache([&](size_t i) {
     WeightCache& cache = *updates[i].cache;
     (void)cache.incoming_.AssignWords(updates[i].mask->words());  // sizes match
-    if (absl::Status s = cache.BeginApply(/*respect_tolerance=*/true, &pending[i]); !s.ok()) {
-      return absl::Status(s.code(), absl::StrFormat("update %u: %s", i, s.message()));
+    status[i] = cache.BeginApply(/*respect_tolerance=*/true, &pending[i]);
+  });
+  for (size_t i = 0; i < n; ++i) {
+    if (!status[i].ok()) {
+      return absl::Status(status[i].code(),
+                          absl::StrFormat("update %u: %s", i, status[i].message()));
     }
   }
-  // Phase 2: the plans, and all their copies as one batch (one parallel
-  // region, bytes split evenly over the threads whatever the layers' churn).
+  // Phase 2: the plans, then all their copies as one batch (one parallel
+  // region, bytes split evenly over the threads whatever each cache's
+  // churn).
   absl::InlinedVector<gather::RowPart, kMaxPlanParts * kInlineBatchCaches> parts(
-      updates.size() * kMaxPlanParts);
-  absl::InlinedVector<gather::RowGatherJob, kPlanJobs * kInlineBatchCaches> jobs;
-  for (size_t i = 0; i < updates.size(); ++i) {
-    if (!pending[i].apply) continue;
+      n * kMaxPlanParts);
+  absl::InlinedVector<gather::RowGatherJob, kPlanJobs * kInlineBatchCaches> jobs(n * kPlanJobs);
+  for_each_cache([&](size_t i) {
+    if (!pending[i].apply) return;
     WeightCache& cache = *updates[i].cache;
     cache.PlanApply(pending[i]);
-    gather::RowGatherJob cache_jobs[kPlanJobs];
-    cache.AppendPlanJobs(&parts[i * kMaxPlanParts], cache_jobs);
-    jobs.insert(jobs.end(), cache_jobs, cache_jobs + kPlanJobs);
-  }
+    cache.AppendPlanJobs(&parts[i * kMaxPlanParts], &jobs[i * kPlanJobs]);
+  });
   if (!jobs.empty()) RunPlanJobs(jobs, num_threads, simd);
   for (size_t i = 0; i < updates.size(); ++i) updates[i].cache->FinishApply(pending[i]);
   return absl::OkStatus();
