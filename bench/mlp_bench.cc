@@ -49,6 +49,7 @@
 #include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
+#include "bench/synthetic_weights.h"
 #include "bench/read_floor.h"
 #include "bench/timing.h"
 #include "cache/weight_cache.h"
@@ -85,30 +86,6 @@ namespace {
 
 using cache::DType;
 
-memory::AlignedBuffer Buffer(size_t bytes) {
-  return *memory::AlignedBuffer::Allocate(std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
-                                          memory::HugePageAdvice::kHugePages);
-}
-
-// Small pseudo-random values in `dtype` (a cheap generator: the weights are
-// hundreds of MB).
-memory::AlignedBuffer RandomValues(size_t n, DType dtype, float scale, uint64_t seed) {
-  memory::AlignedBuffer b = Buffer(n * cache::DTypeSize(dtype));
-  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t k = 0; k < n; ++k) {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    const float v = scale * (static_cast<float>(s >> 40) / 8388608.0f - 1.0f);
-    if (dtype == DType::kFloat32) {
-      reinterpret_cast<float*>(b.data())[k] = v;
-    } else {
-      reinterpret_cast<uint16_t*>(b.data())[k] =
-          dtype == DType::kBFloat16 ? mlp::FloatToBFloat16(v) : mlp::FloatToFloat16(v);
-    }
-  }
-  return b;
-}
 
 // A layer's weights: gate, up [I, H]; down [H, I] and its transpose.
 struct Layer {

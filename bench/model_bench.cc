@@ -50,6 +50,7 @@
 #include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
+#include "bench/synthetic_weights.h"
 #include "bench/timing.h"
 #include "cache/model_cache.h"
 #include "cache/weight_cache.h"
@@ -90,37 +91,6 @@ void Check(const absl::Status& s, const char* what) {
   }
 }
 
-memory::AlignedBuffer Buffer(size_t bytes) {
-  return *memory::AlignedBuffer::Allocate(std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
-                                          memory::HugePageAdvice::kHugePages);
-}
-
-// Small pseudo-random values (|v| <= scale) in `dtype`, filled in parallel
-// (the stack is gigabytes).
-memory::AlignedBuffer RandomValues(size_t n, DType dtype, float scale, uint64_t seed,
-                                   int threads) {
-  memory::AlignedBuffer b = Buffer(n * cache::DTypeSize(dtype));
-  constexpr size_t kBlock = size_t{1} << 16;
-  const long blocks = static_cast<long>((n + kBlock - 1) / kBlock);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (long blk = 0; blk < blocks; ++blk) {
-    uint64_t s = (seed * 1000003 + static_cast<uint64_t>(blk)) * 0x9E3779B97F4A7C15ull + 1;
-    const size_t end = std::min(n, (static_cast<size_t>(blk) + 1) * kBlock);
-    for (size_t k = static_cast<size_t>(blk) * kBlock; k < end; ++k) {
-      s ^= s << 13;
-      s ^= s >> 7;
-      s ^= s << 17;
-      const float v = scale * (static_cast<float>(s >> 40) / 8388608.0f - 1.0f);
-      if (dtype == DType::kFloat32) {
-        reinterpret_cast<float*>(b.data())[k] = v;
-      } else {
-        reinterpret_cast<uint16_t*>(b.data())[k] =
-            dtype == DType::kBFloat16 ? mlp::FloatToBFloat16(v) : mlp::FloatToFloat16(v);
-      }
-    }
-  }
-  return b;
-}
 
 // One layer's weights: gate, up [I, H]; down [H, I] and neuron-major.
 struct Layer {

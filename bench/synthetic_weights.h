@@ -1,0 +1,53 @@
+// Buffers and synthetic weights for the forward and model benchmarks.
+#ifndef SPARSE_MLP_BENCH_SYNTHETIC_WEIGHTS_H_
+#define SPARSE_MLP_BENCH_SYNTHETIC_WEIGHTS_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "cache/dtype.h"
+#include "memory/aligned_buffer.h"
+#include "mlp/float16.h"
+
+namespace sparse_mlp::bench {
+
+// A huge-page advised buffer of at least 64 bytes (aborts if the system
+// refuses: a benchmark cannot go on without it).
+inline memory::AlignedBuffer Buffer(size_t bytes) {
+  return *memory::AlignedBuffer::Allocate(std::max<size_t>(bytes, 64), memory::kCacheLineBytes,
+                                          memory::HugePageAdvice::kHugePages);
+}
+
+// n pseudo-random values in [-scale, scale] of `dtype` (xorshift per 64 Ki
+// block, so the same seed gives the same values on any thread count),
+// filled on `threads` threads: a model's weights are gigabytes.
+inline memory::AlignedBuffer RandomValues(size_t n, cache::DType dtype, float scale,
+                                          uint64_t seed, int threads = 1) {
+  memory::AlignedBuffer b = Buffer(n * cache::DTypeSize(dtype));
+  constexpr size_t kBlock = size_t{1} << 16;
+  const long blocks = static_cast<long>((n + kBlock - 1) / kBlock);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long blk = 0; blk < blocks; ++blk) {
+    uint64_t s = (seed * 1000003 + static_cast<uint64_t>(blk)) * 0x9E3779B97F4A7C15ull + 1;
+    const size_t end = std::min(n, (static_cast<size_t>(blk) + 1) * kBlock);
+    for (size_t k = static_cast<size_t>(blk) * kBlock; k < end; ++k) {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      const float v = scale * (static_cast<float>(s >> 40) / 8388608.0f - 1.0f);
+      if (dtype == cache::DType::kFloat32) {
+        reinterpret_cast<float*>(b.data())[k] = v;
+      } else {
+        reinterpret_cast<uint16_t*>(b.data())[k] = dtype == cache::DType::kBFloat16
+                                                       ? mlp::FloatToBFloat16(v)
+                                                       : mlp::FloatToFloat16(v);
+      }
+    }
+  }
+  return b;
+}
+
+}  // namespace sparse_mlp::bench
+
+#endif  // SPARSE_MLP_BENCH_SYNTHETIC_WEIGHTS_H_
