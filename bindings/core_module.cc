@@ -37,6 +37,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -47,6 +48,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "cache/model_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
@@ -396,6 +398,79 @@ TokenArgs ImportTokens(const py::object& x, const py::object& out, size_t hidden
   return a;
 }
 
+// One layer's weights, imported without copies and checked against each
+// other: gate (optional) and up [I, H], down [H, I] or, neuron-major, [I, H].
+struct ImportedMlp {
+  ImportedTensor gate, up, down;
+  DType dtype = DType::kFloat32;
+  int64_t neurons = 0;
+  bool has_gate = false;
+  cache::MlpWeights Weights() const {
+    return {has_gate ? gate.data() : nullptr, up.data(), down.data()};
+  }
+};
+
+// `prefix` names the layer in messages of a model ("layer 3: "), or is empty.
+ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::object& down,
+                      int64_t hidden_size, bool down_neuron_major, const std::string& prefix) {
+  ImportedMlp m;
+  m.has_gate = !gate.is_none();
+  m.up = ImportMatrix(up, "up_weight");
+  m.dtype = m.up.dtype();
+  m.neurons = m.up.rows();
+  if (m.neurons == 0) {
+    throw py::value_error(absl::StrFormat(
+        "%sintermediate_size must be positive, got 0 (up_weight has shape %s)", prefix,
+        m.up.ShapeString()));
+  }
+  if (m.up.cols() != hidden_size) {
+    throw py::value_error(absl::StrFormat(
+        "%sup_weight must be [intermediate_size, hidden_size=%d], got %s", prefix, hidden_size,
+        m.up.ShapeString()));
+  }
+  if (m.has_gate) {
+    m.gate = ImportMatrix(gate, "gate_weight");
+    if (m.gate.dtype() != m.dtype) {
+      throw py::type_error(absl::StrFormat(
+          "%sgate_weight and up_weight must have the same dtype, got %s and %s", prefix,
+          cache::DTypeName(m.gate.dtype()), cache::DTypeName(m.dtype)));
+    }
+    if (m.gate.rows() != m.neurons || m.gate.cols() != hidden_size) {
+      throw py::value_error(
+          absl::StrFormat("%sgate_weight must have up_weight's shape %s, got %s", prefix,
+                          m.up.ShapeString(), m.gate.ShapeString()));
+    }
+  }
+  m.down = ImportMatrix(down, "down_weight");
+  if (m.down.dtype() != m.dtype) {
+    throw py::type_error(absl::StrFormat(
+        "%sdown_weight and up_weight must have the same dtype, got %s and %s", prefix,
+        cache::DTypeName(m.down.dtype()), cache::DTypeName(m.dtype)));
+  }
+  const int64_t want0 = down_neuron_major ? m.neurons : hidden_size;
+  const int64_t want1 = down_neuron_major ? hidden_size : m.neurons;
+  if (m.down.rows() != want0 || m.down.cols() != want1) {
+    throw py::value_error(absl::StrFormat("%sdown_weight must be [%d, %d], got %s", prefix,
+                                          want0, want1, m.down.ShapeString()));
+  }
+  return m;
+}
+
+// A [I] mask array (bool/uint8, checked by the Python layer) as a NeuronMask
+// of `neurons`; `what` names it in the error.
+diff::NeuronMask MaskFromArray(const py::array& mask, int64_t neurons, const std::string& what) {
+  py::buffer_info info = MaskBuffer(mask);
+  if (info.ndim != 1 || info.shape[0] != neurons) {
+    throw py::value_error(absl::StrFormat(
+        "%s must be 1-D with %d entries (one per neuron), got shape %s", what, neurons,
+        py::str(py::tuple(mask.attr("shape"))).cast<std::string>()));
+  }
+  absl::StatusOr<diff::NeuronMask> m = diff::NeuronMask::FromBytes(
+      absl::MakeConstSpan(static_cast<const uint8_t*>(info.ptr), info.shape[0]));
+  ThrowIfError(m.status());
+  return *std::move(m);
+}
+
 class PyWeightCache {
  public:
   PyWeightCache(const py::array& mask, const py::object& hidden_size_arg,
@@ -406,63 +481,16 @@ class PyWeightCache {
     const int64_t hidden_size = IntArg(hidden_size_arg, "hidden_size", 1,
                                        std::numeric_limits<int64_t>::max());
     const int num_threads = NumThreadsArg(num_threads_arg);
-    const bool has_gate = !gate.is_none();
-    up_ = ImportMatrix(up, "up_weight");
-    const DType dtype = up_.dtype();
-    const int64_t neurons = up_.rows();
-    if (neurons == 0) {
-      throw py::value_error(absl::StrFormat(
-          "intermediate_size must be positive, got 0 (up_weight has shape %s)",
-          up_.ShapeString()));
-    }
-    if (up_.cols() != hidden_size) {
-      throw py::value_error(absl::StrFormat(
-          "up_weight must be [intermediate_size, hidden_size=%d], got %s", hidden_size,
-          up_.ShapeString()));
-    }
+    ImportedMlp w = ImportMlp(gate, up, down, hidden_size, down_neuron_major, "");
     const int64_t tolerance =
         IntArg(tolerance_arg, "tolerance", 0, std::numeric_limits<int64_t>::max());
-    if (has_gate) {
-      gate_ = ImportMatrix(gate, "gate_weight");
-      if (gate_.dtype() != dtype) {
-        throw py::type_error(absl::StrFormat(
-            "gate_weight and up_weight must have the same dtype, got %s and %s",
-                                             cache::DTypeName(gate_.dtype()),
-                                             cache::DTypeName(dtype)));
-      }
-      if (gate_.rows() != neurons || gate_.cols() != hidden_size) {
-        throw py::value_error(absl::StrFormat("gate_weight must have up_weight's shape %s, got %s",
-                                              up_.ShapeString(), gate_.ShapeString()));
-      }
-    }
-    down_ = ImportMatrix(down, "down_weight");
-    if (down_.dtype() != dtype) {
-      throw py::type_error(absl::StrFormat(
-          "down_weight and up_weight must have the same dtype, got %s and %s",
-                                           cache::DTypeName(down_.dtype()),
-                                           cache::DTypeName(dtype)));
-    }
-    const int64_t want0 = down_neuron_major ? neurons : hidden_size;
-    const int64_t want1 = down_neuron_major ? hidden_size : neurons;
-    if (down_.rows() != want0 || down_.cols() != want1) {
-      throw py::value_error(absl::StrFormat("down_weight must be [%d, %d], got %s", want0,
-                                            want1, down_.ShapeString()));
-    }
-    py::buffer_info info = MaskBuffer(mask);
-    if (info.ndim != 1 || info.shape[0] != neurons) {
-      throw py::value_error(absl::StrFormat(
-          "initial mask must be 1-D with %d entries (one per neuron), got shape %s", neurons,
-          py::str(py::tuple(mask.attr("shape"))).cast<std::string>()));
-    }
-    absl::StatusOr<diff::NeuronMask> initial = diff::NeuronMask::FromBytes(
-        absl::MakeConstSpan(static_cast<const uint8_t*>(info.ptr), info.shape[0]));
-    ThrowIfError(initial.status());
+    const diff::NeuronMask initial = MaskFromArray(mask, w.neurons, "initial mask");
 
     cache::WeightCacheOptions options;
     options.hidden_size = static_cast<size_t>(hidden_size);
-    options.intermediate_size = static_cast<size_t>(neurons);
-    options.dtype = dtype;
-    options.has_gate = has_gate;
+    options.intermediate_size = static_cast<size_t>(w.neurons);
+    options.dtype = w.dtype;
+    options.has_gate = w.has_gate;
     options.layout = ParseLayout(layout);
     options.ownership = copy_sources ? cache::SourceOwnership::kCopy
                                      : cache::SourceOwnership::kBorrow;
@@ -472,23 +500,28 @@ class PyWeightCache {
     options.tolerance = static_cast<size_t>(tolerance);
     options.repack_fraction = repack_fraction;
     options.concat_gate_up = concat_gate_up;
-    cache::MlpWeights weights{has_gate ? gate_.data() : nullptr, up_.data(), down_.data()};
     absl::StatusOr<cache::WeightCache> created;
     {
       py::gil_scoped_release release;
-      created = cache::WeightCache::Create(options, weights, *initial);
+      created = cache::WeightCache::Create(options, w.Weights(), initial);
     }
     ThrowIfError(created.status());
-    cache_ = std::make_unique<cache::WeightCache>(*std::move(created));
-    if (copy_sources) {
-      // Nothing of the caller's is read again: let the producers go.
-      gate_ = ImportedTensor();
-      up_ = ImportedTensor();
-      down_ = ImportedTensor();
-    } else if (!down_neuron_major) {
-      down_ = ImportedTensor();  // only the cache's transposed copy is read
+    owned_ = std::make_unique<cache::WeightCache>(*std::move(created));
+    cache_ = owned_.get();
+    // Borrowed sources stay imported (referenced) while the cache reads
+    // them; copied ones, and a hidden-major down the cache transposed, are
+    // let go.
+    if (!copy_sources) {
+      gate_ = std::move(w.gate);
+      up_ = std::move(w.up);
+      if (down_neuron_major) down_ = std::move(w.down);
     }
   }
+
+  // One layer of a model: `owner` keeps the model (its pool, caches, mutexes
+  // and borrowed sources) alive as long as this handle or any view of it.
+  PyWeightCache(std::shared_ptr<const void> owner, cache::WeightCache* cache, std::mutex* mutex)
+      : owner_(std::move(owner)), cache_(cache), mutex_(mutex) {}
 
   // Runs f(cache) without the GIL, holding this cache's mutex: mutating
   // calls and long const ones (two threads on one cache take turns, caches
@@ -496,13 +529,13 @@ class PyWeightCache {
   template <typename F>
   absl::Status RunWithoutGil(F&& f) const {
     py::gil_scoped_release release;
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     return f(*cache_);
   }
   // Runs f(cache) with the GIL, holding this cache's mutex (accessors).
   template <typename F>
   auto Read(F&& f) const {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     return f(static_cast<const cache::WeightCache&>(*cache_));
   }
 
@@ -595,11 +628,21 @@ class PyWeightCache {
     return o;
   }
 
+  // What a view keeps alive: the packed storage it points into and, for a
+  // model's layer, the model (whose pool holds that storage; held first,
+  // released last).
+  std::shared_ptr<const void> Retain() const {
+    std::shared_ptr<const void> storage = cache_->RetainStorage();
+    if (owner_ == nullptr) return storage;
+    return std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
+        owner_, std::move(storage));
+  }
+
   // A view and the storage it points into, taken under the mutex.
   template <typename F>
   DLPackView View(F&& view_of) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return DLPackView(cache_->RetainStorage(), view_of(*cache_));
+    std::lock_guard<std::mutex> lock(*mutex_);
+    return DLPackView(Retain(), view_of(*cache_));
   }
 
   DLPackView Gate() const {
@@ -607,17 +650,17 @@ class PyWeightCache {
     return View([](const cache::WeightCache& c) { return c.gate(); });
   }
   DLPackView Concatenated() const {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     absl::StatusOr<cache::MatrixView> view = cache_->concatenated_gate_up();
     ThrowIfError(view.status());
-    return DLPackView(cache_->RetainStorage(), *view);
+    return DLPackView(Retain(), *view);
   }
 
   DLPackView Interleaved() const {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     absl::StatusOr<cache::MatrixView> view = cache_->gate_up_interleaved();
     ThrowIfError(view.status());
-    return DLPackView(cache_->RetainStorage(), *view);
+    return DLPackView(Retain(), *view);
   }
 
   void CopyConcatenatedGateUp(const py::object& out) {
@@ -641,7 +684,7 @@ class PyWeightCache {
   }
 
   py::array_t<int64_t> ActiveIndices() const {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     const absl::Span<const uint32_t> slots = cache_->active_indices();
     py::array_t<int64_t> out(static_cast<py::ssize_t>(slots.size()));
     int64_t* p = out.mutable_data();
@@ -691,12 +734,228 @@ class PyWeightCache {
   }
 
  private:
-  mutable std::mutex mutex_;
-  // The forward's scratch, used under mutex_ (allocated by the first call).
+  // The forward's scratch, used under the mutex (allocated by the first
+  // call).
   mutable mlp::Workspace workspace_;
-  // Declared before cache_: borrowed sources outlive the cache reading them.
+  // A cache of its own: the borrowed sources it reads (declared before it,
+  // so they outlive it) and the cache.
   ImportedTensor gate_, up_, down_;
-  std::unique_ptr<cache::WeightCache> cache_;
+  std::unique_ptr<cache::WeightCache> owned_;
+  // A model's layer: the model's state.
+  std::shared_ptr<const void> owner_;
+  cache::WeightCache* cache_ = nullptr;
+  mutable std::mutex own_mutex_;
+  // Serializes calls on this cache: own_mutex_, or the model's for the layer
+  // (which UpdateMany takes too).
+  std::mutex* mutex_ = &own_mutex_;
+};
+
+// The native ModelCache: every layer's cache in one pool (cache/model_cache.h)
+// and a PyWeightCache handle per layer sharing it.
+class PyModelCache {
+ public:
+  // `layers`: a sequence of (gate or None, up, down) per layer, each as
+  // WeightCache takes them and all of one shape and dtype; `masks`: None or
+  // one [I] mask per layer.
+  PyModelCache(const py::sequence& layers, const py::object& masks,
+               double expected_active_fraction, const py::object& num_threads_arg,
+               const py::object& tolerance_arg, const std::string& layout, bool copy_sources,
+               bool down_neuron_major, double repack_fraction) {
+    const size_t num_layers = layers.size();
+    if (num_layers == 0) throw py::value_error("a model needs at least one layer, got 0");
+    if (num_layers > cache::WeightCache::kMaxBatchCaches) {
+      throw py::value_error(absl::StrFormat("a model holds at most %u layers, got %u",
+                                            cache::WeightCache::kMaxBatchCaches, num_layers));
+    }
+    const int num_threads = NumThreadsArg(num_threads_arg);
+    const int64_t tolerance =
+        IntArg(tolerance_arg, "tolerance", 0, std::numeric_limits<int64_t>::max());
+    auto state = std::make_shared<State>();
+    std::vector<ImportedMlp> imported;
+    std::vector<cache::MlpWeights> weights;
+    int64_t hidden = 0;
+    for (size_t l = 0; l < num_layers; ++l) {
+      const std::string prefix = absl::StrFormat("layer %u: ", l);
+      const py::object item = layers[l];
+      if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
+        throw py::type_error(absl::StrFormat(
+            "%sexpected a (gate, up, down) triple, got %s", prefix, TypeName(item)));
+      }
+      const py::sequence triple = item.cast<py::sequence>();
+      if (l == 0) {
+        const ImportedTensor probe = ImportMatrix(triple[1], "up_weight");
+        hidden = probe.cols();
+        if (hidden == 0) throw py::value_error("layer 0: up_weight has hidden size 0");
+      }
+      imported.push_back(ImportMlp(triple[0], triple[1], triple[2], hidden, down_neuron_major,
+                                   prefix));
+      const ImportedMlp& m = imported.back();
+      const ImportedMlp& first = imported.front();
+      if (m.dtype != first.dtype || m.neurons != first.neurons || m.has_gate != first.has_gate) {
+        throw py::value_error(absl::StrFormat(
+            "%s%s up_weight %s%s differs from layer 0's %s %s%s: every layer must have one "
+            "shape and dtype",
+            prefix, cache::DTypeName(m.dtype), m.up.ShapeString(),
+            m.has_gate ? "" : " without gate", cache::DTypeName(first.dtype),
+            first.up.ShapeString(), first.has_gate ? "" : " without gate"));
+      }
+      weights.push_back(m.Weights());
+    }
+    std::vector<diff::NeuronMask> initial;
+    if (!masks.is_none()) {
+      const py::sequence seq = masks.cast<py::sequence>();
+      if (seq.size() != num_layers) {
+        throw py::value_error(absl::StrFormat("masks: %u masks for %u layers", seq.size(),
+                                              num_layers));
+      }
+      for (size_t l = 0; l < num_layers; ++l) {
+        initial.push_back(MaskFromArray(seq[l].cast<py::array>(), imported[0].neurons,
+                                        absl::StrFormat("masks[%u]", l)));
+      }
+    }
+    cache::ModelCacheOptions o;
+    o.num_layers = num_layers;
+    o.hidden_size = static_cast<size_t>(hidden);
+    o.intermediate_size = static_cast<size_t>(imported[0].neurons);
+    o.dtype = imported[0].dtype;
+    o.has_gate = imported[0].has_gate;
+    o.layout = ParseLayout(layout);
+    o.ownership = copy_sources ? cache::SourceOwnership::kCopy : cache::SourceOwnership::kBorrow;
+    o.down_layout =
+        down_neuron_major ? cache::DownLayout::kNeuronMajor : cache::DownLayout::kHiddenMajor;
+    o.num_threads = num_threads;
+    o.tolerance = static_cast<size_t>(tolerance);
+    o.repack_fraction = repack_fraction;
+    o.expected_active_fraction = expected_active_fraction;
+    absl::StatusOr<std::unique_ptr<cache::ModelCache>> model;
+    {
+      py::gil_scoped_release release;
+      model = cache::ModelCache::Create(o, weights, initial);
+    }
+    ThrowIfError(model.status());
+    if (!copy_sources) {
+      for (ImportedMlp& m : imported) {
+        state->sources.push_back(std::move(m.gate));
+        state->sources.push_back(std::move(m.up));
+        if (down_neuron_major) state->sources.push_back(std::move(m.down));
+      }
+    }
+    state->model = *std::move(model);
+    state->mutexes = std::make_unique<std::mutex[]>(num_layers);
+    for (size_t l = 0; l < num_layers; ++l) {
+      layers_.push_back(py::cast(new PyWeightCache(state, *state->model->layer(l),
+                                                   &state->mutexes[l]),
+                                 py::return_value_policy::take_ownership));
+    }
+    state_ = std::move(state);
+  }
+
+  size_t num_layers() const { return layers_.size(); }
+
+  py::object Layer(const py::object& index) const {
+    const int64_t l = IntArg(index, "layer", 0, static_cast<int64_t>(layers_.size()) - 1);
+    return layers_[static_cast<size_t>(l)];
+  }
+
+  // `updates`: a sequence of (layer, [I] mask) pairs, each layer at most
+  // once; applied as one batch (ModelCache::UpdateMany) with the GIL
+  // released and those layers' mutexes held.
+  void UpdateMany(const py::sequence& updates) {
+    const int64_t max_layer = static_cast<int64_t>(layers_.size()) - 1;
+    std::vector<diff::NeuronMask> masks;
+    std::vector<size_t> layers;
+    masks.reserve(updates.size());
+    for (size_t k = 0; k < updates.size(); ++k) {
+      const py::object item = updates[k];
+      if (!py::isinstance<py::sequence>(item) || py::len(item) != 2) {
+        throw py::type_error(absl::StrFormat("updates[%u]: expected a (layer, mask) pair, got %s",
+                                             k, TypeName(item)));
+      }
+      const py::sequence pair = item.cast<py::sequence>();
+      layers.push_back(static_cast<size_t>(
+          IntArg(pair[0], absl::StrFormat("updates[%u] layer", k).c_str(), 0, max_layer)));
+      masks.push_back(MaskFromArray(pair[1].cast<py::array>(),
+                                    static_cast<int64_t>(state_->model->options().intermediate_size),
+                                    absl::StrFormat("updates[%u] mask", k)));
+    }
+    std::vector<cache::LayerMask> batch;
+    for (size_t k = 0; k < masks.size(); ++k) batch.push_back({layers[k], &masks[k]});
+    // Each named layer's mutex, in ascending order (no deadlock with calls
+    // that take one), once per layer (a repeated layer is the model's error).
+    std::vector<size_t> lock_order = layers;
+    std::sort(lock_order.begin(), lock_order.end());
+    lock_order.erase(std::unique(lock_order.begin(), lock_order.end()), lock_order.end());
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::vector<std::unique_lock<std::mutex>> locks;
+      for (size_t l : lock_order) locks.emplace_back(state_->mutexes[l]);
+      status = state_->model->UpdateMany(batch);
+    }
+    ThrowIfError(status);
+  }
+
+  // Like the accessors of PyWeightCache: every layer's mutex while reading.
+  template <typename F>
+  auto ReadAll(F&& f) const {
+    std::vector<std::unique_lock<std::mutex>> locks;
+    for (size_t l = 0; l < layers_.size(); ++l) locks.emplace_back(state_->mutexes[l]);
+    return f(static_cast<const cache::ModelCache&>(*state_->model));
+  }
+
+  py::dict Footprint() const {
+    const cache::ModelFootprint f =
+        ReadAll([](const cache::ModelCache& m) { return m.footprint(); });
+    py::dict d;
+    d["weight_bytes"] = f.weight_bytes;
+    d["cache_bytes"] = f.cache_bytes;
+    d["packed_bytes"] = f.packed_bytes;
+    d["pool_capacity"] = f.pool_capacity;
+    d["pool_in_use"] = f.pool_in_use;
+    d["pool_blocks"] = f.pool_blocks;
+    return d;
+  }
+
+  static py::dict TotalsDict(const cache::UpdateTotals& t) {
+    py::dict d;
+    d["updates"] = t.updates;
+    d["skipped"] = t.skipped;
+    d["changed_neurons"] = t.changed_neurons;
+    d["rows_loaded"] = t.rows_loaded;
+    d["rows_moved"] = t.rows_moved;
+    d["bytes_copied"] = t.bytes_copied;
+    d["repacks"] = t.repacks;
+    d["growths"] = t.growths;
+    return d;
+  }
+
+  py::dict LayerStats(const py::object& index) const {
+    const int64_t l = IntArg(index, "layer", 0, static_cast<int64_t>(layers_.size()) - 1);
+    std::lock_guard<std::mutex> lock(state_->mutexes[l]);
+    const cache::LayerStats s = *state_->model->layer_stats(static_cast<size_t>(l));
+    py::dict d;
+    d["active"] = s.active;
+    d["capacity"] = s.capacity;
+    d["lag"] = s.lag;
+    d["memory_bytes"] = s.memory_bytes;
+    d["churn"] = s.churn;
+    d["totals"] = TotalsDict(s.totals);
+    return d;
+  }
+
+  py::dict Totals() const {
+    return TotalsDict(ReadAll([](const cache::ModelCache& m) { return m.totals(); }));
+  }
+
+ private:
+  struct State {
+    // Borrowed sources (declared first: destroyed after the caches).
+    std::vector<ImportedTensor> sources;
+    std::unique_ptr<cache::ModelCache> model;
+    std::unique_ptr<std::mutex[]> mutexes;
+  };
+  std::shared_ptr<State> state_;
+  std::vector<py::object> layers_;
 };
 
 // dst[c][r] = src[r][c], both taken through DLPack (no copies besides the
@@ -911,4 +1170,21 @@ PYBIND11_MODULE(_sparse_mlp, m) {
             return c.Read([](const WeightCache& w) { return w.tolerance(); });
           },
           &PyWeightCache::SetTolerance);
+
+  using sparse_mlp::bindings::PyModelCache;
+  py::class_<PyModelCache>(m, "ModelCache")
+      .def(py::init<const py::sequence&, const py::object&, double, const py::object&,
+                    const py::object&, const std::string&, bool, bool, double>(),
+           py::arg("layers"), py::kw_only(), py::arg("masks") = py::none(),
+           py::arg("expected_active_fraction") = 0.5, py::arg("num_threads") = 1,
+           py::arg("tolerance") = 0, py::arg("layout") = "split",
+           py::arg("copy_sources") = false, py::arg("down_neuron_major") = false,
+           py::arg("repack_fraction") =
+               sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction)
+      .def("layer", &PyModelCache::Layer, py::arg("layer"))
+      .def("update_many", &PyModelCache::UpdateMany, py::arg("updates"))
+      .def("footprint", &PyModelCache::Footprint)
+      .def("layer_stats", &PyModelCache::LayerStats, py::arg("layer"))
+      .def("totals", &PyModelCache::Totals)
+      .def_property_readonly("num_layers", &PyModelCache::num_layers);
 }

@@ -6,10 +6,12 @@
 footprint); ``WeightCacheOptimized`` is the seed design's API on top of it;
 ``LlamaSkipMLP`` is a LLaMA MLP (``down(silu(gate(x)) * up(x))``) that computes
 only the active neurons through the cache's fused layer step;
-``mlp_forward`` is the native forward on full weights (dense or over indices).
+``mlp_forward`` is the native forward on full weights (dense or over indices);
+``ModelCache`` holds every layer of a model in one pool, with batched updates.
 """
 
 from sparse_mlp.cache import WeightCache, WeightCacheOptimized
 from sparse_mlp.mlp import LlamaSkipMLP, mlp_forward
+from sparse_mlp.model import ModelCache
 
-__all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward"]
+__all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward", "ModelCache"]

@@ -206,6 +206,16 @@ class WeightCache:
         if copy_sources:
             self._sources = None
 
+    @classmethod
+    def _of_layer(cls, native, use_torch):
+        """A layer of a :class:`sparse_mlp.ModelCache` (its native handle;
+        the model keeps the sources)."""
+        self = cls.__new__(cls)
+        self._native = native
+        self._torch = use_torch
+        self._sources = None
+        return self
+
     # -- updates -----------------------------------------------------------
 
     def update(self, mask):

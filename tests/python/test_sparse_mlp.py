@@ -171,7 +171,10 @@ class SeedApiTest(unittest.TestCase):
         mlp(x, mask)
         down.mul_(2)  # the caller edits its own tensor
         mlp.reset_cache()
-        torch.testing.assert_close(mlp(x, mask), dense_masked(x, gate, up, down, mask))
+        # Close in norm: the native and torch sums run in different orders
+        # (and torch's own GEMM differs between CPUs).
+        assert_close_in_norm(self, mlp(x, mask), dense_masked(x, gate, up, down, mask),
+                             TOLERANCE[torch.float32], "after reset_cache")
 
     def test_transpose_function(self):
         import _sparse_mlp
@@ -191,7 +194,8 @@ class SeedApiTest(unittest.TestCase):
         plain = LlamaSkipMLP.from_dense(gate, up, down, use_optimized_cache=False)
         x = torch.randn(2, 20, generator=gen)
         for step, mask in enumerate(mask_sequence(gen, 70, 20)):
-            torch.testing.assert_close(cached(x, mask), plain(x, mask), msg=f"step {step}")
+            assert_close_in_norm(self, cached(x, mask), plain(x, mask), TOLERANCE[torch.float32],
+                                 f"step {step}")
 
     def test_predictor_supplies_the_mask(self):
         gen = torch.Generator().manual_seed(4)
@@ -668,7 +672,8 @@ class BadInputTest(unittest.TestCase):
 
     def test_module_exports(self):
         self.assertEqual(set(sparse_mlp.__all__),
-                         {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward"})
+                         {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward",
+                          "ModelCache"})
 
 
 def torch_mlp(x, gate, up, down, activation="silu", mask=None):
