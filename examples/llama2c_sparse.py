@@ -1,0 +1,291 @@
+"""A real checkpoint decoded with sparse MLPs: llama2.c's stories260K.
+
+    bazel run //examples:llama2c_sparse
+    bazel run //examples:llama2c_sparse -- --mask threshold --tokens 128
+
+Loads a llama2.c checkpoint (format: tests/data/README.md), runs the whole
+model (attention in plain torch, with a KV cache) and every layer's MLP
+through one sparse_mlp.ModelCache, its weights read in place from the
+checkpoint's buffer. Per token and layer, an oracle picks the active
+neurons from |silu(gate x) * (up x)| (computed densely: it measures what
+sparsity costs in quality, it is not a predictor): the top k = a x I
+scores (--mask topk, selected natively by WeightCache.update_topk) or the
+scores above a per-layer threshold calibrated on the dense run to keep a
+fraction a on average (--mask threshold, WeightCache.update_threshold).
+
+Reported for each active fraction a (default 1.0, 0.7, 0.5, 0.3):
+  agree     greedy-token agreement: along the dense model's greedy decoding
+            from BOS (--tokens tokens), the fraction of positions where the
+            sparse model, given the same prefix, picks the same next token
+  prefix    free-running greedy decoding: how many tokens the sparse model
+            decodes before it first departs from the dense model
+  kl        mean KL(dense || sparse) of the next-token distributions under
+            teacher forcing on a sequence sampled from the dense model
+  active    mean fraction of neurons the masks kept
+  mlp_us    per-token time of the 5 MLPs (selection + forward through the
+            library; dense: torch F.linear) -- a 260K-parameter model is all
+            call overhead, this shows correctness more than speed
+With a = 1.0 the sparse model must reproduce the dense tokens exactly; the
+script exits with status 1 otherwise.
+"""
+
+import argparse
+import math
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import sparse_mlp
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
+                                  "data", "stories260K.bin")
+BOS = 1
+
+
+class Checkpoint:
+    """A llama2.c checkpoint's config and weights, as views of one buffer."""
+
+    def __init__(self, path):
+        raw = np.fromfile(path, dtype=np.uint8)  # writable: torch takes it as is
+        (self.dim, self.hidden, self.layers, self.heads, self.kv_heads, vocab,
+         self.seq_len) = struct.unpack("7i", raw[:28].tobytes())
+        shared = vocab > 0  # llama2.c: a negative vocab_size means a separate classifier
+        self.vocab = abs(vocab)
+        self.head_size = self.dim // self.heads
+        kv_dim = self.dim * self.kv_heads // self.heads
+        floats = torch.from_numpy(raw[28:28 + (raw.size - 28) // 4 * 4].view(np.float32))
+        offset = 0
+
+        def take(*shape):
+            nonlocal offset
+            n = math.prod(shape)
+            t = floats[offset:offset + n].view(*shape)
+            offset += n
+            return t
+
+        d, h, l = self.dim, self.hidden, self.layers
+        self.embedding = take(self.vocab, d)
+        self.rms_att = take(l, d)
+        self.wq, self.wk, self.wv = take(l, d, d), take(l, kv_dim, d), take(l, kv_dim, d)
+        self.wo = take(l, d, d)
+        self.rms_ffn = take(l, d)
+        self.w1, self.w2, self.w3 = take(l, h, d), take(l, d, h), take(l, h, d)
+        self.rms_final = take(d)
+        take(self.seq_len * self.head_size // 2)  # freq_cis_real (recomputed below)
+        take(self.seq_len * self.head_size // 2)  # freq_cis_imag
+        self.wcls = self.embedding if shared else take(self.vocab, d)
+
+    def mlp_layers(self):
+        """(gate, up, down) per layer: w1, w3, w2, contiguous views."""
+        return [(self.w1[l], self.w3[l], self.w2[l]) for l in range(self.layers)]
+
+
+def rmsnorm(x, weight):
+    return x * torch.rsqrt(x.pow(2).mean() + 1e-5) * weight
+
+
+def rope(vec, pos, head_size):
+    """llama2.c's rotary embedding: pairs (2i, 2i + 1) within each head."""
+    n = vec.shape[0]
+    i = torch.arange(0, n, 2)
+    freq = 1.0 / torch.pow(10000.0, (i % head_size).float() / head_size)
+    angle = pos * freq
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    v0, v1 = vec[0::2], vec[1::2]
+    out = torch.empty_like(vec)
+    out[0::2] = v0 * cos - v1 * sin
+    out[1::2] = v0 * sin + v1 * cos
+    return out
+
+
+class Decoder:
+    """The model, one token at a time, with a KV cache; the MLP is a callable
+    mlp(layer, x) -> y so that dense and sparse runs share everything else."""
+
+    def __init__(self, ckpt, mlp):
+        self.c = ckpt
+        self.mlp = mlp
+        self.mlp_seconds = 0.0
+        self.reset()
+
+    def reset(self):
+        self.keys = [[] for _ in range(self.c.layers)]
+        self.values = [[] for _ in range(self.c.layers)]
+        self.pos = 0
+
+    def logits(self, token):
+        c = self.c
+        x = c.embedding[token].clone()
+        kv_mul = c.heads // c.kv_heads
+        for l in range(c.layers):
+            h = rmsnorm(x, c.rms_att[l])
+            q = rope(c.wq[l] @ h, self.pos, c.head_size)
+            self.keys[l].append(rope(c.wk[l] @ h, self.pos, c.head_size))
+            self.values[l].append(c.wv[l] @ h)
+            keys = torch.stack(self.keys[l]).view(-1, c.kv_heads, c.head_size)
+            values = torch.stack(self.values[l]).view(-1, c.kv_heads, c.head_size)
+            q = q.view(c.heads, c.head_size)
+            kv = torch.arange(c.heads) // kv_mul
+            scores = torch.einsum("hd,thd->ht", q, keys[:, kv]) / math.sqrt(c.head_size)
+            att = torch.einsum("ht,thd->hd", scores.softmax(-1), values[:, kv]).reshape(-1)
+            x = x + c.wo[l] @ att
+            h = rmsnorm(x, c.rms_ffn[l])
+            start = time.perf_counter()
+            y = self.mlp(l, h)
+            self.mlp_seconds += time.perf_counter() - start
+            x = x + y
+        self.pos += 1
+        return c.wcls @ rmsnorm(x, c.rms_final)
+
+
+def dense_mlp(ckpt):
+    def mlp(l, h):
+        return F.linear(F.silu(F.linear(h, ckpt.w1[l])) * F.linear(h, ckpt.w3[l]), ckpt.w2[l])
+    return mlp
+
+
+def oracle_scores(ckpt, l, h):
+    """|silu(gate h) * (up h)|: how much each neuron contributes (the oracle)."""
+    return (F.silu(ckpt.w1[l] @ h) * (ckpt.w3[l] @ h)).abs()
+
+
+class SparseMlp:
+    """Every layer's MLP through one ModelCache, masks from the oracle."""
+
+    def __init__(self, ckpt, fraction, mask_kind, thresholds=None):
+        self.c = ckpt
+        self.k = max(1, round(fraction * ckpt.hidden))
+        self.kind = mask_kind
+        self.thresholds = thresholds
+        self.model = sparse_mlp.ModelCache(ckpt.mlp_layers(), active_fraction=fraction)
+        self.kept = []
+        self.select_seconds = 0.0
+
+    def __call__(self, l, h):
+        start = time.perf_counter()
+        scores = oracle_scores(self.c, l, h)  # the oracle: not timed as MLP work
+        self.select_seconds += time.perf_counter() - start
+        layer = self.model[l]
+        if self.kind == "topk":
+            layer.update_topk(scores, self.k)
+        else:
+            layer.update_threshold(scores, self.thresholds[l])
+        self.kept.append(layer.num_active / self.c.hidden)
+        return layer.forward(h)
+
+
+def greedy(decoder, tokens):
+    decoder.reset()
+    out, token = [], BOS
+    for _ in range(tokens):
+        token = int(decoder.logits(token).argmax())
+        out.append(token)
+    return out
+
+
+def sample(decoder, tokens, seed):
+    gen = torch.Generator().manual_seed(seed)
+    decoder.reset()
+    out, token = [BOS], BOS
+    for _ in range(tokens):
+        token = int(torch.multinomial(decoder.logits(token).softmax(-1), 1, generator=gen))
+        out.append(token)
+    return out
+
+
+def teacher_forced_log_probs(decoder, sequence):
+    decoder.reset()
+    return torch.stack([decoder.logits(t).log_softmax(-1) for t in sequence[:-1]])
+
+
+def calibrate_thresholds(ckpt, sequence, fraction):
+    """Per layer, the (1 - fraction) quantile of the oracle scores seen on a
+    dense run over `sequence`: about `fraction` of the neurons above it."""
+    seen = [[] for _ in range(ckpt.layers)]
+
+    def mlp(l, h):
+        seen[l].append(oracle_scores(ckpt, l, h))
+        return dense_mlp(ckpt)(l, h)
+
+    teacher_forced_log_probs(Decoder(ckpt, mlp), sequence)
+    if fraction >= 1.0:
+        return [-1.0] * ckpt.layers  # scores are >= 0: every neuron is above
+    return [float(torch.quantile(torch.cat(s), 1.0 - fraction)) for s in seen]
+
+
+def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64,
+        mask="topk", seed=0):
+    """The table's rows: one dict per fraction, and the dense row first."""
+    torch.manual_seed(seed)
+    ckpt = Checkpoint(checkpoint)
+    dense = Decoder(ckpt, dense_mlp(ckpt))
+    dense_tokens = greedy(dense, tokens)
+    dense_greedy_us = dense.mlp_seconds / tokens * 1e6
+    sequence = sample(dense, tokens, seed)
+    dense.mlp_seconds = 0.0
+    dense_log_probs = teacher_forced_log_probs(dense, sequence)
+    rows = [{"fraction": "dense", "agree": 1.0, "prefix": tokens, "kl": 0.0, "active": 1.0,
+             "mlp_us": (dense_greedy_us + dense.mlp_seconds / tokens * 1e6) / 2}]
+    for fraction in fractions:
+        thresholds = (calibrate_thresholds(ckpt, sequence, fraction)
+                      if mask == "threshold" else None)
+        mlp = SparseMlp(ckpt, fraction, mask, thresholds)
+        decoder = Decoder(ckpt, mlp)
+        sparse_tokens = greedy(decoder, tokens)
+        on_greedy = teacher_forced_log_probs(decoder, [BOS] + dense_tokens).argmax(-1)
+        log_probs = teacher_forced_log_probs(decoder, sequence)
+        kl = float(F.kl_div(log_probs, dense_log_probs, log_target=True,
+                            reduction="none").sum(-1).mean())
+        kl = max(kl, 0.0)  # >= 0; rounding can give -1e-9 when the two agree
+        prefix = next((i for i, (a, b) in enumerate(zip(sparse_tokens, dense_tokens)) if a != b),
+                      tokens)
+        rows.append({
+            "fraction": fraction,
+            "agree": float((on_greedy == torch.tensor(dense_tokens)).float().mean()),
+            "prefix": prefix,
+            "kl": kl,
+            "active": sum(mlp.kept) / len(mlp.kept),
+            "mlp_us": (decoder.mlp_seconds - mlp.select_seconds) / (3 * tokens) * 1e6,
+            "tokens": sparse_tokens,
+            "footprint": mlp.model.footprint(),
+        })
+    rows[0]["tokens"] = dense_tokens
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--fractions", default="1.0,0.7,0.5,0.3",
+                        help="active fractions, comma-separated")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")
+    parser.add_argument("--mask", choices=("topk", "threshold"), default="topk")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    torch.set_num_threads(1)
+    rows = run(args.checkpoint, fractions, args.tokens, args.mask, args.seed)
+    ckpt = Checkpoint(args.checkpoint)
+    print(f"{os.path.basename(args.checkpoint)}: dim {ckpt.dim}, MLP hidden {ckpt.hidden}, "
+          f"{ckpt.layers} layers, vocab {ckpt.vocab}; masks: oracle {args.mask}; "
+          f"{args.tokens} tokens")
+    print(f"{'a':>6} {'agree':>7} {'prefix':>7} {'kl':>10} {'active':>7} {'mlp_us':>8}")
+    for r in rows:
+        a = r["fraction"] if isinstance(r["fraction"], str) else f"{r['fraction']:.2f}"
+        print(f"{a:>6} {r['agree']:7.3f} {r['prefix']:7d} {r['kl']:10.5f} {r['active']:7.3f} "
+              f"{r['mlp_us']:8.1f}")
+    exact = [r for r in rows[1:] if r["fraction"] == 1.0]
+    if exact and exact[0]["tokens"] != rows[0]["tokens"]:
+        print("error: with every neuron active the sparse model did not reproduce the dense "
+              "tokens", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""examples/llama2c_sparse.py, briefly: the dense model's tokens reproduced
+with every neuron active, quality falling with the active fraction, both
+mask kinds."""
+
+import unittest
+
+import llama2c_sparse
+
+
+class Llama2cSparseTest(unittest.TestCase):
+
+    def test_topk_and_threshold(self):
+        for mask in ("topk", "threshold"):
+            rows = llama2c_sparse.run(fractions=(1.0, 0.5, 0.2), tokens=24, mask=mask)
+            dense, full, half, fifth = rows
+            where = f"mask {mask}"
+            self.assertEqual(full["tokens"], dense["tokens"], where)
+            self.assertEqual(full["agree"], 1.0, where)
+            self.assertLess(full["kl"], 1e-6, where)
+            self.assertAlmostEqual(full["active"], 1.0, places=6, msg=where)
+            # Fewer neurons, further from the dense distribution.
+            self.assertGreater(fifth["kl"], half["kl"], where)
+            self.assertGreater(half["kl"], full["kl"], where)
+            if mask == "topk":
+                self.assertAlmostEqual(half["active"], 86 / 172, places=6, msg=where)
+            else:  # calibrated on the dense run: about the fraction asked for
+                self.assertLess(abs(half["active"] - 0.5), 0.1, where)
+            # Borrowed sources: the pool holds the packed rows only.
+            self.assertEqual(half["footprint"]["pool_in_use"], half["footprint"]["packed_bytes"]
+                             + 5 * 172 * 64 * 4)  # plus each layer's transposed down
+
+    def test_main_succeeds(self):
+        self.assertEqual(llama2c_sparse.main(["--tokens", "8", "--fractions", "1.0,0.5"]), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
