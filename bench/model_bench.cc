@@ -18,6 +18,8 @@
 //   batched    ModelCache::UpdateMany (all layers) then the forwards
 //   overlap    layer l's forward on one thread while another updates layer
 //              l + 1 (one OpenMP region of two per layer)
+//   upd-single, upd-batched   the updates alone: L Update calls back to
+//              back, and one UpdateMany
 // The sparse variants share one ModelCache and take turns over consecutive
 // tokens of the mask sequences (every token churns from the previous one);
 // --rounds rounds of --tokens tokens each, medians over all. Resident memory
