@@ -139,9 +139,16 @@ absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
   layer_options.arena = model->pool_.get();
   layer_options.initial_capacity = capacity;
 
-  absl::StatusOr<size_t> rb = memory::CheckedMul(options.hidden_size, DTypeSize(options.dtype));
-  model->weight_bytes_ =
-      *rb * options.intermediate_size * (options.has_gate ? 3 : 2) * num_layers;
+  // Borrowed sources bound nothing the pool holds: the weights' total is
+  // checked on its own.
+  absl::StatusOr<size_t> weight_bytes =
+      memory::CheckedMul(options.hidden_size, DTypeSize(options.dtype));
+  for (size_t factor : {options.intermediate_size, size_t{options.has_gate ? 3u : 2u},
+                        num_layers}) {
+    if (weight_bytes.ok()) weight_bytes = memory::CheckedMul(*weight_bytes, factor);
+  }
+  if (!weight_bytes.ok()) return weight_bytes.status();
+  model->weight_bytes_ = *weight_bytes;
   model->caches_.reserve(num_layers);
   const diff::NeuronMask none(options.intermediate_size);
   for (size_t l = 0; l < num_layers; ++l) {

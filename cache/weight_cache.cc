@@ -478,7 +478,7 @@ absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
   return absl::OkStatus();
 }
 
-void WeightCache::AppendPlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const {
+void WeightCache::WritePlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const {
   const size_t rb = row_bytes();
   // Loads: one job, the parts of each loaded neuron in slot order, so a
   // neuron's rows are read back to back (one run of a fused source row).
@@ -519,7 +519,7 @@ void WeightCache::AppendPlanJobs(gather::RowPart* parts, gather::RowGatherJob* j
 void WeightCache::ExecutePlan() {
   gather::RowPart parts[kMaxPlanParts];
   gather::RowGatherJob jobs[kPlanJobs];
-  AppendPlanJobs(parts, jobs);
+  WritePlanJobs(parts, jobs);
   RunPlanJobs(jobs, options_.num_threads, options_.simd);
 }
 
@@ -613,7 +613,7 @@ absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int 
     if (!pending[i].apply) return;
     WeightCache& cache = *updates[i].cache;
     cache.PlanApply(pending[i]);
-    cache.AppendPlanJobs(&parts[i * kMaxPlanParts], &jobs[i * kPlanJobs]);
+    cache.WritePlanJobs(&parts[i * kMaxPlanParts], &jobs[i * kPlanJobs]);
   });
   if (!jobs.empty()) RunPlanJobs(jobs, num_threads, simd);
   for (size_t i = 0; i < updates.size(); ++i) updates[i].cache->FinishApply(pending[i]);

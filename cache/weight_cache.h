@@ -296,11 +296,14 @@ class WeightCache {
   static constexpr size_t kMaxBatchCaches = 128;
 
   // Updates several caches, each to its mask exactly as Update would
-  // (tolerance included), with the copies of all of them in one parallel
-  // batch of num_threads OpenMP threads at `simd` (bytes split evenly over
-  // the team, whatever each cache's share): one thread wake-up instead of
-  // one per cache, and no thread idles on a cache with few changes. The
-  // caches' own num_threads serve only their diffs and capacity growth.
+  // (tolerance included): the caches' diffs and plans shared out over
+  // num_threads OpenMP threads (they are independent), then the copies of
+  // all of them in one parallel batch at `simd`, bytes split evenly over
+  // the team whatever each cache's share: one parallel region instead of
+  // one per cache, and no thread idles on a cache with few changes. A
+  // cache's own num_threads serves its diff and growth only when they run
+  // outside the shared loop (one cache, or num_threads 1); inside it,
+  // nested regions run on one thread unless the caller enabled nesting.
   // O(sum of the updates' costs); allocates only beyond 32 caches (and for
   // capacity growth). Errors, each returned before any cache's rows, maps
   // or masks change: num_threads outside [1, kMaxThreads], more than
@@ -464,7 +467,7 @@ class WeightCache {
   static constexpr size_t kPlanJobs = 2;
   static constexpr size_t kMaxPlanParts = 6;
   static constexpr size_t kInlineBatchCaches = 32;
-  void AppendPlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const;
+  void WritePlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const;
   static void RunPlanJobs(absl::Span<const gather::RowGatherJob> jobs, int num_threads,
                           SimdLevel simd);
   void ExecutePlan();
