@@ -159,6 +159,50 @@ class ModelCacheTest(unittest.TestCase):
         np.testing.assert_array_equal(model[0].up(), layers[0][1][mask])
 
 
+class ModelCacheThreadTest(unittest.TestCase):
+
+    def test_threads_updating_layers_and_batches_never_corrupt_it(self):
+        """Threads updating single layers while others run batches over
+        overlapping layers: calls on one layer take turns (no deadlock, no
+        refusal), and every layer ends holding the last mask applied to it."""
+        import threading
+        gen = torch.Generator().manual_seed(8)
+        layers = random_layers(gen, 4, 32, 200)
+        model = ModelCache(layers, num_threads=2)
+        masks = [[random_mask(gen, 200, 0.4) for _ in range(4)] for _ in range(30)]
+        errors = []
+
+        def singles(offset):
+            try:
+                for step in range(30):
+                    l = (step + offset) % 4
+                    model.update(l, masks[step][l])
+                    model[l].forward(torch.randn(32))
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        def batches():
+            try:
+                for step in range(30):
+                    model.update_many({l: masks[step][l] for l in (step % 4, (step + 2) % 4)})
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=singles, args=(k,)) for k in range(2)]
+        threads += [threading.Thread(target=batches) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        self.assertFalse(any(t.is_alive() for t in threads), "a thread hung")
+        self.assertEqual(errors, [])
+        for l in range(4):
+            model[l].verify()
+            held = torch.zeros(200, dtype=torch.bool)
+            held[model[l].active_indices()] = True
+            self.assertTrue(any(torch.equal(held, masks[s][l]) for s in range(30)), f"layer {l}")
+
+
 class ModelCacheErrorTest(unittest.TestCase):
 
     def setUp(self):
