@@ -4,6 +4,7 @@
 // one pool, the footprint, and errors that leave every layer unchanged.
 #include "cache/model_cache.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -434,6 +435,69 @@ TEST_F(ModelCacheErrorTest, CreateArguments) {
   masks[1] = diff::NeuronMask(kI - 1);
   EXPECT_THAT(ModelCache::Create(o, w_.views, masks).status().message(),
               HasSubstr("layer 1: initial mask has 63 neurons"));
+}
+
+// WeightCache::UpdateMany over caches of different configurations (kept
+// concatenation, layouts, gate-less, bfloat16, tolerance, SIMD levels, own
+// thread counts), each against the plain reference after every batch.
+TEST(WeightCacheUpdateManyTest, MixedCachesMatchTheReference) {
+  std::mt19937_64 rng(2026120203);
+  constexpr size_t kH = 20, kI = 120;
+  std::vector<testing::CacheConfig> configs;
+  for (PackedLayout layout :
+       {PackedLayout::kSplit, PackedLayout::kInterleavedGateUp, PackedLayout::kFusedRows}) {
+    testing::CacheConfig c;
+    c.layout = layout;
+    c.concat = true;
+    configs.push_back(c);
+  }
+  testing::CacheConfig c;
+  c.has_gate = false;
+  c.dtype = DType::kBFloat16;
+  c.layout = PackedLayout::kFusedRows;
+  c.simd = SimdLevel::kScalar;
+  c.threads = 3;
+  configs.push_back(c);
+  c = testing::CacheConfig();
+  c.tolerance = 8;
+  c.ownership = SourceOwnership::kCopy;
+  c.down_layout = DownLayout::kNeuronMajor;
+  configs.push_back(c);
+  std::vector<Weights> weights;
+  std::vector<WeightCache> caches;
+  std::vector<diff::NeuronMask> applied;
+  for (const testing::CacheConfig& config : configs) {
+    weights.push_back(testing::RandomReferenceWeights(rng, kH, kI, DTypeSize(config.dtype)));
+  }
+  for (size_t k = 0; k < configs.size(); ++k) {
+    applied.push_back(RandomMask(rng, kI, 0.3));
+    caches.push_back(*WeightCache::Create(configs[k].Options(kH, kI),
+                                          weights[k].View(configs[k].has_gate,
+                                                          configs[k].down_layout),
+                                          applied[k]));
+  }
+  for (int step = 0; step < 40; ++step) {
+    std::vector<diff::NeuronMask> masks;
+    std::vector<CacheUpdate> batch;
+    const double fraction = std::uniform_real_distribution<double>(0.05, 0.8)(rng);
+    for (size_t k = 0; k < caches.size(); ++k) masks.push_back(RandomMask(rng, kI, fraction));
+    for (size_t k = 0; k < caches.size(); ++k) {
+      if (rng() % 4 != 0) batch.push_back({&caches[k], &masks[k]});
+    }
+    const int threads = 1 + static_cast<int>(rng() % 4);
+    ASSERT_TRUE(WeightCache::UpdateMany(batch, threads).ok()) << "step " << step;
+    for (const CacheUpdate& u : batch) {
+      const size_t k = static_cast<size_t>(u.cache - caches.data());
+      size_t changed = 0;
+      for (size_t i = 0; i < kI; ++i) changed += masks[k].Test(i) != applied[k].Test(i);
+      if (changed != 0 && changed >= configs[k].tolerance) applied[k] = masks[k];
+    }
+    for (size_t k = 0; k < caches.size(); ++k) {
+      ASSERT_EQ(testing::CompareWithReference(caches[k], weights[k], applied[k]), "")
+          << "step " << step << ", threads " << threads << ", cache " << k << " ("
+          << configs[k].Describe() << ")";
+    }
+  }
 }
 
 // WeightCache::UpdateMany on caches a caller holds (no ModelCache).
