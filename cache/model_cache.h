@@ -32,7 +32,8 @@
 //
 // Errors: absl::Status naming the bad value (layer index, mask size, ...);
 // after any error every layer is as it was (a failed growth inside
-// UpdateMany may leave layers before it with more capacity, nothing else).
+// UpdateMany may leave other layers of the batch with more capacity,
+// nothing else).
 //
 // Thread-safety: as WeightCache, per layer: calls on different layers may
 // run concurrently (the pool is thread-safe); mutating calls on one layer,

@@ -310,8 +310,8 @@ class WeightCache {
   // kMaxBatchCaches updates, a null cache or mask, one cache named twice, a
   // mask size that is not its cache's I (InvalidArgument, naming the update
   // by position), a cache another call is mutating (FailedPrecondition), a
-  // capacity growth failing (ResourceExhausted; caches grown before it keep
-  // their larger capacity, nothing else changes).
+  // capacity growth failing (ResourceExhausted; other caches of the batch
+  // may keep a larger capacity, nothing else changes).
   static absl::Status UpdateMany(absl::Span<const CacheUpdate> updates, int num_threads,
                                  SimdLevel simd = SimdLevel::kBest);
 

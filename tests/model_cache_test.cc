@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
+#include "memory/arena.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/cache_reference.h"
@@ -498,6 +499,42 @@ TEST(WeightCacheUpdateManyTest, MixedCachesMatchTheReference) {
           << configs[k].Describe() << ")";
     }
   }
+}
+
+// A growth the pool cannot serve fails the whole batch before any cache's
+// rows, maps or masks change; the same batch succeeds once there is room.
+TEST(WeightCacheUpdateManyTest, GrowthFailureChangesNoCache) {
+  std::mt19937_64 rng(12);
+  constexpr size_t kH = 16, kI = 200;
+  const Weights wa = testing::RandomReferenceWeights(rng, kH, kI, 4);
+  const Weights wb = testing::RandomReferenceWeights(rng, kH, kI, 4);
+  std::unique_ptr<memory::Arena> arena = *memory::Arena::Create(1 << 20);
+  WeightCacheOptions o;
+  o.hidden_size = kH;
+  o.intermediate_size = kI;
+  o.down_layout = DownLayout::kNeuronMajor;
+  o.ownership = SourceOwnership::kBorrow;
+  o.arena = arena.get();
+  const diff::NeuronMask small_a = RandomMask(rng, kI, 0.2), small_b = RandomMask(rng, kI, 0.2);
+  WeightCache a = *WeightCache::Create(o, wa.View(true, DownLayout::kNeuronMajor), small_a);
+  WeightCache b = *WeightCache::Create(o, wb.View(true, DownLayout::kNeuronMajor), small_b);
+  // Fill the rest of the pool: no growth fits.
+  std::vector<memory::AlignedBuffer> filler;
+  while (arena->largest_free_extent() > 0) {
+    filler.push_back(*arena->Allocate(arena->largest_free_extent()));
+  }
+  const diff::NeuronMask fits = RandomMask(rng, kI, 0.1), grows = RandomMask(rng, kI, 0.9);
+  const CacheUpdate batch[2] = {{&a, &fits}, {&b, &grows}};
+  const absl::Status s = WeightCache::UpdateMany(batch, 2);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("update 1: arena cannot hold"));
+  EXPECT_EQ(testing::CompareWithReference(a, wa, small_a), "");
+  EXPECT_EQ(testing::CompareWithReference(b, wb, small_b), "");
+  EXPECT_EQ(a.totals().updates + b.totals().updates, 0u);
+  filler.clear();
+  ASSERT_TRUE(WeightCache::UpdateMany(batch, 2).ok());
+  EXPECT_EQ(testing::CompareWithReference(a, wa, fits), "");
+  EXPECT_EQ(testing::CompareWithReference(b, wb, grows), "");
 }
 
 // WeightCache::UpdateMany on caches a caller holds (no ModelCache).
