@@ -218,13 +218,13 @@ class StackBench {
     for (size_t l = 0; l < c_.layers; ++l) masks_.push_back(RandomMask(i_, active, rng));
     cache::ModelCacheOptions o;
     o.num_layers = c_.layers;
-    o.hidden_size = h_;
-    o.intermediate_size = i_;
-    o.dtype = c_.dtype;
-    o.layout = c_.layout;
-    o.ownership = cache::SourceOwnership::kBorrow;
-    o.down_layout = cache::DownLayout::kNeuronMajor;
-    o.num_threads = c_.threads;
+    o.layer.hidden_size = h_;
+    o.layer.intermediate_size = i_;
+    o.layer.dtype = c_.dtype;
+    o.layer.layout = c_.layout;
+    o.layer.ownership = cache::SourceOwnership::kBorrow;
+    o.layer.down_layout = cache::DownLayout::kNeuronMajor;
+    o.layer.num_threads = c_.threads;
     o.expected_active_fraction = a;
     std::vector<cache::MlpWeights> weights;
     for (const Layer& l : layers_) {

@@ -815,17 +815,18 @@ class PyModelCache {
     }
     cache::ModelCacheOptions o;
     o.num_layers = num_layers;
-    o.hidden_size = static_cast<size_t>(hidden);
-    o.intermediate_size = static_cast<size_t>(imported[0].neurons);
-    o.dtype = imported[0].dtype;
-    o.has_gate = imported[0].has_gate;
-    o.layout = ParseLayout(layout);
-    o.ownership = copy_sources ? cache::SourceOwnership::kCopy : cache::SourceOwnership::kBorrow;
-    o.down_layout =
+    cache::WeightCacheOptions& l = o.layer;
+    l.hidden_size = static_cast<size_t>(hidden);
+    l.intermediate_size = static_cast<size_t>(imported[0].neurons);
+    l.dtype = imported[0].dtype;
+    l.has_gate = imported[0].has_gate;
+    l.layout = ParseLayout(layout);
+    l.ownership = copy_sources ? cache::SourceOwnership::kCopy : cache::SourceOwnership::kBorrow;
+    l.down_layout =
         down_neuron_major ? cache::DownLayout::kNeuronMajor : cache::DownLayout::kHiddenMajor;
-    o.num_threads = num_threads;
-    o.tolerance = static_cast<size_t>(tolerance);
-    o.repack_fraction = repack_fraction;
+    l.num_threads = num_threads;
+    l.tolerance = static_cast<size_t>(tolerance);
+    l.repack_fraction = repack_fraction;
     o.expected_active_fraction = expected_active_fraction;
     absl::StatusOr<std::unique_ptr<cache::ModelCache>> model;
     {
@@ -875,7 +876,7 @@ class PyModelCache {
       layers.push_back(static_cast<size_t>(
           IntArg(pair[0], absl::StrFormat("updates[%u] layer", k).c_str(), 0, max_layer)));
       masks.push_back(MaskFromArray(pair[1].cast<py::array>(),
-                                    static_cast<int64_t>(state_->model->options().intermediate_size),
+                                    static_cast<int64_t>(state_->model->options().layer.intermediate_size),
                                     absl::StrFormat("updates[%u] mask", k)));
     }
     std::vector<cache::LayerMask> batch;

@@ -15,57 +15,6 @@ absl::Status Prefixed(size_t l, const absl::Status& s) {
   return absl::Status(s.code(), absl::StrFormat("layer %u: %s", l, s.message()));
 }
 
-// Bytes of one layer's regions in a pool of `alignment`: the packed
-// buffers at `capacity` slots and the cache's own source copies.
-struct LayerBytes {
-  size_t packed = 0;
-  size_t sources = 0;
-};
-
-absl::StatusOr<LayerBytes> BytesOfLayer(const ModelCacheOptions& o, size_t capacity,
-                                        size_t alignment) {
-  absl::StatusOr<size_t> rb = memory::CheckedMul(o.hidden_size, DTypeSize(o.dtype));
-  if (!rb.ok()) return rb.status();
-  const size_t parts = o.has_gate ? 3 : 2;
-  // Slot bytes of each packed buffer (as WeightCache lays them out).
-  size_t buffers[3] = {0, 0, 0};
-  switch (o.layout) {
-    case PackedLayout::kSplit:
-      for (size_t p = 0; p < parts; ++p) buffers[p] = *rb;
-      break;
-    case PackedLayout::kInterleavedGateUp:
-      buffers[0] = 2 * *rb;
-      buffers[1] = *rb;
-      break;
-    case PackedLayout::kFusedRows:
-      buffers[0] = parts * *rb;
-      break;
-  }
-  LayerBytes bytes;
-  auto add = [&](size_t* total, size_t slot_bytes, size_t rows) -> absl::Status {
-    if (slot_bytes == 0 || rows == 0) return absl::OkStatus();
-    absl::StatusOr<size_t> b = memory::CheckedMul(slot_bytes, rows);
-    if (!b.ok()) return b.status();
-    absl::StatusOr<size_t> rounded = memory::CheckedRoundUp(*b, alignment);
-    if (!rounded.ok()) return rounded.status();
-    absl::StatusOr<size_t> sum = memory::CheckedAdd(*total, *rounded);
-    if (!sum.ok()) return sum.status();
-    *total = *sum;
-    return absl::OkStatus();
-  };
-  for (size_t b : buffers) {
-    if (absl::Status s = add(&bytes.packed, b, capacity); !s.ok()) return s;
-  }
-  if (o.ownership == SourceOwnership::kCopy) {
-    if (absl::Status s = add(&bytes.sources, parts * *rb, o.intermediate_size); !s.ok()) {
-      return s;
-    }
-  } else if (o.down_layout == DownLayout::kHiddenMajor) {
-    if (absl::Status s = add(&bytes.sources, *rb, o.intermediate_size); !s.ok()) return s;
-  }
-  return bytes;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
@@ -90,21 +39,10 @@ absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
     return absl::InvalidArgumentError(
         absl::StrFormat("expected_active_fraction must be in (0, 1], got %g", f));
   }
-  WeightCacheOptions layer_options;
-  layer_options.hidden_size = options.hidden_size;
-  layer_options.intermediate_size = options.intermediate_size;
-  layer_options.dtype = options.dtype;
-  layer_options.has_gate = options.has_gate;
-  layer_options.layout = options.layout;
-  layer_options.ownership = options.ownership;
-  layer_options.down_layout = options.down_layout;
-  layer_options.num_threads = options.num_threads;
-  layer_options.simd = options.simd;
-  layer_options.tolerance = options.tolerance;
-  layer_options.repack_fraction = options.repack_fraction;
-  const size_t capacity = std::min(
-      options.intermediate_size,
-      static_cast<size_t>(std::ceil(f * static_cast<double>(options.intermediate_size))));
+  WeightCacheOptions layer_options = options.layer;
+  const size_t neurons = layer_options.intermediate_size;
+  const size_t capacity =
+      std::min(neurons, static_cast<size_t>(std::ceil(f * static_cast<double>(neurons))));
 
   std::unique_ptr<ModelCache> model(new ModelCache());
   model->options_ = options;
@@ -117,13 +55,15 @@ absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
           WeightCacheOptions o = layer_options;
           o.ownership = SourceOwnership::kBorrow;
           o.down_layout = DownLayout::kNeuronMajor;
+          o.arena = nullptr;
+          o.initial_capacity = 0;
           return o;
         }(),
-        layers[0], diff::NeuronMask(options.intermediate_size));
+        layers[0], diff::NeuronMask(neurons));
     if (!probe.ok()) return Prefixed(0, probe.status());
   }
-  absl::StatusOr<LayerBytes> per_layer =
-      BytesOfLayer(options, capacity, memory::kCacheLineBytes);
+  absl::StatusOr<WeightCache::AllocationBytes> per_layer =
+      WeightCache::AllocationFor(layer_options, capacity, memory::kCacheLineBytes);
   if (!per_layer.ok()) return per_layer.status();
   absl::StatusOr<size_t> layer_total = memory::CheckedAdd(per_layer->packed, per_layer->sources);
   if (!layer_total.ok()) return layer_total.status();
@@ -142,15 +82,14 @@ absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
   // Borrowed sources bound nothing the pool holds: the weights' total is
   // checked on its own.
   absl::StatusOr<size_t> weight_bytes =
-      memory::CheckedMul(options.hidden_size, DTypeSize(options.dtype));
-  for (size_t factor : {options.intermediate_size, size_t{options.has_gate ? 3u : 2u},
-                        num_layers}) {
+      memory::CheckedMul(layer_options.hidden_size, DTypeSize(layer_options.dtype));
+  for (size_t factor : {neurons, size_t{layer_options.has_gate ? 3u : 2u}, num_layers}) {
     if (weight_bytes.ok()) weight_bytes = memory::CheckedMul(*weight_bytes, factor);
   }
   if (!weight_bytes.ok()) return weight_bytes.status();
   model->weight_bytes_ = *weight_bytes;
   model->caches_.reserve(num_layers);
-  const diff::NeuronMask none(options.intermediate_size);
+  const diff::NeuronMask none(neurons);
   for (size_t l = 0; l < num_layers; ++l) {
     absl::StatusOr<WeightCache> cache = WeightCache::Create(
         layer_options, layers[l], initial_masks.empty() ? none : initial_masks[l]);
@@ -182,13 +121,6 @@ absl::Status ModelCache::Update(size_t l, const diff::NeuronMask& mask) {
 }
 
 absl::Status ModelCache::UpdateMany(absl::Span<const LayerMask> updates) {
-  if (updates.size() > caches_.size()) {
-    // More entries than layers: some layer is named twice (checked below
-    // by name, but this bounds the batch).
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%u updates for a model of %u layers: a batch updates a layer once", updates.size(),
-        caches_.size()));
-  }
   absl::InlinedVector<CacheUpdate, 32> batch;
   for (size_t i = 0; i < updates.size(); ++i) {
     const LayerMask& u = updates[i];
@@ -201,10 +133,10 @@ absl::Status ModelCache::UpdateMany(absl::Span<const LayerMask> updates) {
       return absl::InvalidArgumentError(
           absl::StrFormat("update %u (layer %u) has a null mask", i, u.layer));
     }
-    if (u.mask->size() != options_.intermediate_size) {
+    if (u.mask->size() != options_.layer.intermediate_size) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "update %u (layer %u): mask has %u neurons, intermediate_size is %u", i, u.layer,
-          u.mask->size(), options_.intermediate_size));
+          u.mask->size(), options_.layer.intermediate_size));
     }
     for (size_t j = 0; j < i; ++j) {
       if (updates[j].layer == u.layer) {
@@ -215,7 +147,7 @@ absl::Status ModelCache::UpdateMany(absl::Span<const LayerMask> updates) {
     }
     batch.push_back({&caches_[u.layer], u.mask});
   }
-  return WeightCache::UpdateMany(batch, options_.num_threads, options_.simd);
+  return WeightCache::UpdateMany(batch, options_.layer.num_threads, options_.layer.simd);
 }
 
 ModelFootprint ModelCache::footprint() const {

@@ -58,18 +58,16 @@
 namespace sparse_mlp::cache {
 
 struct ModelCacheOptions {
-  size_t num_layers = 0;         // L in [1, WeightCache::kMaxBatchCaches]
-  size_t hidden_size = 0;        // H, every layer
-  size_t intermediate_size = 0;  // I, every layer
-  DType dtype = DType::kFloat32;
-  bool has_gate = true;
-  PackedLayout layout = PackedLayout::kSplit;
-  SourceOwnership ownership = SourceOwnership::kBorrow;
-  DownLayout down_layout = DownLayout::kHiddenMajor;
-  int num_threads = 1;  // every layer's updates, and UpdateMany's batch
-  SimdLevel simd = SimdLevel::kBest;
-  size_t tolerance = 0;
-  double repack_fraction = WeightCacheOptions::kDefaultRepackFraction;
+  size_t num_layers = 0;  // L in [1, WeightCache::kMaxBatchCaches]
+  // Every layer's cache, as WeightCache::Create takes it; the same shape and
+  // type for all layers. Here sources are borrowed by default. The model
+  // sets arena (its pool) and initial_capacity (from the fraction below)
+  // itself; num_threads and simd also run UpdateMany's batch.
+  WeightCacheOptions layer = [] {
+    WeightCacheOptions o;
+    o.ownership = SourceOwnership::kBorrow;
+    return o;
+  }();
   // Each layer's capacity reserved at Create: ceil(f x I) neurons, f in
   // (0, 1]. Layers whose masks need more grow (see above).
   double expected_active_fraction = 0.5;
@@ -131,7 +129,7 @@ class ModelCache {
   // bad l (nothing changes).
   absl::Status Update(size_t l, const diff::NeuronMask& mask);
 
-  // The layers' masks as one batch on options.num_threads threads
+  // The layers' masks as one batch on options.layer.num_threads threads
   // (WeightCache::UpdateMany). Errors, before any layer changes: a layer
   // index out of range (OutOfRange), a null mask, a layer named twice, a
   // mask size other than I (InvalidArgument, naming the entry and layer),

@@ -132,6 +132,39 @@ WeightCache::SlotLayout WeightCache::MakeSlotLayout(PackedLayout layout, bool ha
   return l;
 }
 
+absl::StatusOr<WeightCache::AllocationBytes> WeightCache::AllocationFor(
+    const WeightCacheOptions& o, size_t capacity, size_t alignment) {
+  absl::StatusOr<size_t> rb = memory::CheckedMul(o.hidden_size, DTypeSize(o.dtype));
+  if (!rb.ok()) return rb.status();
+  AllocationBytes bytes;
+  // Adds one region of slot_bytes x rows (rounded) to *total.
+  auto add = [&](size_t* total, size_t slot_bytes, size_t rows) -> absl::Status {
+    if (slot_bytes == 0 || rows == 0) return absl::OkStatus();
+    absl::StatusOr<size_t> b = memory::CheckedMul(slot_bytes, rows);
+    if (b.ok()) b = memory::CheckedRoundUp(*b, alignment);
+    if (b.ok()) b = memory::CheckedAdd(*total, *b);
+    if (!b.ok()) return b.status();
+    *total = *b;
+    return absl::OkStatus();
+  };
+  const SlotLayout slots = MakeSlotLayout(o.layout, o.has_gate, *rb);
+  for (size_t slot_bytes : slots.slot_bytes) {
+    if (absl::Status s = add(&bytes.packed, slot_bytes, capacity); !s.ok()) return s;
+  }
+  if (o.concat_gate_up) {
+    if (absl::Status s = add(&bytes.packed, 2 * *rb, capacity); !s.ok()) return s;
+  }
+  const size_t parts = o.has_gate ? 3 : 2;
+  if (o.ownership == SourceOwnership::kCopy) {
+    if (absl::Status s = add(&bytes.sources, parts * *rb, o.intermediate_size); !s.ok()) {
+      return s;
+    }
+  } else if (o.down_layout == DownLayout::kHiddenMajor) {
+    if (absl::Status s = add(&bytes.sources, *rb, o.intermediate_size); !s.ok()) return s;
+  }
+  return bytes;
+}
+
 absl::StatusOr<WeightCache> WeightCache::Create(
     const WeightCacheOptions& options, const MlpWeights& weights,
     const diff::NeuronMask& initial_mask) {

@@ -388,6 +388,19 @@ class WeightCache {
   // InvalidArgument unless out.size() == 2 x A x H x element size.
   absl::Status CopyConcatenatedGateUp(absl::Span<uint8_t> out) const;
 
+  // What a cache with `options` allocates for its rows, each region
+  // rounded up to `alignment` (an Arena's): the packed buffers and kept
+  // concatenation at `capacity` slots, and its own source copies (all
+  // weights with kCopy, the transposed down with kBorrow and a
+  // hidden-major down). For sizing a pool (cache/model_cache.h); O(1);
+  // OutOfRange when a size overflows.
+  struct AllocationBytes {
+    size_t packed = 0;
+    size_t sources = 0;
+  };
+  static absl::StatusOr<AllocationBytes> AllocationFor(const WeightCacheOptions& options,
+                                                       size_t capacity, size_t alignment);
+
   // Bytes the cache holds: owned source copies, packed buffers (at
   // capacity), masks and index maps.
   size_t memory_bytes() const;

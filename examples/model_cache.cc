@@ -29,10 +29,10 @@ int main() {
   }
   cache::ModelCacheOptions o;
   o.num_layers = L;
-  o.hidden_size = H;
-  o.intermediate_size = I;
-  o.num_threads = 2;
-  o.down_layout = cache::DownLayout::kNeuronMajor;
+  o.layer.hidden_size = H;
+  o.layer.intermediate_size = I;
+  o.layer.num_threads = 2;
+  o.layer.down_layout = cache::DownLayout::kNeuronMajor;
   o.expected_active_fraction = 0.25;
   absl::StatusOr<std::unique_ptr<cache::ModelCache>> model = cache::ModelCache::Create(o, layers);
   if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;

@@ -80,9 +80,9 @@ TEST(ModelCacheAllocationTest, UpdatesAndBatchesWithinCapacityDoNotAllocate) {
   }
   ModelCacheOptions options;
   options.num_layers = kLayers;
-  options.hidden_size = kH;
-  options.intermediate_size = kI;
-  options.num_threads = 2;
+  options.layer.hidden_size = kH;
+  options.layer.intermediate_size = kI;
+  options.layer.num_threads = 2;
   options.expected_active_fraction = 0.6;  // every mask fits
   std::unique_ptr<ModelCache> model = *ModelCache::Create(options, layers);
   std::vector<LayerMask> batch(kLayers);

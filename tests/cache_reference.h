@@ -22,6 +22,18 @@
 #include "diff/neuron_mask.h"
 #include "platform/simd_level.h"
 
+namespace sparse_mlp::cache {
+
+// Holds a cache's mutation flag as a mutating call on another thread would
+// (WeightCache's friend, for the tests of the concurrent-mutation refusal).
+class WeightCacheTestPeer {
+ public:
+  static bool HoldMutationFlag(WeightCache& cache) { return cache.mutation_.TryAcquire(); }
+  static void ReleaseMutationFlag(WeightCache& cache) { cache.mutation_.Release(); }
+};
+
+}  // namespace sparse_mlp::cache
+
 namespace sparse_mlp::cache::testing {
 
 // Random bytes as weights (bytes are bytes to the cache), elem bytes each.

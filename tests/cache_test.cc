@@ -27,13 +27,6 @@
 
 namespace sparse_mlp::cache {
 
-// Holds a cache's mutation flag as a mutating call on another thread would.
-class WeightCacheTestPeer {
- public:
-  static bool HoldMutationFlag(WeightCache& cache) { return cache.mutation_.TryAcquire(); }
-  static void ReleaseMutationFlag(WeightCache& cache) { cache.mutation_.Release(); }
-};
-
 namespace {
 
 using ::testing::HasSubstr;

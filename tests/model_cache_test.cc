@@ -21,12 +21,6 @@
 
 namespace sparse_mlp::cache {
 
-class WeightCacheTestPeer {
- public:
-  static bool HoldMutationFlag(WeightCache& cache) { return cache.mutation_.TryAcquire(); }
-  static void ReleaseMutationFlag(WeightCache& cache) { cache.mutation_.Release(); }
-};
-
 namespace {
 
 using ::testing::HasSubstr;
@@ -55,33 +49,14 @@ ModelWeights RandomModel(std::mt19937_64& rng, size_t num_layers, size_t h, size
   return m;
 }
 
-struct ModelConfig {
-  DType dtype = DType::kFloat32;
-  bool has_gate = true;
-  PackedLayout layout = PackedLayout::kSplit;
-  SourceOwnership ownership = SourceOwnership::kBorrow;
-  DownLayout down_layout = DownLayout::kHiddenMajor;
-  int threads = 1;
-  size_t tolerance = 0;
-  std::string Describe() const {
-    return absl::StrFormat("%s gate=%d %s %s down=%s threads=%d tolerance=%u",
-                           DTypeName(dtype), has_gate, PackedLayoutName(layout),
-                           ownership == SourceOwnership::kCopy ? "copy" : "borrow",
-                           down_layout == DownLayout::kHiddenMajor ? "hidden" : "neuron",
-                           threads, tolerance);
-  }
+// A layer configuration (tests/cache_reference.h), sources borrowed as the
+// model's default, and the model's options from it.
+struct ModelConfig : testing::CacheConfig {
+  ModelConfig() { ownership = SourceOwnership::kBorrow; }
   ModelCacheOptions Options(size_t num_layers, size_t h, size_t i) const {
     ModelCacheOptions o;
     o.num_layers = num_layers;
-    o.hidden_size = h;
-    o.intermediate_size = i;
-    o.dtype = dtype;
-    o.has_gate = has_gate;
-    o.layout = layout;
-    o.ownership = ownership;
-    o.down_layout = down_layout;
-    o.num_threads = threads;
-    o.tolerance = tolerance;
+    o.layer = CacheConfig::Options(h, i);
     o.expected_active_fraction = 0.3;
     return o;
   }
@@ -294,7 +269,7 @@ TEST(ModelCacheTest, FootprintWithBorrowedAndCopiedSources) {
     EXPECT_EQ(s.totals.updates, 0u);  // the initial packing is not an update
   }
 
-  options.ownership = SourceOwnership::kCopy;
+  options.layer.ownership = SourceOwnership::kCopy;
   std::unique_ptr<ModelCache> copied = *ModelCache::Create(options, w.views, masks);
   const ModelFootprint c = copied->footprint();
   EXPECT_EQ(c.pool_in_use, c.packed_bytes + weights);
@@ -424,10 +399,10 @@ TEST_F(ModelCacheErrorTest, CreateArguments) {
   EXPECT_THAT(ModelCache::Create(o, w_.views).status().message(),
               HasSubstr("expected_active_fraction must be in (0, 1], got 0"));
   o.expected_active_fraction = 0.5;
-  o.num_threads = 0;
+  o.layer.num_threads = 0;
   EXPECT_EQ(ModelCache::Create(o, w_.views).status().code(),
             absl::StatusCode::kInvalidArgument);
-  o.num_threads = 1;
+  o.layer.num_threads = 1;
   std::vector<MlpWeights> views = w_.views;
   views[2].up = nullptr;
   EXPECT_THAT(ModelCache::Create(o, views).status().message(),
