@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import _sparse_mlp
+from sparse_mlp import _sparse_mlp
 from sparse_mlp import LlamaSkipMLP, WeightCacheOptimized, mlp_forward
 
 PRESETS = {

@@ -25,6 +25,14 @@ packages=(
   python3-dev
   python3-numpy
   python3-torch
+  python3-pip          # `python3 -m pip install .` (PEP 517, offline:
+  python3-setuptools   # --no-build-isolation with Debian's setuptools
+  python3-wheel        # and wheel)
+  python3-venv
+  python3-tqdm         # progress bars of the store converter
+  python3-matplotlib   # benchmark plots (--plot)
+  liburing-dev         # store/: the io_uring read engine
+  libxxhash-dev        # store/: per-bundle checksums (XXH3)
 )
 
 missing=()

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-import _sparse_mlp
+from sparse_mlp import _sparse_mlp
 
 try:  # torch is optional: NumPy arrays work alone.
     import torch

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import _sparse_mlp
+from sparse_mlp import _sparse_mlp
 from sparse_mlp.cache import (WeightCache, _is_torch, _out_matrix, _result, _tokens,
                               _weight, check_mask)
 

@@ -1,6 +1,6 @@
 """Python face of the C++ ModelCache: every MLP layer of a model in one pool."""
 
-import _sparse_mlp
+from sparse_mlp import _sparse_mlp
 
 from sparse_mlp.cache import WeightCache, _is_torch, _mask_array, _weight
 

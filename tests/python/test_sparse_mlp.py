@@ -177,7 +177,7 @@ class SeedApiTest(unittest.TestCase):
                              TOLERANCE[torch.float32], "after reset_cache")
 
     def test_transpose_function(self):
-        import _sparse_mlp
+        from sparse_mlp import _sparse_mlp
         gen = torch.Generator().manual_seed(13)
         for dtype in DTYPES:
             src = torch.randn(37, 70, generator=gen).to(dtype)
@@ -544,7 +544,7 @@ class ReliabilityTest(unittest.TestCase):
             torch.testing.assert_close(mlp(x, values.expand(2, i)), expected, msg=name)
 
     def test_repack_fraction_and_keyword_options(self):
-        import _sparse_mlp
+        from sparse_mlp import _sparse_mlp
         gen = torch.Generator().manual_seed(27)
         gate, up, down = random_weights(gen, 64, 8, torch.float32)
         first = torch.zeros(64, dtype=torch.bool)
