@@ -222,6 +222,44 @@ void PrintGoals(const std::vector<CaseResult>& results,
   }
 }
 
+// Three lines a user can act on, from this run's medians at churn 0.10.
+void PrintSummary(const std::vector<CaseResult>& results) {
+  auto find = [&](const std::string& dtype, const std::string& layout) -> const CaseResult* {
+    for (const CaseResult& r : results) {
+      double churn;
+      if (r.dtype == dtype && r.layout == layout && absl::SimpleAtod(r.churn, &churn) &&
+          std::abs(churn - 0.10) < 1e-9) {
+        return &r;
+      }
+    }
+    return nullptr;
+  };
+  std::vector<std::string> cost, rebuild, layout;
+  for (const std::string dtype : {"float32", "bfloat16", "float16"}) {
+    const CaseResult* split = find(dtype, "split");
+    if (split == nullptr) continue;
+    cost.push_back(absl::StrFormat("%s %.2f ms (%.2fx the memcpy of its bytes)", dtype,
+                                   split->update_us / 1e3, split->x_floor()));
+    rebuild.push_back(absl::StrFormat("%s %.0fx", dtype, split->speedup_a()));
+    if (const CaseResult* fused = find(dtype, "fused"); fused != nullptr) {
+      layout.push_back(absl::StrFormat("%s %.2fx", dtype, fused->update_us / split->update_us));
+    }
+  }
+  if (cost.empty()) return;
+  std::printf("\nsummary (churn 0.10, split layout):\n");
+  std::printf("  an update costs %s: it moves only the entering neurons, so its cost is churn "
+              "x active x the layer's bytes\n",
+              absl::StrJoin(cost, ", ").c_str());
+  std::printf("  against rebuilding the active rows each token (index_select) it is %s faster: "
+              "keep a WeightCache wherever a consumer needs packed rows\n",
+              absl::StrJoin(rebuild, ", ").c_str());
+  if (!layout.empty()) {
+    std::printf("  fused / split update time: %s; pick split for torch matmul on the views, "
+                "fused for the native forward when updates dominate\n",
+                absl::StrJoin(layout, ", ").c_str());
+  }
+}
+
 // The floor: a memcpy of exactly the bytes an update copied, from and to
 // memory as cold as the update's. Its source and destination windows
 // advance through buffers of its own, far larger than the caches and
@@ -593,7 +631,10 @@ int Main() {
     }
   }
   PrintTable(construction, results);
-  if (c.replay.empty()) PrintGoals(results, construction_ratio);
+  if (c.replay.empty()) {
+    PrintGoals(results, construction_ratio);
+    PrintSummary(results);
+  }
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     if (absl::Status s = WriteJson(path, c, construction, results); !s.ok()) {
       std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());

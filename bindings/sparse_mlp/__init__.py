@@ -10,6 +10,7 @@ only the active neurons through the cache's fused layer step;
 ``ModelCache`` holds every layer of a model in one pool, with batched updates.
 """
 
+from sparse_mlp._version import __version__
 from sparse_mlp.cache import WeightCache, WeightCacheOptimized
 from sparse_mlp.mlp import LlamaSkipMLP, mlp_forward
 from sparse_mlp.model import ModelCache

@@ -676,6 +676,17 @@ class BadInputTest(unittest.TestCase):
                           "ModelCache"})
 
 
+class PackageTest(unittest.TestCase):
+    def test_version_and_report(self):
+        self.assertRegex(sparse_mlp.__version__, r"^\d+\.\d+\.\d+$")
+        from sparse_mlp import __main__ as info
+        rows = dict(info.report())
+        self.assertEqual(rows["sparse_mlp"], sparse_mlp.__version__)
+        self.assertIn(rows["simd level"], ("scalar", "avx2", "avx512"))
+        self.assertGreaterEqual(int(rows["openmp threads"]), 1)
+        self.assertTrue(rows["torch"].startswith(torch.__version__), rows["torch"])
+
+
 def torch_mlp(x, gate, up, down, activation="silu", mask=None):
     """The float64 reference MLP (down [H, I]); gate None: gate-less."""
     x, up, down = x.double(), up.double(), down.double()
