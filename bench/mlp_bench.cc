@@ -627,7 +627,7 @@ class Goals {
       if (cases[k].second > cases[worst].second) worst = k;
     }
     const double value = cases[worst].second, bound = bounds[worst];
-    if (value <= limit || bound <= limit) {
+    if (value <= limit || bound <= limit || value < 0.98 * bound) {
       AtMost(what, limit, cases);
       return;
     }

@@ -511,7 +511,9 @@ int Main(int argc, char** argv) {
                   a, value, limit, bound, mean_churn[a]);
       return;
     }
-    goal(absl::StrFormat("sparse stack (step) a=%.1f / dense", a), value, limit);
+    goal(absl::StrFormat("sparse stack (step) a=%.1f / dense (bytes bound a(1 + churn) = %.3f)",
+                         a, bound),
+         value, limit);
   };
   for (double a : c.active) {
     if (a == 0.5) step_goal(a, 0.6);
