@@ -1,31 +1,17 @@
-// Element types of MLP weights. The cache moves rows as raw bytes; the type
-// only sets the row size and tags the views it hands out.
+// cache::DType: the element types of platform/dtype.h under the names the
+// cache's and the forward's interfaces have always used.
 #ifndef SPARSE_MLP_CACHE_DTYPE_H_
 #define SPARSE_MLP_CACHE_DTYPE_H_
 
-#include <cstddef>
-
-#include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
-#include "platform/enum_names.h"
+#include "platform/dtype.h"
 
 namespace sparse_mlp::cache {
 
-enum class DType { kFloat32, kBFloat16, kFloat16 };
-
-inline constexpr EnumName<DType> kDTypeNames[] = {
-    {DType::kFloat32, "float32"},
-    {DType::kBFloat16, "bfloat16"},
-    {DType::kFloat16, "float16"},
-};
-
-constexpr size_t DTypeSize(DType dtype) {
-  return dtype == DType::kFloat32 ? 4 : 2;
-}
-
-// DTypeName: "float32", "bfloat16", "float16"; ParseDType: the inverse
-// (InvalidArgument naming the choices for any other name).
-SPARSE_MLP_ENUM_NAME_FUNCTIONS(DType, kDTypeNames, DTypeName, ParseDType, "dtype")
+using ::sparse_mlp::DType;
+using ::sparse_mlp::DTypeName;
+using ::sparse_mlp::DTypeSize;
+using ::sparse_mlp::kDTypeNames;
+using ::sparse_mlp::ParseDType;
 
 }  // namespace sparse_mlp::cache
 
