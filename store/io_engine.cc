@@ -6,7 +6,6 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -100,10 +99,33 @@ class IoUringEngine final : public IoEngine {
   io_uring ring_{};
 };
 
-// Threads pulling reads from a queue and pushing completions to another.
+// A fixed-capacity FIFO (no allocation after construction).
+template <typename T>
+class Ring {
+ public:
+  explicit Ring(size_t capacity) : items_(capacity) {}
+  bool empty() const { return count_ == 0; }
+  void push_back(const T& v) {
+    items_[(head_ + count_++) % items_.size()] = v;
+  }
+  T pop_front() {
+    T v = items_[head_];
+    head_ = (head_ + 1) % items_.size();
+    --count_;
+    return v;
+  }
+
+ private:
+  std::vector<T> items_;
+  size_t head_ = 0, count_ = 0;
+};
+
+// Threads pulling reads from a queue and pushing completions to another;
+// both hold at most depth entries (reads in flight).
 class PreadEngine final : public IoEngine {
  public:
-  PreadEngine(int fd, int depth, int threads) : fd_(fd), depth_(static_cast<size_t>(depth)) {
+  PreadEngine(int fd, int depth, int threads)
+      : fd_(fd), depth_(static_cast<size_t>(depth)), queue_(depth_), done_(depth_) {
     for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { Work(); });
   }
   ~PreadEngine() override {
@@ -137,10 +159,7 @@ class PreadEngine final : public IoEngine {
     std::unique_lock<std::mutex> lock(mu_);
     if (wait && in_flight_ > 0) done_cv_.wait(lock, [&] { return !done_.empty(); });
     size_t n = 0;
-    while (n < out.size() && !done_.empty()) {
-      out[n++] = done_.front();
-      done_.pop_front();
-    }
+    while (n < out.size() && !done_.empty()) out[n++] = done_.pop_front();
     in_flight_ -= n;
     return n;
   }
@@ -151,8 +170,7 @@ class PreadEngine final : public IoEngine {
     while (true) {
       work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ and nothing left
-      const IoRead r = queue_.front();
-      queue_.pop_front();
+      const IoRead r = queue_.pop_front();
       lock.unlock();
       int64_t result;
       do {
@@ -170,8 +188,8 @@ class PreadEngine final : public IoEngine {
   size_t in_flight_ = 0;  // driver thread only
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
-  std::deque<IoRead> queue_;
-  std::deque<IoCompletion> done_;
+  Ring<IoRead> queue_;
+  Ring<IoCompletion> done_;
   bool stop_ = false;
   std::vector<std::thread> workers_;
 };
