@@ -154,13 +154,15 @@ absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(const std::stri
       r->checksums_[k] = v;
     }
   }
-  // Staging: one slot per request in flight, each one merged run.
+  // Staging: two slots per request in flight (a landed run is checked and
+  // copied out while the next reads are already in flight), each one
+  // merged run.
   r->slot_bytes_ = RoundUp(std::max(options.max_request_bytes, l.bundle_stride()), l.alignment());
   absl::StatusOr<memory::AlignedBuffer> staging = memory::AlignedBuffer::Allocate(
-      r->slot_bytes_ * static_cast<size_t>(options.queue_depth), kProbeBytes);
+      r->slot_bytes_ * 2 * static_cast<size_t>(options.queue_depth), kProbeBytes);
   if (!staging.ok()) return staging.status();
   r->staging_ = *std::move(staging);
-  r->free_slots_.resize(static_cast<size_t>(options.queue_depth));
+  r->free_slots_.resize(2 * static_cast<size_t>(options.queue_depth));
   std::iota(r->free_slots_.begin(), r->free_slots_.end(), 0);
   r->submit_.resize(static_cast<size_t>(options.queue_depth));
   r->reaped_.resize(static_cast<size_t>(options.queue_depth));
@@ -372,6 +374,10 @@ size_t BundleReader::Poll(absl::FunctionRef<void(size_t, const absl::Status&)> d
       n += refused.size();
     }
     const size_t reaped = engine_->Reap(absl::MakeSpan(reaped_), wait && n == 0);
+    // Refill the queue before checking and copying what landed, so the
+    // device is not left idle while this thread hashes (staging has a
+    // second set of slots for this).
+    Pump();
     for (size_t k = 0; k < reaped; ++k) {
       Complete(reaped_[k].tag, reaped_[k].result, absl::OkStatus(), done);
     }

@@ -30,7 +30,7 @@
 // (InvalidArgument naming its index and value) before reading anything.
 //
 // Thread-compatible: one thread drives a reader (the pread engine's workers
-// are internal). Allocation: at Open (staging: queue_depth slots of
+// are internal). Allocation: at Open (staging: 2 x queue_depth slots of
 // max_request_bytes; the checksum table: 8 bytes per bundle) and when a batch
 // is larger than any before (Reserve avoids even that); none per batch
 // otherwise. O(n log n) per batch of n bundles (the sort), plus the I/O.
