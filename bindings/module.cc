@@ -11,6 +11,7 @@
 #include "bindings/convert.h"
 #include "bindings/mlp_module.h"
 #include "bindings/model_module.h"
+#include "bindings/store_module.h"
 #include "platform/simd_level.h"
 
 namespace py = pybind11;
@@ -21,6 +22,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   sparse_mlp::bindings::RegisterMlp(m);
   sparse_mlp::bindings::RegisterCache(m);
   sparse_mlp::bindings::RegisterModel(m);
+  sparse_mlp::bindings::RegisterStore(m);
 
   // What `python3 -m sparse_mlp` reports for bug reports.
   m.def(

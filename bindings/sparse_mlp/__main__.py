@@ -34,9 +34,8 @@ def report():
     for var in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_THREAD_LIMIT", "OMP_DYNAMIC"):
         if var in os.environ:
             rows.append((var, os.environ[var]))
-    if hasattr(_sparse_mlp, "io_engines"):
-        rows.append(("i/o engines", ", ".join(
-            f"{name} ({'available' if ok else why})" for name, ok, why in _sparse_mlp.io_engines())))
+    rows.append(("i/o engines", ", ".join(
+        f"{name} ({'available' if ok else why})" for name, ok, why in _sparse_mlp.io_engines())))
     try:
         import numpy
         rows.append(("numpy", numpy.__version__))
