@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Compiles every library source of the repository (not tests, benchmarks or
 # bindings) for aarch64 with Debian's cross compiler, compile-only: the
-# portable paths must build where no x86 intrinsic exists. Abseil's headers
-# are architecture-independent and come from the host's libabsl-dev; the
-# cross compiler brings its own libc and OpenMP headers.
+# portable paths must build where no x86 intrinsic exists. Abseil's,
+# liburing's and xxHash's headers are architecture-independent and come from
+# the host's -dev packages; the cross compiler brings its own libc and
+# OpenMP headers.
 # Prints one line per file and "N passed, N failed" last; exits 1 on any
 # failure. Needs g++-aarch64-linux-gnu (tools/setup.sh installs it).
 set -uo pipefail
@@ -19,10 +20,14 @@ fi
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 ln -s /usr/include/absl "$stage/absl"
+# store/: liburing's and xxHash's headers (architecture-independent C).
+ln -s /usr/include/liburing.h "$stage/liburing.h"
+ln -s /usr/include/liburing "$stage/liburing"
+ln -s /usr/include/xxhash.h "$stage/xxhash.h"
 
 passed=0
 failed=0
-for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'cache/*.cc' 'mlp/*.cc'); do
+for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'store/*.cc' 'cache/*.cc' 'mlp/*.cc'); do
   if "$cxx" -std=c++17 -O2 -fopenmp -Wall -Wextra -Wshadow -Werror -I. -isystem "$stage" \
        -c "$src" -o "$stage/out.o" 2>"$stage/err"; then
     passed=$((passed + 1))
