@@ -185,6 +185,17 @@ BundleReader::~BundleReader() {
 
 IoEngineKind BundleReader::engine() const { return engine_->kind(); }
 
+size_t BundleReader::BatchBytesPerBundle() {
+  return sizeof(BundleRequest) + sizeof(uint32_t) + sizeof(Run);
+}
+
+size_t BundleReader::memory_bytes() const {
+  return staging_.size() + checksums_.capacity() * sizeof(uint64_t) +
+         requests_.capacity() * sizeof(BundleRequest) + order_.capacity() * sizeof(uint32_t) +
+         runs_.capacity() * sizeof(Run) + submit_.capacity() * sizeof(IoRead) +
+         reaped_.capacity() * sizeof(IoCompletion) + free_slots_.capacity() * sizeof(int);
+}
+
 absl::Status BundleReader::Reserve(size_t bundles) {
   if (bundles > UINT32_MAX) {
     return absl::InvalidArgumentError(absl::StrFormat("at most %d bundles per batch, got %d",

@@ -105,6 +105,10 @@ class BundleReader {
   IoEngineKind engine() const;
   bool direct_io() const { return direct_io_; }
   const ReaderStats& stats() const { return stats_; }
+  // Bytes this reader holds: staging, the checksum table, batch arrays.
+  size_t memory_bytes() const;
+  // Bytes the batch arrays take per bundle of Reserve's capacity.
+  static size_t BatchBytesPerBundle();
   // Alignment a destination needs for a read to land in it without
   // staging (1 for buffered reads).
   size_t destination_alignment() const { return memory_alignment_; }

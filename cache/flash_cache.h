@@ -1,0 +1,183 @@
+// FlashModelCache: a model's MLP layers served from a bundle file
+// (store/bundle_format.h) under a DRAM budget, loading only the neurons that
+// enter. The flash tier: the model's weights live on an SSD; DRAM holds a
+// fixed number of slots per layer, each one neuron's bundle (gate row, up
+// row, down column: the fused packed layout, [slot][3H]), filled by O_DIRECT
+// reads straight from the file, so nothing else of the file is resident (no
+// mapping, no page cache).
+//
+// Theory of operation. Per layer a ResidencyPlanner (cache/residency.h)
+// decides, for each token's mask, which neurons are hits, which enter and
+// which slots they take (sliding window, least recently active evicted
+// first). BeginStep plans and hands the entering neurons' reads to the
+// cache's I/O thread, which drives a store::BundleReader (io_uring or a pread
+// pool) and marks fixed chunks of entering neurons landed as their bundles
+// arrive; the caller computes on the hit slots meanwhile and on each chunk
+// once it landed (mlp/flash_step.h does this). FinishStep waits for the
+// rest. Prefetch starts a later layer's loads early (a predictor that looks
+// ahead) without computing; the step with the same mask then finds its
+// plan made and its reads in flight or done.
+//
+// Exactness: a slot holds exactly its neuron's bundle or is free. A read
+// that fails (I/O error, short read, checksum) fails that step with a Status
+// naming layer, neuron and offset; the neurons whose loads failed leave their
+// slots, every other slot stays valid, and the next step reloads what it
+// needs. Results depend only on the masks: the plan is deterministic and the
+// compute order is fixed (hits, then chunks in neuron order), whatever order
+// the reads complete in.
+//
+// Budget: budget_bytes covers the slots, the reader's staging and checksum
+// table, the bookkeeping and the step's scratch; the slots get what remains,
+// split evenly over the layers. footprint() states each part. A mask larger
+// than a layer's slots is refused with InvalidArgument naming both sizes.
+//
+// Thread-compatible: one thread steps a FlashModelCache (its I/O thread is
+// internal). Allocation: at Open; none per step (errors allocate their
+// messages). Errors: absl::Status as store/ and the planner give them.
+#ifndef SPARSE_MLP_CACHE_FLASH_CACHE_H_
+#define SPARSE_MLP_CACHE_FLASH_CACHE_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/residency.h"
+#include "memory/aligned_buffer.h"
+#include "store/bundle_reader.h"
+
+namespace sparse_mlp::cache {
+
+struct FlashCacheOptions {
+  size_t budget_bytes = 0;  // DRAM for everything the cache holds
+  size_t window = 1;        // tokens a neuron stays resident after its last activity
+  size_t chunk_neurons = 64;  // entering neurons computed per landed chunk
+  size_t max_tokens = 32;   // tokens per step the scratch is sized for (more allocate)
+  store::ReaderOptions reader;  // engine, queue depth, checksums, O_DIRECT
+};
+
+// Per layer, since Open.
+struct FlashLayerStats {
+  uint64_t steps = 0;
+  uint64_t hits = 0;       // mask neurons already resident
+  uint64_t loads = 0;      // neurons read from the file
+  uint64_t evictions = 0;  // left to make room
+  uint64_t expirations = 0;  // left the window
+  uint64_t failed_loads = 0;
+  size_t resident = 0;     // now
+  size_t capacity = 0;     // slots
+};
+
+struct FlashFootprint {
+  size_t budget_bytes = 0;
+  size_t slot_bytes = 0;         // all layers' slots (allocated; touched as loaded)
+  size_t resident_bytes = 0;     // slots holding a neuron now
+  size_t reader_bytes = 0;       // staging and checksum table
+  size_t bookkeeping_bytes = 0;  // planners, requests, scratch
+  size_t total_bytes() const { return slot_bytes + reader_bytes + bookkeeping_bytes; }
+};
+
+// One layer's step as the compute sees it.
+struct FlashStepPlan {
+  absl::Span<const uint32_t> hit_slots;       // ascending
+  absl::Span<const uint32_t> entering_slots;  // ascending; chunk j = [j c, (j + 1) c)
+  size_t chunk_neurons = 0;
+  size_t chunks() const {
+    return (entering_slots.size() + chunk_neurons - 1) / chunk_neurons;
+  }
+};
+
+class FlashModelCache {
+ public:
+  // Opens `path` with options.reader and sizes the slots from the budget.
+  // Errors: the reader's (file and argument errors); InvalidArgument for a
+  // window of 0, a chunk of 0 neurons, or a budget below what one slot per
+  // layer needs (naming both sizes).
+  static absl::StatusOr<std::unique_ptr<FlashModelCache>> Open(const std::string& path,
+                                                               const FlashCacheOptions& options);
+  ~FlashModelCache();
+  FlashModelCache(const FlashModelCache&) = delete;
+  FlashModelCache& operator=(const FlashModelCache&) = delete;
+
+  const store::BundleLayout& layout() const { return layout_; }
+  size_t num_layers() const { return layout_.shape().layers; }
+  size_t capacity() const { return capacity_; }  // slots per layer
+  size_t window() const { return options_.window; }
+  // Slot s of layer l starts at slots(l) + s x slot_stride(): gate at 0
+  // (gated files), up at layout().up_offset(), down at down_offset().
+  const uint8_t* slots(size_t layer) const {
+    return pool_.data() + layer * capacity_ * slot_stride_;
+  }
+  size_t slot_stride() const { return slot_stride_; }
+
+  // Plans layer `layer` for `mask` (sorted neuron indices) and starts the
+  // entering neurons' reads. Waits first for the layer's earlier loads (a
+  // Prefetch) to finish; a Prefetch of the same mask is taken as this step's
+  // plan. OutOfRange for a bad layer; the planner's InvalidArgument (mask
+  // too large for the slots, bad indices): nothing changed then.
+  // FailedPrecondition while another step of this layer is open.
+  absl::Status BeginStep(size_t layer, absl::Span<const uint32_t> mask, FlashStepPlan* plan);
+  // Blocks until chunk j of the open step's entering neurons landed; its
+  // first read error, if any.
+  absl::Status WaitChunk(size_t layer, size_t chunk);
+  // Ends the open step: waits for its reads, frees the slots of failed
+  // loads, returns the first error (OK when every bundle landed).
+  absl::Status FinishStep(size_t layer);
+
+  // Plans `layer` for `mask` now and starts the reads; returns at once.
+  // Errors as BeginStep. A later BeginStep with the same mask reuses this
+  // plan; with another mask it waits for these reads and plans again (the
+  // prefetch then counts as a token of the window).
+  absl::Status Prefetch(size_t layer, absl::Span<const uint32_t> mask);
+
+  // Reads every resident slot's bundle again (a separate buffered reader)
+  // and compares: DataLoss naming the first slot that differs.
+  absl::Status Verify(size_t layer) const;
+
+  FlashLayerStats layer_stats(size_t layer) const;
+  store::ReaderStats io_stats() const;
+  FlashFootprint footprint() const;
+  // The resident neurons of `layer`, ascending.
+  std::vector<uint32_t> resident_neurons(size_t layer) const;
+  // Scratch of max(T, options.max_tokens) x H floats for the step's output
+  // (mlp/flash_step.h); allocates only for more tokens than ever before.
+  absl::StatusOr<float*> Scratch(size_t tokens);
+
+ private:
+  struct Layer;
+  FlashModelCache(std::string path, store::BundleLayout layout, FlashCacheOptions options);
+  absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch);
+  void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
+  void ApplyFailures(Layer& l);
+  void IoLoop();
+
+  std::string path_;
+  store::BundleLayout layout_;
+  FlashCacheOptions options_;
+  std::unique_ptr<store::BundleReader> reader_;  // driven by the I/O thread only
+  size_t slot_stride_ = 0, capacity_ = 0;
+  memory::AlignedBuffer pool_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  memory::AlignedBuffer scratch_;
+  size_t bookkeeping_bytes_ = 0;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;  // chunk / job completions
+  std::condition_variable work_;   // the I/O thread's queue
+  std::vector<size_t> queue_;      // ring of layer indices with a job
+  size_t queue_head_ = 0, queue_size_ = 0;
+  bool stop_ = false;
+  store::ReaderStats io_stats_;    // copied from the reader after each job
+  std::thread io_thread_;
+};
+
+}  // namespace sparse_mlp::cache
+
+#endif  // SPARSE_MLP_CACHE_FLASH_CACHE_H_

@@ -1,0 +1,108 @@
+#include "cache/residency.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+
+namespace sparse_mlp::cache {
+
+ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t window)
+    : window_(std::max<size_t>(1, window)),
+      slot_of_(neurons, kNoSlot),
+      neuron_of_(std::min(capacity, neurons), kNoSlot),
+      last_active_(neurons, 0),
+      in_mask_(neurons, 0) {
+  const size_t c = neuron_of_.size();
+  hits_.reserve(c);
+  entering_.reserve(c);
+  entering_slots_.reserve(c);
+  candidates_.reserve(c);
+  free_.reserve(c);
+}
+
+void ResidencyPlanner::Free(uint32_t slot) {
+  slot_of_[neuron_of_[slot]] = kNoSlot;
+  neuron_of_[slot] = kNoSlot;
+  --resident_;
+}
+
+void ResidencyPlanner::Unload(uint32_t neuron) {
+  if (neuron < slot_of_.size() && slot_of_[neuron] != kNoSlot) Free(slot_of_[neuron]);
+}
+
+absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPlan* plan) {
+  const size_t n = slot_of_.size(), c = neuron_of_.size();
+  if (mask.size() > c) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the mask holds %d neurons but the budget gives this layer %d slots", mask.size(), c));
+  }
+  for (size_t k = 0; k < mask.size(); ++k) {
+    if (mask[k] >= n || (k > 0 && mask[k] <= mask[k - 1])) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "mask index %d at position %d is out of range [0, %d) or not ascending", mask[k], k, n));
+    }
+  }
+  const uint64_t now = ++token_;  // last_active_ holds token numbers from 1
+  hits_.clear();
+  entering_.clear();
+  for (uint32_t j : mask) {
+    in_mask_[j] = 1;
+    last_active_[j] = now;
+    if (slot_of_[j] != kNoSlot) {
+      hits_.push_back(slot_of_[j]);
+    } else {
+      entering_.push_back(j);
+    }
+  }
+  // Expire what left the window; collect free slots and eviction candidates.
+  size_t expired = 0;
+  free_.clear();
+  candidates_.clear();
+  for (uint32_t s = 0; s < c; ++s) {
+    const uint32_t j = neuron_of_[s];
+    if (j == kNoSlot) {
+      free_.push_back(s);
+    } else if (!in_mask_[j]) {
+      if (last_active_[j] + window_ <= now) {
+        Free(s);
+        free_.push_back(s);
+        ++expired;
+      } else {
+        candidates_.push_back(s);
+      }
+    }
+  }
+  // Evict the least recently active until the entering neurons fit.
+  size_t evicted = 0;
+  if (free_.size() < entering_.size()) {
+    const size_t need = entering_.size() - free_.size();
+    auto older = [&](uint32_t a, uint32_t b) {
+      const uint32_t ja = neuron_of_[a], jb = neuron_of_[b];
+      return last_active_[ja] != last_active_[jb] ? last_active_[ja] < last_active_[jb] : ja < jb;
+    };
+    std::nth_element(candidates_.begin(), candidates_.begin() + (need - 1), candidates_.end(),
+                     older);
+    for (size_t k = 0; k < need; ++k) {
+      Free(candidates_[k]);
+      free_.push_back(candidates_[k]);
+    }
+    evicted = need;
+  }
+  std::sort(free_.begin(), free_.end());
+  entering_slots_.assign(free_.begin(), free_.begin() + entering_.size());
+  for (size_t k = 0; k < entering_.size(); ++k) {
+    slot_of_[entering_[k]] = entering_slots_[k];
+    neuron_of_[entering_slots_[k]] = entering_[k];
+  }
+  resident_ += entering_.size();
+  for (uint32_t j : mask) in_mask_[j] = 0;
+  std::sort(hits_.begin(), hits_.end());
+  plan->hit_slots = hits_;
+  plan->entering = entering_;
+  plan->entering_slots = entering_slots_;
+  plan->evicted = evicted;
+  plan->expired = expired;
+  return absl::OkStatus();
+}
+
+}  // namespace sparse_mlp::cache

@@ -1,0 +1,88 @@
+// ResidencyPlanner: which neurons of one layer stay resident in a fixed set
+// of slots, which enter, which leave. Pure logic (no memory of weights, no
+// I/O): the flash cache (cache/flash_cache.h) loads what it says.
+//
+// Policy (LLM in a Flash's sliding window under a budget):
+//   - token t's mask must be resident for its step (a mask larger than the
+//     slots is refused);
+//   - a neuron stays resident while it was active in any of the last
+//     `window` tokens (window 1: only the current mask stays), so a neuron
+//     that flickers off and on within the window is not loaded again;
+//   - when the slots cannot hold what the window keeps, the least recently
+//     active neurons not in the current mask leave first (ties: the lower
+//     neuron index leaves first);
+//   - entering neurons take the lowest free slots, in neuron order, so a plan
+//     depends only on the mask sequence (never on timing).
+// A load that fails is reported with Unload: the neuron's slot becomes free
+// and the neuron not resident, so no slot ever stands for rows it does not
+// hold.
+//
+// Thread-compatible. Allocation: at construction only (arrays of I and of
+// the capacity). Plan: O(I/64 + C log C) for C slots.
+#ifndef SPARSE_MLP_CACHE_RESIDENCY_H_
+#define SPARSE_MLP_CACHE_RESIDENCY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace sparse_mlp::cache {
+
+inline constexpr uint32_t kNoSlot = UINT32_MAX;
+
+// One token's plan. Spans point into the planner and stay valid until its
+// next Plan.
+struct ResidencyPlan {
+  absl::Span<const uint32_t> hit_slots;         // mask neurons already resident, ascending slots
+  absl::Span<const uint32_t> entering;          // mask neurons to load, ascending
+  absl::Span<const uint32_t> entering_slots;    // their slots, ascending (entering[k] -> [k])
+  size_t evicted = 0;                           // neurons that left to make room
+  size_t expired = 0;                           // neurons that left the window
+};
+
+class ResidencyPlanner {
+ public:
+  // `neurons` per layer, `capacity` slots (1 .. neurons), window >= 1.
+  ResidencyPlanner(size_t neurons, size_t capacity, size_t window);
+
+  // Plans token `mask` (sorted, distinct neuron indices < neurons): expires
+  // neurons outside the window, evicts as needed, assigns slots. The
+  // entering neurons are resident from here on (their loads are the
+  // caller's; Unload the ones that fail). InvalidArgument (nothing changed)
+  // when the mask is larger than the capacity, or holds an index out of
+  // range or out of order.
+  absl::Status Plan(absl::Span<const uint32_t> mask, ResidencyPlan* plan);
+
+  // A planned load failed: the neuron leaves its slot.
+  void Unload(uint32_t neuron);
+
+  size_t neurons() const { return slot_of_.size(); }
+  size_t capacity() const { return neuron_of_.size(); }
+  size_t window() const { return window_; }
+  size_t resident() const { return resident_; }
+  uint64_t tokens() const { return token_; }
+  // The slot of `neuron`, or kNoSlot.
+  uint32_t slot_of(uint32_t neuron) const { return slot_of_[neuron]; }
+  // The neuron in `slot`, or kNoSlot.
+  uint32_t neuron_of(uint32_t slot) const { return neuron_of_[slot]; }
+
+ private:
+  void Free(uint32_t slot);
+
+  size_t window_;
+  size_t resident_ = 0;
+  uint64_t token_ = 0;                 // tokens planned so far
+  std::vector<uint32_t> slot_of_;      // per neuron
+  std::vector<uint32_t> neuron_of_;    // per slot
+  std::vector<uint64_t> last_active_;  // per neuron: token + 1 of its last mask (0: never)
+  std::vector<uint8_t> in_mask_;       // per neuron, scratch of Plan
+  // Plan's arrays, sized to the capacity.
+  std::vector<uint32_t> hits_, entering_, entering_slots_, candidates_, free_;
+};
+
+}  // namespace sparse_mlp::cache
+
+#endif  // SPARSE_MLP_CACHE_RESIDENCY_H_

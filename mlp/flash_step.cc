@@ -1,0 +1,109 @@
+#include "mlp/flash_step.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "mlp/float16.h"
+
+namespace sparse_mlp::mlp {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
+                            absl::Span<const uint32_t> mask, const ConstTokens& x,
+                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+                            FlashStepTimes* times) {
+  const store::BundleLayout& layout = cache->layout();
+  const DType dtype = layout.shape().dtype;
+  const size_t hidden = layout.shape().hidden;
+  // The caller's arguments, checked before any read starts.
+  if (x.data == nullptr || x.tokens == 0 || x.stride < hidden) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "x must hold tokens >= 1 rows of hidden_size %d (tokens %d, stride %d)", hidden,
+        x.tokens, x.stride));
+  }
+  if (y.data == nullptr || y.tokens != x.tokens || y.stride < hidden) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "y must hold x's %d tokens of hidden_size %d (tokens %d, stride %d)", x.tokens, hidden,
+        y.tokens, y.stride));
+  }
+  if (y.dtype != DType::kFloat32 && y.dtype != dtype) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "y must be float32 or %s (the weights' type), got %s", DTypeName(dtype),
+        DTypeName(y.dtype)));
+  }
+  absl::StatusOr<float*> scratch = cache->Scratch(x.tokens);
+  if (!scratch.ok()) return scratch.status();
+  const Tokens sums{*scratch, x.tokens, hidden, DType::kFloat32};
+  FlashStepTimes t;
+  double t0 = Now();
+  cache::FlashStepPlan plan;
+  if (absl::Status s = cache->BeginStep(layer, mask, &plan); !s.ok()) return s;
+  double t1 = Now();
+  t.plan_seconds = t1 - t0;
+
+  const size_t elem = DTypeSize(dtype), stride = cache->slot_stride() / elem;
+  const uint8_t* base = cache->slots(layer);
+  const NeuronRows rows{dtype,
+                        hidden,
+                        cache->capacity(),
+                        layout.shape().gated ? base + layout.gate_offset() : nullptr,
+                        stride,
+                        base + layout.up_offset(),
+                        stride,
+                        base + layout.down_offset(),
+                        stride};
+  ForwardOptions o = options;
+  o.accumulate = false;
+  absl::Status status;
+  if (!plan.hit_slots.empty()) {
+    status = ForwardIndexed(rows, plan.hit_slots, x, sums, o, workspace);
+  } else {
+    for (size_t k = 0; k < x.tokens; ++k) std::memset(*scratch + k * hidden, 0, hidden * 4);
+  }
+  o.accumulate = true;
+  const size_t c = plan.chunk_neurons;
+  for (size_t j = 0; status.ok() && j < plan.chunks(); ++j) {
+    const double w0 = Now();
+    status = cache->WaitChunk(layer, j);
+    const double w1 = Now();
+    t.wait_seconds += w1 - w0;
+    if (!status.ok()) break;
+    const size_t begin = j * c, end = std::min(plan.entering_slots.size(), begin + c);
+    status = ForwardIndexed(rows, plan.entering_slots.subspan(begin, end - begin), x, sums, o,
+                            workspace);
+  }
+  const double w0 = Now();
+  const absl::Status finished = cache->FinishStep(layer);
+  t.wait_seconds += Now() - w0;
+  t.compute_seconds = Now() - t1 - t.wait_seconds;
+  if (times != nullptr) *times = t;
+  if (!status.ok()) return status;
+  if (!finished.ok()) return finished;
+  // y = sums (+ y), in y's type.
+  for (size_t k = 0; k < x.tokens; ++k) {
+    const float* s = *scratch + k * hidden;
+    if (y.dtype == DType::kFloat32) {
+      float* out = static_cast<float*>(y.data) + k * y.stride;
+      for (size_t h = 0; h < hidden; ++h) out[h] = options.accumulate ? out[h] + s[h] : s[h];
+    } else {
+      uint16_t* out = static_cast<uint16_t*>(y.data) + k * y.stride;
+      const bool bf16 = y.dtype == DType::kBFloat16;
+      for (size_t h = 0; h < hidden; ++h) {
+        float v = s[h];
+        if (options.accumulate) v += bf16 ? BFloat16ToFloat(out[h]) : Float16ToFloat(out[h]);
+        out[h] = bf16 ? FloatToBFloat16(v) : FloatToFloat16(v);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sparse_mlp::mlp

@@ -1,0 +1,53 @@
+// FlashLayerStep: one layer's sparse MLP over a FlashModelCache
+// (cache/flash_cache.h): y = down(act(gate x) * (up x)) over `mask`'s
+// neurons, loading the entering ones from the cache's bundle file.
+//
+// The entering neurons' reads are issued first; the forward runs over the
+// hit slots while they are in flight, then over each fixed chunk of entering
+// neurons as soon as that chunk has landed (PowerInfer-2's overlap of
+// compute with I/O). The order of the sums is fixed (hits, then chunks in
+// neuron order), so the result does not depend on the order reads complete
+// in; it equals ForwardIndexed over the same neurons within the precision
+// contract of mlp/mlp_forward.h (the partial sums are added in a different
+// order).
+//
+// y is written only when the step succeeds: the sums go to the cache's
+// scratch first. On a read error the step returns it (naming layer, neuron
+// and offset), y is untouched, and the cache stays exact (the failed
+// neurons are not resident).
+//
+// Threading: options.num_threads for the compute; the reads run on the
+// cache's I/O thread. Thread-compatible (one thread steps a cache).
+// Allocation: none once the workspace and the cache's scratch fit.
+#ifndef SPARSE_MLP_MLP_FLASH_STEP_H_
+#define SPARSE_MLP_MLP_FLASH_STEP_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "cache/flash_cache.h"
+#include "mlp/mlp_forward.h"
+
+namespace sparse_mlp::mlp {
+
+// Where a step's time went (wall seconds).
+struct FlashStepTimes {
+  double plan_seconds = 0;     // residency plan, issuing the reads
+  double compute_seconds = 0;  // the forward over hits and landed chunks
+  double wait_seconds = 0;     // blocked on reads
+};
+
+// `mask`: sorted neuron indices of this file's layer. Errors: the cache's
+// (layer, mask too large for the budget, read failures), the forward's
+// (x / y shapes and types, options), InvalidArgument for y's type (float32
+// or the weights' type). `times` (optional) receives the step's phases.
+absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
+                            absl::Span<const uint32_t> mask, const ConstTokens& x,
+                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+                            FlashStepTimes* times = nullptr);
+
+}  // namespace sparse_mlp::mlp
+
+#endif  // SPARSE_MLP_MLP_FLASH_STEP_H_

@@ -1,0 +1,521 @@
+// The flash tier: cache/residency.h against a plain reference policy, and
+// FlashModelCache + mlp::FlashLayerStep against the in-DRAM forward
+// (ForwardIndexed over the full weights) over random mask sequences, windows,
+// budgets, engines; determinism; injected faults and a file corrupted or
+// truncated during a run; budgets and masks refused. Fixed seeds; failures
+// name the step.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "cache/flash_cache.h"
+#include "cache/residency.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "mlp/flash_step.h"
+#include "mlp/float16.h"
+#include "mlp/mlp_forward.h"
+#include "store/bundle_writer.h"
+
+namespace sparse_mlp {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string TempDir() {
+  const char* t = std::getenv("TEST_TMPDIR");
+  return t != nullptr ? t : "/tmp";
+}
+
+std::vector<uint32_t> RandomMask(size_t n, size_t k, std::mt19937_64& rng) {
+  std::vector<uint32_t> all(n);
+  for (size_t j = 0; j < n; ++j) all[j] = static_cast<uint32_t>(j);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(k);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+// A mask that keeps most of `prev` (a sliding, flickering activity).
+std::vector<uint32_t> NextMask(const std::vector<uint32_t>& prev, size_t n, size_t k,
+                               double churn, std::mt19937_64& rng) {
+  std::set<uint32_t> s;
+  for (uint32_t j : prev) {
+    if (std::uniform_real_distribution<double>(0, 1)(rng) > churn && s.size() < k) s.insert(j);
+  }
+  while (s.size() < k) s.insert(static_cast<uint32_t>(rng() % n));
+  return std::vector<uint32_t>(s.begin(), s.end());
+}
+
+// ---- the residency policy --------------------------------------------------
+
+// The policy stated plainly: last activity per neuron, a resident set.
+struct ReferencePolicy {
+  size_t capacity = 0, window = 1;
+  uint64_t t = 0;
+  std::map<uint32_t, uint64_t> last;
+  std::set<uint32_t> resident;
+  void Step(const std::vector<uint32_t>& mask) {
+    ++t;
+    std::set<uint32_t> in(mask.begin(), mask.end());
+    for (uint32_t j : mask) last[j] = t;
+    for (auto it = resident.begin(); it != resident.end();) {
+      if (!in.count(*it) && last[*it] + window <= t) {
+        it = resident.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::set<uint32_t> all = resident;
+    all.insert(mask.begin(), mask.end());
+    while (all.size() > capacity) {
+      uint32_t victim = UINT32_MAX;
+      for (uint32_t j : all) {
+        if (in.count(j)) continue;
+        if (victim == UINT32_MAX || last[j] < last[victim] ||
+            (last[j] == last[victim] && j < victim)) {
+          victim = j;
+        }
+      }
+      all.erase(victim);
+    }
+    resident = all;
+  }
+};
+
+TEST(Residency, MatchesTheReferencePolicy) {
+  std::mt19937_64 rng(1);
+  for (int trial = 0; trial < 60; ++trial) {
+    const size_t n = 20 + rng() % 200, k = 1 + rng() % (n / 2);
+    const size_t capacity = k + rng() % (n - k + 1), window = 1 + rng() % 8;
+    cache::ResidencyPlanner p(n, capacity, window);
+    ReferencePolicy ref;
+    ref.capacity = capacity;
+    ref.window = window;
+    std::vector<uint32_t> mask = RandomMask(n, k, rng);
+    for (int step = 0; step < 40; ++step) {
+      const std::string where = absl::StrFormat("trial %d (I=%d C=%d window=%d) step %d", trial,
+                                                n, capacity, window, step);
+      const size_t kk = std::max<size_t>(1, k - rng() % 3);
+      mask = NextMask(mask, n, kk, 0.3, rng);
+      std::set<uint32_t> before;
+      for (uint32_t j = 0; j < n; ++j) {
+        if (p.slot_of(j) != cache::kNoSlot) before.insert(j);
+      }
+      cache::ResidencyPlan plan;
+      ASSERT_TRUE(p.Plan(mask, &plan).ok()) << where;
+      ref.Step(mask);
+      std::set<uint32_t> now;
+      std::set<uint32_t> slots;
+      for (uint32_t j = 0; j < n; ++j) {
+        if (p.slot_of(j) == cache::kNoSlot) continue;
+        now.insert(j);
+        ASSERT_EQ(p.neuron_of(p.slot_of(j)), j) << where;
+        ASSERT_TRUE(slots.insert(p.slot_of(j)).second) << where << ": slot shared";
+      }
+      ASSERT_EQ(now, ref.resident) << where;
+      // Entering = the mask minus what was resident; hits the rest.
+      std::vector<uint32_t> entering;
+      for (uint32_t j : mask) {
+        if (!before.count(j)) entering.push_back(j);
+      }
+      ASSERT_EQ(std::vector<uint32_t>(plan.entering.begin(), plan.entering.end()), entering)
+          << where;
+      ASSERT_EQ(plan.hit_slots.size() + plan.entering.size(), mask.size()) << where;
+      ASSERT_TRUE(std::is_sorted(plan.hit_slots.begin(), plan.hit_slots.end())) << where;
+      ASSERT_TRUE(std::is_sorted(plan.entering_slots.begin(), plan.entering_slots.end()))
+          << where;
+      // Entering neurons take the lowest free slots.
+      if (!plan.entering_slots.empty()) {
+        for (uint32_t s = 0; s < plan.entering_slots.back(); ++s) {
+          const uint32_t j = p.neuron_of(s);
+          ASSERT_TRUE(j != cache::kNoSlot) << where << ": slot " << s << " left free";
+        }
+      }
+    }
+  }
+}
+
+TEST(Residency, RefusesWithoutChange) {
+  cache::ResidencyPlanner p(10, 3, 2);
+  cache::ResidencyPlan plan;
+  ASSERT_TRUE(p.Plan({1, 2}, &plan).ok());
+  EXPECT_THAT(std::string(p.Plan({1, 2, 3, 4}, &plan).message()), HasSubstr("3 slots"));
+  EXPECT_FALSE(p.Plan({4, 2}, &plan).ok());
+  EXPECT_FALSE(p.Plan({10}, &plan).ok());
+  EXPECT_EQ(p.tokens(), 1u);
+  EXPECT_EQ(p.resident(), 2u);
+  p.Unload(2);
+  EXPECT_EQ(p.slot_of(2), cache::kNoSlot);
+  EXPECT_EQ(p.resident(), 1u);
+}
+
+// ---- the flash cache and step ----------------------------------------------
+
+struct Model {
+  DType dtype;
+  size_t h, i, layers;
+  bool gated;
+  std::vector<std::vector<uint8_t>> gate, up, down_rows;  // neuron-major
+};
+
+Model MakeModel(DType dtype, size_t h, size_t i, size_t layers, bool gated, uint64_t seed) {
+  Model m{dtype, h, i, layers, gated, {}, {}, {}};
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0, 0.5f);
+  auto fill = [&](std::vector<uint8_t>& v) {
+    v.resize(h * i * DTypeSize(dtype));
+    for (size_t k = 0; k < h * i; ++k) {
+      const float x = normal(rng);
+      if (dtype == DType::kFloat32) {
+        std::memcpy(&v[4 * k], &x, 4);
+      } else {
+        const uint16_t b = dtype == DType::kBFloat16 ? mlp::FloatToBFloat16(x) : mlp::FloatToFloat16(x);
+        std::memcpy(&v[2 * k], &b, 2);
+      }
+    }
+  };
+  m.gate.resize(layers), m.up.resize(layers), m.down_rows.resize(layers);
+  for (size_t l = 0; l < layers; ++l) {
+    if (gated) fill(m.gate[l]);
+    fill(m.up[l]);
+    fill(m.down_rows[l]);
+  }
+  return m;
+}
+
+std::string WriteModel(const Model& m, const std::string& name, size_t alignment = 4096) {
+  const std::string path = TempDir() + "/" + name;
+  store::WriterOptions o;
+  o.alignment = alignment;
+  auto w = store::BundleWriter::Create(path, {m.dtype, m.h, m.i, m.layers, m.gated, 0, 0}, o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  for (size_t l = 0; l < m.layers; ++l) {
+    EXPECT_TRUE((*w)->AppendLayer({m.gated ? m.gate[l].data() : nullptr, m.up[l].data(),
+                                   m.down_rows[l].data(), true})
+                    .ok());
+  }
+  EXPECT_TRUE((*w)->Finish().ok());
+  return path;
+}
+
+// The in-DRAM forward over the same neurons.
+std::vector<float> Reference(const Model& m, size_t l, const std::vector<uint32_t>& mask,
+                             const std::vector<float>& x, size_t tokens, int threads) {
+  const mlp::NeuronRows rows{m.dtype, m.h, m.i, m.gated ? m.gate[l].data() : nullptr, m.h,
+                             m.up[l].data(), m.h, m.down_rows[l].data(), m.h};
+  std::vector<float> y(tokens * m.h);
+  mlp::ForwardOptions o;
+  o.num_threads = threads;
+  mlp::Workspace ws;
+  EXPECT_TRUE(mlp::ForwardIndexed(rows, mask, {x.data(), tokens, m.h, DType::kFloat32},
+                                  {y.data(), tokens, m.h, DType::kFloat32}, o, &ws)
+                  .ok());
+  return y;
+}
+
+double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t k = 0; k < a.size(); ++k) {
+    num += (double(a[k]) - b[k]) * (double(a[k]) - b[k]);
+    den += double(b[k]) * b[k];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// The smallest budget giving `capacity` slots per layer with options `o`.
+size_t BudgetFor(const std::string& path, size_t capacity, cache::FlashCacheOptions o = {}) {
+  o.budget_bytes = 1;
+  absl::Status s = cache::FlashModelCache::Open(path, o).status();
+  size_t budget = 0;
+  // "below the minimum N": parse N.
+  const std::string msg(s.message());
+  const size_t at = msg.find("minimum ");
+  budget = std::stoull(msg.substr(at + 8));
+  auto capacity_at = [&](size_t b) {
+    o.budget_bytes = b;
+    auto c = cache::FlashModelCache::Open(path, o);
+    return c.ok() ? (*c)->capacity() : 0;
+  };
+  size_t step = 4096;
+  while (capacity_at(budget + step) < capacity) step *= 2;
+  size_t lo = budget, hi = budget + step;  // capacity_at(hi) >= capacity
+  while (lo + 1 < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    (capacity_at(mid) >= capacity ? hi : lo) = mid;
+  }
+  return hi;
+}
+
+struct FlashCase {
+  DType dtype;
+  bool gated;
+  store::IoEngineKind engine;
+  store::DirectIo direct;
+};
+
+class FlashSequences : public ::testing::TestWithParam<FlashCase> {};
+
+// Every layer's output equals the in-DRAM forward over the same mask, over
+// random sequences, windows 1-8 and budgets from just enough to everything;
+// every resident slot is exact; the footprint stays within the budget.
+TEST_P(FlashSequences, EqualsInDramForward) {
+  const FlashCase c = GetParam();
+  std::mt19937_64 rng(11);
+  const Model m = MakeModel(c.dtype, 72, 96, 3, c.gated, 5);
+  const std::string path = WriteModel(m, absl::StrFormat("flash_%s_%d.spmlb",
+                                                         DTypeName(c.dtype), c.gated));
+  store::ReaderOptions reader;
+  reader.engine = c.engine;
+  reader.direct_io = c.direct;
+  reader.queue_depth = 4;
+  const double tolerance = c.dtype == DType::kFloat32 ? 1e-5 : 2e-2;
+  for (int trial = 0; trial < 6; ++trial) {
+    const size_t k = 10 + rng() % 30;
+    const size_t capacity = trial % 3 == 0 ? k : k + rng() % (m.i - k + 1);
+    cache::FlashCacheOptions o;
+    o.reader = reader;
+    o.window = 1 + rng() % 8;
+    o.chunk_neurons = 1 + rng() % 16;
+    o.budget_bytes = BudgetFor(path, capacity, o);
+    auto opened = cache::FlashModelCache::Open(path, o);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    cache::FlashModelCache& fc = **opened;
+    ASSERT_GE(fc.capacity(), capacity);
+    mlp::Workspace ws;
+    mlp::ForwardOptions fo;
+    fo.num_threads = 1 + trial % 2;
+    std::vector<std::vector<uint32_t>> masks(m.layers, RandomMask(m.i, k, rng));
+    for (int step = 0; step < 25; ++step) {
+      for (size_t l = 0; l < m.layers; ++l) {
+        const std::string where =
+            absl::StrFormat("%s gated=%d %s trial %d (window %d, capacity %d, chunk %d) step %d "
+                            "layer %d",
+                            DTypeName(c.dtype), c.gated, store::IoEngineName(c.engine), trial,
+                            o.window, fc.capacity(), o.chunk_neurons, step, l);
+        masks[l] = NextMask(masks[l], m.i, std::max<size_t>(1, k - rng() % 4), 0.3, rng);
+        const size_t tokens = 1 + rng() % 3;
+        std::vector<float> x(tokens * m.h), y(tokens * m.h, -7.0f);
+        for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+        if (step % 5 == 4 && l + 1 < m.layers) {
+          // A look-ahead: prefetch the next layer's next mask now.
+          masks[l + 1] = NextMask(masks[l + 1], m.i, masks[l + 1].size(), 0.3, rng);
+          ASSERT_TRUE(fc.Prefetch(l + 1, masks[l + 1]).ok()) << where;
+        }
+        ASSERT_TRUE(mlp::FlashLayerStep(&fc, l, masks[l], {x.data(), tokens, m.h, DType::kFloat32},
+                                        {y.data(), tokens, m.h, DType::kFloat32}, fo, &ws)
+                        .ok())
+            << where;
+        const std::vector<float> want = Reference(m, l, masks[l], x, tokens, fo.num_threads);
+        ASSERT_LE(RelativeError(y, want), tolerance) << where;
+        const std::vector<uint32_t> resident = fc.resident_neurons(l);
+        for (uint32_t j : masks[l]) {
+          ASSERT_TRUE(std::binary_search(resident.begin(), resident.end(), j)) << where;
+        }
+        if (step % 6 == 0) {
+          ASSERT_TRUE(fc.Verify(l).ok()) << where;
+        }
+      }
+    }
+    const cache::FlashFootprint f = fc.footprint();
+    EXPECT_LE(f.total_bytes(), o.budget_bytes);
+    EXPECT_EQ(fc.layer_stats(0).failed_loads, 0u);
+  }
+  ::unlink(path.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, FlashSequences,
+    ::testing::Values(
+        FlashCase{DType::kFloat32, true, store::IoEngineKind::kIoUring, store::DirectIo::kAuto},
+        FlashCase{DType::kBFloat16, true, store::IoEngineKind::kIoUring, store::DirectIo::kAuto},
+        FlashCase{DType::kFloat16, false, store::IoEngineKind::kPread, store::DirectIo::kAuto},
+        FlashCase{DType::kBFloat16, true, store::IoEngineKind::kPread, store::DirectIo::kNever}),
+    [](const ::testing::TestParamInfo<FlashCase>& info) {
+      return absl::StrFormat("%s_%s_%s_%s", DTypeName(info.param.dtype),
+                             info.param.gated ? "gated" : "gateless",
+                             store::IoEngineName(info.param.engine),
+                             info.param.direct == store::DirectIo::kNever ? "buffered" : "direct");
+    });
+
+// Same masks, same threads: the same bits, whatever the engine (and so the
+// order reads complete in) and the chunking of the landed neurons.
+TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
+  const Model m = MakeModel(DType::kBFloat16, 64, 128, 2, true, 9);
+  const std::string path = WriteModel(m, "determinism.spmlb");
+  std::vector<std::vector<float>> outputs[2];
+  for (int e = 0; e < 2; ++e) {
+    std::mt19937_64 rng(3);
+    cache::FlashCacheOptions o;
+    o.reader.engine = e == 0 ? store::IoEngineKind::kIoUring : store::IoEngineKind::kPread;
+    o.reader.io_threads = 3;
+    o.reader.max_request_bytes = 1;  // one bundle per request: many completions
+    o.window = 3;
+    o.budget_bytes = BudgetFor(path, 60, o);
+    auto fc = cache::FlashModelCache::Open(path, o);
+    ASSERT_TRUE(fc.ok());
+    mlp::Workspace ws;
+    mlp::ForwardOptions fo;
+    fo.num_threads = 2;
+    std::vector<uint32_t> mask = RandomMask(m.i, 50, rng);
+    for (int step = 0; step < 20; ++step) {
+      mask = NextMask(mask, m.i, 50, 0.4, rng);
+      std::vector<float> x(m.h), y(m.h);
+      for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+      ASSERT_TRUE(mlp::FlashLayerStep(fc->get(), step % 2, mask, {x.data(), 1, m.h, DType::kFloat32},
+                                      {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                      .ok());
+      outputs[e].push_back(y);
+    }
+  }
+  for (size_t s = 0; s < outputs[0].size(); ++s) {
+    ASSERT_EQ(std::memcmp(outputs[0][s].data(), outputs[1][s].data(), m.h * 4), 0) << "step " << s;
+  }
+  ::unlink(path.c_str());
+}
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  uint8_t b;
+  ASSERT_EQ(::pread(fd, &b, 1, offset), 1);
+  b ^= 0xFF;
+  ASSERT_EQ(::pwrite(fd, &b, 1, offset), 1);
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// A failed read fails the step (named), leaves y and every slot exact, and
+// the next step succeeds; so do a corrupted and a truncated file, repaired.
+TEST(Flash, FaultsLoseNothing) {
+  const Model m = MakeModel(DType::kFloat32, 64, 64, 2, true, 13);
+  const std::string path = WriteModel(m, "faults.spmlb");
+  const store::BundleLayout layout =
+      store::BundleLayout::Create({DType::kFloat32, 64, 64, 2, true, 0, 0}).value();
+  bool inject = false;
+  const uint64_t bad = layout.bundle_offset(1, 7);
+  cache::FlashCacheOptions o;
+  o.reader.max_request_bytes = 1;
+  o.reader.fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
+    return inject && offset == bad ? -EIO : result;
+  };
+  o.window = 2;
+  o.budget_bytes = BudgetFor(path, 64, o);
+  auto opened = cache::FlashModelCache::Open(path, o);
+  ASSERT_TRUE(opened.ok());
+  cache::FlashModelCache& fc = **opened;
+  mlp::Workspace ws;
+  mlp::ForwardOptions fo;
+  std::vector<float> x(m.h, 0.25f), y(m.h, -7.0f);
+  auto step = [&](size_t l, const std::vector<uint32_t>& mask) {
+    std::fill(y.begin(), y.end(), -7.0f);
+    return mlp::FlashLayerStep(&fc, l, mask, {x.data(), 1, m.h, DType::kFloat32},
+                               {y.data(), 1, m.h, DType::kFloat32}, fo, &ws);
+  };
+  const std::vector<uint32_t> mask = {1, 5, 7, 8, 30};
+  inject = true;
+  absl::Status s = step(1, mask);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("layer 1 neuron 7"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrFormat("offset %d", bad)));
+  EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == -7.0f; }))
+      << "y written by a failed step";
+  const std::vector<uint32_t> resident = fc.resident_neurons(1);
+  EXPECT_EQ(resident, (std::vector<uint32_t>{1, 5, 8, 30})) << "a failed load left resident";
+  EXPECT_TRUE(fc.Verify(1).ok());
+  EXPECT_EQ(fc.layer_stats(1).failed_loads, 1u);
+  inject = false;
+  ASSERT_TRUE(step(1, mask).ok());
+  EXPECT_LE(RelativeError(y, Reference(m, 1, mask, x, 1, 1)), 1e-5);
+
+  // A bundle corrupted on disk during the run: its checksum fails; repaired,
+  // the next step loads it.
+  const std::vector<uint32_t> mask2 = {2, 40, 41};
+  FlipByte(path, layout.bundle_offset(0, 40) + 9);
+  s = step(0, mask2);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("layer 0 neuron 40"));
+  EXPECT_TRUE(fc.Verify(0).ok());
+  FlipByte(path, layout.bundle_offset(0, 40) + 9);
+  ASSERT_TRUE(step(0, mask2).ok());
+  EXPECT_LE(RelativeError(y, Reference(m, 0, mask2, x, 1, 1)), 1e-5);
+
+  // Truncated during the run, then restored (the same file: the cache keeps
+  // its descriptor).
+  std::vector<uint8_t> original(layout.file_bytes());
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_EQ(::pread(fd, original.data(), original.size(), 0),
+              static_cast<ssize_t>(original.size()));
+    ::close(fd);
+  }
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(layout.layer_offset(1) + 4096)), 0);
+  const std::vector<uint32_t> mask3 = {50, 60};
+  s = step(1, mask3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("short read"));
+  {
+    const int fd = ::open(path.c_str(), O_WRONLY);
+    ASSERT_EQ(::pwrite(fd, original.data(), original.size(), 0),
+              static_cast<ssize_t>(original.size()));
+    ::fsync(fd);
+    ::close(fd);
+  }
+  ASSERT_TRUE(step(1, mask3).ok());
+  EXPECT_LE(RelativeError(y, Reference(m, 1, mask3, x, 1, 1)), 1e-5);
+  ::unlink(path.c_str());
+}
+
+TEST(Flash, BudgetAndMaskErrors) {
+  const Model m = MakeModel(DType::kBFloat16, 32, 40, 2, true, 17);
+  const std::string path = WriteModel(m, "budget.spmlb");
+  cache::FlashCacheOptions o;
+  o.budget_bytes = 1000;
+  absl::Status s = cache::FlashModelCache::Open(path, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("budget_bytes 1000 is below the minimum"));
+  o.window = 0;
+  o.budget_bytes = size_t{1} << 30;
+  EXPECT_THAT(std::string(cache::FlashModelCache::Open(path, o).status().message()),
+              HasSubstr("window"));
+  o.window = 1;
+  o.budget_bytes = BudgetFor(path, 5, o);
+  auto fc = cache::FlashModelCache::Open(path, o);
+  ASSERT_TRUE(fc.ok());
+  const size_t cap = (*fc)->capacity();
+  std::vector<uint32_t> big;
+  for (uint32_t j = 0; j <= cap; ++j) big.push_back(j);
+  std::vector<float> x(m.h, 1.0f), y(m.h);
+  mlp::Workspace ws;
+  s = mlp::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
+                          {y.data(), 1, m.h, DType::kFloat32}, {}, &ws);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr(absl::StrFormat("%d neurons but the budget gives this layer %d slots",
+                                        cap + 1, cap)));
+  EXPECT_EQ((*fc)->layer_stats(0).steps, 0u);
+  EXPECT_EQ(mlp::FlashLayerStep(fc->get(), 2, {1}, {x.data(), 1, m.h, DType::kFloat32},
+                                {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
+                .code(),
+            absl::StatusCode::kOutOfRange);
+  big.resize(cap);
+  ASSERT_TRUE(mlp::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
+                                  {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
+                  .ok());
+  ::unlink(path.c_str());
+}
+
+}  // namespace
+}  // namespace sparse_mlp
