@@ -28,10 +28,9 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "cache/slot.h"
 
 namespace sparse_mlp::cache {
-
-inline constexpr uint32_t kNoSlot = UINT32_MAX;
 
 // One token's plan. Spans point into the planner and stay valid until its
 // next Plan.

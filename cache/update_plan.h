@@ -36,11 +36,10 @@
 #include <vector>
 
 #include "absl/types/span.h"
+#include "cache/slot.h"
 #include "gather/row_types.h"
 
 namespace sparse_mlp::cache {
-
-inline constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
 
 // Which active neuron sits in which slot, and back.
 struct SlotMap {

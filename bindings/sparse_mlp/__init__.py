@@ -8,13 +8,16 @@ footprint); ``WeightCacheOptimized`` is the seed design's API on top of it;
 only the active neurons through the cache's fused layer step;
 ``mlp_forward`` is the native forward on full weights (dense or over indices);
 ``ModelCache`` holds every layer of a model in one pool, with batched updates;
-``sparse_mlp.store`` writes and reads neuron-bundle weight files (the SSD tier).
+``sparse_mlp.store`` writes and reads neuron-bundle weight files, and
+``ModelCache.from_file`` (a ``FlashModelCache``) serves a model's MLPs from one
+under a DRAM budget (the SSD tier).
 """
 
 from sparse_mlp._version import __version__
 from sparse_mlp.cache import WeightCache, WeightCacheOptimized
 from sparse_mlp.mlp import LlamaSkipMLP, mlp_forward
 from sparse_mlp.model import ModelCache
+from sparse_mlp.flash import FlashModelCache
 from sparse_mlp import store  # the bundle-file tier: sparse_mlp.store.write / Reader / convert
 
 __all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward", "ModelCache"]

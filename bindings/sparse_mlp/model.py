@@ -80,6 +80,18 @@ class ModelCache:
         self._layers = [WeightCache._of_layer(self._native.layer(l), self._torch)
                         for l in range(self._native.num_layers)]
 
+    @staticmethod
+    def from_file(path, *, budget_bytes, window=1, num_threads=1, **reader):
+        """The model's MLPs served from a bundle file (``sparse_mlp.store``)
+        under a DRAM budget: a :class:`sparse_mlp.flash.FlashModelCache`, with
+        ``step``, ``update``, ``update_many``, ``footprint``, ``layer_stats``
+        and ``model[l]`` as here, plus ``prefetch`` and ``io_stats``.
+        ``reader``: ``engine``, ``queue_depth``, ``io_threads``, ``verify``,
+        ``direct_io``, ``chunk_neurons``."""
+        from sparse_mlp.flash import FlashModelCache
+        return FlashModelCache(path, budget_bytes, window=window, num_threads=num_threads,
+                               **reader)
+
     def __len__(self):
         return len(self._layers)
 

@@ -1,0 +1,263 @@
+#include "bindings/flash_module.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "bindings/convert.h"
+#include "cache/flash_cache.h"
+#include "diff/neuron_mask.h"
+#include "mlp/flash_step.h"
+#include "store/bundle_reader.h"
+
+namespace sparse_mlp::bindings {
+namespace {
+
+// File and read errors are OSErrors (as in the store's bindings).
+void ThrowIfFileError(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kUnimplemented:
+      PyErr_SetString(PyExc_OSError, std::string(status.message()).c_str());
+      throw py::error_already_set();
+    default:
+      ThrowIfError(status);
+  }
+}
+
+class PyFlashModelCache {
+ public:
+  PyFlashModelCache(const std::string& path, const py::object& budget_bytes,
+                    const py::object& window, const py::object& num_threads,
+                    const std::string& engine, const py::object& queue_depth,
+                    const py::object& io_threads, bool verify, const std::string& direct_io,
+                    const py::object& chunk_neurons) {
+    cache::FlashCacheOptions o;
+    o.budget_bytes = static_cast<size_t>(
+        IntArg(budget_bytes, "budget_bytes", 1, std::numeric_limits<int64_t>::max()));
+    o.window = static_cast<size_t>(IntArg(window, "window", 1, 1 << 20));
+    o.chunk_neurons = static_cast<size_t>(IntArg(chunk_neurons, "chunk_neurons", 1, 1 << 20));
+    num_threads_ = NumThreadsArg(num_threads);
+    absl::StatusOr<store::IoEngineKind> e = store::ParseIoEngine(engine);
+    ThrowIfError(e.status());
+    o.reader.engine = *e;
+    o.reader.queue_depth = static_cast<int>(IntArg(queue_depth, "queue_depth", 1, 4096));
+    o.reader.io_threads = static_cast<int>(IntArg(io_threads, "io_threads", 1, 256));
+    o.reader.verify_checksums = verify;
+    if (direct_io == "auto") {
+      o.reader.direct_io = store::DirectIo::kAuto;
+    } else if (direct_io == "require") {
+      o.reader.direct_io = store::DirectIo::kRequire;
+    } else if (direct_io == "never") {
+      o.reader.direct_io = store::DirectIo::kNever;
+    } else {
+      throw py::value_error(absl::StrFormat(
+          "direct_io must be 'auto', 'require' or 'never', got '%s'", direct_io));
+    }
+    absl::StatusOr<std::unique_ptr<cache::FlashModelCache>> c;
+    {
+      py::gil_scoped_release release;
+      c = cache::FlashModelCache::Open(path, o);
+    }
+    ThrowIfFileError(c.status());
+    cache_ = *std::move(c);
+    mask_ = diff::NeuronMask(cache_->layout().shape().intermediate);
+    indices_.reserve(cache_->layout().shape().intermediate);
+  }
+
+  size_t Layer(const py::object& index) const {
+    return static_cast<size_t>(
+        IntArg(index, "layer", 0, static_cast<int64_t>(cache_->num_layers()) - 1));
+  }
+
+  // The mask ([I] or [tokens, I] bytes) as sorted indices in indices_.
+  void MaskIndices(const py::array& mask) {
+    py::buffer_info info = MaskBuffer(mask);
+    const size_t n = cache_->layout().shape().intermediate;
+    if (static_cast<size_t>(info.shape[info.ndim - 1]) != n) {
+      throw py::value_error(absl::StrFormat("mask must have %d entries per token, got %d", n,
+                                            info.shape[info.ndim - 1]));
+    }
+    const auto* bytes = static_cast<const uint8_t*>(info.ptr);
+    const size_t rows = info.ndim == 1 ? 1 : static_cast<size_t>(info.shape[0]);
+    ThrowIfError(mask_.AssignByteRowsUnion(absl::MakeConstSpan(bytes, rows * n), rows));
+    mask_.ToIndices(&indices_);
+  }
+
+  void Step(const py::object& layer_arg, const py::array& mask, const py::object& x,
+            const py::object& out, const std::string& activation, bool accumulate) {
+    const size_t layer = Layer(layer_arg);
+    const store::BundleShape& s = cache_->layout().shape();
+    const TokenArgs t = ImportTokens(x, out, s.hidden, s.dtype);
+    mlp::ForwardOptions o;
+    o.activation = ActivationArg(activation);
+    o.accumulate = accumulate;
+    o.num_threads = num_threads_;
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      {
+        py::gil_scoped_acquire acquire;
+        MaskIndices(mask);
+      }
+      mlp::FlashStepTimes times;
+      status = mlp::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o,
+                                   &workspace_, &times);
+      plan_seconds_ += times.plan_seconds;
+      compute_seconds_ += times.compute_seconds;
+      wait_seconds_ += times.wait_seconds;
+    }
+    ThrowIfFileError(status);
+  }
+
+  // Makes `mask` resident in `layer` (loads, no compute).
+  void Update(const py::object& layer_arg, const py::array& mask) {
+    const size_t layer = Layer(layer_arg);
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      {
+        py::gil_scoped_acquire acquire;
+        MaskIndices(mask);
+      }
+      cache::FlashStepPlan plan;
+      status = cache_->BeginStep(layer, indices_, &plan);
+      if (status.ok()) status = cache_->FinishStep(layer);
+    }
+    ThrowIfFileError(status);
+  }
+
+  void Prefetch(const py::object& layer_arg, const py::array& mask) {
+    const size_t layer = Layer(layer_arg);
+    std::lock_guard<std::mutex> lock(mutex_);
+    MaskIndices(mask);
+    ThrowIfFileError(cache_->Prefetch(layer, indices_));
+  }
+
+  void Verify(const py::object& layer_arg) {
+    const size_t layer = Layer(layer_arg);
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = cache_->Verify(layer);
+    }
+    ThrowIfFileError(status);
+  }
+
+  py::array_t<int64_t> Resident(const py::object& layer_arg) {
+    const size_t layer = Layer(layer_arg);
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::vector<uint32_t> r = cache_->resident_neurons(layer);
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(r.size()));
+    for (size_t k = 0; k < r.size(); ++k) out.mutable_data()[k] = r[k];
+    return out;
+  }
+
+  py::dict LayerStats(const py::object& layer_arg) {
+    const cache::FlashLayerStats s = cache_->layer_stats(Layer(layer_arg));
+    py::dict d;
+    d["steps"] = s.steps;
+    d["hits"] = s.hits;
+    d["loads"] = s.loads;
+    d["evictions"] = s.evictions;
+    d["expirations"] = s.expirations;
+    d["failed_loads"] = s.failed_loads;
+    d["resident"] = s.resident;
+    d["capacity"] = s.capacity;
+    return d;
+  }
+
+  py::dict IoStats() {
+    const store::ReaderStats s = cache_->io_stats();
+    py::dict d;
+    d["bytes_read"] = s.bytes_read;
+    d["requests"] = s.requests;
+    d["bundles"] = s.bundles;
+    d["mean_request_bytes"] = s.requests == 0 ? 0.0 : double(s.bytes_read) / s.requests;
+    d["staged_bundles"] = s.staged_bundles;
+    d["errors"] = s.errors;
+    std::lock_guard<std::mutex> lock(mutex_);
+    d["plan_seconds"] = plan_seconds_;
+    d["compute_seconds"] = compute_seconds_;
+    d["wait_seconds"] = wait_seconds_;
+    return d;
+  }
+
+  py::dict Footprint() {
+    const cache::FlashFootprint f = cache_->footprint();
+    py::dict d;
+    d["budget_bytes"] = f.budget_bytes;
+    d["slot_bytes"] = f.slot_bytes;
+    d["resident_bytes"] = f.resident_bytes;
+    d["reader_bytes"] = f.reader_bytes;
+    d["bookkeeping_bytes"] = f.bookkeeping_bytes;
+    d["total_bytes"] = f.total_bytes();
+    return d;
+  }
+
+  const cache::FlashModelCache& cache() const { return *cache_; }
+  int num_threads() const { return num_threads_; }
+
+ private:
+  std::unique_ptr<cache::FlashModelCache> cache_;
+  int num_threads_ = 1;
+  diff::NeuronMask mask_;
+  std::vector<uint32_t> indices_;
+  mlp::Workspace workspace_;
+  double plan_seconds_ = 0, compute_seconds_ = 0, wait_seconds_ = 0;
+  std::mutex mutex_;  // one call at a time per cache (calls release the GIL)
+};
+
+}  // namespace
+
+void RegisterFlash(py::module_& m) {
+  py::class_<PyFlashModelCache>(m, "FlashModelCache")
+      .def(py::init<const std::string&, const py::object&, const py::object&, const py::object&,
+                    const std::string&, const py::object&, const py::object&, bool,
+                    const std::string&, const py::object&>(),
+           py::arg("path"), py::arg("budget_bytes"), py::kw_only(), py::arg("window") = 1,
+           py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
+           py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
+           py::arg("chunk_neurons") = 64)
+      .def("step", &PyFlashModelCache::Step, py::arg("layer"), py::arg("mask"), py::arg("x"),
+           py::arg("out"), py::kw_only(), py::arg("activation") = "silu",
+           py::arg("accumulate") = false)
+      .def("update", &PyFlashModelCache::Update, py::arg("layer"), py::arg("mask"))
+      .def("prefetch", &PyFlashModelCache::Prefetch, py::arg("layer"), py::arg("mask"))
+      .def("verify", &PyFlashModelCache::Verify, py::arg("layer"))
+      .def("resident_neurons", &PyFlashModelCache::Resident, py::arg("layer"))
+      .def("layer_stats", &PyFlashModelCache::LayerStats, py::arg("layer"))
+      .def("io_stats", &PyFlashModelCache::IoStats)
+      .def("footprint", &PyFlashModelCache::Footprint)
+      .def_property_readonly("num_layers",
+                             [](const PyFlashModelCache& c) { return c.cache().num_layers(); })
+      .def_property_readonly("capacity",
+                             [](const PyFlashModelCache& c) { return c.cache().capacity(); })
+      .def_property_readonly("window", [](const PyFlashModelCache& c) { return c.cache().window(); })
+      .def_property_readonly("num_threads", &PyFlashModelCache::num_threads)
+      .def_property_readonly("hidden_size", [](const PyFlashModelCache& c) {
+        return c.cache().layout().shape().hidden;
+      })
+      .def_property_readonly("intermediate_size", [](const PyFlashModelCache& c) {
+        return c.cache().layout().shape().intermediate;
+      })
+      .def_property_readonly("dtype", [](const PyFlashModelCache& c) {
+        return std::string(DTypeName(c.cache().layout().shape().dtype));
+      })
+      .def_property_readonly("gated", [](const PyFlashModelCache& c) {
+        return c.cache().layout().shape().gated;
+      });
+}
+
+}  // namespace sparse_mlp::bindings

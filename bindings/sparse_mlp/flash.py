@@ -1,0 +1,151 @@
+"""Python face of the flash tier: a model's MLPs served from a bundle file
+(``sparse_mlp.store``) under a DRAM budget, loading only entering neurons."""
+
+import numpy as np
+
+from sparse_mlp import _sparse_mlp
+from sparse_mlp.cache import _mask_array, _out_matrix, _result, _tokens
+
+
+class FlashModelCache:
+    """Every MLP layer of a model, its weights on an SSD, within a DRAM budget.
+
+    Made by ``ModelCache.from_file(path, budget_bytes=...)``. Each layer keeps
+    a fixed number of slots (the budget, less the reader's buffers and
+    bookkeeping, split over the layers); a step loads the mask's entering
+    neurons from the file (O_DIRECT, so nothing else of the file is
+    resident) while it computes on the ones already resident, then on each
+    group of loaded neurons as it lands. A neuron stays resident while it was
+    active in any of the last ``window`` tokens, as far as the slots allow
+    (the least recently active leave first). Results depend only on the
+    masks and the thread count.
+
+    A mask larger than a layer's slots raises ValueError naming both sizes; a
+    failed or corrupted read raises OSError naming the layer, neuron and
+    offset, and leaves every resident slot exact (the next step reloads what
+    it needs). Threads sharing one cache take turns.
+    """
+
+    def __init__(self, path, budget_bytes, *, window=1, num_threads=1, engine="auto",
+                 queue_depth=32, io_threads=4, verify=True, direct_io="auto",
+                 chunk_neurons=64):
+        self._native = _sparse_mlp.FlashModelCache(
+            str(path), budget_bytes, window=window, num_threads=num_threads, engine=engine,
+            queue_depth=queue_depth, io_threads=io_threads, verify=verify, direct_io=direct_io,
+            chunk_neurons=chunk_neurons)
+        self.path = str(path)
+        self._layers = [FlashLayer(self, l) for l in range(self._native.num_layers)]
+
+    def __len__(self):
+        return len(self._layers)
+
+    def layer(self, index):
+        """Layer ``index``'s handle (``step``, ``update``, ``resident_neurons``)."""
+        self._native.layer_stats(index)  # range and type check, with the message
+        return self._layers[index]
+
+    __getitem__ = layer
+
+    def step(self, index, mask, x, activation="silu", out=None, accumulate=False):
+        """Layer ``index``: load ``mask``'s entering neurons and return the
+        MLP of ``x`` (``[H]`` or ``[tokens, H]``) over ``mask``'s neurons
+        (``[I]``, or ``[tokens, I]`` for the union)."""
+        m = _mask_array(mask)
+        x2, fresh = _tokens(x, self._native.hidden_size)
+        target = fresh if out is None else _out_matrix(out, x2)
+        if accumulate and out is None:
+            raise ValueError("accumulate=True needs out")
+        self._native.step(index, m, x2, target, activation=activation, accumulate=accumulate)
+        return _result(target, x) if out is None else out
+
+    def update(self, index, mask):
+        """Layer ``index``: make ``mask``'s neurons resident (loads, no compute)."""
+        self._native.update(index, _mask_array(mask))
+
+    def update_many(self, masks):
+        """``update`` for several layers: a dict ``{layer: mask}``, ``(layer,
+        mask)`` pairs, or one mask per layer."""
+        if isinstance(masks, dict):
+            pairs = masks.items()
+        elif len(masks) == len(self._layers) and not all(
+                isinstance(m, (tuple, list)) for m in masks):
+            pairs = enumerate(masks)
+        else:
+            pairs = masks
+        for layer, mask in pairs:
+            self.update(layer, mask)
+
+    def prefetch(self, index, mask):
+        """Start loading layer ``index``'s ``mask`` now and return at once (a
+        predictor that looks ahead); its ``step`` with the same mask then
+        finds the reads in flight or done."""
+        self._native.prefetch(index, _mask_array(mask))
+
+    def resident_neurons(self, index):
+        """The resident neurons of layer ``index``, ascending (int64 array)."""
+        return self._native.resident_neurons(index)
+
+    def verify(self, index):
+        """Compares every resident slot of layer ``index`` with the file
+        (OSError naming the first that differs)."""
+        self._native.verify(index)
+
+    def footprint(self):
+        """Bytes: ``budget_bytes``, ``slot_bytes`` (all slots, touched as
+        loaded), ``resident_bytes``, ``reader_bytes``, ``bookkeeping_bytes``,
+        ``total_bytes`` (<= the budget)."""
+        return self._native.footprint()
+
+    def layer_stats(self, index):
+        """Layer ``index``: ``steps``, ``hits``, ``loads``, ``evictions``,
+        ``expirations``, ``failed_loads``, ``resident``, ``capacity``."""
+        return self._native.layer_stats(index)
+
+    def io_stats(self):
+        """``bytes_read``, ``requests``, ``bundles``, ``mean_request_bytes``,
+        ``staged_bundles``, ``errors``; and the steps' ``plan_seconds``,
+        ``compute_seconds``, ``wait_seconds`` (waiting on reads)."""
+        return self._native.io_stats()
+
+    def totals(self):
+        """Sums over the layers of ``layer_stats``' counters."""
+        keys = ("steps", "hits", "loads", "evictions", "expirations", "failed_loads", "resident")
+        out = dict.fromkeys(keys, 0)
+        for l in range(len(self._layers)):
+            s = self._native.layer_stats(l)
+            for k in keys:
+                out[k] += s[k]
+        return out
+
+    num_layers = property(lambda self: len(self._layers))
+    capacity = property(lambda self: self._native.capacity)
+    window = property(lambda self: self._native.window)
+    hidden_size = property(lambda self: self._native.hidden_size)
+    intermediate_size = property(lambda self: self._native.intermediate_size)
+    dtype = property(lambda self: self._native.dtype)
+
+
+class FlashLayer:
+    """One layer of a :class:`FlashModelCache` (``model[l]``)."""
+
+    def __init__(self, model, index):
+        self._model, self.index = model, index
+
+    def step(self, mask, x, activation="silu", out=None, accumulate=False):
+        return self._model.step(self.index, mask, x, activation=activation, out=out,
+                                accumulate=accumulate)
+
+    def update(self, mask):
+        self._model.update(self.index, mask)
+
+    def prefetch(self, mask):
+        self._model.prefetch(self.index, mask)
+
+    def resident_neurons(self):
+        return self._model.resident_neurons(self.index)
+
+    def verify(self):
+        self._model.verify(self.index)
+
+    def stats(self):
+        return self._model.layer_stats(self.index)

@@ -1,0 +1,144 @@
+"""ModelCache.from_file: a model's MLPs served from a bundle file under a DRAM
+budget, against the dense torch MLP restricted to the same neurons."""
+
+import os
+import tempfile
+import unittest
+
+import torch
+import torch.nn.functional as F
+
+import sparse_mlp
+from sparse_mlp import ModelCache, store
+
+
+def tmpdir():
+    return tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR"))
+
+
+def masked_mlp(x, gate, up, down, mask):
+    g, u, d = gate.float(), up.float(), down.float()
+    h = F.silu(F.linear(x.float(), g)) * F.linear(x.float(), u)
+    return F.linear(h * mask.float(), d)
+
+
+def budget_for(path, fraction, **kw):
+    """Bytes that give each layer about `fraction` of its neurons as slots."""
+    probe = ModelCache.from_file(path, budget_bytes=1 << 34, **kw)
+    f = probe.footprint()
+    stride = f["slot_bytes"] // (len(probe) * probe.capacity)
+    slots = int(fraction * probe.intermediate_size)
+    return f["reader_bytes"] + f["bookkeeping_bytes"] + len(probe) * slots * stride
+
+
+class FlashTest(unittest.TestCase):
+    def setUp(self):
+        gen = torch.Generator().manual_seed(7)
+        self.layers = [(torch.randn(96, 48, generator=gen) * 0.2,
+                        torch.randn(96, 48, generator=gen) * 0.2,
+                        torch.randn(48, 96, generator=gen) * 0.2) for _ in range(3)]
+        self.dir = tmpdir()
+        self.path = os.path.join(self.dir.name, "model.spmlb")
+        store.write(self.path, self.layers, alignment=512)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_steps_equal_the_masked_dense_mlp(self):
+        gen = torch.Generator().manual_seed(8)
+        for window in (1, 4):
+            for engine in ("io_uring", "pread"):
+                model = ModelCache.from_file(self.path, budget_bytes=budget_for(self.path, 0.6),
+                                             window=window, engine=engine, num_threads=2)
+                self.assertIsInstance(model, sparse_mlp.FlashModelCache)
+                self.assertLess(model.capacity, 96)
+                for step in range(12):
+                    for l, (g, u, d) in enumerate(self.layers):
+                        mask = torch.rand(96, generator=gen) < 0.4
+                        while int(mask.sum()) > model.capacity:
+                            mask[int(torch.nonzero(mask)[0])] = False
+                        x = torch.randn(2, 48, generator=gen)
+                        y = model.step(l, mask, x)
+                        where = f"window {window} {engine} step {step} layer {l}"
+                        self.assertEqual(y.shape, x.shape, where)
+                        torch.testing.assert_close(y, masked_mlp(x, g, u, d, mask), rtol=1e-4,
+                                                   atol=1e-5, msg=where)
+                        resident = set(model[l].resident_neurons().tolist())
+                        self.assertTrue(set(torch.nonzero(mask).view(-1).tolist()) <= resident,
+                                        where)
+                for l in range(3):
+                    model.verify(l)
+                f = model.footprint()
+                self.assertLessEqual(f["total_bytes"], f["budget_bytes"])
+                totals = model.totals()
+                self.assertGreater(totals["loads"], 0)
+                self.assertGreater(totals["hits"], 0)
+                io = model.io_stats()
+                self.assertGreaterEqual(io["bytes_read"], totals["loads"] * 3 * 48 * 4)
+
+    def test_window_keeps_flickering_neurons(self):
+        masks = [torch.zeros(96, dtype=torch.bool) for _ in range(2)]
+        masks[0][:20] = True
+        masks[1][10:30] = True
+        loads = {}
+        for window in (1, 3):
+            model = ModelCache.from_file(self.path, budget_bytes=budget_for(self.path, 1.0),
+                                         window=window)
+            for k in range(8):
+                model.update(0, masks[k % 2])
+            loads[window] = model.layer_stats(0)["loads"]
+        # Window 1 reloads the flickering halves each token; window 3 keeps them.
+        self.assertEqual(loads[3], 30)
+        self.assertEqual(loads[1], 20 + 7 * 10)
+
+    def test_prefetch_update_many_and_layer_handles(self):
+        model = ModelCache.from_file(self.path, budget_bytes=budget_for(self.path, 1.0))
+        mask = torch.zeros(96, dtype=torch.bool)
+        mask[::3] = True
+        model.prefetch(2, mask)
+        x = torch.randn(48)
+        y = model[2].step(mask, x)
+        torch.testing.assert_close(y, masked_mlp(x, *self.layers[2], mask), rtol=1e-4, atol=1e-5)
+        self.assertEqual(model.layer_stats(2)["loads"], 32)  # the prefetch's, once
+        model.update_many({0: mask, 1: mask})
+        self.assertEqual(model.layer_stats(1)["resident"], 32)
+        out = torch.ones(48)
+        model.step(0, mask, x, out=out, accumulate=True)
+        torch.testing.assert_close(out, 1 + masked_mlp(x, *self.layers[0], mask), rtol=1e-4,
+                                   atol=1e-5)
+
+    def test_errors(self):
+        with self.assertRaisesRegex(OSError, "cannot open"):
+            ModelCache.from_file(self.path + ".missing", budget_bytes=1 << 30)
+        with self.assertRaisesRegex(ValueError, "budget_bytes 1000 is below the minimum"):
+            ModelCache.from_file(self.path, budget_bytes=1000)
+        with self.assertRaisesRegex(ValueError, "window must be in"):
+            ModelCache.from_file(self.path, budget_bytes=1 << 30, window=0)
+        model = ModelCache.from_file(self.path, budget_bytes=budget_for(self.path, 0.25))
+        big = torch.zeros(96, dtype=torch.bool)
+        big[:model.capacity + 1] = True
+        with self.assertRaisesRegex(ValueError, f"{model.capacity + 1} neurons but the budget "
+                                                f"gives this layer {model.capacity} slots"):
+            model.step(0, big, torch.randn(48))
+        with self.assertRaisesRegex(ValueError, "layer must be in"):
+            model.step(3, big[:10], torch.randn(48))
+        with self.assertRaisesRegex(ValueError, "mask must have 96 entries"):
+            model.step(0, big[:10], torch.randn(48))
+        # A corrupted bundle: OSError naming it; the others still load.
+        layout = store.info(self.path)
+        offset = layout["header_bytes"] + 5 * layout["bundle_stride"] + 3
+        with open(self.path, "r+b") as f:
+            f.seek(offset)
+            b = f.read(1)
+            f.seek(offset)
+            f.write(bytes([b[0] ^ 0xFF]))
+        mask = torch.zeros(96, dtype=torch.bool)
+        mask[4:7] = True
+        with self.assertRaisesRegex(OSError, "layer 0 neuron 5 .*checksum mismatch"):
+            model.step(0, mask, torch.randn(48))
+        self.assertEqual(model[0].resident_neurons().tolist(), [4, 6])
+        model.verify(0)
+
+
+if __name__ == "__main__":
+    unittest.main()
