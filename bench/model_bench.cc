@@ -52,6 +52,7 @@
 #include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
+#include "bench/process_stats.h"
 #include "bench/synthetic_weights.h"
 #include "bench/timing.h"
 #include "cache/model_cache.h"
@@ -165,17 +166,6 @@ absl::StatusOr<Config> ConfigFromFlags() {
     }
   }
   return c;
-}
-
-// Resident set size of this process (VmRSS), bytes.
-size_t ResidentBytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    size_t kb;
-    if (std::sscanf(line.c_str(), "VmRSS: %zu kB", &kb) == 1) return kb * 1024;
-  }
-  return 0;
 }
 
 // One timed variant: per-token seconds of the whole stack, and of its
