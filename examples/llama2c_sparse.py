@@ -27,6 +27,13 @@ Reported for each active fraction a (default 1.0, 0.7, 0.5, 0.3):
             call overhead, this shows correctness more than speed
 With a = 1.0 the sparse model must reproduce the dense tokens exactly; the
 script exits with status 1 otherwise.
+
+With --flash, each fraction's greedy decoding runs again with the MLP
+weights served from a bundle file (sparse_mlp.store, converted from the
+checkpoint into a temporary directory) through ModelCache.from_file under a
+DRAM budget (--budget, x the MLP weights; --window), replaying the masks the
+in-memory run used: the tokens must be the same (flash column), and the
+reads per token are reported (loads, KB read). Exit status 1 otherwise.
 """
 
 import argparse
@@ -34,6 +41,7 @@ import math
 import os
 import struct
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -164,6 +172,7 @@ class SparseMlp:
         self.thresholds = thresholds
         self.model = sparse_mlp.ModelCache(ckpt.mlp_layers(), active_fraction=fraction)
         self.kept = []
+        self.masks = []  # the active neurons of every call, in order
         self.select_seconds = 0.0
 
     def __call__(self, l, h):
@@ -176,7 +185,34 @@ class SparseMlp:
         else:
             layer.update_threshold(scores, self.thresholds[l])
         self.kept.append(layer.num_active / self.c.hidden)
+        self.masks.append(layer.active_indices())
         return layer.forward(h)
+
+
+def flash_budget(path, fraction):
+    """Bytes giving each layer slots for `fraction` of its neurons (the
+    reader's buffers and bookkeeping on top)."""
+    probe = sparse_mlp.ModelCache.from_file(path, budget_bytes=1 << 34, queue_depth=8)
+    f = probe.footprint()
+    stride = f["slot_bytes"] // (len(probe) * probe.capacity)
+    slots = max(1, round(fraction * probe.intermediate_size))
+    return f["reader_bytes"] + f["bookkeeping_bytes"] + len(probe) * slots * stride
+
+
+class FlashMlp:
+    """Every layer's MLP served from a bundle file under a DRAM budget,
+    replaying recorded masks (the in-memory run's, call by call)."""
+
+    def __init__(self, path, budget, window, masks, neurons):
+        self.model = sparse_mlp.ModelCache.from_file(path, budget_bytes=budget, window=window,
+                                                     queue_depth=8)
+        self.masks = iter(masks)
+        self.neurons = neurons
+
+    def __call__(self, l, h):
+        mask = torch.zeros(self.neurons, dtype=torch.bool)
+        mask[torch.from_numpy(next(self.masks))] = True
+        return self.model.step(l, mask, h)
 
 
 def greedy(decoder, tokens):
@@ -219,10 +255,14 @@ def calibrate_thresholds(ckpt, sequence, fraction):
 
 
 def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64,
-        mask="topk", seed=0):
+        mask="topk", seed=0, flash=False, budget=0.6, window=2):
     """The table's rows: one dict per fraction, and the dense row first."""
     torch.manual_seed(seed)
     ckpt = Checkpoint(checkpoint)
+    workdir = tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) if flash else None
+    if flash:
+        store_path = os.path.join(workdir.name, "stories.spmlb")
+        sparse_mlp.store.convert(checkpoint, store_path, alignment=512)
     dense = Decoder(ckpt, dense_mlp(ckpt))
     dense_tokens = greedy(dense, tokens)
     dense_greedy_us = dense.mlp_seconds / tokens * 1e6
@@ -237,6 +277,7 @@ def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64
         mlp = SparseMlp(ckpt, fraction, mask, thresholds)
         decoder = Decoder(ckpt, mlp)
         sparse_tokens = greedy(decoder, tokens)
+        greedy_masks = list(mlp.masks)
         on_greedy = teacher_forced_log_probs(decoder, [BOS] + dense_tokens).argmax(-1)
         log_probs = teacher_forced_log_probs(decoder, sequence)
         kl = float(F.kl_div(log_probs, dense_log_probs, log_target=True,
@@ -254,7 +295,18 @@ def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64
             "tokens": sparse_tokens,
             "footprint": mlp.model.footprint(),
         })
+        if flash:
+            served = FlashMlp(store_path, flash_budget(store_path, max(budget, fraction)), window,
+                              greedy_masks, ckpt.hidden)
+            flash_tokens = greedy(Decoder(ckpt, served), tokens)
+            totals, io = served.model.totals(), served.model.io_stats()
+            rows[-1].update({"flash_same": flash_tokens == sparse_tokens,
+                             "flash_loads": totals["loads"] / tokens,
+                             "flash_kb": io["bytes_read"] / tokens / 1024,
+                             "flash_capacity": served.model.capacity})
     rows[0]["tokens"] = dense_tokens
+    if workdir is not None:
+        workdir.cleanup()
     return rows
 
 
@@ -266,19 +318,35 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")
     parser.add_argument("--mask", choices=("topk", "threshold"), default="topk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flash", action="store_true",
+                        help="also decode with the MLPs served from a bundle file")
+    parser.add_argument("--budget", type=float, default=0.6,
+                        help="--flash: slots per layer, x its neurons (at least the fraction)")
+    parser.add_argument("--window", type=int, default=2, help="--flash: the residency window")
     args = parser.parse_args(argv)
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.set_num_threads(1)
-    rows = run(args.checkpoint, fractions, args.tokens, args.mask, args.seed)
+    rows = run(args.checkpoint, fractions, args.tokens, args.mask, args.seed, args.flash,
+               args.budget, args.window)
     ckpt = Checkpoint(args.checkpoint)
     print(f"{os.path.basename(args.checkpoint)}: dim {ckpt.dim}, MLP hidden {ckpt.hidden}, "
           f"{ckpt.layers} layers, vocab {ckpt.vocab}; masks: oracle {args.mask}; "
           f"{args.tokens} tokens")
-    print(f"{'a':>6} {'agree':>7} {'prefix':>7} {'kl':>10} {'active':>7} {'mlp_us':>8}")
+    flash_header = f" {'flash':>6} {'loads/t':>8} {'KB/t':>7}" if args.flash else ""
+    print(f"{'a':>6} {'agree':>7} {'prefix':>7} {'kl':>10} {'active':>7} {'mlp_us':>8}"
+          + flash_header)
     for r in rows:
         a = r["fraction"] if isinstance(r["fraction"], str) else f"{r['fraction']:.2f}"
+        flash = ""
+        if "flash_same" in r:
+            flash = (f" {'same' if r['flash_same'] else 'DIFFER':>6} {r['flash_loads']:8.1f} "
+                     f"{r['flash_kb']:7.1f}")
         print(f"{a:>6} {r['agree']:7.3f} {r['prefix']:7d} {r['kl']:10.5f} {r['active']:7.3f} "
-              f"{r['mlp_us']:8.1f}")
+              f"{r['mlp_us']:8.1f}" + flash)
+    if any(not r.get("flash_same", True) for r in rows):
+        print("error: served from the bundle file, the model decoded other tokens than in memory "
+              "on the same masks", file=sys.stderr)
+        return 1
     exact = [r for r in rows[1:] if r["fraction"] == 1.0]
     if exact and exact[0]["tokens"] != rows[0]["tokens"]:
         print("error: with every neuron active the sparse model did not reproduce the dense "

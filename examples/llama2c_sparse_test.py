@@ -29,6 +29,16 @@ class Llama2cSparseTest(unittest.TestCase):
             self.assertEqual(half["footprint"]["pool_in_use"], half["footprint"]["packed_bytes"]
                              + 5 * 172 * 64 * 4)  # plus each layer's transposed down
 
+    def test_flash_tier_decodes_the_same_tokens(self):
+        # Served from a bundle file under a budget of 60% of the neurons per
+        # layer, window 2, on the in-memory run's masks: the same tokens.
+        rows = llama2c_sparse.run(fractions=(0.5, 0.3), tokens=16, flash=True, budget=0.6,
+                                  window=2)
+        for row in rows[1:]:
+            self.assertTrue(row["flash_same"], row["fraction"])
+            self.assertLess(row["flash_capacity"], 172)
+            self.assertGreater(row["flash_loads"], 0)
+
     def test_main_succeeds(self):
         self.assertEqual(llama2c_sparse.main(["--tokens", "8", "--fractions", "1.0,0.5"]), 0)
 

@@ -1,0 +1,735 @@
+// The flash tier against what a user would otherwise do, on one mask trace:
+//
+//   bazel run //bench:flash                       # a few minutes; writes 4.2 GB once
+//   bazel run //bench:flash -- --dir=/data/tmp --plot=/tmp/flash.png
+//
+// A 28-layer llama-3.2-3b-shaped bfloat16 MLP stack (4.2 GB) in a bundle
+// file in --dir (written once, reused while its header matches; never
+// tmpfs). Masks: a synthetic trace (each neuron a two-state Markov chain,
+// activity rates lognormal with mean --active: hot and cold neurons; flip
+// rates set so that a layer's churn without a window runs from --churn_first
+// in layer 0 to --churn_last in the last) or --trace=FILE (lines of '0'/'1',
+// one mask per layer, token-major).
+//
+// Rows, same masks, one token at a time (T = 1), --threads compute threads:
+//   tier          FlashModelCache + FlashLayerStep per budget (x the MLP
+//                 weights) and window; next layer's reads prefetched while a
+//                 layer computes (--prefetch)
+//   dram          everything in DRAM (the file read into memory),
+//                 direct-index forward: the compute bound
+//   mmap          the file mmap'd, direct-index forward on the mapping, in a
+//                 child process whose memory cgroup caps the page cache at
+//                 --mmap_budget x the weights (created under this process's
+//                 own cgroup, removed afterwards; said so when it cannot)
+//   no-cache      every active bundle read from the file every token
+//   dense-stream  the whole file read and computed every token
+// Per token: ms, GB read from the device (/proc/self/io), requests and mean
+// request size, time waiting on reads / computing / planning, and DRAM used
+// (the cache's footprint; resident set growth; the file's page-cache pages).
+// The device's random-read curve at depth --queue_depth is measured in the
+// same run for the I/O bound. Goals at the end; --plot draws ms and GB per
+// token against the budget (matplotlib).
+#include <fcntl.h>
+#include <signal.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "bench/device_curve.h"
+#include "bench/model_presets.h"
+#include "bench/optimized_build_check.h"
+#include "bench/process_stats.h"
+#include "bench/synthetic_weights.h"
+#include "cache/flash_cache.h"
+#include "memory/aligned_buffer.h"
+#include "mlp/flash_step.h"
+#include "mlp/mlp_forward.h"
+#include "nlohmann/json.hpp"
+#include "store/bundle_reader.h"
+#include "store/bundle_writer.h"
+
+ABSL_FLAG(std::string, dir, "/var/tmp/sparse_mlp", "directory of the bundle file (not tmpfs)");
+ABSL_FLAG(std::string, model, "llama-3.2-3b", "MLP shape (bench/model_presets.h)");
+ABSL_FLAG(int, layers, 28, "layers");
+ABSL_FLAG(double, active, 0.5, "mean active fraction");
+ABSL_FLAG(double, churn_first, 0.05, "churn without a window, first layer");
+ABSL_FLAG(double, churn_last, 0.40, "churn without a window, last layer");
+ABSL_FLAG(std::string, trace, "", "a recorded trace instead of the synthetic one");
+ABSL_FLAG(std::string, budgets, "0.3,0.55,0.6,0.8,1.0", "tier budgets, x the MLP weights");
+ABSL_FLAG(std::string, windows, "1,2,4,8", "tier windows");
+ABSL_FLAG(int, tokens, 6, "timed tokens per tier row");
+ABSL_FLAG(int, warmup, 6, "untimed tokens first (the cache fills: at least the window)");
+ABSL_FLAG(int, baseline_tokens, 2, "timed tokens of the slow baselines (after one untimed)");
+ABSL_FLAG(int, threads, 2, "compute threads");
+ABSL_FLAG(int, queue_depth, 32, "reads in flight");
+ABSL_FLAG(bool, prefetch, true, "prefetch the next layer's neurons while a layer computes");
+ABSL_FLAG(double, mmap_budget, 0.6, "the mmap baseline's page-cache cap, x the weights");
+ABSL_FLAG(bool, compute, true, "tier rows compute (false: loads only, the I/O alone)");
+ABSL_FLAG(bool, verify, true, "tier rows verify each bundle's checksum");
+ABSL_FLAG(std::string, variants, "tier,no-cache,dense-stream,mmap,dram", "rows to run");
+ABSL_FLAG(int, mmap_child_fd, -1, "internal: run the mmap baseline here, report to this fd");
+ABSL_FLAG(std::string, mmap_cgroup, "", "internal: the cgroup the mmap child joined");
+ABSL_FLAG(std::string, plot, "", "draw ms and GB per token against the budget into this PNG");
+ABSL_FLAG(std::string, json, "", "write the results here");
+
+namespace sparse_mlp::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void Die(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  std::exit(1);
+}
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::vector<double> Doubles(const std::string& s) {
+  std::vector<double> out;
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    double v;
+    if (!absl::SimpleAtod(p, &v)) Die(absl::InvalidArgumentError(absl::StrCat("bad number ", p)));
+    out.push_back(v);
+  }
+  return out;
+}
+
+// masks[t][l]: sorted active neurons of layer l at token t.
+using Trace = std::vector<std::vector<std::vector<uint32_t>>>;
+
+// Each neuron a two-state Markov chain: stationary activity p_n (lognormal
+// weights scaled to mean `active`, capped so the chain exists), off after
+// on with probability c (the layer's churn), on after off with c p/(1-p):
+// each token replaces about c of the active set.
+Trace SyntheticTrace(size_t layers, size_t neurons, size_t tokens, double active, double c0,
+                     double c1, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0, 1);
+  std::uniform_real_distribution<double> u(0, 1);
+  Trace t(tokens, std::vector<std::vector<uint32_t>>(layers));
+  for (size_t l = 0; l < layers; ++l) {
+    const double churn = layers == 1 ? c0 : c0 + (c1 - c0) * l / (layers - 1);
+    const double cap = std::min(0.98, 1 / (1 + churn));
+    std::vector<double> w(neurons), p(neurons);
+    for (double& v : w) v = std::exp(normal(rng));
+    double lo = 0, hi = 10;  // scale s: mean(min(cap, s w)) = active
+    for (int it = 0; it < 60; ++it) {
+      const double s = (lo + hi) / 2;
+      double mean = 0;
+      for (double v : w) mean += std::min(cap, s * v);
+      (mean / neurons < active ? lo : hi) = s;
+    }
+    std::vector<uint8_t> on(neurons);
+    for (size_t n = 0; n < neurons; ++n) {
+      p[n] = std::min(cap, lo * w[n]);
+      on[n] = u(rng) < p[n];
+    }
+    for (size_t k = 0; k < tokens; ++k) {
+      for (size_t n = 0; n < neurons; ++n) {
+        const double flip = on[n] ? churn : churn * p[n] / (1 - p[n]);
+        if (u(rng) < flip) on[n] ^= 1;
+        if (on[n]) t[k][l].push_back(static_cast<uint32_t>(n));
+      }
+    }
+  }
+  return t;
+}
+
+Trace ReadTrace(const std::string& path, size_t layers, size_t neurons) {
+  std::ifstream in(path);
+  if (!in) Die(absl::NotFoundError("cannot open " + path));
+  Trace t;
+  std::string line;
+  size_t count = 0;
+  while (std::getline(in, line)) {
+    if (line.size() != neurons) {
+      Die(absl::InvalidArgumentError(absl::StrFormat("%s line %d: %d characters, expected %d",
+                                                     path, count + 1, line.size(), neurons)));
+    }
+    if (count % layers == 0) t.emplace_back(layers);
+    std::vector<uint32_t>& m = t.back()[count % layers];
+    for (size_t n = 0; n < neurons; ++n) {
+      if (line[n] == '1') m.push_back(static_cast<uint32_t>(n));
+    }
+    ++count;
+  }
+  if (count == 0 || count % layers != 0) {
+    Die(absl::InvalidArgumentError(absl::StrFormat(
+        "%s: %d lines is not a whole number of tokens of %d layers", path, count, layers)));
+  }
+  return t;
+}
+
+std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t layers) {
+  const DType dtype = DType::kBFloat16;
+  const std::string path =
+      absl::StrFormat("%s/flash_%s_bf16_L%d.spmlb", dir, p.name, layers);
+  store::ReaderOptions check;
+  check.verify_checksums = false;
+  if (auto r = store::BundleReader::Open(path, check); r.ok()) {
+    const store::BundleShape& s = (*r)->layout().shape();
+    if (s.hidden == p.hidden && s.intermediate == p.intermediate && s.layers == layers) return path;
+  }
+  const size_t n = p.hidden * p.intermediate;
+  std::printf("writing %s (%.2f GB) ...\n", path.c_str(), 3.0 * n * 2 * layers / 1e9);
+  std::fflush(stdout);
+  store::WriterOptions o;
+  o.num_threads = 2;
+  auto w = store::BundleWriter::Create(path, {dtype, p.hidden, p.intermediate, layers, true, 0, 0},
+                                       o);
+  if (!w.ok()) Die(w.status());
+  for (size_t l = 0; l < layers; ++l) {
+    memory::AlignedBuffer g = RandomValues(n, dtype, 0.03f, 3 * l + 1, 2);
+    memory::AlignedBuffer u = RandomValues(n, dtype, 0.03f, 3 * l + 2, 2);
+    memory::AlignedBuffer d = RandomValues(n, dtype, 0.03f, 3 * l + 3, 2);
+    if (absl::Status s = (*w)->AppendLayer({g.data(), u.data(), d.data(), false}); !s.ok()) Die(s);
+  }
+  if (absl::Status s = (*w)->Finish(); !s.ok()) Die(s);
+  return path;
+}
+
+// Drops the file's clean pages from the page cache (the write that made it
+// leaves them), so every row starts from the device.
+void DropPageCache(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+struct Row {
+  std::string variant;
+  double budget = 0;  // x weights (0: none)
+  int window = 0;
+  bool ran = false;
+  std::string note;
+  double ms = 0, gb = 0, requests = 0, mean_request = 0;
+  double wait_ms = 0, compute_ms = 0, plan_ms = 0;
+  double dram_gb = 0, rss_gb = 0, page_cache_gb = 0;
+};
+
+// The stack's rows for layer l in a buffer laid out as the file lays out
+// bundles (the whole file in DRAM, or a mapping of it).
+mlp::NeuronRows FileRows(const store::BundleLayout& l, const uint8_t* file, size_t layer) {
+  const size_t elem = DTypeSize(l.shape().dtype), stride = l.bundle_stride() / elem;
+  const uint8_t* base = file + l.layer_offset(layer);
+  return {l.shape().dtype, l.shape().hidden, l.shape().intermediate,
+          base + l.gate_offset(), stride, base + l.up_offset(), stride,
+          base + l.down_offset(), stride};
+}
+
+class FlashBench {
+ public:
+  FlashBench(std::string path, const Trace& trace, int threads)
+      : path_(std::move(path)), trace_(trace), threads_(threads) {
+    store::ReaderOptions o;
+    o.verify_checksums = false;
+    layout_ = (*store::BundleReader::Open(path_, o))->layout();
+    const size_t h = layout_.shape().hidden;
+    x_.resize(h);
+    std::mt19937_64 rng(5);
+    for (float& v : x_) v = std::normal_distribution<float>(0, 1)(rng);
+    y_.resize(h);
+    weight_bytes_ = 3.0 * h * layout_.shape().intermediate * 2 * layout_.shape().layers;
+    options_.num_threads = threads;
+    (void)ws_.Reserve(1, h, 0, threads);
+  }
+
+  double weight_bytes() const { return weight_bytes_; }
+  size_t max_mask() const {
+    size_t m = 0;
+    for (const auto& token : trace_) {
+      for (const auto& mask : token) m = std::max(m, mask.size());
+    }
+    return m;
+  }
+
+  Row Tier(double budget, int window, int warmup, int tokens, bool prefetch, int depth) {
+    Row r;
+    r.variant = "tier";
+    r.budget = budget;
+    r.window = window;
+    DropPageCache(path_);
+    cache::FlashCacheOptions o;
+    o.budget_bytes = static_cast<size_t>(budget * weight_bytes_);
+    o.window = static_cast<size_t>(window);
+    o.reader.queue_depth = depth;
+    o.reader.verify_checksums = absl::GetFlag(FLAGS_verify);
+    const size_t rss0 = ResidentBytes();
+    auto opened = cache::FlashModelCache::Open(path_, o);
+    if (!opened.ok()) {
+      r.note = std::string(opened.status().message()).substr(0, 60);
+      return r;
+    }
+    cache::FlashModelCache& fc = **opened;
+    if (fc.capacity() < max_mask()) {
+      r.note = absl::StrFormat("masks of %d > %d slots per layer", max_mask(), fc.capacity());
+      return r;
+    }
+    const size_t layers = layout_.shape().layers;
+    mlp::FlashStepTimes sum;
+    auto token = [&](size_t t, bool timed) {
+      for (size_t l = 0; l < layers; ++l) {
+        if (prefetch) {
+          const size_t nl = (l + 1) % layers, nt = l + 1 == layers ? t + 1 : t;
+          if (nt < trace_.size()) Check(fc.Prefetch(nl, trace_[nt][nl]));
+        }
+        mlp::FlashStepTimes times;
+        if (!absl::GetFlag(FLAGS_compute)) {
+          cache::FlashStepPlan plan;
+          const auto w0 = Clock::now();
+          Check(fc.BeginStep(l, trace_[t][l], &plan));
+          Check(fc.FinishStep(l));
+          times.wait_seconds = Since(w0);
+        } else {
+          Check(mlp::FlashLayerStep(&fc, l, trace_[t][l],
+                                    {x_.data(), 1, x_.size(), DType::kFloat32},
+                                    {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_,
+                                    &times));
+        }
+        if (timed) {
+          sum.plan_seconds += times.plan_seconds;
+          sum.compute_seconds += times.compute_seconds;
+          sum.wait_seconds += times.wait_seconds;
+        }
+      }
+    };
+    for (int t = 0; t < warmup; ++t) token(static_cast<size_t>(t), false);
+    const store::ReaderStats io0 = fc.io_stats();
+    const uint64_t read0 = DeviceReadBytes();
+    const auto start = Clock::now();
+    for (int t = 0; t < tokens; ++t) token(static_cast<size_t>(warmup + t), true);
+    const double seconds = Since(start);
+    // Prefetches of the token after the last are in flight: let them land
+    // before counting bytes (they belong to no timed token: subtract none,
+    // they are a token's first layer at most).
+    const store::ReaderStats io1 = fc.io_stats();
+    r.ran = true;
+    r.ms = seconds / tokens * 1e3;
+    r.gb = (DeviceReadBytes() - read0) / 1e9 / tokens;
+    r.requests = double(io1.requests - io0.requests) / tokens;
+    r.mean_request = double(io1.bytes_read - io0.bytes_read) / std::max(1.0, r.requests * tokens);
+    r.wait_ms = sum.wait_seconds / tokens * 1e3;
+    r.compute_ms = sum.compute_seconds / tokens * 1e3;
+    r.plan_ms = sum.plan_seconds / tokens * 1e3;
+    r.dram_gb = fc.footprint().total_bytes() / 1e9;
+    r.rss_gb = (ResidentBytes() - rss0) / 1e9;
+    r.page_cache_gb = PageCacheBytes(path_) / 1e9;
+    return r;
+  }
+
+  // The whole file in DRAM, direct-index forward (the compute bound).
+  Row Dram(int tokens) {
+    Row r;
+    r.variant = "dram";
+    memory::AlignedBuffer file = Buffer(layout_.file_bytes());
+    const int fd = ::open(path_.c_str(), O_RDONLY);
+    for (uint64_t off = 0; off < layout_.file_bytes();) {
+      const ssize_t n = ::pread(fd, file.data() + off, std::min<uint64_t>(64 << 20,
+                                layout_.file_bytes() - off), off);
+      if (n <= 0) Die(absl::UnavailableError("reading " + path_));
+      off += n;
+    }
+    ::close(fd);
+    const size_t layers = layout_.shape().layers;
+    auto token = [&](size_t t) {
+      for (size_t l = 0; l < layers; ++l) {
+        Check(mlp::ForwardIndexed(FileRows(layout_, file.data(), l), trace_[t][l],
+                                  {x_.data(), 1, x_.size(), DType::kFloat32},
+                                  {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_));
+      }
+    };
+    token(0);
+    const auto start = Clock::now();
+    for (int t = 0; t < tokens; ++t) token(static_cast<size_t>(1 + t % (trace_.size() - 1)));
+    r.ran = true;
+    r.ms = Since(start) / tokens * 1e3;
+    r.compute_ms = r.ms;
+    r.dram_gb = layout_.file_bytes() / 1e9;
+    return r;
+  }
+
+  // Reads with a BundleReader: every mask bundle of each token (no cache),
+  // or every bundle (dense streaming); the next layer's reads in flight
+  // while a layer computes (double buffer).
+  Row Streaming(bool dense, int tokens, int depth) {
+    DropPageCache(path_);
+    Row r;
+    r.variant = dense ? "dense-stream" : "no-cache";
+    store::ReaderOptions o;
+    o.queue_depth = depth;
+    o.verify_checksums = false;
+    o.max_request_bytes = dense ? size_t{1} << 20 : size_t{128} << 10;
+    auto reader = store::BundleReader::Open(path_, o);
+    if (!reader.ok()) Die(reader.status());
+    const size_t layers = layout_.shape().layers, n = layout_.shape().intermediate;
+    const size_t bundle = layout_.bundle_bytes(), elem = 2;
+    memory::AlignedBuffer buf[2] = {Buffer(n * bundle), Buffer(n * bundle)};
+    std::vector<store::BundleRequest> q;
+    std::vector<uint32_t> all(n);
+    for (size_t j = 0; j < n; ++j) all[j] = static_cast<uint32_t>(j);
+    auto neurons = [&](size_t t, size_t l) -> const std::vector<uint32_t>& {
+      return dense ? all : trace_[t][l];
+    };
+    auto start_reads = [&](size_t t, size_t l, size_t b) {
+      q.clear();
+      const std::vector<uint32_t>& m = neurons(t, l);
+      for (size_t k = 0; k < m.size(); ++k) q.push_back({l, m[k], buf[b].data() + k * bundle});
+      Check((*reader)->Start(q));
+    };
+    auto token = [&](size_t t) {
+      start_reads(t, 0, 0);
+      for (size_t l = 0; l < layers; ++l) {
+        Check((*reader)->Finish());
+        if (l + 1 < layers) start_reads(t, l + 1, (l + 1) % 2);
+        const size_t count = neurons(t, l).size();
+        const uint8_t* b = buf[l % 2].data();
+        const mlp::NeuronRows rows{DType::kBFloat16, layout_.shape().hidden, count,
+                                   b + layout_.gate_offset(), bundle / elem,
+                                   b + layout_.up_offset(), bundle / elem,
+                                   b + layout_.down_offset(), bundle / elem};
+        Check(mlp::Forward(rows, {x_.data(), 1, x_.size(), DType::kFloat32},
+                           {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_));
+      }
+    };
+    token(0);
+    const store::ReaderStats io0 = (*reader)->stats();
+    const uint64_t read0 = DeviceReadBytes();
+    const auto start = Clock::now();
+    for (int t = 0; t < tokens; ++t) token(static_cast<size_t>(1 + t % (trace_.size() - 1)));
+    r.ran = true;
+    r.ms = Since(start) / tokens * 1e3;
+    r.gb = (DeviceReadBytes() - read0) / 1e9 / tokens;
+    const store::ReaderStats& io1 = (*reader)->stats();
+    r.requests = double(io1.requests - io0.requests) / tokens;
+    r.mean_request = double(io1.bytes_read - io0.bytes_read) / std::max(1.0, r.requests * tokens);
+    r.dram_gb = 2.0 * n * bundle / 1e9;
+    return r;
+  }
+
+  // The mmap baseline's body, in the child: per-token seconds, device bytes,
+  // resident bytes written to `fd`.
+  void MmapChild(int fd, int tokens) {
+    const int file = ::open(path_.c_str(), O_RDONLY);
+    auto* map = static_cast<uint8_t*>(
+        ::mmap(nullptr, layout_.file_bytes(), PROT_READ, MAP_SHARED, file, 0));
+    if (map == MAP_FAILED) std::exit(1);
+    const size_t layers = layout_.shape().layers;
+    auto token = [&](size_t t) {
+      for (size_t l = 0; l < layers; ++l) {
+        Check(mlp::ForwardIndexed(FileRows(layout_, map, l), trace_[t][l],
+                                  {x_.data(), 1, x_.size(), DType::kFloat32},
+                                  {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_));
+      }
+    };
+    token(0);
+    const uint64_t read0 = DeviceReadBytes();
+    const auto start = Clock::now();
+    for (int t = 0; t < tokens; ++t) token(static_cast<size_t>(1 + t % (trace_.size() - 1)));
+    const double out[3] = {Since(start) / tokens, double(DeviceReadBytes() - read0) / tokens,
+                           double(ResidentBytes())};
+    (void)!::write(fd, out, sizeof(out));
+  }
+
+  void set_child_args(std::vector<std::string> args) { child_args_ = std::move(args); }
+
+  // The file mmap'd in a child process capped by a memory cgroup.
+  Row Mmap(double budget) {
+    Row r;
+    r.variant = "mmap";
+    r.budget = budget;
+    const size_t limit = static_cast<size_t>(budget * weight_bytes_);
+    std::string cgroup;
+    {
+      std::ifstream self("/proc/self/cgroup");
+      std::string line;
+      while (std::getline(self, line)) {
+        const size_t at = line.find(":memory:");
+        if (at != std::string::npos) cgroup = "/sys/fs/cgroup/memory" + line.substr(at + 8);
+      }
+    }
+    std::string child_group;
+    if (!cgroup.empty()) {
+      child_group = absl::StrFormat("%s/sparse_mlp_flash_%d", cgroup, getpid());
+      if (::mkdir(child_group.c_str(), 0755) != 0 ||
+          !(std::ofstream(child_group + "/memory.limit_in_bytes") << limit)) {
+        ::rmdir(child_group.c_str());
+        child_group.clear();
+      }
+    }
+    r.note = child_group.empty() ? "no memory cgroup: page cache not capped"
+                                 : absl::StrFormat("cgroup cap %.2f GB", limit / 1e9);
+    DropPageCache(path_);
+    int fds[2];
+    if (::pipe(fds) != 0) Die(absl::UnavailableError("pipe"));
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // A fresh process (exec): OpenMP's threads do not survive a fork.
+      ::close(fds[0]);
+      if (!child_group.empty()) std::ofstream(child_group + "/cgroup.procs") << getpid();
+      std::vector<std::string> args = child_args_;
+      args.push_back(absl::StrFormat("--mmap_child_fd=%d", fds[1]));
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv("/proc/self/exe", argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    double in[3] = {0, 0, 0};
+    pollfd p{fds[0], POLLIN, 0};
+    const bool got = ::poll(&p, 1, 900 * 1000) == 1 &&
+                     ::read(fds[0], in, sizeof(in)) == static_cast<ssize_t>(sizeof(in));
+    if (!got) ::kill(pid, SIGKILL);
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!child_group.empty()) ::rmdir(child_group.c_str());
+    if (!got) {
+      r.note += "; the child failed";
+      return r;
+    }
+    r.ran = true;
+    r.ms = in[0] * 1e3;
+    r.gb = in[1] / 1e9;
+    r.rss_gb = in[2] / 1e9;
+    r.dram_gb = child_group.empty() ? 0 : limit / 1e9;
+    return r;
+  }
+
+ private:
+  static void Check(const absl::Status& s) {
+    if (!s.ok()) Die(s);
+  }
+
+  std::string path_;
+  const Trace& trace_;
+  int threads_;
+  store::BundleLayout layout_;
+  std::vector<float> x_, y_;
+  double weight_bytes_ = 0;
+  mlp::ForwardOptions options_;
+  mlp::Workspace ws_;
+  std::vector<std::string> child_args_;
+};
+
+void PrintRow(const Row& r) {
+  const std::string budget = r.budget > 0 ? absl::StrFormat("%.2f", r.budget) : "-";
+  const std::string window = r.window > 0 ? absl::StrFormat("%d", r.window) : "-";
+  if (!r.ran) {
+    std::printf("%-13s %6s %6s  %s\n", r.variant.c_str(), budget.c_str(), window.c_str(),
+                r.note.c_str());
+    return;
+  }
+  std::printf("%-13s %6s %6s %9.1f %8.3f %9.0f %9.1fK %9.1f %9.1f %8.2f %8.3f %8.3f %8.3f %s\n",
+              r.variant.c_str(), budget.c_str(), window.c_str(), r.ms, r.gb, r.requests,
+              r.mean_request / 1024, r.wait_ms, r.compute_ms, r.plan_ms, r.dram_gb, r.rss_gb,
+              r.page_cache_gb, r.note.c_str());
+}
+
+int Main(int argc, char** argv) {
+  RequireOptimizedBuild();
+  const ModelPreset* preset = FindModelPreset(absl::GetFlag(FLAGS_model));
+  if (preset == nullptr) Die(absl::InvalidArgumentError("unknown --model"));
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  ::mkdir(dir.c_str(), 0755);
+  if (IsMemoryFileSystem(dir)) Die(absl::InvalidArgumentError(dir + " is tmpfs: use --dir"));
+  const size_t layers = static_cast<size_t>(absl::GetFlag(FLAGS_layers));
+  const std::string path = EnsureFile(dir, *preset, layers);
+  const int warmup = absl::GetFlag(FLAGS_warmup), tokens = absl::GetFlag(FLAGS_tokens);
+  const int depth = absl::GetFlag(FLAGS_queue_depth);
+  const Trace trace =
+      absl::GetFlag(FLAGS_trace).empty()
+          ? SyntheticTrace(layers, preset->intermediate, static_cast<size_t>(warmup + tokens + 1),
+                           absl::GetFlag(FLAGS_active), absl::GetFlag(FLAGS_churn_first),
+                           absl::GetFlag(FLAGS_churn_last), 2026)
+          : ReadTrace(absl::GetFlag(FLAGS_trace), layers, preset->intermediate);
+  if (trace.size() < static_cast<size_t>(warmup + tokens)) {
+    Die(absl::InvalidArgumentError(absl::StrFormat(
+        "the trace has %d tokens; --warmup + --tokens need %d", trace.size(), warmup + tokens)));
+  }
+  double mean_active = 0;
+  for (const auto& t : trace) {
+    for (const auto& m : t) mean_active += m.size();
+  }
+  mean_active /= trace.size() * layers * preset->intermediate;
+  FlashBench bench(path, trace, absl::GetFlag(FLAGS_threads));
+  if (const int fd = absl::GetFlag(FLAGS_mmap_child_fd); fd >= 0) {
+    bench.MmapChild(fd, absl::GetFlag(FLAGS_baseline_tokens));
+    return 0;
+  }
+  bench.set_child_args(std::vector<std::string>(argv, argv + argc));
+  const std::vector<std::string> variants = absl::StrSplit(absl::GetFlag(FLAGS_variants), ',');
+  auto wanted = [&](const char* v) {
+    return std::find(variants.begin(), variants.end(), v) != variants.end();
+  };
+  std::printf("flash tier: %s, %zu layers x (H=%zu, I=%zu) bfloat16, %.2f GB of MLP weights in %s; "
+              "%s trace, mean active %.3f; %d compute threads, queue depth %d, prefetch %s; "
+              "%d warm-up + %d timed tokens per tier row\n\n",
+              preset->name, layers, preset->hidden, preset->intermediate,
+              bench.weight_bytes() / 1e9, path.c_str(),
+              absl::GetFlag(FLAGS_trace).empty() ? "synthetic Markov" : "recorded", mean_active,
+              absl::GetFlag(FLAGS_threads), depth, absl::GetFlag(FLAGS_prefetch) ? "on" : "off",
+              warmup, tokens);
+  std::printf("%-13s %6s %6s %9s %8s %9s %10s %9s %9s %8s %8s %8s %8s\n", "variant", "budget",
+              "window", "ms/token", "GB/tok", "req/tok", "mean_req", "wait_ms", "comp_ms",
+              "plan_ms", "dram_GB", "rss_GB", "pcache_GB");
+  std::vector<Row> rows;
+  for (double b : wanted("tier") ? Doubles(absl::GetFlag(FLAGS_budgets)) : std::vector<double>{}) {
+    for (double w : Doubles(absl::GetFlag(FLAGS_windows))) {
+      rows.push_back(bench.Tier(b, static_cast<int>(w), warmup, tokens,
+                                absl::GetFlag(FLAGS_prefetch), depth));
+      PrintRow(rows.back());
+      std::fflush(stdout);
+      if (!rows.back().ran) break;  // the other windows cannot run either
+    }
+  }
+  const int bt = absl::GetFlag(FLAGS_baseline_tokens);
+  auto add = [&](Row r) {
+    rows.push_back(std::move(r));
+    PrintRow(rows.back());
+    std::fflush(stdout);
+  };
+  if (wanted("no-cache")) add(bench.Streaming(false, bt, depth));
+  if (wanted("dense-stream")) add(bench.Streaming(true, bt, depth));
+  if (wanted("mmap")) add(bench.Mmap(absl::GetFlag(FLAGS_mmap_budget)));
+  if (wanted("dram")) add(bench.Dram(std::max(tokens, 4)));
+
+  // The device at the tier's request sizes.
+  std::map<size_t, double> curve;
+  for (size_t kb : {16, 20, 24, 32, 48, 64, 128}) {
+    auto pt = MeasureRandomReads(path, std::min<uint64_t>(4ull << 30, 4096ull * (1 << 20)),
+                                 kb * 1024, depth, 0.3, kb);
+    if (!pt.ok()) Die(pt.status());
+    curve[kb * 1024] = pt->gbps;
+  }
+  auto device_at = [&](double bytes) {
+    auto hi = curve.lower_bound(static_cast<size_t>(bytes));
+    if (hi == curve.begin()) return hi->second;
+    if (hi == curve.end()) return std::prev(hi)->second;
+    auto lo = std::prev(hi);
+    const double t = std::log(bytes / lo->first) / std::log(double(hi->first) / lo->first);
+    return (1 - t) * lo->second + t * hi->second;
+  };
+  std::printf("\ndevice random reads at depth %d (io_uring, O_DIRECT), GB/s:", depth);
+  for (const auto& [bytes, gbps] : curve) std::printf(" %zuK %.2f", bytes / 1024, gbps);
+  std::printf("\n");
+
+  // Goals.
+  auto find = [&](const std::string& v, double budget, int window) -> const Row* {
+    for (const Row& r : rows) {
+      if (r.ran && r.variant == v && (budget == 0 || std::abs(r.budget - budget) < 1e-9) &&
+          (window == 0 || r.window == window)) {
+        return &r;
+      }
+    }
+    return nullptr;
+  };
+  const Row* dram = find("dram", 0, 0);
+  const Row* mmap_row = find("mmap", 0, 0);
+  const Row* dense = find("dense-stream", 0, 0);
+  const Row* best06 = nullptr;
+  for (const Row& r : rows) {
+    if (r.ran && r.variant == "tier" && std::abs(r.budget - 0.6) < 1e-9 &&
+        (best06 == nullptr || r.ms < best06->ms)) {
+      best06 = &r;
+    }
+  }
+  std::printf("\ngoals (a = %.2f, budget 0.6x the weights):\n", mean_active);
+  auto verdict = [](bool met) { return met ? "met" : "MISSED"; };
+  if (best06 != nullptr) {
+    if (mmap_row != nullptr) {
+      std::printf("  tier (window %d) vs mmap under the same budget: %.1fx faster (goal >= 5x) %s\n",
+                  best06->window, mmap_row->ms / best06->ms, verdict(mmap_row->ms / best06->ms >= 5));
+    }
+    if (dense != nullptr) {
+      std::printf("  tier vs dense streaming of the file: %.1fx faster (goal >= 10x) %s\n",
+                  dense->ms / best06->ms, verdict(dense->ms / best06->ms >= 10));
+    }
+    const double io_bound = best06->gb / device_at(best06->mean_request) * 1e3;
+    const double bound = std::max(io_bound, dram == nullptr ? 0 : dram->ms);
+    std::printf("  tier %.1f ms vs max(I/O bound %.1f ms = %.3f GB at %.2f GB/s for %.1fK "
+                "requests, compute bound %.1f ms) = %.2fx (goal <= 1.3x) %s\n",
+                best06->ms, io_bound, best06->gb, device_at(best06->mean_request),
+                best06->mean_request / 1024, dram == nullptr ? 0 : dram->ms, best06->ms / bound,
+                verdict(best06->ms / bound <= 1.3));
+  }
+  for (double budget : {1.0, 0.6}) {
+    const Row* w1 = find("tier", budget, 1);
+    const Row* best = nullptr;
+    for (const Row& r : rows) {
+      if (r.ran && r.variant == "tier" && std::abs(r.budget - budget) < 1e-9 &&
+          (best == nullptr || r.gb < best->gb)) {
+        best = &r;
+      }
+    }
+    if (w1 == nullptr || best == nullptr) continue;
+    std::printf("  budget %.1f: window %d reads %.2fx fewer bytes per token than window 1 "
+                "(%.3f vs %.3f GB)%s\n",
+                budget, best->window, w1->gb / best->gb, best->gb, w1->gb,
+                budget == 1.0 ? (w1->gb / best->gb >= 2.5 ? " (goal >= 2.5x) met"
+                                                          : " (goal >= 2.5x) MISSED")
+                              : " (what the window buys where the budget caps it)");
+  }
+  double worst_dram = 0;
+  for (const Row& r : rows) {
+    if (r.ran && r.variant == "tier") {
+      worst_dram = std::max(worst_dram, (r.dram_gb + r.page_cache_gb) / (r.budget * bench.weight_bytes() / 1e9));
+    }
+  }
+  std::printf("  DRAM used (footprint + the file's page cache) / budget: worst %.3f (goal <= 1.05) "
+              "%s\n",
+              worst_dram, verdict(worst_dram <= 1.05));
+
+  nlohmann::json j;
+  for (const Row& r : rows) {
+    j["rows"].push_back({{"variant", r.variant}, {"budget", r.budget}, {"window", r.window},
+                         {"ran", r.ran}, {"note", r.note}, {"ms", r.ms}, {"gb", r.gb},
+                         {"requests", r.requests}, {"mean_request", r.mean_request},
+                         {"wait_ms", r.wait_ms}, {"compute_ms", r.compute_ms},
+                         {"plan_ms", r.plan_ms}, {"dram_gb", r.dram_gb}, {"rss_gb", r.rss_gb},
+                         {"page_cache_gb", r.page_cache_gb}});
+  }
+  if (!absl::GetFlag(FLAGS_json).empty()) std::ofstream(absl::GetFlag(FLAGS_json)) << j.dump(2);
+  if (!absl::GetFlag(FLAGS_plot).empty()) {
+    const std::string data = absl::GetFlag(FLAGS_plot) + ".json";
+    std::ofstream(data) << j.dump(2);
+    const std::string cmd = absl::StrFormat("/usr/bin/python3 bench/flash_plot.py '%s' '%s'", data,
+                                            absl::GetFlag(FLAGS_plot));
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "plot failed: %s\n", cmd.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace sparse_mlp::bench
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("The flash tier against mmap, no cache, dense streaming, DRAM");
+  absl::ParseCommandLine(argc, argv);
+  return sparse_mlp::bench::Main(argc, argv);
+}
