@@ -20,14 +20,13 @@ def main(data, out):
         budgets = [r["budget"] for r in tier]
         ms_ax.plot(budgets, [r["ms"] for r in tier], marker="o", label=f"tier, window {w}")
         gb_ax.plot(budgets, [r["gb"] for r in tier], marker="o", label=f"tier, window {w}")
-    for r in rows:
-        if r["variant"] == "tier":
-            continue
+    baselines = [r for r in rows if r["variant"] != "tier"]
+    for k, r in enumerate(baselines):
         label = r["variant"] + (f" (budget {r['budget']:.2f})" if r["budget"] else "")
-        ms_ax.axhline(r["ms"], linestyle="--", linewidth=1, label=label,
-                      color=plt.cm.tab10(hash(r["variant"]) % 10))
-        gb_ax.axhline(r["gb"], linestyle="--", linewidth=1, label=label,
-                      color=plt.cm.tab10(hash(r["variant"]) % 10))
+        style = dict(linestyle=(0, (4, 2 + k)), linewidth=1.2, label=label,
+                     color=plt.cm.Dark2(k % 8))
+        ms_ax.axhline(r["ms"], **style)
+        gb_ax.axhline(r["gb"], **style)
     ms_ax.set_yscale("log")
     ms_ax.set_xlabel("DRAM budget (x the MLP weights)")
     ms_ax.set_ylabel("ms per token")

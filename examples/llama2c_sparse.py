@@ -211,7 +211,7 @@ class FlashMlp:
 
     def __call__(self, l, h):
         mask = torch.zeros(self.neurons, dtype=torch.bool)
-        mask[torch.from_numpy(next(self.masks))] = True
+        mask[torch.as_tensor(next(self.masks), dtype=torch.long)] = True
         return self.model.step(l, mask, h)
 
 
