@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "bindings/convert.h"
+#include "bindings/store_module.h"
 #include "cache/flash_cache.h"
 #include "diff/neuron_mask.h"
 #include "mlp/flash_step.h"
@@ -20,18 +21,6 @@
 
 namespace sparse_mlp::bindings {
 namespace {
-
-// File and read errors are OSErrors (as in the store's bindings).
-void ThrowIfFileError(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kUnimplemented:
-      PyErr_SetString(PyExc_OSError, std::string(status.message()).c_str());
-      throw py::error_already_set();
-    default:
-      ThrowIfError(status);
-  }
-}
 
 class PyFlashModelCache {
  public:
@@ -46,22 +35,7 @@ class PyFlashModelCache {
     o.window = static_cast<size_t>(IntArg(window, "window", 1, 1 << 20));
     o.chunk_neurons = static_cast<size_t>(IntArg(chunk_neurons, "chunk_neurons", 1, 1 << 20));
     num_threads_ = NumThreadsArg(num_threads);
-    absl::StatusOr<store::IoEngineKind> e = store::ParseIoEngine(engine);
-    ThrowIfError(e.status());
-    o.reader.engine = *e;
-    o.reader.queue_depth = static_cast<int>(IntArg(queue_depth, "queue_depth", 1, 4096));
-    o.reader.io_threads = static_cast<int>(IntArg(io_threads, "io_threads", 1, 256));
-    o.reader.verify_checksums = verify;
-    if (direct_io == "auto") {
-      o.reader.direct_io = store::DirectIo::kAuto;
-    } else if (direct_io == "require") {
-      o.reader.direct_io = store::DirectIo::kRequire;
-    } else if (direct_io == "never") {
-      o.reader.direct_io = store::DirectIo::kNever;
-    } else {
-      throw py::value_error(absl::StrFormat(
-          "direct_io must be 'auto', 'require' or 'never', got '%s'", direct_io));
-    }
+    o.reader = ReaderOptionsArg(engine, queue_depth, io_threads, verify, direct_io);
     absl::StatusOr<std::unique_ptr<cache::FlashModelCache>> c;
     {
       py::gil_scoped_release release;

@@ -20,10 +20,7 @@
 #include "store/io_engine.h"
 
 namespace sparse_mlp::bindings {
-namespace {
 
-// A file's problems are OSErrors in Python (a missing, unreadable,
-// truncated, corrupted or too new file); bad arguments stay ValueErrors.
 void ThrowIfFileError(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kDataLoss:
@@ -35,6 +32,24 @@ void ThrowIfFileError(const absl::Status& status) {
       ThrowIfError(status);
   }
 }
+
+store::ReaderOptions ReaderOptionsArg(const std::string& engine, const py::object& queue_depth,
+                                      const py::object& io_threads, bool verify,
+                                      const std::string& direct_io) {
+  store::ReaderOptions o;
+  absl::StatusOr<store::IoEngineKind> e = store::ParseIoEngine(engine);
+  ThrowIfError(e.status());
+  o.engine = *e;
+  o.queue_depth = static_cast<int>(IntArg(queue_depth, "queue_depth", 1, 4096));
+  o.io_threads = static_cast<int>(IntArg(io_threads, "io_threads", 1, 256));
+  o.verify_checksums = verify;
+  absl::StatusOr<store::DirectIo> d = store::ParseDirectIo(direct_io);
+  ThrowIfError(d.status());
+  o.direct_io = *d;
+  return o;
+}
+
+namespace {
 
 py::dict LayoutDict(const store::BundleLayout& l) {
   const store::BundleShape& s = l.shape();
@@ -137,23 +152,8 @@ class PyBundleReader {
   PyBundleReader(const std::string& path, const std::string& engine,
                  const py::object& queue_depth, const py::object& io_threads, bool verify,
                  const std::string& direct_io) {
-    store::ReaderOptions o;
-    absl::StatusOr<store::IoEngineKind> e = store::ParseIoEngine(engine);
-    ThrowIfError(e.status());
-    o.engine = *e;
-    o.queue_depth = static_cast<int>(IntArg(queue_depth, "queue_depth", 1, 4096));
-    o.io_threads = static_cast<int>(IntArg(io_threads, "io_threads", 1, 256));
-    o.verify_checksums = verify;
-    if (direct_io == "auto") {
-      o.direct_io = store::DirectIo::kAuto;
-    } else if (direct_io == "require") {
-      o.direct_io = store::DirectIo::kRequire;
-    } else if (direct_io == "never") {
-      o.direct_io = store::DirectIo::kNever;
-    } else {
-      throw py::value_error(absl::StrFormat(
-          "direct_io must be 'auto', 'require' or 'never', got '%s'", direct_io));
-    }
+    const store::ReaderOptions o =
+        ReaderOptionsArg(engine, queue_depth, io_threads, verify, direct_io);
     absl::StatusOr<std::unique_ptr<store::BundleReader>> r;
     {
       py::gil_scoped_release release;

@@ -50,6 +50,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "memory/aligned_buffer.h"
+#include "platform/enum_names.h"
 #include "store/bundle_format.h"
 #include "store/io_engine.h"
 
@@ -60,6 +61,14 @@ enum class DirectIo {
   kRequire,  // O_DIRECT or fail (InvalidArgument naming the path)
   kNever,    // buffered reads through the page cache
 };
+
+inline constexpr EnumName<DirectIo> kDirectIoNames[] = {
+    {DirectIo::kAuto, "auto"},
+    {DirectIo::kRequire, "require"},
+    {DirectIo::kNever, "never"},
+};
+SPARSE_MLP_ENUM_NAME_FUNCTIONS(DirectIo, kDirectIoNames, DirectIoName, ParseDirectIo,
+                               "direct_io")
 
 struct ReaderOptions {
   IoEngineKind engine = IoEngineKind::kAuto;
