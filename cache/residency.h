@@ -18,7 +18,7 @@
 // hold.
 //
 // Thread-compatible. Allocation: at construction only (arrays of I and of
-// the capacity). Plan: O(I/64 + C log C) for C slots.
+// the capacity). Plan: O(mask + C log C) for C slots.
 #ifndef SPARSE_MLP_CACHE_RESIDENCY_H_
 #define SPARSE_MLP_CACHE_RESIDENCY_H_
 
