@@ -28,12 +28,13 @@ class PyFlashModelCache {
                     const py::object& window, const py::object& num_threads,
                     const std::string& engine, const py::object& queue_depth,
                     const py::object& io_threads, bool verify, const std::string& direct_io,
-                    const py::object& chunk_neurons) {
+                    const py::object& chunk_neurons, const py::object& io_lanes) {
     cache::FlashCacheOptions o;
     o.budget_bytes = static_cast<size_t>(
         IntArg(budget_bytes, "budget_bytes", 1, std::numeric_limits<int64_t>::max()));
     o.window = static_cast<size_t>(IntArg(window, "window", 1, 1 << 20));
     o.chunk_neurons = static_cast<size_t>(IntArg(chunk_neurons, "chunk_neurons", 1, 1 << 20));
+    o.io_lanes = static_cast<size_t>(IntArg(io_lanes, "io_lanes", 1, 8));
     num_threads_ = NumThreadsArg(num_threads);
     o.reader = ReaderOptionsArg(engine, queue_depth, io_threads, verify, direct_io);
     absl::StatusOr<std::unique_ptr<cache::FlashModelCache>> c;
@@ -199,11 +200,11 @@ void RegisterFlash(py::module_& m) {
   py::class_<PyFlashModelCache>(m, "FlashModelCache")
       .def(py::init<const std::string&, const py::object&, const py::object&, const py::object&,
                     const std::string&, const py::object&, const py::object&, bool,
-                    const std::string&, const py::object&>(),
+                    const std::string&, const py::object&, const py::object&>(),
            py::arg("path"), py::arg("budget_bytes"), py::kw_only(), py::arg("window") = 1,
            py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
-           py::arg("chunk_neurons") = 64)
+           py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 2)
       .def("step", &PyFlashModelCache::Step, py::arg("layer"), py::arg("mask"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("activation") = "silu",
            py::arg("accumulate") = false)

@@ -58,23 +58,34 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   if (options.chunk_neurons == 0) {
     return absl::InvalidArgumentError("chunk_neurons must be >= 1, got 0");
   }
-  absl::StatusOr<std::unique_ptr<store::BundleReader>> reader =
-      store::BundleReader::Open(path, options.reader);
-  if (!reader.ok()) return reader.status();
+  if (options.io_lanes < 1 || options.io_lanes > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("io_lanes must be in [1, 8], got %d", options.io_lanes));
+  }
+  std::vector<std::unique_ptr<Lane>> lanes;
+  for (size_t k = 0; k < options.io_lanes; ++k) {
+    absl::StatusOr<std::unique_ptr<store::BundleReader>> reader =
+        store::BundleReader::Open(path, options.reader);
+    if (!reader.ok()) return reader.status();
+    lanes.push_back(std::make_unique<Lane>());
+    lanes.back()->reader = *std::move(reader);
+  }
   std::unique_ptr<FlashModelCache> c(
-      new FlashModelCache(path, (*reader)->layout(), options));
-  c->reader_ = *std::move(reader);
+      new FlashModelCache(path, lanes[0]->reader->layout(), options));
+  c->lanes_ = std::move(lanes);
   const store::BundleShape& s = c->layout_.shape();
   const size_t layers = s.layers, neurons = s.intermediate;
   c->slot_stride_ = RoundUp(c->layout_.bundle_bytes(),
-                            std::max<size_t>(64, c->reader_->destination_alignment()));
+                            std::max<size_t>(64, c->lanes_[0]->reader->destination_alignment()));
   const size_t scratch = std::max<size_t>(1, options.max_tokens) * s.hidden * sizeof(float);
-  const size_t reader_now = c->reader_->memory_bytes();
+  size_t reader_now = 0;
+  for (const auto& lane : c->lanes_) reader_now += lane->reader->memory_bytes();
+  const size_t lane_count = c->lanes_.size();
   // Everything the cache holds with `capacity` slots per layer (the reader's
   // batch arrays grow to one layer's slots: reserved below).
   auto total = [&](size_t capacity) {
-    return reader_now + capacity * store::BundleReader::BatchBytesPerBundle() + scratch +
-           layers * sizeof(size_t) /* queue */ +
+    return reader_now + lane_count * capacity * store::BundleReader::BatchBytesPerBundle() +
+           scratch + lane_count * layers * sizeof(size_t) /* queues */ +
            layers * (LayerBytes(neurons, capacity, options.chunk_neurons) +
                      capacity * c->slot_stride_);
   };
@@ -94,7 +105,9 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
     }
   }
   c->capacity_ = lo;
-  if (absl::Status r = c->reader_->Reserve(c->capacity_); !r.ok()) return r;
+  for (const auto& lane : c->lanes_) {
+    if (absl::Status r = lane->reader->Reserve(c->capacity_); !r.ok()) return r;
+  }
   absl::StatusOr<memory::AlignedBuffer> pool = memory::AlignedBuffer::Allocate(
       layers * c->capacity_ * c->slot_stride_, 4096, memory::HugePageAdvice::kHugePages);
   if (!pool.ok()) return pool.status();
@@ -108,10 +121,13 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
         std::make_unique<Layer>(neurons, c->capacity_, options.window, options.chunk_neurons));
     c->bookkeeping_bytes_ += LayerBytes(neurons, c->capacity_, options.chunk_neurons);
   }
-  c->queue_.assign(layers, 0);
-  c->bookkeeping_bytes_ += c->scratch_.size() + c->queue_.capacity() * sizeof(size_t);
-  c->io_stats_ = c->reader_->stats();
-  c->io_thread_ = std::thread([p = c.get()] { p->IoLoop(); });
+  c->bookkeeping_bytes_ += c->scratch_.size();
+  for (const auto& lane : c->lanes_) {
+    lane->queue.assign(layers, 0);
+    c->bookkeeping_bytes_ += lane->queue.capacity() * sizeof(size_t);
+    lane->stats = lane->reader->stats();
+    lane->thread = std::thread([p = c.get(), l = lane.get()] { p->IoLoop(*l); });
+  }
   return c;
 }
 
@@ -122,20 +138,22 @@ FlashModelCache::FlashModelCache(std::string path, store::BundleLayout layout,
 FlashModelCache::~FlashModelCache() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;  // the I/O thread finishes queued jobs first
+    stop_ = true;  // the I/O threads finish queued jobs first
   }
-  work_.notify_all();
-  if (io_thread_.joinable()) io_thread_.join();
+  for (const auto& lane : lanes_) {
+    lane->work.notify_all();
+    if (lane->thread.joinable()) lane->thread.join();
+  }
 }
 
-void FlashModelCache::IoLoop() {
+void FlashModelCache::IoLoop(Lane& lane) {
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    work_.wait(lock, [&] { return stop_ || queue_size_ > 0; });
-    if (queue_size_ == 0) return;  // stopping
-    const size_t layer = queue_[queue_head_];
-    queue_head_ = (queue_head_ + 1) % queue_.size();
-    --queue_size_;
+    lane.work.wait(lock, [&] { return stop_ || lane.size > 0; });
+    if (lane.size == 0) return;  // stopping
+    const size_t layer = lane.queue[lane.head];
+    lane.head = (lane.head + 1) % lane.queue.size();
+    --lane.size;
     Layer& l = *layers_[layer];
     lock.unlock();
     const size_t chunk = options_.chunk_neurons;
@@ -149,14 +167,14 @@ void FlashModelCache::IoLoop() {
       }
       if (--l.chunk_left[j] == 0) cv_.notify_all();
     };
-    if (absl::Status s = reader_->Start(l.requests); !s.ok()) {
+    if (absl::Status s = lane.reader->Start(l.requests); !s.ok()) {
       for (size_t k = 0; k < l.requests.size(); ++k) landed(k, s);
     } else {
-      reader_->Finish(landed).IgnoreError();  // each bundle's status went to `landed`
+      lane.reader->Finish(landed).IgnoreError();  // each bundle's status went to `landed`
     }
     lock.lock();
     l.busy = false;
-    io_stats_ = reader_->stats();
+    lane.stats = lane.reader->stats();
     cv_.notify_all();
   }
 }
@@ -210,9 +228,10 @@ absl::Status FlashModelCache::Plan(size_t layer, absl::Span<const uint32_t> mask
   l.job_status = absl::OkStatus();
   if (n > 0) {
     l.busy = true;
-    queue_[(queue_head_ + queue_size_) % queue_.size()] = layer;
-    ++queue_size_;
-    work_.notify_one();
+    Lane& lane = *lanes_[layer % lanes_.size()];
+    lane.queue[(lane.head + lane.size) % lane.queue.size()] = layer;
+    ++lane.size;
+    lane.work.notify_one();
   }
   return absl::OkStatus();
 }
@@ -314,14 +333,24 @@ FlashLayerStats FlashModelCache::layer_stats(size_t layer) const {
 
 store::ReaderStats FlashModelCache::io_stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return io_stats_;
+  store::ReaderStats sum;
+  for (const auto& lane : lanes_) {
+    const store::ReaderStats& s = lane->stats;
+    sum.batches += s.batches;
+    sum.bundles += s.bundles;
+    sum.requests += s.requests;
+    sum.bytes_read += s.bytes_read;
+    sum.staged_bundles += s.staged_bundles;
+    sum.errors += s.errors;
+  }
+  return sum;
 }
 
 FlashFootprint FlashModelCache::footprint() const {
   FlashFootprint f;
   f.budget_bytes = options_.budget_bytes;
   f.slot_bytes = pool_.size();
-  f.reader_bytes = reader_->memory_bytes();
+  for (const auto& lane : lanes_) f.reader_bytes += lane->reader->memory_bytes();
   f.bookkeeping_bytes = bookkeeping_bytes_;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& l : layers_) f.resident_bytes += l->planner.resident() * slot_stride_;

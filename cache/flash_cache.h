@@ -10,9 +10,9 @@
 // decides, for each token's mask, which neurons are hits, which enter and
 // which slots they take (sliding window, least recently active evicted
 // first). BeginStep plans and hands the entering neurons' reads to the
-// cache's I/O thread, which drives a store::BundleReader (io_uring or a pread
-// pool) and marks fixed chunks of entering neurons landed as their bundles
-// arrive; the caller computes on the hit slots meanwhile and on each chunk
+// cache's I/O threads (one per lane, each driving its own
+// store::BundleReader: io_uring or a pread pool), which mark fixed chunks of
+// entering neurons landed as their bundles arrive; the caller computes on the hit slots meanwhile and on each chunk
 // once it landed (mlp/flash_step.h does this). FinishStep waits for the
 // rest. Prefetch starts a later layer's loads early (a predictor that looks
 // ahead) without computing; the step with the same mask then finds its
@@ -31,7 +31,7 @@
 // split evenly over the layers. footprint() states each part. A mask larger
 // than a layer's slots is refused with InvalidArgument naming both sizes.
 //
-// Thread-compatible: one thread steps a FlashModelCache (its I/O thread is
+// Thread-compatible: one thread steps a FlashModelCache (its I/O threads are
 // internal). Allocation: at Open; none per step (errors allocate their
 // messages). Errors: absl::Status as store/ and the planner give them.
 #ifndef SPARSE_MLP_CACHE_FLASH_CACHE_H_
@@ -60,7 +60,11 @@ struct FlashCacheOptions {
   size_t window = 1;        // tokens a neuron stays resident after its last activity
   size_t chunk_neurons = 64;  // entering neurons computed per landed chunk
   size_t max_tokens = 32;   // tokens per step the scratch is sized for (more allocate)
-  store::ReaderOptions reader;  // engine, queue depth, checksums, O_DIRECT
+  // Readers, each with its own I/O thread and queue depth; layer l's loads
+  // go to lane l % io_lanes, so one layer's reads drain while the next
+  // layer's (prefetched) fill the device. 1 .. 8.
+  size_t io_lanes = 2;
+  store::ReaderOptions reader;  // per lane: engine, queue depth, checksums, O_DIRECT
 };
 
 // Per layer, since Open.
@@ -153,29 +157,33 @@ class FlashModelCache {
  private:
   struct Layer;
   FlashModelCache(std::string path, store::BundleLayout layout, FlashCacheOptions options);
+  // A reader and the thread that drives it, with its queue of layer jobs.
+  struct Lane {
+    std::unique_ptr<store::BundleReader> reader;
+    std::vector<size_t> queue;  // ring of layer indices with a job
+    size_t head = 0, size = 0;
+    std::condition_variable work;
+    store::ReaderStats stats;   // copied from the reader after each job
+    std::thread thread;
+  };
   absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch);
   void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
   void ApplyFailures(Layer& l);
-  void IoLoop();
+  void IoLoop(Lane& lane);
 
   std::string path_;
   store::BundleLayout layout_;
   FlashCacheOptions options_;
-  std::unique_ptr<store::BundleReader> reader_;  // driven by the I/O thread only
+  std::vector<std::unique_ptr<Lane>> lanes_;
   size_t slot_stride_ = 0, capacity_ = 0;
   memory::AlignedBuffer pool_;
   std::vector<std::unique_ptr<Layer>> layers_;
   memory::AlignedBuffer scratch_;
   size_t bookkeeping_bytes_ = 0;
 
-  mutable std::mutex mu_;
+  mutable std::mutex mu_;                // guards the jobs, the lanes' queues and stats
   mutable std::condition_variable cv_;  // chunk / job completions
-  std::condition_variable work_;   // the I/O thread's queue
-  std::vector<size_t> queue_;      // ring of layer indices with a job
-  size_t queue_head_ = 0, queue_size_ = 0;
   bool stop_ = false;
-  store::ReaderStats io_stats_;    // copied from the reader after each job
-  std::thread io_thread_;
 };
 
 }  // namespace sparse_mlp::cache

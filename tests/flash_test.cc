@@ -350,8 +350,8 @@ INSTANTIATE_TEST_SUITE_P(
                              info.param.direct == store::DirectIo::kNever ? "buffered" : "direct");
     });
 
-// Same masks, same threads: the same bits, whatever the engine (and so the
-// order reads complete in) and the chunking of the landed neurons.
+// Same masks, same threads: the same bits, whatever the engine and the
+// number of I/O lanes (and so the order reads complete in).
 TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
   const Model m = MakeModel(DType::kBFloat16, 64, 128, 2, true, 9);
   const std::string path = WriteModel(m, "determinism.spmlb");
@@ -361,6 +361,7 @@ TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
     cache::FlashCacheOptions o;
     o.reader.engine = e == 0 ? store::IoEngineKind::kIoUring : store::IoEngineKind::kPread;
     o.reader.io_threads = 3;
+    o.io_lanes = e == 0 ? 2 : 1;  // one layer's reads overlapping the next's, or not
     o.reader.max_request_bytes = 1;  // one bundle per request: many completions
     o.window = 3;
     o.budget_bytes = BudgetFor(path, 60, o);
@@ -491,6 +492,10 @@ TEST(Flash, BudgetAndMaskErrors) {
   EXPECT_THAT(std::string(cache::FlashModelCache::Open(path, o).status().message()),
               HasSubstr("window"));
   o.window = 1;
+  o.io_lanes = 9;
+  EXPECT_THAT(std::string(cache::FlashModelCache::Open(path, o).status().message()),
+              HasSubstr("io_lanes must be in [1, 8], got 9"));
+  o.io_lanes = 2;
   o.budget_bytes = BudgetFor(path, 5, o);
   auto fc = cache::FlashModelCache::Open(path, o);
   ASSERT_TRUE(fc.ok());

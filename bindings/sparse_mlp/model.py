@@ -87,7 +87,7 @@ class ModelCache:
         ``step``, ``update``, ``update_many``, ``footprint``, ``layer_stats``
         and ``model[l]`` as here, plus ``prefetch`` and ``io_stats``.
         ``reader``: ``engine``, ``queue_depth``, ``io_threads``, ``verify``,
-        ``direct_io``, ``chunk_neurons``."""
+        ``direct_io``, ``chunk_neurons``, ``io_lanes``."""
         from sparse_mlp.flash import FlashModelCache
         return FlashModelCache(path, budget_bytes, window=window, num_threads=num_threads,
                                **reader)
