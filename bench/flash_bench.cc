@@ -83,7 +83,7 @@ ABSL_FLAG(int, warmup, 6, "untimed tokens first (the cache fills: at least the w
 ABSL_FLAG(int, baseline_tokens, 2, "timed tokens of the slow baselines (after one untimed)");
 ABSL_FLAG(int, threads, 2, "compute threads");
 ABSL_FLAG(int, queue_depth, 32, "reads in flight");
-ABSL_FLAG(int, io_lanes, 2, "the tier's readers (each with its own I/O thread)");
+ABSL_FLAG(int, io_lanes, 1, "the tier's readers (each with its own I/O thread)");
 ABSL_FLAG(bool, prefetch, true, "prefetch the next layer's neurons while a layer computes");
 ABSL_FLAG(double, mmap_budget, 0.6, "the mmap baseline's page-cache cap, x the weights");
 ABSL_FLAG(bool, compute, true, "tier rows compute (false: loads only, the I/O alone)");

@@ -204,7 +204,7 @@ void RegisterFlash(py::module_& m) {
            py::arg("path"), py::arg("budget_bytes"), py::kw_only(), py::arg("window") = 1,
            py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
-           py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 2)
+           py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 1)
       .def("step", &PyFlashModelCache::Step, py::arg("layer"), py::arg("mask"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("activation") = "silu",
            py::arg("accumulate") = false)

@@ -61,9 +61,10 @@ struct FlashCacheOptions {
   size_t chunk_neurons = 64;  // entering neurons computed per landed chunk
   size_t max_tokens = 32;   // tokens per step the scratch is sized for (more allocate)
   // Readers, each with its own I/O thread and queue depth; layer l's loads
-  // go to lane l % io_lanes, so one layer's reads drain while the next
-  // layer's (prefetched) fill the device. 1 .. 8.
-  size_t io_lanes = 2;
+  // go to lane l % io_lanes, so one layer's reads can drain while the next
+  // layer's (prefetched) fill the device. 1 .. 8. Two lanes measured no
+  // faster than one on the development VM's disk (docs/performance.md).
+  size_t io_lanes = 1;
   store::ReaderOptions reader;  // per lane: engine, queue depth, checksums, O_DIRECT
 };
 

@@ -28,7 +28,7 @@ class FlashModelCache:
 
     def __init__(self, path, budget_bytes, *, window=1, num_threads=1, engine="auto",
                  queue_depth=32, io_threads=4, verify=True, direct_io="auto",
-                 chunk_neurons=64, io_lanes=2):
+                 chunk_neurons=64, io_lanes=1):
         self._native = _sparse_mlp.FlashModelCache(
             str(path), budget_bytes, window=window, num_threads=num_threads, engine=engine,
             queue_depth=queue_depth, io_threads=io_threads, verify=verify, direct_io=direct_io,
