@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <vector>
@@ -15,6 +17,15 @@
 #include "store/io_engine.h"
 
 namespace sparse_mlp::bench {
+
+double InterpolateLogSize(const std::map<size_t, double>& gbps_by_size, double bytes) {
+  auto hi = gbps_by_size.lower_bound(static_cast<size_t>(std::ceil(bytes)));
+  if (hi == gbps_by_size.begin()) return hi->second;
+  if (hi == gbps_by_size.end()) return std::prev(hi)->second;
+  const auto lo = std::prev(hi);
+  const double t = std::log(bytes / lo->first) / std::log(double(hi->first) / lo->first);
+  return (1 - t) * lo->second + t * hi->second;
+}
 
 bool IsMemoryFileSystem(const std::string& dir) {
   struct statfs fs;

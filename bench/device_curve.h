@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -27,6 +28,11 @@ struct CurvePoint {
 absl::StatusOr<CurvePoint> MeasureRandomReads(const std::string& path, uint64_t span_bytes,
                                               size_t request_bytes, int depth, double seconds,
                                               uint64_t seed);
+
+// A curve's GB/s (by request size) at `bytes`: linear in log(size) between
+// the two measured sizes around it, the end values outside them.
+// Precondition: gbps_by_size is not empty.
+double InterpolateLogSize(const std::map<size_t, double>& gbps_by_size, double bytes);
 
 // The file system type of `dir` is tmpfs / ramfs (a benchmark of the
 // device must not run there).

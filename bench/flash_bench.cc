@@ -56,6 +56,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/bundle_file.h"
 #include "bench/device_curve.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
@@ -67,7 +68,6 @@
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
 #include "store/bundle_reader.h"
-#include "store/bundle_writer.h"
 
 ABSL_FLAG(std::string, dir, "/var/tmp/sparse_mlp", "directory of the bundle file (not tmpfs)");
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "MLP shape (bench/model_presets.h)");
@@ -185,30 +185,14 @@ Trace ReadTrace(const std::string& path, size_t layers, size_t neurons) {
 }
 
 std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t layers) {
-  const DType dtype = DType::kBFloat16;
   const std::string path =
       absl::StrFormat("%s/flash_%s_bf16_L%d.spmlb", dir, p.name, layers);
-  store::ReaderOptions check;
-  check.verify_checksums = false;
-  if (auto r = store::BundleReader::Open(path, check); r.ok()) {
-    const store::BundleShape& s = (*r)->layout().shape();
-    if (s.hidden == p.hidden && s.intermediate == p.intermediate && s.layers == layers) return path;
+  if (absl::Status s = EnsureBundleFile(
+          path, {DType::kBFloat16, p.hidden, p.intermediate, layers, true, 0, 0},
+          store::kDefaultAlignment);
+      !s.ok()) {
+    Die(s);
   }
-  const size_t n = p.hidden * p.intermediate;
-  std::printf("writing %s (%.2f GB) ...\n", path.c_str(), 3.0 * n * 2 * layers / 1e9);
-  std::fflush(stdout);
-  store::WriterOptions o;
-  o.num_threads = 2;
-  auto w = store::BundleWriter::Create(path, {dtype, p.hidden, p.intermediate, layers, true, 0, 0},
-                                       o);
-  if (!w.ok()) Die(w.status());
-  for (size_t l = 0; l < layers; ++l) {
-    memory::AlignedBuffer g = RandomValues(n, dtype, 0.03f, 3 * l + 1, 2);
-    memory::AlignedBuffer u = RandomValues(n, dtype, 0.03f, 3 * l + 2, 2);
-    memory::AlignedBuffer d = RandomValues(n, dtype, 0.03f, 3 * l + 3, 2);
-    if (absl::Status s = (*w)->AppendLayer({g.data(), u.data(), d.data(), false}); !s.ok()) Die(s);
-  }
-  if (absl::Status s = (*w)->Finish(); !s.ok()) Die(s);
   return path;
 }
 
@@ -629,14 +613,7 @@ int Main(int argc, char** argv) {
     if (!pt.ok()) Die(pt.status());
     curve[kb * 1024] = pt->gbps;
   }
-  auto device_at = [&](double bytes) {
-    auto hi = curve.lower_bound(static_cast<size_t>(bytes));
-    if (hi == curve.begin()) return hi->second;
-    if (hi == curve.end()) return std::prev(hi)->second;
-    auto lo = std::prev(hi);
-    const double t = std::log(bytes / lo->first) / std::log(double(hi->first) / lo->first);
-    return (1 - t) * lo->second + t * hi->second;
-  };
+  auto device_at = [&](double bytes) { return InterpolateLogSize(curve, bytes); };
   std::printf("\ndevice random reads at depth %d (io_uring, O_DIRECT), GB/s:", depth);
   for (const auto& [bytes, gbps] : curve) std::printf(" %zuK %.2f", bytes / 1024, gbps);
   std::printf("\n");

@@ -38,15 +38,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/bundle_file.h"
 #include "bench/device_curve.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
-#include "bench/synthetic_weights.h"
 #include "bench/timing.h"
 #include "memory/aligned_buffer.h"
 #include "nlohmann/json.hpp"
 #include "store/bundle_reader.h"
-#include "store/bundle_writer.h"
 
 ABSL_FLAG(std::string, dir, "/var/tmp/sparse_mlp",
           "directory for the bundle files (on the device to measure; never tmpfs)");
@@ -100,54 +99,27 @@ double CpuSeconds() {
   return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
-// The bench's file for a shape: reused when it opens and its header says
-// the same shape; otherwise written (random weights, one layer in memory).
+// The bench's file for a shape: about file_gb of whole layers.
 std::string EnsureFile(const std::string& dir, const ModelPreset& p, DType dtype,
                        size_t alignment, double file_gb) {
   const size_t layer_bytes = 3 * p.hidden * p.intermediate * DTypeSize(dtype);
   const size_t layers = std::max<size_t>(1, static_cast<size_t>(file_gb * 1e9 / layer_bytes));
   const std::string path = absl::StrFormat("%s/bench_%s_%s_L%d_a%d.spmlb", dir, p.name,
                                            DTypeName(dtype), layers, alignment);
-  store::BundleShape shape{dtype, p.hidden, p.intermediate, layers, true, 0, 0};
-  store::ReaderOptions check;
-  check.verify_checksums = false;
-  if (auto r = store::BundleReader::Open(path, check); r.ok()) {
-    const store::BundleShape& s = (*r)->layout().shape();
-    if (s.dtype == dtype && s.hidden == p.hidden && s.intermediate == p.intermediate &&
-        s.layers == layers && (*r)->layout().alignment() == alignment) {
-      return path;
-    }
+  if (absl::Status s = EnsureBundleFile(
+          path, {dtype, p.hidden, p.intermediate, layers, true, 0, 0}, alignment);
+      !s.ok()) {
+    Die(s);
   }
-  std::printf("writing %s (%.2f GB) ...\n", path.c_str(), layers * layer_bytes / 1e9);
-  std::fflush(stdout);
-  store::WriterOptions o;
-  o.alignment = alignment;
-  o.num_threads = 2;
-  absl::StatusOr<std::unique_ptr<store::BundleWriter>> w = store::BundleWriter::Create(path, shape, o);
-  if (!w.ok()) Die(w.status());
-  const size_t n = p.hidden * p.intermediate;
-  for (size_t l = 0; l < layers; ++l) {
-    memory::AlignedBuffer g = RandomValues(n, dtype, 0.03f, 3 * l + 1, 2);
-    memory::AlignedBuffer u = RandomValues(n, dtype, 0.03f, 3 * l + 2, 2);
-    memory::AlignedBuffer d = RandomValues(n, dtype, 0.03f, 3 * l + 3, 2);
-    if (absl::Status s = (*w)->AppendLayer({g.data(), u.data(), d.data(), false}); !s.ok()) Die(s);
-  }
-  if (absl::Status s = (*w)->Finish(); !s.ok()) Die(s);
   return path;
 }
 
-// The curve at `depth` for a request of `bytes`, interpolated linearly in
-// log(size) between the measured sizes (clamped at the ends).
+// The curve at `depth` for a request of `bytes` (InterpolateLogSize).
 double CurveAt(const std::map<std::pair<size_t, int>, CurvePoint>& curve,
                const std::vector<size_t>& sizes, double bytes, int depth) {
-  if (bytes <= sizes.front()) return curve.at({sizes.front(), depth}).gbps;
-  for (size_t k = 1; k < sizes.size(); ++k) {
-    if (bytes <= sizes[k]) {
-      const double t = std::log(bytes / sizes[k - 1]) / std::log(1.0 * sizes[k] / sizes[k - 1]);
-      return (1 - t) * curve.at({sizes[k - 1], depth}).gbps + t * curve.at({sizes[k], depth}).gbps;
-    }
-  }
-  return curve.at({sizes.back(), depth}).gbps;
+  std::map<size_t, double> at_depth;
+  for (size_t size : sizes) at_depth[size] = curve.at({size, depth}).gbps;
+  return InterpolateLogSize(at_depth, bytes);
 }
 
 struct BatchFigures {

@@ -1,0 +1,45 @@
+#include "bench/bundle_file.h"
+
+#include <cstdio>
+#include <memory>
+
+#include "bench/synthetic_weights.h"
+#include "store/bundle_reader.h"
+#include "store/bundle_writer.h"
+
+namespace sparse_mlp::bench {
+
+absl::Status EnsureBundleFile(const std::string& path, const store::BundleShape& shape,
+                              size_t alignment) {
+  store::ReaderOptions check;
+  check.verify_checksums = false;
+  if (auto r = store::BundleReader::Open(path, check); r.ok()) {
+    const store::BundleShape& s = (*r)->layout().shape();
+    if (s.dtype == shape.dtype && s.hidden == shape.hidden &&
+        s.intermediate == shape.intermediate && s.layers == shape.layers &&
+        s.gated == shape.gated && (*r)->layout().alignment() == alignment) {
+      return absl::OkStatus();
+    }
+  }
+  const size_t n = shape.hidden * shape.intermediate;
+  std::printf("writing %s (%.2f GB) ...\n", path.c_str(),
+              3.0 * n * DTypeSize(shape.dtype) * shape.layers / 1e9);
+  std::fflush(stdout);
+  store::WriterOptions o;
+  o.alignment = alignment;
+  o.num_threads = 2;
+  absl::StatusOr<std::unique_ptr<store::BundleWriter>> w =
+      store::BundleWriter::Create(path, shape, o);
+  if (!w.ok()) return w.status();
+  for (size_t l = 0; l < shape.layers; ++l) {
+    memory::AlignedBuffer g = RandomValues(n, shape.dtype, 0.03f, 3 * l + 1, 2);
+    memory::AlignedBuffer u = RandomValues(n, shape.dtype, 0.03f, 3 * l + 2, 2);
+    memory::AlignedBuffer d = RandomValues(n, shape.dtype, 0.03f, 3 * l + 3, 2);
+    if (absl::Status s = (*w)->AppendLayer({g.data(), u.data(), d.data(), false}); !s.ok()) {
+      return s;
+    }
+  }
+  return (*w)->Finish();
+}
+
+}  // namespace sparse_mlp::bench
