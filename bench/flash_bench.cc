@@ -220,17 +220,14 @@ struct Row {
 // The stack's rows for layer l in a buffer laid out as the file lays out
 // bundles (the whole file in DRAM, or a mapping of it).
 mlp::NeuronRows FileRows(const store::BundleLayout& l, const uint8_t* file, size_t layer) {
-  const size_t elem = DTypeSize(l.shape().dtype), stride = l.bundle_stride() / elem;
-  const uint8_t* base = file + l.layer_offset(layer);
-  return {l.shape().dtype, l.shape().hidden, l.shape().intermediate,
-          base + l.gate_offset(), stride, base + l.up_offset(), stride,
-          base + l.down_offset(), stride};
+  return mlp::BundleRows(l, file + l.layer_offset(layer), l.shape().intermediate,
+                         l.bundle_stride());
 }
 
 class FlashBench {
  public:
   FlashBench(std::string path, const Trace& trace, int threads)
-      : path_(std::move(path)), trace_(trace), threads_(threads) {
+      : path_(std::move(path)), trace_(trace) {
     store::ReaderOptions o;
     o.verify_checksums = false;
     layout_ = (*store::BundleReader::Open(path_, o))->layout();
@@ -373,7 +370,7 @@ class FlashBench {
     auto reader = store::BundleReader::Open(path_, o);
     if (!reader.ok()) Die(reader.status());
     const size_t layers = layout_.shape().layers, n = layout_.shape().intermediate;
-    const size_t bundle = layout_.bundle_bytes(), elem = 2;
+    const size_t bundle = layout_.bundle_bytes();
     memory::AlignedBuffer buf[2] = {Buffer(n * bundle), Buffer(n * bundle)};
     std::vector<store::BundleRequest> q;
     std::vector<uint32_t> all(n);
@@ -394,10 +391,7 @@ class FlashBench {
         if (l + 1 < layers) start_reads(t, l + 1, (l + 1) % 2);
         const size_t count = neurons(t, l).size();
         const uint8_t* b = buf[l % 2].data();
-        const mlp::NeuronRows rows{DType::kBFloat16, layout_.shape().hidden, count,
-                                   b + layout_.gate_offset(), bundle / elem,
-                                   b + layout_.up_offset(), bundle / elem,
-                                   b + layout_.down_offset(), bundle / elem};
+        const mlp::NeuronRows rows = mlp::BundleRows(layout_, b, count, bundle);
         Check(mlp::Forward(rows, {x_.data(), 1, x_.size(), DType::kFloat32},
                            {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_));
       }
@@ -514,7 +508,6 @@ class FlashBench {
 
   std::string path_;
   const Trace& trace_;
-  int threads_;
   store::BundleLayout layout_;
   std::vector<float> x_, y_;
   double weight_bytes_ = 0;

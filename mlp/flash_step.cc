@@ -16,6 +16,21 @@ double Now() {
 
 }  // namespace
 
+NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
+                      size_t stride_bytes) {
+  const auto* b = static_cast<const uint8_t*>(base);
+  const size_t stride = stride_bytes / DTypeSize(layout.shape().dtype);
+  return {layout.shape().dtype,
+          layout.shape().hidden,
+          count,
+          layout.shape().gated ? b + layout.gate_offset() : nullptr,
+          stride,
+          b + layout.up_offset(),
+          stride,
+          b + layout.down_offset(),
+          stride};
+}
+
 absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
                             absl::Span<const uint32_t> mask, const ConstTokens& x,
                             const Tokens& y, const ForwardOptions& options, Workspace* workspace,
@@ -49,17 +64,8 @@ absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
   double t1 = Now();
   t.plan_seconds = t1 - t0;
 
-  const size_t elem = DTypeSize(dtype), stride = cache->slot_stride() / elem;
-  const uint8_t* base = cache->slots(layer);
-  const NeuronRows rows{dtype,
-                        hidden,
-                        cache->capacity(),
-                        layout.shape().gated ? base + layout.gate_offset() : nullptr,
-                        stride,
-                        base + layout.up_offset(),
-                        stride,
-                        base + layout.down_offset(),
-                        stride};
+  const NeuronRows rows =
+      BundleRows(layout, cache->slots(layer), cache->capacity(), cache->slot_stride());
   ForwardOptions o = options;
   o.accumulate = false;
   absl::Status status;

@@ -29,6 +29,7 @@
 #include "absl/types/span.h"
 #include "cache/flash_cache.h"
 #include "mlp/mlp_forward.h"
+#include "store/bundle_format.h"
 
 namespace sparse_mlp::mlp {
 
@@ -38,6 +39,13 @@ struct FlashStepTimes {
   double compute_seconds = 0;  // the forward over hits and landed chunks
   double wait_seconds = 0;     // blocked on reads
 };
+
+// The rows of `count` bundles laid out `stride_bytes` apart from `base`
+// (a cache's slots, a file's layer mapped or read into memory, a packed
+// batch of bundles), as the forward reads them: gate, up and down of each
+// bundle at the layout's offsets (gate null for gate-less files).
+NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
+                      size_t stride_bytes);
 
 // `mask`: sorted neuron indices of this file's layer. Errors: the cache's
 // (layer, mask too large for the budget, read failures), the forward's
