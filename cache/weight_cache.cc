@@ -721,6 +721,7 @@ PlannedUpdate WeightCache::MakePlannedUpdate() const {
   }
   p.loads = plan_.loads;
   p.moves = plan_.moves;
+  p.slot_to_neuron = map_.slot_to_neuron;
   return p;
 }
 

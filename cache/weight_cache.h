@@ -211,6 +211,8 @@ struct PlannedUpdate {
   // one writes (moves read slots >= num_active), so all may run at once.
   absl::Span<const gather::RowCopy> loads;
   absl::Span<const gather::RowCopy> moves;
+  // The new set's slot -> neuron map (num_active entries).
+  absl::Span<const uint32_t> slot_to_neuron;
 };
 
 // Must perform every copy of the plan (all parts), e.g. with streaming

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -114,6 +115,16 @@ void Activations(Activation act, bool has_gate, bool round_bf16, const float* ga
                  const float* ua, size_t tc, float* out) {
   for (size_t t = 0; t < tc; ++t) {
     const float h = has_gate ? Activate(act, ga[t]) * ua[t] : Activate(act, ua[t]);
+    out[t] = round_bf16 ? BFloat16ToFloat(FloatToBFloat16(h)) : h;
+  }
+}
+
+// h[t] = ga[t x stride] x ua[t]: the gate's activations given (a
+// gate-first step computed them while selecting the neurons).
+void GivenGate(const float* ga, size_t stride, bool round_bf16, const float* ua, size_t tc,
+               float* out) {
+  for (size_t t = 0; t < tc; ++t) {
+    const float h = ga[t * stride] * ua[t];
     out[t] = round_bf16 ? BFloat16ToFloat(FloatToBFloat16(h)) : h;
   }
 }
@@ -359,9 +370,15 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
           k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
           for (size_t q = b; q < b + g; ++q) {
             const size_t first = (q - b) * (p.has_gate ? 2 : 1);  // its rows in the call
-            Activations(o.activation, p.has_gate, p.dtype == DType::kBFloat16,
-                        dots + first * tc, dots + (first + (p.has_gate ? 1 : 0)) * tc, tc,
+            if (p.gate_act != nullptr) {
+              GivenGate(p.gate_act + t0 * p.gate_act_stride + ptrs[q].neuron,
+                        p.gate_act_stride, p.dtype == DType::kBFloat16, dots + first * tc, tc,
                         coef + q * tc);
+            } else {
+              Activations(o.activation, p.has_gate, p.dtype == DType::kBFloat16,
+                          dots + first * tc, dots + (first + (p.has_gate ? 1 : 0)) * tc, tc,
+                          coef + q * tc);
+            }
             if (store) {
               for (int part = 0; part < 2; ++part) {
                 if (ptrs[q].store[part] != nullptr) {
@@ -384,6 +401,107 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
       if (store) FinishStreamingStores();
 #pragma omp barrier
       Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, width, k.bf16_dot);
+#pragma omp barrier
+    }
+  }
+}
+
+void RunActivations(const NeuronRows& rows, const ConstTokens& x, const ForwardOptions& o,
+                    Workspace* ws, float* out, float* abs_out, size_t out_stride) {
+  const size_t hidden = rows.hidden_size;
+  const Kernels k = SelectKernels(rows.dtype, o.simd);
+  const Vectors v = PrepareVectors(rows.dtype, x, hidden, ws);
+  const size_t elem = DTypeSize(rows.dtype);
+  const auto* base = static_cast<const uint8_t*>(rows.up);
+  const int threads = ThreadsFor(rows.count * hidden * elem, o.num_threads);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    size_t begin, end;
+    Share(rows.count, omp_get_thread_num(), omp_get_num_threads(), 1, &begin, &end);
+    float dots[kMaxDotRows * kTokenChunk];
+    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
+      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
+      // Two rows per call at one token (two read streams, as Run), four
+      // from kPairedNeuronTokens tokens on.
+      const size_t group = tc >= kPairedNeuronTokens ? kMaxDotRows : 2;
+      const void* xt = VectorRow(v, rows.dtype, t0);
+      for (size_t j = begin; j < end; j += group) {
+        const size_t g = std::min(group, end - j);
+        const void* r[kMaxDotRows];
+        for (size_t q = 0; q < g; ++q) r[q] = base + (j + q) * rows.up_stride * elem;
+        k.dot(r, g, xt, v.stride, tc, hidden, dots);
+        for (size_t q = 0; q < g; ++q) {
+          for (size_t t = 0; t < tc; ++t) {
+            const float a = Activate(o.activation, dots[q * tc + t]);
+            out[(t0 + t) * out_stride + j + q] = a;
+            if (abs_out != nullptr) abs_out[(t0 + t) * out_stride + j + q] = std::fabs(a);
+          }
+        }
+      }
+    }
+  }
+}
+
+void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const void* a,
+                size_t a_stride, const void* b, size_t b_stride, const ConstTokens& x,
+                const ForwardOptions& o, Workspace* ws, float* z, float* out,
+                size_t out_stride) {
+  const Kernels k = SelectKernels(dtype, o.simd);
+  const Vectors v = PrepareVectors(dtype, x, hidden, ws);
+  const size_t elem = DTypeSize(dtype);
+  const bool bf16 = dtype == DType::kBFloat16;
+  const auto* a_rows = static_cast<const uint8_t*>(a);
+  const auto* b_rows = static_cast<const uint8_t*>(b);
+  // z in the kernels' vector form for B's rows: bfloat16 pairs for
+  // bfloat16 weights, stored over the first half of z's scratch.
+  auto* z16 = reinterpret_cast<uint16_t*>(z);
+  const int threads =
+      ThreadsFor((rank * hidden + outputs * rank) * elem, o.num_threads);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int team = omp_get_num_threads();
+    const int tid = omp_get_thread_num();
+    float dots[kMaxDotRows * kTokenChunk];
+    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
+      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
+      const void* xt = VectorRow(v, dtype, t0);
+      // z = A x: rank rows, shared over the team.
+      size_t begin, end;
+      Share(rank, tid, team, 1, &begin, &end);
+      for (size_t j = begin; j < end; j += kMaxDotRows) {
+        const size_t g = std::min(kMaxDotRows, end - j);
+        const void* r[kMaxDotRows];
+        for (size_t q = 0; q < g; ++q) r[q] = a_rows + (j + q) * a_stride * elem;
+        k.dot(r, g, xt, v.stride, tc, hidden, dots);
+        for (size_t q = 0; q < g; ++q) {
+          for (size_t t = 0; t < tc; ++t) {
+            const float zv = dots[q * tc + t];
+            if (bf16) {
+              z16[t * rank + j + q] = FloatToBFloat16(zv);
+            } else {
+              z[t * rank + j + q] = zv;
+            }
+          }
+        }
+      }
+#pragma omp barrier
+      // scores = B z: I rows of length rank.
+      Share(outputs, tid, team, 1, &begin, &end);
+      for (size_t i = begin; i < end; i += kMaxDotRows) {
+        const size_t g = std::min(kMaxDotRows, end - i);
+        const void* r[kMaxDotRows];
+        for (size_t q = 0; q < g; ++q) r[q] = b_rows + (i + q) * b_stride * elem;
+        if (bf16) {
+          k.dot(r, g, z16, rank, tc, rank, dots);
+        } else {
+          k.dot_f32(r, g, z, rank, tc, rank, dots);
+        }
+        for (size_t q = 0; q < g; ++q) {
+          for (size_t t = 0; t < tc; ++t) out[(t0 + t) * out_stride + i + q] = dots[q * tc + t];
+        }
+      }
 #pragma omp barrier
     }
   }

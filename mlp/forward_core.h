@@ -35,6 +35,8 @@ namespace internal {
 struct NeuronPtrs {
   const uint8_t* row[3] = {nullptr, nullptr, nullptr};
   uint8_t* store[3] = {nullptr, nullptr, nullptr};
+  // The neuron's index in the layer: read only with Problem::gate_act.
+  uint32_t neuron = 0;
 };
 
 class RowSource {
@@ -51,6 +53,12 @@ struct Problem {
   bool has_gate = true;
   bool prefetch = false;  // rows scattered: prefetch the next neuron's
   bool stores = false;    // some NeuronPtrs carry stores
+  // Gate activations computed beforehand (a gate-first step): token t's
+  // act(<gate_j, x_t>) at gate_act[t x gate_act_stride + j] for neuron j
+  // (NeuronPtrs::neuron); then h_j[t] = gate_act[..] x <up_j, x_t>, no
+  // gate rows are read (has_gate must be false) and no activation applied.
+  const float* gate_act = nullptr;
+  size_t gate_act_stride = 0;
 };
 
 // Checks the weights' type and width, x, y and the options.
@@ -70,6 +78,23 @@ absl::Status PrepareWorkspace(DType dtype, size_t hidden_size, size_t intermedia
 // fail then).
 void Run(const RowSource& source, const Problem& problem, const ConstTokens& x,
          const Tokens& y, const ForwardOptions& options, Workspace* workspace);
+
+// act(<row_j, x_t>) for the `rows.count` rows of rows.up (gate and down
+// unused) and every token: out[t x out_stride + j], float32 (x in the
+// kernels' form, as Run reads it). abs_out (optional): the magnitudes too.
+// After ValidateCall and PrepareWorkspace; cannot fail then.
+void RunActivations(const NeuronRows& rows, const ConstTokens& x, const ForwardOptions& options,
+                    Workspace* workspace, float* out, float* abs_out, size_t out_stride);
+
+// B (A x_t) for A [r, H] (rows a, stride a_stride) and B [I, r] (rows b,
+// stride b_stride), both of `dtype`: out[t x out_stride + i], float32. The
+// rank-r intermediate is float32, rounded to bfloat16 for bfloat16 weights
+// (as the forward rounds activations before down). z_scratch: tokens x r
+// floats. After ValidateCall and PrepareWorkspace.
+void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const void* a,
+                size_t a_stride, const void* b, size_t b_stride, const ConstTokens& x,
+                const ForwardOptions& options, Workspace* workspace, float* z_scratch,
+                float* out, size_t out_stride);
 
 void RunLinear(const LinearWeights& weights, const ConstTokens& x, const Tokens& y,
                const ForwardOptions& options, Workspace* workspace);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "mlp/forward_core.h"
+#include "mlp/layer_step_internal.h"
 
 namespace sparse_mlp::mlp {
 namespace {
@@ -22,6 +23,7 @@ class StepRows final : public internal::RowSource {
         out[k].row[p] = Slot(p, first + k);
         out[k].store[p] = nullptr;
       }
+      out[k].neuron = plan_.slot_to_neuron[first + k];
     }
     // Loads and moves are each in ascending slot order (cache/update_plan.h).
     const auto by_slot = [](const gather::RowCopy& c, size_t slot) { return c.dst_row < slot; };
@@ -75,6 +77,8 @@ struct StepExecutor {
   const Tokens& y;
   const ForwardOptions& options;
   Workspace* workspace;
+  const float* gate_act = nullptr;  // given gate activations (gate-first)
+  size_t gate_act_stride = 0;
 
   void operator()(const cache::PlannedUpdate& plan) const {
     internal::Problem p;
@@ -84,6 +88,8 @@ struct StepExecutor {
     p.has_gate = has_gate;
     p.stores = !plan.loads.empty() || !plan.moves.empty();
     p.prefetch = p.stores;  // entering rows are scattered over the sources
+    p.gate_act = gate_act;
+    p.gate_act_stride = gate_act_stride;
     internal::Run(StepRows(plan), p, x, y, options, workspace);
   }
 };
@@ -130,4 +136,21 @@ absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
   return cache->UpdateFromByteRowsWith(masks, rows, execute);
 }
 
+namespace internal {
+
+absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMask& mask,
+                                const float* gate_act, size_t gate_act_stride,
+                                const ConstTokens& x, const Tokens& y,
+                                const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  if (cache->has_gate()) {
+    return absl::InvalidArgumentError(
+        "a step with given gate activations needs a gate-less cache (up and down rows)");
+  }
+  const StepExecutor execute{cache->dtype(), cache->hidden_size(), false, x, y, options,
+                             workspace, gate_act, gate_act_stride};
+  return cache->UpdateWith(mask, execute);
+}
+
+}  // namespace internal
 }  // namespace sparse_mlp::mlp

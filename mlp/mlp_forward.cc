@@ -28,6 +28,7 @@ class StridedRows final : public internal::RowSource {
     for (int p = 0; p < 3; ++p) {
       out->row[p] = base_[p] == nullptr ? nullptr : base_[p] + r * stride_[p];
     }
+    out->neuron = static_cast<uint32_t>(r);
   }
 
  private:

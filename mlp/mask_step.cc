@@ -1,0 +1,309 @@
+#include "mlp/mask_step.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "memory/size_math.h"
+#include "mlp/forward_core.h"
+#include "mlp/layer_step.h"
+#include "mlp/layer_step_internal.h"
+
+namespace sparse_mlp::mlp {
+namespace {
+
+bool ValidDType(DType d) {
+  return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16;
+}
+
+absl::Status CheckShape(DType dtype, size_t hidden, size_t intermediate) {
+  if (!ValidDType(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("unsupported weight type %d", static_cast<int>(dtype)));
+  }
+  if (hidden == 0) return absl::InvalidArgumentError("hidden_size must be positive, got 0");
+  if (intermediate == 0) {
+    return absl::InvalidArgumentError("intermediate_size must be positive, got 0");
+  }
+  if (intermediate > diff::NeuronMask::kMaxNeurons) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("intermediate_size %u is above the masks' limit", intermediate));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckRows(const char* name, const void* data, size_t stride, size_t length) {
+  if (data == nullptr) return absl::InvalidArgumentError(absl::StrFormat("%s is null", name));
+  if (stride < length) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s row stride %u is smaller than its row length %u", name, stride, length));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckCache(const cache::WeightCache* cache, DType dtype, size_t hidden,
+                        size_t intermediate) {
+  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
+  if (cache->dtype() != dtype || cache->hidden_size() != hidden ||
+      cache->intermediate_size() != intermediate) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "cache is %s [%u neurons x %u] but the mask source is %s [%u x %u]",
+        DTypeName(cache->dtype()), cache->intermediate_size(), cache->hidden_size(),
+        DTypeName(dtype), intermediate, hidden));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckOut(absl::Span<float> out, size_t tokens, size_t intermediate) {
+  if (out.size() < tokens * intermediate) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "out holds %u floats; %u tokens x %u neurons need %u", out.size(), tokens,
+        intermediate, tokens * intermediate));
+  }
+  return absl::OkStatus();
+}
+
+// Selects into scratch->incoming (scores: [tokens, I] float32).
+absl::Status SelectInto(const float* scores, size_t tokens, size_t intermediate,
+                        const Selection& selection, ScoreScratch* scratch) {
+  diff::ScoreMatrix m;
+  m.data = scores;
+  m.rows = tokens;
+  m.cols = intermediate;
+  m.type = diff::ScoreType::kFloat32;
+  switch (selection.kind) {
+    case Selection::Kind::kTopK:
+      return scratch->selector.TopK(m, selection.k, &scratch->incoming);
+    case Selection::Kind::kThreshold:
+      return scratch->selector.Threshold(m, selection.threshold, &scratch->incoming);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown selection kind %d", static_cast<int>(selection.kind)));
+}
+
+}  // namespace
+
+absl::Status ScoreScratch::Reserve(size_t floats0, size_t floats1, size_t intermediate) {
+  const size_t want[2] = {floats0, floats1};
+  memory::AlignedBuffer grown[2];
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<size_t> bytes = memory::CheckedMul(want[i], sizeof(float));
+    if (!bytes.ok()) return bytes.status();
+    if (*bytes <= buffers_[i].size()) continue;
+    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(*bytes);
+    if (!b.ok()) return b.status();
+    grown[i] = *std::move(b);
+  }
+  if (incoming.size() != intermediate) {
+    absl::StatusOr<diff::NeuronMask> a = diff::NeuronMask::Create(intermediate);
+    if (!a.ok()) return a.status();
+    absl::StatusOr<diff::NeuronMask> b = diff::NeuronMask::Create(intermediate);
+    if (!b.ok()) return b.status();
+    incoming = *std::move(a);
+    selected = *std::move(b);
+    selector.Reserve(intermediate);
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (grown[i].size() != 0) buffers_[i] = std::move(grown[i]);
+  }
+  return absl::OkStatus();
+}
+
+size_t ScoreScratch::bytes() const {
+  return buffers_[0].size() + buffers_[1].size() + selector.bytes() +
+         2 * (incoming.size() + 63) / 64 * sizeof(uint64_t);
+}
+
+// --- GateFirst ---------------------------------------------------------------
+
+absl::StatusOr<GateFirst> GateFirst::Create(DType dtype, size_t hidden, size_t intermediate,
+                                            const void* gate, size_t gate_stride) {
+  if (absl::Status s = CheckShape(dtype, hidden, intermediate); !s.ok()) return s;
+  if (absl::Status s = CheckRows("gate", gate, gate_stride, hidden); !s.ok()) return s;
+  GateFirst g;
+  g.gate_.dtype = dtype;
+  g.gate_.hidden_size = hidden;
+  g.gate_.count = intermediate;
+  g.gate_.up = gate;  // RunActivations reads the `up` rows
+  g.gate_.up_stride = gate_stride;
+  g.intermediate_size_ = intermediate;
+  if (absl::Status s = g.Reserve(1); !s.ok()) return s;
+  return g;
+}
+
+absl::Status GateFirst::Reserve(size_t tokens) {
+  absl::StatusOr<size_t> n = memory::CheckedMul(tokens, intermediate_size_);
+  if (!n.ok()) return n.status();
+  return scratch_.Reserve(*n, *n, intermediate_size_);
+}
+
+absl::Status GateFirst::Activations(const ConstTokens& x, const ForwardOptions& options,
+                                    Workspace* workspace, absl::Span<float> out) {
+  const Tokens no_y{out.data(), x.tokens, gate_.hidden_size, DType::kFloat32};
+  // y is not written; validate x and the options as the forward does.
+  if (absl::Status s = internal::ValidateCall(gate_.dtype, gate_.hidden_size, x,
+                                              no_y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
+  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
+                                                  options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::RunActivations(gate_, x, options, workspace, out.data(), nullptr,
+                           intermediate_size_);
+  return absl::OkStatus();
+}
+
+absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selection,
+                             const ConstTokens& x, const Tokens& y,
+                             const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
+      !s.ok()) {
+    return s;
+  }
+  if (cache->has_gate()) {
+    return absl::InvalidArgumentError(
+        "the gate-first step needs a gate-less cache over the layer's up and down (its gate "
+        "activations come from the gate pass); this cache holds gate rows");
+  }
+  if (absl::Status s =
+          internal::ValidateCall(gate_.dtype, gate_.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
+                                                  options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
+  float* act = scratch_.buffer(0);
+  float* magnitude = scratch_.buffer(1);
+  internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
+  if (absl::Status s =
+          SelectInto(magnitude, x.tokens, intermediate_size_, selection, &scratch_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::LayerStepGivenGate(cache, scratch_.incoming, act,
+                                                    intermediate_size_, x, y, options,
+                                                    workspace);
+      !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return absl::OkStatus();
+}
+
+// --- LowRankPredictor ------------------------------------------------------
+
+absl::StatusOr<LowRankPredictor> LowRankPredictor::Create(DType dtype, size_t hidden,
+                                                          size_t intermediate, size_t rank,
+                                                          const void* a, size_t a_stride,
+                                                          const void* b, size_t b_stride) {
+  if (absl::Status s = CheckShape(dtype, hidden, intermediate); !s.ok()) return s;
+  if (rank == 0) return absl::InvalidArgumentError("rank must be positive, got 0");
+  if (absl::Status s = CheckRows("A", a, a_stride, hidden); !s.ok()) return s;
+  if (absl::Status s = CheckRows("B", b, b_stride, rank); !s.ok()) return s;
+  LowRankPredictor p;
+  p.dtype_ = dtype;
+  p.hidden_size_ = hidden;
+  p.intermediate_size_ = intermediate;
+  p.rank_ = rank;
+  p.a_ = a;
+  p.a_stride_ = a_stride;
+  p.b_ = b;
+  p.b_stride_ = b_stride;
+  if (absl::Status s = p.Reserve(1); !s.ok()) return s;
+  return p;
+}
+
+absl::Status LowRankPredictor::Reserve(size_t tokens) {
+  absl::StatusOr<size_t> n = memory::CheckedMul(tokens, intermediate_size_);
+  if (!n.ok()) return n.status();
+  absl::StatusOr<size_t> z = memory::CheckedMul(std::min(tokens, kTokenChunk), rank_);
+  if (!z.ok()) return z.status();
+  return scratch_.Reserve(*n, *z, intermediate_size_);
+}
+
+absl::Status LowRankPredictor::Compute(const ConstTokens& x, const ForwardOptions& options,
+                                       Workspace* workspace, float* out) {
+  internal::RunLowRank(dtype_, hidden_size_, rank_, intermediate_size_, a_, a_stride_, b_,
+                       b_stride_, x, options, workspace, scratch_.buffer(1), out,
+                       intermediate_size_);
+  return absl::OkStatus();
+}
+
+absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions& options,
+                                      Workspace* workspace, absl::Span<float> out) {
+  const Tokens no_y{out.data(), x.tokens, hidden_size_, DType::kFloat32};
+  if (absl::Status s = internal::ValidateCall(dtype_, hidden_size_, x, no_y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
+  if (absl::Status s =
+          internal::PrepareWorkspace(dtype_, hidden_size_, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
+  return Compute(x, options, workspace, out.data());
+}
+
+absl::Status LowRankPredictor::Select(const ConstTokens& x, const Selection& selection,
+                                      const ForwardOptions& options, Workspace* workspace,
+                                      diff::NeuronMask* mask) {
+  if (mask == nullptr) return absl::InvalidArgumentError("mask is null");
+  if (mask->size() != intermediate_size_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "mask has %u neurons but the predictor scores %u", mask->size(), intermediate_size_));
+  }
+  if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
+  float* scores = scratch_.buffer(0);
+  if (absl::Status s =
+          Scores(x, options, workspace, absl::MakeSpan(scores, x.tokens * intermediate_size_));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = SelectInto(scores, x.tokens, intermediate_size_, selection, &scratch_);
+      !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return mask->AssignWords(scratch_.selected.words());
+}
+
+absl::Status LowRankPredictor::Step(cache::WeightCache* cache, const Selection& selection,
+                                    const ConstTokens& x, const Tokens& y,
+                                    const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = CheckCache(cache, dtype_, hidden_size_, intermediate_size_); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = internal::ValidateCall(dtype_, hidden_size_, x, y, options); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          internal::PrepareWorkspace(dtype_, hidden_size_, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
+  float* scores = scratch_.buffer(0);
+  if (absl::Status s = Compute(x, options, workspace, scores); !s.ok()) return s;
+  if (absl::Status s = SelectInto(scores, x.tokens, intermediate_size_, selection, &scratch_);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = LayerStep(cache, scratch_.incoming, x, y, options, workspace); !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return absl::OkStatus();
+}
+
+}  // namespace sparse_mlp::mlp
