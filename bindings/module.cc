@@ -10,6 +10,7 @@
 #include "bindings/cache_module.h"
 #include "bindings/convert.h"
 #include "bindings/flash_module.h"
+#include "bindings/mask_module.h"
 #include "bindings/mlp_module.h"
 #include "bindings/model_module.h"
 #include "bindings/store_module.h"
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   sparse_mlp::bindings::RegisterModel(m);
   sparse_mlp::bindings::RegisterStore(m);
   sparse_mlp::bindings::RegisterFlash(m);
+  sparse_mlp::bindings::RegisterMasks(m);
 
   // What `python3 -m sparse_mlp` reports for bug reports.
   m.def(

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from sparse_mlp import _sparse_mlp
 from sparse_mlp.cache import (WeightCache, _is_torch, _out_matrix, _result, _tokens,
                               _weight, check_mask)
+from sparse_mlp.predictors import LowRankPredictor, gate_first_mask, keep_count
 
 
 def _indices(indices, num_neurons):
@@ -77,26 +78,37 @@ def _gated_mlp(x, gate, up, down):
 
 
 class LlamaSkipMLP(torch.nn.Module):
-    """``down(silu(gate(x)) * up(x))`` over the active neurons of a mask.
+    """``down(silu(gate(x)) * up(x))`` over the neurons that matter.
 
     Build it empty like the seed (``LlamaSkipMLP(hidden_size,
     intermediate_size, sparsity, use_optimized_cache=True)``) and load
-    weights, or from an existing dense MLP with :meth:`from_dense`.
+    weights, or from an existing dense MLP with :meth:`from_dense`, or a
+    whole model at once with :func:`sparse_mlp.sparsify`.
 
-    ``forward(x, mask=None)``: ``mask`` is bool or uint8 ``[I]`` or
-    ``[tokens, I]`` (the union is used; the rules of
-    ``sparse_mlp.cache.MASK_RULES``, the same on both paths below), or
-    omitted when a ``predictor`` callable was given (``predictor(x) ->
-    mask``). With ``use_optimized_cache=True`` the mask
-    drives a :class:`WeightCache` through its fused layer step
-    (:meth:`WeightCache.step`: the update and the native forward in one pass;
-    no torch matmul on this path, float16 and bfloat16 computed natively);
-    with ``False`` the active rows are gathered with ``index_select`` each
-    call and multiplied in torch (the reference path; float16 in float32
-    where torch < 2.1 has no CPU float16 matmul). Both give the dense MLP's
-    output with the inactive neurons zeroed; with an all-true mask, the dense
-    output. ``x``: ``[H]`` or ``[tokens, H]`` (any leading shape is
-    flattened), in the weights' type or float32.
+    Which neurons, per call of ``forward(x, mask=None)``:
+
+    - ``mask`` given: bool or uint8 ``[I]`` or ``[tokens, I]`` (the union;
+      ``sparse_mlp.cache.MASK_RULES``);
+    - else a ``predictor``: a :class:`sparse_mlp.predictors.LowRankPredictor`
+      (scores = B (A x) natively, each token's top k, into the cache's step)
+      or any callable ``predictor(x) -> mask``;
+    - else the training-free default, **gate-first** (CATS): act(gate x)
+      for every neuron, each token's top k = round((1 - sparsity) x I) by
+      |act(gate x)| (ties to the lower index; the union over tokens), or
+      those above ``gate_threshold`` (see :meth:`calibrate_gate_threshold`),
+      then up and down over those neurons only, reusing act(gate x). Natively
+      in one call; the cache then holds up and down rows only.
+
+    With ``use_optimized_cache=True`` the neurons drive a :class:`WeightCache`
+    through its fused layer step (the update and the native forward in one
+    pass; no torch matmul on this path, float16 and bfloat16 computed
+    natively); with ``False`` the same neurons are gathered with
+    ``index_select`` each call and multiplied in torch (the reference path;
+    float16 in float32 where torch < 2.1 has no CPU float16 matmul). Both
+    give the dense MLP's output with the other neurons zeroed; with every
+    neuron kept (``sparsity=0`` or an all-true mask), the dense output.
+    ``x``: ``[H]`` or ``[tokens, H]`` (any leading shape is flattened), in
+    the weights' type or float32.
 
     The module's weights are the source of truth and are never replaced:
     :meth:`from_dense` shares the caller's tensors, the cache reads gate and
@@ -107,21 +119,31 @@ class LlamaSkipMLP(torch.nn.Module):
     plus that copy of down, plus the packed active rows. The cache does not
     follow later edits of the weights: call :meth:`reset_cache` after
     changing them, and the next forward rebuilds it from them.
-    ``sparsity`` (fraction of neurons expected inactive) only pre-sizes the
-    cache.
+    ``sparsity`` (fraction of neurons inactive, in [0, 1)) sets the
+    gate-first and predictor k and pre-sizes the cache.
     """
 
     def __init__(self, hidden_size, intermediate_size, sparsity=0.5,
                  use_optimized_cache=True, *, predictor=None, num_threads=None,
-                 dtype=torch.float32):
+                 dtype=torch.float32, gate_threshold=None):
         super().__init__()
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.k = keep_count(sparsity, intermediate_size)
+        if predictor is not None and not callable(predictor):
+            raise TypeError(f"predictor must be callable (x -> mask), got "
+                            f"{type(predictor).__name__}")
+        if isinstance(predictor, LowRankPredictor) and (
+                predictor.hidden_size != hidden_size
+                or predictor.intermediate_size != intermediate_size):
+            raise ValueError(
+                f"predictor scores {predictor.intermediate_size} neurons from "
+                f"{predictor.hidden_size} inputs; this MLP has {intermediate_size} from "
+                f"{hidden_size}")
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.sparsity = sparsity
         self.use_optimized_cache = use_optimized_cache
         self.predictor = predictor
+        self.gate_threshold = gate_threshold
         self.num_threads = num_threads or torch.get_num_threads()
         self.gate_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
         self.up_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
@@ -129,6 +151,11 @@ class LlamaSkipMLP(torch.nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self._cache = None
+        self._gate_first = None
+        # Look-ahead (set by sparsify): the next layer's module, whose
+        # predictor reads this layer's input; and the mask it left here.
+        self._ahead = None
+        self._pending = None
 
     @classmethod
     def from_dense(cls, gate_proj, up_proj, down_proj, sparsity=0.5,
@@ -146,19 +173,41 @@ class LlamaSkipMLP(torch.nn.Module):
         module.down_proj.weight = torch.nn.Parameter(down.detach(), requires_grad=False)
         return module
 
+    @property
+    def mask_source(self):
+        """"mask" (none: masks are given), "gate-first", "low-rank" or "callable"."""
+        if self.predictor is None:
+            return "gate-first"
+        return "low-rank" if isinstance(self.predictor, LowRankPredictor) else "callable"
+
     def reset_cache(self):
         """Drops the cache; the next forward rebuilds it from the weights."""
         self._cache = None
+        self._gate_first = None
 
     @property
     def weight_cache(self):
         """The :class:`WeightCache` (None before the first cached forward)."""
         return self._cache
 
+    def calibrate_gate_threshold(self, x):
+        """Sets ``gate_threshold`` to the quantile of |act(gate x)| over the
+        tokens of ``x`` (``[tokens, H]``) that keeps the fraction
+        1 - sparsity on average: gate-first by threshold instead of a fixed
+        k per token (CATS). Returns the threshold."""
+        x2 = x.reshape(-1, self.hidden_size).float()
+        act = F.silu(F.linear(x2, self.gate_proj.weight.float())).abs().flatten()
+        self.gate_threshold = float(torch.quantile(act, self.sparsity)) if self.sparsity > 0 \
+            else -1.0
+        return self.gate_threshold
+
+    def _selection(self):
+        if self.gate_threshold is not None:
+            return {"threshold": self.gate_threshold}
+        return {"k": self.k}
+
     def _mask(self, x, mask):
         if mask is None:
-            if self.predictor is None:
-                raise ValueError("forward needs a mask, or a predictor given at construction")
             mask = self.predictor(x)
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -169,30 +218,75 @@ class LlamaSkipMLP(torch.nn.Module):
                 f" got {tuple(mask.shape)}")
         return mask
 
-    def _build_cache(self, initial):
+    def _build_cache(self, initial, gate=True):
         down = self.down_proj.weight.detach()
         neuron_major = down.t().is_contiguous() and not down.is_contiguous()
-        self._cache = WeightCache(initial, self.gate_proj.weight, self.up_proj.weight,
-                                  down.t() if neuron_major else down,
+        self._cache = WeightCache(initial, self.gate_proj.weight if gate else None,
+                                  self.up_proj.weight, down.t() if neuron_major else down,
                                   down_neuron_major=neuron_major,
                                   num_threads=self.num_threads)
-        self._cache.reserve(round((1.0 - self.sparsity) * self.intermediate_size))
+        self._cache.reserve(self.k)
+
+    def _flat(self, x):
+        flat = x.reshape(-1, self.hidden_size) if x.dim() != 2 else x
+        return flat if flat.is_contiguous() else flat.contiguous()  # an input, read once
 
     def forward(self, x, mask=None):
-        mask = self._mask(x, mask)
-        if self.use_optimized_cache:
-            flat = x.reshape(-1, self.hidden_size) if x.dim() > 2 else x
-            if not flat.is_contiguous():
-                flat = flat.contiguous()  # an input, read once: not a weight
-            if self._cache is None:
-                self._build_cache(mask if mask.dim() == 1 else (mask != 0).any(dim=0))
-                out = self._cache.forward(flat)
-            else:
-                out = self._cache.step(mask, flat)
-            return out.reshape(x.shape)
+        flat = self._flat(x)
+        if self._ahead is not None:
+            # The next layer's mask from this layer's input (look-ahead).
+            self._ahead._pending = self._ahead.predictor(flat)
+        if mask is None and self._pending is not None:
+            mask, self._pending = self._pending, None
+        if mask is None and self.predictor is None:
+            out = self._gate_first_forward(flat)
+        elif (mask is None and self.use_optimized_cache
+              and isinstance(self.predictor, LowRankPredictor)):
+            out = self._low_rank_forward(flat)
         else:
-            active = (mask if mask.dim() == 1 else (mask != 0).any(dim=0)).nonzero().squeeze(1)
-            gate = self.gate_proj.weight.index_select(0, active)
-            up = self.up_proj.weight.index_select(0, active)
+            out = self._masked_forward(flat, self._mask(flat, mask))
+        return out.reshape(x.shape)
+
+    def _gate_first_forward(self, flat):
+        if not self.use_optimized_cache:
+            gate = self.gate_proj.weight
+            if self.gate_threshold is not None:
+                act = F.silu(F.linear(flat.float(), gate.float()))
+                keep = act.abs() > self.gate_threshold
+            else:
+                keep, act = gate_first_mask(flat, gate, self.k)
+            active = keep.any(dim=0).nonzero().squeeze(1)
+            h = act[:, active] * F.linear(flat.float(), self.up_proj.weight.index_select(
+                0, active).float())
+            h = h.to(self.up_proj.weight.dtype)
             down = self.down_proj.weight.index_select(1, active)
-        return _gated_mlp(x, gate, up, down)
+            if down.dtype == torch.float16 and not _HALF_MATMUL:
+                return F.linear(h.float(), down.float()).to(flat.dtype)
+            return F.linear(h, down).to(flat.dtype)
+        if self._cache is None or self._cache.has_gate:
+            self._build_cache(torch.zeros(self.intermediate_size, dtype=torch.bool), gate=False)
+        if self._gate_first is None:
+            self._gate_first = _sparse_mlp.GateFirst(self.gate_proj.weight.detach())
+        out = torch.empty_like(flat)
+        self._gate_first.step(self._cache._native, flat, out, **self._selection())
+        return out
+
+    def _low_rank_forward(self, flat):
+        if self._cache is None or not self._cache.has_gate:
+            self._build_cache(torch.zeros(self.intermediate_size, dtype=torch.bool))
+        out = torch.empty_like(flat)
+        p = self.predictor
+        self.predictor.native().step(self._cache._native, flat, out, **p._selection())
+        return out
+
+    def _masked_forward(self, flat, mask):
+        if self.use_optimized_cache:
+            if self._cache is None or not self._cache.has_gate:
+                self._build_cache(mask if mask.dim() == 1 else (mask != 0).any(dim=0))
+                return self._cache.forward(flat)
+            return self._cache.step(mask, flat)
+        active = (mask if mask.dim() == 1 else (mask != 0).any(dim=0)).nonzero().squeeze(1)
+        gate = self.gate_proj.weight.index_select(0, active)
+        up = self.up_proj.weight.index_select(0, active)
+        down = self.down_proj.weight.index_select(1, active)
+        return _gated_mlp(flat, gate, up, down)

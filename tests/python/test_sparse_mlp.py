@@ -205,8 +205,8 @@ class SeedApiTest(unittest.TestCase):
         x = torch.randn(1, 16, generator=gen)
         active = F.linear(x, gate).abs().mean(0) > 0.5
         torch.testing.assert_close(mlp(x), dense_masked(x, gate, up, down, active))
-        with self.assertRaisesRegex(ValueError, "needs a mask"):
-            LlamaSkipMLP.from_dense(gate, up, down)(x)
+        # No mask and no predictor: the gate-first default (tests/python/test_masks.py).
+        self.assertEqual(LlamaSkipMLP.from_dense(gate, up, down).mask_source, "gate-first")
 
     def test_seed_constructor_signature(self):
         mlp = LlamaSkipMLP(32, 64, 0.5, use_optimized_cache=True)
@@ -673,7 +673,10 @@ class BadInputTest(unittest.TestCase):
     def test_module_exports(self):
         self.assertEqual(set(sparse_mlp.__all__),
                          {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward",
-                          "ModelCache"})
+                          "ModelCache", "FlashModelCache", "LowRankPredictor", "sparsify",
+                          "densify"})
+        for name in sparse_mlp.__all__:
+            self.assertTrue(hasattr(sparse_mlp, name), name)
 
 
 class PackageTest(unittest.TestCase):

@@ -1,0 +1,237 @@
+#include "bindings/mask_module.h"
+
+#include <pybind11/numpy.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "bindings/cache_module.h"
+#include "bindings/convert.h"
+#include "mlp/mask_step.h"
+
+namespace sparse_mlp::bindings {
+namespace {
+
+// k (per token) or threshold: exactly one of them.
+mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons) {
+  mlp::Selection s;
+  if (k.is_none() == threshold.is_none()) {
+    throw py::value_error("give exactly one of k (neurons per token) and threshold");
+  }
+  if (!k.is_none()) {
+    s.kind = mlp::Selection::Kind::kTopK;
+    s.k = static_cast<size_t>(IntArg(k, "k", 0, static_cast<int64_t>(neurons)));
+  } else {
+    s.kind = mlp::Selection::Kind::kThreshold;
+    const double t = threshold.cast<double>();
+    if (std::isnan(t)) throw py::value_error("threshold must not be NaN");
+    s.threshold = static_cast<float>(t);
+  }
+  return s;
+}
+
+// A [tokens, I] float32 NumPy array to write scores into.
+float* ScoresOut(py::array out, size_t tokens, size_t neurons) {
+  if (!py::isinstance<py::array_t<float>>(out) || !(out.flags() & py::array::c_style) ||
+      !out.writeable() || out.ndim() != 2 || static_cast<size_t>(out.shape(0)) != tokens ||
+      static_cast<size_t>(out.shape(1)) != neurons) {
+    throw py::value_error(absl::StrFormat(
+        "out must be a writable C-contiguous float32 array of shape (%u, %u)", tokens, neurons));
+  }
+  return static_cast<float*>(out.mutable_data());
+}
+
+py::array_t<uint8_t> MaskBytes(const diff::NeuronMask& mask) {
+  py::array_t<uint8_t> out(static_cast<py::ssize_t>(mask.size()));
+  mask.ToBytes(absl::MakeSpan(out.mutable_data(), mask.size()));
+  return out;
+}
+
+class PyGateFirst {
+ public:
+  PyGateFirst(const py::object& gate, const std::string& activation)
+      : gate_(ImportMatrix(gate, "gate")), activation_(ActivationArg(activation)) {
+    absl::StatusOr<mlp::GateFirst> g = mlp::GateFirst::Create(
+        gate_.dtype(), static_cast<size_t>(gate_.cols()), static_cast<size_t>(gate_.rows()),
+        gate_.data(), static_cast<size_t>(gate_.cols()));
+    ThrowIfError(g.status());
+    native_ = std::make_unique<mlp::GateFirst>(*std::move(g));
+  }
+
+  size_t neurons() const { return static_cast<size_t>(gate_.rows()); }
+  size_t hidden() const { return static_cast<size_t>(gate_.cols()); }
+
+  void Activations(const py::object& x, py::array out, const py::object& threads) {
+    const ImportedTensor xt = ImportMatrix(x, "x");
+    if (static_cast<size_t>(xt.cols()) != hidden()) {
+      throw py::value_error(absl::StrFormat("x must be [tokens, %u], got %s", hidden(),
+                                            xt.ShapeString()));
+    }
+    const mlp::ConstTokens in{xt.data(), static_cast<size_t>(xt.rows()),
+                              static_cast<size_t>(xt.cols()), xt.dtype()};
+    float* data = ScoresOut(out, in.tokens, neurons());
+    mlp::ForwardOptions o;
+    o.activation = activation_;
+    o.num_threads = NumThreadsArg(threads);
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = native_->Activations(in, o, &workspace_,
+                                    absl::MakeSpan(data, in.tokens * neurons()));
+    }
+    ThrowIfError(status);
+  }
+
+  void Step(PyWeightCache& cache, const py::object& x, const py::object& out,
+            const py::object& k, const py::object& threshold, bool accumulate) {
+    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
+    mlp::ForwardOptions o;
+    o.activation = activation_;
+    o.accumulate = accumulate;
+    absl::Status status = cache.RunWithoutGil([&](cache::WeightCache& c) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      o.num_threads = c.num_threads();
+      return native_->Step(&c, sel, t.In(), t.Out(), o, &workspace_);
+    });
+    ThrowIfError(status);
+  }
+
+  py::array_t<uint8_t> Mask() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return MaskBytes(native_->mask());
+  }
+
+ private:
+  ImportedTensor gate_;  // borrowed: outlives native_
+  mlp::Activation activation_;
+  std::unique_ptr<mlp::GateFirst> native_;
+  mlp::Workspace workspace_;
+  std::mutex mutex_;
+};
+
+class PyLowRank {
+ public:
+  PyLowRank(const py::object& a, const py::object& b)
+      : a_(ImportMatrix(a, "A")), b_(ImportMatrix(b, "B")) {
+    if (a_.dtype() != b_.dtype()) {
+      throw py::type_error(absl::StrFormat("A and B must have one type, got %s and %s",
+                                           cache::DTypeName(a_.dtype()),
+                                           cache::DTypeName(b_.dtype())));
+    }
+    if (b_.cols() != a_.rows()) {
+      throw py::value_error(absl::StrFormat(
+          "B must be [I, r] for A [r, H] = %s: B's columns must be %d, got B %s",
+          a_.ShapeString(), a_.rows(), b_.ShapeString()));
+    }
+    absl::StatusOr<mlp::LowRankPredictor> p = mlp::LowRankPredictor::Create(
+        a_.dtype(), static_cast<size_t>(a_.cols()), static_cast<size_t>(b_.rows()),
+        static_cast<size_t>(a_.rows()), a_.data(), static_cast<size_t>(a_.cols()), b_.data(),
+        static_cast<size_t>(b_.cols()));
+    ThrowIfError(p.status());
+    native_ = std::make_unique<mlp::LowRankPredictor>(*std::move(p));
+  }
+
+  size_t neurons() const { return static_cast<size_t>(b_.rows()); }
+  size_t hidden() const { return static_cast<size_t>(a_.cols()); }
+
+  mlp::ConstTokens In(const ImportedTensor& xt) const {
+    if (static_cast<size_t>(xt.cols()) != hidden()) {
+      throw py::value_error(absl::StrFormat("x must be [tokens, %u], got %s", hidden(),
+                                            xt.ShapeString()));
+    }
+    return {xt.data(), static_cast<size_t>(xt.rows()), static_cast<size_t>(xt.cols()),
+            xt.dtype()};
+  }
+
+  void Scores(const py::object& x, py::array out, const py::object& threads) {
+    const ImportedTensor xt = ImportMatrix(x, "x");
+    const mlp::ConstTokens in = In(xt);
+    float* data = ScoresOut(out, in.tokens, neurons());
+    mlp::ForwardOptions o;
+    o.num_threads = NumThreadsArg(threads);
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = native_->Scores(in, o, &workspace_, absl::MakeSpan(data, in.tokens * neurons()));
+    }
+    ThrowIfError(status);
+  }
+
+  py::array_t<uint8_t> Select(const py::object& x, const py::object& k,
+                              const py::object& threshold, const py::object& threads) {
+    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const ImportedTensor xt = ImportMatrix(x, "x");
+    const mlp::ConstTokens in = In(xt);
+    mlp::ForwardOptions o;
+    o.num_threads = NumThreadsArg(threads);
+    diff::NeuronMask mask(neurons());
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = native_->Select(in, sel, o, &workspace_, &mask);
+    }
+    ThrowIfError(status);
+    return MaskBytes(mask);
+  }
+
+  void Step(PyWeightCache& cache, const py::object& x, const py::object& out,
+            const py::object& k, const py::object& threshold, const std::string& activation,
+            bool accumulate) {
+    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const TokenArgs t = ImportTokens(x, out, hidden(), a_.dtype());
+    mlp::ForwardOptions o;
+    o.activation = ActivationArg(activation);
+    o.accumulate = accumulate;
+    ThrowIfError(cache.RunWithoutGil([&](cache::WeightCache& c) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      o.num_threads = c.num_threads();
+      return native_->Step(&c, sel, t.In(), t.Out(), o, &workspace_);
+    }));
+  }
+
+ private:
+  ImportedTensor a_, b_;  // borrowed: outlive native_
+  std::unique_ptr<mlp::LowRankPredictor> native_;
+  mlp::Workspace workspace_;
+  std::mutex mutex_;
+};
+
+}  // namespace
+
+void RegisterMasks(py::module_& m) {
+  py::class_<PyGateFirst>(m, "GateFirst")
+      .def(py::init<const py::object&, const std::string&>(), py::arg("gate"),
+           py::arg("activation") = "silu")
+      .def("activations", &PyGateFirst::Activations, py::arg("x"), py::arg("out"),
+           py::kw_only(), py::arg("num_threads") = 1)
+      .def("step", &PyGateFirst::Step, py::arg("cache"), py::arg("x"), py::arg("out"),
+           py::kw_only(), py::arg("k") = py::none(), py::arg("threshold") = py::none(),
+           py::arg("accumulate") = false)
+      .def("mask", &PyGateFirst::Mask)
+      .def_property_readonly("intermediate_size", &PyGateFirst::neurons)
+      .def_property_readonly("hidden_size", &PyGateFirst::hidden);
+
+  py::class_<PyLowRank>(m, "LowRankPredictor")
+      .def(py::init<const py::object&, const py::object&>(), py::arg("a"), py::arg("b"))
+      .def("scores", &PyLowRank::Scores, py::arg("x"), py::arg("out"), py::kw_only(),
+           py::arg("num_threads") = 1)
+      .def("select", &PyLowRank::Select, py::arg("x"), py::kw_only(),
+           py::arg("k") = py::none(), py::arg("threshold") = py::none(),
+           py::arg("num_threads") = 1)
+      .def("step", &PyLowRank::Step, py::arg("cache"), py::arg("x"), py::arg("out"),
+           py::kw_only(), py::arg("k") = py::none(), py::arg("threshold") = py::none(),
+           py::arg("activation") = "silu", py::arg("accumulate") = false)
+      .def_property_readonly("intermediate_size", &PyLowRank::neurons)
+      .def_property_readonly("hidden_size", &PyLowRank::hidden);
+}
+
+}  // namespace sparse_mlp::bindings

@@ -1,0 +1,154 @@
+"""A whole model's MLPs made sparse in one call, and undone in one.
+
+    model = sparse_mlp.sparsify(model, sparsity=0.5)        # gate-first
+    model = sparse_mlp.sparsify(model, sparsity=0.5, predictor=predictors)
+    sparse_mlp.densify(model)
+
+A gated MLP is any submodule with ``nn.Linear`` children ``gate_proj`` /
+``up_proj`` / ``down_proj`` (Hugging Face Llama, Mistral, Qwen) or ``w1`` /
+``w3`` / ``w2`` (Meta LLaMA, llama2.c); no ``transformers`` import is
+needed. Each is replaced by a :class:`sparse_mlp.LlamaSkipMLP` sharing its
+weight tensors (no copy), all layers' caches carved from one
+:class:`sparse_mlp.ModelCache`.
+"""
+
+import torch
+
+from sparse_mlp.mlp import LlamaSkipMLP
+from sparse_mlp.model import ModelCache, _MODULE_NAMES
+from sparse_mlp.predictors import LowRankPredictor, keep_count
+
+_SPARSIFIED = "_sparse_mlp_model_cache"
+
+
+def find_mlps(model):
+    """``[(parent, attribute, module)]`` of the model's gated MLPs, in
+    module order (the decoder's layer order)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    found = []
+    for _, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, LlamaSkipMLP):
+                continue
+            for names in _MODULE_NAMES:
+                if all(isinstance(getattr(child, n, None), torch.nn.Linear) for n in names):
+                    found.append((parent, attr, child))
+                    break
+    return found
+
+
+def _projections(module):
+    for names in _MODULE_NAMES:
+        if all(hasattr(module, n) for n in names):
+            return tuple(getattr(module, n) for n in names)
+    raise AssertionError("not an MLP")  # find_mlps checked
+
+
+def _predictor_list(predictor, count):
+    if predictor is None:
+        return [None] * count
+    if isinstance(predictor, dict):
+        bad = [k for k in predictor if not isinstance(k, int) or not 0 <= k < count]
+        if bad:
+            raise ValueError(f"predictor keys must be layer indices in [0, {count}), got {bad[0]}")
+        return [predictor.get(l) for l in range(count)]
+    if isinstance(predictor, (list, tuple)):
+        if len(predictor) != count:
+            raise ValueError(f"predictor must have one entry per MLP layer ({count}), "
+                             f"got {len(predictor)}")
+        return list(predictor)
+    raise TypeError(f"predictor must be None, a list of LowRankPredictor (one per layer) or "
+                    f"a dict {{layer: LowRankPredictor}}, got {type(predictor).__name__}")
+
+
+def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
+             use_optimized_cache=None):
+    """Replaces every gated MLP of ``model`` by a :class:`LlamaSkipMLP`
+    (in place; returns ``model``).
+
+    ``sparsity``: the fraction of neurons each token leaves out, in [0, 1).
+    ``predictor``: None for the training-free gate-first rule in every
+    layer; or one :class:`LowRankPredictor` per layer (a list, or a dict
+    ``{layer: predictor}``, layers without one falling back to gate-first),
+    as :func:`sparse_mlp.predictors.train_predictors` returns them. A
+    predictor with ``look_ahead=True`` runs one layer early, on the previous
+    layer's input. ``use_optimized_cache``: None follows
+    ``model.config.use_optimized_weight_cache`` when the model has one
+    (True otherwise); False computes through torch (the reference path).
+
+    The layers share one :class:`ModelCache` (``model`` keeps it; gate-first
+    layers cache up and down rows, predictor layers gate, up and down), and
+    read the original weight tensors in place. Raises ValueError when the
+    model has no recognisable MLP, is already sparsified, or a predictor's
+    shape does not match its layer; TypeError for arguments of the wrong
+    kind. The model is unchanged after any error."""
+    found = find_mlps(model)
+    if getattr(model, _SPARSIFIED, None) is not None:
+        raise ValueError("model is already sparsified: call sparse_mlp.densify(model) first")
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no gated MLP (a module with nn.Linear gate_proj/"
+            f"up_proj/down_proj or w1/w3/w2)")
+    projections = [_projections(m) for _, _, m in found]
+    intermediate = projections[0][1].weight.shape[0]
+    keep_count(sparsity, intermediate)  # validates sparsity
+    predictors = _predictor_list(predictor, len(found))
+    for l, (p, proj) in enumerate(zip(predictors, projections)):
+        if p is None:
+            continue
+        if not isinstance(p, LowRankPredictor):
+            raise TypeError(f"predictor for layer {l} must be a LowRankPredictor, got "
+                            f"{type(p).__name__}")
+        hidden, neurons = proj[1].weight.shape[1], proj[1].weight.shape[0]
+        if (p.hidden_size, p.intermediate_size) != (hidden, neurons):
+            raise ValueError(
+                f"predictor for layer {l} maps {p.hidden_size} -> {p.intermediate_size}, but the "
+                f"layer's MLP is {hidden} -> {neurons}")
+    config = getattr(model, "config", None)
+    if use_optimized_cache is None:
+        use_optimized_cache = bool(getattr(config, "use_optimized_weight_cache", True))
+    act = getattr(config, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"LlamaSkipMLP computes silu MLPs; config.hidden_act is {act!r}")
+    threads = num_threads or torch.get_num_threads()
+    cache = None
+    if use_optimized_cache:
+        # Gate-first layers cache up and down only (their gate is read
+        # densely each step); predictor layers cache all three.
+        triples = [(None if p is None else g.weight, u.weight, d.weight)
+                   for p, (g, u, d) in zip(predictors, projections)]
+        cache = ModelCache(triples, active_fraction=max(1e-3, 1.0 - sparsity),
+                           num_threads=threads)
+    modules = []
+    for l, ((parent, attr, original), (g, u, d), p) in enumerate(
+            zip(found, projections, predictors)):
+        m = LlamaSkipMLP.from_dense(g, u, d, sparsity, use_optimized_cache, predictor=p,
+                                    num_threads=threads)
+        if cache is not None:
+            m._cache = cache[l]
+        m._original = original
+        modules.append(m)
+    for l in range(len(modules) - 1):
+        nxt = predictors[l + 1]
+        if nxt is not None and nxt.look_ahead:
+            modules[l]._ahead = modules[l + 1]
+    for (parent, attr, _), m in zip(found, modules):
+        setattr(parent, attr, m)
+    object.__setattr__(model, _SPARSIFIED, cache if cache is not None else False)
+    return model
+
+
+def densify(model):
+    """Puts the original MLP modules back (undoes :func:`sparsify`); returns
+    ``model``. ValueError when the model was not sparsified."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if getattr(model, _SPARSIFIED, None) is None:
+        raise ValueError("model was not sparsified by sparse_mlp.sparsify")
+    for _, parent in list(model.named_modules()):
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, LlamaSkipMLP) and hasattr(child, "_original"):
+                setattr(parent, attr, child._original)
+    object.__delattr__(model, _SPARSIFIED)
+    return model
