@@ -28,6 +28,14 @@ Reported for each active fraction a (default 1.0, 0.7, 0.5, 0.3):
 With a = 1.0 the sparse model must reproduce the dense tokens exactly; the
 script exits with status 1 otherwise.
 
+With --compare, the masks a user can actually get, per sparsity s (0.3,
+0.5, 0.7: the fraction of neurons each token leaves out): the oracle top-k,
+gate-first (LlamaSkipMLP's default: top-k by |silu(gate h)|), a learned
+low-rank predictor per layer (sparse_mlp.predictors.train_low_rank, trained
+on text sampled from the model itself) and random masks of the same size
+(the floor): greedy agreement, KL, MLP time, the predictor's share of it,
+and the predictors' held-out recall of the oracle set per layer.
+
 With --flash, each fraction's greedy decoding runs again with the MLP
 weights served from a bundle file (sparse_mlp.store, converted from the
 checkpoint into a temporary directory) through ModelCache.from_file under a
@@ -310,6 +318,126 @@ def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64
     return rows
 
 
+class ModuleMlp:
+    """Every layer's MLP through a LlamaSkipMLP (sharing the checkpoint's
+    tensors); `mask_of(l, h)` (optional) gives the mask, else the module's
+    own rule (gate-first, or its predictor)."""
+
+    def __init__(self, modules, mask_of=None):
+        self.modules = modules
+        self.mask_of = mask_of
+        self.kept = []
+
+    def __call__(self, l, h):
+        mask = None if self.mask_of is None else self.mask_of(l, h)
+        y = self.modules[l](h, mask)
+        cache = self.modules[l].weight_cache
+        self.kept.append(cache.num_active / cache.intermediate_size)
+        return y
+
+
+def capture_pairs(ckpt, sequence, k):
+    """Per layer, the MLP inputs along a dense teacher-forced run over
+    `sequence` and their oracle sets (top k by |silu(gate h) * (up h)|)."""
+    inputs = [[] for _ in range(ckpt.layers)]
+
+    def mlp(l, h):
+        inputs[l].append(h.clone())
+        return dense_mlp(ckpt)(l, h)
+
+    teacher_forced_log_probs(Decoder(ckpt, mlp), sequence)
+    xs = [torch.stack(v) for v in inputs]
+    targets = [sparse_mlp.predictors.oracle_mask(x, ckpt.w1[l], ckpt.w3[l], k)
+               for l, x in enumerate(xs)]
+    return xs, targets
+
+
+def compare(checkpoint=DEFAULT_CHECKPOINT, sparsities=(0.3, 0.5, 0.7), tokens=64, seed=0,
+            rank=32, calibration=512, steps=400):
+    """Dense, oracle top-k, gate-first, a learned low-rank predictor and
+    random masks of the same size, per sparsity: one dict per row, and per
+    sparsity the learned predictors' held-out recall and precision per
+    layer (the oracle set as the target). The predictors are trained on
+    text sampled from the model itself (`calibration` tokens, another
+    seed), nothing downloaded."""
+    torch.manual_seed(seed)
+    ckpt = Checkpoint(checkpoint)
+    dense = Decoder(ckpt, dense_mlp(ckpt))
+    dense_tokens = greedy(dense, tokens)
+    sequence = sample(dense, tokens, seed)
+    dense.mlp_seconds = 0.0
+    dense_log_probs = teacher_forced_log_probs(dense, sequence)
+    rows = [{"sparsity": 0.0, "masks": "dense", "agree": 1.0, "kl": 0.0, "active": 1.0,
+             "mlp_us": dense.mlp_seconds / tokens * 1e6, "predictor_share": 0.0}]
+    calib = sample(dense, calibration, seed + 1)
+    held = calib[len(calib) * 3 // 4:]
+    recalls = {}
+    layers = ckpt.mlp_layers()
+    for sparsity in sparsities:
+        k = sparse_mlp.predictors.keep_count(sparsity, ckpt.hidden)
+        xs, targets = capture_pairs(ckpt, calib[:len(calib) * 3 // 4], k)
+        hx, htargets = capture_pairs(ckpt, held, k)
+        predictors, recall = [], []
+        for l in range(ckpt.layers):
+            p, _ = sparse_mlp.predictors.train_low_rank(xs[l], targets[l], rank, steps=steps,
+                                                        seed=seed, sparsity=sparsity)
+            predictors.append(p)
+            recall.append(sparse_mlp.predictors.evaluate(p, hx[l], htargets[l]))
+        recalls[sparsity] = recall
+        gen = torch.Generator().manual_seed(seed)
+
+        def random_mask(l, h):
+            mask = torch.zeros(ckpt.hidden, dtype=torch.bool)
+            mask[torch.randperm(ckpt.hidden, generator=gen)[:k]] = True
+            return mask
+
+        def oracle(l, h):
+            return sparse_mlp.predictors.oracle_mask(h[None], ckpt.w1[l], ckpt.w3[l], k)[0]
+
+        def modules(predictor=None):
+            return [sparse_mlp.LlamaSkipMLP.from_dense(
+                g, u, d, sparsity, predictor=None if predictor is None else predictor[l],
+                num_threads=1) for l, (g, u, d) in enumerate(layers)]
+
+        kinds = {"oracle": ModuleMlp(modules(), oracle),
+                 "gate-first": ModuleMlp(modules()),
+                 "learned": ModuleMlp(modules(predictors)),
+                 "random": ModuleMlp(modules(), random_mask)}
+        for name, mlp in kinds.items():
+            decoder = Decoder(ckpt, mlp)
+            on_greedy = teacher_forced_log_probs(decoder, [BOS] + dense_tokens).argmax(-1)
+            decoder.mlp_seconds = 0.0
+            log_probs = teacher_forced_log_probs(decoder, sequence)
+            mlp_us = decoder.mlp_seconds / tokens * 1e6
+            kl = max(0.0, float(F.kl_div(log_probs, dense_log_probs, log_target=True,
+                                         reduction="none").sum(-1).mean()))
+            share = 0.0
+            if name == "learned":  # the predictors alone, on the same inputs
+                start = time.perf_counter()
+                for l in range(ckpt.layers):
+                    for h in hx[l][:tokens]:
+                        predictors[l](h)
+                share = (time.perf_counter() - start) / min(tokens, len(hx[0])) * 1e6 / mlp_us
+            rows.append({"sparsity": sparsity, "masks": name, "kl": kl,
+                         "agree": float((on_greedy == torch.tensor(dense_tokens)).float().mean()),
+                         "active": sum(mlp.kept) / len(mlp.kept), "mlp_us": mlp_us,
+                         "predictor_share": share})
+    return rows, recalls
+
+
+def print_compare(rows, recalls, ckpt, tokens):
+    print(f"{ckpt.dim}-dim model, MLP hidden {ckpt.hidden}, {ckpt.layers} layers; "
+          f"{tokens} tokens; per token: agree (greedy), KL (teacher-forced)")
+    print(f"{'sparsity':>8} {'masks':>10} {'agree':>7} {'kl':>9} {'active':>7} {'mlp_us':>8} "
+          f"{'pred%':>6}")
+    for r in rows:
+        print(f"{r['sparsity']:8.2f} {r['masks']:>10} {r['agree']:7.3f} {r['kl']:9.5f} "
+              f"{r['active']:7.3f} {r['mlp_us']:8.1f} {100 * r['predictor_share']:6.1f}")
+    for sparsity, per_layer in recalls.items():
+        print(f"learned predictor at sparsity {sparsity}, held-out recall / precision per layer: "
+              + ", ".join(f"{rc:.2f}/{pr:.2f}" for rc, pr in per_layer))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
@@ -323,7 +451,19 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=0.6,
                         help="--flash: slots per layer, x its neurons (at least the fraction)")
     parser.add_argument("--window", type=int, default=2, help="--flash: the residency window")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare oracle, gate-first, learned and random masks at "
+                             "--sparsities instead")
+    parser.add_argument("--sparsities", default="0.3,0.5,0.7")
+    parser.add_argument("--rank", type=int, default=32, help="--compare: predictor rank")
     args = parser.parse_args(argv)
+    if args.compare:
+        torch.set_num_threads(1)
+        rows, recalls = compare(args.checkpoint,
+                                [float(v) for v in args.sparsities.split(",")], args.tokens,
+                                args.seed, args.rank)
+        print_compare(rows, recalls, Checkpoint(args.checkpoint), args.tokens)
+        return 0
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.set_num_threads(1)
     rows = run(args.checkpoint, fractions, args.tokens, args.mask, args.seed, args.flash,

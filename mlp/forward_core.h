@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::mlp {
@@ -95,6 +96,13 @@ void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const v
                 size_t a_stride, const void* b, size_t b_stride, const ConstTokens& x,
                 const ForwardOptions& options, Workspace* workspace, float* z_scratch,
                 float* out, size_t out_stride);
+
+// ForwardIndexed over up and down rows (rows.gate null) with the gate's
+// activations given (Problem::gate_act); validates as ForwardIndexed.
+absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const uint32_t> indices,
+                                     const float* gate_act, size_t gate_act_stride,
+                                     const ConstTokens& x, const Tokens& y,
+                                     const ForwardOptions& options, Workspace* workspace);
 
 void RunLinear(const LinearWeights& weights, const ConstTokens& x, const Tokens& y,
                const ForwardOptions& options, Workspace* workspace);

@@ -180,18 +180,61 @@ absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selecti
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
+  const float* act = scratch_.buffer(0);
+  if (absl::Status s = internal::LayerStepGivenGate(cache, scratch_.incoming, act,
+                                                    intermediate_size_, x, y, options,
+                                                    workspace);
+      !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return absl::OkStatus();
+}
+
+absl::Status GateFirst::Select(const ConstTokens& x, const Selection& selection,
+                               const ForwardOptions& options, Workspace* workspace) {
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
   float* act = scratch_.buffer(0);
   float* magnitude = scratch_.buffer(1);
   internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
+  return SelectInto(magnitude, x.tokens, intermediate_size_, selection, &scratch_);
+}
+
+absl::Status GateFirst::Forward(const NeuronRows& up_down, const Selection& selection,
+                                const ConstTokens& x, const Tokens& y,
+                                const ForwardOptions& options, Workspace* workspace) {
+  if (up_down.dtype != gate_.dtype || up_down.hidden_size != gate_.hidden_size ||
+      up_down.count != intermediate_size_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "up_down rows are %s [%u x %u] but the gate is %s [%u x %u]",
+        DTypeName(up_down.dtype), up_down.count, up_down.hidden_size, DTypeName(gate_.dtype),
+        intermediate_size_, gate_.hidden_size));
+  }
+  if (up_down.gate != nullptr) {
+    return absl::InvalidArgumentError(
+        "up_down must have no gate rows (the gate pass computes their part)");
+  }
+  if (absl::Status s = internal::ValidateRows(up_down); !s.ok()) return s;
   if (absl::Status s =
-          SelectInto(magnitude, x.tokens, intermediate_size_, selection, &scratch_);
+          internal::ValidateCall(gate_.dtype, gate_.hidden_size, x, y, options);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = internal::LayerStepGivenGate(cache, scratch_.incoming, act,
-                                                    intermediate_size_, x, y, options,
-                                                    workspace);
+  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
+                                                  options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (indices_.capacity() < intermediate_size_) {
+    // Growth of a std::vector: sized once, like the other scratch.
+    indices_.reserve(intermediate_size_);
+  }
+  if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
+  scratch_.incoming.ToIndices(&indices_);
+  if (absl::Status s = internal::ForwardIndexedGivenGate(up_down, indices_, scratch_.buffer(0),
+                                                         intermediate_size_, x, y, options,
+                                                         workspace);
       !s.ok()) {
     return s;
   }

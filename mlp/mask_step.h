@@ -42,6 +42,8 @@
 #define SPARSE_MLP_MLP_MASK_STEP_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -101,15 +103,30 @@ class GateFirst {
                     const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
                     Workspace* workspace);
 
-  // The neurons the last successful Step kept (empty mask before one).
+  // The same without a cache (direct-index): selects, then reads the kept
+  // neurons' rows of `up_down` in place (the layer's up rows and
+  // neuron-major down rows, all I of them; gate null). No stores: with
+  // every weight in DRAM and a new mask per token, the faster path
+  // (docs/performance.md); the cached Step earns its place where a loaded
+  // row is expensive (the flash tier).
+  absl::Status Forward(const NeuronRows& up_down, const Selection& selection,
+                       const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
+                       Workspace* workspace);
+
+  // The neurons the last successful Step or Forward kept (empty mask
+  // before one).
   const diff::NeuronMask& mask() const { return scratch_.selected; }
   size_t scratch_bytes() const { return scratch_.bytes(); }
 
  private:
   GateFirst() = default;
+  // Gate pass and selection into scratch_.incoming (after validation).
+  absl::Status Select(const ConstTokens& x, const Selection& selection,
+                      const ForwardOptions& options, Workspace* workspace);
   NeuronRows gate_;
   size_t intermediate_size_ = 0;
   ScoreScratch scratch_;
+  std::vector<uint32_t> indices_;  // Forward's kept neurons (capacity I)
 };
 
 class LowRankPredictor {

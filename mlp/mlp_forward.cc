@@ -136,4 +136,32 @@ absl::Status ForwardLinear(const LinearWeights& w, const ConstTokens& x, const T
   return absl::OkStatus();
 }
 
+namespace internal {
+
+absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const uint32_t> indices,
+                                     const float* gate_act, size_t gate_act_stride,
+                                     const ConstTokens& x, const Tokens& y,
+                                     const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = ValidateCall(rows.dtype, rows.hidden_size, x, y, options); !s.ok()) {
+    return s;
+  }
+  if (rows.gate != nullptr) {
+    return absl::InvalidArgumentError(
+        "a forward with given gate activations reads up and down rows only; gate must be null");
+  }
+  if (absl::Status s = ValidateRows(rows); !s.ok()) return s;
+  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
+  if (absl::Status s = PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  Problem p = ProblemOf(rows, indices.size());
+  p.prefetch = true;
+  p.gate_act = gate_act;
+  p.gate_act_stride = gate_act_stride;
+  Run(IndexedRows(rows, indices), p, x, y, options, workspace);
+  return absl::OkStatus();
+}
+
+}  // namespace internal
 }  // namespace sparse_mlp::mlp

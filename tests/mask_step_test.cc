@@ -133,6 +133,9 @@ TEST(GateFirstTest, KeepsTheTopNeuronsByGateActivationAndComputesTheirMlp) {
         absl::StatusOr<GateFirst> gf = GateFirst::Create(dtype, h, i, l.gate.data(), h);
         ASSERT_TRUE(gf.ok()) << gf.status();
         cache::WeightCache cache = UpDownCache(l, threads);
+        GateFirst direct = *GateFirst::Create(dtype, h, i, l.gate.data(), h);
+        NeuronRows up_down = RowsOf(l);
+        up_down.gate = nullptr;
         ForwardOptions o;
         o.num_threads = threads;
         o.simd = level;
@@ -166,6 +169,13 @@ TEST(GateFirstTest, KeepsTheTopNeuronsByGateActivationAndComputesTheirMlp) {
           const Expected e =
               Reference(l, want, x, tokens, Activation::kSiLU, nullptr, DType::kFloat32);
           ASSERT_EQ(Compare(e, y, tokens, h), "");
+          // The direct-index forward keeps the same neurons, reads them in place.
+          Array y_direct = y;
+          ASSERT_TRUE(
+              direct.Forward(up_down, sel, In(x, tokens, h), Out(y_direct, tokens, h), o, &ws)
+                  .ok());
+          ASSERT_EQ(Describe(Indices(direct.mask()), want), "");
+          ASSERT_EQ(Compare(e, y_direct, tokens, h), "");
         }
       }
     }
@@ -245,6 +255,10 @@ TEST(GateFirstTest, ErrorsLeaveCacheOutputAndMaskUnchanged) {
   cache::WeightCache wrong = UpDownCache(other, 1);
   expect_unchanged(gf.Step(&wrong, sel, In(x, 1, h), Out(y, 1, h), o, &ws), "65");
   expect_unchanged(gf.Step(nullptr, sel, In(x, 1, h), Out(y, 1, h), o, &ws), "null");
+  NeuronRows with_gate = RowsOf(l);
+  EXPECT_EQ(gf.Forward(with_gate, sel, In(x, 1, h), Out(y, 1, h), o, &ws).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Indices(gf.mask()), before);
   std::vector<float> small(i - 1);
   EXPECT_EQ(gf.Activations(In(x, 1, h), o, &ws, absl::MakeSpan(small)).code(),
             absl::StatusCode::kInvalidArgument);
