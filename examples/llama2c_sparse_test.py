@@ -39,6 +39,21 @@ class Llama2cSparseTest(unittest.TestCase):
             self.assertLess(row["flash_capacity"], 172)
             self.assertGreater(row["flash_loads"], 0)
 
+    def test_compare_masks(self):
+        # The training-free and learned masks each closer to dense than
+        # random masks of the same size; recall reported for every layer.
+        rows, recalls = llama2c_sparse.compare(sparsities=(0.5,), tokens=24, calibration=160,
+                                               steps=150)
+        kl = {r["masks"]: r["kl"] for r in rows if r["sparsity"] == 0.5}
+        self.assertLess(kl["gate-first"], kl["random"] / 2)
+        self.assertLess(kl["learned"], kl["random"])
+        self.assertLess(kl["oracle"], kl["gate-first"])
+        self.assertEqual(len(recalls[0.5]), 5)
+        for recall, precision in recalls[0.5]:
+            self.assertGreater(recall, 0.5)  # above chance (0.5 of the neurons kept)
+        for r in rows[1:]:
+            self.assertAlmostEqual(r["active"], 86 / 172, places=6)
+
     def test_main_succeeds(self):
         self.assertEqual(llama2c_sparse.main(["--tokens", "8", "--fractions", "1.0,0.5"]), 0)
 
