@@ -129,6 +129,18 @@ void GivenGate(const float* ga, size_t stride, bool round_bf16, const float* ua,
   }
 }
 
+// One dot call on vectors in the kernels' form for the weights: bfloat16
+// pairs (v16) with bfloat16 weights, float32 (v32) otherwise.
+void DotVectors(const Kernels& k, bool bf16, const void* const* rows, size_t n,
+                const uint16_t* v16, const float* v32, size_t stride, size_t tc, size_t len,
+                float* dots) {
+  if (bf16) {
+    k.dot(rows, n, v16, stride, tc, len, dots);
+  } else {
+    k.dot_f32(rows, n, v32, stride, tc, len, dots);
+  }
+}
+
 void PrefetchHead(const uint8_t* row, size_t row_bytes) {
   if (row == nullptr) return;
   const size_t n = std::min(row_bytes, kPrefetchHeadBytes);
@@ -493,11 +505,7 @@ void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const v
         const size_t g = std::min(kMaxDotRows, end - i);
         const void* r[kMaxDotRows];
         for (size_t q = 0; q < g; ++q) r[q] = b_rows + (i + q) * b_stride * elem;
-        if (bf16) {
-          k.dot(r, g, z16, rank, tc, rank, dots);
-        } else {
-          k.dot_f32(r, g, z, rank, tc, rank, dots);
-        }
+        DotVectors(k, bf16, r, g, z16, z, rank, tc, rank, dots);
         for (size_t q = 0; q < g; ++q) {
           for (size_t t = 0; t < tc; ++t) out[(t0 + t) * out_stride + i + q] = dots[q * tc + t];
         }
@@ -568,11 +576,7 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
         const size_t n = std::min(rows_per_call, r1 - r);
         const void* rows[kMaxDotRows];
         for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * inter * elem;
-        if (bf16) {
-          k.dot(rows, n, h16, inter, tc, inter, dots);
-        } else {
-          k.dot_f32(rows, n, h, inter, tc, inter, dots);
-        }
+        DotVectors(k, bf16, rows, n, h16, h, inter, tc, inter, dots);
         for (size_t q = 0; q < n; ++q) {
           for (size_t t = 0; t < tc; ++t) {
             uint8_t* yt = TokenRow(y, t0 + t);

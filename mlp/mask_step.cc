@@ -64,6 +64,13 @@ absl::Status CheckOut(absl::Span<float> out, size_t tokens, size_t intermediate)
   return absl::OkStatus();
 }
 
+// The forward's checks of x, y and the options, and the workspace sized.
+absl::Status PrepareCall(DType dtype, size_t hidden, const ConstTokens& x, const Tokens& y,
+                         const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = internal::ValidateCall(dtype, hidden, x, y, options); !s.ok()) return s;
+  return internal::PrepareWorkspace(dtype, hidden, 0, x, options, workspace);
+}
+
 // Selects into scratch->incoming (scores: [tokens, I] float32).
 absl::Status SelectInto(const float* scores, size_t tokens, size_t intermediate,
                         const Selection& selection, ScoreScratch* scratch) {
@@ -142,14 +149,9 @@ absl::Status GateFirst::Activations(const ConstTokens& x, const ForwardOptions& 
                                     Workspace* workspace, absl::Span<float> out) {
   const Tokens no_y{out.data(), x.tokens, gate_.hidden_size, DType::kFloat32};
   // y is not written; validate x and the options as the forward does.
-  if (absl::Status s = internal::ValidateCall(gate_.dtype, gate_.hidden_size, x,
-                                              no_y, options);
-      !s.ok()) {
-    return s;
-  }
   if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
-  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
-                                                  options, workspace);
+  if (absl::Status s =
+          PrepareCall(gate_.dtype, gate_.hidden_size, x, no_y, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -170,13 +172,7 @@ absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selecti
         "the gate-first step needs a gate-less cache over the layer's up and down (its gate "
         "activations come from the gate pass); this cache holds gate rows");
   }
-  if (absl::Status s =
-          internal::ValidateCall(gate_.dtype, gate_.hidden_size, x, y, options);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
-                                                  options, workspace);
+  if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -216,13 +212,7 @@ absl::Status GateFirst::Forward(const NeuronRows& up_down, const Selection& sele
         "up_down must have no gate rows (the gate pass computes their part)");
   }
   if (absl::Status s = internal::ValidateRows(up_down); !s.ok()) return s;
-  if (absl::Status s =
-          internal::ValidateCall(gate_.dtype, gate_.hidden_size, x, y, options);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::PrepareWorkspace(gate_.dtype, gate_.hidden_size, 0, x,
-                                                  options, workspace);
+  if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -284,13 +274,8 @@ absl::Status LowRankPredictor::Compute(const ConstTokens& x, const ForwardOption
 absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions& options,
                                       Workspace* workspace, absl::Span<float> out) {
   const Tokens no_y{out.data(), x.tokens, hidden_size_, DType::kFloat32};
-  if (absl::Status s = internal::ValidateCall(dtype_, hidden_size_, x, no_y, options);
-      !s.ok()) {
-    return s;
-  }
   if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
-  if (absl::Status s =
-          internal::PrepareWorkspace(dtype_, hidden_size_, 0, x, options, workspace);
+  if (absl::Status s = PrepareCall(dtype_, hidden_size_, x, no_y, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -327,12 +312,7 @@ absl::Status LowRankPredictor::Step(cache::WeightCache* cache, const Selection& 
   if (absl::Status s = CheckCache(cache, dtype_, hidden_size_, intermediate_size_); !s.ok()) {
     return s;
   }
-  if (absl::Status s = internal::ValidateCall(dtype_, hidden_size_, x, y, options); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s =
-          internal::PrepareWorkspace(dtype_, hidden_size_, 0, x, options, workspace);
-      !s.ok()) {
+  if (absl::Status s = PrepareCall(dtype_, hidden_size_, x, y, options, workspace); !s.ok()) {
     return s;
   }
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
