@@ -62,6 +62,9 @@ def main(rank, world, port, mode, out_dir):
             outputs.append(cache.step(l, mask, x).numpy())
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), *outputs,
              begin=cache.begin, end=cache.end)
+    # Both ranks done before either tears its connections down.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
