@@ -142,6 +142,17 @@ class LowRankPredictorTest(unittest.TestCase):
                 # The selection is the top k of the native scores.
                 self.assertTrue(torch.equal(p(x), topk_mask(p.scores(x), 150).any(0)))
 
+    def test_saved_and_loaded_with_a_state_dict(self):
+        gen = torch.Generator().manual_seed(14)
+        p = LowRankPredictor(torch.randn(8, 64, generator=gen), torch.randn(172, 8,
+                                                                          generator=gen))
+        x = torch.randn(3, 64, generator=gen)
+        before = p.scores(x)
+        q = LowRankPredictor(torch.zeros(8, 64), torch.zeros(172, 8))
+        self.assertFalse(torch.equal(q.scores(x), before))
+        q.load_state_dict(p.state_dict())
+        self.assertTrue(torch.equal(q.scores(x), before))  # the native side follows
+
     def test_step_uses_the_predicted_mask(self):
         mlp = seeded_mlp(12, sparsity=0.5)
         gen = torch.Generator().manual_seed(12)
