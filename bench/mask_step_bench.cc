@@ -19,6 +19,7 @@
 //   direct      mlp::ForwardIndexed on those neurons (no cache, full gate)
 //   floor       a read of gate plus a x I rows of up and down (the bytes
 //               gate-first must read)
+//   gate pass   GateFirst::Activations alone (act(gate x) for all neurons)
 // and the low-rank predictor at --rank: Scores (B (A x)) and Select
 // (scores + exact top-k) against the oracle step at a = 0.5.
 // Every call starts from cold caches (a 96 MiB scrub read between calls);
@@ -213,6 +214,10 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
                        Check(mlp::ForwardIndexed(full, sets[s], x_of(s), out, o, &ws), "di");
                      });
     cases.emplace_back("floor", [&](int) { ReadRanges(floor_ranges, threads); });
+    std::vector<float> activations(tokens * i);
+    cases.emplace_back("gate pass", [&](int s) {
+      Check(gf_direct.Activations(x_of(s), o, &ws, absl::MakeSpan(activations)), "ga");
+    });
     if (active == actives.front()) {
       cases.emplace_back("scores", [&](int s) {
                          Check(predictor.Scores(x_of(s), o, &ws, absl::MakeSpan(scores)), "p");
@@ -243,8 +248,8 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
       r.gate_first = Median(cases[1].seconds);
       r.gf_direct = Median(cases[2].seconds);
       r.oracle = Median(cases[3].seconds);
-      r.scores = Median(cases[6].seconds);
-      r.select = Median(cases[7].seconds);
+      r.scores = Median(cases[7].seconds);
+      r.select = Median(cases[8].seconds);
     }
   }
   return r;

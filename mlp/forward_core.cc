@@ -358,7 +358,11 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
       const size_t width = k.bf16_dot ? internal::PaddedWidth(hidden) : hidden;
       float* coef = partial + tc * width;
       float* dots = coef + kBlock * tc;
-      const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;  // neurons per dot call
+      // Neurons per dot call: rows of up to kMaxDotRows, and at one token
+      // two rows (two read streams): a gated neuron's gate and up, or two
+      // gate-less neurons' up rows.
+      const size_t group = p.has_gate ? (tc >= kPairedNeuronTokens ? 2 : 1)
+                                      : (tc >= kPairedNeuronTokens ? kMaxDotRows : 2);
       const bool store = p.stores && t0 == 0;
       std::memset(partial, 0, tc * width * sizeof(float));
       const void* xt = VectorRow(v, p.dtype, t0);
