@@ -103,6 +103,42 @@ class PyGateFirst {
     ThrowIfError(status);
   }
 
+  // The direct form: up [I, H] and down_rows [I, H] (neuron-major) read
+  // in place, no cache.
+  void Forward(const py::object& up, const py::object& down_rows, const py::object& x,
+               const py::object& out, const py::object& k, const py::object& threshold,
+               const py::object& threads, bool accumulate) {
+    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const ImportedTensor u = ImportMatrix(up, "up");
+    const ImportedTensor d = ImportMatrix(down_rows, "down_rows");
+    for (const ImportedTensor* t : {&u, &d}) {
+      if (t->dtype() != gate_.dtype()) {
+        throw py::type_error(absl::StrFormat("up and down_rows must be %s like the gate, got %s",
+                                             cache::DTypeName(gate_.dtype()),
+                                             cache::DTypeName(t->dtype())));
+      }
+      if (t->rows() != gate_.rows() || t->cols() != gate_.cols()) {
+        throw py::value_error(absl::StrFormat(
+            "up and down_rows must be [%d, %d] like the gate, got %s", gate_.rows(),
+            gate_.cols(), t->ShapeString()));
+      }
+    }
+    const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
+    mlp::ForwardOptions o;
+    o.activation = activation_;
+    o.accumulate = accumulate;
+    o.num_threads = NumThreadsArg(threads);
+    const mlp::NeuronRows rows{gate_.dtype(), hidden(), neurons(), nullptr, 0,
+                               u.data(), hidden(), d.data(), hidden()};
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = native_->Forward(rows, sel, t.In(), t.Out(), o, &workspace_);
+    }
+    ThrowIfError(status);
+  }
+
   py::array_t<uint8_t> Mask() {
     std::lock_guard<std::mutex> lock(mutex_);
     return MaskBytes(native_->mask());
@@ -215,6 +251,10 @@ void RegisterMasks(py::module_& m) {
            py::kw_only(), py::arg("num_threads") = 1)
       .def("step", &PyGateFirst::Step, py::arg("cache"), py::arg("x"), py::arg("out"),
            py::kw_only(), py::arg("k") = py::none(), py::arg("threshold") = py::none(),
+           py::arg("accumulate") = false)
+      .def("forward", &PyGateFirst::Forward, py::arg("up"), py::arg("down_rows"), py::arg("x"),
+           py::arg("out"), py::kw_only(), py::arg("k") = py::none(),
+           py::arg("threshold") = py::none(), py::arg("num_threads") = 1,
            py::arg("accumulate") = false)
       .def("mask", &PyGateFirst::Mask)
       .def_property_readonly("intermediate_size", &PyGateFirst::neurons)

@@ -97,7 +97,10 @@ class LlamaSkipMLP(torch.nn.Module):
       |act(gate x)| (ties to the lower index; the union over tokens), or
       those above ``gate_threshold`` (see :meth:`calibrate_gate_threshold`),
       then up and down over those neurons only, reusing act(gate x). Natively
-      in one call; the cache then holds up and down rows only.
+      in one call; the cache then holds up and down rows only. With
+      ``direct=True`` no cache: the kept neurons' up and down rows are read
+      in place (down transposed once into a neuron-major copy), the faster
+      form with every weight in DRAM (docs/performance.md).
 
     With ``use_optimized_cache=True`` the neurons drive a :class:`WeightCache`
     through its fused layer step (the update and the native forward in one
@@ -125,7 +128,7 @@ class LlamaSkipMLP(torch.nn.Module):
 
     def __init__(self, hidden_size, intermediate_size, sparsity=0.5,
                  use_optimized_cache=True, *, predictor=None, num_threads=None,
-                 dtype=torch.float32, gate_threshold=None):
+                 dtype=torch.float32, gate_threshold=None, direct=False):
         super().__init__()
         self.k = keep_count(sparsity, intermediate_size)
         if predictor is not None and not callable(predictor):
@@ -144,6 +147,8 @@ class LlamaSkipMLP(torch.nn.Module):
         self.use_optimized_cache = use_optimized_cache
         self.predictor = predictor
         self.gate_threshold = gate_threshold
+        self.direct = direct
+        self._down_rows = None
         self.num_threads = num_threads or torch.get_num_threads()
         self.gate_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
         self.up_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
@@ -184,6 +189,7 @@ class LlamaSkipMLP(torch.nn.Module):
         """Drops the cache; the next forward rebuilds it from the weights."""
         self._cache = None
         self._gate_first = None
+        self._down_rows = None
 
     @property
     def weight_cache(self):
@@ -263,11 +269,17 @@ class LlamaSkipMLP(torch.nn.Module):
             if down.dtype == torch.float16 and not _HALF_MATMUL:
                 return F.linear(h.float(), down.float()).to(flat.dtype)
             return F.linear(h, down).to(flat.dtype)
-        if self._cache is None or self._cache.has_gate:
-            self._build_cache(torch.zeros(self.intermediate_size, dtype=torch.bool), gate=False)
         if self._gate_first is None:
             self._gate_first = _sparse_mlp.GateFirst(self.gate_proj.weight.detach())
         out = torch.empty_like(flat)
+        if self.direct:
+            if self._down_rows is None:  # neuron-major down, transposed once
+                self._down_rows = self.down_proj.weight.detach().t().contiguous()
+            self._gate_first.forward(self.up_proj.weight.detach(), self._down_rows, flat, out,
+                                     num_threads=self.num_threads, **self._selection())
+            return out
+        if self._cache is None or self._cache.has_gate:
+            self._build_cache(torch.zeros(self.intermediate_size, dtype=torch.bool), gate=False)
         self._gate_first.step(self._cache._native, flat, out, **self._selection())
         return out
 

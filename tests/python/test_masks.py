@@ -89,6 +89,20 @@ class GateFirstTest(unittest.TestCase):
                     err = (plain(x).double() - y.double()).norm() / ref.norm()
                     self.assertLess(float(err), tol, where)
 
+    def test_direct_form_keeps_the_same_neurons(self):
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+            cached = seeded_mlp(21, dtype=dtype)
+            direct = LlamaSkipMLP.from_dense(cached.gate_proj, cached.up_proj,
+                                             cached.down_proj, 0.5, direct=True)
+            for tokens in (1, 5):
+                x = torch.randn(tokens, 64)
+                a, b = cached(x), direct(x)
+                self.assertIsNone(direct.weight_cache)
+                err = float((a.double() - b.double()).norm() / a.double().norm())
+                self.assertLess(err, tol, f"{dtype} tokens {tokens}")
+                self.assertTrue(np.array_equal(direct._gate_first.mask().astype(bool),
+                                               cached._gate_first.mask().astype(bool)))
+
     def test_ties_go_to_the_lower_index(self):
         mlp = seeded_mlp(7, sparsity=0.5)
         with torch.no_grad():
