@@ -234,6 +234,9 @@ class LlamaSkipMLP(torch.nn.Module):
         self._cache.reserve(self.k)
 
     def _flat(self, x):
+        # Inference only: the native paths take no autograd graph (DLPack
+        # refuses tensors that require grad).
+        x = x.detach()
         flat = x.reshape(-1, self.hidden_size) if x.dim() != 2 else x
         return flat if flat.is_contiguous() else flat.contiguous()  # an input, read once
 

@@ -237,6 +237,20 @@ class SparsifyTest(unittest.TestCase):
         self.assertEqual([l.mlp for l in self.model.model.layers], originals)
         self.assertTrue(torch.equal(self.model(self.ids), before))
 
+    def test_trainable_and_bfloat16_models(self):
+        # Parameters that require grad (as a freshly loaded model's do), and
+        # a bfloat16 model: sparsify runs both (inference; no graph).
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        sparsify(self.model, sparsity=0.5)
+        self.assertTrue(torch.isfinite(self.model(self.ids[:, :1])).all())
+        densify(self.model)
+        model = hf_llama.from_llama2c(CHECKPOINT).to(torch.bfloat16)
+        sparsify(model, sparsity=0.5)
+        out = model(self.ids[:, :1])
+        self.assertEqual(out.dtype, torch.bfloat16)
+        self.assertTrue(torch.isfinite(out.float()).all())
+
     def test_sparsity_zero_decodes_like_dense(self):
         # Every neuron kept: the dense model's next-token logits.
         dense = torch.stack([self.model(self.ids[:, :t + 1])[0, -1] for t in range(6)])
