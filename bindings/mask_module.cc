@@ -103,6 +103,28 @@ class PyGateFirst {
     ThrowIfError(status);
   }
 
+  // The step on a mask chosen elsewhere, with act from activations().
+  void StepSelected(PyWeightCache& cache, const py::object& x, const py::object& out,
+                    const py::array& mask, py::array act, bool accumulate) {
+    const diff::NeuronMask m = MaskFromArray(mask, static_cast<int64_t>(neurons()), "mask");
+    const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
+    if (!py::isinstance<py::array_t<float>>(act) || !(act.flags() & py::array::c_style) ||
+        act.ndim() != 2) {
+        throw py::type_error("act must be a C-contiguous float32 [tokens, I] array");
+    }
+    const auto* a = static_cast<const float*>(act.data());
+    const size_t n = static_cast<size_t>(act.size());
+    mlp::ForwardOptions o;
+    o.activation = activation_;
+    o.accumulate = accumulate;
+    ThrowIfError(cache.RunWithoutGil([&](cache::WeightCache& c) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      o.num_threads = c.num_threads();
+      return native_->StepSelected(&c, m, absl::MakeConstSpan(a, n), t.In(), t.Out(), o,
+                                   &workspace_);
+    }));
+  }
+
   // The direct form: up [I, H] and down_rows [I, H] (neuron-major) read
   // in place, no cache.
   void Forward(const py::object& up, const py::object& down_rows, const py::object& x,
@@ -251,6 +273,9 @@ void RegisterMasks(py::module_& m) {
            py::kw_only(), py::arg("num_threads") = 1)
       .def("step", &PyGateFirst::Step, py::arg("cache"), py::arg("x"), py::arg("out"),
            py::kw_only(), py::arg("k") = py::none(), py::arg("threshold") = py::none(),
+           py::arg("accumulate") = false)
+      .def("step_selected", &PyGateFirst::StepSelected, py::arg("cache"), py::arg("x"),
+           py::arg("out"), py::arg("mask"), py::arg("act"), py::kw_only(),
            py::arg("accumulate") = false)
       .def("forward", &PyGateFirst::Forward, py::arg("up"), py::arg("down_rows"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("k") = py::none(),

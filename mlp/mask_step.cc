@@ -188,6 +188,31 @@ absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selecti
   return absl::OkStatus();
 }
 
+absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
+                                     absl::Span<const float> act, const ConstTokens& x,
+                                     const Tokens& y, const ForwardOptions& options,
+                                     Workspace* workspace) {
+  if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
+      !s.ok()) {
+    return s;
+  }
+  if (mask.size() != intermediate_size_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "mask has %u neurons but the gate has %u", mask.size(), intermediate_size_));
+  }
+  if (act.size() != x.tokens * intermediate_size_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "act holds %u floats; %u tokens x %u neurons need %u", act.size(), x.tokens,
+        intermediate_size_, x.tokens * intermediate_size_));
+  }
+  if (absl::Status s = internal::LayerStepGivenGate(cache, mask, act.data(), intermediate_size_,
+                                                    x, y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  return scratch_.selected.AssignWords(mask.words());
+}
+
 absl::Status GateFirst::Select(const ConstTokens& x, const Selection& selection,
                                const ForwardOptions& options, Workspace* workspace) {
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;

@@ -103,6 +103,15 @@ class GateFirst {
                     const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
                     Workspace* workspace);
 
+  // The step on neurons chosen elsewhere: `mask` (the union over x's
+  // tokens) with the activations `act` a previous Activations(x) call
+  // returned (x.tokens x I floats; e.g. a distributed top-k over several
+  // ranks' activations). The gate is not read again. Errors as Step's, and
+  // InvalidArgument for a mask or act of the wrong size.
+  absl::Status StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
+                            absl::Span<const float> act, const ConstTokens& x, const Tokens& y,
+                            const ForwardOptions& options, Workspace* workspace);
+
   // The same without a cache (direct-index): selects, then reads the kept
   // neurons' rows of `up_down` in place (the layer's up rows and
   // neuron-major down rows, all I of them; gate null). No stores: with

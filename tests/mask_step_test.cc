@@ -211,6 +211,45 @@ TEST(GateFirstTest, EqualsTheLayerStepOnTheSameNeurons) {
   }
 }
 
+TEST(GateFirstTest, StepSelectedEqualsStepOnTheSameNeurons) {
+  // Neurons chosen elsewhere (here: the rule itself) and the activations of
+  // Activations(): the same y, bit for bit, as the step that selected them.
+  std::mt19937_64 rng(255);
+  const size_t h = 64, i = 200;
+  const Layer l = RandomLayer(rng, h, i, DType::kBFloat16, true);
+  GateFirst a = *GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
+  GateFirst b = *GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
+  cache::WeightCache ca = UpDownCache(l, 1), cb = UpDownCache(l, 1);
+  ForwardOptions o;
+  Workspace ws;
+  for (int step = 0; step < 5; ++step) {
+    const size_t tokens = 1 + step % 3;
+    Array x, ya, yb;
+    x.Set(DType::kFloat32, Uniform(rng, tokens * h, 1));
+    ya.Set(DType::kFloat32, std::vector<float>(tokens * h));
+    yb = ya;
+    Selection sel;
+    sel.k = 30 + 20 * step;
+    ASSERT_TRUE(a.Step(&ca, sel, In(x, tokens, h), Out(ya, tokens, h), o, &ws).ok());
+    std::vector<float> act(tokens * i);
+    ASSERT_TRUE(b.Activations(In(x, tokens, h), o, &ws, absl::MakeSpan(act)).ok());
+    ASSERT_TRUE(b.StepSelected(&cb, a.mask(), act, In(x, tokens, h), Out(yb, tokens, h), o, &ws)
+                    .ok());
+    EXPECT_EQ(ya.bytes, yb.bytes) << "step " << step;
+    EXPECT_TRUE(b.mask() == a.mask());
+  }
+  std::vector<float> short_act(i - 1);
+  Array x, y;
+  x.Set(DType::kFloat32, Uniform(rng, h, 1));
+  y.Set(DType::kFloat32, std::vector<float>(h));
+  EXPECT_EQ(b.StepSelected(&cb, a.mask(), short_act, In(x, 1, h), Out(y, 1, h), o, &ws).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b.StepSelected(&cb, diff::NeuronMask(i + 1), std::vector<float>(i), In(x, 1, h),
+                           Out(y, 1, h), o, &ws)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(GateFirstTest, ErrorsLeaveCacheOutputAndMaskUnchanged) {
   std::mt19937_64 rng(253);
   const size_t h = 40, i = 64;

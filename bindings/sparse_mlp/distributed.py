@@ -23,10 +23,16 @@ float32 additions: within 2^-24 x (count + H + R) x the sum of the terms'
 magnitudes (the forward's bound, with R more terms).
 
 Masks computed here (no mask given): gate-first and predictors run on each
-rank's slice and keep each rank's own top ``round((1 - sparsity) x n_r)``
-of its ``n_r`` neurons (a per-rank top-k: no collective, but not the
-single-process rule's global top-k; the kept count is the same up to
-rounding). Given masks are exact: the same neurons as one process.
+rank's slice. By default each rank keeps its own top ``round((1 - sparsity)
+x n_r)`` of its ``n_r`` neurons (``topk="per-rank"``: no collective, but not
+the single-process rule's global top-k; the kept count is the same up to
+rounding). Gate-first with ``topk="exact"`` keeps exactly the neurons one
+process would (the global top k per token, ties to the lower index): each
+rank sends its own top min(k, n_r) candidates (magnitude and neuron) in one
+all-gather, every rank finds the global k-th candidate of each token, and
+keeps its neurons that rank above it; the step then reuses the gate
+activations it computed. The all-gather moves 16 k T bytes per rank per
+layer. Given masks are exact: the same neurons as one process.
 
 Failures: the process group's ``timeout`` bounds every collective; a rank
 that fails (an exception, a dead process) makes its peers' next all-reduce
@@ -95,12 +101,17 @@ class TensorParallelModelCache:
     """
 
     def __init__(self, layers, *, group=None, sliced=False, sparsity=0.5, predictors=None,
-                 masks="given", active_fraction=None, num_threads=1, **cache_args):
+                 masks="given", topk="per-rank", active_fraction=None, num_threads=1,
+                 **cache_args):
         if not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialized: call "
                                "sparse_mlp.distributed.init_process_group() first")
         if masks not in ("given", "gate-first"):
             raise ValueError(f"masks must be 'given' or 'gate-first', got {masks!r}")
+        if topk not in ("per-rank", "exact"):
+            raise ValueError(f"topk must be 'per-rank' or 'exact', got {topk!r}")
+        if topk == "exact" and masks != "gate-first":
+            raise ValueError("topk='exact' is for masks='gate-first'")
         if masks == "gate-first" and predictors is not None:
             raise ValueError("masks='gate-first' and predictors exclude each other")
         self.group = group
@@ -120,10 +131,17 @@ class TensorParallelModelCache:
         else:
             self.intermediate_size = local_size
             self.begin, self.end = neuron_range(local_size, self.rank, self.world_size)
+            sizes = [e - b for b, e in (neuron_range(local_size, r, self.world_size)
+                                        for r in range(self.world_size))]
+        self._max_local = max(sizes)
+        self.topk = topk
+        self.num_threads = num_threads
+        self.last_mask = None  # gate-first: this rank's kept neurons, last step
         self.local_size = self.end - self.begin
         self.hidden_size = triples[0][1].shape[1]
         self.sparsity = sparsity
         self.k_local = keep_count(sparsity, self.local_size)
+        self.k_global = keep_count(sparsity, self.intermediate_size)
         b, e = self.begin, self.end
         local = []
         self._gates = []
@@ -184,6 +202,48 @@ class TensorParallelModelCache:
     def __len__(self):
         return len(self.local)
 
+    def _exact_gate_first(self, index, xf, partial):
+        """Gate-first with the global top-k (see the module's docstring)."""
+        gf = self._gate_first[index]
+        tokens = xf.shape[0]
+        act = np.empty((tokens, self.local_size), dtype=np.float32)
+        gf.activations(xf, act, num_threads=self.num_threads)
+        mag = torch.from_numpy(act).abs()
+        if torch.isnan(mag).any():
+            raise ValueError(f"layer {index}: a gate activation is NaN")
+        k = self.k_global
+        kc = min(k, self.local_size)
+        width = min(k, self._max_local)
+        order = torch.sort(mag, dim=1, descending=True, stable=True).indices[:, :kc]
+        # Candidates as float64 pairs (magnitude, neuron): float32 values and
+        # indices < 2^53 are exact in float64; padding ranks last.
+        mine = torch.full((tokens, 2 * width), -1.0, dtype=torch.float64)
+        mine[:, :kc] = torch.gather(mag, 1, order).double()
+        mine[:, width:] = float(self.intermediate_size)
+        mine[:, width:width + kc] = (order + self.begin).double()
+        everyone = [torch.empty_like(mine) for _ in range(self.world_size)]
+        try:
+            dist.all_gather(everyone, mine, group=self.group)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"rank {self.rank} of {self.world_size}: the top-k all-gather of layer {index} "
+                f"failed (a peer failed, or the process group's timeout passed): {e}") from e
+        values = torch.cat([c[:, :width] for c in everyone], dim=1)
+        neurons = torch.cat([c[:, width:] for c in everyone], dim=1)
+        # Order by (magnitude descending, neuron ascending): sort by neuron,
+        # then stably by magnitude.
+        by_neuron = torch.sort(neurons, dim=1, stable=True).indices
+        values, neurons = values.gather(1, by_neuron), neurons.gather(1, by_neuron)
+        by_value = torch.sort(values, dim=1, descending=True, stable=True).indices
+        kth_value = values.gather(1, by_value[:, k - 1:k])
+        kth_neuron = neurons.gather(1, by_value[:, k - 1:k])
+        ids = torch.arange(self.begin, self.end, dtype=torch.float64)[None, :]
+        magd = mag.double()
+        keep = (magd > kth_value) | ((magd == kth_value) & (ids <= kth_neuron))
+        mask = keep.any(dim=0).numpy()
+        gf.step_selected(self.local[index]._native, xf, partial, mask.astype(np.uint8), act)
+        self.last_mask = mask
+
     def local_mask(self, mask):
         """``mask`` (whole layer or this rank's slice) as this rank's slice."""
         m = _mask_array(mask)
@@ -203,8 +263,12 @@ class TensorParallelModelCache:
         start = time.perf_counter()
         if mask is not None:
             self.local.step(index, self.local_mask(mask), xf, out=partial)
+        elif self._gate_first is not None and self.topk == "exact":
+            self._exact_gate_first(index, xf, partial)
         elif self._gate_first is not None:
-            self._gate_first[index].step(self.local[index]._native, xf, partial, k=self.k_local)
+            gf = self._gate_first[index]
+            gf.step(self.local[index]._native, xf, partial, k=self.k_local)
+            self.last_mask = gf.mask().astype(bool)
         elif self._predictors is not None:
             self._predictors[index].step(self.local[index]._native, xf, partial, k=self.k_local)
         else:

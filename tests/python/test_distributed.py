@@ -107,6 +107,25 @@ class TensorParallelTest(unittest.TestCase):
                     self.assertLess(err / float(want.abs().max()), 1e-5, f"call {k}")
                     k += 1
 
+    def test_exact_gate_first_keeps_the_single_process_neurons(self):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) as out:
+            results = run_ranks("gate-first-exact", out)
+            for rank, (code, err) in enumerate(results):
+                self.assertEqual(code, 0, f"rank {rank}:\n{err}")
+            got = [np.load(os.path.join(out, f"rank{r}.npz")) for r in range(2)]
+        kept = np.concatenate([got[0]["kept"], got[1]["kept"]], axis=1)  # [calls, I]
+        layers = tp_worker.model()
+        modules = [sparse_mlp.LlamaSkipMLP.from_dense(g, u, d, 0.5) for g, u, d in layers]
+        k = 0
+        for masks, x in tp_worker.masks_and_inputs():
+            for l, m in enumerate(modules):
+                want = m(x)
+                single = m._gate_first.mask().astype(bool)
+                np.testing.assert_array_equal(kept[k], single, f"call {k}")
+                err = np.abs(got[0][f"arr_{k}"] - want.numpy()).max()
+                self.assertLess(err / float(want.abs().max()), 1e-5, f"call {k}")
+                k += 1
+
     def test_a_failing_rank_ends_the_group_with_a_clear_error(self):
         with tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) as out:
             start = time.monotonic()

@@ -3,7 +3,7 @@ starts two): builds the seeded model, steps every layer over the seeded
 mask sequence through sparse_mlp.distributed, and saves its outputs.
 
     tp_worker.py RANK WORLD PORT MODE OUT_DIR
-MODE: whole | sliced | gate-first | file | fail (rank 1 raises after its
+MODE: whole | sliced | gate-first | gate-first-exact | file | fail (rank 1 raises after its
 first step)."""
 
 import os
@@ -50,18 +50,23 @@ def main(rank, world, port, mode, out_dir):
                                                       direct_io="never")
     elif mode == "gate-first":
         cache = tp.TensorParallelModelCache(layers, masks="gate-first", sparsity=0.5)
+    elif mode == "gate-first-exact":
+        cache = tp.TensorParallelModelCache(layers, masks="gate-first", sparsity=0.5,
+                                            topk="exact")
     else:
         cache = tp.TensorParallelModelCache(layers)
-    outputs = []
+    outputs, kept = [], []
     for step, (masks, x) in enumerate(masks_and_inputs()):
         for l in range(LAYERS):
             if mode == "fail" and rank == 1 and (step, l) == (0, 1):
                 raise RuntimeError("rank 1 fails on purpose")
-            mask = None if mode == "gate-first" else (
+            mask = None if mode.startswith("gate-first") else (
                 masks[l] if rank == 0 else cache.local_mask(masks[l]))  # whole / sliced
             outputs.append(cache.step(l, mask, x).numpy())
+            if mask is None:
+                kept.append(cache.last_mask)
     np.savez(os.path.join(out_dir, f"rank{rank}.npz"), *outputs,
-             begin=cache.begin, end=cache.end)
+             begin=cache.begin, end=cache.end, kept=np.array(kept))
     # Both ranks done before either tears its connections down.
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
