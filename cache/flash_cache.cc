@@ -368,6 +368,10 @@ std::vector<uint32_t> FlashModelCache::resident_neurons(size_t layer) const {
   return out;
 }
 
+absl::Span<const uint32_t> FlashModelCache::slot_neurons(size_t layer) const {
+  return layers_[layer]->planner.slot_neurons();
+}
+
 absl::StatusOr<float*> FlashModelCache::Scratch(size_t tokens) {
   const size_t bytes = tokens * layout_.shape().hidden * sizeof(float);
   if (bytes > scratch_.size()) {

@@ -151,6 +151,10 @@ class FlashModelCache {
   FlashFootprint footprint() const;
   // The resident neurons of `layer`, ascending.
   std::vector<uint32_t> resident_neurons(size_t layer) const;
+  // Slot -> neuron of `layer` (capacity() entries, kNoSlot for a free
+  // slot), for the step that reads the slots: valid from BeginStep to
+  // FinishStep of that layer (the planner is changed only by those calls).
+  absl::Span<const uint32_t> slot_neurons(size_t layer) const;
   // Scratch of max(T, options.max_tokens) x H floats for the step's output
   // (mlp/flash_step.h); allocates only for more tokens than ever before.
   absl::StatusOr<float*> Scratch(size_t tokens);

@@ -67,6 +67,8 @@ class ResidencyPlanner {
   uint32_t slot_of(uint32_t neuron) const { return slot_of_[neuron]; }
   // The neuron in `slot`, or kNoSlot.
   uint32_t neuron_of(uint32_t slot) const { return neuron_of_[slot]; }
+  // Every slot's neuron (capacity entries; kNoSlot for a free slot).
+  absl::Span<const uint32_t> slot_neurons() const { return neuron_of_; }
 
  private:
   void Free(uint32_t slot);

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "mlp/float16.h"
+#include "mlp/forward_core.h"
 
 namespace sparse_mlp::mlp {
 namespace {
@@ -31,10 +32,14 @@ NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_
           stride};
 }
 
-absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
-                            absl::Span<const uint32_t> mask, const ConstTokens& x,
-                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
-                            FlashStepTimes* times) {
+namespace {
+
+// The step; gate_act non-null: the file is gate-less and the gate's
+// activations are given (row r of a slot takes its neuron's).
+absl::Status Step(cache::FlashModelCache* cache, size_t layer, absl::Span<const uint32_t> mask,
+                  const float* gate_act, size_t gate_act_stride, const ConstTokens& x,
+                  const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+                  FlashStepTimes* times) {
   const store::BundleLayout& layout = cache->layout();
   const DType dtype = layout.shape().dtype;
   const size_t hidden = layout.shape().hidden;
@@ -66,11 +71,18 @@ absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
 
   const NeuronRows rows =
       BundleRows(layout, cache->slots(layer), cache->capacity(), cache->slot_stride());
+  const uint32_t* neuron_of = cache->slot_neurons(layer).data();
+  // Slots `slots` into sums: the forward, or with the gate's activations given.
+  auto forward = [&](absl::Span<const uint32_t> slots, const ForwardOptions& o) {
+    if (gate_act == nullptr) return ForwardIndexed(rows, slots, x, sums, o, workspace);
+    return internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums, o,
+                                             workspace, neuron_of);
+  };
   ForwardOptions o = options;
   o.accumulate = false;
   absl::Status status;
   if (!plan.hit_slots.empty()) {
-    status = ForwardIndexed(rows, plan.hit_slots, x, sums, o, workspace);
+    status = forward(plan.hit_slots, o);
   } else {
     for (size_t k = 0; k < x.tokens; ++k) std::memset(*scratch + k * hidden, 0, hidden * 4);
   }
@@ -83,8 +95,7 @@ absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
     t.wait_seconds += w1 - w0;
     if (!status.ok()) break;
     const size_t begin = j * c, end = std::min(plan.entering_slots.size(), begin + c);
-    status = ForwardIndexed(rows, plan.entering_slots.subspan(begin, end - begin), x, sums, o,
-                            workspace);
+    status = forward(plan.entering_slots.subspan(begin, end - begin), o);
   }
   const double w0 = Now();
   const absl::Status finished = cache->FinishStep(layer);
@@ -110,6 +121,29 @@ absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
+                            absl::Span<const uint32_t> mask, const ConstTokens& x,
+                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+                            FlashStepTimes* times) {
+  return Step(cache, layer, mask, nullptr, 0, x, y, options, workspace, times);
+}
+
+absl::Status FlashLayerStepGivenGate(cache::FlashModelCache* cache, size_t layer,
+                                     absl::Span<const uint32_t> mask, const float* gate_act,
+                                     size_t gate_act_stride, const ConstTokens& x,
+                                     const Tokens& y, const ForwardOptions& options,
+                                     Workspace* workspace, FlashStepTimes* times) {
+  if (cache->layout().shape().gated) {
+    return absl::InvalidArgumentError(
+        "a step with the gate's activations given needs a gate-less bundle file (up and down "
+        "only); this file holds gate rows");
+  }
+  if (gate_act == nullptr) return absl::InvalidArgumentError("gate activations are null");
+  return Step(cache, layer, mask, gate_act, gate_act_stride, x, y, options, workspace, times);
 }
 
 }  // namespace sparse_mlp::mlp

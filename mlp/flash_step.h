@@ -56,6 +56,18 @@ absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
                             const Tokens& y, const ForwardOptions& options, Workspace* workspace,
                             FlashStepTimes* times = nullptr);
 
+// The same over a gate-less bundle file (up and down rows only) with the
+// gate's activations given: neuron j's coefficient for token t is
+// gate_act[t x gate_act_stride + j] x <up_j, x_t> (j: the file's neuron
+// index; gate-first, mlp/mask_step.h, computes them from a gate kept in
+// DRAM, so only up and down are loaded). InvalidArgument for a gated file
+// or null activations; otherwise as FlashLayerStep.
+absl::Status FlashLayerStepGivenGate(cache::FlashModelCache* cache, size_t layer,
+                                     absl::Span<const uint32_t> mask, const float* gate_act,
+                                     size_t gate_act_stride, const ConstTokens& x,
+                                     const Tokens& y, const ForwardOptions& options,
+                                     Workspace* workspace, FlashStepTimes* times = nullptr);
+
 }  // namespace sparse_mlp::mlp
 
 #endif  // SPARSE_MLP_MLP_FLASH_STEP_H_

@@ -98,11 +98,13 @@ void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const v
                 float* out, size_t out_stride);
 
 // ForwardIndexed over up and down rows (rows.gate null) with the gate's
-// activations given (Problem::gate_act); validates as ForwardIndexed.
+// activations given (Problem::gate_act); validates as ForwardIndexed. Row
+// r takes neuron neuron_of[r]'s activations (null: neuron r's).
 absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const uint32_t> indices,
                                      const float* gate_act, size_t gate_act_stride,
                                      const ConstTokens& x, const Tokens& y,
-                                     const ForwardOptions& options, Workspace* workspace);
+                                     const ForwardOptions& options, Workspace* workspace,
+                                     const uint32_t* neuron_of = nullptr);
 
 void RunLinear(const LinearWeights& weights, const ConstTokens& x, const Tokens& y,
                const ForwardOptions& options, Workspace* workspace);

@@ -8,6 +8,7 @@
 #include "memory/size_math.h"
 #include "mlp/forward_core.h"
 #include "mlp/layer_step.h"
+#include "mlp/flash_step.h"
 #include "mlp/layer_step_internal.h"
 
 namespace sparse_mlp::mlp {
@@ -211,6 +212,44 @@ absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::Neur
     return s;
   }
   return scratch_.selected.AssignWords(mask.words());
+}
+
+absl::Status GateFirst::FlashStep(cache::FlashModelCache* cache, size_t layer,
+                                  const Selection& selection, const ConstTokens& x,
+                                  const Tokens& y, const ForwardOptions& options,
+                                  Workspace* workspace) {
+  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
+  const store::BundleShape& shape = cache->layout().shape();
+  if (shape.dtype != gate_.dtype || shape.hidden != gate_.hidden_size ||
+      shape.intermediate != intermediate_size_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the bundle file is %s [%u neurons x %u] but the gate is %s [%u x %u]",
+        DTypeName(shape.dtype), shape.intermediate, shape.hidden, DTypeName(gate_.dtype),
+        intermediate_size_, gate_.hidden_size));
+  }
+  if (shape.gated) {
+    return absl::InvalidArgumentError(
+        "the gate-first flash step needs a gate-less bundle file (up and down only): the gate "
+        "stays in DRAM");
+  }
+  if (layer >= shape.layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer %u is out of range for %u layers", layer, shape.layers));
+  }
+  if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (indices_.capacity() < intermediate_size_) indices_.reserve(intermediate_size_);
+  if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
+  scratch_.incoming.ToIndices(&indices_);
+  if (absl::Status s = FlashLayerStepGivenGate(cache, layer, indices_, scratch_.buffer(0),
+                                               intermediate_size_, x, y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return absl::OkStatus();
 }
 
 absl::Status GateFirst::Select(const ConstTokens& x, const Selection& selection,

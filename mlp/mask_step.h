@@ -48,6 +48,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "cache/flash_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
@@ -111,6 +112,16 @@ class GateFirst {
   absl::Status StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
                             absl::Span<const float> act, const ConstTokens& x, const Tokens& y,
                             const ForwardOptions& options, Workspace* workspace);
+
+  // The step over the flash tier: `cache` serves this layer's up and down
+  // from a gate-less bundle file (store: written without gate rows) while
+  // the gate stays here, in DRAM. Selects as Step, then
+  // FlashLayerStepGivenGate over the kept neurons (only their up and down
+  // are loaded). The file's H, I (this layer's neurons) and type must be
+  // the gate's.
+  absl::Status FlashStep(cache::FlashModelCache* cache, size_t layer,
+                         const Selection& selection, const ConstTokens& x, const Tokens& y,
+                         const ForwardOptions& options, Workspace* workspace);
 
   // The same without a cache (direct-index): selects, then reads the kept
   // neurons' rows of `up_down` in place (the layer's up rows and

@@ -37,17 +37,25 @@ class StridedRows final : public internal::RowSource {
 };
 
 // Rows indices[0..n) of the same arrays.
+// (neuron_of: row -> the neuron whose gate activation it takes, for rows
+// that are slots of a cache; null: the row index itself.)
 class IndexedRows final : public internal::RowSource {
  public:
-  IndexedRows(const NeuronRows& rows, absl::Span<const uint32_t> indices)
-      : rows_(rows), indices_(indices) {}
+  IndexedRows(const NeuronRows& rows, absl::Span<const uint32_t> indices,
+              const uint32_t* neuron_of = nullptr)
+      : rows_(rows), indices_(indices), neuron_of_(neuron_of) {}
   void Locate(size_t first, size_t n, NeuronPtrs* out) const override {
-    for (size_t k = 0; k < n; ++k) rows_.Row(indices_[first + k], &out[k]);
+    for (size_t k = 0; k < n; ++k) {
+      const uint32_t r = indices_[first + k];
+      rows_.Row(r, &out[k]);
+      if (neuron_of_ != nullptr) out[k].neuron = neuron_of_[r];
+    }
   }
 
  private:
   StridedRows rows_;
   absl::Span<const uint32_t> indices_;
+  const uint32_t* neuron_of_;
 };
 
 internal::Problem ProblemOf(const NeuronRows& rows, size_t count) {
@@ -141,7 +149,8 @@ namespace internal {
 absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const uint32_t> indices,
                                      const float* gate_act, size_t gate_act_stride,
                                      const ConstTokens& x, const Tokens& y,
-                                     const ForwardOptions& options, Workspace* workspace) {
+                                     const ForwardOptions& options, Workspace* workspace,
+                                     const uint32_t* neuron_of) {
   if (absl::Status s = ValidateCall(rows.dtype, rows.hidden_size, x, y, options); !s.ok()) {
     return s;
   }
@@ -159,7 +168,7 @@ absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const ui
   p.prefetch = true;
   p.gate_act = gate_act;
   p.gate_act_stride = gate_act_stride;
-  Run(IndexedRows(rows, indices), p, x, y, options, workspace);
+  Run(IndexedRows(rows, indices, neuron_of), p, x, y, options, workspace);
   return absl::OkStatus();
 }
 

@@ -25,6 +25,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "mlp/flash_step.h"
+#include "mlp/mask_step.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
 #include "mlp/float16.h"
 #include "mlp/mlp_forward.h"
 #include "store/bundle_writer.h"
@@ -334,6 +337,84 @@ TEST_P(FlashSequences, EqualsInDramForward) {
     EXPECT_EQ(fc.layer_stats(0).failed_loads, 0u);
   }
   ::unlink(path.c_str());
+}
+
+// Gate-first over the flash tier: the gate in DRAM, up and down from a
+// gate-less file; the same neurons as gate-first in DRAM (GateFirst::Step on
+// a gate-less WeightCache) and the same outputs, over random sequences.
+TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    std::mt19937_64 rng(21);
+    const Model gated = MakeModel(dtype, 64, 120, 2, true, 9);
+    Model updown = gated;
+    updown.gated = false;
+    updown.gate.assign(gated.layers, {});
+    const std::string path =
+        WriteModel(updown, absl::StrFormat("gate_first_%s.spmlb", DTypeName(dtype)), 512);
+    const std::string gated_path =
+        WriteModel(gated, absl::StrFormat("gate_first_gated_%s.spmlb", DTypeName(dtype)), 512);
+    const size_t k = 30;
+    cache::FlashCacheOptions o;
+    o.window = 2;
+    o.chunk_neurons = 8;
+    o.reader.queue_depth = 4;
+    o.budget_bytes = BudgetFor(path, 3 * k, o);
+    auto opened = cache::FlashModelCache::Open(path, o);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    cache::FlashModelCache& fc = **opened;
+    EXPECT_EQ(fc.layout().bundle_bytes(), 2 * gated.h * DTypeSize(dtype));  // no gate row
+    mlp::Workspace ws;
+    mlp::ForwardOptions fo;
+    mlp::Selection sel;
+    sel.k = k;
+    for (size_t l = 0; l < gated.layers; ++l) {
+      mlp::GateFirst flash =
+          *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+      mlp::GateFirst dram =
+          *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+      cache::WeightCacheOptions co;
+      co.hidden_size = gated.h;
+      co.intermediate_size = gated.i;
+      co.dtype = dtype;
+      co.has_gate = false;
+      co.down_layout = cache::DownLayout::kNeuronMajor;
+      cache::WeightCache wc = *cache::WeightCache::Create(
+          co, {nullptr, gated.up[l].data(), gated.down_rows[l].data()},
+          diff::NeuronMask(gated.i));
+      for (int step = 0; step < 12; ++step) {
+        const size_t tokens = 1 + step % 2;  // the union of 2 tokens' top k fits 3k slots
+        std::vector<float> x(tokens * gated.h), y(tokens * gated.h), want(tokens * gated.h);
+        for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+        const mlp::ConstTokens in{x.data(), tokens, gated.h, DType::kFloat32};
+        const std::string where = absl::StrFormat("%s layer %d step %d", DTypeName(dtype), l, step);
+        ASSERT_TRUE(flash.FlashStep(&fc, l, sel, in, {y.data(), tokens, gated.h, DType::kFloat32},
+                                    fo, &ws)
+                        .ok())
+            << where;
+        ASSERT_TRUE(
+            dram.Step(&wc, sel, in, {want.data(), tokens, gated.h, DType::kFloat32}, fo, &ws).ok());
+        ASSERT_TRUE(flash.mask() == dram.mask()) << where;
+        ASSERT_LE(RelativeError(y, want), dtype == DType::kFloat32 ? 1e-6 : 1e-5) << where;
+      }
+      ASSERT_TRUE(fc.Verify(l).ok());
+    }
+    // A gated file is refused, naming why; nothing changes.
+    auto gated_cache = cache::FlashModelCache::Open(gated_path, o);
+    ASSERT_TRUE(gated_cache.ok());
+    mlp::GateFirst g =
+        *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[0].data(), gated.h);
+    std::vector<float> x(gated.h, 0.5f), y(gated.h, 3.0f);
+    const absl::Status s = g.FlashStep(gated_cache->get(), 0, sel, {x.data(), 1, gated.h},
+                                       {y.data(), 1, gated.h}, fo, &ws);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(s.message()).find("gate-less"), std::string::npos) << s;
+    EXPECT_EQ(y[0], 3.0f);
+    EXPECT_EQ(g.FlashStep(&fc, 7, sel, {x.data(), 1, gated.h}, {y.data(), 1, gated.h}, fo, &ws)
+                  .code(),
+              absl::StatusCode::kInvalidArgument);
+    ::unlink(path.c_str());
+    ::unlink(gated_path.c_str());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
