@@ -283,4 +283,22 @@ void RegisterViews(py::module_& m) {
       .def_property_readonly("dtype", &DLPackView::dtype);
 }
 
+// k (per token) or threshold: exactly one of them.
+mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons) {
+  mlp::Selection s;
+  if (k.is_none() == threshold.is_none()) {
+    throw py::value_error("give exactly one of k (neurons per token) and threshold");
+  }
+  if (!k.is_none()) {
+    s.kind = mlp::Selection::Kind::kTopK;
+    s.k = static_cast<size_t>(IntArg(k, "k", 0, static_cast<int64_t>(neurons)));
+  } else {
+    s.kind = mlp::Selection::Kind::kThreshold;
+    const double t = threshold.cast<double>();
+    if (std::isnan(t)) throw py::value_error("threshold must not be NaN");
+    s.threshold = static_cast<float>(t);
+  }
+  return s;
+}
+
 }  // namespace sparse_mlp::bindings

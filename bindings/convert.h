@@ -40,6 +40,7 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "mlp/activation.h"
+#include "mlp/mask_step.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::bindings {
@@ -229,6 +230,10 @@ struct ImportedMlp {
 // `prefix` names the layer in messages of a model ("layer 3: "), or is empty.
 ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::object& down,
                       int64_t hidden_size, bool down_neuron_major, const std::string& prefix);
+
+// A mask source's selection: exactly one of k (neurons per token, in
+// [0, neurons]) and threshold (not NaN); ValueError / TypeError otherwise.
+mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons);
 
 // Registers DLPackView on the module.
 void RegisterViews(py::module_& m);

@@ -18,6 +18,7 @@
 #include "diff/neuron_mask.h"
 #include "mlp/flash_step.h"
 #include "store/bundle_reader.h"
+#include "mlp/mask_step.h"
 
 namespace sparse_mlp::bindings {
 namespace {
@@ -90,6 +91,66 @@ class PyFlashModelCache {
       plan_seconds_ += times.plan_seconds;
       compute_seconds_ += times.compute_seconds;
       wait_seconds_ += times.wait_seconds;
+    }
+    ThrowIfFileError(status);
+  }
+
+  // Gate-first needs each layer's gate in DRAM ([I, H] of the file's
+  // type; the file gate-less): kept (borrowed) with one GateFirst per layer.
+  void SetGates(const py::list& gates, const std::string& activation) {
+    const store::BundleShape& s = cache_->layout().shape();
+    if (gates.size() != s.layers) {
+      throw py::value_error(absl::StrFormat("gates must hold one gate per layer (%d), got %d",
+                                            s.layers, gates.size()));
+    }
+    std::vector<ImportedTensor> imported;
+    std::vector<mlp::GateFirst> natives;
+    for (size_t l = 0; l < s.layers; ++l) {
+      const std::string name = absl::StrFormat("gates[%d]", l);
+      ImportedTensor g = ImportMatrix(gates[l], name.c_str());
+      if (g.dtype() != s.dtype || static_cast<size_t>(g.rows()) != s.intermediate ||
+          static_cast<size_t>(g.cols()) != s.hidden) {
+        throw py::value_error(absl::StrFormat("%s must be %s [%d, %d] like the file, got %s %s",
+                                              name, cache::DTypeName(s.dtype), s.intermediate,
+                                              s.hidden, cache::DTypeName(g.dtype()),
+                                              g.ShapeString()));
+      }
+      absl::StatusOr<mlp::GateFirst> gf =
+          mlp::GateFirst::Create(s.dtype, s.hidden, s.intermediate, g.data(), s.hidden);
+      ThrowIfError(gf.status());
+      imported.push_back(std::move(g));
+      natives.push_back(*std::move(gf));
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    gate_first_.clear();
+    for (auto& n : natives) gate_first_.push_back(std::make_unique<mlp::GateFirst>(std::move(n)));
+    gates_ = std::move(imported);
+    gate_activation_ = ActivationArg(activation);
+  }
+
+  // Gate-first: act(gate x) from the gate in DRAM, the top k (or above the
+  // threshold), only their up and down loaded from the file.
+  void StepGateFirst(const py::object& layer_arg, const py::object& x, const py::object& out,
+                     const py::object& k, const py::object& threshold, bool accumulate) {
+    const size_t layer = Layer(layer_arg);
+    const store::BundleShape& s = cache_->layout().shape();
+    const mlp::Selection sel = SelectionArg(k, threshold, s.intermediate);
+    const TokenArgs t = ImportTokens(x, out, s.hidden, s.dtype);
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (gate_first_.empty()) {
+        status = absl::FailedPreconditionError(
+            "gate-first needs the gates in DRAM: open the cache with gates=[...]");
+      } else {
+        mlp::ForwardOptions o;
+        o.activation = gate_activation_;
+        o.accumulate = accumulate;
+        o.num_threads = num_threads_;
+        status = gate_first_[layer]->FlashStep(cache_.get(), layer, sel, t.In(), t.Out(), o,
+                                               &workspace_);
+      }
     }
     ThrowIfFileError(status);
   }
@@ -191,6 +252,10 @@ class PyFlashModelCache {
   std::vector<uint32_t> indices_;
   mlp::Workspace workspace_;
   double plan_seconds_ = 0, compute_seconds_ = 0, wait_seconds_ = 0;
+  // Gate-first: the gates (borrowed, outliving gate_first_) and their steps.
+  std::vector<ImportedTensor> gates_;
+  std::vector<std::unique_ptr<mlp::GateFirst>> gate_first_;
+  mlp::Activation gate_activation_ = mlp::Activation::kSiLU;
   std::mutex mutex_;  // one call at a time per cache (calls release the GIL)
 };
 
@@ -205,6 +270,11 @@ void RegisterFlash(py::module_& m) {
            py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
            py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 1)
+      .def("set_gates", &PyFlashModelCache::SetGates, py::arg("gates"),
+           py::arg("activation") = "silu")
+      .def("step_gate_first", &PyFlashModelCache::StepGateFirst, py::arg("layer"), py::arg("x"),
+           py::arg("out"), py::kw_only(), py::arg("k") = py::none(),
+           py::arg("threshold") = py::none(), py::arg("accumulate") = false)
       .def("step", &PyFlashModelCache::Step, py::arg("layer"), py::arg("mask"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("activation") = "silu",
            py::arg("accumulate") = false)

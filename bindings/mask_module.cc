@@ -17,24 +17,6 @@
 namespace sparse_mlp::bindings {
 namespace {
 
-// k (per token) or threshold: exactly one of them.
-mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons) {
-  mlp::Selection s;
-  if (k.is_none() == threshold.is_none()) {
-    throw py::value_error("give exactly one of k (neurons per token) and threshold");
-  }
-  if (!k.is_none()) {
-    s.kind = mlp::Selection::Kind::kTopK;
-    s.k = static_cast<size_t>(IntArg(k, "k", 0, static_cast<int64_t>(neurons)));
-  } else {
-    s.kind = mlp::Selection::Kind::kThreshold;
-    const double t = threshold.cast<double>();
-    if (std::isnan(t)) throw py::value_error("threshold must not be NaN");
-    s.threshold = static_cast<float>(t);
-  }
-  return s;
-}
-
 // A [tokens, I] float32 NumPy array to write scores into.
 float* ScoresOut(py::array out, size_t tokens, size_t neurons) {
   if (!py::isinstance<py::array_t<float>>(out) || !(out.flags() & py::array::c_style) ||

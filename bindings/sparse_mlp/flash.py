@@ -4,7 +4,7 @@
 import numpy as np
 
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import _mask_array, _out_matrix, _result, _tokens
+from sparse_mlp.cache import _mask_array, _out_matrix, _result, _tokens, _weight
 
 
 class FlashModelCache:
@@ -28,12 +28,23 @@ class FlashModelCache:
 
     def __init__(self, path, budget_bytes, *, window=1, num_threads=1, engine="auto",
                  queue_depth=32, io_threads=4, verify=True, direct_io="auto",
-                 chunk_neurons=64, io_lanes=1):
+                 chunk_neurons=64, io_lanes=1, gates=None, sparsity=0.5, gate_threshold=None):
         self._native = _sparse_mlp.FlashModelCache(
             str(path), budget_bytes, window=window, num_threads=num_threads, engine=engine,
             queue_depth=queue_depth, io_threads=io_threads, verify=verify, direct_io=direct_io,
             chunk_neurons=chunk_neurons, io_lanes=io_lanes)
         self.path = str(path)
+        self._gates = None
+        if gates is not None:
+            from sparse_mlp.predictors import keep_count
+            if isinstance(gates, (str, bytes)) or not hasattr(gates, "__len__"):
+                raise TypeError(f"gates must be a sequence of [I, H] tensors, got "
+                                f"{type(gates).__name__}")
+            self._gates = [_weight(g, f"gates[{l}]") for l, g in enumerate(gates)]
+            self._native.set_gates(self._gates)
+            self._selection = ({"threshold": float(gate_threshold)}
+                               if gate_threshold is not None
+                               else {"k": keep_count(sparsity, self._native.intermediate_size)})
         self._layers = [FlashLayer(self, l) for l in range(self._native.num_layers)]
 
     def __len__(self):
@@ -49,12 +60,25 @@ class FlashModelCache:
     def step(self, index, mask, x, activation="silu", out=None, accumulate=False):
         """Layer ``index``: load ``mask``'s entering neurons and return the
         MLP of ``x`` (``[H]`` or ``[tokens, H]``) over ``mask``'s neurons
-        (``[I]``, or ``[tokens, I]`` for the union)."""
-        m = _mask_array(mask)
+        (``[I]``, or ``[tokens, I]`` for the union). ``mask=None`` with
+        ``gates`` given at construction: gate-first (act(gate x) from the
+        gate in DRAM, each token's top k = round((1 - sparsity) x I) by
+        |act|, or those above ``gate_threshold``; only their up and down
+        are loaded: the file must be gate-less)."""
         x2, fresh = _tokens(x, self._native.hidden_size)
         target = fresh if out is None else _out_matrix(out, x2)
         if accumulate and out is None:
             raise ValueError("accumulate=True needs out")
+        if mask is None:
+            if self._gates is None:
+                raise ValueError("step needs a mask, or gates=[...] at construction for "
+                                 "gate-first")
+            if activation != "silu":
+                raise ValueError("gate-first here computes silu MLPs")
+            self._native.step_gate_first(index, x2, target, accumulate=accumulate,
+                                         **self._selection)
+            return _result(target, x) if out is None else out
+        m = _mask_array(mask)
         self._native.step(index, m, x2, target, activation=activation, accumulate=accumulate)
         return _result(target, x) if out is None else out
 

@@ -140,5 +140,57 @@ class FlashTest(unittest.TestCase):
         model.verify(0)
 
 
+class FlashGateFirstTest(unittest.TestCase):
+    """Gate-first over the flash tier: gates in DRAM, a gate-less file of up
+    and down; the same neurons and outputs as LlamaSkipMLP's gate-first."""
+
+    def test_matches_gate_first_in_dram(self):
+        gen = torch.Generator().manual_seed(9)
+        layers = [(torch.randn(96, 48, generator=gen) * 0.2,
+                   torch.randn(96, 48, generator=gen) * 0.2,
+                   torch.randn(48, 96, generator=gen) * 0.2) for _ in range(2)]
+        with tmpdir() as d:
+            path = os.path.join(d, "updown.spmlb")
+            info = store.write(path, [(None, u, dn) for _, u, dn in layers], alignment=512)
+            self.assertFalse(info["gated"])
+            model = ModelCache.from_file(path, budget_bytes=budget_for(path, 0.8, queue_depth=4),
+                                         window=2, queue_depth=4,
+                                         gates=[g for g, _, _ in layers], sparsity=0.5)
+            mlps = [sparse_mlp.LlamaSkipMLP.from_dense(g, u, dn, 0.5) for g, u, dn in layers]
+            for step in range(6):
+                x = torch.randn(1, 48, generator=gen)
+                for l, mlp in enumerate(mlps):
+                    want = mlp(x)
+                    got = model.step(l, None, x)
+                    self.assertLess(float((got - want).abs().max()), 1e-5, f"step {step} {l}")
+                    kept = torch.as_tensor(mlp.weight_cache.active_indices()).sort().values
+                    resident = torch.as_tensor(model[l].resident_neurons())
+                    self.assertTrue(bool(torch.isin(kept, resident).all()))
+            io = model.io_stats()
+            self.assertGreater(io["bytes_read"], 0)
+
+    def test_errors(self):
+        gen = torch.Generator().manual_seed(10)
+        layers = [(torch.randn(32, 16, generator=gen), torch.randn(32, 16, generator=gen),
+                   torch.randn(16, 32, generator=gen)) for _ in range(2)]
+        with tmpdir() as d:
+            path = os.path.join(d, "updown.spmlb")
+            store.write(path, [(None, u, dn) for _, u, dn in layers], alignment=512)
+            plain = ModelCache.from_file(path, budget_bytes=1 << 24)
+            with self.assertRaisesRegex(ValueError, "needs a mask, or gates"):
+                plain.step(0, None, torch.randn(16))
+            with self.assertRaisesRegex(ValueError, r"gates\[1\] must be float32 \[32, 16\]"):
+                ModelCache.from_file(path, budget_bytes=1 << 24,
+                                     gates=[layers[0][0], torch.randn(31, 16)])
+            with self.assertRaisesRegex(ValueError, "one gate per layer"):
+                ModelCache.from_file(path, budget_bytes=1 << 24, gates=[layers[0][0]])
+            gated = os.path.join(d, "gated.spmlb")
+            store.write(gated, layers, alignment=512)
+            model = ModelCache.from_file(gated, budget_bytes=1 << 24,
+                                         gates=[g for g, _, _ in layers])
+            with self.assertRaisesRegex(ValueError, "gate-less bundle file"):
+                model.step(0, None, torch.randn(16))
+
+
 if __name__ == "__main__":
     unittest.main()
