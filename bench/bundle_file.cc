@@ -22,8 +22,9 @@ absl::Status EnsureBundleFile(const std::string& path, const store::BundleShape&
     }
   }
   const size_t n = shape.hidden * shape.intermediate;
+  const double parts = shape.gated ? 3.0 : 2.0;
   std::printf("writing %s (%.2f GB) ...\n", path.c_str(),
-              3.0 * n * DTypeSize(shape.dtype) * shape.layers / 1e9);
+              parts * n * DTypeSize(shape.dtype) * shape.layers / 1e9);
   std::fflush(stdout);
   store::WriterOptions o;
   o.alignment = alignment;
@@ -32,10 +33,13 @@ absl::Status EnsureBundleFile(const std::string& path, const store::BundleShape&
       store::BundleWriter::Create(path, shape, o);
   if (!w.ok()) return w.status();
   for (size_t l = 0; l < shape.layers; ++l) {
-    memory::AlignedBuffer g = RandomValues(n, shape.dtype, 0.03f, 3 * l + 1, 2);
+    memory::AlignedBuffer g;  // gate-less files: none
+    if (shape.gated) g = RandomValues(n, shape.dtype, 0.03f, 3 * l + 1, 2);
     memory::AlignedBuffer u = RandomValues(n, shape.dtype, 0.03f, 3 * l + 2, 2);
     memory::AlignedBuffer d = RandomValues(n, shape.dtype, 0.03f, 3 * l + 3, 2);
-    if (absl::Status s = (*w)->AppendLayer({g.data(), u.data(), d.data(), false}); !s.ok()) {
+    if (absl::Status s = (*w)->AppendLayer({shape.gated ? g.data() : nullptr, u.data(),
+                                            d.data(), false});
+        !s.ok()) {
       return s;
     }
   }

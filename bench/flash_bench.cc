@@ -23,6 +23,11 @@
 //                 own cgroup, removed afterwards; said so when it cannot)
 //   no-cache      every active bundle read from the file every token
 //   dense-stream  the whole file read and computed every token
+//   gate-first    the cost of gate-first on the same masks: the gates in
+//                 DRAM (act(gate x) for every neuron, each token), up and
+//                 down from a second, gate-less file (bundles 2/3 the
+//                 size); the budget counts the gates (a third of the
+//                 weights), the slots get the rest
 // Per token: ms, GB read from the device (/proc/self/io), requests and mean
 // request size, time waiting on reads / computing / planning, and DRAM used
 // (the cache's footprint; resident set growth; the file's page-cache pages).
@@ -65,6 +70,7 @@
 #include "cache/flash_cache.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/flash_step.h"
+#include "mlp/mask_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
 #include "store/bundle_reader.h"
@@ -88,7 +94,11 @@ ABSL_FLAG(bool, prefetch, true, "prefetch the next layer's neurons while a layer
 ABSL_FLAG(double, mmap_budget, 0.6, "the mmap baseline's page-cache cap, x the weights");
 ABSL_FLAG(bool, compute, true, "tier rows compute (false: loads only, the I/O alone)");
 ABSL_FLAG(bool, verify, true, "tier rows verify each bundle's checksum");
-ABSL_FLAG(std::string, variants, "tier,no-cache,dense-stream,mmap,dram", "rows to run");
+ABSL_FLAG(std::string, variants, "tier,gate-first,no-cache,dense-stream,mmap,dram",
+          "rows to run");
+ABSL_FLAG(std::string, gate_first_budgets, "0.8,1.0",
+          "gate-first rows: DRAM budgets x the MLP weights, the gates (a third) included");
+ABSL_FLAG(int, gate_first_window, 4, "gate-first rows' window");
 ABSL_FLAG(int, mmap_child_fd, -1, "internal: run the mmap baseline here, report to this fd");
 ABSL_FLAG(std::string, mmap_cgroup, "", "internal: the cgroup the mmap child joined");
 ABSL_FLAG(std::string, plot, "", "draw ms and GB per token against the budget into this PNG");
@@ -184,11 +194,12 @@ Trace ReadTrace(const std::string& path, size_t layers, size_t neurons) {
   return t;
 }
 
-std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t layers) {
-  const std::string path =
-      absl::StrFormat("%s/flash_%s_bf16_L%d.spmlb", dir, p.name, layers);
+std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t layers,
+                       bool gated = true) {
+  const std::string path = absl::StrFormat("%s/flash_%s_bf16_L%d%s.spmlb", dir, p.name, layers,
+                                           gated ? "" : "_updown");
   if (absl::Status s = EnsureBundleFile(
-          path, {DType::kBFloat16, p.hidden, p.intermediate, layers, true, 0, 0},
+          path, {DType::kBFloat16, p.hidden, p.intermediate, layers, gated, 0, 0},
           store::kDefaultAlignment);
       !s.ok()) {
     Die(s);
@@ -250,20 +261,43 @@ class FlashBench {
     return m;
   }
 
-  Row Tier(double budget, int window, int warmup, int tokens, bool prefetch, int depth) {
+  // Gate-first rows: a gate-less file of the same stack and its gates in DRAM.
+  void set_gate_first(std::string updown_path) {
+    updown_path_ = std::move(updown_path);
+    const store::BundleShape& sh = layout_.shape();
+    gates_ = RandomValues(sh.layers * sh.intermediate * sh.hidden, DType::kBFloat16, 0.03f, 11,
+                          options_.num_threads);
+    const size_t gate_bytes = sh.intermediate * sh.hidden * 2;
+    for (size_t l = 0; l < sh.layers; ++l) {
+      gate_first_.push_back(std::make_unique<mlp::GateFirst>(*mlp::GateFirst::Create(
+          DType::kBFloat16, sh.hidden, sh.intermediate, gates_.data() + l * gate_bytes,
+          sh.hidden)));
+    }
+    act_.resize(sh.intermediate);
+  }
+
+  Row Tier(double budget, int window, int warmup, int tokens, bool prefetch, int depth,
+           bool gate_first = false) {
     Row r;
-    r.variant = "tier";
+    r.variant = gate_first ? "gate-first" : "tier";
     r.budget = budget;
     r.window = window;
-    DropPageCache(path_);
+    const std::string& path = gate_first ? updown_path_ : path_;
+    DropPageCache(path);
     cache::FlashCacheOptions o;
-    o.budget_bytes = static_cast<size_t>(budget * weight_bytes_);
+    // Gate-first: the gates take a third of the weights out of the budget.
+    const double gates = gate_first ? weight_bytes_ / 3 : 0;
+    if (budget * weight_bytes_ <= gates) {
+      r.note = "the gates alone exceed the budget";
+      return r;
+    }
+    o.budget_bytes = static_cast<size_t>(budget * weight_bytes_ - gates);
     o.window = static_cast<size_t>(window);
     o.reader.queue_depth = depth;
     o.reader.verify_checksums = absl::GetFlag(FLAGS_verify);
     o.io_lanes = static_cast<size_t>(absl::GetFlag(FLAGS_io_lanes));
     const size_t rss0 = ResidentBytes();
-    auto opened = cache::FlashModelCache::Open(path_, o);
+    auto opened = cache::FlashModelCache::Open(path, o);
     if (!opened.ok()) {
       r.note = std::string(opened.status().message()).substr(0, 60);
       return r;
@@ -288,6 +322,17 @@ class FlashBench {
           Check(fc.BeginStep(l, trace_[t][l], &plan));
           Check(fc.FinishStep(l));
           times.wait_seconds = Since(w0);
+        } else if (gate_first) {
+          // The gate pass (counted as compute), then up and down only.
+          const auto g0 = Clock::now();
+          Check(gate_first_[l]->Activations({x_.data(), 1, x_.size(), DType::kFloat32}, options_,
+                                            &ws_, absl::MakeSpan(act_)));
+          const double gate_seconds = Since(g0);
+          Check(mlp::FlashLayerStepGivenGate(&fc, l, trace_[t][l], act_.data(), act_.size(),
+                                             {x_.data(), 1, x_.size(), DType::kFloat32},
+                                             {y_.data(), 1, y_.size(), DType::kFloat32},
+                                             options_, &ws_, &times));
+          times.compute_seconds += gate_seconds;
         } else {
           Check(mlp::FlashLayerStep(&fc, l, trace_[t][l],
                                     {x_.data(), 1, x_.size(), DType::kFloat32},
@@ -319,9 +364,9 @@ class FlashBench {
     r.wait_ms = sum.wait_seconds / tokens * 1e3;
     r.compute_ms = sum.compute_seconds / tokens * 1e3;
     r.plan_ms = sum.plan_seconds / tokens * 1e3;
-    r.dram_gb = fc.footprint().total_bytes() / 1e9;
+    r.dram_gb = (fc.footprint().total_bytes() + gates) / 1e9;
     r.rss_gb = (ResidentBytes() - rss0) / 1e9;
-    r.page_cache_gb = PageCacheBytes(path_) / 1e9;
+    r.page_cache_gb = PageCacheBytes(path) / 1e9;
     return r;
   }
 
@@ -514,6 +559,11 @@ class FlashBench {
   mlp::ForwardOptions options_;
   mlp::Workspace ws_;
   std::vector<std::string> child_args_;
+  // Gate-first rows.
+  std::string updown_path_;
+  memory::AlignedBuffer gates_;
+  std::vector<std::unique_ptr<mlp::GateFirst>> gate_first_;
+  std::vector<float> act_;
 };
 
 void PrintRow(const Row& r) {
@@ -585,6 +635,15 @@ int Main(int argc, char** argv) {
       PrintRow(rows.back());
       std::fflush(stdout);
       if (!rows.back().ran) break;  // the other windows cannot run either
+    }
+  }
+  if (wanted("gate-first")) {
+    bench.set_gate_first(EnsureFile(absl::GetFlag(FLAGS_dir), *preset, layers, false));
+    for (double b : Doubles(absl::GetFlag(FLAGS_gate_first_budgets))) {
+      rows.push_back(bench.Tier(b, absl::GetFlag(FLAGS_gate_first_window), warmup, tokens,
+                                absl::GetFlag(FLAGS_prefetch), depth, true));
+      PrintRow(rows.back());
+      std::fflush(stdout);
     }
   }
   const int bt = absl::GetFlag(FLAGS_baseline_tokens);
