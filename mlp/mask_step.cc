@@ -327,12 +327,11 @@ absl::Status LowRankPredictor::Reserve(size_t tokens) {
   return scratch_.Reserve(*n, *z, intermediate_size_);
 }
 
-absl::Status LowRankPredictor::Compute(const ConstTokens& x, const ForwardOptions& options,
-                                       Workspace* workspace, float* out) {
+void LowRankPredictor::Compute(const ConstTokens& x, const ForwardOptions& options,
+                               Workspace* workspace, float* out) {
   internal::RunLowRank(dtype_, hidden_size_, rank_, intermediate_size_, a_, a_stride_, b_,
                        b_stride_, x, options, workspace, scratch_.buffer(1), out,
                        intermediate_size_);
-  return absl::OkStatus();
 }
 
 absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions& options,
@@ -344,7 +343,8 @@ absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions
     return s;
   }
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
-  return Compute(x, options, workspace, out.data());
+  Compute(x, options, workspace, out.data());
+  return absl::OkStatus();
 }
 
 absl::Status LowRankPredictor::Select(const ConstTokens& x, const Selection& selection,
@@ -381,7 +381,7 @@ absl::Status LowRankPredictor::Step(cache::WeightCache* cache, const Selection& 
   }
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
   float* scores = scratch_.buffer(0);
-  if (absl::Status s = Compute(x, options, workspace, scores); !s.ok()) return s;
+  Compute(x, options, workspace, scores);
   if (absl::Status s = SelectInto(scores, x.tokens, intermediate_size_, selection, &scratch_);
       !s.ok()) {
     return s;

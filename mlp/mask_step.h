@@ -180,8 +180,9 @@ class LowRankPredictor {
 
  private:
   LowRankPredictor() = default;
-  absl::Status Compute(const ConstTokens& x, const ForwardOptions& options,
-                       Workspace* workspace, float* out);
+  // B (A x) into out (after validation and Reserve).
+  void Compute(const ConstTokens& x, const ForwardOptions& options, Workspace* workspace,
+               float* out);
   DType dtype_ = DType::kFloat32;
   size_t hidden_size_ = 0, intermediate_size_ = 0, rank_ = 0;
   const void* a_ = nullptr;

@@ -83,6 +83,36 @@ absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows
   return absl::OkStatus();
 }
 
+// ForwardIndexed, with the gate's activations given when gate_act is not
+// null (rows.gate must then be null; row r takes neuron neuron_of[r]'s, or
+// r's without a map).
+absl::Status IndexedForward(const NeuronRows& rows, absl::Span<const uint32_t> indices,
+                            const float* gate_act, size_t gate_act_stride,
+                            const uint32_t* neuron_of, const ConstTokens& x, const Tokens& y,
+                            const ForwardOptions& options, Workspace* workspace) {
+  if (absl::Status s = internal::ValidateCall(rows.dtype, rows.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (gate_act != nullptr && rows.gate != nullptr) {
+    return absl::InvalidArgumentError(
+        "a forward with given gate activations reads up and down rows only; gate must be null");
+  }
+  if (absl::Status s = internal::ValidateRows(rows); !s.ok()) return s;
+  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
+  if (absl::Status s =
+          internal::PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::Problem p = ProblemOf(rows, indices.size());
+  p.prefetch = true;
+  p.gate_act = gate_act;
+  p.gate_act_stride = gate_act_stride;
+  internal::Run(IndexedRows(rows, indices, neuron_of), p, x, y, options, workspace);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status Forward(const NeuronRows& rows, const ConstTokens& x, const Tokens& y,
@@ -104,21 +134,7 @@ absl::Status Forward(const NeuronRows& rows, const ConstTokens& x, const Tokens&
 absl::Status ForwardIndexed(const NeuronRows& rows, absl::Span<const uint32_t> indices,
                             const ConstTokens& x, const Tokens& y,
                             const ForwardOptions& options, Workspace* workspace) {
-  if (absl::Status s = internal::ValidateCall(rows.dtype, rows.hidden_size, x, y, options);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::ValidateRows(rows); !s.ok()) return s;
-  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
-  if (absl::Status s =
-          internal::PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
-      !s.ok()) {
-    return s;
-  }
-  internal::Problem p = ProblemOf(rows, indices.size());
-  p.prefetch = true;
-  internal::Run(IndexedRows(rows, indices), p, x, y, options, workspace);
-  return absl::OkStatus();
+  return IndexedForward(rows, indices, nullptr, 0, nullptr, x, y, options, workspace);
 }
 
 absl::Status ForwardLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
@@ -151,25 +167,9 @@ absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const ui
                                      const ConstTokens& x, const Tokens& y,
                                      const ForwardOptions& options, Workspace* workspace,
                                      const uint32_t* neuron_of) {
-  if (absl::Status s = ValidateCall(rows.dtype, rows.hidden_size, x, y, options); !s.ok()) {
-    return s;
-  }
-  if (rows.gate != nullptr) {
-    return absl::InvalidArgumentError(
-        "a forward with given gate activations reads up and down rows only; gate must be null");
-  }
-  if (absl::Status s = ValidateRows(rows); !s.ok()) return s;
-  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
-  if (absl::Status s = PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
-      !s.ok()) {
-    return s;
-  }
-  Problem p = ProblemOf(rows, indices.size());
-  p.prefetch = true;
-  p.gate_act = gate_act;
-  p.gate_act_stride = gate_act_stride;
-  Run(IndexedRows(rows, indices, neuron_of), p, x, y, options, workspace);
-  return absl::OkStatus();
+  if (gate_act == nullptr) return absl::InvalidArgumentError("gate activations are null");
+  return IndexedForward(rows, indices, gate_act, gate_act_stride, neuron_of, x, y, options,
+                        workspace);
 }
 
 }  // namespace internal

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from sparse_mlp import _sparse_mlp
 from sparse_mlp.cache import _tokens
+from sparse_mlp.model import _layer_triple
 
 _ACTIVATIONS = {"silu": F.silu, "relu": F.relu,
                 "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
@@ -286,8 +287,7 @@ def train_predictors(model, tokens, *, sparsity=0.5, rank=128, look_ahead=False,
         raise ValueError(f"{n} calibration positions leave none for the held-out evaluation")
     predictors, stats = [], []
     for l, module in enumerate(modules):
-        from sparse_mlp.sparsify import _projections
-        gate, up, _ = (p.weight for p in _projections(module))
+        gate, up, _ = _layer_triple(module, l)
         k = keep_count(sparsity, up.shape[0])
         target = oracle_mask(inputs[l], gate, up, k)
         source = inputs[l - 1] if look_ahead and l > 0 else inputs[l]

@@ -15,7 +15,7 @@ weight tensors (no copy), all layers' caches carved from one
 import torch
 
 from sparse_mlp.mlp import LlamaSkipMLP
-from sparse_mlp.model import ModelCache, _MODULE_NAMES
+from sparse_mlp.model import ModelCache, _MODULE_NAMES, _layer_triple
 from sparse_mlp.predictors import LowRankPredictor, keep_count
 
 _SPARSIFIED = "_sparse_mlp_model_cache"
@@ -36,13 +36,6 @@ def find_mlps(model):
                     found.append((parent, attr, child))
                     break
     return found
-
-
-def _projections(module):
-    for names in _MODULE_NAMES:
-        if all(hasattr(module, n) for n in names):
-            return tuple(getattr(module, n) for n in names)
-    raise AssertionError("not an MLP")  # find_mlps checked
 
 
 def _predictor_list(predictor, count):
@@ -90,17 +83,17 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
         raise ValueError(
             f"{type(model).__name__} has no gated MLP (a module with nn.Linear gate_proj/"
             f"up_proj/down_proj or w1/w3/w2)")
-    projections = [_projections(m) for _, _, m in found]
-    intermediate = projections[0][1].weight.shape[0]
+    weights = [_layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
+    intermediate = weights[0][1].shape[0]
     keep_count(sparsity, intermediate)  # validates sparsity
     predictors = _predictor_list(predictor, len(found))
-    for l, (p, proj) in enumerate(zip(predictors, projections)):
+    for l, (p, (_, up, _)) in enumerate(zip(predictors, weights)):
         if p is None:
             continue
         if not isinstance(p, LowRankPredictor):
             raise TypeError(f"predictor for layer {l} must be a LowRankPredictor, got "
                             f"{type(p).__name__}")
-        hidden, neurons = proj[1].weight.shape[1], proj[1].weight.shape[0]
+        neurons, hidden = up.shape
         if (p.hidden_size, p.intermediate_size) != (hidden, neurons):
             raise ValueError(
                 f"predictor for layer {l} maps {p.hidden_size} -> {p.intermediate_size}, but the "
@@ -116,13 +109,12 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     if use_optimized_cache:
         # Gate-first layers cache up and down only (their gate is read
         # densely each step); predictor layers cache all three.
-        triples = [(None if p is None else g.weight, u.weight, d.weight)
-                   for p, (g, u, d) in zip(predictors, projections)]
+        triples = [(None if p is None else g, u, d) for p, (g, u, d) in zip(predictors, weights)]
         cache = ModelCache(triples, active_fraction=max(1e-3, 1.0 - sparsity),
                            num_threads=threads)
     modules = []
     for l, ((parent, attr, original), (g, u, d), p) in enumerate(
-            zip(found, projections, predictors)):
+            zip(found, weights, predictors)):
         m = LlamaSkipMLP.from_dense(g, u, d, sparsity, use_optimized_cache, predictor=p,
                                     num_threads=threads)
         if cache is not None:
