@@ -214,6 +214,20 @@ class LowRankPredictorTest(unittest.TestCase):
         mlp = seeded_mlp(1)
         with self.assertRaisesRegex(ValueError, "x must be"):
             mlp(torch.randn(1, 63))
+        # The native mask sources: exactly one of k and threshold, k in range;
+        # the cache is unchanged after the error.
+        mlp(torch.randn(1, 64))
+        before = mlp.weight_cache.active_indices().clone()
+        gf, x, out = mlp._gate_first, torch.randn(1, 64), torch.empty(1, 64)
+        with self.assertRaisesRegex(ValueError, "exactly one of k"):
+            gf.step(mlp.weight_cache._native, x, out, k=3, threshold=0.1)
+        with self.assertRaisesRegex(ValueError, "exactly one of k"):
+            gf.step(mlp.weight_cache._native, x, out)
+        with self.assertRaisesRegex(ValueError, "k must be in"):
+            gf.step(mlp.weight_cache._native, x, out, k=173)
+        with self.assertRaisesRegex(ValueError, "threshold must not be NaN"):
+            gf.step(mlp.weight_cache._native, x, out, threshold=float("nan"))
+        self.assertTrue(torch.equal(mlp.weight_cache.active_indices(), before))
 
 
 class SparsifyTest(unittest.TestCase):

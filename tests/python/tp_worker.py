@@ -55,6 +55,22 @@ def main(rank, world, port, mode, out_dir):
                                             topk="exact")
     else:
         cache = tp.TensorParallelModelCache(layers)
+        # Bad arguments raise ValueError naming them (the exit code tells).
+        for bad, needle in ((dict(masks="oracle"), "masks must be"),
+                            (dict(topk="global"), "topk must be"),
+                            (dict(topk="exact"), "is for masks='gate-first'")):
+            try:
+                tp.TensorParallelModelCache(layers, **bad)
+            except ValueError as e:
+                assert needle in str(e), e
+            else:
+                raise AssertionError(f"{bad} was accepted")
+        try:
+            cache.local_mask(torch.ones(7, dtype=torch.bool))
+        except ValueError as e:
+            assert f"{NEURONS} neurons" in str(e), e
+        else:
+            raise AssertionError("a mask of 7 neurons was accepted")
     outputs, kept = [], []
     for step, (masks, x) in enumerate(masks_and_inputs()):
         for l in range(LAYERS):
