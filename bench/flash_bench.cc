@@ -12,7 +12,7 @@
 // one mask per layer, token-major).
 //
 // Rows, same masks, one token at a time (T = 1), --threads compute threads:
-//   tier          FlashModelCache + FlashLayerStep per budget (x the MLP
+//   tier          flash::FlashModelCache + FlashLayerStep per budget (x the MLP
 //                 weights) and window; next layer's reads prefetched while a
 //                 layer computes (--prefetch)
 //   dram          everything in DRAM (the file read into memory),
@@ -67,10 +67,10 @@
 #include "bench/optimized_build_check.h"
 #include "bench/process_stats.h"
 #include "bench/synthetic_weights.h"
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 #include "memory/aligned_buffer.h"
-#include "mlp/flash_step.h"
-#include "mlp/mask_step.h"
+#include "step/flash_step.h"
+#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
 #include "store/bundle_reader.h"
@@ -231,7 +231,7 @@ struct Row {
 // The stack's rows for layer l in a buffer laid out as the file lays out
 // bundles (the whole file in DRAM, or a mapping of it).
 mlp::NeuronRows FileRows(const store::BundleLayout& l, const uint8_t* file, size_t layer) {
-  return mlp::BundleRows(l, file + l.layer_offset(layer), l.shape().intermediate,
+  return step::BundleRows(l, file + l.layer_offset(layer), l.shape().intermediate,
                          l.bundle_stride());
 }
 
@@ -269,7 +269,7 @@ class FlashBench {
                           options_.num_threads);
     const size_t gate_bytes = sh.intermediate * sh.hidden * 2;
     for (size_t l = 0; l < sh.layers; ++l) {
-      gate_first_.push_back(std::make_unique<mlp::GateFirst>(*mlp::GateFirst::Create(
+      gate_first_.push_back(std::make_unique<step::GateFirst>(*step::GateFirst::Create(
           DType::kBFloat16, sh.hidden, sh.intermediate, gates_.data() + l * gate_bytes,
           sh.hidden)));
     }
@@ -284,7 +284,7 @@ class FlashBench {
     r.window = window;
     const std::string& path = gate_first ? updown_path_ : path_;
     DropPageCache(path);
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     // Gate-first: the gates take a third of the weights out of the budget.
     const double gates = gate_first ? weight_bytes_ / 3 : 0;
     if (budget * weight_bytes_ <= gates) {
@@ -297,27 +297,27 @@ class FlashBench {
     o.reader.verify_checksums = absl::GetFlag(FLAGS_verify);
     o.io_lanes = static_cast<size_t>(absl::GetFlag(FLAGS_io_lanes));
     const size_t rss0 = ResidentBytes();
-    auto opened = cache::FlashModelCache::Open(path, o);
+    auto opened = flash::FlashModelCache::Open(path, o);
     if (!opened.ok()) {
       r.note = std::string(opened.status().message()).substr(0, 60);
       return r;
     }
-    cache::FlashModelCache& fc = **opened;
+    flash::FlashModelCache& fc = **opened;
     if (fc.capacity() < max_mask()) {
       r.note = absl::StrFormat("masks of %d > %d slots per layer", max_mask(), fc.capacity());
       return r;
     }
     const size_t layers = layout_.shape().layers;
-    mlp::FlashStepTimes sum;
+    step::FlashStepTimes sum;
     auto token = [&](size_t t, bool timed) {
       for (size_t l = 0; l < layers; ++l) {
         if (prefetch) {
           const size_t nl = (l + 1) % layers, nt = l + 1 == layers ? t + 1 : t;
           if (nt < trace_.size()) Check(fc.Prefetch(nl, trace_[nt][nl]));
         }
-        mlp::FlashStepTimes times;
+        step::FlashStepTimes times;
         if (!absl::GetFlag(FLAGS_compute)) {
-          cache::FlashStepPlan plan;
+          flash::FlashStepPlan plan;
           const auto w0 = Clock::now();
           Check(fc.BeginStep(l, trace_[t][l], &plan));
           Check(fc.FinishStep(l));
@@ -328,13 +328,13 @@ class FlashBench {
           Check(gate_first_[l]->Activations({x_.data(), 1, x_.size(), DType::kFloat32}, options_,
                                             &ws_, absl::MakeSpan(act_)));
           const double gate_seconds = Since(g0);
-          Check(mlp::FlashLayerStepGivenGate(&fc, l, trace_[t][l], act_.data(), act_.size(),
+          Check(step::FlashLayerStepGivenGate(&fc, l, trace_[t][l], act_.data(), act_.size(),
                                              {x_.data(), 1, x_.size(), DType::kFloat32},
                                              {y_.data(), 1, y_.size(), DType::kFloat32},
                                              options_, &ws_, &times));
           times.compute_seconds += gate_seconds;
         } else {
-          Check(mlp::FlashLayerStep(&fc, l, trace_[t][l],
+          Check(step::FlashLayerStep(&fc, l, trace_[t][l],
                                     {x_.data(), 1, x_.size(), DType::kFloat32},
                                     {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_,
                                     &times));
@@ -436,7 +436,7 @@ class FlashBench {
         if (l + 1 < layers) start_reads(t, l + 1, (l + 1) % 2);
         const size_t count = neurons(t, l).size();
         const uint8_t* b = buf[l % 2].data();
-        const mlp::NeuronRows rows = mlp::BundleRows(layout_, b, count, bundle);
+        const mlp::NeuronRows rows = step::BundleRows(layout_, b, count, bundle);
         Check(mlp::Forward(rows, {x_.data(), 1, x_.size(), DType::kFloat32},
                            {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_));
       }
@@ -562,7 +562,7 @@ class FlashBench {
   // Gate-first rows.
   std::string updown_path_;
   memory::AlignedBuffer gates_;
-  std::vector<std::unique_ptr<mlp::GateFirst>> gate_first_;
+  std::vector<std::unique_ptr<step::GateFirst>> gate_first_;
   std::vector<float> act_;
 };
 

@@ -1,4 +1,4 @@
-// Masks computed natively into the step (mlp/mask_step.h) against the dense
+// Masks computed natively into the step (step/mask_step.h) against the dense
 // MLP, the step on a given (oracle) mask, direct indexing and the read
 // floor of the same bytes, in one run:
 //
@@ -14,7 +14,7 @@
 //               (reads W/3 + 2aW/3, plus the entering rows' stores)
 //   gf-direct   GateFirst::Forward: the same selection, then up and down
 //               of the kept neurons read in place (no cache, no stores)
-//   oracle      mlp::LayerStep on a gated cache with the masks gate-first
+//   oracle      step::LayerStep on a gated cache with the masks gate-first
 //               chose, given for free (reads 3aW/3 + entering rows)
 //   direct      mlp::ForwardIndexed on those neurons (no cache, full gate)
 //   floor       a read of gate plus a x I rows of up and down (the bytes
@@ -50,8 +50,8 @@
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
-#include "mlp/layer_step.h"
-#include "mlp/mask_step.h"
+#include "step/layer_step.h"
+#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
 #include "platform/simd_level.h"
 
@@ -146,10 +146,10 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
   Check(ws.Reserve(tokens, h, 0, threads), "workspace");
   const mlp::NeuronRows full{dtype, h, i, gate.data(), h, up.data(), h, down_rows.data(), h};
 
-  mlp::GateFirst gf = *mlp::GateFirst::Create(dtype, h, i, gate.data(), h);
+  step::GateFirst gf = *step::GateFirst::Create(dtype, h, i, gate.data(), h);
   Check(gf.Reserve(tokens), "reserve");
-  mlp::LowRankPredictor predictor =
-      *mlp::LowRankPredictor::Create(dtype, h, i, rank, a.data(), h, b.data(), rank);
+  step::LowRankPredictor predictor =
+      *step::LowRankPredictor::Create(dtype, h, i, rank, a.data(), h, b.data(), rank);
   Check(predictor.Reserve(tokens), "reserve");
   std::vector<float> scores(tokens * i);
 
@@ -159,7 +159,7 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
   std::printf("%-6s %-12s %10s %9s %9s\n", "a", "case", "ms", "x dense", "x floor");
   for (double active : actives) {
     const size_t k = static_cast<size_t>(std::lround(active * static_cast<double>(i)));
-    mlp::Selection sel;
+    step::Selection sel;
     sel.k = k;
     // The masks gate-first picks along the sequence (recorded once), for
     // the oracle and direct cases.
@@ -202,13 +202,13 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
     cases.emplace_back("gate-first", [&](int s) {
                        Check(gf.Step(&updown, sel, x_of(s), out, o, &ws), "gf");
                      });
-    mlp::GateFirst gf_direct = *mlp::GateFirst::Create(dtype, h, i, gate.data(), h);
+    step::GateFirst gf_direct = *step::GateFirst::Create(dtype, h, i, gate.data(), h);
     const mlp::NeuronRows up_down{dtype, h, i, nullptr, 0, up.data(), h, down_rows.data(), h};
     cases.emplace_back("gf-direct", [&](int s) {
       Check(gf_direct.Forward(up_down, sel, x_of(s), out, o, &ws), "gfd");
     });
     cases.emplace_back("oracle", [&](int s) {
-                       Check(mlp::LayerStep(&gated, masks[s], x_of(s), out, o, &ws), "o");
+                       Check(step::LayerStep(&gated, masks[s], x_of(s), out, o, &ws), "o");
                      });
     cases.emplace_back("direct", [&](int s) {
                        Check(mlp::ForwardIndexed(full, sets[s], x_of(s), out, o, &ws), "di");

@@ -12,11 +12,11 @@
 //             the up product fused as post-ops), float32 and bfloat16
 //   floor     a vectorized read of the same weight bytes, same threads
 // and for each active fraction a < 1, on a WeightCache (--layout, split):
-//   packed    mlp::CacheForward on the A packed neurons
+//   packed    step::CacheForward on the A packed neurons
 //   direct    mlp::ForwardIndexed on the full arrays (no cache)
 //   floor     a read of the packed rows' bytes
 //   update+fwd, step  (T = --step_tokens, per churn) WeightCache::Update then
-//             CacheForward, and the fused mlp::LayerStep, on masks that
+//             CacheForward, and the fused step::LayerStep, on masks that
 //             change by that churn every call
 // Every call starts from cold caches (a 96 MiB scrub read between calls);
 // a case's calls are interleaved, repetition by repetition, so all see the
@@ -58,8 +58,8 @@
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/activation.h"
-#include "mlp/float16.h"
-#include "mlp/layer_step.h"
+#include "platform/float16.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
 #include "platform/simd_level.h"
@@ -459,7 +459,7 @@ class Bench {
                        ReadRanges(PackedRanges(packed), c_.threads);
                      }});
       ops.push_back({"packed", "-", sparse_bytes, [&] {
-                       (void)mlp::CacheForward(packed, tb.In(l, tokens), tb.Out(l, tokens), o,
+                       (void)step::CacheForward(packed, tb.In(l, tokens), tb.Out(l, tokens), o,
                                                &ws);
                      }});
       ops.push_back({"direct", "-", sparse_bytes, [&] {
@@ -473,12 +473,12 @@ class Bench {
         ops.push_back({"update+fwd", s->label, sparse_bytes, [&, s] {
                          s->mask = Churn(s->mask, s->churn, step_rng_);
                          (void)s->cache.Update(s->mask);
-                         (void)mlp::CacheForward(s->cache, tb.In(l, tokens), tb.Out(l, tokens),
+                         (void)step::CacheForward(s->cache, tb.In(l, tokens), tb.Out(l, tokens),
                                                  o, &ws);
                        }});
         ops.push_back({"step", s->label, sparse_bytes, [&, s] {
                          s->mask = Churn(s->mask, s->churn, step_rng_);
-                         (void)mlp::LayerStep(&s->cache, s->mask, tb.In(l, tokens),
+                         (void)step::LayerStep(&s->cache, s->mask, tb.In(l, tokens),
                                               tb.Out(l, tokens), o, &ws);
                        }});
       }
@@ -501,7 +501,7 @@ class Bench {
   }
 
   static std::vector<ByteRange> PackedRanges(const cache::WeightCache& wc) {
-    const mlp::NeuronRows r = mlp::CacheRows(wc);
+    const mlp::NeuronRows r = step::CacheRows(wc);
     const size_t elem = cache::DTypeSize(r.dtype), row = r.hidden_size * elem;
     if (wc.layout() == cache::PackedLayout::kFusedRows) {
       return {{r.gate != nullptr ? r.gate : r.up, r.count * r.up_stride * elem}};

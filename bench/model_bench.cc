@@ -12,9 +12,9 @@
 // whole stack by:
 //   dense      mlp::ForwardLinear per layer (the nn.Linear layout)
 //   direct     mlp::ForwardIndexed on the layer's mask (no cache)
-//   step       mlp::LayerStep per layer on a ModelCache (fused update +
+//   step       step::LayerStep per layer on a ModelCache (fused update +
 //              forward)
-//   per-layer  ModelCache::Update(l) then mlp::CacheForward, layer by layer
+//   per-layer  ModelCache::Update(l) then step::CacheForward, layer by layer
 //   batched    ModelCache::UpdateMany (all layers) then the forwards
 //   overlap    layer l's forward on one thread while another updates layer
 //              l + 1 (one OpenMP region of two per layer)
@@ -60,8 +60,8 @@
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
-#include "mlp/float16.h"
-#include "mlp/layer_step.h"
+#include "platform/float16.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
 #include "platform/simd_level.h"
@@ -302,7 +302,7 @@ class StackBench {
   void Step(Series* s) {
     s->token.push_back(SecondsOf([&] {
       for (size_t l = 0; l < c_.layers; ++l) {
-        Check(mlp::LayerStep(Cache(l), masks_[l], X(l), Y(), opts_, &ws_), "LayerStep");
+        Check(step::LayerStep(Cache(l), masks_[l], X(l), Y(), opts_, &ws_), "LayerStep");
       }
     }));
   }
@@ -311,7 +311,7 @@ class StackBench {
     s->token.push_back(SecondsOf([&] {
       for (size_t l = 0; l < c_.layers; ++l) {
         update += SecondsOf([&] { Check(model_->Update(l, masks_[l]), "Update"); });
-        Check(mlp::CacheForward(*Cache(l), X(l), Y(), opts_, &ws_), "CacheForward");
+        Check(step::CacheForward(*Cache(l), X(l), Y(), opts_, &ws_), "CacheForward");
       }
     }));
     s->update.push_back(update);
@@ -323,7 +323,7 @@ class StackBench {
     s->token.push_back(SecondsOf([&] {
       update = SecondsOf([&] { Check(model_->UpdateMany(batch), "UpdateMany"); });
       for (size_t l = 0; l < c_.layers; ++l) {
-        Check(mlp::CacheForward(*Cache(l), X(l), Y(), opts_, &ws_), "CacheForward");
+        Check(step::CacheForward(*Cache(l), X(l), Y(), opts_, &ws_), "CacheForward");
       }
     }));
     s->update.push_back(update);
@@ -352,7 +352,7 @@ class StackBench {
 #pragma omp parallel num_threads(2)
         {
           if (omp_get_thread_num() == 0) {
-            fwd = mlp::CacheForward(*Cache(l), X(l), Y(), single_, &ws_single_);
+            fwd = step::CacheForward(*Cache(l), X(l), Y(), single_, &ws_single_);
           } else if (l + 1 < c_.layers) {
             const cache::CacheUpdate u{Cache(l + 1), &masks_[l + 1]};
             upd = cache::WeightCache::UpdateMany({&u, 1}, 1);

@@ -8,7 +8,7 @@
 
 #include "cache/dtype.h"
 #include "memory/aligned_buffer.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 
 namespace sparse_mlp::bench {
 
@@ -40,8 +40,8 @@ inline memory::AlignedBuffer RandomValues(size_t n, cache::DType dtype, float sc
         reinterpret_cast<float*>(b.data())[k] = v;
       } else {
         reinterpret_cast<uint16_t*>(b.data())[k] = dtype == cache::DType::kBFloat16
-                                                       ? mlp::FloatToBFloat16(v)
-                                                       : mlp::FloatToFloat16(v);
+                                                       ? FloatToBFloat16(v)
+                                                       : FloatToFloat16(v);
       }
     }
   }

@@ -29,7 +29,7 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::bindings {
@@ -108,8 +108,8 @@ class PyWeightCache {
     const size_t rows = info.ndim == 1 ? 0 : static_cast<size_t>(info.shape[0]);
     const size_t size = static_cast<size_t>(info.size);
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
-      return rows == 0 ? c.UpdateFromBytes(absl::MakeConstSpan(bytes, size))
-                       : c.UpdateFromByteRows(absl::MakeConstSpan(bytes, size), rows);
+      return rows == 0 ? c.Update(cache::MaskInput::Bytes(absl::MakeConstSpan(bytes, size)))
+                       : c.Update(cache::MaskInput::ByteRows(absl::MakeConstSpan(bytes, size), rows));
     }));
   }
 
@@ -122,7 +122,7 @@ class PyWeightCache {
     const auto* data = static_cast<const uint32_t*>(indices.data());
     const size_t n = static_cast<size_t>(indices.shape(0));
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
-      return c.UpdateFromIndices(absl::MakeConstSpan(data, n));
+      return c.Update(cache::MaskInput::Indices(absl::MakeConstSpan(data, n)));
     }));
   }
 
@@ -146,14 +146,14 @@ class PyWeightCache {
     const int64_t k = IntArg(k_arg, "k", 0, std::numeric_limits<int64_t>::max());
     const diff::ScoreMatrix m = Scores(t);
     ThrowIfError(RunWithoutGil(
-        [&](cache::WeightCache& c) { return c.UpdateTopK(m, static_cast<size_t>(k)); }));
+        [&](cache::WeightCache& c) { return c.Update(cache::MaskInput::TopK(m, static_cast<size_t>(k))); }));
   }
 
   void UpdateThreshold(const py::object& scores, double threshold) {
     const ImportedTensor t = ImportMatrix(scores, "scores");
     const diff::ScoreMatrix m = Scores(t);
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
-      return c.UpdateThreshold(m, static_cast<float>(threshold));
+      return c.Update(cache::MaskInput::Threshold(m, static_cast<float>(threshold)));
     }));
   }
 
@@ -262,7 +262,7 @@ class PyWeightCache {
     mlp::ForwardOptions o = ForwardOptionsFor(activation, accumulate);
     ThrowIfError(RunWithoutGil([&](const cache::WeightCache& c) {
       o.num_threads = c.num_threads();
-      return mlp::CacheForward(c, t.In(), t.Out(), o, &workspace_);
+      return step::CacheForward(c, t.In(), t.Out(), o, &workspace_);
     }));
   }
 
@@ -277,7 +277,7 @@ class PyWeightCache {
     mlp::ForwardOptions o = ForwardOptionsFor(activation, accumulate);
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
       o.num_threads = c.num_threads();
-      return mlp::LayerStepFromByteRows(&c, absl::MakeConstSpan(bytes, size), rows, t.In(),
+      return step::LayerStepFromByteRows(&c, absl::MakeConstSpan(bytes, size), rows, t.In(),
                                         t.Out(), o, &workspace_);
     }));
   }

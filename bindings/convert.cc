@@ -284,16 +284,16 @@ void RegisterViews(py::module_& m) {
 }
 
 // k (per token) or threshold: exactly one of them.
-mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons) {
-  mlp::Selection s;
+step::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons) {
+  step::Selection s;
   if (k.is_none() == threshold.is_none()) {
     throw py::value_error("give exactly one of k (neurons per token) and threshold");
   }
   if (!k.is_none()) {
-    s.kind = mlp::Selection::Kind::kTopK;
+    s.kind = step::Selection::Kind::kTopK;
     s.k = static_cast<size_t>(IntArg(k, "k", 0, static_cast<int64_t>(neurons)));
   } else {
-    s.kind = mlp::Selection::Kind::kThreshold;
+    s.kind = step::Selection::Kind::kThreshold;
     const double t = threshold.cast<double>();
     if (std::isnan(t)) throw py::value_error("threshold must not be NaN");
     s.threshold = static_cast<float>(t);

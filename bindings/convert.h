@@ -40,7 +40,7 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "mlp/activation.h"
-#include "mlp/mask_step.h"
+#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::bindings {
@@ -233,7 +233,7 @@ ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::ob
 
 // A mask source's selection: exactly one of k (neurons per token, in
 // [0, neurons]) and threshold (not NaN); ValueError / TypeError otherwise.
-mlp::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons);
+step::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons);
 
 // Registers DLPackView on the module.
 void RegisterViews(py::module_& m);

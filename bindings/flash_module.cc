@@ -14,11 +14,11 @@
 #include "absl/strings/str_format.h"
 #include "bindings/convert.h"
 #include "bindings/store_module.h"
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 #include "diff/neuron_mask.h"
-#include "mlp/flash_step.h"
+#include "step/flash_step.h"
 #include "store/bundle_reader.h"
-#include "mlp/mask_step.h"
+#include "step/mask_step.h"
 
 namespace sparse_mlp::bindings {
 namespace {
@@ -30,7 +30,7 @@ class PyFlashModelCache {
                     const std::string& engine, const py::object& queue_depth,
                     const py::object& io_threads, bool verify, const std::string& direct_io,
                     const py::object& chunk_neurons, const py::object& io_lanes) {
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     o.budget_bytes = static_cast<size_t>(
         IntArg(budget_bytes, "budget_bytes", 1, std::numeric_limits<int64_t>::max()));
     o.window = static_cast<size_t>(IntArg(window, "window", 1, 1 << 20));
@@ -38,10 +38,10 @@ class PyFlashModelCache {
     o.io_lanes = static_cast<size_t>(IntArg(io_lanes, "io_lanes", 1, 8));
     num_threads_ = NumThreadsArg(num_threads);
     o.reader = ReaderOptionsArg(engine, queue_depth, io_threads, verify, direct_io);
-    absl::StatusOr<std::unique_ptr<cache::FlashModelCache>> c;
+    absl::StatusOr<std::unique_ptr<flash::FlashModelCache>> c;
     {
       py::gil_scoped_release release;
-      c = cache::FlashModelCache::Open(path, o);
+      c = flash::FlashModelCache::Open(path, o);
     }
     ThrowIfFileError(c.status());
     cache_ = *std::move(c);
@@ -85,8 +85,8 @@ class PyFlashModelCache {
         py::gil_scoped_acquire acquire;
         MaskIndices(mask);
       }
-      mlp::FlashStepTimes times;
-      status = mlp::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o,
+      step::FlashStepTimes times;
+      status = step::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o,
                                    &workspace_, &times);
       plan_seconds_ += times.plan_seconds;
       compute_seconds_ += times.compute_seconds;
@@ -104,7 +104,7 @@ class PyFlashModelCache {
                                             s.layers, gates.size()));
     }
     std::vector<ImportedTensor> imported;
-    std::vector<mlp::GateFirst> natives;
+    std::vector<step::GateFirst> natives;
     for (size_t l = 0; l < s.layers; ++l) {
       const std::string name = absl::StrFormat("gates[%d]", l);
       ImportedTensor g = ImportMatrix(gates[l], name.c_str());
@@ -115,15 +115,15 @@ class PyFlashModelCache {
                                               s.hidden, cache::DTypeName(g.dtype()),
                                               g.ShapeString()));
       }
-      absl::StatusOr<mlp::GateFirst> gf =
-          mlp::GateFirst::Create(s.dtype, s.hidden, s.intermediate, g.data(), s.hidden);
+      absl::StatusOr<step::GateFirst> gf =
+          step::GateFirst::Create(s.dtype, s.hidden, s.intermediate, g.data(), s.hidden);
       ThrowIfError(gf.status());
       imported.push_back(std::move(g));
       natives.push_back(*std::move(gf));
     }
     std::lock_guard<std::mutex> lock(mutex_);
     gate_first_.clear();
-    for (auto& n : natives) gate_first_.push_back(std::make_unique<mlp::GateFirst>(std::move(n)));
+    for (auto& n : natives) gate_first_.push_back(std::make_unique<step::GateFirst>(std::move(n)));
     gates_ = std::move(imported);
     gate_activation_ = ActivationArg(activation);
   }
@@ -134,7 +134,7 @@ class PyFlashModelCache {
                      const py::object& k, const py::object& threshold, bool accumulate) {
     const size_t layer = Layer(layer_arg);
     const store::BundleShape& s = cache_->layout().shape();
-    const mlp::Selection sel = SelectionArg(k, threshold, s.intermediate);
+    const step::Selection sel = SelectionArg(k, threshold, s.intermediate);
     const TokenArgs t = ImportTokens(x, out, s.hidden, s.dtype);
     absl::Status status;
     {
@@ -166,7 +166,7 @@ class PyFlashModelCache {
         py::gil_scoped_acquire acquire;
         MaskIndices(mask);
       }
-      cache::FlashStepPlan plan;
+      flash::FlashStepPlan plan;
       status = cache_->BeginStep(layer, indices_, &plan);
       if (status.ok()) status = cache_->FinishStep(layer);
     }
@@ -201,7 +201,7 @@ class PyFlashModelCache {
   }
 
   py::dict LayerStats(const py::object& layer_arg) {
-    const cache::FlashLayerStats s = cache_->layer_stats(Layer(layer_arg));
+    const flash::FlashLayerStats s = cache_->layer_stats(Layer(layer_arg));
     py::dict d;
     d["steps"] = s.steps;
     d["hits"] = s.hits;
@@ -231,7 +231,7 @@ class PyFlashModelCache {
   }
 
   py::dict Footprint() {
-    const cache::FlashFootprint f = cache_->footprint();
+    const flash::FlashFootprint f = cache_->footprint();
     py::dict d;
     d["budget_bytes"] = f.budget_bytes;
     d["slot_bytes"] = f.slot_bytes;
@@ -242,11 +242,11 @@ class PyFlashModelCache {
     return d;
   }
 
-  const cache::FlashModelCache& cache() const { return *cache_; }
+  const flash::FlashModelCache& cache() const { return *cache_; }
   int num_threads() const { return num_threads_; }
 
  private:
-  std::unique_ptr<cache::FlashModelCache> cache_;
+  std::unique_ptr<flash::FlashModelCache> cache_;
   int num_threads_ = 1;
   diff::NeuronMask mask_;
   std::vector<uint32_t> indices_;
@@ -254,7 +254,7 @@ class PyFlashModelCache {
   double plan_seconds_ = 0, compute_seconds_ = 0, wait_seconds_ = 0;
   // Gate-first: the gates (borrowed, outliving gate_first_) and their steps.
   std::vector<ImportedTensor> gates_;
-  std::vector<std::unique_ptr<mlp::GateFirst>> gate_first_;
+  std::vector<std::unique_ptr<step::GateFirst>> gate_first_;
   mlp::Activation gate_activation_ = mlp::Activation::kSiLU;
   std::mutex mutex_;  // one call at a time per cache (calls release the GIL)
 };

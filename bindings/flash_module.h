@@ -1,6 +1,6 @@
-// Python binding of cache::FlashModelCache and mlp::FlashLayerStep: a
+// Python binding of flash::FlashModelCache and step::FlashLayerStep: a
 // model's MLPs served from a bundle file under a DRAM budget
-// (sparse_mlp.FlashModelCache, ModelCache.from_file).
+// (sparse_mlp.flash::FlashModelCache, ModelCache.from_file).
 #ifndef SPARSE_MLP_BINDINGS_FLASH_MODULE_H_
 #define SPARSE_MLP_BINDINGS_FLASH_MODULE_H_
 
@@ -8,7 +8,7 @@
 
 namespace sparse_mlp::bindings {
 
-// Registers FlashModelCache on the module.
+// Registers flash::FlashModelCache on the module.
 void RegisterFlash(pybind11::module_& m);
 
 }  // namespace sparse_mlp::bindings

@@ -12,7 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "bindings/cache_module.h"
 #include "bindings/convert.h"
-#include "mlp/mask_step.h"
+#include "step/mask_step.h"
 
 namespace sparse_mlp::bindings {
 namespace {
@@ -38,11 +38,11 @@ class PyGateFirst {
  public:
   PyGateFirst(const py::object& gate, const std::string& activation)
       : gate_(ImportMatrix(gate, "gate")), activation_(ActivationArg(activation)) {
-    absl::StatusOr<mlp::GateFirst> g = mlp::GateFirst::Create(
+    absl::StatusOr<step::GateFirst> g = step::GateFirst::Create(
         gate_.dtype(), static_cast<size_t>(gate_.cols()), static_cast<size_t>(gate_.rows()),
         gate_.data(), static_cast<size_t>(gate_.cols()));
     ThrowIfError(g.status());
-    native_ = std::make_unique<mlp::GateFirst>(*std::move(g));
+    native_ = std::make_unique<step::GateFirst>(*std::move(g));
   }
 
   size_t neurons() const { return static_cast<size_t>(gate_.rows()); }
@@ -72,7 +72,7 @@ class PyGateFirst {
 
   void Step(PyWeightCache& cache, const py::object& x, const py::object& out,
             const py::object& k, const py::object& threshold, bool accumulate) {
-    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const step::Selection sel = SelectionArg(k, threshold, neurons());
     const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
     mlp::ForwardOptions o;
     o.activation = activation_;
@@ -112,7 +112,7 @@ class PyGateFirst {
   void Forward(const py::object& up, const py::object& down_rows, const py::object& x,
                const py::object& out, const py::object& k, const py::object& threshold,
                const py::object& threads, bool accumulate) {
-    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const step::Selection sel = SelectionArg(k, threshold, neurons());
     const ImportedTensor u = ImportMatrix(up, "up");
     const ImportedTensor d = ImportMatrix(down_rows, "down_rows");
     for (const ImportedTensor* t : {&u, &d}) {
@@ -151,7 +151,7 @@ class PyGateFirst {
  private:
   ImportedTensor gate_;  // borrowed: outlives native_
   mlp::Activation activation_;
-  std::unique_ptr<mlp::GateFirst> native_;
+  std::unique_ptr<step::GateFirst> native_;
   mlp::Workspace workspace_;
   std::mutex mutex_;
 };
@@ -170,12 +170,12 @@ class PyLowRank {
           "B must be [I, r] for A [r, H] = %s: B's columns must be %d, got B %s",
           a_.ShapeString(), a_.rows(), b_.ShapeString()));
     }
-    absl::StatusOr<mlp::LowRankPredictor> p = mlp::LowRankPredictor::Create(
+    absl::StatusOr<step::LowRankPredictor> p = step::LowRankPredictor::Create(
         a_.dtype(), static_cast<size_t>(a_.cols()), static_cast<size_t>(b_.rows()),
         static_cast<size_t>(a_.rows()), a_.data(), static_cast<size_t>(a_.cols()), b_.data(),
         static_cast<size_t>(b_.cols()));
     ThrowIfError(p.status());
-    native_ = std::make_unique<mlp::LowRankPredictor>(*std::move(p));
+    native_ = std::make_unique<step::LowRankPredictor>(*std::move(p));
   }
 
   size_t neurons() const { return static_cast<size_t>(b_.rows()); }
@@ -207,7 +207,7 @@ class PyLowRank {
 
   py::array_t<uint8_t> Select(const py::object& x, const py::object& k,
                               const py::object& threshold, const py::object& threads) {
-    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const step::Selection sel = SelectionArg(k, threshold, neurons());
     const ImportedTensor xt = ImportMatrix(x, "x");
     const mlp::ConstTokens in = In(xt);
     mlp::ForwardOptions o;
@@ -226,7 +226,7 @@ class PyLowRank {
   void Step(PyWeightCache& cache, const py::object& x, const py::object& out,
             const py::object& k, const py::object& threshold, const std::string& activation,
             bool accumulate) {
-    const mlp::Selection sel = SelectionArg(k, threshold, neurons());
+    const step::Selection sel = SelectionArg(k, threshold, neurons());
     const TokenArgs t = ImportTokens(x, out, hidden(), a_.dtype());
     mlp::ForwardOptions o;
     o.activation = ActivationArg(activation);
@@ -240,7 +240,7 @@ class PyLowRank {
 
  private:
   ImportedTensor a_, b_;  // borrowed: outlive native_
-  std::unique_ptr<mlp::LowRankPredictor> native_;
+  std::unique_ptr<step::LowRankPredictor> native_;
   mlp::Workspace workspace_;
   std::mutex mutex_;
 };

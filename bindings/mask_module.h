@@ -1,4 +1,4 @@
-// Python bindings of mlp/mask_step.h: the gate-first step (GateFirst) and
+// Python bindings of step/mask_step.h: the gate-first step (GateFirst) and
 // the native low-rank predictor (LowRankPredictor), each stepping a
 // WeightCache binding (a cache of its own or a ModelCache's layer).
 #ifndef SPARSE_MLP_BINDINGS_MASK_MODULE_H_

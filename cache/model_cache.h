@@ -11,7 +11,7 @@
 // region, or adds a block (never per-layer heap allocations).
 //
 // Updates: Update(l, mask) is layer l's WeightCache::Update; the fused layer
-// step is mlp::LayerStep on layer(l) (mlp/layer_step.h). UpdateMany applies
+// step is step::LayerStep on layer(l) (step/layer_step.h). UpdateMany applies
 // several layers' masks as one batch (WeightCache::UpdateMany): every
 // layer's diff and plan, then all their copies in one parallel region
 // split evenly over the threads, so a predictor that looks several layers
@@ -120,7 +120,7 @@ class ModelCache {
   ModelCache(const ModelCache&) = delete;
   ModelCache& operator=(const ModelCache&) = delete;
 
-  // Layer l's cache (for its views, mlp::LayerStep, the other update
+  // Layer l's cache (for its views, step::LayerStep, the other update
   // forms). OutOfRange naming l and L for l >= L.
   absl::StatusOr<WeightCache*> layer(size_t l);
   absl::StatusOr<const WeightCache*> layer(size_t l) const;

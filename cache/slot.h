@@ -1,5 +1,5 @@
 // Slots: the positions of a cache's packed rows. Shared by the update plan
-// (cache/update_plan.h) and the flash tier's residency (cache/residency.h).
+// (cache/update_plan.h) and the cache that executes it.
 #ifndef SPARSE_MLP_CACHE_SLOT_H_
 #define SPARSE_MLP_CACHE_SLOT_H_
 

@@ -19,7 +19,7 @@
 // so both the source rows and the destination slots of the copies advance
 // through memory (faster than pairing in removal order; docs/performance.md):
 // `loads` and `moves` are each in ascending destination-slot order, which
-// consumers that walk slots in order (mlp/layer_step.h) rely on.
+// consumers that walk slots in order (step/layer_step.h) rely on.
 // PlanRepack instead lays every active neuron out afresh, in ascending
 // order, all loads (used when most of the set changes anyway).
 //

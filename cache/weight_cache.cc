@@ -1,12 +1,13 @@
+// WeightCache: construction (validation, slot layout, sources), capacity
+// and sizes. Updates are in weight_cache_update.cc, views and Verify in
+// weight_cache_views.cc.
 #include "cache/weight_cache.h"
 
 #include <algorithm>
-#include <cstring>
 #include <utility>
 
-#include "absl/base/internal/raw_logging.h"
-#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_format.h"
+#include "cache/weight_cache_internal.h"
 #include "gather/parallel_copy.h"
 #include "gather/row_gather.h"
 #include "gather/transpose.h"
@@ -15,6 +16,8 @@
 
 namespace sparse_mlp::cache {
 namespace {
+
+using internal::ConcurrentMutationError;
 
 absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
                              const diff::NeuronMask& initial_mask) {
@@ -61,44 +64,7 @@ absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
   return absl::OkStatus();
 }
 
-absl::Status MaskSizeError(size_t got, size_t expected) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "mask has %u neurons, the cache has intermediate_size %u", got, expected));
-}
-
-// The first row of one part of a packed buffer; null while the buffer is
-// unallocated (capacity 0: no offset may be applied to a null pointer).
-uint8_t* PartData(memory::AlignedBuffer& buffer, size_t offset) {
-  return buffer.data() == nullptr ? nullptr : buffer.data() + offset;
-}
-
-absl::Status ConcurrentMutationError(const char* method) {
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "WeightCache::%s called while another call is mutating the same cache; "
-      "WeightCache is thread-compatible: serialize mutating calls on one object",
-      method));
-}
-
 }  // namespace
-
-static_assert(WeightCache::kMaxBatchCaches * 2 <= gather::kMaxBatchJobs,
-              "UpdateMany's jobs must fit one gather batch");
-
-// Holds the mutation flag for one mutating call, if no other call holds it.
-class WeightCache::MutationScope {
- public:
-  explicit MutationScope(MutationFlag& flag) : flag_(flag), held_(flag.TryAcquire()) {}
-  MutationScope(const MutationScope&) = delete;
-  MutationScope& operator=(const MutationScope&) = delete;
-  ~MutationScope() {
-    if (held_) flag_.Release();
-  }
-  bool held() const { return held_; }
-
- private:
-  MutationFlag& flag_;
-  const bool held_;
-};
 
 absl::StatusOr<memory::AlignedBuffer> WeightCache::Allocate(size_t bytes) const {
   if (options_.arena != nullptr) return options_.arena->Allocate(bytes);
@@ -272,90 +238,10 @@ void WeightCache::ReserveScratch(const diff::NeuronMask& initial_mask) {
   active_scratch_.reserve(num_neurons);
   selector_.Reserve(num_neurons);
   for (auto& buffer : packed_) buffer = std::make_shared<memory::AlignedBuffer>();
-  concat_ = std::make_shared<memory::AlignedBuffer>();
+  concat_ = ConcatMirror(row_bytes());
   applied_ = diff::NeuronMask(num_neurons);
   requested_ = diff::NeuronMask(num_neurons);
   incoming_ = initial_mask;
-}
-
-absl::Status WeightCache::Update(const diff::NeuronMask& mask) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("Update");
-  if (mask.size() != options_.intermediate_size) {
-    return MaskSizeError(mask.size(), options_.intermediate_size);
-  }
-  if (absl::Status s = incoming_.AssignWords(mask.words()); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateFromBytes(absl::Span<const uint8_t> mask) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateFromBytes");
-  if (absl::Status s = incoming_.AssignBytes(mask, options_.simd); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateFromIndices(
-    absl::Span<const uint32_t> sorted_indices) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateFromIndices");
-  if (absl::Status s = incoming_.AssignIndices(sorted_indices); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateFromByteRows(absl::Span<const uint8_t> matrix,
-                                             size_t rows) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateFromByteRows");
-  if (absl::Status s = incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
-      !s.ok()) {
-    return s;
-  }
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateTopK(const diff::ScoreMatrix& scores, size_t k) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateTopK");
-  if (absl::Status s = selector_.TopK(scores, k, &incoming_); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateThreshold(const diff::ScoreMatrix& scores, float threshold) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateThreshold");
-  if (absl::Status s = selector_.Threshold(scores, threshold, &incoming_); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true);
-}
-
-absl::Status WeightCache::UpdateWith(const diff::NeuronMask& mask, PlanExecutor execute) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateWith");
-  if (mask.size() != options_.intermediate_size) {
-    return MaskSizeError(mask.size(), options_.intermediate_size);
-  }
-  if (absl::Status s = incoming_.AssignWords(mask.words()); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/true, &execute);
-}
-
-absl::Status WeightCache::UpdateFromByteRowsWith(absl::Span<const uint8_t> matrix,
-                                                 size_t rows, PlanExecutor execute) {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("UpdateFromByteRowsWith");
-  // One row is a plain [I] mask (and its error names it as one).
-  if (absl::Status s = rows == 1 ? incoming_.AssignBytes(matrix, options_.simd)
-                                 : incoming_.AssignByteRowsUnion(matrix, rows, options_.simd);
-      !s.ok()) {
-    return s;
-  }
-  return ApplyIncoming(/*respect_tolerance=*/true, &execute);
-}
-
-absl::Status WeightCache::CatchUp() {
-  MutationScope scope(mutation_);
-  if (!scope.held()) return ConcurrentMutationError("CatchUp");
-  if (absl::Status s = incoming_.AssignWords(requested_.words()); !s.ok()) return s;
-  return ApplyIncoming(/*respect_tolerance=*/false);
 }
 
 absl::Status WeightCache::set_num_threads(int num_threads) {
@@ -406,20 +292,14 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
       return s;  // the fresh buffers are dropped; nothing changed yet
     }
   }
-  std::shared_ptr<memory::AlignedBuffer> fresh_concat = concat_;
+  ConcatMirror fresh_concat = concat_;
   if (options_.concat_gate_up) {
-    const size_t rb = row_bytes();
-    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(2 * target * rb);
+    absl::StatusOr<memory::AlignedBuffer> buffer = Allocate(2 * target * row_bytes());
     if (!buffer.ok()) return buffer.status();
-    fresh_concat = std::make_shared<memory::AlignedBuffer>(*std::move(buffer));
-    // Rows keep their positions: gate [0, A), up [A, 2A).
-    if (active != 0) {
-      if (absl::Status s = gather::ParallelCopy(fresh_concat->data(), concat_->data(),
-                                                2 * active * rb, options_.num_threads);
-          !s.ok()) {
-        return s;
-      }
-    }
+    absl::StatusOr<ConcatMirror> grown =
+        concat_.Regrown(*std::move(buffer), target, active, options_.num_threads);
+    if (!grown.ok()) return grown.status();
+    fresh_concat = *std::move(grown);
   }
   for (size_t b = 0; b < 3; ++b) packed_[b] = fresh[b];
   concat_ = fresh_concat;
@@ -428,429 +308,15 @@ absl::Status WeightCache::Grow(size_t min_capacity) {
   return absl::OkStatus();
 }
 
-absl::Status WeightCache::BeginApply(bool respect_tolerance, PendingUpdate* pending) {
-  // The diff itself is the change count (an unchanged mask costs one XOR +
-  // popcount pass inside it and extracts nothing).
-  diff::DiffOptions diff_options;
-  diff_options.num_threads = options_.num_threads;
-  diff_options.simd = options_.simd;
-  // Sizes match (checked by every caller), so this cannot fail.
-  (void)diff::ComputeMaskDiff(applied_, incoming_, &diff_, diff_options);
-  *pending = PendingUpdate();
-  UpdateStats& stats = pending->stats;
-  stats.changed_neurons = diff_.added.size() + diff_.removed.size();
-  if (stats.changed_neurons == 0 ||
-      (respect_tolerance && stats.changed_neurons < options_.tolerance)) {
-    stats.skipped = stats.changed_neurons != 0;
-    return absl::OkStatus();
-  }
-  pending->apply = true;
-  pending->old_active = num_active();
-  pending->new_active = num_active() + diff_.added.size() - diff_.removed.size();
-  if (pending->new_active > capacity_) {
-    if (absl::Status s = Grow(pending->new_active); !s.ok()) return s;
-    stats.grew = true;
-  }
-  return absl::OkStatus();
-}
-
-void WeightCache::PlanApply(const PendingUpdate& pending) {
-  const size_t rewritten = std::max(diff_.added.size(), diff_.removed.size());
-  if (static_cast<double>(rewritten) >=
-      options_.repack_fraction * static_cast<double>(pending.new_active)) {
-    incoming_.ToIndices(&active_scratch_, options_.simd);
-    PlanRepack(active_scratch_, &map_, &plan_);
-  } else {
-    PlanDifferentialUpdate(diff_.added, diff_.removed, &map_, &plan_);
-  }
-}
-
-void WeightCache::FinishApply(PendingUpdate pending) {
-  UpdateStats& stats = pending.stats;
-  if (!pending.apply) {
-    std::swap(requested_, incoming_);
-    lag_ = stats.changed_neurons;
-  } else {
-    if (options_.concat_gate_up) UpdateConcat(pending.old_active, pending.new_active);
-    std::swap(applied_, incoming_);
-    (void)requested_.AssignWords(applied_.words());
-    lag_ = 0;
-    ++version_;
-    stats.rows_loaded = plan_.loads.size();
-    stats.rows_moved = plan_.moves.size();
-    stats.repacked = plan_.repack;
-    const size_t matrices = options_.has_gate ? 3 : 2;
-    stats.bytes_copied = (stats.rows_loaded + stats.rows_moved) * row_bytes() * matrices;
-  }
-  last_update_ = stats;
-  ++totals_.updates;
-  totals_.skipped += stats.skipped ? 1 : 0;
-  totals_.changed_neurons += stats.changed_neurons;
-  totals_.rows_loaded += stats.rows_loaded;
-  totals_.rows_moved += stats.rows_moved;
-  totals_.bytes_copied += stats.bytes_copied;
-  totals_.repacks += stats.repacked ? 1 : 0;
-  totals_.growths += stats.grew ? 1 : 0;
-}
-
-absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
-                                        const PlanExecutor* execute) {
-  PendingUpdate pending;
-  if (absl::Status s = BeginApply(respect_tolerance, &pending); !s.ok()) return s;
-  if (pending.apply) {
-    PlanApply(pending);
-  } else {
-    plan_.Clear();  // nothing to copy: an executor sees the current set
-  }
-  if (execute != nullptr) {
-    (*execute)(MakePlannedUpdate());
-  } else if (pending.apply) {
-    ExecutePlan();
-  }
-  FinishApply(pending);
-  return absl::OkStatus();
-}
-
-void WeightCache::WritePlanJobs(gather::RowPart* parts, gather::RowGatherJob* jobs) const {
-  const size_t rb = row_bytes();
-  // Loads: one job, the parts of each loaded neuron in slot order, so a
-  // neuron's rows are read back to back (one run of a fused source row).
-  // With fused sources, parts that are also adjacent in their packed slot
-  // are one part of the summed length (the layout says so, nothing is
-  // probed): kFusedRows loads a neuron as one piece, kInterleavedGateUp its
-  // gate and up as one.
-  gather::RowPart* load_parts = parts;
-  size_t num_load_parts = 0;
-  int last = -1;
-  for (int p = kGatePart; p <= kDownPart; ++p) {
-    if (!HasPart(p)) continue;
-    const int b = slots_.buffer[p];
-    if (last >= 0 && fused_sources_ && slots_.buffer[last] == b &&
-        slots_.offset[p] == slots_.offset[last] + rb) {
-      load_parts[num_load_parts - 1].row_bytes += rb;
-    } else {
-      load_parts[num_load_parts++] = {
-          {src_[p], options_.intermediate_size, src_stride_[p]},
-          {PartData(*packed_[b], slots_.offset[p]), capacity_, slots_.slot_bytes[b]},
-          rb};
-    }
-    last = p;
-  }
-  // Moves: whole slots of each packed buffer, one job.
-  gather::RowPart* move_parts = parts + num_load_parts;
-  size_t num_move_parts = 0;
-  for (size_t b = 0; b < 3; ++b) {
-    if (slots_.slot_bytes[b] == 0) continue;
-    move_parts[num_move_parts++] = {{packed_[b]->data(), capacity_, slots_.slot_bytes[b]},
-                                    {packed_[b]->data(), capacity_, slots_.slot_bytes[b]},
-                                    slots_.slot_bytes[b]};
-  }
-  jobs[0] = {absl::MakeConstSpan(load_parts, num_load_parts), plan_.loads};
-  jobs[1] = {absl::MakeConstSpan(move_parts, num_move_parts), plan_.moves};
-}
-
-void WeightCache::ExecutePlan() {
-  gather::RowPart parts[kMaxPlanParts];
-  gather::RowGatherJob jobs[kPlanJobs];
-  WritePlanJobs(parts, jobs);
-  RunPlanJobs(jobs, options_.num_threads, options_.simd);
-}
-
-void WeightCache::RunPlanJobs(absl::Span<const gather::RowGatherJob> jobs, int num_threads,
-                              SimdLevel simd) {
-  const absl::Status s = gather::GatherRowsBatch(jobs, num_threads, simd);
-  if (!s.ok()) {
-    // The plans index only valid neurons and slots below capacity; a
-    // failure here is a bug in the planner, not a caller error.
-    ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error executing a cache update: %s",
-                 std::string(s.message()).c_str());
-  }
-}
-
-absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int num_threads,
-                                     SimdLevel simd) {
-  if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
-  if (updates.size() > kMaxBatchCaches) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a batch updates at most %u caches, got %u", kMaxBatchCaches, updates.size()));
-  }
-  for (size_t i = 0; i < updates.size(); ++i) {
-    const CacheUpdate& u = updates[i];
-    if (u.cache == nullptr || u.mask == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("update %u has a null %s", i, u.cache == nullptr ? "cache" : "mask"));
-    }
-    for (size_t j = 0; j < i; ++j) {
-      if (updates[j].cache == u.cache) {
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "updates %u and %u name the same cache; a batch updates a cache once", j, i));
-      }
-    }
-    const size_t neurons = u.cache->options_.intermediate_size;
-    if (u.mask->size() != neurons) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("update %u: mask has %u neurons, the cache has intermediate_size %u",
-                          i, u.mask->size(), neurons));
-    }
-  }
-  // Every cache's flag, or none (released on every return).
-  struct HeldFlags {
-    absl::InlinedVector<MutationFlag*, kInlineBatchCaches> flags;
-    ~HeldFlags() {
-      for (MutationFlag* f : flags) f->Release();
-    }
-  } held;
-  for (size_t i = 0; i < updates.size(); ++i) {
-    if (!updates[i].cache->mutation_.TryAcquire()) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "WeightCache::UpdateMany: the cache of update %u is being mutated by another "
-          "call; WeightCache is thread-compatible: serialize mutating calls on one object",
-          i));
-    }
-    held.flags.push_back(&updates[i].cache->mutation_);
-  }
-  // Each cache's diff, growth and plan are its own (the arena is
-  // thread-safe), so the threads share them out, cache by cache; nested
-  // regions inside (a diff's or growth's own threads) run on one thread.
-  const size_t n = updates.size();
-  auto for_each_cache = [&](auto&& fn) {
-    if (num_threads <= 1 || n <= 1) {
-      for (size_t i = 0; i < n; ++i) fn(i);
-      return;
-    }
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
-    for (long i = 0; i < static_cast<long>(n); ++i) fn(static_cast<size_t>(i));
-  };
-  // Phase 1: diffs and capacity. A growth failure returns here, before any
-  // cache's map or rows change.
-  absl::InlinedVector<PendingUpdate, kInlineBatchCaches> pending(n);
-  absl::InlinedVector<absl::Status, kInlineBatchCaches> status(n);
-  for_each_cache([&](size_t i) {
-    WeightCache& cache = *updates[i].cache;
-    (void)cache.incoming_.AssignWords(updates[i].mask->words());  // sizes match
-    status[i] = cache.BeginApply(/*respect_tolerance=*/true, &pending[i]);
-  });
-  for (size_t i = 0; i < n; ++i) {
-    if (!status[i].ok()) {
-      return absl::Status(status[i].code(),
-                          absl::StrFormat("update %u: %s", i, status[i].message()));
-    }
-  }
-  // Phase 2: the plans, then all their copies as one batch (one parallel
-  // region, bytes split evenly over the threads whatever each cache's
-  // churn).
-  absl::InlinedVector<gather::RowPart, kMaxPlanParts * kInlineBatchCaches> parts(
-      n * kMaxPlanParts);
-  absl::InlinedVector<gather::RowGatherJob, kPlanJobs * kInlineBatchCaches> jobs(n * kPlanJobs);
-  for_each_cache([&](size_t i) {
-    if (!pending[i].apply) return;
-    WeightCache& cache = *updates[i].cache;
-    cache.PlanApply(pending[i]);
-    cache.WritePlanJobs(&parts[i * kMaxPlanParts], &jobs[i * kPlanJobs]);
-  });
-  if (!jobs.empty()) RunPlanJobs(jobs, num_threads, simd);
-  for (size_t i = 0; i < updates.size(); ++i) updates[i].cache->FinishApply(pending[i]);
-  return absl::OkStatus();
-}
-
-void WeightCache::UpdateConcat(size_t old_active, size_t new_active) {
-  const size_t rb = row_bytes();
-  uint8_t* base = concat_->data();
-  if (base == nullptr) return;  // capacity 0: nothing active, nothing to move
-  gather::RowPart gate_rows{{base, capacity_, rb}, {base, capacity_, rb}, rb};
-  auto run = [&](absl::Span<const gather::RowGatherJob> jobs) {
-    const absl::Status s = gather::GatherRowsBatch(jobs, options_.num_threads, options_.simd);
-    if (!s.ok()) {
-      ABSL_RAW_LOG(FATAL, "sparse_mlp: internal error updating the concatenation: %s",
-                   std::string(s.message()).c_str());
-    }
-  };
-  // Shrinking, the up block moves down over the gate rows of tail slots
-  // that moves still read: those gate moves go first.
-  const bool shrink = new_active < old_active;
-  if (shrink && !plan_.moves.empty()) {
-    const gather::RowGatherJob gate_moves[1] = {{absl::MakeConstSpan(&gate_rows, 1), plan_.moves}};
-    run(gate_moves);
-  }
-  // Rows [A, 2A) to [A', A' + A): overlapping ranges, hence memmove; both
-  // fit the 2 x capacity rows. O(A x H), only when A changes (and not for
-  // a repack, which reloads every row).
-  if (new_active != old_active && old_active != 0 && !plan_.repack) {
-    std::memmove(base + new_active * rb, base + old_active * rb, old_active * rb);
-  }
-  uint8_t* up_base = base + new_active * rb;
-  const size_t up_rows = 2 * capacity_ - new_active;
-  const gather::RowPart load_parts[2] = {
-      {{src_[kGatePart], options_.intermediate_size, src_stride_[kGatePart]},
-       {base, capacity_, rb},
-       rb},
-      {{src_[kUpPart], options_.intermediate_size, src_stride_[kUpPart]},
-       {up_base, up_rows, rb},
-       rb}};
-  // Moves read and write within each half (a moved slot's up row moved
-  // with the block); the gate half is done already when shrinking.
-  const gather::RowPart move_parts[2] = {gate_rows,
-                                         {{up_base, up_rows, rb}, {up_base, up_rows, rb}, rb}};
-  const gather::RowGatherJob jobs[2] = {
-      {load_parts, plan_.loads},
-      {shrink ? absl::MakeConstSpan(move_parts + 1, 1) : absl::MakeConstSpan(move_parts, 2),
-       plan_.moves}};
-  run(jobs);
-}
-
-absl::StatusOr<MatrixView> WeightCache::concatenated_gate_up() const {
-  if (!options_.concat_gate_up) {
-    return absl::FailedPreconditionError(
-        "concatenated_gate_up() needs WeightCacheOptions::concat_gate_up");
-  }
-  const size_t h = options_.hidden_size;
-  return MatrixView{concat_->data(), 2 * num_active(), h, h, 1, options_.dtype};
-}
-
-PlannedUpdate WeightCache::MakePlannedUpdate() const {
-  PlannedUpdate p;
-  p.num_active = num_active();
-  p.row_bytes = row_bytes();
-  for (int part = kGatePart; part <= kDownPart; ++part) {
-    if (!HasPart(part)) continue;
-    const int b = slots_.buffer[part];
-    p.source[part] = src_[part];
-    p.source_stride[part] = src_stride_[part];
-    p.packed[part] = PartData(*packed_[b], slots_.offset[part]);
-    p.packed_stride[part] = slots_.slot_bytes[b];
-  }
-  p.loads = plan_.loads;
-  p.moves = plan_.moves;
-  p.slot_to_neuron = map_.slot_to_neuron;
-  return p;
-}
-
-MatrixView WeightCache::PartView(Part part) const {
-  const int b = slots_.buffer[part];
-  return {PartData(*packed_[b], slots_.offset[part]), num_active(), options_.hidden_size,
-          slots_.slot_bytes[b] / DTypeSize(options_.dtype), 1, options_.dtype};
-}
-
-MatrixView WeightCache::gate() const {
-  const size_t h = options_.hidden_size;
-  if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype};
-  return PartView(kGatePart);
-}
-
-MatrixView WeightCache::up() const { return PartView(kUpPart); }
-
-MatrixView WeightCache::down_rows() const { return PartView(kDownPart); }
-
-MatrixView WeightCache::down_hidden_major() const {
-  const MatrixView rows = PartView(kDownPart);
-  return {rows.data, rows.cols, rows.rows, rows.col_stride, rows.row_stride, rows.dtype};
-}
-
-absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
-  if (options_.layout == PackedLayout::kSplit || !options_.has_gate) {
-    return absl::FailedPreconditionError(
-        "gate_up_interleaved() needs PackedLayout::kInterleavedGateUp or kFusedRows "
-        "with a gate");
-  }
-  MatrixView view = PartView(kGatePart);
-  view.cols = 2 * options_.hidden_size;  // gate row, then up row
-  return view;
-}
-
-absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const {
-  if (!options_.has_gate) {
-    return absl::FailedPreconditionError(
-        "the concatenated [gate; up] weight needs a gate projection");
-  }
-  const size_t rb = row_bytes();
-  const size_t active = num_active();
-  if (out.size() != 2 * active * rb) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "output has %u bytes, [2 x %u, %u] of %s needs %u", out.size(), active,
-        options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
-  }
-  if (active == 0) return absl::OkStatus();
-  // Each part's rows into its half: one contiguous copy where the part's
-  // rows are contiguous (kSplit), a strided row copy otherwise.
-  for (const Part part : {kGatePart, kUpPart}) {
-    const MatrixView rows = PartView(part);
-    uint8_t* dst = out.data() + (part == kGatePart ? 0 : active * rb);
-    const size_t stride = rows.row_stride * DTypeSize(options_.dtype);
-    const absl::Status s =
-        stride == rb
-            ? gather::ParallelCopy(dst, rows.data, active * rb, options_.num_threads)
-            : gather::CopyRows({rows.data, active, stride}, {dst, active, rb}, rb, active,
-                               options_.num_threads);
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WeightCache::Verify() const {
-  const size_t num_neurons = options_.intermediate_size;
-  const size_t active = num_active();
-  if (const size_t in_mask = applied_.CountActive(options_.simd); in_mask != active) {
-    return absl::DataLossError(absl::StrFormat(
-        "the cache holds %u slots but its applied mask has %u active neurons", active,
-        in_mask));
-  }
-  const size_t rb = row_bytes();
-  const size_t elem = DTypeSize(options_.dtype);
-  struct Checked {
-    const char* name;
-    MatrixView view;
-    const uint8_t* src;
-    size_t src_stride;
-  };
-  const Checked parts[3] = {
-      {"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
-      {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
-      {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
-  for (size_t s = 0; s < active; ++s) {
-    const uint32_t n = map_.slot_to_neuron[s];
-    if (n >= num_neurons || !applied_.Test(n) || map_.neuron_to_slot[n] != s) {
-      return absl::DataLossError(absl::StrFormat(
-          "slot %u holds neuron %u, which is %s", s, n,
-          n >= num_neurons      ? "out of range"
-          : !applied_.Test(n)   ? "not in the applied mask"
-                                : "mapped to another slot"));
-    }
-    for (const Checked& part : parts) {
-      if (part.view.data == nullptr) continue;  // no gate
-      const auto* row =
-          static_cast<const uint8_t*>(part.view.data) + s * part.view.row_stride * elem;
-      if (std::memcmp(row, part.src + size_t{n} * part.src_stride, rb) != 0) {
-        return absl::DataLossError(absl::StrFormat(
-            "the %s row of slot %u differs from neuron %u's row in the sources",
-            part.name, s, n));
-      }
-    }
-  }
-  if (options_.concat_gate_up && active != 0) {
-    const uint8_t* base = concat_->data();
-    for (size_t s = 0; s < active; ++s) {
-      const uint32_t n = map_.slot_to_neuron[s];
-      if (std::memcmp(base + s * rb, src_[kGatePart] + size_t{n} * src_stride_[kGatePart], rb) !=
-              0 ||
-          std::memcmp(base + (active + s) * rb, src_[kUpPart] + size_t{n} * src_stride_[kUpPart],
-                      rb) != 0) {
-        return absl::DataLossError(absl::StrFormat(
-            "the concatenated [gate; up] rows of slot %u differ from neuron %u's rows", s, n));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 std::shared_ptr<const void> WeightCache::RetainStorage() const {
   struct Storage {
     std::shared_ptr<memory::AlignedBuffer> buffers[4];
   };
-  return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2], concat_}});
+  return std::make_shared<Storage>(Storage{{packed_[0], packed_[1], packed_[2], concat_.buffer()}});
 }
 
 size_t WeightCache::packed_bytes() const {
-  size_t packed = concat_->size();
+  size_t packed = concat_.bytes();
   for (const auto& buffer : packed_) packed += buffer->size();
   return packed;
 }

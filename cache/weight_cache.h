@@ -1,70 +1,7 @@
-// WeightCache: the packed active weights of one gated MLP layer, updated
-// differentially as the active-neuron mask changes.
-//
-// A gated MLP has gate[I, H] and up[I, H] (a row per neuron) and down[H, I]
-// (a column per neuron; PyTorch nn.Linear layout). For a mask over the I
-// neurons the cache holds, in slots 0..A-1, the active neurons' gate rows,
-// up rows and down columns (stored as rows), so a sparse forward runs dense
-// GEMV/GEMM on A x H matrices. Data flow of an update:
-//
-//   mask -> diff (diff/) -> plan (update_plan.h) -> gather (gather/) -> views
-//
-// Only neurons that enter or leave move: max(|added|, |removed|) row writes
-// per matrix, all copies of an update in one parallel batch. When most of
-// the set changes, the cache repacks instead (all rows in ascending neuron
-// order; threshold: repack_fraction). Capacity grows as needed (amortized
-// 1.5x, never dropping a neuron); Reserve() pre-sizes it so that the hot path
-// never allocates. After every applied update the packed rows are exactly
-// those of the applied mask, slot s holding neuron active_indices()[s].
-//
-// Tolerance (opt-in, default 0 = exact): an update that changes fewer than
-// `tolerance` neurons is skipped; lag() then reports by how many neurons the
-// cache differs from the last requested mask (always < tolerance), and the
-// next update that is applied, or CatchUp(), makes it exact again.
-//
-// Sources and ownership. down is turned neuron-major once at construction
-// (parallel blocked transpose, gather/transpose.h) unless the caller passes
-// it neuron-major already. With SourceOwnership::kCopy (default) the cache
-// copies gate, up and the neuron-major down into its own aligned storage and
-// the caller's arrays may be freed after Create. That storage is fused per
-// neuron ([gate row | up row | down row], one [I, 3H] array), so loading a
-// neuron is one contiguous read instead of three short ones far apart
-// (docs/design.md, "Fused sources"). With kBorrow it reads gate,
-// up (and down, when given neuron-major) in place: those arrays must stay
-// alive and unchanged for the cache's whole lifetime. memory_bytes() reports
-// what the cache itself holds. Storage comes from the heap (huge-page
-// advised) or, when options.arena is set, from that Arena, which must then
-// outlive the cache.
-//
-// Views. gate(), up(), down_rows(), down_hidden_major() and
-// gate_up_interleaved() point into the packed buffers without copying. They
-// stay valid until the next non-const call (an update may rewrite rows in
-// place, and growing the capacity moves the buffers). The seed API's
-// concatenated [gate; up] ([2A, H]) is a zero-copy view only when asked for
-// (options.concat_gate_up keeps a mirror of it, O(changed rows) per update
-// while A stays the same, O(A x H) when A changes); otherwise
-// CopyConcatenatedGateUp materializes it at O(A x H) per call. Callers free
-// to choose should use PackedLayout::kInterleavedGateUp or kFusedRows, whose
-// [A, 2H] view (gate row, then up row, per neuron) feeds one fused GEMM with
-// no copy and no mirror.
-// Views carry their strides (MatrixView::row_stride): contiguous with
-// kSplit, strided by 2H / 3H in the other layouts.
-//
-// Errors: every failure returns an absl::Status naming the bad value, and the
-// cache is unchanged after it (validation and allocation happen before any
-// state changes).
-//
-// Thread-safety: thread-compatible. Const methods (views, accessors,
-// Verify) may run concurrently with each other; Update*, Reserve, CatchUp
-// and the setters need exclusive access. A mutating call made while another
-// one runs on the same object is a caller bug, but it is detected (one
-// atomic flag, no lock) and returns FailedPrecondition without touching the
-// cache instead of corrupting it. (A const call racing a mutating one is
-// not detected.) The copies inside one update use options.num_threads
-// OpenMP threads, work split over the team the runtime actually starts
-// (from the calling thread's OpenMP pool: an update after tens of
-// milliseconds without any parallel region first wakes sleeping workers,
-// ~100 us on the development VM; docs/performance.md).
+// WeightCache: the packed active weights of one gated MLP layer, kept
+// equal to the rows of an active-neuron mask and updated differentially as
+// the mask changes (docs/design.md has the data flow: mask -> diff -> plan
+// -> gather -> views).
 #ifndef SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 #define SPARSE_MLP_CACHE_WEIGHT_CACHE_H_
 
@@ -74,20 +11,19 @@
 #include <memory>
 #include <vector>
 
-#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "cache/concat_mirror.h"
 #include "cache/dtype.h"
+#include "cache/mask_input.h"
+#include "cache/planned_update.h"
 #include "cache/update_plan.h"
+#include "cache/weight_cache_options.h"
 #include "diff/mask_diff.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
-#include "gather/row_types.h"
 #include "memory/aligned_buffer.h"
-#include "memory/arena.h"
-#include "platform/enum_names.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::gather {
@@ -96,144 +32,6 @@ struct RowGatherJob;
 }  // namespace sparse_mlp::gather
 
 namespace sparse_mlp::cache {
-
-enum class PackedLayout {
-  kSplit,              // gate [A, H], up [A, H], down [A, H]: three buffers
-  kInterleavedGateUp,  // gate_up [A, 2H] (gate row | up row), down [A, H]
-  // One [A, 3H] array, [gate row | up row | down row] per slot ([A, 2H]
-  // up | down without a gate): views are strided (row stride 3H), and a
-  // loaded neuron is one contiguous write, as it is one contiguous read of
-  // the cache's fused sources (one piece per neuron for the copy kernel,
-  // gather/row_gather.h): the fastest updates (docs/performance.md).
-  kFusedRows,
-};
-
-inline constexpr EnumName<PackedLayout> kPackedLayoutNames[] = {
-    {PackedLayout::kSplit, "split"},
-    {PackedLayout::kInterleavedGateUp, "interleaved"},
-    {PackedLayout::kFusedRows, "fused"},
-};
-
-// PackedLayoutName: "split", "interleaved", "fused"; ParsePackedLayout: the
-// inverse (InvalidArgument naming the choices for any other name).
-SPARSE_MLP_ENUM_NAME_FUNCTIONS(PackedLayout, kPackedLayoutNames, PackedLayoutName,
-                               ParsePackedLayout, "layout")
-
-enum class SourceOwnership { kCopy, kBorrow };
-
-enum class DownLayout {
-  kHiddenMajor,  // down is [H, I] (nn.Linear weight): transposed once
-  kNeuronMajor,  // down is already [I, H]
-};
-
-struct WeightCacheOptions {
-  // Repack when max(|added|, |removed|) >= repack_fraction x new A. A
-  // repack writes all A rows where the differential plan writes max(|added|,
-  // |removed|); its in-order copies are faster per byte but not enough to pay
-  // for the extra rows (docs/design.md, "Repack threshold"), so by default
-  // a repack happens only when every slot changes anyway.
-  static constexpr double kDefaultRepackFraction = 1.0;
-
-  size_t hidden_size = 0;        // H > 0
-  size_t intermediate_size = 0;  // I > 0
-  DType dtype = DType::kFloat32;
-  bool has_gate = true;  // false: up and down only (OPT / ReLU-style MLPs)
-  PackedLayout layout = PackedLayout::kSplit;
-  SourceOwnership ownership = SourceOwnership::kCopy;
-  DownLayout down_layout = DownLayout::kHiddenMajor;
-  int num_threads = 1;   // [1, kMaxThreads] (platform/threads.h)
-  // Instruction set of the diff, transpose and copy kernels (kBest: the
-  // best this CPU runs; kScalar: the portable reference paths).
-  SimdLevel simd = SimdLevel::kBest;
-  size_t tolerance = 0;  // 0 = every update exact; > I: only CatchUp applies
-  double repack_fraction = kDefaultRepackFraction;  // in (0, 1]; 1 = only full churn
-  // Also keep the seed API's concatenated [gate; up] ([2A, H]: active gate
-  // rows, then active up rows, in slot order) as a zero-copy view,
-  // concatenated_gate_up(), maintained by every update: O(changed rows)
-  // while A stays the same (a replaced neuron keeps its slot, so its gate
-  // row s and up row A + s are rewritten in place), plus one O(A x H) move
-  // of the up block when A changes. Costs 2 x capacity x H elements and the
-  // gate and up rows written twice per load. Needs a gate.
-  bool concat_gate_up = false;
-  memory::Arena* arena = nullptr;  // not owned; must outlive the cache
-  // Slots reserved by Create (capped at I) when at least the initial mask's
-  // count; otherwise Create reserves that count plus a quarter.
-  size_t initial_capacity = 0;
-};
-
-// Row-major weight arrays of options.dtype, contiguous. gate may be null
-// when has_gate is false.
-struct MlpWeights {
-  const void* gate = nullptr;  // [I, H]
-  const void* up = nullptr;    // [I, H]
-  const void* down = nullptr;  // [H, I] or [I, H] per options.down_layout
-};
-
-// A strided matrix view: element (r, c) is at
-// data + (r * row_stride + c * col_stride) * DTypeSize(dtype).
-struct MatrixView {
-  const void* data = nullptr;
-  size_t rows = 0;
-  size_t cols = 0;
-  size_t row_stride = 0;  // in elements
-  size_t col_stride = 1;  // in elements
-  DType dtype = DType::kFloat32;
-};
-
-// What the last Update / CatchUp did.
-struct UpdateStats {
-  size_t changed_neurons = 0;  // |added| + |removed| against the applied mask
-  size_t rows_loaded = 0;      // rows per matrix copied from the sources
-  size_t rows_moved = 0;       // rows per matrix moved inside the cache
-  size_t bytes_copied = 0;     // over all matrices
-  bool repacked = false;
-  bool skipped = false;  // below the tolerance
-  bool grew = false;     // capacity was increased (allocation)
-};
-
-// An update's planned copies, for a caller that executes them itself while
-// it reads the rows for its own use (the fused layer step of
-// mlp/layer_step.h: each entering row is read once, computed on and stored
-// into its slot). Part p is 0 gate, 1 up, 2 down (neuron-major rows of
-// row_bytes): row r of the sources is at source[p] + r x source_stride[p],
-// slot s of the packed rows at packed[p] + s x packed_stride[p]; the gate
-// pointers are null without a gate.
-struct PlannedUpdate {
-  size_t num_active = 0;  // slots [0, num_active) hold the new set
-  size_t row_bytes = 0;
-  const uint8_t* source[3] = {nullptr, nullptr, nullptr};
-  size_t source_stride[3] = {0, 0, 0};
-  uint8_t* packed[3] = {nullptr, nullptr, nullptr};
-  size_t packed_stride[3] = {0, 0, 0};
-  // (neuron, slot) rows to copy from the sources and (old slot, slot) rows
-  // to copy inside the packed buffers, each in ascending slot order. Every
-  // other slot below num_active keeps its rows. No copy reads a row another
-  // one writes (moves read slots >= num_active), so all may run at once.
-  absl::Span<const gather::RowCopy> loads;
-  absl::Span<const gather::RowCopy> moves;
-  // The new set's slot -> neuron map (num_active entries).
-  absl::Span<const uint32_t> slot_to_neuron;
-};
-
-// Must perform every copy of the plan (all parts), e.g. with streaming
-// stores followed by FinishStreamingStores before returning; may read any
-// row of the plan. It must not call the cache.
-using PlanExecutor = absl::FunctionRef<void(const PlannedUpdate&)>;
-
-// What all updates since Create did (sums of UpdateStats; Create's first
-// packing does not count; every update call does, skipped or not,
-// including those of UpdateMany and of the layer step, which goes through
-// UpdateWith).
-struct UpdateTotals {
-  uint64_t updates = 0;
-  uint64_t skipped = 0;          // below the tolerance
-  uint64_t changed_neurons = 0;  // sum of |added| + |removed|
-  uint64_t rows_loaded = 0;      // per matrix
-  uint64_t rows_moved = 0;       // per matrix
-  uint64_t bytes_copied = 0;     // over all matrices
-  uint64_t repacks = 0;
-  uint64_t growths = 0;
-};
 
 class WeightCache;
 
@@ -244,6 +42,33 @@ struct CacheUpdate {
   const diff::NeuronMask* mask = nullptr;
 };
 
+// WeightCache holds, in slots 0..A-1, the gate rows, up rows and down
+// columns (stored as rows) of the A neurons of an active mask over a gated
+// MLP layer's I neurons, so that a sparse forward runs dense GEMV/GEMM on
+// A x H matrices. After every applied update the packed rows are exactly
+// those of the applied mask, slot s holding neuron active_indices()[s].
+//
+// Ownership and lifetime: see SourceOwnership for the weights; storage comes
+// from the heap or options.arena. Views (gate(), up(), down_rows(),
+// down_hidden_major(), gate_up_interleaved(), concatenated_gate_up()) point
+// into the packed rows without copying and carry their strides (contiguous
+// with kSplit, 2H / 3H apart in the other layouts); they stay valid until
+// the next non-const call (an update may rewrite rows in place, and a
+// growth moves the buffers). RetainStorage() keeps the buffers alive longer.
+//
+// Errors: every failure returns an absl::Status naming the bad value, and the
+// cache is unchanged after it (validation and allocation happen before any
+// state changes).
+//
+// Thread-safety: thread-compatible. Const methods may run concurrently with
+// each other; Update*, Reserve, CatchUp and the setters need exclusive
+// access. A mutating call made while another one runs on the same object is
+// a caller bug, but it is detected (one atomic flag, no lock) and returns
+// FailedPrecondition without touching the cache. (A const call racing a
+// mutating one is not detected.) The copies inside one update use
+// options.num_threads OpenMP threads from the calling thread's pool (a
+// pool idle for tens of milliseconds first wakes its workers; see
+// docs/performance.md).
 class WeightCache {
  public:
   // Validates, copies / transposes the sources and packs initial_mask.
@@ -262,37 +87,24 @@ class WeightCache {
   WeightCache(const WeightCache&) = delete;
   WeightCache& operator=(const WeightCache&) = delete;
 
-  // Makes the packed rows match `mask` (subject to the tolerance). O(I / 64)
-  // for the diff plus O(changes x H) copying; no allocation unless the
-  // capacity must grow. Errors: mask size != I (InvalidArgument), capacity
-  // growth failing (ResourceExhausted), another mutating call running on
-  // this cache (FailedPrecondition); the cache is unchanged after any.
-  absl::Status Update(const diff::NeuronMask& mask);
-  // The same, from the other mask forms of diff/neuron_mask.h (validated as
-  // there: length, range, order).
-  absl::Status UpdateFromBytes(absl::Span<const uint8_t> mask);
-  absl::Status UpdateFromIndices(absl::Span<const uint32_t> sorted_indices);
-  // The union of a [rows, I] byte matrix (a batch of tokens).
-  absl::Status UpdateFromByteRows(absl::Span<const uint8_t> matrix, size_t rows);
+  // Makes the packed rows match `mask` (subject to the tolerance), given in
+  // any form of cache/mask_input.h: a NeuronMask, bytes, sorted indices, a
+  // [rows, I] byte matrix (the union), or a predictor's scores with a top-k
+  // or threshold rule. O(I / 64) for the diff (O(rows x I) to select from
+  // scores) plus O(changes x H) copying; no allocation unless the capacity
+  // must grow. Errors: a mask that does not describe I neurons (length,
+  // range, order, shape, k > I, NaN; InvalidArgument), capacity growth
+  // failing (ResourceExhausted), another mutating call running on this
+  // cache (FailedPrecondition); the cache is unchanged after any.
+  absl::Status Update(const MaskInput& mask);
 
-  // Updates to the mask a predictor's scores select ([rows, I], float32 or
-  // bfloat16; diff/score_select.h): each row's k highest scores (ties to
-  // the lower index), or the scores above `threshold`, the union over the
-  // rows. O(rows x I) to select, then as Update; no allocation. Errors:
-  // those of the selection (shape, k > I, NaN), then those of Update.
-  absl::Status UpdateTopK(const diff::ScoreMatrix& scores, size_t k);
-  absl::Status UpdateThreshold(const diff::ScoreMatrix& scores, float threshold);
-
-  // Update / UpdateFromByteRows that hand the planned copies to `execute`
-  // instead of running them (see PlannedUpdate). `execute` runs exactly
-  // once on success, after validation, the plan and any capacity growth;
-  // with a skipped or empty update it sees no copies and the current set.
-  // Errors are those of the plain calls, returned before `execute` runs,
-  // with the cache unchanged. After success the cache is exactly as after
-  // the plain call.
-  absl::Status UpdateWith(const diff::NeuronMask& mask, PlanExecutor execute);
-  absl::Status UpdateFromByteRowsWith(absl::Span<const uint8_t> matrix, size_t rows,
-                                      PlanExecutor execute);
+  // Update that hands the planned copies to `execute` instead of running
+  // them (see cache/planned_update.h). `execute` runs exactly once on
+  // success, after validation, the plan and any capacity growth; with a
+  // skipped or empty update it sees no copies and the current set. Errors
+  // are those of Update, returned before `execute` runs, with the cache
+  // unchanged. After success the cache is exactly as after Update.
+  absl::Status UpdateWith(const MaskInput& mask, PlanExecutor execute);
 
   // The most caches one UpdateMany takes.
   static constexpr size_t kMaxBatchCaches = 128;
@@ -487,11 +299,20 @@ class WeightCache {
                           SimdLevel simd);
   void ExecutePlan();
   PlannedUpdate MakePlannedUpdate() const;
-  // With concat_gate_up, after a plan from old_active to new_active slots:
-  // moves the up block to row new_active and applies the plan's loads and
-  // moves to the concatenation.
-  void UpdateConcat(size_t old_active, size_t new_active);
+  // The shared part of Update and UpdateWith: validates `mask` into
+  // incoming_, then applies it.
+  absl::Status UpdateFrom(const MaskInput& mask, const PlanExecutor* execute);
 
+  // Theory of operation. An update diffs the incoming mask against the
+  // applied one (diff/), plans the copies (cache/update_plan.h: only
+  // neurons that enter or leave move, max(|added|, |removed|) row writes per
+  // part, or a repack of all A rows in neuron order when
+  // max(|added|, |removed|) >= repack_fraction x A), grows the capacity when
+  // the set outgrows it (1.5x, amortized, capped at I; Reserve pre-sizes it
+  // so the hot path never allocates), then runs every copy of the update in
+  // one parallel gather batch (gather/row_gather.h). The three phases are
+  // separate (BeginApply, PlanApply, FinishApply) so that UpdateMany can run
+  // the copies of many caches in one batch between them.
   WeightCacheOptions options_;
   SlotLayout slots_;
   // Sources, per part: neuron-major rows, src_stride_ bytes apart. With
@@ -507,9 +328,9 @@ class WeightCache {
   // unused), shared so that RetainStorage() can keep them alive past a
   // growth.
   std::shared_ptr<memory::AlignedBuffer> packed_[3];
-  // With options_.concat_gate_up: [2 x capacity_, H], gate rows [0, A) and
-  // up rows [A, 2A) for the current A.
-  std::shared_ptr<memory::AlignedBuffer> concat_;
+  // With options_.concat_gate_up, the seed API's [gate; up] kept live
+  // (cache/concat_mirror.h); empty otherwise.
+  ConcatMirror concat_;
   size_t capacity_ = 0;
 
   SlotMap map_;

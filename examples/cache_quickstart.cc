@@ -22,7 +22,7 @@ int main() {
   if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
 
   std::vector<uint32_t> next = {3, 42, 256, 1000, 2047};  // 17 leaves, 42 and 2047 enter
-  if (absl::Status s = c->UpdateFromIndices(next); !s.ok()) {
+  if (absl::Status s = c->Update(cache::MaskInput::Indices(next)); !s.ok()) {
     return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
   }
   const cache::MatrixView g = c->gate(), d = c->down_hidden_major();  // [A, H], [H, A]

@@ -7,12 +7,13 @@
 
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 
 int main() {
   namespace cache = sparse_mlp::cache;
   namespace mlp = sparse_mlp::mlp;
+  namespace step = sparse_mlp::step;
   const size_t H = 512, I = 2048;
   std::vector<float> gate(I * H), up(I * H), down_rows(I * H), x(H), y(H), y_step(H);
   for (size_t k = 0; k < I * H; ++k) {
@@ -47,7 +48,7 @@ int main() {
       *sparse_mlp::diff::NeuronMask::FromIndices(I, {3, 17, 256}));
   if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
   const sparse_mlp::diff::NeuronMask next = *sparse_mlp::diff::NeuronMask::FromIndices(I, active);
-  if (absl::Status s = mlp::LayerStep(&*c, next, in, {y_step.data(), 1, H}, options,
+  if (absl::Status s = step::LayerStep(&*c, next, in, {y_step.data(), 1, H}, options,
                                       &workspace);
       !s.ok()) {
     return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;

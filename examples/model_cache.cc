@@ -8,12 +8,13 @@
 
 #include "cache/model_cache.h"
 #include "diff/neuron_mask.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 
 int main() {
   namespace cache = sparse_mlp::cache;
   namespace mlp = sparse_mlp::mlp;
+  namespace step = sparse_mlp::step;
   using sparse_mlp::diff::NeuronMask;
   const size_t L = 4, H = 256, I = 1024;
   // Per layer gate, up and down [I, H] (down neuron-major, so that the
@@ -59,7 +60,7 @@ int main() {
     // Layer l's next token: its fused layer step to a shifted mask.
     NeuronMask next(I);
     for (size_t i = (l + 1) % 4; i < I; i += 4) next.Set(i, i % 3 != 0);
-    absl::Status s = mlp::LayerStep(*(*model)->layer(l), next, in, {y.data(), 1, H}, options,
+    absl::Status s = step::LayerStep(*(*model)->layer(l), next, in, {y.data(), 1, H}, options,
                                     &workspace);
     const float* w = weights[l].data();
     const mlp::NeuronRows rows{cache::DType::kFloat32, H, I, w, H, w + I * H, H,

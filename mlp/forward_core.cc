@@ -10,7 +10,7 @@
 #include "gather/partition.h"
 #include "gather/stream_copy.h"
 #include "memory/size_math.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
 #include "platform/store_fence.h"

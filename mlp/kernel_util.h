@@ -11,17 +11,17 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cache/dtype.h"
-#include "mlp/float16.h"
+#include "platform/dtype.h"
+#include "platform/float16.h"
 #include "mlp/kernels.h"
 
 namespace sparse_mlp::mlp::internal {
 
-template <cache::DType D>
+template <DType D>
 inline float Elem(const void* p, size_t i) {
-  if constexpr (D == cache::DType::kFloat32) {
+  if constexpr (D == DType::kFloat32) {
     return static_cast<const float*>(p)[i];
-  } else if constexpr (D == cache::DType::kBFloat16) {
+  } else if constexpr (D == DType::kBFloat16) {
     return BFloat16ToFloat(static_cast<const uint16_t*>(p)[i]);
   } else {
     return Float16ToFloat(static_cast<const uint16_t*>(p)[i]);
@@ -41,16 +41,16 @@ inline Kernels MakeKernels(DotFn dot, DotFn dot_f32, AxpyFn axpy, SimdLevel leve
 // make(std::integral_constant<DType, D>{}) for D == dtype: the one switch
 // from a runtime weight type to the per-type kernels of every level.
 template <typename Make>
-Kernels ForDType(cache::DType dtype, Make make) {
+Kernels ForDType(DType dtype, Make make) {
   switch (dtype) {
-    case cache::DType::kBFloat16:
-      return make(std::integral_constant<cache::DType, cache::DType::kBFloat16>{});
-    case cache::DType::kFloat16:
-      return make(std::integral_constant<cache::DType, cache::DType::kFloat16>{});
-    case cache::DType::kFloat32:
+    case DType::kBFloat16:
+      return make(std::integral_constant<DType, DType::kBFloat16>{});
+    case DType::kFloat16:
+      return make(std::integral_constant<DType, DType::kFloat16>{});
+    case DType::kFloat32:
       break;
   }
-  return make(std::integral_constant<cache::DType, cache::DType::kFloat32>{});
+  return make(std::integral_constant<DType, DType::kFloat32>{});
 }
 
 }  // namespace sparse_mlp::mlp::internal

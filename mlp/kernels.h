@@ -22,12 +22,11 @@
 
 #include <cstddef>
 
-#include "cache/dtype.h"
+#include "platform/dtype.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::mlp::internal {
 
-using cache::DType;
 
 inline constexpr size_t kMaxAxpyRows = 32;
 inline constexpr size_t kMaxDotRows = 4;

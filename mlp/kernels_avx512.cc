@@ -2,7 +2,7 @@
 // on load), masked tails; bfloat16 dot products with vdpbf16ps (32 weights
 // per instruction) where the CPU has AVX512_BF16.
 #include "mlp/kernels.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/kernel_util.h"
 
 #if SPARSE_MLP_X86

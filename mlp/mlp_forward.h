@@ -11,7 +11,7 @@
 // down). Three sources of rows, one kernel family (mlp/kernels.h):
 //   Forward        neuron-major rows 0..count-1 of strided arrays (the
 //                  dense weights with down transposed once, or a cache's
-//                  views: mlp/layer_step.h);
+//                  views: step/layer_step.h);
 //   ForwardIndexed sorted active indices into the full neuron-major arrays
 //                  (no cache; the next neuron's rows are prefetched);
 //   ForwardLinear  all neurons in PyTorch's nn.Linear layout (down [H, I]
@@ -64,14 +64,14 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "cache/dtype.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/activation.h"
+#include "platform/dtype.h"
 #include "platform/simd_level.h"
 
 namespace sparse_mlp::mlp {
 
-using cache::DType;
+using ::sparse_mlp::DType;  // mlp::DType, as callers have always spelled it
 
 // Tokens processed per pass over the weights.
 inline constexpr size_t kTokenChunk = 32;

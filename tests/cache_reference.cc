@@ -193,7 +193,7 @@ std::string CheckedCache::Apply(const CacheOp& op) {
       break;
     }
     case CacheOp::kUpdateFromBytes: {
-      const absl::Status s = cache_.UpdateFromBytes(op.bytes);
+      const absl::Status s = cache_.Update(cache::MaskInput::Bytes(op.bytes));
       if (op.bytes.size() != i) {
         result = expect_refused(s);
         break;
@@ -204,7 +204,7 @@ std::string CheckedCache::Apply(const CacheOp& op) {
       break;
     }
     case CacheOp::kUpdateFromIndices: {
-      const absl::Status s = cache_.UpdateFromIndices(op.indices);
+      const absl::Status s = cache_.Update(cache::MaskInput::Indices(op.indices));
       bool valid = true;
       for (size_t k = 0; k < op.indices.size(); ++k) {
         if (op.indices[k] >= i || (k > 0 && op.indices[k] <= op.indices[k - 1])) valid = false;
@@ -219,7 +219,7 @@ std::string CheckedCache::Apply(const CacheOp& op) {
       break;
     }
     case CacheOp::kUpdateFromByteRows: {
-      const absl::Status s = cache_.UpdateFromByteRows(op.bytes, op.rows);
+      const absl::Status s = cache_.Update(cache::MaskInput::ByteRows(op.bytes, op.rows));
       if (op.rows == 0 || op.bytes.size() != op.rows * i) {
         result = expect_refused(s);
         break;

@@ -323,15 +323,15 @@ TEST(WeightCacheTest, EveryMaskFormGivesTheSameCache) {
   std::vector<uint8_t> bytes(100, 0);
   bytes[3] = 1;
   bytes[50] = 7;
-  ASSERT_TRUE(cache.UpdateFromBytes(bytes).ok());
+  ASSERT_TRUE(cache.Update(cache::MaskInput::Bytes(bytes)).ok());
   ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {3, 50}), "bytes");
-  ASSERT_TRUE(cache.UpdateFromIndices({1, 2, 99}).ok());
+  ASSERT_TRUE(cache.Update(cache::MaskInput::Indices({1, 2, 99})).ok());
   ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {1, 2, 99}), "indices");
   std::vector<uint8_t> matrix(300, 0);
   matrix[5] = 1;
   matrix[100 + 6] = 1;
   matrix[200 + 5] = 1;
-  ASSERT_TRUE(cache.UpdateFromByteRows(matrix, 3).ok());
+  ASSERT_TRUE(cache.Update(cache::MaskInput::ByteRows(matrix, 3)).ok());
   ExpectMatches(cache, w, *diff::NeuronMask::FromIndices(100, {5, 6}), "union of rows");
 }
 
@@ -552,12 +552,12 @@ TEST_F(WeightCacheErrorTest, MaskLengthMismatch) {
   absl::Status s = cache.Update(diff::NeuronMask(65));
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("65 neurons"));
-  s = cache.UpdateFromBytes(std::vector<uint8_t>(63, 1));
+  s = cache.Update(cache::MaskInput::Bytes(std::vector<uint8_t>(63, 1)));
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("63 entries, expected 64"));
-  s = cache.UpdateFromIndices({3, 64});
+  s = cache.Update(cache::MaskInput::Indices({3, 64}));
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  s = cache.UpdateFromByteRows(std::vector<uint8_t>(100, 1), 2);
+  s = cache.Update(cache::MaskInput::ByteRows(std::vector<uint8_t>(100, 1), 2));
   ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   ExpectUnchanged(cache);
 }
@@ -634,9 +634,9 @@ TEST_F(WeightCacheErrorTest, MutationWhileAnotherRunsIsRefused) {
   const std::vector<uint32_t> indices = {5};
   const absl::Status statuses[] = {
       cache.Update(other),
-      cache.UpdateFromBytes(bytes),
-      cache.UpdateFromIndices(indices),
-      cache.UpdateFromByteRows(bytes, 1),
+      cache.Update(cache::MaskInput::Bytes(bytes)),
+      cache.Update(cache::MaskInput::Indices(indices)),
+      cache.Update(cache::MaskInput::ByteRows(bytes, 1)),
       cache.CatchUp(),
       cache.Reserve(64),
       cache.set_num_threads(2),

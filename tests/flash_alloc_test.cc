@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 #include "gtest/gtest.h"
-#include "mlp/flash_step.h"
+#include "step/flash_step.h"
 #include "store/bundle_writer.h"
 #include "tests/alloc_counter.h"
 
@@ -42,12 +42,12 @@ TEST(FlashAllocationTest, StepsDoNotAllocate) {
     masks.push_back(m);
   }
   for (store::IoEngineKind engine : {store::IoEngineKind::kIoUring, store::IoEngineKind::kPread}) {
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     o.budget_bytes = size_t{8} << 20;
     o.window = 3;
     o.reader.engine = engine;
     o.reader.queue_depth = 8;
-    auto fc = cache::FlashModelCache::Open(path, o);
+    auto fc = flash::FlashModelCache::Open(path, o);
     ASSERT_TRUE(fc.ok()) << fc.status();
     mlp::Workspace ws;
     mlp::ForwardOptions fo;
@@ -58,7 +58,7 @@ TEST(FlashAllocationTest, StepsDoNotAllocate) {
       if (k % 3 == 0) {
         ASSERT_TRUE((*fc)->Prefetch((l + 1) % layers, masks[k + 1]).ok());
       }
-      ASSERT_TRUE(mlp::FlashLayerStep(fc->get(), l, masks[k], {x.data(), 1, h, DType::kFloat32},
+      ASSERT_TRUE(step::FlashLayerStep(fc->get(), l, masks[k], {x.data(), 1, h, DType::kFloat32},
                                       {y.data(), 1, h, DType::kFloat32}, fo, &ws)
                       .ok());
     };

@@ -1,5 +1,5 @@
-// The flash tier: cache/residency.h against a plain reference policy, and
-// FlashModelCache + mlp::FlashLayerStep against the in-DRAM forward
+// The flash tier: flash/residency.h against a plain reference policy, and
+// flash::FlashModelCache + step::FlashLayerStep against the in-DRAM forward
 // (ForwardIndexed over the full weights) over random mask sequences, windows,
 // budgets, engines; determinism; injected faults and a file corrupted or
 // truncated during a run; budgets and masks refused. Fixed seeds; failures
@@ -20,15 +20,15 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "cache/flash_cache.h"
-#include "cache/residency.h"
+#include "flash/flash_cache.h"
+#include "flash/residency.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "mlp/flash_step.h"
-#include "mlp/mask_step.h"
+#include "step/flash_step.h"
+#include "step/mask_step.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/mlp_forward.h"
 #include "store/bundle_writer.h"
 
@@ -103,7 +103,7 @@ TEST(Residency, MatchesTheReferencePolicy) {
   for (int trial = 0; trial < 60; ++trial) {
     const size_t n = 20 + rng() % 200, k = 1 + rng() % (n / 2);
     const size_t capacity = k + rng() % (n - k + 1), window = 1 + rng() % 8;
-    cache::ResidencyPlanner p(n, capacity, window);
+    flash::ResidencyPlanner p(n, capacity, window);
     ReferencePolicy ref;
     ref.capacity = capacity;
     ref.window = window;
@@ -115,15 +115,15 @@ TEST(Residency, MatchesTheReferencePolicy) {
       mask = NextMask(mask, n, kk, 0.3, rng);
       std::set<uint32_t> before;
       for (uint32_t j = 0; j < n; ++j) {
-        if (p.slot_of(j) != cache::kNoSlot) before.insert(j);
+        if (p.slot_of(j) != flash::kNoSlot) before.insert(j);
       }
-      cache::ResidencyPlan plan;
+      flash::ResidencyPlan plan;
       ASSERT_TRUE(p.Plan(mask, &plan).ok()) << where;
       ref.Step(mask);
       std::set<uint32_t> now;
       std::set<uint32_t> slots;
       for (uint32_t j = 0; j < n; ++j) {
-        if (p.slot_of(j) == cache::kNoSlot) continue;
+        if (p.slot_of(j) == flash::kNoSlot) continue;
         now.insert(j);
         ASSERT_EQ(p.neuron_of(p.slot_of(j)), j) << where;
         ASSERT_TRUE(slots.insert(p.slot_of(j)).second) << where << ": slot shared";
@@ -144,7 +144,7 @@ TEST(Residency, MatchesTheReferencePolicy) {
       if (!plan.entering_slots.empty()) {
         for (uint32_t s = 0; s < plan.entering_slots.back(); ++s) {
           const uint32_t j = p.neuron_of(s);
-          ASSERT_TRUE(j != cache::kNoSlot) << where << ": slot " << s << " left free";
+          ASSERT_TRUE(j != flash::kNoSlot) << where << ": slot " << s << " left free";
         }
       }
     }
@@ -152,8 +152,8 @@ TEST(Residency, MatchesTheReferencePolicy) {
 }
 
 TEST(Residency, RefusesWithoutChange) {
-  cache::ResidencyPlanner p(10, 3, 2);
-  cache::ResidencyPlan plan;
+  flash::ResidencyPlanner p(10, 3, 2);
+  flash::ResidencyPlan plan;
   ASSERT_TRUE(p.Plan({1, 2}, &plan).ok());
   EXPECT_THAT(std::string(p.Plan({1, 2, 3, 4}, &plan).message()), HasSubstr("3 slots"));
   EXPECT_FALSE(p.Plan({4, 2}, &plan).ok());
@@ -161,7 +161,7 @@ TEST(Residency, RefusesWithoutChange) {
   EXPECT_EQ(p.tokens(), 1u);
   EXPECT_EQ(p.resident(), 2u);
   p.Unload(2);
-  EXPECT_EQ(p.slot_of(2), cache::kNoSlot);
+  EXPECT_EQ(p.slot_of(2), flash::kNoSlot);
   EXPECT_EQ(p.resident(), 1u);
 }
 
@@ -185,7 +185,7 @@ Model MakeModel(DType dtype, size_t h, size_t i, size_t layers, bool gated, uint
       if (dtype == DType::kFloat32) {
         std::memcpy(&v[4 * k], &x, 4);
       } else {
-        const uint16_t b = dtype == DType::kBFloat16 ? mlp::FloatToBFloat16(x) : mlp::FloatToFloat16(x);
+        const uint16_t b = dtype == DType::kBFloat16 ? FloatToBFloat16(x) : FloatToFloat16(x);
         std::memcpy(&v[2 * k], &b, 2);
       }
     }
@@ -239,9 +239,9 @@ double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // The smallest budget giving `capacity` slots per layer with options `o`.
-size_t BudgetFor(const std::string& path, size_t capacity, cache::FlashCacheOptions o = {}) {
+size_t BudgetFor(const std::string& path, size_t capacity, flash::FlashCacheOptions o = {}) {
   o.budget_bytes = 1;
-  absl::Status s = cache::FlashModelCache::Open(path, o).status();
+  absl::Status s = flash::FlashModelCache::Open(path, o).status();
   size_t budget = 0;
   // "below the minimum N": parse N.
   const std::string msg(s.message());
@@ -249,7 +249,7 @@ size_t BudgetFor(const std::string& path, size_t capacity, cache::FlashCacheOpti
   budget = std::stoull(msg.substr(at + 8));
   auto capacity_at = [&](size_t b) {
     o.budget_bytes = b;
-    auto c = cache::FlashModelCache::Open(path, o);
+    auto c = flash::FlashModelCache::Open(path, o);
     return c.ok() ? (*c)->capacity() : 0;
   };
   size_t step = 4096;
@@ -288,14 +288,14 @@ TEST_P(FlashSequences, EqualsInDramForward) {
   for (int trial = 0; trial < 6; ++trial) {
     const size_t k = 10 + rng() % 30;
     const size_t capacity = trial % 3 == 0 ? k : k + rng() % (m.i - k + 1);
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     o.reader = reader;
     o.window = 1 + rng() % 8;
     o.chunk_neurons = 1 + rng() % 16;
     o.budget_bytes = BudgetFor(path, capacity, o);
-    auto opened = cache::FlashModelCache::Open(path, o);
+    auto opened = flash::FlashModelCache::Open(path, o);
     ASSERT_TRUE(opened.ok()) << opened.status();
-    cache::FlashModelCache& fc = **opened;
+    flash::FlashModelCache& fc = **opened;
     ASSERT_GE(fc.capacity(), capacity);
     mlp::Workspace ws;
     mlp::ForwardOptions fo;
@@ -317,7 +317,7 @@ TEST_P(FlashSequences, EqualsInDramForward) {
           masks[l + 1] = NextMask(masks[l + 1], m.i, masks[l + 1].size(), 0.3, rng);
           ASSERT_TRUE(fc.Prefetch(l + 1, masks[l + 1]).ok()) << where;
         }
-        ASSERT_TRUE(mlp::FlashLayerStep(&fc, l, masks[l], {x.data(), tokens, m.h, DType::kFloat32},
+        ASSERT_TRUE(step::FlashLayerStep(&fc, l, masks[l], {x.data(), tokens, m.h, DType::kFloat32},
                                         {y.data(), tokens, m.h, DType::kFloat32}, fo, &ws)
                         .ok())
             << where;
@@ -332,7 +332,7 @@ TEST_P(FlashSequences, EqualsInDramForward) {
         }
       }
     }
-    const cache::FlashFootprint f = fc.footprint();
+    const flash::FlashFootprint f = fc.footprint();
     EXPECT_LE(f.total_bytes(), o.budget_bytes);
     EXPECT_EQ(fc.layer_stats(0).failed_loads, 0u);
   }
@@ -354,24 +354,24 @@ TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
     const std::string gated_path =
         WriteModel(gated, absl::StrFormat("gate_first_gated_%s.spmlb", DTypeName(dtype)), 512);
     const size_t k = 30;
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     o.window = 2;
     o.chunk_neurons = 8;
     o.reader.queue_depth = 4;
     o.budget_bytes = BudgetFor(path, 3 * k, o);
-    auto opened = cache::FlashModelCache::Open(path, o);
+    auto opened = flash::FlashModelCache::Open(path, o);
     ASSERT_TRUE(opened.ok()) << opened.status();
-    cache::FlashModelCache& fc = **opened;
+    flash::FlashModelCache& fc = **opened;
     EXPECT_EQ(fc.layout().bundle_bytes(), 2 * gated.h * DTypeSize(dtype));  // no gate row
     mlp::Workspace ws;
     mlp::ForwardOptions fo;
-    mlp::Selection sel;
+    step::Selection sel;
     sel.k = k;
     for (size_t l = 0; l < gated.layers; ++l) {
-      mlp::GateFirst flash =
-          *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
-      mlp::GateFirst dram =
-          *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+      step::GateFirst flash =
+          *step::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+      step::GateFirst dram =
+          *step::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
       cache::WeightCacheOptions co;
       co.hidden_size = gated.h;
       co.intermediate_size = gated.i;
@@ -399,10 +399,10 @@ TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
       ASSERT_TRUE(fc.Verify(l).ok());
     }
     // A gated file is refused, naming why; nothing changes.
-    auto gated_cache = cache::FlashModelCache::Open(gated_path, o);
+    auto gated_cache = flash::FlashModelCache::Open(gated_path, o);
     ASSERT_TRUE(gated_cache.ok());
-    mlp::GateFirst g =
-        *mlp::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[0].data(), gated.h);
+    step::GateFirst g =
+        *step::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[0].data(), gated.h);
     std::vector<float> x(gated.h, 0.5f), y(gated.h, 3.0f);
     const absl::Status s = g.FlashStep(gated_cache->get(), 0, sel, {x.data(), 1, gated.h},
                                        {y.data(), 1, gated.h}, fo, &ws);
@@ -439,14 +439,14 @@ TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
   std::vector<std::vector<float>> outputs[2];
   for (int e = 0; e < 2; ++e) {
     std::mt19937_64 rng(3);
-    cache::FlashCacheOptions o;
+    flash::FlashCacheOptions o;
     o.reader.engine = e == 0 ? store::IoEngineKind::kIoUring : store::IoEngineKind::kPread;
     o.reader.io_threads = 3;
     o.io_lanes = e == 0 ? 2 : 1;  // one layer's reads overlapping the next's, or not
     o.reader.max_request_bytes = 1;  // one bundle per request: many completions
     o.window = 3;
     o.budget_bytes = BudgetFor(path, 60, o);
-    auto fc = cache::FlashModelCache::Open(path, o);
+    auto fc = flash::FlashModelCache::Open(path, o);
     ASSERT_TRUE(fc.ok());
     mlp::Workspace ws;
     mlp::ForwardOptions fo;
@@ -456,7 +456,7 @@ TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
       mask = NextMask(mask, m.i, 50, 0.4, rng);
       std::vector<float> x(m.h), y(m.h);
       for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
-      ASSERT_TRUE(mlp::FlashLayerStep(fc->get(), step % 2, mask, {x.data(), 1, m.h, DType::kFloat32},
+      ASSERT_TRUE(step::FlashLayerStep(fc->get(), step % 2, mask, {x.data(), 1, m.h, DType::kFloat32},
                                       {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
                       .ok());
       outputs[e].push_back(y);
@@ -488,22 +488,22 @@ TEST(Flash, FaultsLoseNothing) {
       store::BundleLayout::Create({DType::kFloat32, 64, 64, 2, true, 0, 0}).value();
   bool inject = false;
   const uint64_t bad = layout.bundle_offset(1, 7);
-  cache::FlashCacheOptions o;
+  flash::FlashCacheOptions o;
   o.reader.max_request_bytes = 1;
   o.reader.fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
     return inject && offset == bad ? -EIO : result;
   };
   o.window = 2;
   o.budget_bytes = BudgetFor(path, 64, o);
-  auto opened = cache::FlashModelCache::Open(path, o);
+  auto opened = flash::FlashModelCache::Open(path, o);
   ASSERT_TRUE(opened.ok());
-  cache::FlashModelCache& fc = **opened;
+  flash::FlashModelCache& fc = **opened;
   mlp::Workspace ws;
   mlp::ForwardOptions fo;
   std::vector<float> x(m.h, 0.25f), y(m.h, -7.0f);
   auto step = [&](size_t l, const std::vector<uint32_t>& mask) {
     std::fill(y.begin(), y.end(), -7.0f);
-    return mlp::FlashLayerStep(&fc, l, mask, {x.data(), 1, m.h, DType::kFloat32},
+    return step::FlashLayerStep(&fc, l, mask, {x.data(), 1, m.h, DType::kFloat32},
                                {y.data(), 1, m.h, DType::kFloat32}, fo, &ws);
   };
   const std::vector<uint32_t> mask = {1, 5, 7, 8, 30};
@@ -563,41 +563,41 @@ TEST(Flash, FaultsLoseNothing) {
 TEST(Flash, BudgetAndMaskErrors) {
   const Model m = MakeModel(DType::kBFloat16, 32, 40, 2, true, 17);
   const std::string path = WriteModel(m, "budget.spmlb");
-  cache::FlashCacheOptions o;
+  flash::FlashCacheOptions o;
   o.budget_bytes = 1000;
-  absl::Status s = cache::FlashModelCache::Open(path, o).status();
+  absl::Status s = flash::FlashModelCache::Open(path, o).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("budget_bytes 1000 is below the minimum"));
   o.window = 0;
   o.budget_bytes = size_t{1} << 30;
-  EXPECT_THAT(std::string(cache::FlashModelCache::Open(path, o).status().message()),
+  EXPECT_THAT(std::string(flash::FlashModelCache::Open(path, o).status().message()),
               HasSubstr("window"));
   o.window = 1;
   o.io_lanes = 9;
-  EXPECT_THAT(std::string(cache::FlashModelCache::Open(path, o).status().message()),
+  EXPECT_THAT(std::string(flash::FlashModelCache::Open(path, o).status().message()),
               HasSubstr("io_lanes must be in [1, 8], got 9"));
   o.io_lanes = 2;
   o.budget_bytes = BudgetFor(path, 5, o);
-  auto fc = cache::FlashModelCache::Open(path, o);
+  auto fc = flash::FlashModelCache::Open(path, o);
   ASSERT_TRUE(fc.ok());
   const size_t cap = (*fc)->capacity();
   std::vector<uint32_t> big;
   for (uint32_t j = 0; j <= cap; ++j) big.push_back(j);
   std::vector<float> x(m.h, 1.0f), y(m.h);
   mlp::Workspace ws;
-  s = mlp::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
+  s = step::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
                           {y.data(), 1, m.h, DType::kFloat32}, {}, &ws);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()),
               HasSubstr(absl::StrFormat("%d neurons but the budget gives this layer %d slots",
                                         cap + 1, cap)));
   EXPECT_EQ((*fc)->layer_stats(0).steps, 0u);
-  EXPECT_EQ(mlp::FlashLayerStep(fc->get(), 2, {1}, {x.data(), 1, m.h, DType::kFloat32},
+  EXPECT_EQ(step::FlashLayerStep(fc->get(), 2, {1}, {x.data(), 1, m.h, DType::kFloat32},
                                 {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
                 .code(),
             absl::StatusCode::kOutOfRange);
   big.resize(cap);
-  ASSERT_TRUE(mlp::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
+  ASSERT_TRUE(step::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
                                   {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
                   .ok());
   ::unlink(path.c_str());

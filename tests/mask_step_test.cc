@@ -1,10 +1,10 @@
-// mlp/mask_step.h: the gate-first step keeps exactly the top-k (or
+// step/mask_step.h: the gate-first step keeps exactly the top-k (or
 // above-threshold) neurons by |act(gate x)| (ties to the lower index, the
 // union over tokens) and computes the gated MLP over them; the low-rank
 // predictor's scores against float64, its selection and its step. Every
 // dtype, token counts across the 32-token chunk, 1 and 2 threads, scalar
 // and the best SIMD level; errors leave cache, y and mask unchanged.
-#include "mlp/mask_step.h"
+#include "step/mask_step.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +16,7 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "platform/simd_level.h"
 #include "tests/mlp_reference.h"
 
@@ -24,17 +24,20 @@ namespace sparse_mlp::mlp {
 namespace {
 
 using namespace test_util;  // NOLINT: the shared reference helpers
+using step::GateFirst;
+using step::LowRankPredictor;
+using step::Selection;
 
 constexpr DType kDTypes[] = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
 
 // The rule, on given scores: per token the k largest (ties to the lower
 // index), or those above the threshold; the union over tokens.
 std::vector<uint32_t> RuleSet(const std::vector<float>& scores, size_t tokens, size_t n,
-                              const Selection& sel) {
+                              const step::Selection& sel) {
   std::vector<uint8_t> keep(n, 0);
   for (size_t t = 0; t < tokens; ++t) {
     const float* row = scores.data() + t * n;
-    if (sel.kind == Selection::Kind::kThreshold) {
+    if (sel.kind == step::Selection::Kind::kThreshold) {
       for (size_t j = 0; j < n; ++j) keep[j] |= row[j] > sel.threshold ? 1 : 0;
       continue;
     }
@@ -130,10 +133,10 @@ TEST(GateFirstTest, KeepsTheTopNeuronsByGateActivationAndComputesTheirMlp) {
           }
           l.gate.Set(dtype, g);
         }
-        absl::StatusOr<GateFirst> gf = GateFirst::Create(dtype, h, i, l.gate.data(), h);
+        absl::StatusOr<GateFirst> gf = step::GateFirst::Create(dtype, h, i, l.gate.data(), h);
         ASSERT_TRUE(gf.ok()) << gf.status();
         cache::WeightCache cache = UpDownCache(l, threads);
-        GateFirst direct = *GateFirst::Create(dtype, h, i, l.gate.data(), h);
+        step::GateFirst direct = *step::GateFirst::Create(dtype, h, i, l.gate.data(), h);
         NeuronRows up_down = RowsOf(l);
         up_down.gate = nullptr;
         ForwardOptions o;
@@ -142,9 +145,9 @@ TEST(GateFirstTest, KeepsTheTopNeuronsByGateActivationAndComputesTheirMlp) {
         Workspace ws;
         for (int step = 0; step < 8; ++step) {
           const size_t tokens = step == 5 ? 35 : 1 + step % 3;  // 35: two token chunks
-          Selection sel;
+          step::Selection sel;
           if (step % 4 == 3) {
-            sel.kind = Selection::Kind::kThreshold;
+            sel.kind = step::Selection::Kind::kThreshold;
             sel.threshold = 0.05f * static_cast<float>(step % 3);
           } else {
             sel.k = step == 0 ? 0 : (step * 37) % i;
@@ -189,7 +192,7 @@ TEST(GateFirstTest, EqualsTheLayerStepOnTheSameNeurons) {
   std::mt19937_64 rng(252);
   const size_t h = 96, i = 500;
   const Layer l = RandomLayer(rng, h, i, DType::kFloat32, true);
-  GateFirst gf = *GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h);
+  step::GateFirst gf = *step::GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h);
   cache::WeightCache updown = UpDownCache(l, 1);
   cache::WeightCache gated = GatedCache(l, 1);
   ForwardOptions o;
@@ -199,10 +202,10 @@ TEST(GateFirstTest, EqualsTheLayerStepOnTheSameNeurons) {
     x.Set(DType::kFloat32, Uniform(rng, h, 1));
     y_first.Set(DType::kFloat32, std::vector<float>(h));
     y_step = y_first;
-    Selection sel;
+    step::Selection sel;
     sel.k = 100 + 40 * step;
     ASSERT_TRUE(gf.Step(&updown, sel, In(x, 1, h), Out(y_first, 1, h), o, &ws).ok());
-    ASSERT_TRUE(LayerStep(&gated, gf.mask(), In(x, 1, h), Out(y_step, 1, h), o, &ws).ok());
+    ASSERT_TRUE(step::LayerStep(&gated, gf.mask(), In(x, 1, h), Out(y_step, 1, h), o, &ws).ok());
     ASSERT_EQ(std::vector<uint32_t>(updown.active_indices().begin(),
                                     updown.active_indices().end()),
               std::vector<uint32_t>(gated.active_indices().begin(),
@@ -217,8 +220,8 @@ TEST(GateFirstTest, StepSelectedEqualsStepOnTheSameNeurons) {
   std::mt19937_64 rng(255);
   const size_t h = 64, i = 200;
   const Layer l = RandomLayer(rng, h, i, DType::kBFloat16, true);
-  GateFirst a = *GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
-  GateFirst b = *GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
+  step::GateFirst a = *step::GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
+  step::GateFirst b = *step::GateFirst::Create(DType::kBFloat16, h, i, l.gate.data(), h);
   cache::WeightCache ca = UpDownCache(l, 1), cb = UpDownCache(l, 1);
   ForwardOptions o;
   Workspace ws;
@@ -228,7 +231,7 @@ TEST(GateFirstTest, StepSelectedEqualsStepOnTheSameNeurons) {
     x.Set(DType::kFloat32, Uniform(rng, tokens * h, 1));
     ya.Set(DType::kFloat32, std::vector<float>(tokens * h));
     yb = ya;
-    Selection sel;
+    step::Selection sel;
     sel.k = 30 + 20 * step;
     ASSERT_TRUE(a.Step(&ca, sel, In(x, tokens, h), Out(ya, tokens, h), o, &ws).ok());
     std::vector<float> act(tokens * i);
@@ -254,20 +257,20 @@ TEST(GateFirstTest, ErrorsLeaveCacheOutputAndMaskUnchanged) {
   std::mt19937_64 rng(253);
   const size_t h = 40, i = 64;
   const Layer l = RandomLayer(rng, h, i, DType::kFloat32, true);
-  EXPECT_EQ(GateFirst::Create(DType::kFloat32, h, i, nullptr, h).status().code(),
+  EXPECT_EQ(step::GateFirst::Create(DType::kFloat32, h, i, nullptr, h).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h - 1).status().code(),
+  EXPECT_EQ(step::GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h - 1).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(GateFirst::Create(DType::kFloat32, 0, i, l.gate.data(), h).status().code(),
+  EXPECT_EQ(step::GateFirst::Create(DType::kFloat32, 0, i, l.gate.data(), h).status().code(),
             absl::StatusCode::kInvalidArgument);
-  GateFirst gf = *GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h);
+  step::GateFirst gf = *step::GateFirst::Create(DType::kFloat32, h, i, l.gate.data(), h);
   cache::WeightCache cache = UpDownCache(l, 1);
   ForwardOptions o;
   Workspace ws;
   Array x, y;
   x.Set(DType::kFloat32, Uniform(rng, h, 1));
   y.Set(DType::kFloat32, std::vector<float>(h, 7.0f));
-  Selection sel;
+  step::Selection sel;
   sel.k = 10;
   ASSERT_TRUE(gf.Step(&cache, sel, In(x, 1, h), Out(y, 1, h), o, &ws).ok());
   const std::vector<uint32_t> before = Indices(gf.mask());
@@ -281,11 +284,11 @@ TEST(GateFirstTest, ErrorsLeaveCacheOutputAndMaskUnchanged) {
     EXPECT_EQ(cache.version(), version);
     EXPECT_TRUE(cache.Verify().ok());
   };
-  Selection too_many;
+  step::Selection too_many;
   too_many.k = i + 1;
   expect_unchanged(gf.Step(&cache, too_many, In(x, 1, h), Out(y, 1, h), o, &ws), "65");
-  Selection nan;
-  nan.kind = Selection::Kind::kThreshold;
+  step::Selection nan;
+  nan.kind = step::Selection::Kind::kThreshold;
   nan.threshold = std::nanf("");
   expect_unchanged(gf.Step(&cache, nan, In(x, 1, h), Out(y, 1, h), o, &ws), "NaN");
   cache::WeightCache gated = GatedCache(l, 1);
@@ -317,7 +320,7 @@ TEST(LowRankPredictorTest, ScoresSelectionAndStepAgainstTheReference) {
         a.Set(dtype, Uniform(rng, rank * h, 0.3f));
         b.Set(dtype, Uniform(rng, i * rank, 0.3f));
         absl::StatusOr<LowRankPredictor> p =
-            LowRankPredictor::Create(dtype, h, i, rank, a.data(), h, b.data(), rank);
+            step::LowRankPredictor::Create(dtype, h, i, rank, a.data(), h, b.data(), rank);
         ASSERT_TRUE(p.ok()) << p.status();
         cache::WeightCache stepped = GatedCache(l, threads);
         cache::WeightCache plain = GatedCache(l, threads);
@@ -359,7 +362,7 @@ TEST(LowRankPredictorTest, ScoresSelectionAndStepAgainstTheReference) {
                   << "token " << t << " neuron " << j;
             }
           }
-          Selection sel;
+          step::Selection sel;
           sel.k = tokens == 4 ? 0 : 50;
           diff::NeuronMask selected(i);
           ASSERT_TRUE(p->Select(In(x, tokens, h), sel, o, &ws, &selected).ok());
@@ -367,7 +370,7 @@ TEST(LowRankPredictorTest, ScoresSelectionAndStepAgainstTheReference) {
           ASSERT_EQ(Describe(Indices(selected), want), "");
           ASSERT_TRUE(p->Step(&stepped, sel, In(x, tokens, h), Out(y1, tokens, h), o, &ws).ok());
           ASSERT_EQ(Describe(Indices(p->mask()), want), "");
-          ASSERT_TRUE(LayerStep(&plain, selected, In(x, tokens, h), Out(y2, tokens, h), o, &ws)
+          ASSERT_TRUE(step::LayerStep(&plain, selected, In(x, tokens, h), Out(y2, tokens, h), o, &ws)
                           .ok());
           EXPECT_EQ(y1.bytes, y2.bytes);
           ASSERT_TRUE(stepped.Verify().ok());
@@ -381,19 +384,19 @@ TEST(LowRankPredictorTest, BadArgumentsAreRefused) {
   std::vector<float> a(8 * 4), b(16 * 4);
   auto code = [](const absl::StatusOr<LowRankPredictor>& p) { return p.status().code(); };
   const auto kBad = absl::StatusCode::kInvalidArgument;
-  EXPECT_EQ(code(LowRankPredictor::Create(DType::kFloat32, 8, 16, 0, a.data(), 8, b.data(), 4)),
+  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 0, a.data(), 8, b.data(), 4)),
             kBad);
-  EXPECT_EQ(code(LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, nullptr, 8, b.data(), 4)),
+  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, nullptr, 8, b.data(), 4)),
             kBad);
-  EXPECT_EQ(code(LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 3)),
+  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 3)),
             kBad);
-  EXPECT_EQ(code(LowRankPredictor::Create(DType::kFloat32, 8, 0, 4, a.data(), 8, b.data(), 4)),
+  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 0, 4, a.data(), 8, b.data(), 4)),
             kBad);
-  LowRankPredictor p =
-      *LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 4);
+  step::LowRankPredictor p =
+      *step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 4);
   std::vector<float> x(8, 1.0f);
   diff::NeuronMask wrong(15);
-  Selection sel;
+  step::Selection sel;
   sel.k = 3;
   Workspace ws;
   const absl::Status s = p.Select({x.data(), 1, 8, DType::kFloat32}, sel, {}, &ws, &wrong);

@@ -8,7 +8,7 @@
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
 #include "tests/alloc_counter.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::mlp {
@@ -54,8 +54,8 @@ TEST(MlpAllocationTest, CallsAfterReserveDoNotAllocate) {
       ASSERT_TRUE(Forward(rows, in, o_t, o, &ws).ok());
       ASSERT_TRUE(ForwardIndexed(rows, sets[step], in, o_t, o, &ws).ok());
       ASSERT_TRUE(ForwardLinear(linear, in, o_t, o, &ws).ok());
-      ASSERT_TRUE(CacheForward(wc, in, o_t, o, &ws).ok());
-      ASSERT_TRUE(LayerStep(&wc, masks[step], in, o_t, o, &ws).ok());
+      ASSERT_TRUE(step::CacheForward(wc, in, o_t, o, &ws).ok());
+      ASSERT_TRUE(step::LayerStep(&wc, masks[step], in, o_t, o, &ws).ok());
     }
     EXPECT_EQ(sparse_mlp::testing::AllocationCount() - before, 0u) << threads << " threads";
     EXPECT_EQ(ws.bytes(), bytes) << threads << " threads";

@@ -14,7 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/dtype.h"
 #include "mlp/activation.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/mlp_forward.h"
 
 namespace sparse_mlp::mlp::test_util {

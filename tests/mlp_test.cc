@@ -14,9 +14,9 @@
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
 #include "mlp/activation.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/kernels.h"
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 #include "tests/mlp_reference.h"
 #include "platform/simd_level.h"
@@ -115,13 +115,13 @@ std::string RunCase(const Case& c, Source source, uint64_t seed) {
           co, {c.has_gate ? l.gate.data() : nullptr, l.up.data(), l.down.data()}, first);
       if (!wc.ok()) return std::string(wc.status().message());
       if (source == Source::kCache) {
-        s = CacheForward(*wc, In(x, c.tokens, c.h), Out(y, c.tokens, c.h), o, &ws);
+        s = step::CacheForward(*wc, In(x, c.tokens, c.h), Out(y, c.tokens, c.h), o, &ws);
         // The cache's slot order is not ascending after updates, but the
         // first packing is; the set is the same either way.
       } else {
         diff::NeuronMask next(c.i);
         for (uint32_t j : set) next.Set(j, true);
-        s = LayerStep(&*wc, next, In(x, c.tokens, c.h), Out(y, c.tokens, c.h), o, &ws);
+        s = step::LayerStep(&*wc, next, In(x, c.tokens, c.h), Out(y, c.tokens, c.h), o, &ws);
         if (s.ok()) {
           if (absl::Status v = wc->Verify(); !v.ok()) return std::string(v.message());
           if (!(wc->applied_mask() == next)) return "the cache does not hold the new mask";
@@ -341,10 +341,10 @@ TEST(LayerStepTest, SequencesMatchUpdateThenForwardOnEveryLayout) {
           SCOPED_TRACE(absl::StrFormat("layout %s own %d threads %d step %d",
                                        cache::PackedLayoutName(layout), static_cast<int>(own),
                                        threads, step));
-          ASSERT_TRUE(LayerStep(&stepped, next, In(x, tokens, h), Out(y_step, tokens, h), o, &ws)
+          ASSERT_TRUE(step::LayerStep(&stepped, next, In(x, tokens, h), Out(y_step, tokens, h), o, &ws)
                           .ok());
           ASSERT_TRUE(updated.Update(next).ok());
-          ASSERT_TRUE(CacheForward(updated, In(x, tokens, h), Out(y_ref, tokens, h), o, &ws).ok());
+          ASSERT_TRUE(step::CacheForward(updated, In(x, tokens, h), Out(y_ref, tokens, h), o, &ws).ok());
           ASSERT_TRUE(stepped.Verify().ok()) << stepped.Verify().message();
           ASSERT_TRUE(stepped.applied_mask() == next);
           ASSERT_EQ(std::vector<uint32_t>(stepped.active_indices().begin(),
@@ -385,7 +385,7 @@ TEST(LayerStepTest, ToleranceSkipsTheUpdateAndComputesOnTheAppliedSet) {
   x.Set(DType::kFloat32, Uniform(rng, h, 1));
   y.Set(DType::kFloat32, std::vector<float>(h));
   Workspace ws;
-  ASSERT_TRUE(LayerStep(&wc, next, In(x, 1, h), Out(y, 1, h), ForwardOptions(), &ws).ok());
+  ASSERT_TRUE(step::LayerStep(&wc, next, In(x, 1, h), Out(y, 1, h), ForwardOptions(), &ws).ok());
   EXPECT_TRUE(wc.last_update().skipped);
   EXPECT_EQ(wc.lag(), 1u);
   std::vector<uint32_t> set;
@@ -537,17 +537,17 @@ TEST(LayerStepErrorTest, BadMaskLeavesCacheAndOutputUnchanged) {
   cache::WeightCache wc =
       *cache::WeightCache::Create(co, {f.l.gate.data(), f.l.up.data(), f.l.down.data()}, mask);
   const uint64_t version = wc.version();
-  ExpectError(LayerStep(&wc, diff::NeuronMask(17), f.X(), f.Y(), {}, &f.ws),
+  ExpectError(step::LayerStep(&wc, diff::NeuronMask(17), f.X(), f.Y(), {}, &f.ws),
               absl::StatusCode::kInvalidArgument, "mask has 17 neurons");
   const std::vector<uint8_t> bytes(15, 1);
-  EXPECT_FALSE(LayerStepFromByteRows(&wc, bytes, 1, f.X(), f.Y(), {}, &f.ws).ok());
+  EXPECT_FALSE(step::LayerStepFromByteRows(&wc, bytes, 1, f.X(), f.Y(), {}, &f.ws).ok());
   ConstTokens x = f.X();
   x.tokens = 0;
   diff::NeuronMask all(16);
   for (uint32_t j = 0; j < 16; ++j) all.Set(j, true);
-  ExpectError(LayerStep(&wc, all, x, f.Y(), {}, &f.ws), absl::StatusCode::kInvalidArgument,
+  ExpectError(step::LayerStep(&wc, all, x, f.Y(), {}, &f.ws), absl::StatusCode::kInvalidArgument,
               "x has 0 tokens");
-  ExpectError(LayerStep(nullptr, all, f.X(), f.Y(), {}, &f.ws),
+  ExpectError(step::LayerStep(nullptr, all, f.X(), f.Y(), {}, &f.ws),
               absl::StatusCode::kInvalidArgument, "cache is null");
   EXPECT_EQ(wc.version(), version);
   EXPECT_TRUE(wc.applied_mask() == mask);

@@ -1,7 +1,7 @@
 // The layer step with the gate's activations given (internal to //mlp: the
-// gate-first step of mlp/mask_step.h computes them while it selects).
-#ifndef SPARSE_MLP_MLP_LAYER_STEP_INTERNAL_H_
-#define SPARSE_MLP_MLP_LAYER_STEP_INTERNAL_H_
+// gate-first step of step/mask_step.h computes them while it selects).
+#ifndef SPARSE_MLP_STEP_LAYER_STEP_INTERNAL_H_
+#define SPARSE_MLP_STEP_LAYER_STEP_INTERNAL_H_
 
 #include <cstddef>
 
@@ -10,7 +10,7 @@
 #include "diff/neuron_mask.h"
 #include "mlp/mlp_forward.h"
 
-namespace sparse_mlp::mlp::internal {
+namespace sparse_mlp::step::internal {
 
 // LayerStep on a gate-less cache (up and down rows) where neuron j's
 // coefficient for token t is gate_act[t x gate_act_stride + j] x
@@ -19,9 +19,9 @@ namespace sparse_mlp::mlp::internal {
 // InvalidArgument for a cache holding gate rows.
 absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMask& mask,
                                 const float* gate_act, size_t gate_act_stride,
-                                const ConstTokens& x, const Tokens& y,
-                                const ForwardOptions& options, Workspace* workspace);
+                                const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
-}  // namespace sparse_mlp::mlp::internal
+}  // namespace sparse_mlp::step::internal
 
-#endif  // SPARSE_MLP_MLP_LAYER_STEP_INTERNAL_H_
+#endif  // SPARSE_MLP_STEP_LAYER_STEP_INTERNAL_H_

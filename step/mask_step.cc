@@ -1,4 +1,4 @@
-#include "mlp/mask_step.h"
+#include "step/mask_step.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,11 +7,11 @@
 #include "absl/strings/str_format.h"
 #include "memory/size_math.h"
 #include "mlp/forward_core.h"
-#include "mlp/layer_step.h"
-#include "mlp/flash_step.h"
-#include "mlp/layer_step_internal.h"
+#include "step/layer_step.h"
+#include "step/flash_step.h"
+#include "step/layer_step_internal.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 namespace {
 
 bool ValidDType(DType d) {
@@ -66,10 +66,10 @@ absl::Status CheckOut(absl::Span<float> out, size_t tokens, size_t intermediate)
 }
 
 // The forward's checks of x, y and the options, and the workspace sized.
-absl::Status PrepareCall(DType dtype, size_t hidden, const ConstTokens& x, const Tokens& y,
-                         const ForwardOptions& options, Workspace* workspace) {
-  if (absl::Status s = internal::ValidateCall(dtype, hidden, x, y, options); !s.ok()) return s;
-  return internal::PrepareWorkspace(dtype, hidden, 0, x, options, workspace);
+absl::Status PrepareCall(DType dtype, size_t hidden, const mlp::ConstTokens& x, const mlp::Tokens& y,
+                         const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+  if (absl::Status s = mlp::internal::ValidateCall(dtype, hidden, x, y, options); !s.ok()) return s;
+  return mlp::internal::PrepareWorkspace(dtype, hidden, 0, x, options, workspace);
 }
 
 // Selects into scratch->incoming (scores: [tokens, I] float32).
@@ -146,9 +146,9 @@ absl::Status GateFirst::Reserve(size_t tokens) {
   return scratch_.Reserve(*n, *n, intermediate_size_);
 }
 
-absl::Status GateFirst::Activations(const ConstTokens& x, const ForwardOptions& options,
-                                    Workspace* workspace, absl::Span<float> out) {
-  const Tokens no_y{out.data(), x.tokens, gate_.hidden_size, DType::kFloat32};
+absl::Status GateFirst::Activations(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                                    mlp::Workspace* workspace, absl::Span<float> out) {
+  const mlp::Tokens no_y{out.data(), x.tokens, gate_.hidden_size, DType::kFloat32};
   // y is not written; validate x and the options as the forward does.
   if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
   if (absl::Status s =
@@ -156,14 +156,14 @@ absl::Status GateFirst::Activations(const ConstTokens& x, const ForwardOptions& 
       !s.ok()) {
     return s;
   }
-  internal::RunActivations(gate_, x, options, workspace, out.data(), nullptr,
+  mlp::internal::RunActivations(gate_, x, options, workspace, out.data(), nullptr,
                            intermediate_size_);
   return absl::OkStatus();
 }
 
 absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selection,
-                             const ConstTokens& x, const Tokens& y,
-                             const ForwardOptions& options, Workspace* workspace) {
+                             const mlp::ConstTokens& x, const mlp::Tokens& y,
+                             const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
       !s.ok()) {
     return s;
@@ -190,9 +190,9 @@ absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selecti
 }
 
 absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                                     absl::Span<const float> act, const ConstTokens& x,
-                                     const Tokens& y, const ForwardOptions& options,
-                                     Workspace* workspace) {
+                                     absl::Span<const float> act, const mlp::ConstTokens& x,
+                                     const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                                     mlp::Workspace* workspace) {
   if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
       !s.ok()) {
     return s;
@@ -214,10 +214,10 @@ absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::Neur
   return scratch_.selected.AssignWords(mask.words());
 }
 
-absl::Status GateFirst::FlashStep(cache::FlashModelCache* cache, size_t layer,
-                                  const Selection& selection, const ConstTokens& x,
-                                  const Tokens& y, const ForwardOptions& options,
-                                  Workspace* workspace) {
+absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
+                                  const Selection& selection, const mlp::ConstTokens& x,
+                                  const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                                  mlp::Workspace* workspace) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
   const store::BundleShape& shape = cache->layout().shape();
   if (shape.dtype != gate_.dtype || shape.hidden != gate_.hidden_size ||
@@ -252,18 +252,18 @@ absl::Status GateFirst::FlashStep(cache::FlashModelCache* cache, size_t layer,
   return absl::OkStatus();
 }
 
-absl::Status GateFirst::Select(const ConstTokens& x, const Selection& selection,
-                               const ForwardOptions& options, Workspace* workspace) {
+absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,
+                               const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
   float* act = scratch_.buffer(0);
   float* magnitude = scratch_.buffer(1);
-  internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
+  mlp::internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
   return SelectInto(magnitude, x.tokens, intermediate_size_, selection, &scratch_);
 }
 
-absl::Status GateFirst::Forward(const NeuronRows& up_down, const Selection& selection,
-                                const ConstTokens& x, const Tokens& y,
-                                const ForwardOptions& options, Workspace* workspace) {
+absl::Status GateFirst::Forward(const mlp::NeuronRows& up_down, const Selection& selection,
+                                const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (up_down.dtype != gate_.dtype || up_down.hidden_size != gate_.hidden_size ||
       up_down.count != intermediate_size_) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -275,7 +275,7 @@ absl::Status GateFirst::Forward(const NeuronRows& up_down, const Selection& sele
     return absl::InvalidArgumentError(
         "up_down must have no gate rows (the gate pass computes their part)");
   }
-  if (absl::Status s = internal::ValidateRows(up_down); !s.ok()) return s;
+  if (absl::Status s = mlp::internal::ValidateRows(up_down); !s.ok()) return s;
   if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
       !s.ok()) {
     return s;
@@ -286,7 +286,7 @@ absl::Status GateFirst::Forward(const NeuronRows& up_down, const Selection& sele
   }
   if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
   scratch_.incoming.ToIndices(&indices_);
-  if (absl::Status s = internal::ForwardIndexedGivenGate(up_down, indices_, scratch_.buffer(0),
+  if (absl::Status s = mlp::internal::ForwardIndexedGivenGate(up_down, indices_, scratch_.buffer(0),
                                                          intermediate_size_, x, y, options,
                                                          workspace);
       !s.ok()) {
@@ -322,21 +322,21 @@ absl::StatusOr<LowRankPredictor> LowRankPredictor::Create(DType dtype, size_t hi
 absl::Status LowRankPredictor::Reserve(size_t tokens) {
   absl::StatusOr<size_t> n = memory::CheckedMul(tokens, intermediate_size_);
   if (!n.ok()) return n.status();
-  absl::StatusOr<size_t> z = memory::CheckedMul(std::min(tokens, kTokenChunk), rank_);
+  absl::StatusOr<size_t> z = memory::CheckedMul(std::min(tokens, mlp::kTokenChunk), rank_);
   if (!z.ok()) return z.status();
   return scratch_.Reserve(*n, *z, intermediate_size_);
 }
 
-void LowRankPredictor::Compute(const ConstTokens& x, const ForwardOptions& options,
-                               Workspace* workspace, float* out) {
-  internal::RunLowRank(dtype_, hidden_size_, rank_, intermediate_size_, a_, a_stride_, b_,
+void LowRankPredictor::Compute(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                               mlp::Workspace* workspace, float* out) {
+  mlp::internal::RunLowRank(dtype_, hidden_size_, rank_, intermediate_size_, a_, a_stride_, b_,
                        b_stride_, x, options, workspace, scratch_.buffer(1), out,
                        intermediate_size_);
 }
 
-absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions& options,
-                                      Workspace* workspace, absl::Span<float> out) {
-  const Tokens no_y{out.data(), x.tokens, hidden_size_, DType::kFloat32};
+absl::Status LowRankPredictor::Scores(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                                      mlp::Workspace* workspace, absl::Span<float> out) {
+  const mlp::Tokens no_y{out.data(), x.tokens, hidden_size_, DType::kFloat32};
   if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
   if (absl::Status s = PrepareCall(dtype_, hidden_size_, x, no_y, options, workspace);
       !s.ok()) {
@@ -347,8 +347,8 @@ absl::Status LowRankPredictor::Scores(const ConstTokens& x, const ForwardOptions
   return absl::OkStatus();
 }
 
-absl::Status LowRankPredictor::Select(const ConstTokens& x, const Selection& selection,
-                                      const ForwardOptions& options, Workspace* workspace,
+absl::Status LowRankPredictor::Select(const mlp::ConstTokens& x, const Selection& selection,
+                                      const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                                       diff::NeuronMask* mask) {
   if (mask == nullptr) return absl::InvalidArgumentError("mask is null");
   if (mask->size() != intermediate_size_) {
@@ -371,8 +371,8 @@ absl::Status LowRankPredictor::Select(const ConstTokens& x, const Selection& sel
 }
 
 absl::Status LowRankPredictor::Step(cache::WeightCache* cache, const Selection& selection,
-                                    const ConstTokens& x, const Tokens& y,
-                                    const ForwardOptions& options, Workspace* workspace) {
+                                    const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = CheckCache(cache, dtype_, hidden_size_, intermediate_size_); !s.ok()) {
     return s;
   }
@@ -393,4 +393,4 @@ absl::Status LowRankPredictor::Step(cache::WeightCache* cache, const Selection& 
   return absl::OkStatus();
 }
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step

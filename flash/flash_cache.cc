@@ -1,4 +1,4 @@
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 
 #include <algorithm>
 #include <cstring>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_format.h"
 
-namespace sparse_mlp::cache {
+namespace sparse_mlp::flash {
 namespace {
 
 size_t RoundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -382,4 +382,4 @@ absl::StatusOr<float*> FlashModelCache::Scratch(size_t tokens) {
   return reinterpret_cast<float*>(scratch_.data());
 }
 
-}  // namespace sparse_mlp::cache
+}  // namespace sparse_mlp::flash

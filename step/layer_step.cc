@@ -1,19 +1,19 @@
-#include "mlp/layer_step.h"
+#include "step/layer_step.h"
 
 #include <algorithm>
 
 #include "mlp/forward_core.h"
-#include "mlp/layer_step_internal.h"
+#include "step/layer_step_internal.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 namespace {
 
-using internal::NeuronPtrs;
+using mlp::internal::NeuronPtrs;
 
 // Slots [0, num_active) of a planned update: kept rows in place, loaded
 // rows from the sources and moved rows from their old slot, each of the
 // latter two stored into its new slot.
-class StepRows final : public internal::RowSource {
+class StepRows final : public mlp::internal::RowSource {
  public:
   explicit StepRows(const cache::PlannedUpdate& plan) : plan_(plan) {}
 
@@ -56,15 +56,15 @@ class StepRows final : public internal::RowSource {
   const cache::PlannedUpdate& plan_;
 };
 
-absl::Status Prepare(const cache::WeightCache* cache, const ConstTokens& x, const Tokens& y,
-                     const ForwardOptions& options, Workspace* workspace) {
+absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x, const mlp::Tokens& y,
+                     const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
   if (absl::Status s =
-          internal::ValidateCall(cache->dtype(), cache->hidden_size(), x, y, options);
+          mlp::internal::ValidateCall(cache->dtype(), cache->hidden_size(), x, y, options);
       !s.ok()) {
     return s;
   }
-  return internal::PrepareWorkspace(cache->dtype(), cache->hidden_size(), 0, x, options,
+  return mlp::internal::PrepareWorkspace(cache->dtype(), cache->hidden_size(), 0, x, options,
                                     workspace);
 }
 
@@ -73,15 +73,15 @@ struct StepExecutor {
   DType dtype;
   size_t hidden_size;
   bool has_gate;
-  const ConstTokens& x;
-  const Tokens& y;
-  const ForwardOptions& options;
-  Workspace* workspace;
+  const mlp::ConstTokens& x;
+  const mlp::Tokens& y;
+  const mlp::ForwardOptions& options;
+  mlp::Workspace* workspace;
   const float* gate_act = nullptr;  // given gate activations (gate-first)
   size_t gate_act_stride = 0;
 
   void operator()(const cache::PlannedUpdate& plan) const {
-    internal::Problem p;
+    mlp::internal::Problem p;
     p.dtype = dtype;
     p.hidden_size = hidden_size;
     p.count = plan.num_active;
@@ -90,14 +90,14 @@ struct StepExecutor {
     p.prefetch = p.stores;  // entering rows are scattered over the sources
     p.gate_act = gate_act;
     p.gate_act_stride = gate_act_stride;
-    internal::Run(StepRows(plan), p, x, y, options, workspace);
+    mlp::internal::Run(StepRows(plan), p, x, y, options, workspace);
   }
 };
 
 }  // namespace
 
-NeuronRows CacheRows(const cache::WeightCache& cache) {
-  NeuronRows rows;
+mlp::NeuronRows CacheRows(const cache::WeightCache& cache) {
+  mlp::NeuronRows rows;
   rows.dtype = cache.dtype();
   rows.hidden_size = cache.hidden_size();
   rows.count = cache.num_active();
@@ -111,15 +111,15 @@ NeuronRows CacheRows(const cache::WeightCache& cache) {
   return rows;
 }
 
-absl::Status CacheForward(const cache::WeightCache& cache, const ConstTokens& x,
-                          const Tokens& y, const ForwardOptions& options,
-                          Workspace* workspace) {
-  return Forward(CacheRows(cache), x, y, options, workspace);
+absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstTokens& x,
+                          const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                          mlp::Workspace* workspace) {
+  return mlp::Forward(CacheRows(cache), x, y, options, workspace);
 }
 
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                       const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                       Workspace* workspace) {
+                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                       mlp::Workspace* workspace) {
   if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
                              options, workspace};
@@ -128,20 +128,20 @@ absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
 
 absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
                                    absl::Span<const uint8_t> masks, size_t rows,
-                                   const ConstTokens& x, const Tokens& y,
-                                   const ForwardOptions& options, Workspace* workspace) {
+                                   const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                   const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
                              options, workspace};
-  return cache->UpdateFromByteRowsWith(masks, rows, execute);
+  return cache->UpdateWith(cache::MaskInput::ByteRows(masks, rows), execute);
 }
 
 namespace internal {
 
 absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMask& mask,
                                 const float* gate_act, size_t gate_act_stride,
-                                const ConstTokens& x, const Tokens& y,
-                                const ForwardOptions& options, Workspace* workspace) {
+                                const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
   if (cache->has_gate()) {
     return absl::InvalidArgumentError(
@@ -153,4 +153,4 @@ absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMas
 }
 
 }  // namespace internal
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step

@@ -3,13 +3,13 @@
 // so that scalar and vector paths agree bit for bit on converted values).
 //
 // Thread-safe; no allocation; O(1).
-#ifndef SPARSE_MLP_MLP_FLOAT16_H_
-#define SPARSE_MLP_MLP_FLOAT16_H_
+#ifndef SPARSE_MLP_PLATFORM_FLOAT16_H_
+#define SPARSE_MLP_PLATFORM_FLOAT16_H_
 
 #include <cstdint>
 #include <cstring>
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp {
 
 inline uint32_t FloatBits(float f) {
   uint32_t u;
@@ -61,6 +61,6 @@ inline uint16_t FloatToFloat16(float f) {
   return static_cast<uint16_t>(sign | (u >> 13));
 }
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp
 
-#endif  // SPARSE_MLP_MLP_FLOAT16_H_
+#endif  // SPARSE_MLP_PLATFORM_FLOAT16_H_

@@ -29,8 +29,8 @@
 //
 // Thread-safety: a LayerStep is a mutating call on the cache (see
 // WeightCache); CacheForward is a const one.
-#ifndef SPARSE_MLP_MLP_LAYER_STEP_H_
-#define SPARSE_MLP_MLP_LAYER_STEP_H_
+#ifndef SPARSE_MLP_STEP_LAYER_STEP_H_
+#define SPARSE_MLP_STEP_LAYER_STEP_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -41,27 +41,27 @@
 #include "diff/neuron_mask.h"
 #include "mlp/mlp_forward.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 
 // The rows of the cache's active neurons as NeuronRows (views; valid until
 // the cache's next mutating call).
-NeuronRows CacheRows(const cache::WeightCache& cache);
+mlp::NeuronRows CacheRows(const cache::WeightCache& cache);
 
-absl::Status CacheForward(const cache::WeightCache& cache, const ConstTokens& x,
-                          const Tokens& y, const ForwardOptions& options,
-                          Workspace* workspace);
+absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstTokens& x,
+                          const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                          mlp::Workspace* workspace);
 
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                       const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                       Workspace* workspace);
+                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                       mlp::Workspace* workspace);
 
 // The same with the mask as bytes (non-zero = active): one [I] mask
 // (rows = 1) or the union of a [rows, I] matrix (a batch of tokens).
 absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
                                    absl::Span<const uint8_t> masks, size_t rows,
-                                   const ConstTokens& x, const Tokens& y,
-                                   const ForwardOptions& options, Workspace* workspace);
+                                   const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                   const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step
 
-#endif  // SPARSE_MLP_MLP_LAYER_STEP_H_
+#endif  // SPARSE_MLP_STEP_LAYER_STEP_H_

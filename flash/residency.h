@@ -1,6 +1,6 @@
 // ResidencyPlanner: which neurons of one layer stay resident in a fixed set
 // of slots, which enter, which leave. Pure logic (no memory of weights, no
-// I/O): the flash cache (cache/flash_cache.h) loads what it says.
+// I/O): the flash cache (flash/flash_cache.h) loads what it says.
 //
 // Policy (LLM in a Flash's sliding window under a budget):
 //   - token t's mask must be resident for its step (a mask larger than the
@@ -19,8 +19,8 @@
 //
 // Thread-compatible. Allocation: at construction only (arrays of I and of
 // the capacity). Plan: O(mask + C log C) for C slots.
-#ifndef SPARSE_MLP_CACHE_RESIDENCY_H_
-#define SPARSE_MLP_CACHE_RESIDENCY_H_
+#ifndef SPARSE_MLP_FLASH_RESIDENCY_H_
+#define SPARSE_MLP_FLASH_RESIDENCY_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -28,9 +28,11 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "cache/slot.h"
 
-namespace sparse_mlp::cache {
+namespace sparse_mlp::flash {
+
+// "No slot": a neuron that is not resident, a slot that holds no neuron.
+inline constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
 
 // One token's plan. Spans point into the planner and stay valid until its
 // next Plan.
@@ -84,6 +86,6 @@ class ResidencyPlanner {
   std::vector<uint32_t> hits_, entering_, entering_slots_, candidates_, free_;
 };
 
-}  // namespace sparse_mlp::cache
+}  // namespace sparse_mlp::flash
 
-#endif  // SPARSE_MLP_CACHE_RESIDENCY_H_
+#endif  // SPARSE_MLP_FLASH_RESIDENCY_H_

@@ -1,10 +1,10 @@
-#include "cache/residency.h"
+#include "flash/residency.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
 
-namespace sparse_mlp::cache {
+namespace sparse_mlp::flash {
 
 ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t window)
     : window_(std::max<size_t>(1, window)),
@@ -105,4 +105,4 @@ absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPl
   return absl::OkStatus();
 }
 
-}  // namespace sparse_mlp::cache
+}  // namespace sparse_mlp::flash

@@ -1,13 +1,13 @@
-#include "mlp/flash_step.h"
+#include "step/flash_step.h"
 
 #include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "mlp/float16.h"
+#include "platform/float16.h"
 #include "mlp/forward_core.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 namespace {
 
 double Now() {
@@ -17,7 +17,7 @@ double Now() {
 
 }  // namespace
 
-NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
+mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
                       size_t stride_bytes) {
   const auto* b = static_cast<const uint8_t*>(base);
   const size_t stride = stride_bytes / DTypeSize(layout.shape().dtype);
@@ -36,9 +36,9 @@ namespace {
 
 // The step; gate_act non-null: the file is gate-less and the gate's
 // activations are given (row r of a slot takes its neuron's).
-absl::Status Step(cache::FlashModelCache* cache, size_t layer, absl::Span<const uint32_t> mask,
-                  const float* gate_act, size_t gate_act_stride, const ConstTokens& x,
-                  const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const uint32_t> mask,
+                  const float* gate_act, size_t gate_act_stride, const mlp::ConstTokens& x,
+                  const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                   FlashStepTimes* times) {
   const store::BundleLayout& layout = cache->layout();
   const DType dtype = layout.shape().dtype;
@@ -61,24 +61,24 @@ absl::Status Step(cache::FlashModelCache* cache, size_t layer, absl::Span<const 
   }
   absl::StatusOr<float*> scratch = cache->Scratch(x.tokens);
   if (!scratch.ok()) return scratch.status();
-  const Tokens sums{*scratch, x.tokens, hidden, DType::kFloat32};
+  const mlp::Tokens sums{*scratch, x.tokens, hidden, DType::kFloat32};
   FlashStepTimes t;
   double t0 = Now();
-  cache::FlashStepPlan plan;
+  flash::FlashStepPlan plan;
   if (absl::Status s = cache->BeginStep(layer, mask, &plan); !s.ok()) return s;
   double t1 = Now();
   t.plan_seconds = t1 - t0;
 
-  const NeuronRows rows =
+  const mlp::NeuronRows rows =
       BundleRows(layout, cache->slots(layer), cache->capacity(), cache->slot_stride());
   const uint32_t* neuron_of = cache->slot_neurons(layer).data();
   // Slots `slots` into sums: the forward, or with the gate's activations given.
-  auto forward = [&](absl::Span<const uint32_t> slots, const ForwardOptions& o) {
-    if (gate_act == nullptr) return ForwardIndexed(rows, slots, x, sums, o, workspace);
-    return internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums, o,
+  auto forward = [&](absl::Span<const uint32_t> slots, const mlp::ForwardOptions& o) {
+    if (gate_act == nullptr) return mlp::ForwardIndexed(rows, slots, x, sums, o, workspace);
+    return mlp::internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums, o,
                                              workspace, neuron_of);
   };
-  ForwardOptions o = options;
+  mlp::ForwardOptions o = options;
   o.accumulate = false;
   absl::Status status;
   if (!plan.hit_slots.empty()) {
@@ -125,18 +125,18 @@ absl::Status Step(cache::FlashModelCache* cache, size_t layer, absl::Span<const 
 
 }  // namespace
 
-absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
-                            absl::Span<const uint32_t> mask, const ConstTokens& x,
-                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+absl::Status FlashLayerStep(flash::FlashModelCache* cache, size_t layer,
+                            absl::Span<const uint32_t> mask, const mlp::ConstTokens& x,
+                            const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                             FlashStepTimes* times) {
   return Step(cache, layer, mask, nullptr, 0, x, y, options, workspace, times);
 }
 
-absl::Status FlashLayerStepGivenGate(cache::FlashModelCache* cache, size_t layer,
+absl::Status FlashLayerStepGivenGate(flash::FlashModelCache* cache, size_t layer,
                                      absl::Span<const uint32_t> mask, const float* gate_act,
-                                     size_t gate_act_stride, const ConstTokens& x,
-                                     const Tokens& y, const ForwardOptions& options,
-                                     Workspace* workspace, FlashStepTimes* times) {
+                                     size_t gate_act_stride, const mlp::ConstTokens& x,
+                                     const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                                     mlp::Workspace* workspace, FlashStepTimes* times) {
   if (cache->layout().shape().gated) {
     return absl::InvalidArgumentError(
         "a step with the gate's activations given needs a gate-less bundle file (up and down "
@@ -146,4 +146,4 @@ absl::Status FlashLayerStepGivenGate(cache::FlashModelCache* cache, size_t layer
   return Step(cache, layer, mask, gate_act, gate_act_stride, x, y, options, workspace, times);
 }
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step

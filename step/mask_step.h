@@ -38,8 +38,8 @@
 // type (or, for GateFirst, one holding gate rows), and the cache's update
 // errors; allocation failure is ResourceExhausted. On any error the cache,
 // y and mask() are unchanged.
-#ifndef SPARSE_MLP_MLP_MASK_STEP_H_
-#define SPARSE_MLP_MLP_MASK_STEP_H_
+#ifndef SPARSE_MLP_STEP_MASK_STEP_H_
+#define SPARSE_MLP_STEP_MASK_STEP_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -48,14 +48,14 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/mlp_forward.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 
 // Which neurons a step keeps from its scores.
 struct Selection {
@@ -94,15 +94,15 @@ class GateFirst {
   absl::Status Reserve(size_t tokens);
 
   // act(<gate_j, x_t>) into out[t x I + j] (out: x.tokens x I floats).
-  absl::Status Activations(const ConstTokens& x, const ForwardOptions& options,
-                           Workspace* workspace, absl::Span<float> out);
+  absl::Status Activations(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                           mlp::Workspace* workspace, absl::Span<float> out);
 
   // The gate-first step on `cache`, a gate-less WeightCache over this
   // layer's up and down: selects by |act(gate x)|, updates the cache to the
   // selection (the union over x's tokens) and writes y, as LayerStep does.
   absl::Status Step(cache::WeightCache* cache, const Selection& selection,
-                    const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                    Workspace* workspace);
+                    const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                    mlp::Workspace* workspace);
 
   // The step on neurons chosen elsewhere: `mask` (the union over x's
   // tokens) with the activations `act` a previous Activations(x) call
@@ -110,8 +110,8 @@ class GateFirst {
   // ranks' activations). The gate is not read again. Errors as Step's, and
   // InvalidArgument for a mask or act of the wrong size.
   absl::Status StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                            absl::Span<const float> act, const ConstTokens& x, const Tokens& y,
-                            const ForwardOptions& options, Workspace* workspace);
+                            absl::Span<const float> act, const mlp::ConstTokens& x, const mlp::Tokens& y,
+                            const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   // The step over the flash tier: `cache` serves this layer's up and down
   // from a gate-less bundle file (store: written without gate rows) while
@@ -119,9 +119,9 @@ class GateFirst {
   // FlashLayerStepGivenGate over the kept neurons (only their up and down
   // are loaded). The file's H, I (this layer's neurons) and type must be
   // the gate's.
-  absl::Status FlashStep(cache::FlashModelCache* cache, size_t layer,
-                         const Selection& selection, const ConstTokens& x, const Tokens& y,
-                         const ForwardOptions& options, Workspace* workspace);
+  absl::Status FlashStep(flash::FlashModelCache* cache, size_t layer,
+                         const Selection& selection, const mlp::ConstTokens& x, const mlp::Tokens& y,
+                         const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   // The same without a cache (direct-index): selects, then reads the kept
   // neurons' rows of `up_down` in place (the layer's up rows and
@@ -129,9 +129,9 @@ class GateFirst {
   // every weight in DRAM and a new mask per token, the faster path
   // (docs/performance.md); the cached Step earns its place where a loaded
   // row is expensive (the flash tier).
-  absl::Status Forward(const NeuronRows& up_down, const Selection& selection,
-                       const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                       Workspace* workspace);
+  absl::Status Forward(const mlp::NeuronRows& up_down, const Selection& selection,
+                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                       mlp::Workspace* workspace);
 
   // The neurons the last successful Step or Forward kept (empty mask
   // before one).
@@ -141,9 +141,9 @@ class GateFirst {
  private:
   GateFirst() = default;
   // Gate pass and selection into scratch_.incoming (after validation).
-  absl::Status Select(const ConstTokens& x, const Selection& selection,
-                      const ForwardOptions& options, Workspace* workspace);
-  NeuronRows gate_;
+  absl::Status Select(const mlp::ConstTokens& x, const Selection& selection,
+                      const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+  mlp::NeuronRows gate_;
   size_t intermediate_size_ = 0;
   ScoreScratch scratch_;
   std::vector<uint32_t> indices_;  // Forward's kept neurons (capacity I)
@@ -161,18 +161,18 @@ class LowRankPredictor {
   absl::Status Reserve(size_t tokens);
 
   // B (A x_t) into out[t x I + i] (out: x.tokens x I floats).
-  absl::Status Scores(const ConstTokens& x, const ForwardOptions& options, Workspace* workspace,
+  absl::Status Scores(const mlp::ConstTokens& x, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                       absl::Span<float> out);
 
   // Selects from the scores into *mask (the union over x's tokens).
-  absl::Status Select(const ConstTokens& x, const Selection& selection,
-                      const ForwardOptions& options, Workspace* workspace,
+  absl::Status Select(const mlp::ConstTokens& x, const Selection& selection,
+                      const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                       diff::NeuronMask* mask);
 
   // Selects, then LayerStep on `cache` (this layer's gated cache).
   absl::Status Step(cache::WeightCache* cache, const Selection& selection,
-                    const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                    Workspace* workspace);
+                    const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                    mlp::Workspace* workspace);
 
   const diff::NeuronMask& mask() const { return scratch_.selected; }
   size_t rank() const { return rank_; }
@@ -181,7 +181,7 @@ class LowRankPredictor {
  private:
   LowRankPredictor() = default;
   // B (A x) into out (after validation and Reserve).
-  void Compute(const ConstTokens& x, const ForwardOptions& options, Workspace* workspace,
+  void Compute(const mlp::ConstTokens& x, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                float* out);
   DType dtype_ = DType::kFloat32;
   size_t hidden_size_ = 0, intermediate_size_ = 0, rank_ = 0;
@@ -191,6 +191,6 @@ class LowRankPredictor {
   ScoreScratch scratch_;
 };
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step
 
-#endif  // SPARSE_MLP_MLP_MASK_STEP_H_
+#endif  // SPARSE_MLP_STEP_MASK_STEP_H_

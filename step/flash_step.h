@@ -1,5 +1,5 @@
-// FlashLayerStep: one layer's sparse MLP over a FlashModelCache
-// (cache/flash_cache.h): y = down(act(gate x) * (up x)) over `mask`'s
+// FlashLayerStep: one layer's sparse MLP over a flash::FlashModelCache
+// (flash/flash_cache.h): y = down(act(gate x) * (up x)) over `mask`'s
 // neurons, loading the entering ones from the cache's bundle file.
 //
 // The entering neurons' reads are issued first; the forward runs over the
@@ -19,19 +19,19 @@
 // Threading: options.num_threads for the compute; the reads run on the
 // cache's I/O thread. Thread-compatible (one thread steps a cache).
 // Allocation: none once the workspace and the cache's scratch fit.
-#ifndef SPARSE_MLP_MLP_FLASH_STEP_H_
-#define SPARSE_MLP_MLP_FLASH_STEP_H_
+#ifndef SPARSE_MLP_STEP_FLASH_STEP_H_
+#define SPARSE_MLP_STEP_FLASH_STEP_H_
 
 #include <cstddef>
 #include <cstdint>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "cache/flash_cache.h"
+#include "flash/flash_cache.h"
 #include "mlp/mlp_forward.h"
 #include "store/bundle_format.h"
 
-namespace sparse_mlp::mlp {
+namespace sparse_mlp::step {
 
 // Where a step's time went (wall seconds).
 struct FlashStepTimes {
@@ -44,30 +44,30 @@ struct FlashStepTimes {
 // (a cache's slots, a file's layer mapped or read into memory, a packed
 // batch of bundles), as the forward reads them: gate, up and down of each
 // bundle at the layout's offsets (gate null for gate-less files).
-NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
+mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
                       size_t stride_bytes);
 
 // `mask`: sorted neuron indices of this file's layer. Errors: the cache's
 // (layer, mask too large for the budget, read failures), the forward's
 // (x / y shapes and types, options), InvalidArgument for y's type (float32
 // or the weights' type). `times` (optional) receives the step's phases.
-absl::Status FlashLayerStep(cache::FlashModelCache* cache, size_t layer,
-                            absl::Span<const uint32_t> mask, const ConstTokens& x,
-                            const Tokens& y, const ForwardOptions& options, Workspace* workspace,
+absl::Status FlashLayerStep(flash::FlashModelCache* cache, size_t layer,
+                            absl::Span<const uint32_t> mask, const mlp::ConstTokens& x,
+                            const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
                             FlashStepTimes* times = nullptr);
 
 // The same over a gate-less bundle file (up and down rows only) with the
 // gate's activations given: neuron j's coefficient for token t is
 // gate_act[t x gate_act_stride + j] x <up_j, x_t> (j: the file's neuron
-// index; gate-first, mlp/mask_step.h, computes them from a gate kept in
+// index; gate-first, step/mask_step.h, computes them from a gate kept in
 // DRAM, so only up and down are loaded). InvalidArgument for a gated file
 // or null activations; otherwise as FlashLayerStep.
-absl::Status FlashLayerStepGivenGate(cache::FlashModelCache* cache, size_t layer,
+absl::Status FlashLayerStepGivenGate(flash::FlashModelCache* cache, size_t layer,
                                      absl::Span<const uint32_t> mask, const float* gate_act,
-                                     size_t gate_act_stride, const ConstTokens& x,
-                                     const Tokens& y, const ForwardOptions& options,
-                                     Workspace* workspace, FlashStepTimes* times = nullptr);
+                                     size_t gate_act_stride, const mlp::ConstTokens& x,
+                                     const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                                     mlp::Workspace* workspace, FlashStepTimes* times = nullptr);
 
-}  // namespace sparse_mlp::mlp
+}  // namespace sparse_mlp::step
 
-#endif  // SPARSE_MLP_MLP_FLASH_STEP_H_
+#endif  // SPARSE_MLP_STEP_FLASH_STEP_H_

@@ -6,14 +6,14 @@
 // reads straight from the file, so nothing else of the file is resident (no
 // mapping, no page cache).
 //
-// Theory of operation. Per layer a ResidencyPlanner (cache/residency.h)
+// Theory of operation. Per layer a ResidencyPlanner (flash/residency.h)
 // decides, for each token's mask, which neurons are hits, which enter and
 // which slots they take (sliding window, least recently active evicted
 // first). BeginStep plans and hands the entering neurons' reads to the
 // cache's I/O threads (one per lane, each driving its own
 // store::BundleReader: io_uring or a pread pool), which mark fixed chunks of
 // entering neurons landed as their bundles arrive; the caller computes on the hit slots meanwhile and on each chunk
-// once it landed (mlp/flash_step.h does this). FinishStep waits for the
+// once it landed (step/flash_step.h does this). FinishStep waits for the
 // rest. Prefetch starts a later layer's loads early (a predictor that looks
 // ahead) without computing; the step with the same mask then finds its
 // plan made and its reads in flight or done.
@@ -34,8 +34,8 @@
 // Thread-compatible: one thread steps a FlashModelCache (its I/O threads are
 // internal). Allocation: at Open; none per step (errors allocate their
 // messages). Errors: absl::Status as store/ and the planner give them.
-#ifndef SPARSE_MLP_CACHE_FLASH_CACHE_H_
-#define SPARSE_MLP_CACHE_FLASH_CACHE_H_
+#ifndef SPARSE_MLP_FLASH_FLASH_CACHE_H_
+#define SPARSE_MLP_FLASH_FLASH_CACHE_H_
 
 #include <condition_variable>
 #include <cstddef>
@@ -49,11 +49,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "cache/residency.h"
+#include "flash/residency.h"
 #include "memory/aligned_buffer.h"
 #include "store/bundle_reader.h"
 
-namespace sparse_mlp::cache {
+namespace sparse_mlp::flash {
 
 struct FlashCacheOptions {
   size_t budget_bytes = 0;  // DRAM for everything the cache holds
@@ -156,7 +156,7 @@ class FlashModelCache {
   // FinishStep of that layer (the planner is changed only by those calls).
   absl::Span<const uint32_t> slot_neurons(size_t layer) const;
   // Scratch of max(T, options.max_tokens) x H floats for the step's output
-  // (mlp/flash_step.h); allocates only for more tokens than ever before.
+  // (step/flash_step.h); allocates only for more tokens than ever before.
   absl::StatusOr<float*> Scratch(size_t tokens);
 
  private:
@@ -191,6 +191,6 @@ class FlashModelCache {
   bool stop_ = false;
 };
 
-}  // namespace sparse_mlp::cache
+}  // namespace sparse_mlp::flash
 
-#endif  // SPARSE_MLP_CACHE_FLASH_CACHE_H_
+#endif  // SPARSE_MLP_FLASH_FLASH_CACHE_H_
