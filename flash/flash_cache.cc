@@ -54,6 +54,12 @@ struct FlashModelCache::Layer {
 
 absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
     const std::string& path, const FlashCacheOptions& options) {
+  return Open(path, options, store::MakeIoEngine);
+}
+
+absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
+    const std::string& path, const FlashCacheOptions& options,
+    const store::IoEngineMaker& make_engine) {
   if (options.window == 0) return absl::InvalidArgumentError("window must be >= 1, got 0");
   if (options.chunk_neurons == 0) {
     return absl::InvalidArgumentError("chunk_neurons must be >= 1, got 0");
@@ -65,7 +71,7 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   std::vector<std::unique_ptr<Lane>> lanes;
   for (size_t k = 0; k < options.io_lanes; ++k) {
     absl::StatusOr<std::unique_ptr<store::BundleReader>> reader =
-        store::BundleReader::Open(path, options.reader);
+        store::BundleReader::Open(path, options.reader, make_engine);
     if (!reader.ok()) return reader.status();
     lanes.push_back(std::make_unique<Lane>());
     lanes.back()->reader = *std::move(reader);

@@ -107,6 +107,11 @@ class FlashModelCache {
   // layer needs (naming both sizes).
   static absl::StatusOr<std::unique_ptr<FlashModelCache>> Open(const std::string& path,
                                                                const FlashCacheOptions& options);
+  // The same, each lane's reader reading through the engine `make_engine`
+  // builds (store/io_engine.h; e.g. an engine that fails on demand).
+  static absl::StatusOr<std::unique_ptr<FlashModelCache>> Open(
+      const std::string& path, const FlashCacheOptions& options,
+      const store::IoEngineMaker& make_engine);
   ~FlashModelCache();
   FlashModelCache(const FlashModelCache&) = delete;
   FlashModelCache& operator=(const FlashModelCache&) = delete;

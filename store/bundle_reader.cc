@@ -42,6 +42,11 @@ int64_t ReadFully(int fd, void* buffer, size_t bytes, uint64_t offset) {
 
 absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(const std::string& path,
                                                                 const ReaderOptions& options) {
+  return Open(path, options, MakeIoEngine);
+}
+
+absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(
+    const std::string& path, const ReaderOptions& options, const IoEngineMaker& make_engine) {
   if (options.max_request_bytes == 0) {
     return absl::InvalidArgumentError("max_request_bytes must be positive, got 0");
   }
@@ -124,7 +129,7 @@ absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(const std::stri
     return layout.status();
   }
   absl::StatusOr<std::unique_ptr<IoEngine>> engine =
-      MakeIoEngine(options.engine, fd, options.queue_depth, options.io_threads);
+      make_engine(options.engine, fd, options.queue_depth, options.io_threads);
   if (!engine.ok()) {
     close_fd();
     return engine.status();
@@ -321,7 +326,6 @@ void BundleReader::Complete(size_t run_index, int64_t result, absl::Status error
                             absl::FunctionRef<void(size_t, const absl::Status&)> done) {
   Run& run = runs_[run_index];
   if (error.ok()) {
-    if (options_.fault) result = options_.fault(run.offset, run.length, result);
     const bool partial = result > 0 && run.done_bytes + result < run.length;
     if (result > 0) {
       stats_.bytes_read += static_cast<uint64_t>(result);

@@ -77,10 +77,6 @@ struct ReaderOptions {
   size_t max_request_bytes = size_t{128} << 10;  // merged runs of adjacent bundles
   bool verify_checksums = true;
   DirectIo direct_io = DirectIo::kAuto;
-  // Fault injection (tests): called with each completed request's offset,
-  // length and result (bytes or -errno); its return value replaces the
-  // result. Empty: no injection.
-  std::function<int64_t(uint64_t offset, size_t length, int64_t result)> fault;
 };
 
 struct BundleRequest {
@@ -105,6 +101,11 @@ class BundleReader {
   // InvalidArgument for bad options.
   static absl::StatusOr<std::unique_ptr<BundleReader>> Open(const std::string& path,
                                                             const ReaderOptions& options = {});
+  // The same, reading through the engine `make_engine` builds
+  // (store/io_engine.h) instead of MakeIoEngine's.
+  static absl::StatusOr<std::unique_ptr<BundleReader>> Open(const std::string& path,
+                                                            const ReaderOptions& options,
+                                                            const IoEngineMaker& make_engine);
   ~BundleReader();
   BundleReader(const BundleReader&) = delete;
   BundleReader& operator=(const BundleReader&) = delete;

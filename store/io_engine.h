@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -78,6 +79,15 @@ class IoEngine {
 // up.
 absl::StatusOr<std::unique_ptr<IoEngine>> MakeIoEngine(IoEngineKind kind, int fd,
                                                        int queue_depth, int io_threads);
+
+// How a reader builds its engine, with MakeIoEngine's arguments and
+// contract. The reader uses MakeIoEngine unless given another maker: an
+// engine of the caller's own (reads into memory the CPU does not own, or,
+// in the tests, an engine that wraps a real one and fails on demand). The
+// maker is called while the reader opens; the engine it returns must read
+// `fd` and lives as long as the reader.
+using IoEngineMaker = std::function<absl::StatusOr<std::unique_ptr<IoEngine>>(
+    IoEngineKind kind, int fd, int queue_depth, int io_threads)>;
 
 // Each concrete engine and whether this process can use it, with the reason
 // when not (for diagnostics: python3 -m sparse_mlp).

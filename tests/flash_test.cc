@@ -31,6 +31,7 @@
 #include "platform/float16.h"
 #include "mlp/mlp_forward.h"
 #include "store/bundle_writer.h"
+#include "tests/faulty_io_engine.h"
 
 namespace sparse_mlp {
 namespace {
@@ -490,12 +491,12 @@ TEST(Flash, FaultsLoseNothing) {
   const uint64_t bad = layout.bundle_offset(1, 7);
   flash::FlashCacheOptions o;
   o.reader.max_request_bytes = 1;
-  o.reader.fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
+  const auto fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
     return inject && offset == bad ? -EIO : result;
   };
   o.window = 2;
   o.budget_bytes = BudgetFor(path, 64, o);
-  auto opened = flash::FlashModelCache::Open(path, o);
+  auto opened = flash::FlashModelCache::Open(path, o, test_util::FaultyEngines(fault));
   ASSERT_TRUE(opened.ok());
   flash::FlashModelCache& fc = **opened;
   mlp::Workspace ws;

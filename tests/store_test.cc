@@ -24,6 +24,7 @@
 #include "store/bundle_reader.h"
 #include "store/bundle_writer.h"
 #include "store/io_engine.h"
+#include "tests/faulty_io_engine.h"
 
 namespace sparse_mlp::store {
 namespace {
@@ -394,14 +395,15 @@ TEST_F(StoreBadFiles, InjectedFaults) {
     ReaderOptions o;
     o.engine = engine;
     o.max_request_bytes = 8 * 512;
-    o.fault = [&](uint64_t offset, size_t length, int64_t result) -> int64_t {
+    const auto fault = [&](uint64_t offset, size_t length, int64_t result) -> int64_t {
       if (!inject) return result;
       if (offset == failing) return -EIO;
       // The first completion of the last run returns one block only.
       if (offset == short_run && result == static_cast<int64_t>(length)) return 512;
       return result;
     };
-    std::unique_ptr<BundleReader> r = *BundleReader::Open(path_, o);
+    std::unique_ptr<BundleReader> r =
+        *BundleReader::Open(path_, o, test_util::FaultyEngines(fault));
     const size_t bundle = layout_.bundle_bytes();
     std::vector<uint8_t> dst(20 * bundle);
     std::vector<BundleRequest> q;
