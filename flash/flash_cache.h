@@ -1,39 +1,6 @@
-// FlashModelCache: a model's MLP layers served from a bundle file
+// FlashModelCache: a model's MLP layers served from a bundle file on an SSD
 // (store/bundle_format.h) under a DRAM budget, loading only the neurons that
-// enter. The flash tier: the model's weights live on an SSD; DRAM holds a
-// fixed number of slots per layer, each one neuron's bundle (gate row, up
-// row, down column: the fused packed layout, [slot][3H]), filled by O_DIRECT
-// reads straight from the file, so nothing else of the file is resident (no
-// mapping, no page cache).
-//
-// Theory of operation. Per layer a ResidencyPlanner (flash/residency.h)
-// decides, for each token's mask, which neurons are hits, which enter and
-// which slots they take (sliding window, least recently active evicted
-// first). BeginStep plans and hands the entering neurons' reads to the
-// cache's I/O threads (one per lane, each driving its own
-// store::BundleReader: io_uring or a pread pool), which mark fixed chunks of
-// entering neurons landed as their bundles arrive; the caller computes on the hit slots meanwhile and on each chunk
-// once it landed (step/flash_step.h does this). FinishStep waits for the
-// rest. Prefetch starts a later layer's loads early (a predictor that looks
-// ahead) without computing; the step with the same mask then finds its
-// plan made and its reads in flight or done.
-//
-// Exactness: a slot holds exactly its neuron's bundle or is free. A read
-// that fails (I/O error, short read, checksum) fails that step with a Status
-// naming layer, neuron and offset; the neurons whose loads failed leave their
-// slots, every other slot stays valid, and the next step reloads what it
-// needs. Results depend only on the masks: the plan is deterministic and the
-// compute order is fixed (hits, then chunks in neuron order), whatever order
-// the reads complete in.
-//
-// Budget: budget_bytes covers the slots, the reader's staging and checksum
-// table, the bookkeeping and the step's scratch; the slots get what remains,
-// split evenly over the layers. footprint() states each part. A mask larger
-// than a layer's slots is refused with InvalidArgument naming both sizes.
-//
-// Thread-compatible: one thread steps a FlashModelCache (its I/O threads are
-// internal). Allocation: at Open; none per step (errors allocate their
-// messages). Errors: absl::Status as store/ and the planner give them.
+// enter.
 #ifndef SPARSE_MLP_FLASH_FLASH_CACHE_H_
 #define SPARSE_MLP_FLASH_FLASH_CACHE_H_
 
@@ -62,8 +29,8 @@ struct FlashCacheOptions {
   size_t max_tokens = 32;   // tokens per step the scratch is sized for (more allocate)
   // Readers, each with its own I/O thread and queue depth; layer l's loads
   // go to lane l % io_lanes, so one layer's reads can drain while the next
-  // layer's (prefetched) fill the device. 1 .. 8. Two lanes measured no
-  // faster than one on the development VM's disk (docs/performance.md).
+  // layer's (prefetched) fill the device. 1 .. 8 (the default 1: see
+  // docs/performance.md for what a second lane measured).
   size_t io_lanes = 1;
   store::ReaderOptions reader;  // per lane: engine, queue depth, checksums, O_DIRECT
 };
@@ -99,6 +66,30 @@ struct FlashStepPlan {
   }
 };
 
+// FlashModelCache: a model's MLP layers served from a bundle file
+// (store/bundle_format.h) under a DRAM budget, loading only the neurons that
+// enter. The flash tier: the model's weights live on an SSD; DRAM holds a
+// fixed number of slots per layer, each one neuron's bundle (gate row, up
+// row, down column: the fused packed layout, [slot][3H]), filled by O_DIRECT
+// reads straight from the file, so nothing else of the file is resident (no
+// mapping, no page cache).
+//
+// Exactness: a slot holds exactly its neuron's bundle or is free. A read
+// that fails (I/O error, short read, checksum) fails that step with a Status
+// naming layer, neuron and offset; the neurons whose loads failed leave their
+// slots, every other slot stays valid, and the next step reloads what it
+// needs. Results depend only on the masks: the plan is deterministic and the
+// compute order is fixed (hits, then chunks in neuron order), whatever order
+// the reads complete in.
+//
+// Budget: budget_bytes covers the slots, the reader's staging and checksum
+// table, the bookkeeping and the step's scratch; the slots get what remains,
+// split evenly over the layers. footprint() states each part. A mask larger
+// than a layer's slots is refused with InvalidArgument naming both sizes.
+//
+// Thread-compatible: one thread steps a FlashModelCache (its I/O threads are
+// internal). Allocation: at Open; none per step (errors allocate their
+// messages). Errors: absl::Status as store/ and the planner give them.
 class FlashModelCache {
  public:
   // Opens `path` with options.reader and sizes the slots from the budget.
@@ -181,6 +172,18 @@ class FlashModelCache {
   void ApplyFailures(Layer& l);
   void IoLoop(Lane& lane);
 
+  // Theory of operation. Per layer a ResidencyPlanner (flash/residency.h)
+  // decides, for each token's mask, which neurons are hits, which enter and
+  // which slots they take (sliding window, least recently active evicted
+  // first). BeginStep plans and hands the entering neurons' reads to the
+  // cache's I/O threads (one per lane, each driving its own
+  // store::BundleReader: io_uring or a pread pool), which mark fixed chunks
+  // of entering neurons landed as their bundles arrive; the caller computes
+  // on the hit slots meanwhile and on each chunk once it landed
+  // (step/flash_step.h does this). FinishStep waits for the
+  // rest. Prefetch starts a later layer's loads early (a predictor that looks
+  // ahead) without computing; the step with the same mask then finds its
+  // plan made and its reads in flight or done.
   std::string path_;
   store::BundleLayout layout_;
   FlashCacheOptions options_;

@@ -57,8 +57,8 @@ Kernels ForDType(DType dtype, Make make) {
 
 // Before every loop over a compile-time count of tokens or rows: -O2 does
 // not unroll them by itself, and a rolled loop keeps its per-iteration
-// vectors (weights, accumulators) in memory instead of registers (measured:
-// the T = 1 axpy ran at 0.65x the read floor that way).
+// vectors (weights, accumulators) in memory instead of registers, well
+// below the read floor (docs/performance.md).
 #define SPARSE_MLP_UNROLL _Pragma("GCC unroll 16")
 
 // `case k: CALL(k, arg); break;` for k = 1..4 and 5..8: the one list every

@@ -3,120 +3,15 @@
 import numpy as np
 
 from sparse_mlp import _sparse_mlp
+from sparse_mlp._convert import is_torch, mask_array, out_matrix, result, tokens, weight
+# The mask rules every path of the package follows, under the names users
+# have always imported them by (sparse_mlp.cache.MASK_RULES, .check_mask).
+from sparse_mlp._convert import MASK_RULES, check_mask  # noqa: F401
 
 try:  # torch is optional: NumPy arrays work alone.
     import torch
 except ImportError:  # pragma: no cover - torch is installed where tests run
     torch = None
-
-
-def _is_torch(x):
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-MASK_RULES = """Masks, on every path of this package: a torch.Tensor or
-numpy.ndarray on the CPU, of dtype bool or uint8 (any non-zero uint8 is
-active; floats and other integer types raise TypeError rather than being
-guessed at), shaped ``[I]`` or ``[tokens, I]`` (the union over the tokens);
-a ``[0, I]`` mask (no tokens) raises ValueError rather than meaning the
-empty mask."""
-
-
-def check_mask(mask):
-    """Validates ``mask`` against :data:`MASK_RULES` and returns it."""
-    if not (_is_torch(mask) or isinstance(mask, np.ndarray)):
-        raise TypeError(
-            f"mask must be a torch.Tensor or numpy.ndarray, got {type(mask).__name__}")
-    if mask.ndim not in (1, 2):
-        raise ValueError(
-            f"mask must be 1-D [I] or 2-D [tokens, I], got {mask.ndim} dimensions")
-    if _is_torch(mask):
-        if mask.device.type != "cpu":
-            raise ValueError(f"mask must be on the CPU, got device {mask.device}")
-        if mask.dtype not in (torch.bool, torch.uint8):
-            raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
-    elif mask.dtype not in (np.bool_, np.uint8):
-        raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
-    if mask.ndim == 2 and mask.shape[0] == 0:
-        raise ValueError(
-            f"a [tokens, I] mask needs at least one token, got shape {tuple(mask.shape)}")
-    return mask
-
-
-def _mask_array(mask):
-    """A checked mask as a C-contiguous NumPy array (masks are read once;
-    copying a non-contiguous one is cheap and changes nothing the caller
-    holds)."""
-    check_mask(mask)
-    if _is_torch(mask):
-        return np.ascontiguousarray(mask.detach().numpy())
-    return np.ascontiguousarray(mask)
-
-
-def _weight(x, name):
-    """A weight ready for the native module, never copied: torch tensors
-    must be on the CPU (a meta or CUDA tensor is refused here with a clear
-    message) and are detached (a view) because DLPack refuses tensors that
-    require grad; NumPy arrays go through the buffer protocol, read-only ones
-    (``np.load(path, mmap_mode="r")``) included. Contiguity and dtype are
-    checked by the native module."""
-    if x is None:
-        return None
-    if _is_torch(x):
-        if x.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU, got device {x.device}")
-        return x.detach()
-    if isinstance(x, np.ndarray):
-        return x
-    raise TypeError(
-        f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-
-
-_TORCH_DTYPES = None if torch is None else {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _contiguous(t):
-    return t.is_contiguous() if _is_torch(t) else t.flags.c_contiguous
-
-
-def _tokens(x, hidden_size, name="x"):
-    """``x`` as a 2-D ``[tokens, H]`` view (``[H]`` becomes ``[1, H]``, never
-    a copy) and a new output of x's shape, type and kind (torch or NumPy)."""
-    if _is_torch(x):
-        if x.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU, got device {x.device}")
-        x = x.detach()
-    elif not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"{name} must be [H] or [tokens, H], got shape {tuple(x.shape)}")
-    if x.shape[-1] != hidden_size:
-        raise ValueError(
-            f"{name} must be [{hidden_size}] or [tokens, {hidden_size}], got shape {tuple(x.shape)}")
-    if not _contiguous(x):
-        raise ValueError(f"{name} must be C-contiguous: the forward does not copy silently")
-    x2 = x.reshape(1, -1) if x.ndim == 1 else x
-    out = torch.empty_like(x2) if _is_torch(x2) else np.empty_like(x2)
-    return x2, out
-
-
-def _result(out, x):
-    return out.reshape(x.shape)
-
-
-def _out_matrix(out, x2):
-    """``out`` (x's shape, [H] or [tokens, H]) as the 2-D view the native
-    module writes (shape and type are checked there)."""
-    if not (_is_torch(out) or isinstance(out, np.ndarray)):
-        raise TypeError(f"out must be a torch.Tensor or numpy.ndarray, got {type(out).__name__}")
-    if not _contiguous(out):
-        raise ValueError("out must be C-contiguous (it is written in place)")
-    if out.ndim == 1:
-        out = out.reshape(1, -1)
-    if tuple(out.shape) != tuple(x2.shape):
-        raise ValueError(f"out must have x's shape, got {tuple(out.shape)}")
-    return out
 
 
 class WeightCache:
@@ -186,20 +81,20 @@ class WeightCache:
                  tolerance=0, layout="split", copy_sources=False,
                  down_neuron_major=False, repack_fraction=1.0, concat_gate_up=False,
                  hidden_size=None):
-        up = _weight(up_weight, "up_weight")
+        up = weight(up_weight, "up_weight")
         if up is None:
             raise TypeError("up_weight is required")
         if hidden_size is None:
             if len(up.shape) != 2:
                 raise ValueError(f"up_weight must be 2-D, got shape {tuple(up.shape)}")
             hidden_size = up.shape[1]
-        self._torch = _is_torch(up_weight)
+        self._torch = is_torch(up_weight)
         # Borrowed sources stay referenced here as well as by the native
         # DLPack handles, so they cannot be freed under the cache.
         self._sources = (gate_weight, up_weight, down_weight)
         self._native = _sparse_mlp.WeightCache(
-            _mask_array(mask), hidden_size, _weight(gate_weight, "gate_weight"), up,
-            _weight(down_weight, "down_weight"), num_threads=num_threads,
+            mask_array(mask), hidden_size, weight(gate_weight, "gate_weight"), up,
+            weight(down_weight, "down_weight"), num_threads=num_threads,
             tolerance=tolerance, layout=layout, copy_sources=copy_sources,
             down_neuron_major=down_neuron_major, repack_fraction=float(repack_fraction),
             concat_gate_up=bool(concat_gate_up))
@@ -221,14 +116,14 @@ class WeightCache:
     def update(self, mask):
         """Makes the cache match ``mask``: ``[I]``, or ``[tokens, I]`` for the
         union over a batch of tokens. Only neurons that enter or leave move."""
-        self._native.update(_mask_array(mask))
+        self._native.update(mask_array(mask))
 
     def update_indices(self, indices):
         """Like :meth:`update`, from the sorted, duplicate-free indices of the
         active neurons (e.g. a top-k predictor's output; torch or NumPy
         integers). Unsorted, duplicated, negative or out-of-range indices
         raise ValueError naming the first bad position."""
-        if _is_torch(indices):
+        if is_torch(indices):
             if indices.device.type != "cpu":
                 raise ValueError(f"indices must be on the CPU, got device {indices.device}")
             indices = indices.detach().numpy()
@@ -247,7 +142,7 @@ class WeightCache:
     def _scores(self, scores):
         """[I] or [tokens, I] float32 / bfloat16 scores as a 2-D view (never a
         copy: a non-contiguous tensor is refused natively)."""
-        if _is_torch(scores):
+        if is_torch(scores):
             if scores.device.type != "cpu":
                 raise ValueError(f"scores must be on the CPU, got device {scores.device}")
             scores = scores.detach()
@@ -296,10 +191,10 @@ class WeightCache:
         or ``out`` when given: x's shape and type, written in place).
         ``activation``: "silu" (LLaMA), "gelu_tanh" or "relu". Gate-less
         caches compute ``down(act(up x))``."""
-        x2, fresh = _tokens(x, self.hidden_size)
-        target = fresh if out is None else _out_matrix(out, x2)
+        x2, fresh = tokens(x, self.hidden_size)
+        target = fresh if out is None else out_matrix(out, x2)
         self._native.forward(x2, target, activation=activation)
-        return _result(target, x) if out is None else out
+        return result(target, x) if out is None else out
 
     def step(self, mask, x, activation="silu", out=None):
         """The fused layer step: ``update(mask)`` and ``forward(x)`` in one
@@ -307,11 +202,11 @@ class WeightCache:
         and stored into the cache on the way. Afterwards the cache is as
         after ``update(mask)``; returns the forward over the neurons it now
         holds. Arguments as in :meth:`update` and :meth:`forward`."""
-        m = _mask_array(mask)
-        x2, fresh = _tokens(x, self.hidden_size)
-        target = fresh if out is None else _out_matrix(out, x2)
+        m = mask_array(mask)
+        x2, fresh = tokens(x, self.hidden_size)
+        target = fresh if out is None else out_matrix(out, x2)
         self._native.step(m, x2, target, activation=activation)
-        return _result(target, x) if out is None else out
+        return result(target, x) if out is None else out
 
     # -- views -------------------------------------------------------------
 

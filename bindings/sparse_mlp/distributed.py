@@ -48,9 +48,10 @@ import torch
 import torch.distributed as dist
 
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import _mask_array, _tokens
-from sparse_mlp.model import ModelCache, _layer_triple
-from sparse_mlp.predictors import keep_count
+from sparse_mlp import store
+from sparse_mlp._convert import keep_count, mask_array, tokens
+from sparse_mlp._models import layer_triple
+from sparse_mlp.model import ModelCache
 
 
 def neuron_range(intermediate_size, rank, world_size):
@@ -117,7 +118,7 @@ class TensorParallelModelCache:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        triples = [_layer_triple(layer, i) for i, layer in enumerate(layers)]
+        triples = [layer_triple(layer, i) for i, layer in enumerate(layers)]
         if not triples:
             raise ValueError("a model needs at least one layer, got 0")
         local_size = triples[0][1].shape[0]
@@ -175,7 +176,6 @@ class TensorParallelModelCache:
         ``sparse_mlp.store.write(..., neurons=neuron_range(I, rank, R))``)
         under ``budget_bytes`` of DRAM (the flash tier): each machine holds
         and reads only its share. Steps take given masks."""
-        from sparse_mlp import store
         if not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialized: call "
                                "sparse_mlp.distributed.init_process_group() first")
@@ -246,7 +246,7 @@ class TensorParallelModelCache:
 
     def local_mask(self, mask):
         """``mask`` (whole layer or this rank's slice) as this rank's slice."""
-        m = _mask_array(mask)
+        m = mask_array(mask)
         if m.shape[-1] == self.intermediate_size:
             return np.ascontiguousarray(m[..., self.begin:self.end])
         if m.shape[-1] == self.local_size:
@@ -257,7 +257,7 @@ class TensorParallelModelCache:
     def step(self, index, mask, x, out=None):
         """Layer ``index`` over ``mask`` (None: gate-first or the predictor
         on this rank's slice), summed over the ranks."""
-        x2, _ = _tokens(x, self.hidden_size)
+        x2, _ = tokens(x, self.hidden_size)
         partial = torch.empty(x2.shape, dtype=torch.float32)
         xf = x2 if x2.dtype == torch.float32 else x2.float()
         start = time.perf_counter()

@@ -1,10 +1,8 @@
 """Python face of the flash tier: a model's MLPs served from a bundle file
 (``sparse_mlp.store``) under a DRAM budget, loading only entering neurons."""
 
-import numpy as np
-
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import _mask_array, _out_matrix, _result, _tokens, _weight
+from sparse_mlp._convert import keep_count, mask_array, out_matrix, result, tokens, weight
 
 
 class FlashModelCache:
@@ -36,11 +34,10 @@ class FlashModelCache:
         self.path = str(path)
         self._gates = None
         if gates is not None:
-            from sparse_mlp.predictors import keep_count
             if isinstance(gates, (str, bytes)) or not hasattr(gates, "__len__"):
                 raise TypeError(f"gates must be a sequence of [I, H] tensors, got "
                                 f"{type(gates).__name__}")
-            self._gates = [_weight(g, f"gates[{l}]") for l, g in enumerate(gates)]
+            self._gates = [weight(g, f"gates[{l}]") for l, g in enumerate(gates)]
             self._native.set_gates(self._gates)
             self._selection = ({"threshold": float(gate_threshold)}
                                if gate_threshold is not None
@@ -65,8 +62,8 @@ class FlashModelCache:
         gate in DRAM, each token's top k = round((1 - sparsity) x I) by
         |act|, or those above ``gate_threshold``; only their up and down
         are loaded: the file must be gate-less)."""
-        x2, fresh = _tokens(x, self._native.hidden_size)
-        target = fresh if out is None else _out_matrix(out, x2)
+        x2, fresh = tokens(x, self._native.hidden_size)
+        target = fresh if out is None else out_matrix(out, x2)
         if accumulate and out is None:
             raise ValueError("accumulate=True needs out")
         if mask is None:
@@ -77,14 +74,14 @@ class FlashModelCache:
                 raise ValueError("gate-first here computes silu MLPs")
             self._native.step_gate_first(index, x2, target, accumulate=accumulate,
                                          **self._selection)
-            return _result(target, x) if out is None else out
-        m = _mask_array(mask)
+            return result(target, x) if out is None else out
+        m = mask_array(mask)
         self._native.step(index, m, x2, target, activation=activation, accumulate=accumulate)
-        return _result(target, x) if out is None else out
+        return result(target, x) if out is None else out
 
     def update(self, index, mask):
         """Layer ``index``: make ``mask``'s neurons resident (loads, no compute)."""
-        self._native.update(index, _mask_array(mask))
+        self._native.update(index, mask_array(mask))
 
     def update_many(self, masks):
         """``update`` for several layers: a dict ``{layer: mask}``, ``(layer,
@@ -103,7 +100,7 @@ class FlashModelCache:
         """Start loading layer ``index``'s ``mask`` now and return at once (a
         predictor that looks ahead); its ``step`` with the same mask then
         finds the reads in flight or done."""
-        self._native.prefetch(index, _mask_array(mask))
+        self._native.prefetch(index, mask_array(mask))
 
     def resident_neurons(self, index):
         """The resident neurons of layer ``index``, ascending (int64 array)."""

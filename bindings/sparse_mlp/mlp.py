@@ -6,15 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import (WeightCache, _is_torch, _out_matrix, _result, _tokens,
-                              _weight, check_mask)
-from sparse_mlp.predictors import LowRankPredictor, gate_first_mask, keep_count
+from sparse_mlp._convert import (check_mask, is_torch, keep_count, out_matrix, result, tokens,
+                                 weight)
+from sparse_mlp.cache import WeightCache
+from sparse_mlp.predictors import LowRankPredictor, gate_first_mask
 
 
 def _indices(indices, num_neurons):
     """Sorted neuron indices as a C-contiguous uint32 NumPy array (checked
     for sign and type here, for order, duplicates and range natively)."""
-    if _is_torch(indices):
+    if is_torch(indices):
         indices = indices.detach().cpu().numpy()
     indices = np.asarray(indices)
     if indices.dtype.kind not in "iu":
@@ -41,19 +42,19 @@ def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
     in place; ``accumulate=True`` adds to it, a residual add). Weights are
     taken without copying (torch or NumPy, C-contiguous, CPU).
     ``num_threads``: default ``torch.get_num_threads()``."""
-    up_w = _weight(up, "up")
+    up_w = weight(up, "up")
     if up_w is None:
         raise TypeError("up must be a torch.Tensor or numpy.ndarray, got None")
-    x2, fresh = _tokens(x, up_w.shape[-1])
-    target = fresh if out is None else _out_matrix(out, x2)
+    x2, fresh = tokens(x, up_w.shape[-1])
+    target = fresh if out is None else out_matrix(out, x2)
     if accumulate and out is None:
         raise ValueError("accumulate=True adds to out: pass out")
     idx = None if indices is None else _indices(indices, up_w.shape[0])
     threads = torch.get_num_threads() if num_threads is None else num_threads
-    _sparse_mlp.mlp_forward(x2, _weight(gate, "gate"), up_w, _weight(down, "down"), idx, target,
+    _sparse_mlp.mlp_forward(x2, weight(gate, "gate"), up_w, weight(down, "down"), idx, target,
                             activation=activation, down_neuron_major=down_neuron_major,
                             num_threads=threads, accumulate=accumulate)
-    return _result(target, x) if out is None else out
+    return result(target, x) if out is None else out
 
 
 def _half_matmul_supported():
@@ -125,6 +126,10 @@ class LlamaSkipMLP(torch.nn.Module):
     ``sparsity`` (fraction of neurons inactive, in [0, 1)) sets the
     gate-first and predictor k and pre-sizes the cache.
     """
+
+    # find_mlps (sparse_mlp._models) skips modules that already replace a
+    # dense MLP.
+    replaces_mlp = True
 
     def __init__(self, hidden_size, intermediate_size, sparsity=0.5,
                  use_optimized_cache=True, *, predictor=None, num_threads=None,

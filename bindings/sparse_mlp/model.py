@@ -2,28 +2,10 @@
 
 from sparse_mlp import _sparse_mlp
 
-from sparse_mlp.cache import WeightCache, _is_torch, _mask_array, _weight
-
-# Attribute names of a gated MLP module's three projections, by convention:
-# Hugging Face LLaMA / Mistral / Qwen, and Meta's LLaMA / llama2.c.
-_MODULE_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
-
-
-def _layer_triple(layer, index):
-    """(gate, up, down) weights of one layer: a (gate, up, down) sequence
-    (gate may be None) or an ``nn.Module`` with gate_proj/up_proj/down_proj
-    or w1/w3/w2 linear layers (their ``.weight``, read in place)."""
-    if isinstance(layer, (tuple, list)):
-        if len(layer) != 3:
-            raise TypeError(f"layer {index}: expected (gate, up, down), got {len(layer)} items")
-        return tuple(layer)
-    for names in _MODULE_NAMES:
-        if all(hasattr(layer, n) for n in names):
-            return tuple(getattr(layer, n).weight for n in names)
-    raise TypeError(
-        f"layer {index}: expected a (gate, up, down) triple or an nn.Module with "
-        f"gate_proj/up_proj/down_proj or w1/w3/w2, got {type(layer).__name__}")
-
+from sparse_mlp._convert import is_torch, mask_array, weight
+from sparse_mlp._models import layer_triple
+from sparse_mlp.cache import WeightCache
+from sparse_mlp.flash import FlashModelCache
 
 class ModelCache:
     """The active-weight caches of all MLP layers of a model, in one pool.
@@ -63,15 +45,15 @@ class ModelCache:
                  repack_fraction=1.0):
         if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
             raise TypeError(f"layers must be a sequence, got {type(layers).__name__}")
-        triples = [_layer_triple(layer, i) for i, layer in enumerate(layers)]
+        triples = [layer_triple(layer, i) for i, layer in enumerate(layers)]
         if not triples:
             raise ValueError("a model needs at least one layer, got 0")
-        self._torch = _is_torch(triples[0][1])
-        imported = [tuple(_weight(w, f"layer {i} {name}")
+        self._torch = is_torch(triples[0][1])
+        imported = [tuple(weight(w, f"layer {i} {name}")
                           for w, name in zip(t, ("gate_weight", "up_weight", "down_weight")))
                     for i, t in enumerate(triples)]
         self._sources = None if copy_sources else triples
-        native_masks = None if masks is None else [_mask_array(m) for m in masks]
+        native_masks = None if masks is None else [mask_array(m) for m in masks]
         self._native = _sparse_mlp.ModelCache(
             imported, masks=native_masks, expected_active_fraction=float(active_fraction),
             num_threads=num_threads, tolerance=tolerance, layout=layout,
@@ -88,7 +70,6 @@ class ModelCache:
         and ``model[l]`` as here, plus ``prefetch`` and ``io_stats``.
         ``reader``: ``engine``, ``queue_depth``, ``io_threads``, ``verify``,
         ``direct_io``, ``chunk_neurons``, ``io_lanes``."""
-        from sparse_mlp.flash import FlashModelCache
         return FlashModelCache(path, budget_bytes, window=window, num_threads=num_threads,
                                **reader)
 
@@ -124,7 +105,7 @@ class ModelCache:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise TypeError(f"updates[{k}]: expected a (layer, mask) pair")
             layer, mask = pair
-            mask = _mask_array(mask)
+            mask = mask_array(mask)
             if mask.ndim != 1:
                 raise ValueError(
                     f"updates[{k}]: update_many takes [I] masks, got shape {tuple(mask.shape)}")

@@ -16,21 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import _tokens
-from sparse_mlp.model import _layer_triple
+from sparse_mlp._convert import keep_count, tokens
+from sparse_mlp._models import find_mlps, layer_triple
 
 _ACTIVATIONS = {"silu": F.silu, "relu": F.relu,
                 "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}
-
-
-def keep_count(sparsity, intermediate_size):
-    """Neurons kept per token at ``sparsity`` (fraction inactive, in [0, 1)):
-    round((1 - sparsity) x I), at least 1."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"sparsity must be a number, got {type(sparsity).__name__}")
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    return max(1, round((1.0 - sparsity) * intermediate_size))
 
 
 def topk_mask(scores, k):
@@ -129,13 +119,13 @@ class LowRankPredictor(torch.nn.Module):
 
     def scores(self, x):
         """B (A x) as float32 ``[tokens, I]`` (x ``[H]`` or ``[tokens, H]``)."""
-        x2, _ = _tokens(x, self.hidden_size)
+        x2, _ = tokens(x, self.hidden_size)
         out = np.empty((x2.shape[0], self.intermediate_size), dtype=np.float32)
         self.native().scores(x2, out, num_threads=self._threads())
         return torch.from_numpy(out)
 
     def forward(self, x):
-        x2, _ = _tokens(x.reshape(-1, self.hidden_size), self.hidden_size)
+        x2, _ = tokens(x.reshape(-1, self.hidden_size), self.hidden_size)
         mask = self.native().select(x2, num_threads=self._threads(), **self._selection())
         return torch.from_numpy(mask).bool()
 
@@ -235,7 +225,6 @@ def sample_tokens(model, length, *, bos=1, seed=0, temperature=1.0):
 def capture_mlp_inputs(model, tokens):
     """Each gated MLP's input ``[tokens, H]`` (float32) on one forward of
     ``model(tokens)``, in layer order (forward hooks; removed after)."""
-    from sparse_mlp.sparsify import find_mlps
     found = find_mlps(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no gated MLP to capture")
@@ -287,7 +276,7 @@ def train_predictors(model, tokens, *, sparsity=0.5, rank=128, look_ahead=False,
         raise ValueError(f"{n} calibration positions leave none for the held-out evaluation")
     predictors, stats = [], []
     for l, module in enumerate(modules):
-        gate, up, _ = _layer_triple(module, l)
+        gate, up, _ = layer_triple(module, l)
         k = keep_count(sparsity, up.shape[0])
         target = oracle_mask(inputs[l], gate, up, k)
         source = inputs[l - 1] if look_ahead and l > 0 else inputs[l]

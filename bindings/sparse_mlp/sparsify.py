@@ -15,27 +15,12 @@ weight tensors (no copy), all layers' caches carved from one
 import torch
 
 from sparse_mlp.mlp import LlamaSkipMLP
-from sparse_mlp.model import ModelCache, _MODULE_NAMES, _layer_triple
-from sparse_mlp.predictors import LowRankPredictor, keep_count
+from sparse_mlp._convert import keep_count
+from sparse_mlp._models import find_mlps, layer_triple
+from sparse_mlp.model import ModelCache
+from sparse_mlp.predictors import LowRankPredictor
 
 _SPARSIFIED = "_sparse_mlp_model_cache"
-
-
-def find_mlps(model):
-    """``[(parent, attribute, module)]`` of the model's gated MLPs, in
-    module order (the decoder's layer order)."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    found = []
-    for _, parent in model.named_modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, LlamaSkipMLP):
-                continue
-            for names in _MODULE_NAMES:
-                if all(isinstance(getattr(child, n, None), torch.nn.Linear) for n in names):
-                    found.append((parent, attr, child))
-                    break
-    return found
 
 
 def _predictor_list(predictor, count):
@@ -83,7 +68,7 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
         raise ValueError(
             f"{type(model).__name__} has no gated MLP (a module with nn.Linear gate_proj/"
             f"up_proj/down_proj or w1/w3/w2)")
-    weights = [_layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
+    weights = [layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
     intermediate = weights[0][1].shape[0]
     keep_count(sparsity, intermediate)  # validates sparsity
     predictors = _predictor_list(predictor, len(found))

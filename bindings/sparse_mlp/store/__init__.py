@@ -23,8 +23,8 @@ TypeError.
 import numpy as np
 
 from sparse_mlp import _sparse_mlp
-from sparse_mlp.cache import _is_torch, _weight
-from sparse_mlp.model import _layer_triple
+from sparse_mlp._convert import is_torch, weight
+from sparse_mlp._models import layer_triple
 from sparse_mlp.store.formats import llama2c_layers, safetensors_layers
 
 try:
@@ -39,7 +39,7 @@ _NUMPY_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16
 
 
 def _dtype_name(t):
-    if _is_torch(t):
+    if is_torch(t):
         return {torch.float32: "float32", torch.bfloat16: "bfloat16",
                 torch.float16: "float16"}.get(t.dtype)
     return _NUMPY_DTYPES.get(t.dtype)
@@ -49,7 +49,7 @@ def _convert(t, dtype):
     """t in `dtype` (a name), contiguous; a copy only when it must change."""
     if t is None or dtype is None or _dtype_name(t) == dtype:
         return t
-    if not _is_torch(t):
+    if not is_torch(t):
         t = torch.from_numpy(np.ascontiguousarray(t))
     return t.to({"float32": torch.float32, "bfloat16": torch.bfloat16,
                  "float16": torch.float16}[dtype]).contiguous()
@@ -83,8 +83,8 @@ def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_
     writer = None
     bar = _progress(count, path) if progress else None
     for index in range(count):
-        gate, up, down = _layer_triple(next(iterator), index)
-        gate, up, down = (_weight(gate, "gate"), _weight(up, "up"), _weight(down, "down"))
+        gate, up, down = layer_triple(next(iterator), index)
+        gate, up, down = (weight(gate, "gate"), weight(up, "up"), weight(down, "down"))
         gate, up, down = (_convert(gate, dtype), _convert(up, dtype), _convert(down, dtype))
         if writer is None:
             name = _dtype_name(up)
