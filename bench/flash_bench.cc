@@ -35,8 +35,8 @@
 // same run for the I/O bound. Goals at the end; --plot draws ms and GB per
 // token against the budget (matplotlib).
 #include <fcntl.h>
-#include <signal.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -69,10 +69,10 @@
 #include "bench/synthetic_weights.h"
 #include "flash/flash_cache.h"
 #include "memory/aligned_buffer.h"
-#include "step/flash_step.h"
-#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
+#include "step/flash_step.h"
+#include "step/mask_step.h"
 #include "store/bundle_reader.h"
 
 ABSL_FLAG(std::string, dir, "/var/tmp/sparse_mlp", "directory of the bundle file (not tmpfs)");
@@ -232,7 +232,7 @@ struct Row {
 // bundles (the whole file in DRAM, or a mapping of it).
 mlp::NeuronRows FileRows(const store::BundleLayout& l, const uint8_t* file, size_t layer) {
   return step::BundleRows(l, file + l.layer_offset(layer), l.shape().intermediate,
-                         l.bundle_stride());
+                          l.bundle_stride());
 }
 
 class FlashBench {
@@ -269,9 +269,9 @@ class FlashBench {
                           options_.num_threads);
     const size_t gate_bytes = sh.intermediate * sh.hidden * 2;
     for (size_t l = 0; l < sh.layers; ++l) {
-      gate_first_.push_back(std::make_unique<step::GateFirst>(*step::GateFirst::Create(
-          DType::kBFloat16, sh.hidden, sh.intermediate, gates_.data() + l * gate_bytes,
-          sh.hidden)));
+      gate_first_.push_back(std::make_unique<step::GateFirst>(
+          *step::GateFirst::Create(DType::kBFloat16, sh.hidden, sh.intermediate,
+                                   gates_.data() + l * gate_bytes, sh.hidden)));
     }
     act_.resize(sh.intermediate);
   }
@@ -329,15 +329,14 @@ class FlashBench {
                                             &ws_, absl::MakeSpan(act_)));
           const double gate_seconds = Since(g0);
           Check(step::FlashLayerStepGivenGate(&fc, l, trace_[t][l], act_.data(), act_.size(),
-                                             {x_.data(), 1, x_.size(), DType::kFloat32},
-                                             {y_.data(), 1, y_.size(), DType::kFloat32},
-                                             options_, &ws_, &times));
+                                              {x_.data(), 1, x_.size(), DType::kFloat32},
+                                              {y_.data(), 1, y_.size(), DType::kFloat32}, options_,
+                                              &ws_, &times));
           times.compute_seconds += gate_seconds;
         } else {
-          Check(step::FlashLayerStep(&fc, l, trace_[t][l],
-                                    {x_.data(), 1, x_.size(), DType::kFloat32},
-                                    {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_,
-                                    &times));
+          Check(step::FlashLayerStep(
+              &fc, l, trace_[t][l], {x_.data(), 1, x_.size(), DType::kFloat32},
+              {y_.data(), 1, y_.size(), DType::kFloat32}, options_, &ws_, &times));
         }
         if (timed) {
           sum.plan_seconds += times.plan_seconds;

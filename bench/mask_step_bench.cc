@@ -27,12 +27,12 @@
 #include <omp.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <utility>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -50,10 +50,10 @@
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
-#include "step/layer_step.h"
-#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
 #include "platform/simd_level.h"
+#include "step/layer_step.h"
+#include "step/mask_step.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
 ABSL_FLAG(std::string, dtypes, "bfloat16,float32", "weight types: float32, bfloat16, float16");
@@ -208,8 +208,8 @@ Results RunDType(DType dtype, size_t h, size_t i, const std::vector<double>& act
       Check(gf_direct.Forward(up_down, sel, x_of(s), out, o, &ws), "gfd");
     });
     cases.emplace_back("oracle", [&](int s) {
-                       Check(step::LayerStep(&gated, masks[s], x_of(s), out, o, &ws), "o");
-                     });
+      Check(step::LayerStep(&gated, masks[s], x_of(s), out, o, &ws), "o");
+    });
     cases.emplace_back("direct", [&](int s) {
                        Check(mlp::ForwardIndexed(full, sets[s], x_of(s), out, o, &ws), "di");
                      });

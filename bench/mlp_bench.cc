@@ -23,6 +23,7 @@
 // same machine; the table shows medians. The goals of the forward's issue
 // are judged on this run at the end.
 #include <omp.h>
+#include <x86_64-linux-gnu/openblas-openmp/cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -49,8 +50,8 @@
 #include "bench/masks.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
-#include "bench/synthetic_weights.h"
 #include "bench/read_floor.h"
+#include "bench/synthetic_weights.h"
 #include "bench/timing.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
@@ -58,12 +59,11 @@
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/activation.h"
-#include "platform/float16.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
+#include "platform/float16.h"
 #include "platform/simd_level.h"
-#include <x86_64-linux-gnu/openblas-openmp/cblas.h>
+#include "step/layer_step.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
 ABSL_FLAG(std::string, dtypes, "float32,bfloat16", "weight types: float32, bfloat16, float16");
@@ -458,10 +458,9 @@ class Bench {
       ops.push_back({"floor", "-", sparse_bytes, [&] {
                        ReadRanges(PackedRanges(packed), c_.threads);
                      }});
-      ops.push_back({"packed", "-", sparse_bytes, [&] {
-                       (void)step::CacheForward(packed, tb.In(l, tokens), tb.Out(l, tokens), o,
-                                               &ws);
-                     }});
+      ops.push_back(
+          {"packed", "-", sparse_bytes,
+           [&] { (void)step::CacheForward(packed, tb.In(l, tokens), tb.Out(l, tokens), o, &ws); }});
       ops.push_back({"direct", "-", sparse_bytes, [&] {
                        (void)mlp::ForwardIndexed(FullRows(l), indices, tb.In(l, tokens),
                                                  tb.Out(l, tokens), o, &ws);
@@ -473,13 +472,13 @@ class Bench {
         ops.push_back({"update+fwd", s->label, sparse_bytes, [&, s] {
                          s->mask = Churn(s->mask, s->churn, step_rng_);
                          (void)s->cache.Update(s->mask);
-                         (void)step::CacheForward(s->cache, tb.In(l, tokens), tb.Out(l, tokens),
-                                                 o, &ws);
+                         (void)step::CacheForward(s->cache, tb.In(l, tokens), tb.Out(l, tokens), o,
+                                                  &ws);
                        }});
         ops.push_back({"step", s->label, sparse_bytes, [&, s] {
                          s->mask = Churn(s->mask, s->churn, step_rng_);
                          (void)step::LayerStep(&s->cache, s->mask, tb.In(l, tokens),
-                                              tb.Out(l, tokens), o, &ws);
+                                               tb.Out(l, tokens), o, &ws);
                        }});
       }
       // The churn ops draw their next mask inside the timed call; drawing

@@ -60,11 +60,11 @@
 #include "diff/neuron_mask.h"
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
-#include "platform/float16.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
+#include "platform/float16.h"
 #include "platform/simd_level.h"
+#include "step/layer_step.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
 ABSL_FLAG(int, layers, 28, "number of layers L");

@@ -39,9 +39,8 @@ inline memory::AlignedBuffer RandomValues(size_t n, cache::DType dtype, float sc
       if (dtype == cache::DType::kFloat32) {
         reinterpret_cast<float*>(b.data())[k] = v;
       } else {
-        reinterpret_cast<uint16_t*>(b.data())[k] = dtype == cache::DType::kBFloat16
-                                                       ? FloatToBFloat16(v)
-                                                       : FloatToFloat16(v);
+        reinterpret_cast<uint16_t*>(b.data())[k] =
+            dtype == cache::DType::kBFloat16 ? FloatToBFloat16(v) : FloatToFloat16(v);
       }
     }
   }

@@ -29,8 +29,8 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
+#include "step/layer_step.h"
 
 namespace sparse_mlp::bindings {
 
@@ -108,8 +108,9 @@ class PyWeightCache {
     const size_t rows = info.ndim == 1 ? 0 : static_cast<size_t>(info.shape[0]);
     const size_t size = static_cast<size_t>(info.size);
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
-      return rows == 0 ? c.Update(cache::MaskInput::Bytes(absl::MakeConstSpan(bytes, size)))
-                       : c.Update(cache::MaskInput::ByteRows(absl::MakeConstSpan(bytes, size), rows));
+      return rows == 0
+                 ? c.Update(cache::MaskInput::Bytes(absl::MakeConstSpan(bytes, size)))
+                 : c.Update(cache::MaskInput::ByteRows(absl::MakeConstSpan(bytes, size), rows));
     }));
   }
 
@@ -145,8 +146,9 @@ class PyWeightCache {
     const ImportedTensor t = ImportMatrix(scores, "scores");
     const int64_t k = IntArg(k_arg, "k", 0, std::numeric_limits<int64_t>::max());
     const diff::ScoreMatrix m = Scores(t);
-    ThrowIfError(RunWithoutGil(
-        [&](cache::WeightCache& c) { return c.Update(cache::MaskInput::TopK(m, static_cast<size_t>(k))); }));
+    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
+      return c.Update(cache::MaskInput::TopK(m, static_cast<size_t>(k)));
+    }));
   }
 
   void UpdateThreshold(const py::object& scores, double threshold) {
@@ -278,7 +280,7 @@ class PyWeightCache {
     ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
       o.num_threads = c.num_threads();
       return step::LayerStepFromByteRows(&c, absl::MakeConstSpan(bytes, size), rows, t.In(),
-                                        t.Out(), o, &workspace_);
+                                         t.Out(), o, &workspace_);
     }));
   }
 

@@ -40,8 +40,8 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "mlp/activation.h"
-#include "step/mask_step.h"
 #include "mlp/mlp_forward.h"
+#include "step/mask_step.h"
 
 namespace sparse_mlp::bindings {
 

@@ -14,11 +14,11 @@
 #include "absl/strings/str_format.h"
 #include "bindings/convert.h"
 #include "bindings/store_module.h"
-#include "flash/flash_cache.h"
 #include "diff/neuron_mask.h"
+#include "flash/flash_cache.h"
 #include "step/flash_step.h"
-#include "store/bundle_reader.h"
 #include "step/mask_step.h"
+#include "store/bundle_reader.h"
 
 namespace sparse_mlp::bindings {
 namespace {
@@ -86,8 +86,8 @@ class PyFlashModelCache {
         MaskIndices(mask);
       }
       step::FlashStepTimes times;
-      status = step::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o,
-                                   &workspace_, &times);
+      status = step::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o, &workspace_,
+                                    &times);
       plan_seconds_ += times.plan_seconds;
       compute_seconds_ += times.compute_seconds;
       wait_seconds_ += times.wait_seconds;

@@ -11,9 +11,8 @@
 
 namespace sparse_mlp::cache {
 
-absl::StatusOr<ConcatMirror> ConcatMirror::Regrown(memory::AlignedBuffer fresh,
-                                                   size_t capacity, size_t active,
-                                                   int num_threads) const {
+absl::StatusOr<ConcatMirror> ConcatMirror::Regrown(memory::AlignedBuffer fresh, size_t capacity,
+                                                   size_t active, int num_threads) const {
   ConcatMirror grown(row_bytes_);
   grown.capacity_ = capacity;
   *grown.buffer_ = std::move(fresh);

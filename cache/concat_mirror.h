@@ -42,8 +42,8 @@ class ConcatMirror {
   // holding this one's first `active` gate and up rows at the same
   // positions. This mirror is unchanged; errors are those of the parallel
   // copy (a thread count outside [1, kMaxThreads]).
-  absl::StatusOr<ConcatMirror> Regrown(memory::AlignedBuffer fresh, size_t capacity,
-                                       size_t active, int num_threads) const;
+  absl::StatusOr<ConcatMirror> Regrown(memory::AlignedBuffer fresh, size_t capacity, size_t active,
+                                       int num_threads) const;
 
   // Applies an update planned from old_active to new_active slots: the
   // plan's loads read neuron rows from `gate` and `up` (neuron-major
@@ -52,8 +52,8 @@ class ConcatMirror {
   // The plan indexes valid neurons and slots below capacity; anything else
   // is a bug in the planner (fatal).
   void Apply(const UpdatePlan& plan, size_t old_active, size_t new_active,
-             const gather::ConstRowsView& gate, const gather::ConstRowsView& up,
-             int num_threads, SimdLevel simd);
+             const gather::ConstRowsView& gate, const gather::ConstRowsView& up, int num_threads,
+             SimdLevel simd);
 
   // Row r of the [2 x capacity, H] array (gate rows [0, A), up rows [A, 2A)).
   const uint8_t* row(size_t r) const { return buffer_->data() + r * row_bytes_; }

@@ -37,8 +37,7 @@ MaskInput MaskInput::Threshold(const diff::ScoreMatrix& scores, float threshold)
   return in;
 }
 
-absl::Status MaskInput::Materialize(size_t neurons, SimdLevel simd,
-                                    diff::ScoreSelector* selector,
+absl::Status MaskInput::Materialize(size_t neurons, SimdLevel simd, diff::ScoreSelector* selector,
                                     diff::NeuronMask* out) const {
   if (out->size() != neurons) *out = diff::NeuronMask(neurons);
   switch (form_) {

@@ -20,10 +20,10 @@ inline uint8_t* PartData(memory::AlignedBuffer& buffer, size_t offset) {
 }
 
 inline absl::Status ConcurrentMutationError(const char* method) {
-  return absl::FailedPreconditionError(absl::StrFormat(
-      "WeightCache::%s called while another call is mutating the same cache; "
-      "WeightCache is thread-compatible: serialize mutating calls on one object",
-      method));
+  return absl::FailedPreconditionError(
+      absl::StrFormat("WeightCache::%s called while another call is mutating the same cache; "
+                      "WeightCache is thread-compatible: serialize mutating calls on one object",
+                      method));
 }
 
 }  // namespace internal

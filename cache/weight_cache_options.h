@@ -67,7 +67,7 @@ struct WeightCacheOptions {
   PackedLayout layout = PackedLayout::kSplit;
   SourceOwnership ownership = SourceOwnership::kCopy;
   DownLayout down_layout = DownLayout::kHiddenMajor;
-  int num_threads = 1;   // [1, kMaxThreads] (platform/threads.h)
+  int num_threads = 1;  // [1, kMaxThreads] (platform/threads.h)
   // Instruction set of the diff, transpose and copy kernels (kBest: the
   // best this CPU runs; kScalar: the portable reference paths).
   SimdLevel simd = SimdLevel::kBest;

@@ -20,9 +20,7 @@ using internal::PartData;
 static_assert(WeightCache::kMaxBatchCaches * 2 <= gather::kMaxBatchJobs,
               "UpdateMany's jobs must fit one gather batch");
 
-absl::Status WeightCache::Update(const MaskInput& mask) {
-  return UpdateFrom(mask, nullptr);
-}
+absl::Status WeightCache::Update(const MaskInput& mask) { return UpdateFrom(mask, nullptr); }
 
 absl::Status WeightCache::UpdateWith(const MaskInput& mask, PlanExecutor execute) {
   return UpdateFrom(mask, &execute);
@@ -116,8 +114,7 @@ void WeightCache::FinishApply(PendingUpdate pending) {
   totals_.growths += stats.grew ? 1 : 0;
 }
 
-absl::Status WeightCache::ApplyIncoming(bool respect_tolerance,
-                                        const PlanExecutor* execute) {
+absl::Status WeightCache::ApplyIncoming(bool respect_tolerance, const PlanExecutor* execute) {
   PendingUpdate pending;
   if (absl::Status s = BeginApply(respect_tolerance, &pending); !s.ok()) return s;
   if (pending.apply) {
@@ -194,8 +191,8 @@ absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int 
                                      SimdLevel simd) {
   if (absl::Status s = ValidateNumThreads(num_threads); !s.ok()) return s;
   if (updates.size() > kMaxBatchCaches) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a batch updates at most %u caches, got %u", kMaxBatchCaches, updates.size()));
+    return absl::InvalidArgumentError(absl::StrFormat("a batch updates at most %u caches, got %u",
+                                                      kMaxBatchCaches, updates.size()));
   }
   for (size_t i = 0; i < updates.size(); ++i) {
     const CacheUpdate& u = updates[i];
@@ -212,8 +209,8 @@ absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int 
     const size_t neurons = u.cache->options_.intermediate_size;
     if (u.mask->size() != neurons) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("update %u: mask has %u neurons, the cache has intermediate_size %u",
-                          i, u.mask->size(), neurons));
+          absl::StrFormat("update %u: mask has %u neurons, the cache has intermediate_size %u", i,
+                          u.mask->size(), neurons));
     }
   }
   // Every cache's flag, or none (released on every return).
@@ -262,8 +259,7 @@ absl::Status WeightCache::UpdateMany(absl::Span<const CacheUpdate> updates, int 
   // Phase 2: the plans, then all their copies as one batch (one parallel
   // region, bytes split evenly over the threads whatever each cache's
   // churn).
-  absl::InlinedVector<gather::RowPart, kMaxPlanParts * kInlineBatchCaches> parts(
-      n * kMaxPlanParts);
+  absl::InlinedVector<gather::RowPart, kMaxPlanParts * kInlineBatchCaches> parts(n * kMaxPlanParts);
   absl::InlinedVector<gather::RowGatherJob, kPlanJobs * kInlineBatchCaches> jobs(n * kPlanJobs);
   for_each_cache([&](size_t i) {
     if (!pending[i].apply) return;

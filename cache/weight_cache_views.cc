@@ -23,8 +23,12 @@ absl::StatusOr<MatrixView> WeightCache::concatenated_gate_up() const {
 
 MatrixView WeightCache::PartView(Part part) const {
   const int b = slots_.buffer[part];
-  return {PartData(*packed_[b], slots_.offset[part]), num_active(), options_.hidden_size,
-          slots_.slot_bytes[b] / DTypeSize(options_.dtype), 1, options_.dtype};
+  return {PartData(*packed_[b], slots_.offset[part]),
+          num_active(),
+          options_.hidden_size,
+          slots_.slot_bytes[b] / DTypeSize(options_.dtype),
+          1,
+          options_.dtype};
 }
 
 MatrixView WeightCache::gate() const {
@@ -61,9 +65,9 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   const size_t rb = row_bytes();
   const size_t active = num_active();
   if (out.size() != 2 * active * rb) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "output has %u bytes, [2 x %u, %u] of %s needs %u", out.size(), active,
-        options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("output has %u bytes, [2 x %u, %u] of %s needs %u", out.size(), active,
+                        options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
   }
   if (active == 0) return absl::OkStatus();
   // Each part's rows into its half: one contiguous copy where the part's
@@ -73,10 +77,9 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
     uint8_t* dst = out.data() + (part == kGatePart ? 0 : active * rb);
     const size_t stride = rows.row_stride * DTypeSize(options_.dtype);
     const absl::Status s =
-        stride == rb
-            ? gather::ParallelCopy(dst, rows.data, active * rb, options_.num_threads)
-            : gather::CopyRows({rows.data, active, stride}, {dst, active, rb}, rb, active,
-                               options_.num_threads);
+        stride == rb ? gather::ParallelCopy(dst, rows.data, active * rb, options_.num_threads)
+                     : gather::CopyRows({rows.data, active, stride}, {dst, active, rb}, rb, active,
+                                        options_.num_threads);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -87,8 +90,7 @@ absl::Status WeightCache::Verify() const {
   const size_t active = num_active();
   if (const size_t in_mask = applied_.CountActive(options_.simd); in_mask != active) {
     return absl::DataLossError(absl::StrFormat(
-        "the cache holds %u slots but its applied mask has %u active neurons", active,
-        in_mask));
+        "the cache holds %u slots but its applied mask has %u active neurons", active, in_mask));
   }
   const size_t rb = row_bytes();
   const size_t elem = DTypeSize(options_.dtype);
@@ -98,18 +100,16 @@ absl::Status WeightCache::Verify() const {
     const uint8_t* src;
     size_t src_stride;
   };
-  const Checked parts[3] = {
-      {"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
-      {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
-      {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
+  const Checked parts[3] = {{"gate", gate(), src_[kGatePart], src_stride_[kGatePart]},
+                            {"up", up(), src_[kUpPart], src_stride_[kUpPart]},
+                            {"down", down_rows(), src_[kDownPart], src_stride_[kDownPart]}};
   for (size_t s = 0; s < active; ++s) {
     const uint32_t n = map_.slot_to_neuron[s];
     if (n >= num_neurons || !applied_.Test(n) || map_.neuron_to_slot[n] != s) {
-      return absl::DataLossError(absl::StrFormat(
-          "slot %u holds neuron %u, which is %s", s, n,
-          n >= num_neurons      ? "out of range"
-          : !applied_.Test(n)   ? "not in the applied mask"
-                                : "mapped to another slot"));
+      return absl::DataLossError(absl::StrFormat("slot %u holds neuron %u, which is %s", s, n,
+                                                 n >= num_neurons    ? "out of range"
+                                                 : !applied_.Test(n) ? "not in the applied mask"
+                                                                     : "mapped to another slot"));
     }
     for (const Checked& part : parts) {
       if (part.view.data == nullptr) continue;  // no gate
@@ -117,8 +117,7 @@ absl::Status WeightCache::Verify() const {
           static_cast<const uint8_t*>(part.view.data) + s * part.view.row_stride * elem;
       if (std::memcmp(row, part.src + size_t{n} * part.src_stride, rb) != 0) {
         return absl::DataLossError(absl::StrFormat(
-            "the %s row of slot %u differs from neuron %u's row in the sources",
-            part.name, s, n));
+            "the %s row of slot %u differs from neuron %u's row in the sources", part.name, s, n));
       }
     }
   }

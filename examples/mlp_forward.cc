@@ -1,6 +1,8 @@
 // The README's forward example: a layer's sparse MLP three ways (direct on
 // indices, on a WeightCache, and the fused layer step), checked against
 // each other. bazel run //examples:mlp_forward (also a test).
+#include "mlp/mlp_forward.h"
+
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -8,7 +10,6 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "step/layer_step.h"
-#include "mlp/mlp_forward.h"
 
 int main() {
   namespace cache = sparse_mlp::cache;
@@ -26,11 +27,11 @@ int main() {
 
   // Direct-index: the active rows read in place ([I, H] arrays, down
   // neuron-major), no cache.
-  const mlp::NeuronRows rows{cache::DType::kFloat32, H, I, gate.data(), H, up.data(), H,
-                             down_rows.data(), H};
+  const mlp::NeuronRows rows{mlp::DType::kFloat32, H, I, gate.data(), H, up.data(), H,
+                             down_rows.data(),     H};
   mlp::ForwardOptions options;  // SiLU, 1 thread, best SIMD level
   mlp::Workspace workspace;     // scratch; calls that fit it do not allocate
-  const mlp::ConstTokens in{x.data(), 1, H, cache::DType::kFloat32};
+  const mlp::ConstTokens in{x.data(), 1, H, mlp::DType::kFloat32};
   if (absl::Status s = mlp::ForwardIndexed(rows, active, in, {y.data(), 1, H}, options,
                                            &workspace);
       !s.ok()) {
@@ -48,8 +49,7 @@ int main() {
       *sparse_mlp::diff::NeuronMask::FromIndices(I, {3, 17, 256}));
   if (!c.ok()) return std::fprintf(stderr, "%s\n", c.status().ToString().c_str()), 1;
   const sparse_mlp::diff::NeuronMask next = *sparse_mlp::diff::NeuronMask::FromIndices(I, active);
-  if (absl::Status s = step::LayerStep(&*c, next, in, {y_step.data(), 1, H}, options,
-                                      &workspace);
+  if (absl::Status s = step::LayerStep(&*c, next, in, {y_step.data(), 1, H}, options, &workspace);
       !s.ok()) {
     return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
   }

@@ -2,14 +2,15 @@
 // updated as one batch, then a layer step, each layer's output checked
 // against the direct-index forward. bazel run //examples:model_cache (also
 // a test).
+#include "cache/model_cache.h"
+
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
-#include "cache/model_cache.h"
 #include "diff/neuron_mask.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
+#include "step/layer_step.h"
 
 int main() {
   namespace cache = sparse_mlp::cache;
@@ -60,8 +61,8 @@ int main() {
     // Layer l's next token: its fused layer step to a shifted mask.
     NeuronMask next(I);
     for (size_t i = (l + 1) % 4; i < I; i += 4) next.Set(i, i % 3 != 0);
-    absl::Status s = step::LayerStep(*(*model)->layer(l), next, in, {y.data(), 1, H}, options,
-                                    &workspace);
+    absl::Status s =
+        step::LayerStep(*(*model)->layer(l), next, in, {y.data(), 1, H}, options, &workspace);
     const float* w = weights[l].data();
     const mlp::NeuronRows rows{cache::DType::kFloat32, H, I, w, H, w + I * H, H,
                                w + 2 * I * H, H};

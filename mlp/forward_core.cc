@@ -10,9 +10,9 @@
 #include "gather/partition.h"
 #include "gather/stream_copy.h"
 #include "memory/size_math.h"
-#include "platform/float16.h"
 #include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
+#include "platform/float16.h"
 #include "platform/store_fence.h"
 #include "platform/threads.h"
 

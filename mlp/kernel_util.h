@@ -11,9 +11,9 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "mlp/kernels.h"
 #include "platform/dtype.h"
 #include "platform/float16.h"
-#include "mlp/kernels.h"
 
 namespace sparse_mlp::mlp::internal {
 

@@ -27,7 +27,6 @@
 
 namespace sparse_mlp::mlp::internal {
 
-
 inline constexpr size_t kMaxAxpyRows = 32;
 inline constexpr size_t kMaxDotRows = 4;
 

@@ -1,9 +1,9 @@
 // AVX-512 kernels: 16 float32 lanes (bfloat16 and float16 weights widened
 // on load), masked tails; bfloat16 dot products with vdpbf16ps (32 weights
 // per instruction) where the CPU has AVX512_BF16.
+#include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
 #include "platform/float16.h"
-#include "mlp/kernel_util.h"
 
 #if SPARSE_MLP_X86
 #include <immintrin.h>

@@ -4,8 +4,8 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "platform/float16.h"
 #include "mlp/forward_core.h"
+#include "platform/float16.h"
 
 namespace sparse_mlp::step {
 namespace {
@@ -18,7 +18,7 @@ double Now() {
 }  // namespace
 
 mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
-                      size_t stride_bytes) {
+                           size_t stride_bytes) {
   const auto* b = static_cast<const uint8_t*>(base);
   const size_t stride = stride_bytes / DTypeSize(layout.shape().dtype);
   return {layout.shape().dtype,
@@ -38,8 +38,8 @@ namespace {
 // activations are given (row r of a slot takes its neuron's).
 absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const uint32_t> mask,
                   const float* gate_act, size_t gate_act_stride, const mlp::ConstTokens& x,
-                  const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
-                  FlashStepTimes* times) {
+                  const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                  mlp::Workspace* workspace, FlashStepTimes* times) {
   const store::BundleLayout& layout = cache->layout();
   const DType dtype = layout.shape().dtype;
   const size_t hidden = layout.shape().hidden;
@@ -75,8 +75,8 @@ absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const 
   // Slots `slots` into sums: the forward, or with the gate's activations given.
   auto forward = [&](absl::Span<const uint32_t> slots, const mlp::ForwardOptions& o) {
     if (gate_act == nullptr) return mlp::ForwardIndexed(rows, slots, x, sums, o, workspace);
-    return mlp::internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums, o,
-                                             workspace, neuron_of);
+    return mlp::internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums,
+                                                  o, workspace, neuron_of);
   };
   mlp::ForwardOptions o = options;
   o.accumulate = false;
@@ -127,8 +127,8 @@ absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const 
 
 absl::Status FlashLayerStep(flash::FlashModelCache* cache, size_t layer,
                             absl::Span<const uint32_t> mask, const mlp::ConstTokens& x,
-                            const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
-                            FlashStepTimes* times) {
+                            const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                            mlp::Workspace* workspace, FlashStepTimes* times) {
   return Step(cache, layer, mask, nullptr, 0, x, y, options, workspace, times);
 }
 

@@ -45,7 +45,7 @@ struct FlashStepTimes {
 // batch of bundles), as the forward reads them: gate, up and down of each
 // bundle at the layout's offsets (gate null for gate-less files).
 mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
-                      size_t stride_bytes);
+                           size_t stride_bytes);
 
 // `mask`: sorted neuron indices of this file's layer. Errors: the cache's
 // (layer, mask too large for the budget, read failures), the forward's
@@ -53,8 +53,8 @@ mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, 
 // or the weights' type). `times` (optional) receives the step's phases.
 absl::Status FlashLayerStep(flash::FlashModelCache* cache, size_t layer,
                             absl::Span<const uint32_t> mask, const mlp::ConstTokens& x,
-                            const mlp::Tokens& y, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
-                            FlashStepTimes* times = nullptr);
+                            const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                            mlp::Workspace* workspace, FlashStepTimes* times = nullptr);
 
 // The same over a gate-less bundle file (up and down rows only) with the
 // gate's activations given: neuron j's coefficient for token t is

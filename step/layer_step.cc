@@ -56,8 +56,9 @@ class StepRows final : public mlp::internal::RowSource {
   const cache::PlannedUpdate& plan_;
 };
 
-absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x, const mlp::Tokens& y,
-                     const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x,
+                     const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                     mlp::Workspace* workspace) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
   if (absl::Status s =
           mlp::internal::ValidateCall(cache->dtype(), cache->hidden_size(), x, y, options);
@@ -65,7 +66,7 @@ absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x,
     return s;
   }
   return mlp::internal::PrepareWorkspace(cache->dtype(), cache->hidden_size(), 0, x, options,
-                                    workspace);
+                                         workspace);
 }
 
 // The executor of a layer step: the forward over the planned slots.
@@ -118,17 +119,16 @@ absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstToken
 }
 
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                       mlp::Workspace* workspace) {
+                       const mlp::ConstTokens& x, const mlp::Tokens& y,
+                       const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
                              options, workspace};
   return cache->UpdateWith(mask, execute);
 }
 
-absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
-                                   absl::Span<const uint8_t> masks, size_t rows,
-                                   const mlp::ConstTokens& x, const mlp::Tokens& y,
+absl::Status LayerStepFromByteRows(cache::WeightCache* cache, absl::Span<const uint8_t> masks,
+                                   size_t rows, const mlp::ConstTokens& x, const mlp::Tokens& y,
                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,

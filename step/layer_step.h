@@ -52,14 +52,13 @@ absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstToken
                           mlp::Workspace* workspace);
 
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                       mlp::Workspace* workspace);
+                       const mlp::ConstTokens& x, const mlp::Tokens& y,
+                       const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
 // The same with the mask as bytes (non-zero = active): one [I] mask
 // (rows = 1) or the union of a [rows, I] matrix (a batch of tokens).
-absl::Status LayerStepFromByteRows(cache::WeightCache* cache,
-                                   absl::Span<const uint8_t> masks, size_t rows,
-                                   const mlp::ConstTokens& x, const mlp::Tokens& y,
+absl::Status LayerStepFromByteRows(cache::WeightCache* cache, absl::Span<const uint8_t> masks,
+                                   size_t rows, const mlp::ConstTokens& x, const mlp::Tokens& y,
                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
 }  // namespace sparse_mlp::step

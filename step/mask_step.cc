@@ -7,8 +7,8 @@
 #include "absl/strings/str_format.h"
 #include "memory/size_math.h"
 #include "mlp/forward_core.h"
-#include "step/layer_step.h"
 #include "step/flash_step.h"
+#include "step/layer_step.h"
 #include "step/layer_step_internal.h"
 
 namespace sparse_mlp::step {
@@ -66,8 +66,9 @@ absl::Status CheckOut(absl::Span<float> out, size_t tokens, size_t intermediate)
 }
 
 // The forward's checks of x, y and the options, and the workspace sized.
-absl::Status PrepareCall(DType dtype, size_t hidden, const mlp::ConstTokens& x, const mlp::Tokens& y,
-                         const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+absl::Status PrepareCall(DType dtype, size_t hidden, const mlp::ConstTokens& x,
+                         const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                         mlp::Workspace* workspace) {
   if (absl::Status s = mlp::internal::ValidateCall(dtype, hidden, x, y, options); !s.ok()) return s;
   return mlp::internal::PrepareWorkspace(dtype, hidden, 0, x, options, workspace);
 }
@@ -157,7 +158,7 @@ absl::Status GateFirst::Activations(const mlp::ConstTokens& x, const mlp::Forwar
     return s;
   }
   mlp::internal::RunActivations(gate_, x, options, workspace, out.data(), nullptr,
-                           intermediate_size_);
+                                intermediate_size_);
   return absl::OkStatus();
 }
 
@@ -286,9 +287,8 @@ absl::Status GateFirst::Forward(const mlp::NeuronRows& up_down, const Selection&
   }
   if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
   scratch_.incoming.ToIndices(&indices_);
-  if (absl::Status s = mlp::internal::ForwardIndexedGivenGate(up_down, indices_, scratch_.buffer(0),
-                                                         intermediate_size_, x, y, options,
-                                                         workspace);
+  if (absl::Status s = mlp::internal::ForwardIndexedGivenGate(
+          up_down, indices_, scratch_.buffer(0), intermediate_size_, x, y, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -330,8 +330,8 @@ absl::Status LowRankPredictor::Reserve(size_t tokens) {
 void LowRankPredictor::Compute(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
                                mlp::Workspace* workspace, float* out) {
   mlp::internal::RunLowRank(dtype_, hidden_size_, rank_, intermediate_size_, a_, a_stride_, b_,
-                       b_stride_, x, options, workspace, scratch_.buffer(1), out,
-                       intermediate_size_);
+                            b_stride_, x, options, workspace, scratch_.buffer(1), out,
+                            intermediate_size_);
 }
 
 absl::Status LowRankPredictor::Scores(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,

@@ -48,10 +48,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "flash/flash_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "diff/score_select.h"
+#include "flash/flash_cache.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/mlp_forward.h"
 
@@ -101,8 +101,8 @@ class GateFirst {
   // layer's up and down: selects by |act(gate x)|, updates the cache to the
   // selection (the union over x's tokens) and writes y, as LayerStep does.
   absl::Status Step(cache::WeightCache* cache, const Selection& selection,
-                    const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                    mlp::Workspace* workspace);
+                    const mlp::ConstTokens& x, const mlp::Tokens& y,
+                    const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   // The step on neurons chosen elsewhere: `mask` (the union over x's
   // tokens) with the activations `act` a previous Activations(x) call
@@ -110,8 +110,9 @@ class GateFirst {
   // ranks' activations). The gate is not read again. Errors as Step's, and
   // InvalidArgument for a mask or act of the wrong size.
   absl::Status StepSelected(cache::WeightCache* cache, const diff::NeuronMask& mask,
-                            absl::Span<const float> act, const mlp::ConstTokens& x, const mlp::Tokens& y,
-                            const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+                            absl::Span<const float> act, const mlp::ConstTokens& x,
+                            const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                            mlp::Workspace* workspace);
 
   // The step over the flash tier: `cache` serves this layer's up and down
   // from a gate-less bundle file (store: written without gate rows) while
@@ -119,8 +120,8 @@ class GateFirst {
   // FlashLayerStepGivenGate over the kept neurons (only their up and down
   // are loaded). The file's H, I (this layer's neurons) and type must be
   // the gate's.
-  absl::Status FlashStep(flash::FlashModelCache* cache, size_t layer,
-                         const Selection& selection, const mlp::ConstTokens& x, const mlp::Tokens& y,
+  absl::Status FlashStep(flash::FlashModelCache* cache, size_t layer, const Selection& selection,
+                         const mlp::ConstTokens& x, const mlp::Tokens& y,
                          const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   // The same without a cache (direct-index): selects, then reads the kept
@@ -130,8 +131,8 @@ class GateFirst {
   // (docs/performance.md); the cached Step earns its place where a loaded
   // row is expensive (the flash tier).
   absl::Status Forward(const mlp::NeuronRows& up_down, const Selection& selection,
-                       const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                       mlp::Workspace* workspace);
+                       const mlp::ConstTokens& x, const mlp::Tokens& y,
+                       const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   // The neurons the last successful Step or Forward kept (empty mask
   // before one).
@@ -161,8 +162,8 @@ class LowRankPredictor {
   absl::Status Reserve(size_t tokens);
 
   // B (A x_t) into out[t x I + i] (out: x.tokens x I floats).
-  absl::Status Scores(const mlp::ConstTokens& x, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
-                      absl::Span<float> out);
+  absl::Status Scores(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                      mlp::Workspace* workspace, absl::Span<float> out);
 
   // Selects from the scores into *mask (the union over x's tokens).
   absl::Status Select(const mlp::ConstTokens& x, const Selection& selection,
@@ -171,8 +172,8 @@ class LowRankPredictor {
 
   // Selects, then LayerStep on `cache` (this layer's gated cache).
   absl::Status Step(cache::WeightCache* cache, const Selection& selection,
-                    const mlp::ConstTokens& x, const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                    mlp::Workspace* workspace);
+                    const mlp::ConstTokens& x, const mlp::Tokens& y,
+                    const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
   const diff::NeuronMask& mask() const { return scratch_.selected; }
   size_t rank() const { return rank_; }
@@ -181,8 +182,8 @@ class LowRankPredictor {
  private:
   LowRankPredictor() = default;
   // B (A x) into out (after validation and Reserve).
-  void Compute(const mlp::ConstTokens& x, const mlp::ForwardOptions& options, mlp::Workspace* workspace,
-               float* out);
+  void Compute(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+               mlp::Workspace* workspace, float* out);
   DType dtype_ = DType::kFloat32;
   size_t hidden_size_ = 0, intermediate_size_ = 0, rank_ = 0;
   const void* a_ = nullptr;

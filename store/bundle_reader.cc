@@ -45,8 +45,9 @@ absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(const std::stri
   return Open(path, options, MakeIoEngine);
 }
 
-absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(
-    const std::string& path, const ReaderOptions& options, const IoEngineMaker& make_engine) {
+absl::StatusOr<std::unique_ptr<BundleReader>> BundleReader::Open(const std::string& path,
+                                                                 const ReaderOptions& options,
+                                                                 const IoEngineMaker& make_engine) {
   if (options.max_request_bytes == 0) {
     return absl::InvalidArgumentError("max_request_bytes must be positive, got 0");
   }

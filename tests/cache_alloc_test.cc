@@ -56,8 +56,12 @@ TEST(WeightCacheAllocationTest, UpdatesAfterReserveDoNotAllocate) {
     // Masks from scores: top-k and threshold select into the cache's own
     // mask without allocating either.
     for (size_t k : {size_t{0}, size_t{10}, i / 2, i}) {
-      ASSERT_TRUE(cache.Update(cache::MaskInput::TopK({scores.data(), 2, i, diff::ScoreType::kFloat32}, k)).ok());
-      ASSERT_TRUE(cache.Update(cache::MaskInput::Threshold({scores.data(), 1, i, diff::ScoreType::kFloat32}, 0.5f))
+      ASSERT_TRUE(
+          cache.Update(cache::MaskInput::TopK({scores.data(), 2, i, diff::ScoreType::kFloat32}, k))
+              .ok());
+      ASSERT_TRUE(cache
+                      .Update(cache::MaskInput::Threshold(
+                          {scores.data(), 1, i, diff::ScoreType::kFloat32}, 0.5f))
                       .ok());
     }
     EXPECT_EQ(sparse_mlp::testing::AllocationCount() - before, 0u) << threads << " threads";

@@ -59,7 +59,7 @@ TEST(FlashAllocationTest, StepsDoNotAllocate) {
         ASSERT_TRUE((*fc)->Prefetch((l + 1) % layers, masks[k + 1]).ok());
       }
       ASSERT_TRUE(step::FlashLayerStep(fc->get(), l, masks[k], {x.data(), 1, h, DType::kFloat32},
-                                      {y.data(), 1, h, DType::kFloat32}, fo, &ws)
+                                       {y.data(), 1, h, DType::kFloat32}, fo, &ws)
                       .ok());
     };
     for (int k = 0; k < 6; ++k) step(k);

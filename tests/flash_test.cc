@@ -20,16 +20,16 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
 #include "flash/flash_cache.h"
 #include "flash/residency.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "mlp/mlp_forward.h"
+#include "platform/float16.h"
 #include "step/flash_step.h"
 #include "step/mask_step.h"
-#include "cache/weight_cache.h"
-#include "diff/neuron_mask.h"
-#include "platform/float16.h"
-#include "mlp/mlp_forward.h"
 #include "store/bundle_writer.h"
 #include "tests/faulty_io_engine.h"
 
@@ -319,7 +319,7 @@ TEST_P(FlashSequences, EqualsInDramForward) {
           ASSERT_TRUE(fc.Prefetch(l + 1, masks[l + 1]).ok()) << where;
         }
         ASSERT_TRUE(step::FlashLayerStep(&fc, l, masks[l], {x.data(), tokens, m.h, DType::kFloat32},
-                                        {y.data(), tokens, m.h, DType::kFloat32}, fo, &ws)
+                                         {y.data(), tokens, m.h, DType::kFloat32}, fo, &ws)
                         .ok())
             << where;
         const std::vector<float> want = Reference(m, l, masks[l], x, tokens, fo.num_threads);
@@ -457,8 +457,9 @@ TEST(Flash, DeterministicAcrossEnginesAndCompletionOrder) {
       mask = NextMask(mask, m.i, 50, 0.4, rng);
       std::vector<float> x(m.h), y(m.h);
       for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
-      ASSERT_TRUE(step::FlashLayerStep(fc->get(), step % 2, mask, {x.data(), 1, m.h, DType::kFloat32},
-                                      {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+      ASSERT_TRUE(step::FlashLayerStep(fc->get(), step % 2, mask,
+                                       {x.data(), 1, m.h, DType::kFloat32},
+                                       {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
                       .ok());
       outputs[e].push_back(y);
     }
@@ -505,7 +506,7 @@ TEST(Flash, FaultsLoseNothing) {
   auto step = [&](size_t l, const std::vector<uint32_t>& mask) {
     std::fill(y.begin(), y.end(), -7.0f);
     return step::FlashLayerStep(&fc, l, mask, {x.data(), 1, m.h, DType::kFloat32},
-                               {y.data(), 1, m.h, DType::kFloat32}, fo, &ws);
+                                {y.data(), 1, m.h, DType::kFloat32}, fo, &ws);
   };
   const std::vector<uint32_t> mask = {1, 5, 7, 8, 30};
   inject = true;
@@ -587,19 +588,19 @@ TEST(Flash, BudgetAndMaskErrors) {
   std::vector<float> x(m.h, 1.0f), y(m.h);
   mlp::Workspace ws;
   s = step::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
-                          {y.data(), 1, m.h, DType::kFloat32}, {}, &ws);
+                           {y.data(), 1, m.h, DType::kFloat32}, {}, &ws);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()),
               HasSubstr(absl::StrFormat("%d neurons but the budget gives this layer %d slots",
                                         cap + 1, cap)));
   EXPECT_EQ((*fc)->layer_stats(0).steps, 0u);
   EXPECT_EQ(step::FlashLayerStep(fc->get(), 2, {1}, {x.data(), 1, m.h, DType::kFloat32},
-                                {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
+                                 {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
                 .code(),
             absl::StatusCode::kOutOfRange);
   big.resize(cap);
   ASSERT_TRUE(step::FlashLayerStep(fc->get(), 0, big, {x.data(), 1, m.h, DType::kFloat32},
-                                  {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
+                                   {y.data(), 1, m.h, DType::kFloat32}, {}, &ws)
                   .ok());
   ::unlink(path.c_str());
 }

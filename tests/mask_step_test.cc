@@ -16,8 +16,8 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
-#include "step/layer_step.h"
 #include "platform/simd_level.h"
+#include "step/layer_step.h"
 #include "tests/mlp_reference.h"
 
 namespace sparse_mlp::mlp {
@@ -370,8 +370,8 @@ TEST(LowRankPredictorTest, ScoresSelectionAndStepAgainstTheReference) {
           ASSERT_EQ(Describe(Indices(selected), want), "");
           ASSERT_TRUE(p->Step(&stepped, sel, In(x, tokens, h), Out(y1, tokens, h), o, &ws).ok());
           ASSERT_EQ(Describe(Indices(p->mask()), want), "");
-          ASSERT_TRUE(step::LayerStep(&plain, selected, In(x, tokens, h), Out(y2, tokens, h), o, &ws)
-                          .ok());
+          ASSERT_TRUE(
+              step::LayerStep(&plain, selected, In(x, tokens, h), Out(y2, tokens, h), o, &ws).ok());
           EXPECT_EQ(y1.bytes, y2.bytes);
           ASSERT_TRUE(stepped.Verify().ok());
         }
@@ -384,14 +384,18 @@ TEST(LowRankPredictorTest, BadArgumentsAreRefused) {
   std::vector<float> a(8 * 4), b(16 * 4);
   auto code = [](const absl::StatusOr<LowRankPredictor>& p) { return p.status().code(); };
   const auto kBad = absl::StatusCode::kInvalidArgument;
-  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 0, a.data(), 8, b.data(), 4)),
-            kBad);
-  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, nullptr, 8, b.data(), 4)),
-            kBad);
-  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 3)),
-            kBad);
-  EXPECT_EQ(code(step::LowRankPredictor::Create(DType::kFloat32, 8, 0, 4, a.data(), 8, b.data(), 4)),
-            kBad);
+  EXPECT_EQ(
+      code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 0, a.data(), 8, b.data(), 4)),
+      kBad);
+  EXPECT_EQ(
+      code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, nullptr, 8, b.data(), 4)),
+      kBad);
+  EXPECT_EQ(
+      code(step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 3)),
+      kBad);
+  EXPECT_EQ(
+      code(step::LowRankPredictor::Create(DType::kFloat32, 8, 0, 4, a.data(), 8, b.data(), 4)),
+      kBad);
   step::LowRankPredictor p =
       *step::LowRankPredictor::Create(DType::kFloat32, 8, 16, 4, a.data(), 8, b.data(), 4);
   std::vector<float> x(8, 1.0f);

@@ -7,9 +7,9 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
-#include "tests/alloc_counter.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
+#include "step/layer_step.h"
+#include "tests/alloc_counter.h"
 
 namespace sparse_mlp::mlp {
 namespace {

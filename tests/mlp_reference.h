@@ -14,8 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "cache/dtype.h"
 #include "mlp/activation.h"
-#include "platform/float16.h"
 #include "mlp/mlp_forward.h"
+#include "platform/float16.h"
 
 namespace sparse_mlp::mlp::test_util {
 

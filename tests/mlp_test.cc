@@ -14,12 +14,12 @@
 #include "diff/neuron_mask.h"
 #include "gtest/gtest.h"
 #include "mlp/activation.h"
-#include "platform/float16.h"
 #include "mlp/kernels.h"
-#include "step/layer_step.h"
 #include "mlp/mlp_forward.h"
-#include "tests/mlp_reference.h"
+#include "platform/float16.h"
 #include "platform/simd_level.h"
+#include "step/layer_step.h"
+#include "tests/mlp_reference.h"
 
 namespace sparse_mlp::mlp {
 namespace {
@@ -341,10 +341,12 @@ TEST(LayerStepTest, SequencesMatchUpdateThenForwardOnEveryLayout) {
           SCOPED_TRACE(absl::StrFormat("layout %s own %d threads %d step %d",
                                        cache::PackedLayoutName(layout), static_cast<int>(own),
                                        threads, step));
-          ASSERT_TRUE(step::LayerStep(&stepped, next, In(x, tokens, h), Out(y_step, tokens, h), o, &ws)
-                          .ok());
+          ASSERT_TRUE(
+              step::LayerStep(&stepped, next, In(x, tokens, h), Out(y_step, tokens, h), o, &ws)
+                  .ok());
           ASSERT_TRUE(updated.Update(next).ok());
-          ASSERT_TRUE(step::CacheForward(updated, In(x, tokens, h), Out(y_ref, tokens, h), o, &ws).ok());
+          ASSERT_TRUE(
+              step::CacheForward(updated, In(x, tokens, h), Out(y_ref, tokens, h), o, &ws).ok());
           ASSERT_TRUE(stepped.Verify().ok()) << stepped.Verify().message();
           ASSERT_TRUE(stepped.applied_mask() == next);
           ASSERT_EQ(std::vector<uint32_t>(stepped.active_indices().begin(),

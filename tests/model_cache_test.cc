@@ -165,7 +165,8 @@ TEST(ModelCacheTest, EveryLayerMatchesTheReferenceAfterRandomSequences) {
         const diff::NeuronMask mask = RandomMask(rng, kI, fraction);
         std::vector<uint8_t> bytes(kI);
         for (size_t i = 0; i < kI; ++i) bytes[i] = mask.Test(i) ? 1 : 0;
-        ASSERT_TRUE((*(*model)->layer(l))->Update(cache::MaskInput::Bytes(bytes)).ok()) << "step " << step;
+        ASSERT_TRUE((*(*model)->layer(l))->Update(cache::MaskInput::Bytes(bytes)).ok())
+            << "step " << step;
         expected.Apply(l, mask);
         what = absl::StrFormat("layer(%u)->UpdateFromBytes", l);
       }
