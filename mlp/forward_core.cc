@@ -12,6 +12,7 @@
 #include "memory/size_math.h"
 #include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
+#include "mlp/quant_kernels.h"
 #include "platform/float16.h"
 #include "platform/store_fence.h"
 #include "platform/threads.h"
@@ -335,10 +336,17 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
          const ForwardOptions& o, Workspace* ws) {
   const size_t hidden = p.hidden_size;
   if (p.count == 0) return WriteEmpty(y, o.accumulate, hidden);
-  const Kernels k = SelectKernels(p.dtype, o.simd);
+  // Quantized rows run the quantized kernels on float32 vectors; the rest
+  // of the loop is the same.
+  const DType vector_dtype = p.quant != nullptr ? DType::kFloat32 : p.dtype;
+  const Kernels k = SelectKernels(vector_dtype, o.simd);
+  const internal::QuantKernels qk =
+      p.quant != nullptr ? internal::SelectQuantKernels(p.quant->type(), o.simd)
+                         : internal::QuantKernels();
   const gather::internal::RowCopyFn copy = gather::internal::SelectRowCopy(o.simd);
-  const Vectors v = PrepareVectors(p.dtype, x, hidden, ws);
-  const size_t row_bytes = hidden * DTypeSize(p.dtype);
+  const Vectors v = PrepareVectors(vector_dtype, x, hidden, ws);
+  const size_t row_bytes =
+      p.quant != nullptr ? p.quant->row_bytes() : hidden * DTypeSize(p.dtype);
   const size_t parts = p.has_gate ? 3 : 2;
   const int threads = ThreadsFor(p.count * parts * row_bytes, o.num_threads);
   uint8_t* partials = WorkspaceAccess::Partials(ws);
@@ -365,7 +373,7 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
                                       : (tc >= kPairedNeuronTokens ? kMaxDotRows : 2);
       const bool store = p.stores && t0 == 0;
       std::memset(partial, 0, tc * width * sizeof(float));
-      const void* xt = VectorRow(v, p.dtype, t0);
+      const void* xt = VectorRow(v, vector_dtype, t0);
       NeuronPtrs ptrs[kBlock + 1];
       for (size_t j0 = begin; j0 < end; j0 += kBlock) {
         const size_t nb = std::min(kBlock, end - j0);
@@ -383,7 +391,11 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
             if (p.has_gate) rows[num_rows++] = ptrs[q].row[0];
             rows[num_rows++] = ptrs[q].row[1];
           }
-          k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
+          if (p.quant != nullptr) {
+            qk.dot(rows, num_rows, static_cast<const float*>(xt), v.stride, tc, *p.quant, dots);
+          } else {
+            k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
+          }
           for (size_t q = b; q < b + g; ++q) {
             const size_t first = (q - b) * (p.has_gate ? 2 : 1);  // its rows in the call
             if (p.gate_act != nullptr) {
@@ -405,7 +417,11 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
             downs[q] = ptrs[q].row[2];
           }
         }
-        k.axpy(downs, nb, coef, tc, hidden, partial, width);
+        if (p.quant != nullptr) {
+          qk.axpy(downs, nb, coef, tc, *p.quant, partial, width);
+        } else {
+          k.axpy(downs, nb, coef, tc, hidden, partial, width);
+        }
         if (store) {
           for (size_t b = 0; b < nb; ++b) {
             if (ptrs[b].store[2] != nullptr) {

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "mlp/mlp_forward.h"
+#include "quant/format.h"
 
 namespace sparse_mlp::mlp {
 
@@ -60,11 +61,17 @@ struct Problem {
   // gate rows are read (has_gate must be false) and no activation applied.
   const float* gate_act = nullptr;
   size_t gate_act_stride = 0;
+  // Quantized rows (mlp/quant_forward.h): every row is one row of this
+  // layout, x and y are float32, and dtype is ignored. Null: rows of dtype.
+  const quant::RowLayout* quant = nullptr;
 };
 
 // Checks the weights' type and width, x, y and the options.
 absl::Status ValidateCall(DType dtype, size_t hidden_size, const ConstTokens& x,
                           const Tokens& y, const ForwardOptions& options);
+
+// Checks that indices are ascending, distinct and below num_rows.
+absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows);
 
 // Checks strided neuron-major rows of `count` neurons.
 absl::Status ValidateRows(const NeuronRows& rows);

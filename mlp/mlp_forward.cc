@@ -67,22 +67,6 @@ internal::Problem ProblemOf(const NeuronRows& rows, size_t count) {
   return p;
 }
 
-absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows) {
-  for (size_t k = 0; k < indices.size(); ++k) {
-    if (indices[k] >= num_rows) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "indices[%u] = %u is out of range for %u neurons", k, indices[k], num_rows));
-    }
-    if (k > 0 && indices[k] <= indices[k - 1]) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "indices[%u] = %u follows indices[%u] = %u: indices must be ascending and "
-          "distinct",
-          k, indices[k], k - 1, indices[k - 1]));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // ForwardIndexed, with the gate's activations given when gate_act is not
 // null (rows.gate must then be null; row r takes neuron neuron_of[r]'s, or
 // r's without a map).
@@ -99,7 +83,7 @@ absl::Status IndexedForward(const NeuronRows& rows, absl::Span<const uint32_t> i
         "a forward with given gate activations reads up and down rows only; gate must be null");
   }
   if (absl::Status s = internal::ValidateRows(rows); !s.ok()) return s;
-  if (absl::Status s = ValidateIndices(indices, rows.count); !s.ok()) return s;
+  if (absl::Status s = internal::ValidateIndices(indices, rows.count); !s.ok()) return s;
   if (absl::Status s =
           internal::PrepareWorkspace(rows.dtype, rows.hidden_size, 0, x, options, workspace);
       !s.ok()) {
@@ -161,6 +145,22 @@ absl::Status ForwardLinear(const LinearWeights& w, const ConstTokens& x, const T
 }
 
 namespace internal {
+
+absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows) {
+  for (size_t k = 0; k < indices.size(); ++k) {
+    if (indices[k] >= num_rows) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "indices[%u] = %u is out of range for %u neurons", k, indices[k], num_rows));
+    }
+    if (k > 0 && indices[k] <= indices[k - 1]) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "indices[%u] = %u follows indices[%u] = %u: indices must be ascending and "
+          "distinct",
+          k, indices[k], k - 1, indices[k - 1]));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const uint32_t> indices,
                                      const float* gate_act, size_t gate_act_stride,

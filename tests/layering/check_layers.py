@@ -16,7 +16,7 @@ import sys
 FLOORS = [
     {"platform"},
     {"memory"},
-    {"diff", "gather"},
+    {"diff", "gather", "quant"},
     {"store"},
     {"mlp", "cache", "flash"},
     {"step"},

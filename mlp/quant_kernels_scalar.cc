@@ -1,0 +1,91 @@
+// Portable quantized kernels and the runtime choice among the levels.
+#include <cstdint>
+#include <cstring>
+
+#include "mlp/quant_kernels.h"
+#include "platform/float16.h"
+
+namespace sparse_mlp::mlp::internal {
+namespace {
+
+// Row `row`'s weights [c0, c0 + n) dequantized into w.
+void Dequantize(const quant::RowLayout& l, const uint8_t* row, size_t c0, size_t n, float* w) {
+  for (size_t i = 0; i < n; ++i) {
+    const size_t c = c0 + i;
+    int q;
+    if (l.type() == quant::QuantType::kInt8) {
+      q = static_cast<int8_t>(row[c]);
+    } else {
+      const uint8_t byte = row[c / 32 * 16 + c % 16];
+      q = ((c % 32) < 16 ? (byte & 0xF) : (byte >> 4)) - 8;
+    }
+    uint16_t bits;
+    std::memcpy(&bits, row + l.scale_offset() + 2 * (c / l.group()), 2);
+    w[i] = static_cast<float>(q) * Float16ToFloat(bits);
+  }
+}
+
+constexpr size_t kPiece = 64;  // weights dequantized at a time
+
+void Dot(const void* const* rows, size_t nrows, const float* v, size_t v_stride, size_t tokens,
+         const quant::RowLayout& l, float* out) {
+  float w[kPiece];
+  for (size_t r = 0; r < nrows; ++r) {
+    const auto* row = static_cast<const uint8_t*>(rows[r]);
+    for (size_t t = 0; t < tokens; ++t) out[r * tokens + t] = 0.0f;
+    for (size_t c0 = 0; c0 < l.hidden(); c0 += kPiece) {
+      const size_t n = l.hidden() - c0 < kPiece ? l.hidden() - c0 : kPiece;
+      Dequantize(l, row, c0, n, w);
+      for (size_t t = 0; t < tokens; ++t) {
+        const float* vt = v + t * v_stride + c0;
+        float s = 0.0f;
+        for (size_t i = 0; i < n; ++i) s += w[i] * vt[i];
+        out[r * tokens + t] += s;
+      }
+    }
+  }
+}
+
+void Axpy(const void* const* rows, size_t n, const float* coef, size_t tokens,
+          const quant::RowLayout& l, float* y, size_t y_stride) {
+  float w[kPiece];
+  for (size_t j = 0; j < n; ++j) {
+    const auto* row = static_cast<const uint8_t*>(rows[j]);
+    for (size_t c0 = 0; c0 < l.hidden(); c0 += kPiece) {
+      const size_t m = l.hidden() - c0 < kPiece ? l.hidden() - c0 : kPiece;
+      Dequantize(l, row, c0, m, w);
+      for (size_t t = 0; t < tokens; ++t) {
+        const float a = coef[j * tokens + t];
+        float* yt = y + t * y_stride + c0;
+        for (size_t i = 0; i < m; ++i) yt[i] += a * w[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+QuantKernels ScalarQuantKernels(quant::QuantType) {
+  return {&Dot, &Axpy, SimdLevel::kScalar};
+}
+
+QuantKernels SelectQuantKernels(quant::QuantType type, SimdLevel level) {
+#if SPARSE_MLP_X86
+  switch (Resolve(level)) {
+    case SimdLevel::kAvx512:
+      return Avx512QuantKernels(type);
+    case SimdLevel::kAvx2:
+      if (HasCpuFeature(CpuFeature::kFma) && HasCpuFeature(CpuFeature::kF16c)) {
+        return Avx2QuantKernels(type);
+      }
+      break;
+    default:
+      break;
+  }
+#else
+  (void)level;
+#endif
+  return ScalarQuantKernels(type);
+}
+
+}  // namespace sparse_mlp::mlp::internal

@@ -1,0 +1,340 @@
+// quant/ (formats, reference quantization) and the forward over quantized
+// rows (mlp/quant_forward.h): round trips against float64, the q4 scale
+// search against plain max-abs rounding, bad input refused with nothing
+// written, and every SIMD level, thread count, group size, token count and
+// gated / gate-less / indexed form of the forward against a float64 forward
+// on the dequantized weights. Random shapes with fixed seeds; a failure
+// prints its case.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "mlp/kernels.h"
+#include "mlp/quant_forward.h"
+#include "mlp/quant_kernels.h"
+#include "platform/float16.h"
+#include "platform/simd_level.h"
+#include "quant/format.h"
+#include "quant/quantize.h"
+
+namespace sparse_mlp {
+namespace {
+
+using ::testing::HasSubstr;
+using quant::QuantFormat;
+using quant::QuantType;
+using quant::RowLayout;
+
+std::vector<float> Gaussian(std::mt19937_64& rng, size_t n, float sigma) {
+  std::normal_distribution<float> d(0.0f, sigma);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Every group a row of `h` weights admits for `type`.
+std::vector<size_t> Groups(QuantType type, size_t h) {
+  std::vector<size_t> out;
+  if (type == QuantType::kQ4) {
+    for (size_t g : {32, 64}) {
+      if (h % g == 0) out.push_back(g);
+    }
+    return out;
+  }
+  for (size_t g = 32; g < h; g += 32) {
+    if (h % g == 0) out.push_back(g);
+  }
+  out.push_back(0);  // the whole row
+  return out;
+}
+
+TEST(QuantFormat, Layouts) {
+  RowLayout l = *RowLayout::Create({QuantType::kInt8, 32}, 128);
+  EXPECT_EQ(l.quant_bytes(), 128u);
+  EXPECT_EQ(l.groups(), 4u);
+  EXPECT_EQ(l.row_bytes(), 128u + 8u);
+  l = *RowLayout::Create({QuantType::kInt8, 0}, 100);
+  EXPECT_EQ(l.group(), 100u);
+  EXPECT_EQ(l.row_bytes(), 102u);
+  l = *RowLayout::Create({QuantType::kQ4, 64}, 3072);
+  EXPECT_EQ(l.quant_bytes(), 1536u);
+  EXPECT_EQ(l.row_bytes(), 1536u + 96u);
+}
+
+TEST(QuantFormat, BadFormatsNameTheValue) {
+  auto err = [](QuantFormat f, size_t h) { return std::string(RowLayout::Create(f, h).status().message()); };
+  EXPECT_THAT(err({QuantType::kInt8, 48}, 96), HasSubstr("int8 group 48"));
+  EXPECT_THAT(err({QuantType::kInt8, 64}, 96), HasSubstr("int8 group 64"));
+  EXPECT_THAT(err({QuantType::kQ4, 128}, 256), HasSubstr("q4 group 128"));
+  EXPECT_THAT(err({QuantType::kQ4, 32}, 48), HasSubstr("q4 group 32"));
+  EXPECT_THAT(err({QuantType::kQ4, 0}, 128), HasSubstr("q4 group 128"));  // the whole row
+  EXPECT_THAT(err({QuantType::kInt8, 32}, 0), HasSubstr("hidden_size must be positive"));
+  EXPECT_EQ(quant::ParseQuantType("int4").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Quantize, RoundTripAgainstFloat64) {
+  std::mt19937_64 rng(7);
+  for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+    for (size_t h : {32, 64, 96, 128, 192, 256, 100, 13}) {
+      for (size_t group : Groups(type, h)) {
+        const RowLayout l = *RowLayout::Create({type, group}, h);
+        const std::vector<float> w = Gaussian(rng, h, 0.02f);
+        std::vector<uint8_t> row(l.row_bytes());
+        ASSERT_TRUE(quant::QuantizeRow(l, w.data(), row.data()).ok());
+        std::vector<float> back(h);
+        quant::DequantizeRow(l, row.data(), back.data());
+        const std::string where = absl::StrFormat("%s h %d group %d", QuantTypeName(type), h,
+                                                  l.group());
+        for (size_t g = 0; g < l.groups(); ++g) {
+          uint16_t bits;
+          std::memcpy(&bits, row.data() + l.scale_offset() + 2 * g, 2);
+          const double scale = Float16ToFloat(bits);
+          double amax = 0, sse = 0, sse_absmax = 0;
+          for (size_t i = g * l.group(); i < (g + 1) * l.group(); ++i) {
+            amax = std::max(amax, std::fabs(double{w[i]}));
+            EXPECT_EQ(back[i], quant::WeightAt(l, row.data(), i)) << where;
+            const double e = double{w[i]} - double{back[i]};
+            sse += e * e;
+          }
+          if (type == QuantType::kInt8) {
+            // Round to nearest against the stored scale: half a step.
+            for (size_t i = g * l.group(); i < (g + 1) * l.group(); ++i) {
+              EXPECT_LE(std::fabs(double{w[i]} - back[i]), scale * 0.5 + 1e-12)
+                  << where << " weight " << i;
+            }
+          } else {
+            // The search beats (or ties) plain rounding against max |w| / 7.
+            const double d = amax / 7.0;
+            for (size_t i = g * l.group(); i < (g + 1) * l.group(); ++i) {
+              const double q = std::clamp(std::nearbyint(w[i] / d), -8.0, 7.0);
+              sse_absmax += (w[i] - q * d) * (w[i] - q * d);
+            }
+            EXPECT_LE(sse, sse_absmax * 1.0001 + 1e-12) << where << " group " << g;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Quantize, Q4SearchLowersTheErrorOverall) {
+  std::mt19937_64 rng(11);
+  const RowLayout l = *RowLayout::Create({QuantType::kQ4, 32}, 4096);
+  const std::vector<float> w = Gaussian(rng, 4096, 1.0f);
+  std::vector<uint8_t> row(l.row_bytes());
+  ASSERT_TRUE(quant::QuantizeRow(l, w.data(), row.data()).ok());
+  double sse = 0, sse_absmax = 0;
+  for (size_t g = 0; g < l.groups(); ++g) {
+    double amax = 0;
+    for (size_t i = g * 32; i < g * 32 + 32; ++i) amax = std::max(amax, std::fabs(double{w[i]}));
+    for (size_t i = g * 32; i < g * 32 + 32; ++i) {
+      const double e = w[i] - quant::WeightAt(l, row.data(), i);
+      sse += e * e;
+      const double q = std::clamp(std::nearbyint(w[i] / (amax / 7.0)), -8.0, 7.0);
+      sse_absmax += (w[i] - q * amax / 7.0) * (w[i] - q * amax / 7.0);
+    }
+  }
+  EXPECT_LT(sse, 0.9 * sse_absmax);
+}
+
+TEST(Quantize, BadWeightsWriteNothing) {
+  for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+    const RowLayout l = *RowLayout::Create({type, 32}, 64);
+    std::vector<uint8_t> row(l.row_bytes(), 0xAB);
+    const std::vector<uint8_t> before = row;
+    std::vector<float> w(64, 0.5f);
+    w[40] = std::numeric_limits<float>::quiet_NaN();
+    absl::Status s = quant::QuantizeRow(l, w.data(), row.data());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.message()), HasSubstr("weight 40"));
+    EXPECT_EQ(row, before);
+    w[40] = std::numeric_limits<float>::infinity();
+    EXPECT_THAT(std::string(quant::QuantizeRow(l, w.data(), row.data()).message()),
+                HasSubstr("weight 40"));
+    EXPECT_EQ(row, before);
+    w[40] = 0.5f;
+    w[50] = 3e38f;  // the scale overflows float16
+    s = quant::QuantizeRow(l, w.data(), row.data());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("group 1"));
+    EXPECT_THAT(std::string(s.message()), HasSubstr("outside float16's range"));
+    EXPECT_EQ(row, before);
+    std::fill(w.begin(), w.end(), 1e-12f);  // the scale rounds to 0
+    s = quant::QuantizeRow(l, w.data(), row.data());
+    EXPECT_THAT(std::string(s.message()), HasSubstr("group 0"));
+    EXPECT_EQ(row, before);
+    std::fill(w.begin(), w.end(), 0.0f);  // all zero: scale 0, fine
+    ASSERT_TRUE(quant::QuantizeRow(l, w.data(), row.data()).ok());
+    EXPECT_EQ(quant::WeightAt(l, row.data(), 5), 0.0f);
+  }
+}
+
+// A quantized layer: rows and their dequantized float64 values.
+struct QLayer {
+  RowLayout layout;
+  size_t h, i;
+  bool gated;
+  std::vector<uint8_t> gate, up, down;  // [I] rows of layout.row_bytes()
+  std::vector<double> gate_w, up_w, down_w;  // [I, H] dequantized
+};
+
+QLayer MakeLayer(std::mt19937_64& rng, QuantFormat f, size_t h, size_t i, bool gated) {
+  QLayer q{*RowLayout::Create(f, h), h, i, gated, {}, {}, {}, {}, {}, {}};
+  const size_t rb = q.layout.row_bytes();
+  auto fill = [&](std::vector<uint8_t>* rows, std::vector<double>* deq, float sigma) {
+    rows->assign(i * rb, 0);
+    deq->assign(i * h, 0.0);
+    for (size_t r = 0; r < i; ++r) {
+      const std::vector<float> w = Gaussian(rng, h, sigma);
+      EXPECT_TRUE(quant::QuantizeRow(q.layout, w.data(), rows->data() + r * rb).ok());
+      for (size_t c = 0; c < h; ++c) {
+        (*deq)[r * h + c] = quant::WeightAt(q.layout, rows->data() + r * rb, c);
+      }
+    }
+  };
+  if (gated) fill(&q.gate, &q.gate_w, 0.5f);
+  fill(&q.up, &q.up_w, 0.5f);
+  fill(&q.down, &q.down_w, 0.5f);
+  return q;
+}
+
+// y[t] = sum over set j of silu(g_j . x_t) (u_j . x_t) d_j (float64), and the
+// sum of |terms| per output (the scale of float32 rounding).
+void Reference(const QLayer& q, const std::vector<uint32_t>& set, const std::vector<float>& x,
+               size_t tokens, std::vector<double>* y, std::vector<double>* mag) {
+  y->assign(tokens * q.h, 0.0);
+  mag->assign(tokens * q.h, 0.0);
+  for (size_t t = 0; t < tokens; ++t) {
+    for (uint32_t j : set) {
+      double g = 0, u = 0, ga = 0, ua = 0;
+      for (size_t c = 0; c < q.h; ++c) {
+        const double xc = x[t * q.h + c];
+        if (q.gated) g += q.gate_w[j * q.h + c] * xc, ga += std::fabs(q.gate_w[j * q.h + c] * xc);
+        u += q.up_w[j * q.h + c] * xc;
+        ua += std::fabs(q.up_w[j * q.h + c] * xc);
+      }
+      const double a = q.gated ? g / (1.0 + std::exp(-g)) * u : u / (1.0 + std::exp(-u));
+      const double am = q.gated ? (ga + 1.0) * ua + std::fabs(a) : ua + std::fabs(a);
+      for (size_t c = 0; c < q.h; ++c) {
+        (*y)[t * q.h + c] += a * q.down_w[j * q.h + c];
+        (*mag)[t * q.h + c] += am * std::fabs(q.down_w[j * q.h + c]);
+      }
+    }
+  }
+}
+
+TEST(QuantForward, EveryLevelThreadsGroupsAndTokensMatchFloat64) {
+  std::mt19937_64 rng(2026);
+  int cases = 0;
+  for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+    for (size_t h : {64, 96, 128, 256, 100, 40}) {
+      for (size_t group : Groups(type, h)) {
+        const size_t inter = 48 + rng() % 40;
+        const bool gated = (rng() % 4) != 0;
+        const QLayer q = MakeLayer(rng, {type, group}, h, inter, gated);
+        const size_t rb = q.layout.row_bytes();
+        std::vector<uint32_t> set;
+        for (uint32_t j = 0; j < inter; ++j) {
+          if (rng() % 3 != 0) set.push_back(j);
+        }
+        for (size_t tokens : {1, 2, 3, 5, 8, 16}) {
+          const std::vector<float> x = Gaussian(rng, tokens * h, 1.0f);
+          std::vector<double> ref, mag, ref_all, mag_all;
+          Reference(q, set, x, tokens, &ref, &mag);
+          std::vector<uint32_t> all(inter);
+          for (uint32_t j = 0; j < inter; ++j) all[j] = j;
+          Reference(q, all, x, tokens, &ref_all, &mag_all);
+          for (SimdLevel level : SupportedSimdLevels()) {
+            for (int threads : {1, 2}) {
+              mlp::QuantNeuronRows rows{{type, group}, h, inter,
+                                        gated ? q.gate.data() : nullptr, rb,
+                                        q.up.data(), rb, q.down.data(), rb};
+              mlp::ForwardOptions o;
+              o.simd = level;
+              o.num_threads = threads;
+              o.activation = mlp::Activation::kSiLU;
+              mlp::Workspace ws;
+              for (bool indexed : {true, false}) {
+                std::vector<float> y(tokens * h, 7.0f);
+                const absl::Status s =
+                    indexed ? mlp::ForwardIndexedQuant(rows, set, {x.data(), tokens, h},
+                                                       {y.data(), tokens, h}, o, &ws)
+                            : mlp::ForwardQuant(rows, {x.data(), tokens, h},
+                                                {y.data(), tokens, h}, o, &ws);
+                ASSERT_TRUE(s.ok()) << s;
+                const std::vector<double>& r = indexed ? ref : ref_all;
+                const std::vector<double>& m = indexed ? mag : mag_all;
+                for (size_t k = 0; k < tokens * h; ++k) {
+                  ASSERT_LE(std::fabs(y[k] - r[k]), 2e-6 * m[k] + 1e-6)
+                      << QuantTypeName(type) << " h " << h << " group " << q.layout.group()
+                      << " I " << inter << (gated ? " gated" : " gate-less") << " tokens "
+                      << tokens << " " << SimdLevelName(level) << " threads " << threads
+                      << (indexed ? " indexed" : " dense") << " output " << k << ": " << y[k]
+                      << " vs " << r[k];
+                }
+                ++cases;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 200);
+}
+
+TEST(QuantForward, LevelsSelectTheirKernels) {
+  for (SimdLevel level : SupportedSimdLevels()) {
+    for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+      const mlp::internal::QuantKernels k = mlp::internal::SelectQuantKernels(type, level);
+      EXPECT_EQ(k.level, Resolve(level) == SimdLevel::kAvx2 &&
+                                 !(HasCpuFeature(CpuFeature::kFma) &&
+                                   HasCpuFeature(CpuFeature::kF16c))
+                             ? SimdLevel::kScalar
+                             : Resolve(level))
+          << SimdLevelName(level);
+    }
+  }
+}
+
+TEST(QuantForward, BadArgumentsLeaveYAlone) {
+  std::mt19937_64 rng(3);
+  const QLayer q = MakeLayer(rng, {QuantType::kInt8, 32}, 64, 16, true);
+  const size_t rb = q.layout.row_bytes();
+  std::vector<float> x(64, 1.0f), y(64, 7.0f);
+  mlp::Workspace ws;
+  mlp::ForwardOptions o;
+  mlp::QuantNeuronRows rows{{QuantType::kInt8, 32}, 64, 16, q.gate.data(), rb,
+                            q.up.data(), rb, q.down.data(), rb};
+  auto fails = [&](const mlp::QuantNeuronRows& r, std::vector<uint32_t> idx, const char* want) {
+    const absl::Status s = mlp::ForwardIndexedQuant(r, idx, {x.data(), 1, 64}, {y.data(), 1, 64},
+                                                    o, &ws);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << want;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(want));
+    for (float v : y) ASSERT_EQ(v, 7.0f) << want;
+  };
+  mlp::QuantNeuronRows bad = rows;
+  bad.format.group = 48;
+  fails(bad, {1}, "int8 group 48");
+  bad = rows;
+  bad.up_stride = rb - 1;
+  fails(bad, {1}, "up row stride");
+  bad = rows;
+  bad.down = nullptr;
+  fails(bad, {1}, "down rows are null");
+  fails(rows, {3, 3}, "ascending");
+  fails(rows, {16}, "out of range");
+  const std::vector<uint16_t> x16(64, 0);
+  const absl::Status s = mlp::ForwardIndexedQuant(
+      rows, {{1}}, {x16.data(), 1, 64, DType::kBFloat16}, {y.data(), 1, 64}, o, &ws);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("x is bfloat16"));
+}
+
+}  // namespace
+}  // namespace sparse_mlp
