@@ -60,9 +60,12 @@
 #include "memory/aligned_buffer.h"
 #include "mlp/activation.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_forward.h"
 #include "nlohmann/json.hpp"
 #include "platform/float16.h"
 #include "platform/simd_level.h"
+#include "quant/format.h"
+#include "quant/quantize.h"
 #include "step/layer_step.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
@@ -80,6 +83,12 @@ ABSL_FLAG(std::string, layout, "split",
 ABSL_FLAG(std::string, simd, "best", "kernel instruction set: best, avx512, avx2, scalar");
 ABSL_FLAG(bool, baselines, true, "run the OpenBLAS and oneDNN baselines");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+ABSL_FLAG(std::string, quant, "int8,q4",
+          "quantized row formats to run (empty: none): int8, q4; each against a read of its "
+          "own bytes (scales included) and bfloat16 rows of the same set in the same run");
+ABSL_FLAG(int, int8_group, 32, "weights per scale of the int8 rows (0: the whole row)");
+ABSL_FLAG(int, q4_group, 32, "weights per scale of the q4 rows (32 or 64)");
+ABSL_FLAG(std::string, quant_active, "1.0,0.5,0.3", "active fractions of the quantized cases");
 
 namespace sparse_mlp::bench {
 namespace {
@@ -278,6 +287,8 @@ struct Config {
   bool single_thread = true, baselines = true;
   cache::PackedLayout layout = cache::PackedLayout::kSplit;
   SimdLevel simd = SimdLevel::kBest;
+  std::vector<quant::QuantFormat> quant;
+  std::vector<double> quant_active;
 };
 
 template <typename T>
@@ -335,6 +346,21 @@ absl::StatusOr<Config> ConfigFromFlags() {
   if (!simd.ok()) return simd.status();
   if (!IsSupported(*simd)) return absl::InvalidArgumentError("this CPU lacks --simd");
   c.simd = *simd;
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_quant), ',', absl::SkipEmpty())) {
+    absl::StatusOr<quant::QuantType> t = quant::ParseQuantType(name);
+    if (!t.ok()) return t.status();
+    const int group = *t == quant::QuantType::kInt8 ? absl::GetFlag(FLAGS_int8_group)
+                                                    : absl::GetFlag(FLAGS_q4_group);
+    if (group < 0) return absl::InvalidArgumentError("quantization groups must be >= 0");
+    quant::QuantFormat f{*t, static_cast<size_t>(group)};
+    if (absl::Status s = quant::RowLayout::Create(f, c.preset->hidden).status(); !s.ok()) return s;
+    c.quant.push_back(f);
+  }
+  if (absl::Status s = ParseList("quant_active", absl::GetFlag(FLAGS_quant_active),
+                                 &c.quant_active, 0.001, 1);
+      !s.ok()) {
+    return s;
+  }
   return c;
 }
 
@@ -485,6 +511,97 @@ class Bench {
       // one (an O(I) shuffle) costs ~0.1 ms, so it is measured apart and
       // subtracted below.
       Record(l, tokens, c_.threads, active, ops, Subtract(runner_.Time(ops), ops, l));
+    }
+  }
+
+  // Quantized rows of `f`, dense and at each active fraction, beside
+  // bfloat16 rows of the same neurons (the ratio the goals judge), each
+  // against a read of its own bytes. The cache holds no quantized rows yet,
+  // so "packed" computes on the active rows copied contiguous (what a
+  // cache's packed rows are) and "direct" on the full arrays by index.
+  void Quant(quant::QuantFormat f) {
+    const size_t h = c_.preset->hidden, inter = c_.preset->intermediate;
+    const quant::RowLayout layout = *quant::RowLayout::Create(f, h);
+    const size_t rb = layout.row_bytes();
+    const std::string label = quant::QuantTypeName(f.type);
+    // Rows: gate, up and down neuron-major, quantized from float32.
+    memory::AlignedBuffer q[3];
+    for (int part = 0; part < 3; ++part) {
+      const memory::AlignedBuffer w =
+          RandomValues(inter * h, DType::kFloat32, 0.03f, static_cast<uint64_t>(11 + part));
+      q[part] = Buffer(inter * rb);
+      const float* src = reinterpret_cast<const float*>(w.data());
+      uint8_t* dst = q[part].data();
+#pragma omp parallel for num_threads(c_.threads) schedule(static)
+      for (long r = 0; r < static_cast<long>(inter); ++r) {
+        Check(quant::QuantizeRow(layout, src + r * h, dst + r * rb), "QuantizeRow");
+      }
+    }
+    const Layer bf = MakeLayer(DType::kBFloat16, h, inter, c_.threads);
+    const size_t bf_row = h * 2;
+    for (double active : c_.quant_active) {
+      std::mt19937_64 rng(static_cast<uint64_t>(active * 1000) + h);
+      const size_t count = static_cast<size_t>(active * inter + 0.5);
+      const std::vector<uint32_t> set = RandomMask(inter, count, rng).ToIndices();
+      // The set's rows contiguous, quantized and bfloat16.
+      memory::AlignedBuffer pq[3], pb[3];
+      const uint8_t* bf_src[3] = {bf.gate.data(), bf.up.data(), bf.down_rows.data()};
+      for (int part = 0; part < 3; ++part) {
+        pq[part] = Buffer(count * rb);
+        pb[part] = Buffer(count * bf_row);
+        for (size_t k = 0; k < count; ++k) {
+          std::memcpy(pq[part].data() + k * rb, q[part].data() + size_t{set[k]} * rb, rb);
+          std::memcpy(pb[part].data() + k * bf_row, bf_src[part] + size_t{set[k]} * bf_row,
+                      bf_row);
+        }
+      }
+      const mlp::QuantNeuronRows packed{f, h, count, pq[0].data(), rb, pq[1].data(), rb,
+                                        pq[2].data(), rb};
+      const mlp::QuantNeuronRows full{f, h, inter, q[0].data(), rb, q[1].data(), rb,
+                                      q[2].data(), rb};
+      const mlp::NeuronRows bf_packed{DType::kBFloat16, h, count, pb[0].data(), h,
+                                      pb[1].data(), h, pb[2].data(), h};
+      const double bytes = static_cast<double>(count) * 3 * rb;
+      const double bf_bytes = static_cast<double>(count) * 3 * bf_row;
+      for (size_t tokens : c_.tokens) {
+        const memory::AlignedBuffer x = RandomValues(tokens * h, DType::kFloat32, 1.0f, 9);
+        const memory::AlignedBuffer xb = RandomValues(tokens * h, DType::kBFloat16, 1.0f, 9);
+        memory::AlignedBuffer y = Buffer(tokens * h * 4);
+        const mlp::ConstTokens in{x.data(), tokens, h, DType::kFloat32};
+        const mlp::ConstTokens in_bf{xb.data(), tokens, h, DType::kBFloat16};
+        const mlp::Tokens out{y.data(), tokens, h, DType::kFloat32};
+        const mlp::ForwardOptions o = Options(c_.threads);
+        mlp::Workspace ws;
+        Check(ws.Reserve(tokens, h, 0, c_.threads), "Workspace::Reserve");
+        std::vector<Op> ops;
+        ops.push_back({"floor", "-", bytes, [&] {
+                         ReadRanges({{pq[0].data(), count * rb},
+                                     {pq[1].data(), count * rb},
+                                     {pq[2].data(), count * rb}},
+                                    c_.threads);
+                       }});
+        ops.push_back({active < 1.0 ? "packed" : "dense", "-", bytes, [&] {
+                         Check(mlp::ForwardQuant(packed, in, out, o, &ws), "ForwardQuant");
+                       }});
+        if (active < 1.0) {
+          ops.push_back({"direct", "-", bytes, [&] {
+                           Check(mlp::ForwardIndexedQuant(full, set, in, out, o, &ws),
+                                 "ForwardIndexedQuant");
+                         }});
+        }
+        ops.push_back({"bf16", "-", bf_bytes, [&] {
+                         Check(mlp::Forward(bf_packed, in_bf, out, o, &ws), "Forward");
+                       }});
+        const std::vector<double> medians = runner_.Time(ops);
+        double floor = 0;
+        for (size_t k = 0; k < ops.size(); ++k) {
+          if (ops[k].name == "floor") floor = medians[k];
+        }
+        for (size_t k = 0; k < ops.size(); ++k) {
+          results_.push_back({label, tokens, c_.threads, active, ops[k].churn, ops[k].name,
+                              medians[k], ops[k].bytes, floor});
+        }
+      }
     }
   }
 
@@ -779,6 +896,22 @@ void PrintGoals(const std::vector<Result>& rs, int threads) {
   g.AtMost("layer step churn 0.10 a=0.5 <= 1.15x packed forward", 1.15,
            g.Ratio("step", "packed", both, 1, {0.5}, "0.10"));
   g.Bf16Speedup(1.8, {{kDense, 1.0}, {"packed", 0.5}, {"packed", 0.3}, {"packed", 0.1}});
+  // Quantized rows (bf16 in their rows: bfloat16 rows of the same set, same
+  // run; its x_floor is against the quantized bytes and is not a goal).
+  g.AtMost("int8 <= 1.25x its read floor (T=1, dense and packed a=0.5)", 1.25, [&] {
+    auto v = g.XFloor("dense", {"int8"}, 1, dense);
+    for (auto& p : g.XFloor("packed", {"int8"}, 1, {0.5})) v.push_back(p);
+    return v;
+  }());
+  g.AtMost("q4 <= 1.5x its read floor (T=1, dense and packed a=0.5)", 1.5, [&] {
+    auto v = g.XFloor("dense", {"q4"}, 1, dense);
+    for (auto& p : g.XFloor("packed", {"q4"}, 1, {0.5})) v.push_back(p);
+    return v;
+  }());
+  g.AtMost("int8 packed a=0.5 <= 0.6x bfloat16 (T=1)", 0.6,
+           g.Ratio("packed", "bf16", {"int8"}, 1, {0.5}));
+  g.AtMost("q4 packed a=0.5 <= 0.4x bfloat16 (T=1)", 0.4,
+           g.Ratio("packed", "bf16", {"q4"}, 1, {0.5}));
   // Not a target: at one token in DRAM the layer step reads the rows the
   // direct index reads and also stores the entering ones, so it can only win
   // below some churn. The run's own sweep says which.
@@ -851,6 +984,7 @@ int Main(int argc, char** argv) {
       if (active < 1.0) bench.Sparse(l, active, c.tokens);
     }
   }
+  for (const quant::QuantFormat& f : c.quant) bench.Quant(f);
   PrintTable(bench.results());
   std::printf("\n");
   for (const std::string& n : bench.notes()) std::printf("%s\n", n.c_str());

@@ -13,6 +13,7 @@
 #include "bindings/mask_module.h"
 #include "bindings/mlp_module.h"
 #include "bindings/model_module.h"
+#include "bindings/quant_module.h"
 #include "bindings/store_module.h"
 #include "platform/simd_level.h"
 
@@ -27,6 +28,7 @@ PYBIND11_MODULE(_sparse_mlp, m) {
   sparse_mlp::bindings::RegisterStore(m);
   sparse_mlp::bindings::RegisterFlash(m);
   sparse_mlp::bindings::RegisterMasks(m);
+  sparse_mlp::bindings::RegisterQuant(m);
 
   // What `python3 -m sparse_mlp` reports for bug reports.
   m.def(

@@ -19,6 +19,7 @@ from sparse_mlp._version import __version__
 from sparse_mlp.cache import WeightCache, WeightCacheOptimized
 from sparse_mlp.mlp import LlamaSkipMLP, mlp_forward
 from sparse_mlp.model import ModelCache
+from sparse_mlp.quant import QuantizedMLP, QuantizedTensor, quantize, quantize_mlp
 from sparse_mlp.flash import FlashModelCache
 from sparse_mlp.predictors import LowRankPredictor
 from sparse_mlp.sparsify import densify, sparsify
@@ -26,4 +27,5 @@ from sparse_mlp import predictors  # gate-first and low-rank masks, training
 from sparse_mlp import store  # the bundle-file tier: sparse_mlp.store.write / Reader / convert
 
 __all__ = ["WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward", "ModelCache",
-           "FlashModelCache", "LowRankPredictor", "sparsify", "densify"]
+           "FlashModelCache", "LowRankPredictor", "sparsify", "densify", "quantize",
+           "quantize_mlp", "QuantizedTensor", "QuantizedMLP"]

@@ -10,6 +10,7 @@ from sparse_mlp._convert import (check_mask, is_torch, keep_count, out_matrix, r
                                  weight)
 from sparse_mlp.cache import WeightCache
 from sparse_mlp.predictors import LowRankPredictor, gate_first_mask
+from sparse_mlp.quant import QuantizedMLP, QuantizedTensor, mlp_forward_quantized
 
 
 def _indices(indices, num_neurons):
@@ -41,7 +42,20 @@ def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
     the weights' type; the result has x's shape and type (``out``: written
     in place; ``accumulate=True`` adds to it, a residual add). Weights are
     taken without copying (torch or NumPy, C-contiguous, CPU).
-    ``num_threads``: default ``torch.get_num_threads()``."""
+    ``num_threads``: default ``torch.get_num_threads()``.
+
+    Quantized weights (``sparse_mlp.quantize_mlp``'s ``gate``, ``up`` and
+    ``down``, each a :class:`sparse_mlp.QuantizedTensor`) run the quantized
+    kernels; x is then float32."""
+    if isinstance(up, QuantizedTensor):
+        if not (isinstance(down, QuantizedTensor) and down.transposed
+                and (gate is None or isinstance(gate, QuantizedTensor))):
+            raise TypeError("quantized weights come together: gate, up and down from "
+                            "sparse_mlp.quantize_mlp (down quantized per neuron)")
+        threads = torch.get_num_threads() if num_threads is None else num_threads
+        return mlp_forward_quantized(x, QuantizedMLP(gate, up, down), indices=indices,
+                                     activation=activation, num_threads=threads, out=out,
+                                     accumulate=accumulate)
     up_w = weight(up, "up")
     if up_w is None:
         raise TypeError("up must be a torch.Tensor or numpy.ndarray, got None")
