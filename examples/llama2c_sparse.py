@@ -34,7 +34,11 @@ gate-first (LlamaSkipMLP's default: top-k by |silu(gate h)|), a learned
 low-rank predictor per layer (sparse_mlp.predictors.train_low_rank, trained
 on text sampled from the model itself) and random masks of the same size
 (the floor): greedy agreement, KL, MLP time, the predictor's share of it,
-and the predictors' held-out recall of the oracle set per layer.
+and the predictors' held-out recall of the oracle set per layer. A second
+table puts the MLP weights on the same axis: float32, bfloat16, int8 and q4
+(sparse_mlp.quantize_mlp, the native quantized forward) x {dense,
+gate-first at sparsity 0.5}, KL and greedy agreement against the float32
+model, and the bytes of one layer's MLP.
 
 With --flash, each fraction's greedy decoding runs again with the MLP
 weights served from a bundle file (sparse_mlp.store, converted from the
@@ -425,6 +429,91 @@ def compare(checkpoint=DEFAULT_CHECKPOINT, sparsities=(0.3, 0.5, 0.7), tokens=64
     return rows, recalls
 
 
+class WeightsMlp:
+    """Every layer's MLP on weights of another type: bfloat16 (the native
+    forward on bfloat16 copies) or a quantized format (quantize_mlp, the
+    native quantized forward), dense or gate-first at `sparsity` (top-k by
+    |silu(gate h)| on the same weights' gate)."""
+
+    def __init__(self, ckpt, weights, group, sparsity):
+        self.c = ckpt
+        self.k = None if sparsity == 0 else sparse_mlp.predictors.keep_count(sparsity,
+                                                                             ckpt.hidden)
+        self.kept = []
+        self.layers = []
+        for g, u, d in ckpt.mlp_layers():
+            if weights == "float32":
+                self.layers.append((g, u, d.t().contiguous(), g))
+            elif weights == "bfloat16":
+                g16, u16 = g.bfloat16(), u.bfloat16()
+                self.layers.append((g16, u16, d.t().contiguous().bfloat16(), g16.float()))
+            else:
+                q = sparse_mlp.quantize_mlp(g, u, d, weights, group=group)
+                self.layers.append((q.gate, q.up, q.down, q.gate.dequantize()))
+        self.quantized = weights not in ("float32", "bfloat16")
+
+    def __call__(self, l, h):
+        gate, up, down, gate_f32 = self.layers[l]
+        idx = None
+        if self.k is not None:
+            act = F.silu(gate_f32 @ h)
+            idx = torch.topk(act.abs(), self.k).indices.sort().values
+        self.kept.append(1.0 if idx is None else len(idx) / self.c.hidden)
+        if self.quantized:
+            return sparse_mlp.mlp_forward(h, gate, up, down, indices=idx, num_threads=1)
+        return sparse_mlp.mlp_forward(h, gate, up, down, indices=idx, down_neuron_major=True,
+                                      num_threads=1)
+
+
+def compare_weights(checkpoint=DEFAULT_CHECKPOINT, tokens=64, seed=0,
+                    formats=(("bfloat16", 0), ("int8", 32), ("int8", 0), ("q4", 32), ("q4", 64)),
+                    sparsities=(0.0, 0.5)):
+    """KL and greedy agreement against the float32 model for MLP weights in
+    other types, dense and gate-first: one dict per (weights, sparsity),
+    float32 gate-first rows included to tell the sparsity's share from the
+    weights'. The MLP bytes per layer are reported beside them."""
+    torch.manual_seed(seed)
+    ckpt = Checkpoint(checkpoint)
+    dense = Decoder(ckpt, dense_mlp(ckpt))
+    dense_tokens = greedy(dense, tokens)
+    sequence = sample(dense, tokens, seed)
+    dense_log_probs = teacher_forced_log_probs(dense, sequence)
+    h, i = ckpt.dim, ckpt.hidden
+    rows = []
+    for weights, group in (("float32", 0),) + tuple(formats):
+        if weights == "float32":
+            layer_bytes = 3 * h * i * 4
+        elif weights == "bfloat16":
+            layer_bytes = 3 * h * i * 2
+        else:
+            g, u, d = ckpt.mlp_layers()[0]
+            layer_bytes = sparse_mlp.quantize_mlp(g, u, d, weights, group=group).nbytes
+        for sparsity in sparsities:
+            if weights == "float32" and sparsity == 0:
+                continue  # the reference itself
+            mlp = WeightsMlp(ckpt, weights, group, sparsity)
+            decoder = Decoder(ckpt, mlp)
+            on_greedy = teacher_forced_log_probs(decoder, [BOS] + dense_tokens).argmax(-1)
+            log_probs = teacher_forced_log_probs(decoder, sequence)
+            kl = max(0.0, float(F.kl_div(log_probs, dense_log_probs, log_target=True,
+                                         reduction="none").sum(-1).mean()))
+            rows.append({"weights": weights, "group": group or h, "sparsity": sparsity,
+                         "kl": kl, "layer_bytes": layer_bytes,
+                         "agree": float((on_greedy == torch.tensor(dense_tokens)).float().mean()),
+                         "active": sum(mlp.kept) / len(mlp.kept)})
+    return rows
+
+
+def print_compare_weights(rows, ckpt, tokens):
+    print(f"\nMLP weights against the float32 model ({tokens} tokens; gate-first selects on "
+          f"the same weights' gate):")
+    print(f"{'weights':>9} {'group':>6} {'sparsity':>8} {'agree':>7} {'kl':>9} {'active':>7} "
+          f"{'bytes/layer':>12}")
+    for r in rows:
+        print(f"{r['weights']:>9} {r['group']:6d} {r['sparsity']:8.2f} {r['agree']:7.3f} "
+              f"{r['kl']:9.5f} {r['active']:7.3f} {r['layer_bytes']:12d}")
+
+
 def print_compare(rows, recalls, ckpt, tokens):
     print(f"{ckpt.dim}-dim model, MLP hidden {ckpt.hidden}, {ckpt.layers} layers; "
           f"{tokens} tokens; per token: agree (greedy), KL (teacher-forced)")
@@ -463,6 +552,8 @@ def main(argv=None):
                                 [float(v) for v in args.sparsities.split(",")], args.tokens,
                                 args.seed, args.rank)
         print_compare(rows, recalls, Checkpoint(args.checkpoint), args.tokens)
+        print_compare_weights(compare_weights(args.checkpoint, args.tokens, args.seed),
+                              Checkpoint(args.checkpoint), args.tokens)
         return 0
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.set_num_threads(1)

@@ -54,6 +54,22 @@ class Llama2cSparseTest(unittest.TestCase):
         for r in rows[1:]:
             self.assertAlmostEqual(r["active"], 86 / 172, places=6)
 
+    def test_compare_weights(self):
+        # bfloat16 and int8 close to float32, q4 further; gate-first adds its
+        # own loss; quantized layers take fewer bytes.
+        rows = llama2c_sparse.compare_weights(tokens=24, formats=(("bfloat16", 0), ("int8", 32),
+                                                                  ("q4", 32)))
+        kl = {(r["weights"], r["sparsity"]): r["kl"] for r in rows}
+        size = {r["weights"]: r["layer_bytes"] for r in rows}
+        self.assertLess(kl[("int8", 0.0)], 0.05)
+        self.assertLess(kl[("bfloat16", 0.0)], kl[("int8", 0.0)] + 0.01)
+        self.assertGreater(kl[("q4", 0.0)], kl[("int8", 0.0)])
+        self.assertGreater(kl[("int8", 0.5)], kl[("int8", 0.0)])
+        self.assertLess(size["int8"], size["bfloat16"] * 0.6)
+        self.assertLess(size["q4"], size["int8"] * 0.6)
+        for r in rows:
+            self.assertAlmostEqual(r["active"], 1.0 if r["sparsity"] == 0 else 86 / 172, places=6)
+
     def test_main_succeeds(self):
         self.assertEqual(llama2c_sparse.main(["--tokens", "8", "--fractions", "1.0,0.5"]), 0)
 
