@@ -81,8 +81,7 @@ absl::StatusOr<std::unique_ptr<ModelCache>> ModelCache::Create(
 
   // Borrowed sources bound nothing the pool holds: the weights' total is
   // checked on its own.
-  absl::StatusOr<size_t> weight_bytes =
-      memory::CheckedMul(layer_options.hidden_size, DTypeSize(layer_options.dtype));
+  absl::StatusOr<size_t> weight_bytes = RowBytesFor(layer_options);
   for (size_t factor : {neurons, size_t{layer_options.has_gate ? 3u : 2u}, num_layers}) {
     if (weight_bytes.ok()) weight_bytes = memory::CheckedMul(*weight_bytes, factor);
   }

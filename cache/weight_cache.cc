@@ -33,8 +33,17 @@ absl::Status ValidateOptions(const WeightCacheOptions& o, const MlpWeights& w,
         "intermediate_size %u exceeds the maximum of %u neurons",
         o.intermediate_size, diff::NeuronMask::kMaxNeurons));
   }
-  if (o.dtype != DType::kFloat32 && o.dtype != DType::kBFloat16 &&
-      o.dtype != DType::kFloat16) {
+  if (o.quant.has_value()) {
+    if (absl::Status s = quant::RowLayout::Create(*o.quant, o.hidden_size).status(); !s.ok()) {
+      return s;
+    }
+    if (o.down_layout != DownLayout::kNeuronMajor) {
+      return absl::InvalidArgumentError(
+          "quantized rows need a neuron-major down (DownLayout::kNeuronMajor: each neuron's "
+          "down column quantized along H)");
+    }
+  } else if (o.dtype != DType::kFloat32 && o.dtype != DType::kBFloat16 &&
+             o.dtype != DType::kFloat16) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "unsupported element type %d", static_cast<int>(o.dtype)));
   }
@@ -98,9 +107,18 @@ WeightCache::SlotLayout WeightCache::MakeSlotLayout(PackedLayout layout, bool ha
   return l;
 }
 
+absl::StatusOr<size_t> RowBytesFor(const WeightCacheOptions& o) {
+  if (o.quant.has_value()) {
+    absl::StatusOr<quant::RowLayout> l = quant::RowLayout::Create(*o.quant, o.hidden_size);
+    if (!l.ok()) return l.status();
+    return l->row_bytes();
+  }
+  return memory::CheckedMul(o.hidden_size, DTypeSize(o.dtype));
+}
+
 absl::StatusOr<WeightCache::AllocationBytes> WeightCache::AllocationFor(
     const WeightCacheOptions& o, size_t capacity, size_t alignment) {
-  absl::StatusOr<size_t> rb = memory::CheckedMul(o.hidden_size, DTypeSize(o.dtype));
+  absl::StatusOr<size_t> rb = RowBytesFor(o);
   if (!rb.ok()) return rb.status();
   AllocationBytes bytes;
   // Adds one region of slot_bytes x rows (rounded) to *total.
@@ -139,7 +157,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
   }
   // Three rows per neuron (fused sources and layouts) for every neuron must
   // fit a size_t; every size derived later is smaller.
-  absl::StatusOr<size_t> rb = memory::CheckedMul(options.hidden_size, DTypeSize(options.dtype));
+  absl::StatusOr<size_t> rb = RowBytesFor(options);
   if (!rb.ok()) return rb.status();
   absl::StatusOr<size_t> matrix = memory::CheckedMul(*rb, options.intermediate_size);
   if (!matrix.ok()) return matrix.status();
@@ -149,6 +167,7 @@ absl::StatusOr<WeightCache> WeightCache::Create(
 
   WeightCache cache;
   cache.options_ = options;
+  cache.row_bytes_ = *rb;
   cache.slots_ = MakeSlotLayout(options.layout, options.has_gate, *rb);
   if (absl::Status s = cache.PrepareSources(weights); !s.ok()) return s;
   cache.ReserveScratch(initial_mask);

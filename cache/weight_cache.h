@@ -158,6 +158,8 @@ class WeightCache {
   size_t hidden_size() const { return options_.hidden_size; }
   size_t intermediate_size() const { return options_.intermediate_size; }
   DType dtype() const { return options_.dtype; }
+  // The rows' quantized format (WeightCacheOptions::quant), if any.
+  const std::optional<quant::QuantFormat>& quant() const { return options_.quant; }
   bool has_gate() const { return options_.has_gate; }
   PackedLayout layout() const { return options_.layout; }
   int num_threads() const { return options_.num_threads; }
@@ -182,7 +184,7 @@ class WeightCache {
   MatrixView gate() const;
   MatrixView up() const;
   MatrixView down_rows() const;          // [A, H]: neuron-major down
-  MatrixView down_hidden_major() const;  // [H, A]: strides (1, H)
+  MatrixView down_hidden_major() const;  // [H, A]: strides (1, H); empty when quantized
   // [A, 2H] (gate row | up row per slot; row stride 2H, or 3H with
   // kFusedRows); FailedPrecondition with kSplit or without a gate.
   absl::StatusOr<MatrixView> gate_up_interleaved() const;
@@ -248,7 +250,7 @@ class WeightCache {
 
   WeightCache() = default;
 
-  size_t row_bytes() const { return options_.hidden_size * DTypeSize(options_.dtype); }
+  size_t row_bytes() const { return row_bytes_; }
 
   // The parts of a neuron's slot.
   enum Part { kGatePart = 0, kUpPart = 1, kDownPart = 2 };
@@ -265,6 +267,8 @@ class WeightCache {
   bool HasPart(int part) const { return part != kGatePart || options_.has_gate; }
   // [A, H] rows of one part (row stride: its buffer's slot bytes).
   MatrixView PartView(Part part) const;
+  // A view's row stride in bytes (quantized views count bytes already).
+  size_t RowStrideBytes(const MatrixView& view) const;
 
   // Steps of Create, in order (validation comes first, in Create).
   absl::Status PrepareSources(const MlpWeights& weights);
@@ -314,6 +318,7 @@ class WeightCache {
   // separate (BeginApply, PlanApply, FinishApply) so that UpdateMany can run
   // the copies of many caches in one batch between them.
   WeightCacheOptions options_;
+  size_t row_bytes_ = 0;  // one row of one part: RowBytesFor(options_)
   SlotLayout slots_;
   // Sources, per part: neuron-major rows, src_stride_ bytes apart. With
   // kCopy the parts of one fused [I, 3H] (or [I, 2H] without gate) array

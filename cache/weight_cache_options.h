@@ -7,10 +7,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <optional>
+
+#include "absl/status/statusor.h"
 #include "cache/dtype.h"
 #include "memory/arena.h"
 #include "platform/enum_names.h"
 #include "platform/simd_level.h"
+#include "quant/format.h"
 
 namespace sparse_mlp::cache {
 
@@ -89,13 +93,20 @@ struct WeightCacheOptions {
   // Storage for rows and source copies: the heap (huge-page advised) when
   // null, else this arena, which must outlive the cache (not owned).
   memory::Arena* arena = nullptr;
+  // Quantized rows (quant/format.h). Set, every gate row, up row and
+  // neuron-major down row is one quantized row of quant::RowLayout(*quant,
+  // H), the weights are [I, row_bytes] arrays of such rows (down quantized
+  // per neuron along H: DownLayout::kNeuronMajor), and dtype is not used.
+  // The cache moves rows as bytes, so a slot holds a neuron's quantized
+  // rows and their scales, and an update is bit-identical to a rebuild.
+  std::optional<quant::QuantFormat> quant;
   // Slots reserved by Create (capped at I) when at least the initial mask's
   // count; otherwise Create reserves that count plus a quarter.
   size_t initial_capacity = 0;
 };
 
-// Row-major weight arrays of options.dtype, contiguous. gate may be null
-// when has_gate is false.
+// Row-major weight arrays of options.dtype (or of quantized rows, with
+// options.quant), contiguous. gate may be null when has_gate is false.
 struct MlpWeights {
   const void* gate = nullptr;  // [I, H]
   const void* up = nullptr;    // [I, H]
@@ -104,14 +115,25 @@ struct MlpWeights {
 
 // A strided matrix view: element (r, c) is at
 // data + (r * row_stride + c * col_stride) * DTypeSize(dtype).
+// A view of quantized rows (quant set) has `rows` quantized rows of `cols`
+// weights each (quant::RowLayout(*quant, cols)), row r at
+// data + r * row_stride, where row_stride counts bytes; col_stride is 0 and
+// dtype is not used.
 struct MatrixView {
   const void* data = nullptr;
   size_t rows = 0;
   size_t cols = 0;
-  size_t row_stride = 0;  // in elements
+  size_t row_stride = 0;  // in elements (in bytes for quantized rows)
   size_t col_stride = 1;  // in elements
   DType dtype = DType::kFloat32;
+  std::optional<quant::QuantFormat> quant;
 };
+
+// Bytes of one gate, up or neuron-major down row of a cache with `options`:
+// H elements of options.dtype, or one quantized row. InvalidArgument for a
+// quantized format rows of H cannot have (naming it); OutOfRange when the
+// size overflows.
+absl::StatusOr<size_t> RowBytesFor(const WeightCacheOptions& options);
 
 // What the last Update / CatchUp did.
 struct UpdateStats {

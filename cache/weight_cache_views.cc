@@ -18,22 +18,40 @@ absl::StatusOr<MatrixView> WeightCache::concatenated_gate_up() const {
         "concatenated_gate_up() needs WeightCacheOptions::concat_gate_up");
   }
   const size_t h = options_.hidden_size;
-  return MatrixView{concat_.data(), 2 * num_active(), h, h, 1, options_.dtype};
+  if (options_.quant.has_value()) {
+    return MatrixView{concat_.data(), 2 * num_active(), h, row_bytes(), 0, options_.dtype,
+                      options_.quant};
+  }
+  return MatrixView{concat_.data(), 2 * num_active(), h, h, 1, options_.dtype, std::nullopt};
 }
 
 MatrixView WeightCache::PartView(Part part) const {
   const int b = slots_.buffer[part];
+  if (options_.quant.has_value()) {
+    return {PartData(*packed_[b], slots_.offset[part]),
+            num_active(),
+            options_.hidden_size,
+            slots_.slot_bytes[b],
+            0,
+            options_.dtype,
+            options_.quant};
+  }
   return {PartData(*packed_[b], slots_.offset[part]),
           num_active(),
           options_.hidden_size,
           slots_.slot_bytes[b] / DTypeSize(options_.dtype),
           1,
-          options_.dtype};
+          options_.dtype,
+          std::nullopt};
+}
+
+size_t WeightCache::RowStrideBytes(const MatrixView& view) const {
+  return view.quant.has_value() ? view.row_stride : view.row_stride * DTypeSize(view.dtype);
 }
 
 MatrixView WeightCache::gate() const {
   const size_t h = options_.hidden_size;
-  if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype};
+  if (!options_.has_gate) return {nullptr, 0, h, h, 1, options_.dtype, options_.quant};
   return PartView(kGatePart);
 }
 
@@ -43,7 +61,10 @@ MatrixView WeightCache::down_rows() const { return PartView(kDownPart); }
 
 MatrixView WeightCache::down_hidden_major() const {
   const MatrixView rows = PartView(kDownPart);
-  return {rows.data, rows.cols, rows.rows, rows.col_stride, rows.row_stride, rows.dtype};
+  // A quantized row has no column view: its weights share group scales.
+  if (rows.quant.has_value()) return {nullptr, 0, rows.rows, 0, 0, rows.dtype, rows.quant};
+  return {rows.data, rows.cols, rows.rows, rows.col_stride, rows.row_stride, rows.dtype,
+          std::nullopt};
 }
 
 absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
@@ -67,7 +88,10 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   if (out.size() != 2 * active * rb) {
     return absl::InvalidArgumentError(
         absl::StrFormat("output has %u bytes, [2 x %u, %u] of %s needs %u", out.size(), active,
-                        options_.hidden_size, DTypeName(options_.dtype), 2 * active * rb));
+                        options_.hidden_size,
+                        options_.quant.has_value() ? quant::QuantTypeName(options_.quant->type)
+                                                   : DTypeName(options_.dtype),
+                        2 * active * rb));
   }
   if (active == 0) return absl::OkStatus();
   // Each part's rows into its half: one contiguous copy where the part's
@@ -75,7 +99,7 @@ absl::Status WeightCache::CopyConcatenatedGateUp(absl::Span<uint8_t> out) const 
   for (const Part part : {kGatePart, kUpPart}) {
     const MatrixView rows = PartView(part);
     uint8_t* dst = out.data() + (part == kGatePart ? 0 : active * rb);
-    const size_t stride = rows.row_stride * DTypeSize(options_.dtype);
+    const size_t stride = RowStrideBytes(rows);
     const absl::Status s =
         stride == rb ? gather::ParallelCopy(dst, rows.data, active * rb, options_.num_threads)
                      : gather::CopyRows({rows.data, active, stride}, {dst, active, rb}, rb, active,
@@ -93,7 +117,6 @@ absl::Status WeightCache::Verify() const {
         "the cache holds %u slots but its applied mask has %u active neurons", active, in_mask));
   }
   const size_t rb = row_bytes();
-  const size_t elem = DTypeSize(options_.dtype);
   struct Checked {
     const char* name;
     MatrixView view;
@@ -114,7 +137,7 @@ absl::Status WeightCache::Verify() const {
     for (const Checked& part : parts) {
       if (part.view.data == nullptr) continue;  // no gate
       const auto* row =
-          static_cast<const uint8_t*>(part.view.data) + s * part.view.row_stride * elem;
+          static_cast<const uint8_t*>(part.view.data) + s * RowStrideBytes(part.view);
       if (std::memcmp(row, part.src + size_t{n} * part.src_stride, rb) != 0) {
         return absl::DataLossError(absl::StrFormat(
             "the %s row of slot %u differs from neuron %u's row in the sources", part.name, s, n));

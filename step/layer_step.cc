@@ -1,8 +1,10 @@
 #include "step/layer_step.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "mlp/forward_core.h"
+#include "mlp/quant_forward.h"
 #include "step/layer_step_internal.h"
 
 namespace sparse_mlp::step {
@@ -56,17 +58,28 @@ class StepRows final : public mlp::internal::RowSource {
   const cache::PlannedUpdate& plan_;
 };
 
+// The type the forward computes in: the cache's, or float32 (x and y
+// float32) over quantized rows.
+DType ComputeDType(const cache::WeightCache& cache) {
+  return cache.quant().has_value() ? DType::kFloat32 : cache.dtype();
+}
+
+// Validates the call and sizes the workspace; *layout is the cache's
+// quantized row layout (if any), for the executor.
 absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x,
                      const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                     mlp::Workspace* workspace) {
+                     mlp::Workspace* workspace, std::optional<quant::RowLayout>* layout) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
-  if (absl::Status s =
-          mlp::internal::ValidateCall(cache->dtype(), cache->hidden_size(), x, y, options);
+  const DType dtype = ComputeDType(*cache);
+  if (absl::Status s = mlp::internal::ValidateCall(dtype, cache->hidden_size(), x, y, options);
       !s.ok()) {
     return s;
   }
-  return mlp::internal::PrepareWorkspace(cache->dtype(), cache->hidden_size(), 0, x, options,
-                                         workspace);
+  if (cache->quant().has_value()) {
+    // Valid: the cache was created with it.
+    *layout = *quant::RowLayout::Create(*cache->quant(), cache->hidden_size());
+  }
+  return mlp::internal::PrepareWorkspace(dtype, cache->hidden_size(), 0, x, options, workspace);
 }
 
 // The executor of a layer step: the forward over the planned slots.
@@ -80,10 +93,12 @@ struct StepExecutor {
   mlp::Workspace* workspace;
   const float* gate_act = nullptr;  // given gate activations (gate-first)
   size_t gate_act_stride = 0;
+  const quant::RowLayout* quant = nullptr;  // quantized rows
 
   void operator()(const cache::PlannedUpdate& plan) const {
     mlp::internal::Problem p;
-    p.dtype = dtype;
+    p.dtype = quant != nullptr ? DType::kFloat32 : dtype;
+    p.quant = quant;
     p.hidden_size = hidden_size;
     p.count = plan.num_active;
     p.has_gate = has_gate;
@@ -112,27 +127,50 @@ mlp::NeuronRows CacheRows(const cache::WeightCache& cache) {
   return rows;
 }
 
+mlp::QuantNeuronRows CacheQuantRows(const cache::WeightCache& cache) {
+  mlp::QuantNeuronRows rows;
+  if (!cache.quant().has_value()) return rows;
+  rows.format = *cache.quant();
+  rows.hidden_size = cache.hidden_size();
+  rows.count = cache.num_active();
+  const cache::MatrixView gate = cache.gate(), up = cache.up(), down = cache.down_rows();
+  rows.gate = gate.data;
+  rows.gate_stride = gate.row_stride;
+  rows.up = up.data;
+  rows.up_stride = up.row_stride;
+  rows.down = down.data;
+  rows.down_stride = down.row_stride;
+  return rows;
+}
+
 absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstTokens& x,
                           const mlp::Tokens& y, const mlp::ForwardOptions& options,
                           mlp::Workspace* workspace) {
+  if (cache.quant().has_value()) {
+    return mlp::ForwardQuant(CacheQuantRows(cache), x, y, options, workspace);
+  }
   return mlp::Forward(CacheRows(cache), x, y, options, workspace);
 }
 
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
                        const mlp::ConstTokens& x, const mlp::Tokens& y,
                        const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  std::optional<quant::RowLayout> layout;
+  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
-                             options, workspace};
+                             options, workspace, nullptr, 0,
+                             layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(mask, execute);
 }
 
 absl::Status LayerStepFromByteRows(cache::WeightCache* cache, absl::Span<const uint8_t> masks,
                                    size_t rows, const mlp::ConstTokens& x, const mlp::Tokens& y,
                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  std::optional<quant::RowLayout> layout;
+  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
-                             options, workspace};
+                             options, workspace, nullptr, 0,
+                             layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(cache::MaskInput::ByteRows(masks, rows), execute);
 }
 
@@ -142,13 +180,15 @@ absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMas
                                 const float* gate_act, size_t gate_act_stride,
                                 const mlp::ConstTokens& x, const mlp::Tokens& y,
                                 const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  if (absl::Status s = Prepare(cache, x, y, options, workspace); !s.ok()) return s;
+  std::optional<quant::RowLayout> layout;
+  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
   if (cache->has_gate()) {
     return absl::InvalidArgumentError(
         "a step with given gate activations needs a gate-less cache (up and down rows)");
   }
   const StepExecutor execute{cache->dtype(), cache->hidden_size(), false, x, y, options,
-                             workspace, gate_act, gate_act_stride};
+                             workspace, gate_act, gate_act_stride,
+                             layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(mask, execute);
 }
 

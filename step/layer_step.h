@@ -2,7 +2,8 @@
 // step: update the cache to a new mask and compute the forward in one pass.
 //
 // CacheForward runs mlp/mlp_forward.h's Forward on the cache's packed rows
-// (every layout; strided views need no copy).
+// (every layout; strided views need no copy), or mlp/quant_forward.h's
+// ForwardQuant when the cache holds quantized rows (x and y float32 then).
 //
 // LayerStep takes the new mask and x, plans the cache update and computes
 // the forward over the new set while it executes the plan: a kept neuron's
@@ -40,12 +41,16 @@
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_forward.h"
 
 namespace sparse_mlp::step {
 
 // The rows of the cache's active neurons as NeuronRows (views; valid until
-// the cache's next mutating call).
+// the cache's next mutating call). For a cache of float rows.
 mlp::NeuronRows CacheRows(const cache::WeightCache& cache);
+
+// The same for a cache of quantized rows (count 0 for a float cache).
+mlp::QuantNeuronRows CacheQuantRows(const cache::WeightCache& cache);
 
 absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstTokens& x,
                           const mlp::Tokens& y, const mlp::ForwardOptions& options,

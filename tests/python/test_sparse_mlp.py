@@ -674,7 +674,8 @@ class BadInputTest(unittest.TestCase):
         self.assertEqual(set(sparse_mlp.__all__),
                          {"WeightCache", "WeightCacheOptimized", "LlamaSkipMLP", "mlp_forward",
                           "ModelCache", "FlashModelCache", "LowRankPredictor", "sparsify",
-                          "densify"})
+                          "densify", "quantize", "quantize_mlp", "QuantizedTensor",
+                          "QuantizedMLP"})
         for name in sparse_mlp.__all__:
             self.assertTrue(hasattr(sparse_mlp, name), name)
 

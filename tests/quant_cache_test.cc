@@ -1,0 +1,251 @@
+// Quantized rows through the cache (WeightCacheOptions::quant), the layer
+// step and ModelCache: the differential update keeps every slot equal to
+// its neuron's quantized rows and scales (Verify, and byte for byte against
+// a cache rebuilt from scratch for the same mask), the step's y matches a
+// float64 forward on the dequantized weights and CacheForward bit for bit,
+// and bad options are refused naming the value. Random masks, fixed seeds.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "cache/model_cache.h"
+#include "cache/weight_cache.h"
+#include "diff/neuron_mask.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "quant/format.h"
+#include "quant/quantize.h"
+#include "step/layer_step.h"
+
+namespace sparse_mlp {
+namespace {
+
+using ::testing::HasSubstr;
+using quant::QuantType;
+
+struct QWeights {
+  quant::RowLayout layout;
+  std::vector<uint8_t> gate, up, down;  // [I, row_bytes] each
+};
+
+QWeights MakeWeights(std::mt19937_64& rng, quant::QuantFormat f, size_t h, size_t i) {
+  QWeights w{*quant::RowLayout::Create(f, h), {}, {}, {}};
+  std::normal_distribution<float> d(0.0f, 0.3f);
+  const size_t rb = w.layout.row_bytes();
+  for (std::vector<uint8_t>* rows : {&w.gate, &w.up, &w.down}) {
+    rows->assign(i * rb, 0);
+    std::vector<float> row(h);
+    for (size_t r = 0; r < i; ++r) {
+      for (float& v : row) v = d(rng);
+      EXPECT_TRUE(quant::QuantizeRow(w.layout, row.data(), rows->data() + r * rb).ok());
+    }
+  }
+  return w;
+}
+
+diff::NeuronMask RandomMask(std::mt19937_64& rng, size_t i, double p) {
+  std::vector<uint8_t> bytes(i);
+  std::bernoulli_distribution on(p);
+  for (uint8_t& b : bytes) b = on(rng) ? 1 : 0;
+  return *diff::NeuronMask::FromBytes(bytes);
+}
+
+cache::WeightCacheOptions Options(quant::QuantFormat f, size_t h, size_t i,
+                                  cache::PackedLayout layout, cache::SourceOwnership own,
+                                  int threads) {
+  cache::WeightCacheOptions o;
+  o.hidden_size = h;
+  o.intermediate_size = i;
+  o.quant = f;
+  o.down_layout = cache::DownLayout::kNeuronMajor;
+  o.layout = layout;
+  o.ownership = own;
+  o.num_threads = threads;
+  return o;
+}
+
+// Each active neuron's rows in `a` equal its rows in `b` (slots may differ).
+std::string SameRowsPerNeuron(const cache::WeightCache& a, const cache::WeightCache& b) {
+  if (a.num_active() != b.num_active()) return "different active counts";
+  const size_t rb = *cache::RowBytesFor(
+      [&] {
+        cache::WeightCacheOptions o;
+        o.hidden_size = a.hidden_size();
+        o.quant = a.quant();
+        return o;
+      }());
+  std::vector<uint32_t> slot_in_b(a.intermediate_size(), 0xFFFFFFFFu);
+  for (size_t s = 0; s < b.num_active(); ++s) slot_in_b[b.active_indices()[s]] = s;
+  const cache::MatrixView va[3] = {a.gate(), a.up(), a.down_rows()};
+  const cache::MatrixView vb[3] = {b.gate(), b.up(), b.down_rows()};
+  for (size_t s = 0; s < a.num_active(); ++s) {
+    const uint32_t n = a.active_indices()[s];
+    const size_t t = slot_in_b[n];
+    if (t == 0xFFFFFFFFu) return absl::StrFormat("neuron %d missing from the rebuild", n);
+    for (int p = 0; p < 3; ++p) {
+      const auto* ra = static_cast<const uint8_t*>(va[p].data) + s * va[p].row_stride;
+      const auto* rb_ = static_cast<const uint8_t*>(vb[p].data) + t * vb[p].row_stride;
+      if (std::memcmp(ra, rb_, rb) != 0) {
+        return absl::StrFormat("neuron %d part %d differs from the rebuild", n, p);
+      }
+    }
+  }
+  return "";
+}
+
+TEST(QuantCache, DifferentialUpdatesEqualARebuild) {
+  std::mt19937_64 rng(5);
+  for (quant::QuantFormat f : {quant::QuantFormat{QuantType::kInt8, 32},
+                               quant::QuantFormat{QuantType::kInt8, 0},
+                               quant::QuantFormat{QuantType::kQ4, 32},
+                               quant::QuantFormat{QuantType::kQ4, 64}}) {
+    const size_t h = 128, i = 120;
+    const QWeights w = MakeWeights(rng, f, h, i);
+    for (cache::PackedLayout layout :
+         {cache::PackedLayout::kSplit, cache::PackedLayout::kInterleavedGateUp,
+          cache::PackedLayout::kFusedRows}) {
+      for (cache::SourceOwnership own :
+           {cache::SourceOwnership::kCopy, cache::SourceOwnership::kBorrow}) {
+        for (int threads : {1, 2}) {
+          const cache::WeightCacheOptions o = Options(f, h, i, layout, own, threads);
+          diff::NeuronMask mask = RandomMask(rng, i, 0.4);
+          auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()},
+                                              mask);
+          ASSERT_TRUE(c.ok()) << c.status();
+          for (int step = 0; step < 25; ++step) {
+            mask = RandomMask(rng, i, 0.1 + 0.05 * (step % 10));
+            ASSERT_TRUE(c->Update(mask).ok());
+            const std::string where = absl::StrFormat(
+                "%s group %d layout %s %s threads %d step %d", quant::QuantTypeName(f.type),
+                w.layout.group(), cache::PackedLayoutName(layout),
+                own == cache::SourceOwnership::kCopy ? "copy" : "borrow", threads, step);
+            ASSERT_TRUE(c->Verify().ok()) << where << ": " << c->Verify();
+            auto rebuilt = cache::WeightCache::Create(
+                o, {w.gate.data(), w.up.data(), w.down.data()}, mask);
+            ASSERT_TRUE(rebuilt.ok());
+            ASSERT_EQ(SameRowsPerNeuron(*c, *rebuilt), "") << where;
+          }
+        }
+      }
+    }
+  }
+}
+
+// float64 SiLU-gated MLP over `set` on the dequantized rows.
+std::vector<double> Reference(const QWeights& w, size_t h, const std::vector<uint32_t>& set,
+                              const std::vector<float>& x) {
+  const size_t rb = w.layout.row_bytes();
+  std::vector<double> y(h, 0.0);
+  for (uint32_t j : set) {
+    double g = 0, u = 0;
+    for (size_t c = 0; c < h; ++c) {
+      g += quant::WeightAt(w.layout, w.gate.data() + j * rb, c) * double{x[c]};
+      u += quant::WeightAt(w.layout, w.up.data() + j * rb, c) * double{x[c]};
+    }
+    const double a = g / (1.0 + std::exp(-g)) * u;
+    for (size_t c = 0; c < h; ++c) y[c] += a * quant::WeightAt(w.layout, w.down.data() + j * rb, c);
+  }
+  return y;
+}
+
+TEST(QuantCache, LayerStepMatchesFloat64AndCacheForward) {
+  std::mt19937_64 rng(9);
+  for (quant::QuantFormat f :
+       {quant::QuantFormat{QuantType::kInt8, 32}, quant::QuantFormat{QuantType::kQ4, 32}}) {
+    const size_t h = 96, i = 80;
+    const QWeights w = MakeWeights(rng, f, h, i);
+    for (cache::PackedLayout layout :
+         {cache::PackedLayout::kSplit, cache::PackedLayout::kFusedRows}) {
+      const cache::WeightCacheOptions o =
+          Options(f, h, i, layout, cache::SourceOwnership::kCopy, 2);
+      auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()},
+                                          RandomMask(rng, i, 0.3));
+      ASSERT_TRUE(c.ok());
+      mlp::Workspace ws;
+      mlp::ForwardOptions fo;
+      fo.num_threads = 2;
+      std::normal_distribution<float> d(0.0f, 1.0f);
+      for (int step = 0; step < 12; ++step) {
+        const diff::NeuronMask mask = RandomMask(rng, i, 0.35);
+        std::vector<float> x(h), y(h), y2(h);
+        for (float& v : x) v = d(rng);
+        ASSERT_TRUE(step::LayerStep(&*c, mask, {x.data(), 1, h}, {y.data(), 1, h}, fo, &ws).ok());
+        ASSERT_TRUE(c->Verify().ok());
+        const std::vector<double> ref = Reference(w, h, mask.ToIndices(), x);
+        double scale = 1e-6;
+        for (double v : ref) scale = std::max(scale, std::fabs(v));
+        for (size_t k = 0; k < h; ++k) {
+          ASSERT_LE(std::fabs(y[k] - ref[k]), 1e-5 * scale)
+              << quant::QuantTypeName(f.type) << " step " << step << " output " << k;
+        }
+        ASSERT_TRUE(step::CacheForward(*c, {x.data(), 1, h}, {y2.data(), 1, h}, fo, &ws).ok());
+        ASSERT_EQ(std::memcmp(y.data(), y2.data(), h * sizeof(float)), 0) << "step " << step;
+      }
+    }
+  }
+}
+
+TEST(QuantCache, ModelCacheUpdateManyKeepsEveryLayerExact) {
+  std::mt19937_64 rng(21);
+  const quant::QuantFormat f{QuantType::kInt8, 64};
+  const size_t h = 128, i = 64, layers = 3;
+  std::vector<QWeights> ws;
+  std::vector<cache::MlpWeights> mw;
+  for (size_t l = 0; l < layers; ++l) ws.push_back(MakeWeights(rng, f, h, i));
+  for (const QWeights& w : ws) mw.push_back({w.gate.data(), w.up.data(), w.down.data()});
+  cache::ModelCacheOptions mo;
+  mo.num_layers = layers;
+  mo.layer.hidden_size = h;
+  mo.layer.intermediate_size = i;
+  mo.layer.quant = f;
+  mo.layer.down_layout = cache::DownLayout::kNeuronMajor;
+  mo.layer.num_threads = 2;
+  auto model = cache::ModelCache::Create(mo, mw);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->footprint().weight_bytes, layers * 3 * i * ws[0].layout.row_bytes());
+  for (int step = 0; step < 10; ++step) {
+    std::vector<diff::NeuronMask> masks;
+    for (size_t l = 0; l < layers; ++l) masks.push_back(RandomMask(rng, i, 0.5));
+    std::vector<cache::LayerMask> updates;
+    for (size_t l = 0; l < layers; ++l) updates.push_back({l, &masks[l]});
+    ASSERT_TRUE((*model)->UpdateMany(updates).ok());
+    for (size_t l = 0; l < layers; ++l) {
+      ASSERT_TRUE((*(*model)->layer(l))->Verify().ok()) << "layer " << l << " step " << step;
+    }
+  }
+}
+
+TEST(QuantCache, BadOptionsNameTheValue) {
+  std::mt19937_64 rng(1);
+  const QWeights w = MakeWeights(rng, {QuantType::kInt8, 32}, 64, 8);
+  cache::WeightCacheOptions o =
+      Options({QuantType::kInt8, 48}, 64, 8, cache::PackedLayout::kSplit,
+              cache::SourceOwnership::kCopy, 1);
+  const diff::NeuronMask m(8);
+  auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, m);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("int8 group 48"));
+  o.quant = quant::QuantFormat{QuantType::kInt8, 32};
+  o.down_layout = cache::DownLayout::kHiddenMajor;
+  c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, m);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("neuron-major down"));
+  // x of another type than float32 is refused by the step, cache unchanged.
+  o.down_layout = cache::DownLayout::kNeuronMajor;
+  c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, m);
+  ASSERT_TRUE(c.ok());
+  std::vector<uint16_t> x(64, 0);
+  std::vector<float> y(64, 7.0f);
+  mlp::Workspace ws;
+  const absl::Status s = step::LayerStep(&*c, *diff::NeuronMask::FromIndices(8, {1, 2}),
+                                         {x.data(), 1, 64, DType::kBFloat16}, {y.data(), 1, 64},
+                                         {}, &ws);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->num_active(), 0u);
+  for (float v : y) ASSERT_EQ(v, 7.0f);
+}
+
+}  // namespace
+}  // namespace sparse_mlp
