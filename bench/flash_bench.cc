@@ -199,7 +199,7 @@ std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t laye
   const std::string path = absl::StrFormat("%s/flash_%s_bf16_L%d%s.spmlb", dir, p.name, layers,
                                            gated ? "" : "_updown");
   if (absl::Status s = EnsureBundleFile(
-          path, {DType::kBFloat16, p.hidden, p.intermediate, layers, gated, 0, 0},
+          path, {DType::kBFloat16, p.hidden, p.intermediate, layers, gated, 0, 0, std::nullopt},
           store::kDefaultAlignment);
       !s.ok()) {
     Die(s);

@@ -107,7 +107,7 @@ std::string EnsureFile(const std::string& dir, const ModelPreset& p, DType dtype
   const std::string path = absl::StrFormat("%s/bench_%s_%s_L%d_a%d.spmlb", dir, p.name,
                                            DTypeName(dtype), layers, alignment);
   if (absl::Status s = EnsureBundleFile(
-          path, {dtype, p.hidden, p.intermediate, layers, true, 0, 0}, alignment);
+          path, {dtype, p.hidden, p.intermediate, layers, true, 0, 0, std::nullopt}, alignment);
       !s.ok()) {
     Die(s);
   }

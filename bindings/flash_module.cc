@@ -16,6 +16,7 @@
 #include "bindings/store_module.h"
 #include "diff/neuron_mask.h"
 #include "flash/flash_cache.h"
+#include "quant/format.h"
 #include "step/flash_step.h"
 #include "step/mask_step.h"
 #include "store/bundle_reader.h"
@@ -289,20 +290,24 @@ void RegisterFlash(py::module_& m) {
                              [](const PyFlashModelCache& c) { return c.cache().num_layers(); })
       .def_property_readonly("capacity",
                              [](const PyFlashModelCache& c) { return c.cache().capacity(); })
-      .def_property_readonly("window", [](const PyFlashModelCache& c) { return c.cache().window(); })
+      .def_property_readonly("window",
+                             [](const PyFlashModelCache& c) { return c.cache().window(); })
       .def_property_readonly("num_threads", &PyFlashModelCache::num_threads)
-      .def_property_readonly("hidden_size", [](const PyFlashModelCache& c) {
-        return c.cache().layout().shape().hidden;
-      })
-      .def_property_readonly("intermediate_size", [](const PyFlashModelCache& c) {
-        return c.cache().layout().shape().intermediate;
-      })
-      .def_property_readonly("dtype", [](const PyFlashModelCache& c) {
-        return std::string(DTypeName(c.cache().layout().shape().dtype));
-      })
-      .def_property_readonly("gated", [](const PyFlashModelCache& c) {
-        return c.cache().layout().shape().gated;
-      });
+      .def_property_readonly(
+          "hidden_size",
+          [](const PyFlashModelCache& c) { return c.cache().layout().shape().hidden; })
+      .def_property_readonly(
+          "intermediate_size",
+          [](const PyFlashModelCache& c) { return c.cache().layout().shape().intermediate; })
+      .def_property_readonly("dtype",
+                             [](const PyFlashModelCache& c) {
+                               const store::BundleShape& s = c.cache().layout().shape();
+                               return std::string(s.quant.has_value()
+                                                      ? quant::QuantTypeName(s.quant->type)
+                                                      : DTypeName(s.dtype));
+                             })
+      .def_property_readonly(
+          "gated", [](const PyFlashModelCache& c) { return c.cache().layout().shape().gated; });
 }
 
 }  // namespace sparse_mlp::bindings

@@ -58,8 +58,8 @@ void QuantizeRows(const py::object& src_arg, const py::object& dst_arg, const st
   const quant::RowLayout l = LayoutArg(type, group, hidden);
   if (static_cast<size_t>(dst.shape(0)) != rows ||
       static_cast<size_t>(dst.shape(1)) != l.row_bytes()) {
-    throw py::value_error(absl::StrFormat("out must be [%u, %u], got [%d, %d]", rows,
-                                          l.row_bytes(), dst.shape(0), dst.shape(1)));
+    throw py::value_error(absl::StrFormat("out must be [%u, %u], got [%d, %d]", rows, l.row_bytes(),
+                                          dst.shape(0), dst.shape(1)));
   }
   const float* s = src.data();
   uint8_t* d = dst.mutable_data();
@@ -78,8 +78,8 @@ void QuantizeRows(const py::object& src_arg, const py::object& dst_arg, const st
   }
 }
 
-void DequantizeRows(const py::object& src_arg, const py::object& dst_arg,
-                    const std::string& type, size_t group) {
+void DequantizeRows(const py::object& src_arg, const py::object& dst_arg, const std::string& type,
+                    size_t group) {
   const ByteArray src = Exact<uint8_t>(src_arg, "rows", "uint8");
   FloatArray dst = Exact<float>(dst_arg, "out", "float32");
   const size_t rows = static_cast<size_t>(dst.shape(0)), hidden = static_cast<size_t>(dst.shape(1));
@@ -114,8 +114,7 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
     if (static_cast<size_t>(a.shape(0)) != neurons ||
         static_cast<size_t>(a.shape(1)) != l.row_bytes()) {
       throw py::value_error(absl::StrFormat("%s must be [%u, %u] rows of %s, got [%d, %d]", name,
-                                            neurons, l.row_bytes(), type, a.shape(0),
-                                            a.shape(1)));
+                                            neurons, l.row_bytes(), type, a.shape(0), a.shape(1)));
     }
   };
   check(u, "up");
@@ -128,8 +127,8 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
     gate_data = g.data();
   }
   const TokenArgs t = ImportTokens(x, out, hidden, DType::kFloat32);
-  const mlp::QuantNeuronRows rows{{l.type(), l.group()}, hidden, neurons, gate_data,
-                                  l.row_bytes(), u.data(), l.row_bytes(), d.data(),
+  const mlp::QuantNeuronRows rows{{l.type(), l.group()}, hidden,   neurons,       gate_data,
+                                  l.row_bytes(),         u.data(), l.row_bytes(), d.data(),
                                   l.row_bytes()};
   thread_local mlp::Workspace workspace;
   absl::Status status;

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "bindings/convert.h"
+#include "quant/format.h"
 #include "store/bundle_format.h"
 #include "store/bundle_reader.h"
 #include "store/bundle_writer.h"
@@ -54,7 +55,9 @@ namespace {
 py::dict LayoutDict(const store::BundleLayout& l) {
   const store::BundleShape& s = l.shape();
   py::dict d;
-  d["dtype"] = DTypeName(s.dtype);
+  d["dtype"] = s.quant.has_value() ? quant::QuantTypeName(s.quant->type) : DTypeName(s.dtype);
+  d["quant_group"] = s.quant.has_value() ? s.quant->group : 0;
+  d["row_bytes"] = l.row_bytes();
   d["hidden_size"] = s.hidden;
   d["intermediate_size"] = s.intermediate;
   d["num_layers"] = s.layers;
@@ -75,11 +78,20 @@ class PyBundleWriter {
   PyBundleWriter(const std::string& path, const py::object& hidden, const py::object& intermediate,
                  const py::object& layers, const std::string& dtype, bool gated,
                  const py::object& alignment, const py::object& neuron_begin,
-                 const py::object& model_intermediate, const py::object& num_threads) {
-    absl::StatusOr<DType> d = ParseDType(dtype);
-    ThrowIfError(d.status());
+                 const py::object& model_intermediate, const py::object& num_threads,
+                 const py::object& quant_group) {
     store::BundleShape s;
-    s.dtype = *d;
+    if (absl::StatusOr<quant::QuantType> q = quant::ParseQuantType(dtype); q.ok()) {
+      s.quant = quant::QuantFormat{
+          *q, static_cast<size_t>(IntArg(quant_group, "quant_group", 0, store::kMaxHidden))};
+    } else {
+      absl::StatusOr<DType> d = ParseDType(dtype);
+      if (!d.ok()) {
+        throw py::value_error(absl::StrFormat(
+            "dtype must be float32, bfloat16, float16, int8 or q4, got '%s'", dtype));
+      }
+      s.dtype = *d;
+    }
     s.hidden = IntArg(hidden, "hidden_size", 1, store::kMaxHidden);
     s.intermediate = IntArg(intermediate, "intermediate_size", 1, store::kMaxNeurons);
     s.layers = IntArg(layers, "num_layers", 1, store::kMaxLayers);
@@ -105,6 +117,7 @@ class PyBundleWriter {
                    bool down_neuron_major) {
     const store::BundleShape& s = writer_->layout().shape();
     const std::string prefix = absl::StrFormat("layer %d: ", writer_->layers_written());
+    if (s.quant.has_value()) return AppendQuantLayer(gate, up, down, down_neuron_major, prefix);
     ImportedMlp m = ImportMlp(gate, up, down, static_cast<int64_t>(s.hidden), down_neuron_major,
                               prefix);
     if (m.dtype != s.dtype) {
@@ -123,6 +136,51 @@ class PyBundleWriter {
     }
     const store::LayerWeights w{m.has_gate ? m.gate.data() : nullptr, m.up.data(),
                                 m.down.data(), down_neuron_major};
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      status = writer_->AppendLayer(w);
+    }
+    ThrowIfFileError(status);
+  }
+
+  // A quantized file's layer: [I_model, row_bytes] uint8 rows each (down
+  // neuron-major: sparse_mlp.quantize_mlp's rows).
+  void AppendQuantLayer(const py::object& gate, const py::object& up, const py::object& down,
+                        bool down_neuron_major, const std::string& prefix) {
+    const store::BundleLayout& l = writer_->layout();
+    const store::BundleShape& s = l.shape();
+    if (!down_neuron_major) {
+      throw py::value_error(prefix +
+                            "a quantized file takes down as neuron-major quantized rows "
+                            "(down_neuron_major=True)");
+    }
+    if (gate.is_none() == s.gated) {
+      throw py::value_error(absl::StrFormat("%sthe file is %s but gate is %s", prefix,
+                                            s.gated ? "gated" : "gate-less",
+                                            gate.is_none() ? "None" : "given"));
+    }
+    using Rows = py::array_t<uint8_t, py::array::c_style>;
+    auto rows = [&](const py::object& a, const char* name) -> Rows {
+      if (!py::isinstance<py::array_t<uint8_t>>(a)) {
+        throw py::type_error(
+            absl::StrFormat("%s%s must be a uint8 numpy array of quantized rows", prefix, name));
+      }
+      Rows r = py::reinterpret_borrow<Rows>(a);
+      if (!(py::reinterpret_borrow<py::array>(a).flags() & py::array::c_style) || r.ndim() != 2 ||
+          static_cast<size_t>(r.shape(0)) != s.model_intermediate ||
+          static_cast<size_t>(r.shape(1)) != l.row_bytes()) {
+        throw py::value_error(absl::StrFormat(
+            "%s%s must be C-contiguous [%u, %u] quantized rows, got %s", prefix, name,
+            s.model_intermediate, l.row_bytes(),
+            r.ndim() == 2 ? absl::StrFormat("[%d, %d]", r.shape(0), r.shape(1)) : "another shape"));
+      }
+      return r;
+    };
+    Rows g;
+    if (s.gated) g = rows(gate, "gate");
+    const Rows u = rows(up, "up"), d = rows(down, "down");
+    const store::LayerWeights w{s.gated ? g.data() : nullptr, u.data(), d.data(), true};
     absl::Status status;
     {
       py::gil_scoped_release release;
@@ -238,11 +296,12 @@ void RegisterStore(py::module_& m) {
   py::class_<PyBundleWriter>(m, "BundleWriter")
       .def(py::init<const std::string&, const py::object&, const py::object&, const py::object&,
                     const std::string&, bool, const py::object&, const py::object&,
-                    const py::object&, const py::object&>(),
+                    const py::object&, const py::object&, const py::object&>(),
            py::arg("path"), py::arg("hidden_size"), py::arg("intermediate_size"),
            py::arg("num_layers"), py::arg("dtype"), py::kw_only(), py::arg("gated") = true,
            py::arg("alignment") = store::kDefaultAlignment, py::arg("neuron_begin") = 0,
-           py::arg("model_intermediate_size") = 0, py::arg("num_threads") = 1)
+           py::arg("model_intermediate_size") = 0, py::arg("num_threads") = 1,
+           py::arg("quant_group") = 32)
       .def("append_layer", &PyBundleWriter::AppendLayer, py::arg("gate"), py::arg("up"),
            py::arg("down"), py::kw_only(), py::arg("down_neuron_major") = false)
       .def("finish", &PyBundleWriter::Finish)

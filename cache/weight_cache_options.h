@@ -6,7 +6,6 @@
 
 #include <cstddef>
 #include <cstdint>
-
 #include <optional>
 
 #include "absl/status/statusor.h"

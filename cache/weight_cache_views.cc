@@ -19,8 +19,8 @@ absl::StatusOr<MatrixView> WeightCache::concatenated_gate_up() const {
   }
   const size_t h = options_.hidden_size;
   if (options_.quant.has_value()) {
-    return MatrixView{concat_.data(), 2 * num_active(), h, row_bytes(), 0, options_.dtype,
-                      options_.quant};
+    return MatrixView{concat_.data(), 2 * num_active(), h, row_bytes(), 0,
+                      options_.dtype, options_.quant};
   }
   return MatrixView{concat_.data(), 2 * num_active(), h, h, 1, options_.dtype, std::nullopt};
 }
@@ -63,8 +63,8 @@ MatrixView WeightCache::down_hidden_major() const {
   const MatrixView rows = PartView(kDownPart);
   // A quantized row has no column view: its weights share group scales.
   if (rows.quant.has_value()) return {nullptr, 0, rows.rows, 0, 0, rows.dtype, rows.quant};
-  return {rows.data, rows.cols, rows.rows, rows.col_stride, rows.row_stride, rows.dtype,
-          std::nullopt};
+  return {rows.data,       rows.cols,  rows.rows,   rows.col_stride,
+          rows.row_stride, rows.dtype, std::nullopt};
 }
 
 absl::StatusOr<MatrixView> WeightCache::gate_up_interleaved() const {
@@ -136,8 +136,7 @@ absl::Status WeightCache::Verify() const {
     }
     for (const Checked& part : parts) {
       if (part.view.data == nullptr) continue;  // no gate
-      const auto* row =
-          static_cast<const uint8_t*>(part.view.data) + s * RowStrideBytes(part.view);
+      const auto* row = static_cast<const uint8_t*>(part.view.data) + s * RowStrideBytes(part.view);
       if (std::memcmp(row, part.src + size_t{n} * part.src_stride, rb) != 0) {
         return absl::DataLossError(absl::StrFormat(
             "the %s row of slot %u differs from neuron %u's row in the sources", part.name, s, n));

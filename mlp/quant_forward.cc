@@ -12,8 +12,9 @@ using internal::NeuronPtrs;
 // Rows of strided quantized arrays, all or by index.
 class QuantRows final : public internal::RowSource {
  public:
-  QuantRows(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices, bool indexed)
-      : indices_(indices), indexed_(indexed) {
+  QuantRows(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices, bool indexed,
+            const uint32_t* neuron_of = nullptr)
+      : indices_(indices), indexed_(indexed), neuron_of_(neuron_of) {
     base_[0] = static_cast<const uint8_t*>(rows.gate);
     base_[1] = static_cast<const uint8_t*>(rows.up);
     base_[2] = static_cast<const uint8_t*>(rows.down);
@@ -27,7 +28,7 @@ class QuantRows final : public internal::RowSource {
       for (int p = 0; p < 3; ++p) {
         out[k].row[p] = base_[p] == nullptr ? nullptr : base_[p] + r * stride_[p];
       }
-      out[k].neuron = static_cast<uint32_t>(r);
+      out[k].neuron = neuron_of_ != nullptr ? neuron_of_[r] : static_cast<uint32_t>(r);
     }
   }
 
@@ -36,6 +37,7 @@ class QuantRows final : public internal::RowSource {
   size_t stride_[3];
   absl::Span<const uint32_t> indices_;
   bool indexed_;
+  const uint32_t* neuron_of_;  // row -> the neuron whose gate activation it takes
 };
 
 absl::Status ValidateQuantRows(const QuantNeuronRows& rows, const quant::RowLayout& layout) {
@@ -64,24 +66,27 @@ absl::Status ValidateQuantRows(const QuantNeuronRows& rows, const quant::RowLayo
   return absl::OkStatus();
 }
 
-absl::Status Run(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices, bool indexed,
-                 const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
-                 Workspace* workspace) {
-  absl::StatusOr<quant::RowLayout> layout =
-      quant::RowLayout::Create(rows.format, rows.hidden_size);
+absl::Status RunQuant(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices, bool indexed,
+                      const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
+                      Workspace* workspace, const float* gate_act = nullptr,
+                      size_t gate_act_stride = 0, const uint32_t* neuron_of = nullptr) {
+  absl::StatusOr<quant::RowLayout> layout = quant::RowLayout::Create(rows.format, rows.hidden_size);
   if (!layout.ok()) return layout.status();
   // x and y float32: ValidateCall with float32 "weights" allows nothing else.
-  if (absl::Status s =
-          internal::ValidateCall(DType::kFloat32, rows.hidden_size, x, y, options);
+  if (absl::Status s = internal::ValidateCall(DType::kFloat32, rows.hidden_size, x, y, options);
       !s.ok()) {
     return s;
   }
   if (absl::Status s = ValidateQuantRows(rows, *layout); !s.ok()) return s;
+  if (gate_act != nullptr && rows.gate != nullptr) {
+    return absl::InvalidArgumentError(
+        "a forward with given gate activations reads up and down rows only; gate must be null");
+  }
   if (indexed) {
     if (absl::Status s = internal::ValidateIndices(indices, rows.count); !s.ok()) return s;
   }
-  if (absl::Status s = internal::PrepareWorkspace(DType::kFloat32, rows.hidden_size, 0, x,
-                                                  options, workspace);
+  if (absl::Status s =
+          internal::PrepareWorkspace(DType::kFloat32, rows.hidden_size, 0, x, options, workspace);
       !s.ok()) {
     return s;
   }
@@ -92,7 +97,9 @@ absl::Status Run(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices
   p.has_gate = rows.gate != nullptr;
   p.prefetch = indexed;
   p.quant = &*layout;
-  internal::Run(QuantRows(rows, indices, indexed), p, x, y, options, workspace);
+  p.gate_act = gate_act;
+  p.gate_act_stride = gate_act_stride;
+  internal::Run(QuantRows(rows, indices, indexed, neuron_of), p, x, y, options, workspace);
   return absl::OkStatus();
 }
 
@@ -100,14 +107,26 @@ absl::Status Run(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices
 
 absl::Status ForwardQuant(const QuantNeuronRows& rows, const ConstTokens& x, const Tokens& y,
                           const ForwardOptions& options, Workspace* workspace) {
-  return Run(rows, {}, false, x, y, options, workspace);
+  return RunQuant(rows, {}, false, x, y, options, workspace);
 }
 
-absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows,
-                                 absl::Span<const uint32_t> indices, const ConstTokens& x,
-                                 const Tokens& y, const ForwardOptions& options,
-                                 Workspace* workspace) {
-  return Run(rows, indices, true, x, y, options, workspace);
+absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices,
+                                 const ConstTokens& x, const Tokens& y,
+                                 const ForwardOptions& options, Workspace* workspace) {
+  return RunQuant(rows, indices, true, x, y, options, workspace);
 }
 
+namespace internal {
+
+absl::Status ForwardIndexedQuantGivenGate(const QuantNeuronRows& rows,
+                                          absl::Span<const uint32_t> indices, const float* gate_act,
+                                          size_t gate_act_stride, const ConstTokens& x,
+                                          const Tokens& y, const ForwardOptions& options,
+                                          Workspace* workspace, const uint32_t* neuron_of) {
+  if (gate_act == nullptr) return absl::InvalidArgumentError("gate activations are null");
+  return RunQuant(rows, indices, true, x, y, options, workspace, gate_act, gate_act_stride,
+                  neuron_of);
+}
+
+}  // namespace internal
 }  // namespace sparse_mlp::mlp

@@ -46,11 +46,23 @@ absl::Status ForwardQuant(const QuantNeuronRows& rows, const ConstTokens& x, con
                           const ForwardOptions& options, Workspace* workspace);
 
 // The neurons `indices` (ascending, distinct, < rows.count), read in place.
-absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows,
-                                 absl::Span<const uint32_t> indices, const ConstTokens& x,
-                                 const Tokens& y, const ForwardOptions& options,
-                                 Workspace* workspace);
+absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows, absl::Span<const uint32_t> indices,
+                                 const ConstTokens& x, const Tokens& y,
+                                 const ForwardOptions& options, Workspace* workspace);
 
+namespace internal {
+
+// ForwardIndexedQuant over up and down rows (rows.gate null) with the
+// gate's activations given, as mlp::internal::ForwardIndexedGivenGate
+// (forward_core.h) for float rows: for the gate-first steps of step/.
+absl::Status ForwardIndexedQuantGivenGate(const QuantNeuronRows& rows,
+                                          absl::Span<const uint32_t> indices, const float* gate_act,
+                                          size_t gate_act_stride, const ConstTokens& x,
+                                          const Tokens& y, const ForwardOptions& options,
+                                          Workspace* workspace,
+                                          const uint32_t* neuron_of = nullptr);
+
+}  // namespace internal
 }  // namespace sparse_mlp::mlp
 
 #endif  // SPARSE_MLP_MLP_QUANT_FORWARD_H_

@@ -23,13 +23,11 @@
 namespace sparse_mlp::mlp::internal {
 
 // v_t at v + t x v_stride floats.
-using QuantDotFn = void (*)(const void* const* rows, size_t nrows, const float* v,
-                            size_t v_stride, size_t tokens, const quant::RowLayout& layout,
-                            float* out);
+using QuantDotFn = void (*)(const void* const* rows, size_t nrows, const float* v, size_t v_stride,
+                            size_t tokens, const quant::RowLayout& layout, float* out);
 // y_t at y + t x y_stride floats.
-using QuantAxpyFn = void (*)(const void* const* rows, size_t n, const float* coef,
-                             size_t tokens, const quant::RowLayout& layout, float* y,
-                             size_t y_stride);
+using QuantAxpyFn = void (*)(const void* const* rows, size_t n, const float* coef, size_t tokens,
+                             const quant::RowLayout& layout, float* y, size_t y_stride);
 
 struct QuantKernels {
   QuantDotFn dot = nullptr;

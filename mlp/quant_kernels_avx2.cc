@@ -38,9 +38,9 @@ SPARSE_MLP_AVX2 inline __m256 Deq8(const uint8_t* row, size_t c, __m256 scale) {
   } else {
     const __m128i bytes =
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 32 * 16 + c % 16));
-    const __m128i nib = (c % 32) < 16 ? _mm_and_si128(bytes, _mm_set1_epi8(0x0F))
-                                      : _mm_and_si128(_mm_srli_epi16(bytes, 4),
-                                                      _mm_set1_epi8(0x0F));
+    const __m128i nib = (c % 32) < 16
+                            ? _mm_and_si128(bytes, _mm_set1_epi8(0x0F))
+                            : _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
     q = _mm256_sub_epi32(_mm256_cvtepu8_epi32(nib), _mm256_set1_epi32(8));
   }
   return _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale);
@@ -96,16 +96,19 @@ SPARSE_MLP_AVX2 void DotBlock(const uint8_t* const* rows, const float* v, size_t
 }
 
 template <QuantType Q>
-SPARSE_MLP_AVX2 void Dot(const void* const* rows_in, size_t nrows, const float* v,
-                         size_t v_stride, size_t tokens, const quant::RowLayout& l,
-                         float* out) {
+SPARSE_MLP_AVX2 void Dot(const void* const* rows_in, size_t nrows, const float* v, size_t v_stride,
+                         size_t tokens, const quant::RowLayout& l, float* out) {
   const auto* rows = reinterpret_cast<const uint8_t* const*>(rows_in);
   if (tokens == 1) {
     switch (nrows) {
-      case 1: return DotBlock<Q, 1, 1>(rows, v, v_stride, 1, l, out);
-      case 2: return DotBlock<Q, 2, 1>(rows, v, v_stride, 1, l, out);
-      case 3: return DotBlock<Q, 3, 1>(rows, v, v_stride, 1, l, out);
-      default: return DotBlock<Q, 4, 1>(rows, v, v_stride, 1, l, out);
+      case 1:
+        return DotBlock<Q, 1, 1>(rows, v, v_stride, 1, l, out);
+      case 2:
+        return DotBlock<Q, 2, 1>(rows, v, v_stride, 1, l, out);
+      case 3:
+        return DotBlock<Q, 3, 1>(rows, v, v_stride, 1, l, out);
+      default:
+        return DotBlock<Q, 4, 1>(rows, v, v_stride, 1, l, out);
     }
   }
   for (size_t r = 0; r < nrows; ++r) {
@@ -114,10 +117,18 @@ SPARSE_MLP_AVX2 void Dot(const void* const* rows_in, size_t nrows, const float* 
       const float* vt = v + t0 * v_stride;
       float* o = out + r * tokens + t0;
       switch (tb) {
-        case 1: DotBlock<Q, 1, 1>(rows + r, vt, v_stride, tokens, l, o); break;
-        case 2: DotBlock<Q, 1, 2>(rows + r, vt, v_stride, tokens, l, o); break;
-        case 3: DotBlock<Q, 1, 3>(rows + r, vt, v_stride, tokens, l, o); break;
-        default: DotBlock<Q, 1, 4>(rows + r, vt, v_stride, tokens, l, o); break;
+        case 1:
+          DotBlock<Q, 1, 1>(rows + r, vt, v_stride, tokens, l, o);
+          break;
+        case 2:
+          DotBlock<Q, 1, 2>(rows + r, vt, v_stride, tokens, l, o);
+          break;
+        case 3:
+          DotBlock<Q, 1, 3>(rows + r, vt, v_stride, tokens, l, o);
+          break;
+        default:
+          DotBlock<Q, 1, 4>(rows + r, vt, v_stride, tokens, l, o);
+          break;
       }
     }
   }
@@ -156,18 +167,26 @@ SPARSE_MLP_AVX2 void AxpyBlock(const uint8_t* const* rows, size_t n, const float
 }
 
 template <QuantType Q>
-SPARSE_MLP_AVX2 void Axpy(const void* const* rows_in, size_t n, const float* coef,
-                          size_t tokens, const quant::RowLayout& l, float* y, size_t y_stride) {
+SPARSE_MLP_AVX2 void Axpy(const void* const* rows_in, size_t n, const float* coef, size_t tokens,
+                          const quant::RowLayout& l, float* y, size_t y_stride) {
   const auto* rows = reinterpret_cast<const uint8_t* const*>(rows_in);
   for (size_t t0 = 0; t0 < tokens; t0 += 4) {
     const size_t tb = tokens - t0 >= 4 ? 4 : tokens - t0;
     float* yt = y + t0 * y_stride;
     const float* ct = coef + t0;
     switch (tb) {
-      case 1: AxpyBlock<Q, 1>(rows, n, ct, tokens, l, yt, y_stride); break;
-      case 2: AxpyBlock<Q, 2>(rows, n, ct, tokens, l, yt, y_stride); break;
-      case 3: AxpyBlock<Q, 3>(rows, n, ct, tokens, l, yt, y_stride); break;
-      default: AxpyBlock<Q, 4>(rows, n, ct, tokens, l, yt, y_stride); break;
+      case 1:
+        AxpyBlock<Q, 1>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      case 2:
+        AxpyBlock<Q, 2>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      case 3:
+        AxpyBlock<Q, 3>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      default:
+        AxpyBlock<Q, 4>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
     }
   }
 }

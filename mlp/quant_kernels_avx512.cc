@@ -39,17 +39,16 @@ SPARSE_MLP_AVX512 inline __m512 Deq16(const uint8_t* row, size_t c, __m512 scale
     q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
   } else {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 32 * 16));
-    const __m128i nib = (c % 32) == 0 ? _mm_and_si128(bytes, _mm_set1_epi8(0x0F))
-                                      : _mm_and_si128(_mm_srli_epi16(bytes, 4),
-                                                      _mm_set1_epi8(0x0F));
+    const __m128i nib = (c % 32) == 0
+                            ? _mm_and_si128(bytes, _mm_set1_epi8(0x0F))
+                            : _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
     q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(nib), _mm512_set1_epi32(8));
   }
   return _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale);
 }
 
 // int8 weights [c, c + n), n < 16, the rest zero.
-SPARSE_MLP_AVX512 inline __m512 Deq16Tail(const uint8_t* row, size_t c, size_t n,
-                                          __m512 scale) {
+SPARSE_MLP_AVX512 inline __m512 Deq16Tail(const uint8_t* row, size_t c, size_t n, __m512 scale) {
   const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
   const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, row + c));
   return _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale);
@@ -83,8 +82,7 @@ SPARSE_MLP_AVX512 void DotBlock(const uint8_t* const* rows, const float* v, size
       SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
         const __m512 w = Deq16Tail(rows[r], c, n, s[r]);
         SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
-          acc[r][k] =
-              _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, v + k * v_stride + c), acc[r][k]);
+          acc[r][k] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, v + k * v_stride + c), acc[r][k]);
         }
       }
     }
@@ -99,16 +97,19 @@ SPARSE_MLP_AVX512 void DotBlock(const uint8_t* const* rows, const float* v, size
 
 template <QuantType Q>
 SPARSE_MLP_AVX512 void Dot(const void* const* rows_in, size_t nrows, const float* v,
-                           size_t v_stride, size_t tokens, const quant::RowLayout& l,
-                           float* out) {
+                           size_t v_stride, size_t tokens, const quant::RowLayout& l, float* out) {
   const auto* rows = reinterpret_cast<const uint8_t* const*>(rows_in);
   if (tokens == 1) {
     // Every row of the call at once: concurrent read streams.
     switch (nrows) {
-      case 1: return DotBlock<Q, 1, 1>(rows, v, v_stride, 1, l, out);
-      case 2: return DotBlock<Q, 2, 1>(rows, v, v_stride, 1, l, out);
-      case 3: return DotBlock<Q, 3, 1>(rows, v, v_stride, 1, l, out);
-      default: return DotBlock<Q, 4, 1>(rows, v, v_stride, 1, l, out);
+      case 1:
+        return DotBlock<Q, 1, 1>(rows, v, v_stride, 1, l, out);
+      case 2:
+        return DotBlock<Q, 2, 1>(rows, v, v_stride, 1, l, out);
+      case 3:
+        return DotBlock<Q, 3, 1>(rows, v, v_stride, 1, l, out);
+      default:
+        return DotBlock<Q, 4, 1>(rows, v, v_stride, 1, l, out);
     }
   }
   for (size_t r = 0; r < nrows; r += 2) {
@@ -117,21 +118,36 @@ SPARSE_MLP_AVX512 void Dot(const void* const* rows_in, size_t nrows, const float
       const size_t tb = tokens - t0 >= 4 ? 4 : tokens - t0;
       const float* vt = v + t0 * v_stride;
       float* o = out + r * tokens + t0;
-#define SPARSE_MLP_DOT_BLOCK(NR, TB) \
-  DotBlock<Q, NR, TB>(rows + r, vt, v_stride, tokens, l, o)
+#define SPARSE_MLP_DOT_BLOCK(NR, TB) DotBlock<Q, NR, TB>(rows + r, vt, v_stride, tokens, l, o)
       if (nr == 2) {
         switch (tb) {
-          case 1: SPARSE_MLP_DOT_BLOCK(2, 1); break;
-          case 2: SPARSE_MLP_DOT_BLOCK(2, 2); break;
-          case 3: SPARSE_MLP_DOT_BLOCK(2, 3); break;
-          default: SPARSE_MLP_DOT_BLOCK(2, 4); break;
+          case 1:
+            SPARSE_MLP_DOT_BLOCK(2, 1);
+            break;
+          case 2:
+            SPARSE_MLP_DOT_BLOCK(2, 2);
+            break;
+          case 3:
+            SPARSE_MLP_DOT_BLOCK(2, 3);
+            break;
+          default:
+            SPARSE_MLP_DOT_BLOCK(2, 4);
+            break;
         }
       } else {
         switch (tb) {
-          case 1: SPARSE_MLP_DOT_BLOCK(1, 1); break;
-          case 2: SPARSE_MLP_DOT_BLOCK(1, 2); break;
-          case 3: SPARSE_MLP_DOT_BLOCK(1, 3); break;
-          default: SPARSE_MLP_DOT_BLOCK(1, 4); break;
+          case 1:
+            SPARSE_MLP_DOT_BLOCK(1, 1);
+            break;
+          case 2:
+            SPARSE_MLP_DOT_BLOCK(1, 2);
+            break;
+          case 3:
+            SPARSE_MLP_DOT_BLOCK(1, 3);
+            break;
+          default:
+            SPARSE_MLP_DOT_BLOCK(1, 4);
+            break;
         }
       }
 #undef SPARSE_MLP_DOT_BLOCK
@@ -167,19 +183,26 @@ SPARSE_MLP_AVX512 void AxpyBlock(const uint8_t* const* rows, size_t n, const flo
 }
 
 template <QuantType Q>
-SPARSE_MLP_AVX512 void Axpy(const void* const* rows_in, size_t n, const float* coef,
-                            size_t tokens, const quant::RowLayout& l, float* y,
-                            size_t y_stride) {
+SPARSE_MLP_AVX512 void Axpy(const void* const* rows_in, size_t n, const float* coef, size_t tokens,
+                            const quant::RowLayout& l, float* y, size_t y_stride) {
   const auto* rows = reinterpret_cast<const uint8_t* const*>(rows_in);
   for (size_t t0 = 0; t0 < tokens; t0 += 4) {
     const size_t tb = tokens - t0 >= 4 ? 4 : tokens - t0;
     float* yt = y + t0 * y_stride;
     const float* ct = coef + t0;
     switch (tb) {
-      case 1: AxpyBlock<Q, 1>(rows, n, ct, tokens, l, yt, y_stride); break;
-      case 2: AxpyBlock<Q, 2>(rows, n, ct, tokens, l, yt, y_stride); break;
-      case 3: AxpyBlock<Q, 3>(rows, n, ct, tokens, l, yt, y_stride); break;
-      default: AxpyBlock<Q, 4>(rows, n, ct, tokens, l, yt, y_stride); break;
+      case 1:
+        AxpyBlock<Q, 1>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      case 2:
+        AxpyBlock<Q, 2>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      case 3:
+        AxpyBlock<Q, 3>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
+      default:
+        AxpyBlock<Q, 4>(rows, n, ct, tokens, l, yt, y_stride);
+        break;
     }
   }
 }

@@ -65,9 +65,7 @@ void Axpy(const void* const* rows, size_t n, const float* coef, size_t tokens,
 
 }  // namespace
 
-QuantKernels ScalarQuantKernels(quant::QuantType) {
-  return {&Dot, &Axpy, SimdLevel::kScalar};
-}
+QuantKernels ScalarQuantKernels(quant::QuantType) { return {&Dot, &Axpy, SimdLevel::kScalar}; }
 
 QuantKernels SelectQuantKernels(quant::QuantType type, SimdLevel level) {
 #if SPARSE_MLP_X86

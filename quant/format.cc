@@ -11,8 +11,8 @@ absl::StatusOr<RowLayout> RowLayout::Create(QuantFormat format, size_t hidden) {
     case QuantType::kInt8:
       if (group != hidden && (group % 32 != 0 || hidden % group != 0)) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "int8 group %u must be the whole row (%u) or a multiple of 32 that divides it",
-            group, hidden));
+            "int8 group %u must be the whole row (%u) or a multiple of 32 that divides it", group,
+            hidden));
       }
       return RowLayout(format.type, hidden, group);
     case QuantType::kQ4:

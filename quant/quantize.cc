@@ -32,15 +32,13 @@ int RoundClamp(float v, int lo, int hi) {
 }
 
 // The float16 scale of one group and its quants (q[0, G)), or an error.
-absl::Status QuantizeGroup(const RowLayout& l, const float* w, size_t g, uint16_t* scale,
-                           int* q) {
+absl::Status QuantizeGroup(const RowLayout& l, const float* w, size_t g, uint16_t* scale, int* q) {
   const size_t n = l.group();
   float amax = 0.0f, signed_max = 0.0f;
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(w[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("weight %u is %f: only finite weights can be quantized", g * n + i,
-                          w[i]));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "weight %u is %f: only finite weights can be quantized", g * n + i, w[i]));
     }
     if (std::fabs(w[i]) > amax) {
       amax = std::fabs(w[i]);
@@ -87,8 +85,8 @@ absl::Status QuantizeGroup(const RowLayout& l, const float* w, size_t g, uint16_
   const float d16 = Float16ToFloat(bits);
   if (!std::isfinite(d16) || d16 == 0.0f) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "group %u (weights %u..%u, max |w| %g) needs a scale of %g, outside float16's range",
-        g, g * n, (g + 1) * n - 1, amax, d));
+        "group %u (weights %u..%u, max |w| %g) needs a scale of %g, outside float16's range", g,
+        g * n, (g + 1) * n - 1, amax, d));
   }
   const int lo = l.type() == QuantType::kInt8 ? -kInt8Max : kQ4Min;
   const int hi = l.type() == QuantType::kInt8 ? kInt8Max : kQ4Max;
@@ -116,8 +114,8 @@ absl::Status QuantizeRow(const RowLayout& l, const float* w, uint8_t* out) {
   } else {
     for (size_t block = 0; block < l.hidden() / 32; ++block) {
       for (size_t k = 0; k < 16; ++k) {
-        out[block * 16 + k] = static_cast<uint8_t>((q[block * 32 + k] + 8) |
-                                                   ((q[block * 32 + k + 16] + 8) << 4));
+        out[block * 16 + k] =
+            static_cast<uint8_t>((q[block * 32 + k] + 8) | ((q[block * 32 + k + 16] + 8) << 4));
       }
     }
   }
@@ -130,8 +128,7 @@ void DequantizeRow(const RowLayout& l, const uint8_t* row, float* out) {
 }
 
 float WeightAt(const RowLayout& l, const uint8_t* row, size_t i) {
-  return static_cast<float>(QuantAt(l, row, i)) *
-         Float16ToFloat(ScaleBits(row, l, i / l.group()));
+  return static_cast<float>(QuantAt(l, row, i)) * Float16ToFloat(ScaleBits(row, l, i / l.group()));
 }
 
 }  // namespace sparse_mlp::quant

@@ -20,6 +20,7 @@ double Now() {
 mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
                            size_t stride_bytes) {
   const auto* b = static_cast<const uint8_t*>(base);
+  if (layout.shape().quant.has_value()) return {};  // quantized: QuantBundleRows
   const size_t stride = stride_bytes / DTypeSize(layout.shape().dtype);
   return {layout.shape().dtype,
           layout.shape().hidden,
@@ -30,6 +31,23 @@ mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, 
           stride,
           b + layout.down_offset(),
           stride};
+}
+
+mlp::QuantNeuronRows QuantBundleRows(const store::BundleLayout& layout, const void* base,
+                                     size_t count, size_t stride_bytes) {
+  const auto* b = static_cast<const uint8_t*>(base);
+  mlp::QuantNeuronRows rows;
+  if (!layout.shape().quant.has_value()) return rows;
+  rows.format = *layout.shape().quant;
+  rows.hidden_size = layout.shape().hidden;
+  rows.count = count;
+  rows.gate = layout.shape().gated ? b + layout.gate_offset() : nullptr;
+  rows.gate_stride = stride_bytes;
+  rows.up = b + layout.up_offset();
+  rows.up_stride = stride_bytes;
+  rows.down = b + layout.down_offset();
+  rows.down_stride = stride_bytes;
+  return rows;
 }
 
 namespace {
@@ -54,6 +72,12 @@ absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const 
         "y must hold x's %d tokens of hidden_size %d (tokens %d, stride %d)", x.tokens, hidden,
         y.tokens, y.stride));
   }
+  const bool quantized = layout.shape().quant.has_value();
+  if (quantized && (x.dtype != DType::kFloat32 || y.dtype != DType::kFloat32)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("x and y must be float32 with quantized rows, got %s and %s",
+                        DTypeName(x.dtype), DTypeName(y.dtype)));
+  }
   if (y.dtype != DType::kFloat32 && y.dtype != dtype) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "y must be float32 or %s (the weights' type), got %s", DTypeName(dtype),
@@ -71,9 +95,18 @@ absl::Status Step(flash::FlashModelCache* cache, size_t layer, absl::Span<const 
 
   const mlp::NeuronRows rows =
       BundleRows(layout, cache->slots(layer), cache->capacity(), cache->slot_stride());
+  const mlp::QuantNeuronRows qrows =
+      QuantBundleRows(layout, cache->slots(layer), cache->capacity(), cache->slot_stride());
   const uint32_t* neuron_of = cache->slot_neurons(layer).data();
   // Slots `slots` into sums: the forward, or with the gate's activations given.
   auto forward = [&](absl::Span<const uint32_t> slots, const mlp::ForwardOptions& o) {
+    if (quantized) {
+      if (gate_act == nullptr) {
+        return mlp::ForwardIndexedQuant(qrows, slots, x, sums, o, workspace);
+      }
+      return mlp::internal::ForwardIndexedQuantGivenGate(qrows, slots, gate_act, gate_act_stride, x,
+                                                         sums, o, workspace, neuron_of);
+    }
     if (gate_act == nullptr) return mlp::ForwardIndexed(rows, slots, x, sums, o, workspace);
     return mlp::internal::ForwardIndexedGivenGate(rows, slots, gate_act, gate_act_stride, x, sums,
                                                   o, workspace, neuron_of);

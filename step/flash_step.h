@@ -29,6 +29,7 @@
 #include "absl/types/span.h"
 #include "flash/flash_cache.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_forward.h"
 #include "store/bundle_format.h"
 
 namespace sparse_mlp::step {
@@ -46,6 +47,10 @@ struct FlashStepTimes {
 // bundle at the layout's offsets (gate null for gate-less files).
 mlp::NeuronRows BundleRows(const store::BundleLayout& layout, const void* base, size_t count,
                            size_t stride_bytes);
+
+// The same rows of a quantized file (count 0 for a float file).
+mlp::QuantNeuronRows QuantBundleRows(const store::BundleLayout& layout, const void* base,
+                                     size_t count, size_t stride_bytes);
 
 // `mask`: sorted neuron indices of this file's layer. Errors: the cache's
 // (layer, mask too large for the budget, read failures), the forward's

@@ -157,8 +157,15 @@ absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
                        const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   std::optional<quant::RowLayout> layout;
   if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
-  const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
-                             options, workspace, nullptr, 0,
+  const StepExecutor execute{cache->dtype(),
+                             cache->hidden_size(),
+                             cache->has_gate(),
+                             x,
+                             y,
+                             options,
+                             workspace,
+                             nullptr,
+                             0,
                              layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(mask, execute);
 }
@@ -168,8 +175,15 @@ absl::Status LayerStepFromByteRows(cache::WeightCache* cache, absl::Span<const u
                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   std::optional<quant::RowLayout> layout;
   if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
-  const StepExecutor execute{cache->dtype(), cache->hidden_size(), cache->has_gate(), x, y,
-                             options, workspace, nullptr, 0,
+  const StepExecutor execute{cache->dtype(),
+                             cache->hidden_size(),
+                             cache->has_gate(),
+                             x,
+                             y,
+                             options,
+                             workspace,
+                             nullptr,
+                             0,
                              layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(cache::MaskInput::ByteRows(masks, rows), execute);
 }
@@ -186,8 +200,15 @@ absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMas
     return absl::InvalidArgumentError(
         "a step with given gate activations needs a gate-less cache (up and down rows)");
   }
-  const StepExecutor execute{cache->dtype(), cache->hidden_size(), false, x, y, options,
-                             workspace, gate_act, gate_act_stride,
+  const StepExecutor execute{cache->dtype(),
+                             cache->hidden_size(),
+                             false,
+                             x,
+                             y,
+                             options,
+                             workspace,
+                             gate_act,
+                             gate_act_stride,
                              layout.has_value() ? &*layout : nullptr};
   return cache->UpdateWith(mask, execute);
 }

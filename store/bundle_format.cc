@@ -12,12 +12,27 @@ namespace {
 
 // Field offsets of the fixed header part (see the header comment).
 enum Field : size_t {
-  kMagicAt = 0, kVersionAt = 8, kDTypeAt = 12, kFlagsAt = 16, kAlignmentAt = 20,
-  kHiddenAt = 24, kIntermediateAt = 32, kLayersAt = 40, kNeuronBeginAt = 48,
-  kModelIntermediateAt = 56, kBundleBytesAt = 64, kBundleStrideAt = 72,
-  kChecksumOffsetAt = 80, kFileBytesAt = 88, kHeaderBytesAt = 96, kReservedAt = 104,
+  kMagicAt = 0,
+  kVersionAt = 8,
+  kDTypeAt = 12,
+  kFlagsAt = 16,
+  kAlignmentAt = 20,
+  kHiddenAt = 24,
+  kIntermediateAt = 32,
+  kLayersAt = 40,
+  kNeuronBeginAt = 48,
+  kModelIntermediateAt = 56,
+  kBundleBytesAt = 64,
+  kBundleStrideAt = 72,
+  kChecksumOffsetAt = 80,
+  kFileBytesAt = 88,
+  kHeaderBytesAt = 96,
+  kQuantGroupAt = 104,
+  kReservedAt = 108,
 };
 constexpr uint32_t kGatedFlag = 1;
+// dtype codes beyond DType's: quantized rows.
+constexpr uint32_t kInt8Code = 3, kQ4Code = 4;
 
 void Put32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -59,6 +74,9 @@ absl::Status CheckShape(const BundleShape& s, size_t alignment) {
         "neurons [%d, %d) lie outside the model's %d neurons per layer", s.neuron_begin,
         s.neuron_begin + s.intermediate, model));
   }
+  if (s.quant.has_value()) {
+    if (absl::Status q = quant::RowLayout::Create(*s.quant, s.hidden).status(); !q.ok()) return q;
+  }
   if (alignment < kMinAlignment || alignment > kMaxAlignment ||
       (alignment & (alignment - 1)) != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -78,7 +96,13 @@ absl::StatusOr<BundleLayout> BundleLayout::Create(const BundleShape& shape, size
   l.shape_ = shape;
   if (l.shape_.model_intermediate == 0) l.shape_.model_intermediate = shape.intermediate;
   l.alignment_ = alignment;
-  l.row_bytes_ = shape.hidden * DTypeSize(shape.dtype);
+  l.row_bytes_ = shape.quant.has_value()
+                     ? quant::RowLayout::Create(*shape.quant, shape.hidden)->row_bytes()
+                     : shape.hidden * DTypeSize(shape.dtype);
+  if (shape.quant.has_value()) {
+    // Stored resolved: the group, never 0 for "the whole row".
+    l.shape_.quant->group = quant::RowLayout::Create(*shape.quant, shape.hidden)->group();
+  }
   l.bundle_stride_ = RoundUp(l.bundle_bytes(), alignment);
   l.header_bytes_ = RoundUp(VariableHeaderBytes(shape.layers), alignment);
   const uint64_t layer_bytes = RoundUp(uint64_t{l.bundle_stride_} * shape.intermediate, alignment);
@@ -97,8 +121,15 @@ absl::Status BundleLayout::EncodeHeader(absl::Span<uint8_t> out) const {
   uint8_t* p = out.data();
   std::memset(p, 0, header_bytes_);
   std::memcpy(p + kMagicAt, kMagic, sizeof(kMagic));
-  Put32(p + kVersionAt, kFormatVersion);
-  Put32(p + kDTypeAt, static_cast<uint32_t>(shape_.dtype));
+  // Float files stay version 1, so that readers from before quantized rows
+  // still read them; only quantized files need version 2.
+  Put32(p + kVersionAt, shape_.quant.has_value() ? kFormatVersion : 1);
+  if (shape_.quant.has_value()) {
+    Put32(p + kDTypeAt, shape_.quant->type == quant::QuantType::kInt8 ? kInt8Code : kQ4Code);
+    Put32(p + kQuantGroupAt, static_cast<uint32_t>(shape_.quant->group));
+  } else {
+    Put32(p + kDTypeAt, static_cast<uint32_t>(shape_.dtype));
+  }
   Put32(p + kFlagsAt, shape_.gated ? kGatedFlag : 0);
   Put32(p + kAlignmentAt, static_cast<uint32_t>(alignment_));
   Put64(p + kHiddenAt, shape_.hidden);
@@ -131,9 +162,10 @@ absl::StatusOr<size_t> BundleLayout::EncodedHeaderSize(absl::Span<const uint8_t>
         "%s: not a sparse_mlp bundle file (magic is not \"SPMLBNDL\")", path));
   }
   const uint32_t version = Get32(fixed.data() + kVersionAt);
-  if (version != kFormatVersion) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "%s: format version %d; this library reads version %d", path, version, kFormatVersion));
+  if (version < 1 || version > kFormatVersion) {
+    return absl::UnimplementedError(
+        absl::StrFormat("%s: format version %d; this library reads versions 1 to %d", path, version,
+                        kFormatVersion));
   }
   const uint64_t layers = Get64(fixed.data() + kLayersAt);
   if (layers == 0 || layers > kMaxLayers) {
@@ -159,10 +191,19 @@ absl::StatusOr<BundleLayout> BundleLayout::DecodeHeader(absl::Span<const uint8_t
         absl::StrFormat("%s: header checksum mismatch (the header is corrupted)", path));
   }
   const uint32_t dtype = Get32(p + kDTypeAt);
-  if (dtype > static_cast<uint32_t>(DType::kFloat16)) {
+  const uint32_t version = Get32(p + kVersionAt);
+  const uint32_t max_code = version >= 2 ? kQ4Code : static_cast<uint32_t>(DType::kFloat16);
+  if (dtype > max_code) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("%s: header field dtype = %d is not 0 (f32), 1 (bf16) or 2 (f16)", path,
-                        dtype));
+        absl::StrFormat("%s: header field dtype = %d is not 0 (f32), 1 (bf16), 2 (f16)%s", path,
+                        dtype, version >= 2 ? ", 3 (int8) or 4 (q4)" : " (version 1)"));
+  }
+  const uint32_t group = Get32(p + kQuantGroupAt);
+  const bool quantized = dtype >= kInt8Code;
+  if (quantized ? group == 0 : group != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s: header field quant_group = %d %s", path, group,
+        quantized ? "must be positive for quantized rows" : "must be 0 for float rows"));
   }
   const uint32_t flags = Get32(p + kFlagsAt);
   if ((flags & ~kGatedFlag) != 0) {
@@ -176,7 +217,12 @@ absl::StatusOr<BundleLayout> BundleLayout::DecodeHeader(absl::Span<const uint8_t
     }
   }
   BundleShape shape;
-  shape.dtype = static_cast<DType>(dtype);
+  if (quantized) {
+    shape.quant = quant::QuantFormat{
+        dtype == kInt8Code ? quant::QuantType::kInt8 : quant::QuantType::kQ4, group};
+  } else {
+    shape.dtype = static_cast<DType>(dtype);
+  }
   shape.gated = (flags & kGatedFlag) != 0;
   const uint64_t hidden = Get64(p + kHiddenAt), inter = Get64(p + kIntermediateAt),
                  layers = Get64(p + kLayersAt), begin = Get64(p + kNeuronBeginAt),

@@ -22,16 +22,23 @@
 // Header (little-endian; kFixedHeaderBytes fixed, then per-layer offsets):
 //     0  8  magic "SPMLBNDL"          64  8  bundle_bytes
 //     8  4  version (kFormatVersion)   72  8  bundle_stride
-//    12  4  dtype (0 f32, 1 bf16, 2 f16) 80 8  checksum_offset
-//    16  4  flags (bit 0: gated)       88  8  file_bytes
-//    20  4  alignment                  96  8  header_bytes
-//    24  8  hidden (H)                104 24  reserved, zero
+//    12  4  dtype (0 f32, 1 bf16,      80  8  checksum_offset
+//             2 f16, 3 int8, 4 q4)     88  8  file_bytes
+//    16  4  flags (bit 0: gated)       96  8  header_bytes
+//    20  4  alignment                 104  4  quant_group (int8 / q4: weights
+//    24  8  hidden (H)                         per scale; else 0)
+//                                     108 20  reserved, zero
 //    32  8  intermediate (I, here)    128  8L layer offsets
 //    40  8  layers (L)           128 + 8L  8  XXH3-64 of bytes [0, 128 + 8L)
 //    48  8  neuron_begin: the model neuron of this file's neuron 0
 //    56  8  model_intermediate: neurons per layer in the whole model
 // (neuron_begin / model_intermediate let a file hold one slice of a model's
 // neurons; a whole model has 0 and I.)
+// Quantized files (dtype 3 / 4, version 2) hold each row as one quantized
+// row of quant/format.h (quants, then float16 scales: the scales are inside
+// the bundle and its checksum); a row of a down column is that neuron's
+// column quantized along H. Version 1 files (float types only, no
+// quant_group) read as before.
 //
 // Thread-compatible value type; no allocation except the layer-offset
 // vector; O(L) per decode/encode.
@@ -40,6 +47,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,11 +55,14 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "platform/dtype.h"
+#include "quant/format.h"
 
 namespace sparse_mlp::store {
 
 inline constexpr char kMagic[8] = {'S', 'P', 'M', 'L', 'B', 'N', 'D', 'L'};
-inline constexpr uint32_t kFormatVersion = 1;
+// The newest version, read along with 1. Quantized files are written as
+// version 2, float files as version 1 (readable by older libraries).
+inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr size_t kFixedHeaderBytes = 128;
 inline constexpr size_t kMinAlignment = 512;
 inline constexpr size_t kMaxAlignment = size_t{1} << 24;
@@ -63,13 +74,15 @@ inline constexpr uint64_t kMaxLayers = uint64_t{1} << 16;
 
 // What a file holds.
 struct BundleShape {
-  DType dtype = DType::kFloat32;
+  DType dtype = DType::kFloat32;  // unused when quant is set
   size_t hidden = 0;        // H
   size_t intermediate = 0;  // I: neurons per layer in this file
   size_t layers = 0;        // L
   bool gated = true;        // gate rows present (SwiGLU / GeGLU)
   size_t neuron_begin = 0;  // first model neuron held (a slice of the model)
   size_t model_intermediate = 0;  // neurons per layer in the model; 0: = intermediate
+  // Quantized rows (quant/format.h) instead of rows of dtype.
+  std::optional<quant::QuantFormat> quant;
 };
 
 class BundleLayout {
@@ -77,7 +90,8 @@ class BundleLayout {
   // The layout of a file holding `shape` with bundles aligned to
   // `alignment`. InvalidArgument naming the field for a zero or oversized
   // dimension, an alignment that is not a power of two in
-  // [kMinAlignment, kMaxAlignment], or a slice outside the model.
+  // [kMinAlignment, kMaxAlignment], a slice outside the model, or a
+  // quantized format rows of H cannot have.
   static absl::StatusOr<BundleLayout> Create(const BundleShape& shape,
                                              size_t alignment = kDefaultAlignment);
 
@@ -99,7 +113,7 @@ class BundleLayout {
 
   const BundleShape& shape() const { return shape_; }
   size_t alignment() const { return alignment_; }
-  size_t row_bytes() const { return row_bytes_; }        // H x element size
+  size_t row_bytes() const { return row_bytes_; }  // H x element size, or a quantized row
   size_t rows_per_bundle() const { return shape_.gated ? 3 : 2; }
   size_t bundle_bytes() const { return row_bytes_ * rows_per_bundle(); }
   size_t bundle_stride() const { return bundle_stride_; }

@@ -92,6 +92,11 @@ absl::Status BundleWriter::AppendLayer(const LayerWeights& w) {
     return absl::InvalidArgumentError(s.gated ? "this file is gated: gate must not be null"
                                               : "this file is gate-less: gate must be null");
   }
+  if (s.quant.has_value() && !w.down_neuron_major) {
+    return absl::InvalidArgumentError(
+        "a quantized file takes its down as neuron-major quantized rows (down_neuron_major: "
+        "each neuron's column quantized along H)");
+  }
   const size_t row = layout_.row_bytes(), elem = DTypeSize(s.dtype);
   const size_t model = s.model_intermediate, h = s.hidden;
   const auto* gate = static_cast<const uint8_t*>(w.gate);

@@ -30,6 +30,8 @@ namespace sparse_mlp::store {
 
 // One layer's weights as an MLP keeps them: gate and up [I, H] row-major;
 // down [H, I] (nn.Linear's layout) or, with down_neuron_major, [I, H].
+// For a quantized file, [I] quantized rows of layout().row_bytes() each,
+// down neuron-major (each neuron's column quantized along H).
 // gate is null exactly when the file is gate-less. For a file holding a
 // slice of the model's neurons, the arrays are the whole layer's (I = the
 // model's) and the writer takes the slice's rows and columns.

@@ -24,7 +24,8 @@ TEST(FlashAllocationTest, StepsDoNotAllocate) {
   const size_t h = 64, i = 256, layers = 2;
   std::vector<float> gate(h * i, 0.01f), up(h * i, 0.02f), down(h * i, 0.03f);
   {
-    auto w = store::BundleWriter::Create(path, {DType::kFloat32, h, i, layers, true, 0, 0});
+    auto w = store::BundleWriter::Create(path,
+                                         {DType::kFloat32, h, i, layers, true, 0, 0, std::nullopt});
     ASSERT_TRUE(w.ok());
     for (size_t l = 0; l < layers; ++l) {
       ASSERT_TRUE((*w)->AppendLayer({gate.data(), up.data(), down.data(), true}).ok());

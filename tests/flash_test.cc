@@ -204,7 +204,8 @@ std::string WriteModel(const Model& m, const std::string& name, size_t alignment
   const std::string path = TempDir() + "/" + name;
   store::WriterOptions o;
   o.alignment = alignment;
-  auto w = store::BundleWriter::Create(path, {m.dtype, m.h, m.i, m.layers, m.gated, 0, 0}, o);
+  auto w = store::BundleWriter::Create(
+      path, {m.dtype, m.h, m.i, m.layers, m.gated, 0, 0, std::nullopt}, o);
   EXPECT_TRUE(w.ok()) << w.status();
   for (size_t l = 0; l < m.layers; ++l) {
     EXPECT_TRUE((*w)->AppendLayer({m.gated ? m.gate[l].data() : nullptr, m.up[l].data(),
@@ -487,7 +488,7 @@ TEST(Flash, FaultsLoseNothing) {
   const Model m = MakeModel(DType::kFloat32, 64, 64, 2, true, 13);
   const std::string path = WriteModel(m, "faults.spmlb");
   const store::BundleLayout layout =
-      store::BundleLayout::Create({DType::kFloat32, 64, 64, 2, true, 0, 0}).value();
+      store::BundleLayout::Create({DType::kFloat32, 64, 64, 2, true, 0, 0, std::nullopt}).value();
   bool inject = false;
   const uint64_t bad = layout.bundle_offset(1, 7);
   flash::FlashCacheOptions o;

@@ -6,6 +6,8 @@
 // and bad options are refused naming the value. Random masks, fixed seeds.
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -15,17 +17,21 @@
 #include "cache/model_cache.h"
 #include "cache/weight_cache.h"
 #include "diff/neuron_mask.h"
+#include "flash/flash_cache.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "quant/format.h"
 #include "quant/quantize.h"
+#include "step/flash_step.h"
 #include "step/layer_step.h"
+#include "store/bundle_format.h"
+#include "store/bundle_writer.h"
 
 namespace sparse_mlp {
 namespace {
 
-using ::testing::HasSubstr;
 using quant::QuantType;
+using ::testing::HasSubstr;
 
 struct QWeights {
   quant::RowLayout layout;
@@ -71,13 +77,12 @@ cache::WeightCacheOptions Options(quant::QuantFormat f, size_t h, size_t i,
 // Each active neuron's rows in `a` equal its rows in `b` (slots may differ).
 std::string SameRowsPerNeuron(const cache::WeightCache& a, const cache::WeightCache& b) {
   if (a.num_active() != b.num_active()) return "different active counts";
-  const size_t rb = *cache::RowBytesFor(
-      [&] {
-        cache::WeightCacheOptions o;
-        o.hidden_size = a.hidden_size();
-        o.quant = a.quant();
-        return o;
-      }());
+  const size_t rb = *cache::RowBytesFor([&] {
+    cache::WeightCacheOptions o;
+    o.hidden_size = a.hidden_size();
+    o.quant = a.quant();
+    return o;
+  }());
   std::vector<uint32_t> slot_in_b(a.intermediate_size(), 0xFFFFFFFFu);
   for (size_t s = 0; s < b.num_active(); ++s) slot_in_b[b.active_indices()[s]] = s;
   const cache::MatrixView va[3] = {a.gate(), a.up(), a.down_rows()};
@@ -99,10 +104,9 @@ std::string SameRowsPerNeuron(const cache::WeightCache& a, const cache::WeightCa
 
 TEST(QuantCache, DifferentialUpdatesEqualARebuild) {
   std::mt19937_64 rng(5);
-  for (quant::QuantFormat f : {quant::QuantFormat{QuantType::kInt8, 32},
-                               quant::QuantFormat{QuantType::kInt8, 0},
-                               quant::QuantFormat{QuantType::kQ4, 32},
-                               quant::QuantFormat{QuantType::kQ4, 64}}) {
+  for (quant::QuantFormat f :
+       {quant::QuantFormat{QuantType::kInt8, 32}, quant::QuantFormat{QuantType::kInt8, 0},
+        quant::QuantFormat{QuantType::kQ4, 32}, quant::QuantFormat{QuantType::kQ4, 64}}) {
     const size_t h = 128, i = 120;
     const QWeights w = MakeWeights(rng, f, h, i);
     for (cache::PackedLayout layout :
@@ -113,8 +117,7 @@ TEST(QuantCache, DifferentialUpdatesEqualARebuild) {
         for (int threads : {1, 2}) {
           const cache::WeightCacheOptions o = Options(f, h, i, layout, own, threads);
           diff::NeuronMask mask = RandomMask(rng, i, 0.4);
-          auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()},
-                                              mask);
+          auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, mask);
           ASSERT_TRUE(c.ok()) << c.status();
           for (int step = 0; step < 25; ++step) {
             mask = RandomMask(rng, i, 0.1 + 0.05 * (step % 10));
@@ -124,8 +127,8 @@ TEST(QuantCache, DifferentialUpdatesEqualARebuild) {
                 w.layout.group(), cache::PackedLayoutName(layout),
                 own == cache::SourceOwnership::kCopy ? "copy" : "borrow", threads, step);
             ASSERT_TRUE(c->Verify().ok()) << where << ": " << c->Verify();
-            auto rebuilt = cache::WeightCache::Create(
-                o, {w.gate.data(), w.up.data(), w.down.data()}, mask);
+            auto rebuilt =
+                cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, mask);
             ASSERT_TRUE(rebuilt.ok());
             ASSERT_EQ(SameRowsPerNeuron(*c, *rebuilt), "") << where;
           }
@@ -222,9 +225,8 @@ TEST(QuantCache, ModelCacheUpdateManyKeepsEveryLayerExact) {
 TEST(QuantCache, BadOptionsNameTheValue) {
   std::mt19937_64 rng(1);
   const QWeights w = MakeWeights(rng, {QuantType::kInt8, 32}, 64, 8);
-  cache::WeightCacheOptions o =
-      Options({QuantType::kInt8, 48}, 64, 8, cache::PackedLayout::kSplit,
-              cache::SourceOwnership::kCopy, 1);
+  cache::WeightCacheOptions o = Options({QuantType::kInt8, 48}, 64, 8, cache::PackedLayout::kSplit,
+                                        cache::SourceOwnership::kCopy, 1);
   const diff::NeuronMask m(8);
   auto c = cache::WeightCache::Create(o, {w.gate.data(), w.up.data(), w.down.data()}, m);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("int8 group 48"));
@@ -239,12 +241,86 @@ TEST(QuantCache, BadOptionsNameTheValue) {
   std::vector<uint16_t> x(64, 0);
   std::vector<float> y(64, 7.0f);
   mlp::Workspace ws;
-  const absl::Status s = step::LayerStep(&*c, *diff::NeuronMask::FromIndices(8, {1, 2}),
-                                         {x.data(), 1, 64, DType::kBFloat16}, {y.data(), 1, 64},
-                                         {}, &ws);
+  const absl::Status s =
+      step::LayerStep(&*c, *diff::NeuronMask::FromIndices(8, {1, 2}),
+                      {x.data(), 1, 64, DType::kBFloat16}, {y.data(), 1, 64}, {}, &ws);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c->num_active(), 0u);
   for (float v : y) ASSERT_EQ(v, 7.0f);
+}
+
+TEST(QuantStore, HeaderRoundTripAndFlashStepMatchesFloat64) {
+  std::mt19937_64 rng(33);
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = tmp != nullptr ? tmp : "/tmp";
+  for (quant::QuantFormat f :
+       {quant::QuantFormat{QuantType::kInt8, 32}, quant::QuantFormat{QuantType::kQ4, 64}}) {
+    const size_t h = 128, i = 96, layers = 2;
+    std::vector<QWeights> ws;
+    for (size_t l = 0; l < layers; ++l) ws.push_back(MakeWeights(rng, f, h, i));
+    store::BundleShape shape{DType::kFloat32, h, i, layers, true, 0, 0, f};
+    const std::string path = absl::StrFormat("%s/quant_%s.spmlb", dir, QuantTypeName(f.type));
+    {
+      store::WriterOptions wo;
+      wo.alignment = 512;
+      auto w = store::BundleWriter::Create(path, shape, wo);
+      ASSERT_TRUE(w.ok()) << w.status();
+      EXPECT_EQ((*w)->layout().row_bytes(), ws[0].layout.row_bytes());
+      // Rows given hidden-major are refused: a quantized down is per neuron.
+      EXPECT_THAT(std::string((*w)->AppendLayer({ws[0].gate.data(), ws[0].up.data(),
+                                                 ws[0].down.data(), false})
+                                  .message()),
+                  HasSubstr("neuron-major"));
+      for (const QWeights& q : ws) {
+        ASSERT_TRUE((*w)->AppendLayer({q.gate.data(), q.up.data(), q.down.data(), true}).ok());
+      }
+      ASSERT_TRUE((*w)->Finish().ok());
+    }
+    flash::FlashCacheOptions fo;
+    fo.budget_bytes = size_t{24} << 20;  // the reader's staging, and every slot
+    fo.window = 2;
+    auto opened = flash::FlashModelCache::Open(path, fo);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    flash::FlashModelCache& fc = **opened;
+    ASSERT_TRUE(fc.layout().shape().quant.has_value());
+    EXPECT_EQ(fc.layout().shape().quant->type, f.type);
+    EXPECT_EQ(fc.layout().shape().quant->group, f.group);
+    // The header encodes and decodes to the same layout.
+    std::vector<uint8_t> header(fc.layout().header_bytes());
+    ASSERT_TRUE(fc.layout().EncodeHeader(absl::MakeSpan(header)).ok());
+    auto decoded = store::BundleLayout::DecodeHeader(header, fc.layout().file_bytes(), path);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(decoded->bundle_bytes(), 3 * ws[0].layout.row_bytes());
+    EXPECT_EQ(decoded->bundle_stride() % 512, 0u);
+    mlp::Workspace mws;
+    mlp::ForwardOptions o;
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (int step = 0; step < 8; ++step) {
+      const size_t l = step % layers;
+      const std::vector<uint32_t> mask = RandomMask(rng, i, 0.3).ToIndices();
+      std::vector<float> x(h), y(h, 0.0f);
+      for (float& v : x) v = d(rng);
+      ASSERT_TRUE(
+          step::FlashLayerStep(&fc, l, mask, {x.data(), 1, h}, {y.data(), 1, h}, o, &mws).ok());
+      ASSERT_TRUE(fc.Verify(l).ok());
+      const std::vector<double> ref = Reference(ws[l], h, mask, x);
+      double scale = 1e-6;
+      for (double v : ref) scale = std::max(scale, std::fabs(v));
+      for (size_t k = 0; k < h; ++k) {
+        ASSERT_LE(std::fabs(y[k] - ref[k]), 1e-5 * scale)
+            << QuantTypeName(f.type) << " step " << step << " output " << k;
+      }
+    }
+    // x of another type than float32 is refused before any read.
+    std::vector<uint16_t> x16(h, 0);
+    std::vector<float> y(h);
+    EXPECT_THAT(
+        std::string(step::FlashLayerStep(&fc, 0, {1, 2}, {x16.data(), 1, h, DType::kBFloat16},
+                                         {y.data(), 1, h}, o, &mws)
+                        .message()),
+        HasSubstr("float32 with quantized rows"));
+    std::remove(path.c_str());
+  }
 }
 
 }  // namespace

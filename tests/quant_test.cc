@@ -27,10 +27,10 @@
 namespace sparse_mlp {
 namespace {
 
-using ::testing::HasSubstr;
 using quant::QuantFormat;
 using quant::QuantType;
 using quant::RowLayout;
+using ::testing::HasSubstr;
 
 std::vector<float> Gaussian(std::mt19937_64& rng, size_t n, float sigma) {
   std::normal_distribution<float> d(0.0f, sigma);
@@ -69,7 +69,9 @@ TEST(QuantFormat, Layouts) {
 }
 
 TEST(QuantFormat, BadFormatsNameTheValue) {
-  auto err = [](QuantFormat f, size_t h) { return std::string(RowLayout::Create(f, h).status().message()); };
+  auto err = [](QuantFormat f, size_t h) {
+    return std::string(RowLayout::Create(f, h).status().message());
+  };
   EXPECT_THAT(err({QuantType::kInt8, 48}, 96), HasSubstr("int8 group 48"));
   EXPECT_THAT(err({QuantType::kInt8, 64}, 96), HasSubstr("int8 group 64"));
   EXPECT_THAT(err({QuantType::kQ4, 128}, 256), HasSubstr("q4 group 128"));
@@ -90,8 +92,8 @@ TEST(Quantize, RoundTripAgainstFloat64) {
         ASSERT_TRUE(quant::QuantizeRow(l, w.data(), row.data()).ok());
         std::vector<float> back(h);
         quant::DequantizeRow(l, row.data(), back.data());
-        const std::string where = absl::StrFormat("%s h %d group %d", QuantTypeName(type), h,
-                                                  l.group());
+        const std::string where =
+            absl::StrFormat("%s h %d group %d", QuantTypeName(type), h, l.group());
         for (size_t g = 0; g < l.groups(); ++g) {
           uint16_t bits;
           std::memcpy(&bits, row.data() + l.scale_offset() + 2 * g, 2);
@@ -180,7 +182,7 @@ struct QLayer {
   RowLayout layout;
   size_t h, i;
   bool gated;
-  std::vector<uint8_t> gate, up, down;  // [I] rows of layout.row_bytes()
+  std::vector<uint8_t> gate, up, down;       // [I] rows of layout.row_bytes()
   std::vector<double> gate_w, up_w, down_w;  // [I, H] dequantized
 };
 
@@ -252,9 +254,9 @@ TEST(QuantForward, EveryLevelThreadsGroupsAndTokensMatchFloat64) {
           Reference(q, all, x, tokens, &ref_all, &mag_all);
           for (SimdLevel level : SupportedSimdLevels()) {
             for (int threads : {1, 2}) {
-              mlp::QuantNeuronRows rows{{type, group}, h, inter,
-                                        gated ? q.gate.data() : nullptr, rb,
-                                        q.up.data(), rb, q.down.data(), rb};
+              mlp::QuantNeuronRows rows{
+                  {type, group}, h, inter, gated ? q.gate.data() : nullptr, rb, q.up.data(), rb,
+                  q.down.data(), rb};
               mlp::ForwardOptions o;
               o.simd = level;
               o.num_threads = threads;
@@ -265,16 +267,16 @@ TEST(QuantForward, EveryLevelThreadsGroupsAndTokensMatchFloat64) {
                 const absl::Status s =
                     indexed ? mlp::ForwardIndexedQuant(rows, set, {x.data(), tokens, h},
                                                        {y.data(), tokens, h}, o, &ws)
-                            : mlp::ForwardQuant(rows, {x.data(), tokens, h},
-                                                {y.data(), tokens, h}, o, &ws);
+                            : mlp::ForwardQuant(rows, {x.data(), tokens, h}, {y.data(), tokens, h},
+                                                o, &ws);
                 ASSERT_TRUE(s.ok()) << s;
                 const std::vector<double>& r = indexed ? ref : ref_all;
                 const std::vector<double>& m = indexed ? mag : mag_all;
                 for (size_t k = 0; k < tokens * h; ++k) {
                   ASSERT_LE(std::fabs(y[k] - r[k]), 2e-6 * m[k] + 1e-6)
-                      << QuantTypeName(type) << " h " << h << " group " << q.layout.group()
-                      << " I " << inter << (gated ? " gated" : " gate-less") << " tokens "
-                      << tokens << " " << SimdLevelName(level) << " threads " << threads
+                      << QuantTypeName(type) << " h " << h << " group " << q.layout.group() << " I "
+                      << inter << (gated ? " gated" : " gate-less") << " tokens " << tokens << " "
+                      << SimdLevelName(level) << " threads " << threads
                       << (indexed ? " indexed" : " dense") << " output " << k << ": " << y[k]
                       << " vs " << r[k];
                 }
@@ -293,9 +295,8 @@ TEST(QuantForward, LevelsSelectTheirKernels) {
   for (SimdLevel level : SupportedSimdLevels()) {
     for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
       const mlp::internal::QuantKernels k = mlp::internal::SelectQuantKernels(type, level);
-      EXPECT_EQ(k.level, Resolve(level) == SimdLevel::kAvx2 &&
-                                 !(HasCpuFeature(CpuFeature::kFma) &&
-                                   HasCpuFeature(CpuFeature::kF16c))
+      EXPECT_EQ(k.level, Resolve(level) == SimdLevel::kAvx2 && !(HasCpuFeature(CpuFeature::kFma) &&
+                                                                 HasCpuFeature(CpuFeature::kF16c))
                              ? SimdLevel::kScalar
                              : Resolve(level))
           << SimdLevelName(level);
@@ -310,11 +311,11 @@ TEST(QuantForward, BadArgumentsLeaveYAlone) {
   std::vector<float> x(64, 1.0f), y(64, 7.0f);
   mlp::Workspace ws;
   mlp::ForwardOptions o;
-  mlp::QuantNeuronRows rows{{QuantType::kInt8, 32}, 64, 16, q.gate.data(), rb,
-                            q.up.data(), rb, q.down.data(), rb};
+  mlp::QuantNeuronRows rows{{QuantType::kInt8, 32}, 64, 16, q.gate.data(), rb, q.up.data(), rb,
+                            q.down.data(),          rb};
   auto fails = [&](const mlp::QuantNeuronRows& r, std::vector<uint32_t> idx, const char* want) {
-    const absl::Status s = mlp::ForwardIndexedQuant(r, idx, {x.data(), 1, 64}, {y.data(), 1, 64},
-                                                    o, &ws);
+    const absl::Status s =
+        mlp::ForwardIndexedQuant(r, idx, {x.data(), 1, 64}, {y.data(), 1, 64}, o, &ws);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << want;
     EXPECT_THAT(std::string(s.message()), HasSubstr(want));
     for (float v : y) ASSERT_EQ(v, 7.0f) << want;

@@ -45,7 +45,7 @@ struct Model {
 
 Model MakeModel(DType dtype, size_t h, size_t i, size_t layers, bool gated, uint64_t seed) {
   Model m;
-  m.shape = {dtype, h, i, layers, gated, 0, 0};
+  m.shape = {dtype, h, i, layers, gated, 0, 0, std::nullopt};
   std::mt19937_64 rng(seed);
   const size_t bytes = h * i * DTypeSize(dtype);
   auto fill = [&](std::vector<uint8_t>& v) {
@@ -244,7 +244,7 @@ absl::Status OpenStatus(const std::string& path) {
 }
 
 TEST(StoreFormat, HeaderRoundTripAndEveryByteChecked) {
-  BundleShape s{DType::kBFloat16, 3072, 100, 5, true, 0, 0};
+  BundleShape s{DType::kBFloat16, 3072, 100, 5, true, 0, 0, std::nullopt};
   absl::StatusOr<BundleLayout> l = BundleLayout::Create(s, 512);
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->bundle_bytes(), 3u * 3072 * 2);
@@ -267,14 +267,21 @@ TEST(StoreFormat, HeaderRoundTripAndEveryByteChecked) {
 }
 
 TEST(StoreFormat, BadShapesNamed) {
-  EXPECT_THAT(std::string(BundleLayout::Create({DType::kFloat32, 0, 4, 1}, 512).status().message()),
-              HasSubstr("hidden"));
-  EXPECT_THAT(std::string(BundleLayout::Create({DType::kFloat32, 4, 4, 1}, 1000).status().message()),
-              HasSubstr("alignment"));
-  EXPECT_THAT(std::string(BundleLayout::Create({DType::kFloat32, 4, 4, 1, true, 3, 5}, 512)
-                              .status()
-                              .message()),
-              HasSubstr("outside the model"));
+  EXPECT_THAT(
+      std::string(BundleLayout::Create({DType::kFloat32, 0, 4, 1, true, 0, 0, std::nullopt}, 512)
+                      .status()
+                      .message()),
+      HasSubstr("hidden"));
+  EXPECT_THAT(
+      std::string(BundleLayout::Create({DType::kFloat32, 4, 4, 1, true, 0, 0, std::nullopt}, 1000)
+                      .status()
+                      .message()),
+      HasSubstr("alignment"));
+  EXPECT_THAT(
+      std::string(BundleLayout::Create({DType::kFloat32, 4, 4, 1, true, 3, 5, std::nullopt}, 512)
+                      .status()
+                      .message()),
+      HasSubstr("outside the model"));
 }
 
 class StoreBadFiles : public ::testing::Test {
@@ -303,11 +310,11 @@ TEST_F(StoreBadFiles, OpenErrorsNameFileAndField) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("magic"));
 
   b = good_;
-  b[8] = 2;  // version 2
+  b[8] = 3;  // a version newer than this library's
   WriteFile(path_, b);
   s = OpenStatus(path_);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("version 2"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("version 3"));
 
   b = good_;
   b[24] ^= 1;  // hidden: the header checksum catches it

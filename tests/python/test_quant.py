@@ -101,5 +101,45 @@ class QuantizedForwardTest(unittest.TestCase):
             quant.mlp_forward_quantized(torch.randn(64), q, indices=[8])
 
 
+class QuantizedStoreTest(unittest.TestCase):
+    def test_write_and_serve_from_the_tier(self):
+        import os
+        import tempfile
+        gen = torch.Generator().manual_seed(4)
+        i, h, layers = 64, 128, 3
+        mlps = [(torch.randn(i, h, generator=gen) * 0.2, torch.randn(i, h, generator=gen) * 0.2,
+                 torch.randn(h, i, generator=gen) * 0.2) for _ in range(layers)]
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) as tmp:
+            for fmt, group in (("int8", 32), ("q4", 64)):
+                path = os.path.join(tmp, f"{fmt}.spmlb")
+                layout = sparse_mlp.store.write(path, mlps, dtype=fmt, group=group)
+                self.assertEqual(layout["dtype"], fmt)
+                self.assertEqual(layout["quant_group"], group)
+                self.assertEqual(layout["alignment"], 512)  # small bundles, little padding
+                q = [sparse_mlp.quantize_mlp(*m, fmt, group=group) for m in mlps]
+                self.assertEqual(layout["bundle_bytes"], 3 * q[0].up.rows.shape[1])
+                self.assertEqual(sparse_mlp.store.info(path)["dtype"], fmt)
+                # QuantizedMLP layers write the same bytes.
+                again = os.path.join(tmp, f"{fmt}_again.spmlb")
+                sparse_mlp.store.write(again, q)
+                with open(path, "rb") as a, open(again, "rb") as b:
+                    self.assertEqual(a.read(), b.read())
+                tier = sparse_mlp.ModelCache.from_file(path, budget_bytes=32 << 20)
+                self.assertEqual(tier.dtype, fmt)
+                for step in range(6):
+                    l = step % layers
+                    mask = torch.rand(i, generator=gen) < 0.4
+                    x = torch.randn(h, generator=gen)
+                    y = tier.step(l, mask, x)
+                    want = sparse_mlp.mlp_forward(x, q[l].gate, q[l].up, q[l].down,
+                                                  indices=torch.nonzero(mask).squeeze(1))
+                    self.assertLess(float((y - want).abs().max()),
+                                    1e-5 * float(want.abs().max()) + 1e-6, f"{fmt} step {step}")
+                with self.assertRaisesRegex(ValueError, "layer 0: the layer is int8"):
+                    sparse_mlp.store.write(os.path.join(tmp, "bad.spmlb"),
+                                           [sparse_mlp.quantize_mlp(*mlps[0], "int8")],
+                                           dtype="q4")
+
+
 if __name__ == "__main__":
     unittest.main()

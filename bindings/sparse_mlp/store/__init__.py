@@ -25,6 +25,7 @@ import numpy as np
 from sparse_mlp import _sparse_mlp
 from sparse_mlp._convert import is_torch, weight
 from sparse_mlp._models import layer_triple
+from sparse_mlp.quant import FORMATS as QUANTIZED, QuantizedMLP, quantize_mlp
 from sparse_mlp.store.formats import llama2c_layers, safetensors_layers
 
 try:
@@ -55,8 +56,13 @@ def _convert(t, dtype):
                  "float16": torch.float16}[dtype]).contiguous()
 
 
-def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_major=False,
-          neurons=None, num_threads=1, progress=False):
+# Quantized bundles are 5-10 KiB: 4 KiB padding would waste up to half of
+# each, so their files align to 512 bytes (docs/store_format.md).
+QUANTIZED_ALIGNMENT = 512
+
+
+def write(path, layers, *, dtype=None, alignment=None, down_neuron_major=False,
+          neurons=None, num_threads=1, progress=False, group=32):
     """Writes `layers` to a bundle file at `path` (atomically: a partial file
     is renamed on success and removed on failure).
 
@@ -65,10 +71,13 @@ def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_
         triples (torch tensors or NumPy arrays; gate may be None; down
         ``[H, I]`` as ``nn.Linear`` keeps it, or ``[I, H]`` with
         ``down_neuron_major=True``) or ``nn.Module`` MLPs, as ``ModelCache``
-        takes them. Only one layer is converted at a time.
-      dtype: "float32", "bfloat16" or "float16" to convert to; default: the
-        weights' own.
-      alignment: bundle alignment in bytes (a power of two >= 512).
+        takes them, or ``sparse_mlp.QuantizedMLP`` (quantize_mlp's). Only one
+        layer is converted at a time.
+      dtype: "float32", "bfloat16" or "float16" to convert to, or "int8" /
+        "q4" to quantize to (groups of ``group`` along H; each neuron's down
+        column quantized along H); default: the weights' own.
+      alignment: bundle alignment in bytes (a power of two >= 512); default
+        4096, or 512 for quantized files.
       neurons: None (all) or a range ``(begin, end)`` of neurons per layer:
         the file holds only that slice (one rank's share of a model).
       progress: show a progress bar (tqdm) over the layers.
@@ -83,7 +92,14 @@ def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_
     writer = None
     bar = _progress(count, path) if progress else None
     for index in range(count):
-        gate, up, down = layer_triple(next(iterator), index)
+        layer = next(iterator)
+        if isinstance(layer, QuantizedMLP) or dtype in QUANTIZED:
+            writer = _write_quantized(writer, path, layer, index, count, dtype, group, alignment,
+                                      down_neuron_major, neurons, num_threads)
+            if bar is not None:
+                bar.update(1)
+            continue
+        gate, up, down = layer_triple(layer, index)
         gate, up, down = (weight(gate, "gate"), weight(up, "up"), weight(down, "down"))
         gate, up, down = (_convert(gate, dtype), _convert(up, dtype), _convert(down, dtype))
         if writer is None:
@@ -98,8 +114,8 @@ def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_
                                  f"got {neurons}")
             writer = _sparse_mlp.BundleWriter(
                 str(path), hidden, end - begin, count, name, gated=gate is not None,
-                alignment=alignment, neuron_begin=begin, model_intermediate_size=total,
-                num_threads=num_threads)
+                alignment=DEFAULT_ALIGNMENT if alignment is None else alignment,
+                neuron_begin=begin, model_intermediate_size=total, num_threads=num_threads)
         writer.append_layer(gate, up, down, down_neuron_major=down_neuron_major)
         if bar is not None:
             bar.update(1)
@@ -107,6 +123,38 @@ def write(path, layers, *, dtype=None, alignment=DEFAULT_ALIGNMENT, down_neuron_
         bar.close()
     writer.finish()
     return writer.layout()
+
+
+def _write_quantized(writer, path, layer, index, count, dtype, group, alignment,
+                     down_neuron_major, neurons, num_threads):
+    """One layer of a quantized file (quantized here unless given so);
+    returns the writer, created at the first layer."""
+    if isinstance(layer, QuantizedMLP):
+        q = layer
+        if dtype is not None and dtype != q.fmt:
+            raise ValueError(f"layer {index}: the layer is {q.fmt}, dtype asks for {dtype}")
+    else:
+        gate, up, down = layer_triple(layer, index)
+        if down_neuron_major:
+            down = down.t() if is_torch(down) else down.T
+        try:
+            q = quantize_mlp(gate, up, down, dtype, group=group, num_threads=num_threads)
+        except ValueError as e:
+            raise ValueError(f"layer {index}: {e}") from None
+    if writer is None:
+        total, hidden = q.intermediate_size, q.hidden_size
+        begin, end = (0, total) if neurons is None else neurons
+        if not (0 <= begin < end <= total):
+            raise ValueError(f"neurons must be a range (begin, end) within [0, {total}], "
+                             f"got {neurons}")
+        writer = _sparse_mlp.BundleWriter(
+            str(path), hidden, end - begin, count, q.fmt, gated=q.gate is not None,
+            alignment=QUANTIZED_ALIGNMENT if alignment is None else alignment,
+            neuron_begin=begin, model_intermediate_size=total, num_threads=num_threads,
+            quant_group=q.group)
+    writer.append_layer(None if q.gate is None else q.gate.numpy_rows(), q.up.numpy_rows(),
+                        q.down.numpy_rows(), down_neuron_major=True)
+    return writer
 
 
 def _progress(total, path):
@@ -117,21 +165,22 @@ def _progress(total, path):
     return tqdm(total=total, unit="layer", desc=f"writing {path}")
 
 
-def convert(source, path, *, dtype=None, alignment=DEFAULT_ALIGNMENT, neurons=None,
-            num_threads=1, progress=False):
+def convert(source, path, *, dtype=None, alignment=None, neurons=None,
+            num_threads=1, progress=False, group=32):
     """Converts a checkpoint's MLP weights to a bundle file.
 
     `source`: a llama2.c checkpoint (``.bin``: w1 / w3 / w2 per layer), a
     Hugging Face safetensors file, or a directory or ``*.index.json`` of
     sharded ones (``model.layers.N.mlp.{gate,up,down}_proj.weight``).
-    Weights are memory-mapped, one layer converted at a time."""
+    Weights are memory-mapped, one layer converted (or quantized: ``dtype``
+    "int8" / "q4", groups of ``group``) at a time."""
     source = str(source)
     if source.endswith(".bin"):
         layers = llama2c_layers(source)
     else:
         layers = safetensors_layers(source)
     return write(path, layers, dtype=dtype, alignment=alignment, neurons=neurons,
-                 num_threads=num_threads, progress=progress)
+                 num_threads=num_threads, progress=progress, group=group)
 
 
 def info(path):
