@@ -35,6 +35,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <random>
 #include <string>
@@ -61,15 +62,19 @@
 #include "gather/transpose.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_forward.h"
 #include "nlohmann/json.hpp"
 #include "platform/float16.h"
 #include "platform/simd_level.h"
+#include "quant/format.h"
 #include "step/layer_step.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
 ABSL_FLAG(int, layers, 28, "number of layers L");
 ABSL_FLAG(int, hidden, 0, "H instead of the preset's (0: the preset's)");
-ABSL_FLAG(std::string, dtype, "bfloat16", "weight type: bfloat16, float32 or float16");
+ABSL_FLAG(std::string, dtype, "bfloat16",
+          "weight type: bfloat16, float32, float16, or quantized rows int8 / q4");
+ABSL_FLAG(int, group, 32, "int8 / q4: weights per scale (int8: 0 = the whole row)");
 ABSL_FLAG(std::string, active, "0.5,0.3", "active fractions a");
 ABSL_FLAG(double, churn_early, 0.05, "fraction of the active set replaced per token, layer 0");
 ABSL_FLAG(double, churn_late, 0.40, "the same for the last layer (linear in between)");
@@ -105,6 +110,7 @@ struct Config {
   size_t hidden = 0, intermediate = 0;
   size_t layers = 0;
   DType dtype = DType::kBFloat16;
+  std::optional<quant::QuantFormat> quant;  // quantized rows instead of dtype
   std::vector<double> active;
   double churn_early = 0, churn_late = 0;
   int tokens = 0, rounds = 0, threads = 0;
@@ -127,9 +133,16 @@ absl::StatusOr<Config> ConfigFromFlags() {
         "--layers=%d is not in [1, %u]", layers, cache::WeightCache::kMaxBatchCaches));
   }
   c.layers = static_cast<size_t>(layers);
-  absl::StatusOr<DType> dtype = cache::ParseDType(absl::GetFlag(FLAGS_dtype));
-  if (!dtype.ok()) return dtype.status();
-  c.dtype = *dtype;
+  if (absl::StatusOr<quant::QuantType> q = quant::ParseQuantType(absl::GetFlag(FLAGS_dtype));
+      q.ok()) {
+    c.quant = quant::QuantFormat{*q, static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_group)))};
+    c.dtype = DType::kFloat32;  // x and y
+    if (absl::Status s = quant::RowLayout::Create(*c.quant, c.hidden).status(); !s.ok()) return s;
+  } else {
+    absl::StatusOr<DType> dtype = cache::ParseDType(absl::GetFlag(FLAGS_dtype));
+    if (!dtype.ok()) return dtype.status();
+    c.dtype = *dtype;
+  }
   for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_active), ',')) {
     double v;
     if (!absl::SimpleAtod(part, &v) || !(v > 0 && v <= 1)) {
@@ -211,6 +224,7 @@ class StackBench {
     o.layer.hidden_size = h_;
     o.layer.intermediate_size = i_;
     o.layer.dtype = c_.dtype;
+    o.layer.quant = c_.quant;
     o.layer.layout = c_.layout;
     o.layer.ownership = cache::SourceOwnership::kBorrow;
     o.layer.down_layout = cache::DownLayout::kNeuronMajor;
@@ -281,11 +295,20 @@ class StackBench {
     const Layer& w = layers_[l];
     return {c_.dtype, h_, i_, w.gate.data(), h_, w.up.data(), h_, w.down_rows.data(), h_};
   }
+  mlp::QuantNeuronRows QuantRows(size_t l) const {
+    const Layer& w = layers_[l];
+    const size_t rb = quant::RowLayout::Create(*c_.quant, h_)->row_bytes();
+    return {*c_.quant, h_, i_, w.gate.data(), rb, w.up.data(), rb, w.down_rows.data(), rb};
+  }
 
   void Dense(Series* s) {
     s->token.push_back(SecondsOf([&] {
       for (size_t l = 0; l < c_.layers; ++l) {
         const Layer& w = layers_[l];
+        if (c_.quant.has_value()) {  // quantized: neuron-major rows, all of them
+          Check(mlp::ForwardQuant(QuantRows(l), X(l), Y(), opts_, &ws_), "ForwardQuant");
+          continue;
+        }
         const mlp::LinearWeights lw{c_.dtype, h_, i_, w.gate.data(), w.up.data(), w.down.data()};
         Check(mlp::ForwardLinear(lw, X(l), Y(), opts_, &ws_), "ForwardLinear");
       }
@@ -295,6 +318,11 @@ class StackBench {
     s->token.push_back(SecondsOf([&] {
       for (size_t l = 0; l < c_.layers; ++l) {
         masks_[l].ToIndices(&indices_);
+        if (c_.quant.has_value()) {
+          Check(mlp::ForwardIndexedQuant(QuantRows(l), indices_, X(l), Y(), opts_, &ws_),
+                "ForwardIndexedQuant");
+          continue;
+        }
         Check(mlp::ForwardIndexed(Rows(l), indices_, X(l), Y(), opts_, &ws_), "ForwardIndexed");
       }
     }));
@@ -395,17 +423,31 @@ int Main(int argc, char** argv) {
   const Config& c = *config;
   const size_t h = c.hidden, i = c.intermediate;
   const size_t elem = cache::DTypeSize(c.dtype);
-  const size_t weight_bytes = c.layers * 3 * h * i * elem;
+  const size_t row_bytes =
+      c.quant.has_value() ? quant::RowLayout::Create(*c.quant, h)->row_bytes() : h * elem;
+  const size_t weight_bytes = c.layers * 3 * i * row_bytes;
+  const std::string type_name =
+      c.quant.has_value()
+          ? absl::StrFormat("%s (group %d)", quant::QuantTypeName(c.quant->type),
+                            quant::RowLayout::Create(*c.quant, h)->group())
+          : std::string(cache::DTypeName(c.dtype));
   std::printf("%s MLP stack: %zu layers, H=%zu I=%zu, %s (%.2f GB of MLP weights), %d threads, "
               "simd %s, cache layout %s, churn %.2f (layer 0) to %.2f (layer %zu), T = 1, "
               "%d rounds x %d tokens per variant (medians)\n",
-              c.preset->name, c.layers, h, i, cache::DTypeName(c.dtype), weight_bytes / 1e9,
+              c.preset->name, c.layers, h, i, type_name.c_str(), weight_bytes / 1e9,
               c.threads, SimdLevelName(Resolve(SimdLevel::kBest)),
               cache::PackedLayoutName(c.layout), c.churn_early, c.churn_late, c.layers - 1,
               c.rounds, c.tokens);
   const size_t rss_before = ResidentBytes();
   std::vector<Layer> layers;
   for (size_t l = 0; l < c.layers; ++l) {
+    if (c.quant.has_value()) {  // neuron-major quantized rows; no [H, I] down
+      const quant::RowLayout ql = *quant::RowLayout::Create(*c.quant, h);
+      layers.push_back({RandomQuantRows(i, ql, 3 * l + 1, c.threads),
+                        RandomQuantRows(i, ql, 3 * l + 2, c.threads), Buffer(64),
+                        RandomQuantRows(i, ql, 3 * l + 3, c.threads)});
+      continue;
+    }
     Layer w{RandomValues(h * i, c.dtype, 0.03f, 3 * l + 1, c.threads),
             RandomValues(h * i, c.dtype, 0.03f, 3 * l + 2, c.threads),
             RandomValues(h * i, c.dtype, 0.03f, 3 * l + 3, c.threads), Buffer(h * i * elem)};
@@ -542,7 +584,7 @@ int Main(int argc, char** argv) {
     nlohmann::json j;
     j["model"] = c.preset->name;
     j["layers"] = c.layers;
-    j["dtype"] = cache::DTypeName(c.dtype);
+    j["dtype"] = type_name;
     j["threads"] = c.threads;
     for (const Result& r : results) {
       j["results"].push_back({{"active", r.active},
