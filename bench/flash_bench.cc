@@ -71,6 +71,7 @@
 #include "memory/aligned_buffer.h"
 #include "mlp/mlp_forward.h"
 #include "nlohmann/json.hpp"
+#include "quant/format.h"
 #include "step/flash_step.h"
 #include "step/mask_step.h"
 #include "store/bundle_reader.h"
@@ -94,7 +95,8 @@ ABSL_FLAG(bool, prefetch, true, "prefetch the next layer's neurons while a layer
 ABSL_FLAG(double, mmap_budget, 0.6, "the mmap baseline's page-cache cap, x the weights");
 ABSL_FLAG(bool, compute, true, "tier rows compute (false: loads only, the I/O alone)");
 ABSL_FLAG(bool, verify, true, "tier rows verify each bundle's checksum");
-ABSL_FLAG(std::string, variants, "tier,gate-first,no-cache,dense-stream,mmap,dram",
+ABSL_FLAG(int, int8_group, 32, "the int8 rows' weights per scale (0: the whole row)");
+ABSL_FLAG(std::string, variants, "tier,tier-int8,gate-first,no-cache,dense-stream,mmap,dram",
           "rows to run");
 ABSL_FLAG(std::string, gate_first_budgets, "0.8,1.0",
           "gate-first rows: DRAM budgets x the MLP weights, the gates (a third) included");
@@ -207,6 +209,21 @@ std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t laye
   return path;
 }
 
+// The same stack quantized to int8 rows (synthetic quants, valid scales),
+// 512-byte aligned as sparse_mlp.store writes quantized files.
+std::string EnsureInt8File(const std::string& dir, const ModelPreset& p, size_t layers) {
+  const quant::QuantFormat f{quant::QuantType::kInt8,
+                             static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_int8_group)))};
+  const std::string path = absl::StrFormat("%s/flash_%s_int8g%d_L%d.spmlb", dir, p.name,
+                                           quant::RowLayout::Create(f, p.hidden)->group(), layers);
+  if (absl::Status s = EnsureBundleFile(
+          path, {DType::kFloat32, p.hidden, p.intermediate, layers, true, 0, 0, f}, 512);
+      !s.ok()) {
+    Die(s);
+  }
+  return path;
+}
+
 // Drops the file's clean pages from the page cache (the write that made it
 // leaves them), so every row starts from the device.
 void DropPageCache(const std::string& path) {
@@ -276,13 +293,17 @@ class FlashBench {
     act_.resize(sh.intermediate);
   }
 
+  // Tier rows over the int8 file: the same budget in bytes as the bfloat16
+  // rows (budget x the bfloat16 weights).
+  void set_int8(std::string path) { int8_path_ = std::move(path); }
+
   Row Tier(double budget, int window, int warmup, int tokens, bool prefetch, int depth,
-           bool gate_first = false) {
+           bool gate_first = false, bool int8 = false) {
     Row r;
-    r.variant = gate_first ? "gate-first" : "tier";
+    r.variant = gate_first ? "gate-first" : int8 ? "tier-int8" : "tier";
     r.budget = budget;
     r.window = window;
-    const std::string& path = gate_first ? updown_path_ : path_;
+    const std::string& path = gate_first ? updown_path_ : int8 ? int8_path_ : path_;
     DropPageCache(path);
     flash::FlashCacheOptions o;
     // Gate-first: the gates take a third of the weights out of the budget.
@@ -550,7 +571,7 @@ class FlashBench {
     if (!s.ok()) Die(s);
   }
 
-  std::string path_;
+  std::string path_, int8_path_;
   const Trace& trace_;
   store::BundleLayout layout_;
   std::vector<float> x_, y_;
@@ -634,6 +655,24 @@ int Main(int argc, char** argv) {
       PrintRow(rows.back());
       std::fflush(stdout);
       if (!rows.back().ran) break;  // the other windows cannot run either
+    }
+  }
+  if (wanted("tier-int8")) {
+    // int8 rows under the same budgets in bytes (x the bfloat16 weights),
+    // interleaved with a bfloat16 row each, so the pair sees one machine.
+    bench.set_int8(EnsureInt8File(absl::GetFlag(FLAGS_dir), *preset, layers));
+    for (double b : {0.6}) {
+      for (double w : Doubles(absl::GetFlag(FLAGS_windows))) {
+        if (w < 2) continue;  // window 1 reloads every token: not the tier's operating point
+        rows.push_back(bench.Tier(b, static_cast<int>(w), warmup, tokens,
+                                  absl::GetFlag(FLAGS_prefetch), depth, false, true));
+        PrintRow(rows.back());
+        rows.push_back(bench.Tier(b, static_cast<int>(w), warmup, tokens,
+                                  absl::GetFlag(FLAGS_prefetch), depth));
+        rows.back().note = "(paired with the int8 row above)";
+        PrintRow(rows.back());
+        std::fflush(stdout);
+      }
     }
   }
   if (wanted("gate-first")) {
@@ -725,9 +764,28 @@ int Main(int argc, char** argv) {
                                                           : " (goal >= 2.5x) MISSED")
                               : " (what the window buys where the budget caps it)");
   }
+  {
+    // int8 against bfloat16 at the same DRAM budget in bytes: the best
+    // window of each, from the paired rows.
+    const Row* best_int8 = nullptr;
+    const Row* best_bf16 = nullptr;
+    for (size_t k = 0; k + 1 < rows.size(); ++k) {
+      if (!rows[k].ran || rows[k].variant != "tier-int8" || !rows[k + 1].ran) continue;
+      if (best_int8 == nullptr || rows[k].ms < best_int8->ms) best_int8 = &rows[k];
+      if (best_bf16 == nullptr || rows[k + 1].ms < best_bf16->ms) best_bf16 = &rows[k + 1];
+    }
+    if (best_int8 != nullptr && best_bf16 != nullptr) {
+      std::printf("  int8 file (window %d) vs bfloat16 (window %d) at the same DRAM budget "
+                  "(0.6 x the bfloat16 weights): %.2fx fewer ms per token (%.1f vs %.1f ms; "
+                  "%.3f vs %.3f GB read per token) (goal >= 2x) %s\n",
+                  best_int8->window, best_bf16->window, best_bf16->ms / best_int8->ms,
+                  best_int8->ms, best_bf16->ms, best_int8->gb, best_bf16->gb,
+                  verdict(best_bf16->ms / best_int8->ms >= 2));
+    }
+  }
   double worst_dram = 0;
   for (const Row& r : rows) {
-    if (r.ran && r.variant == "tier") {
+    if (r.ran && (r.variant == "tier" || r.variant == "tier-int8")) {
       worst_dram = std::max(worst_dram, (r.dram_gb + r.page_cache_gb) / (r.budget * bench.weight_bytes() / 1e9));
     }
   }
