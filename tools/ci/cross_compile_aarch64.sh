@@ -27,7 +27,8 @@ ln -s /usr/include/xxhash.h "$stage/xxhash.h"
 
 passed=0
 failed=0
-for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'store/*.cc' 'cache/*.cc' 'mlp/*.cc'); do
+for src in $(git ls-files 'platform/*.cc' 'memory/*.cc' 'diff/*.cc' 'gather/*.cc' 'quant/*.cc' \
+                  'store/*.cc' 'mlp/*.cc' 'cache/*.cc' 'flash/*.cc' 'step/*.cc'); do
   if "$cxx" -std=c++17 -O2 -fopenmp -Wall -Wextra -Wshadow -Werror -I. -isystem "$stage" \
        -c "$src" -o "$stage/out.o" 2>"$stage/err"; then
     passed=$((passed + 1))
