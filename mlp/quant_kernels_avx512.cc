@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "mlp/kernel_util.h"
+#include "mlp/kernels.h"
 
 #define SPARSE_MLP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
@@ -24,16 +25,11 @@ namespace {
 
 using quant::QuantType;
 
-SPARSE_MLP_AVX512 inline __m512 Scale(const uint8_t* row, const quant::RowLayout& l, size_t g) {
-  uint16_t bits;
-  std::memcpy(&bits, row + l.scale_offset() + 2 * g, 2);
-  return _mm512_set1_ps(_cvtsh_ss(bits));
-}
-
-// Weights [c, c + 16) of a row, dequantized (c a multiple of 16; for q4 a
-// 32-weight block's low half at c % 32 == 0, its high half at 16).
+// The quants [c, c + 16) of a row as float32, unscaled (c a multiple of
+// 16; for q4 a 32-weight block's low half at c % 32 == 0, its high half at
+// 16). Scales are applied once per group, not per vector (the loops below).
 template <QuantType Q>
-SPARSE_MLP_AVX512 inline __m512 Deq16(const uint8_t* row, size_t c, __m512 scale) {
+SPARSE_MLP_AVX512 inline __m512 Quants16(const uint8_t* row, size_t c) {
   __m512i q;
   if constexpr (Q == QuantType::kInt8) {
     q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
@@ -44,54 +40,118 @@ SPARSE_MLP_AVX512 inline __m512 Deq16(const uint8_t* row, size_t c, __m512 scale
                             : _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
     q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(nib), _mm512_set1_epi32(8));
   }
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale);
+  return _mm512_cvtepi32_ps(q);
 }
 
-// int8 weights [c, c + n), n < 16, the rest zero.
-SPARSE_MLP_AVX512 inline __m512 Deq16Tail(const uint8_t* row, size_t c, size_t n, __m512 scale) {
+// int8 quants [c, c + n), n < 16, the rest zero, unscaled.
+SPARSE_MLP_AVX512 inline __m512 Quants16Tail(const uint8_t* row, size_t c, size_t n) {
   const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
   const __m512i q = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, row + c));
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(q), scale);
+  return _mm512_cvtepi32_ps(q);
 }
 
-// NR rows x TB tokens of dot products at once (NR x TB <= 8 accumulators).
+// The float16 scale of group g of a row.
+SPARSE_MLP_AVX512 inline float ScaleOf(const uint8_t* row, const quant::RowLayout& l, size_t g) {
+  uint16_t bits;
+  std::memcpy(&bits, row + l.scale_offset() + 2 * g, 2);
+  return _cvtsh_ss(bits);
+}
+
+// Scales of groups [g0, g0 + 16) of a row as float32 into out[16] (one
+// conversion; groups past the row's end read as garbage and are not used).
+SPARSE_MLP_AVX512 inline void Scales16(const uint8_t* row, const quant::RowLayout& l, size_t g0,
+                                       float* out) {
+  const size_t n = l.groups() - g0 < 16 ? l.groups() - g0 : 16;
+  const __mmask16 m = static_cast<__mmask16>(n == 16 ? 0xFFFF : (1u << n) - 1);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, row + l.scale_offset() + 2 * g0);
+  _mm512_storeu_ps(out, _mm512_cvtph_ps(h));
+}
+
+// One vector of 16 weights at `at` of NR rows, times TB tokens' x, into gacc.
 template <QuantType Q, int NR, int TB>
-SPARSE_MLP_AVX512 void DotBlock(const uint8_t* const* rows, const float* v, size_t v_stride,
-                                size_t tokens, const quant::RowLayout& l, float* out) {
-  __m512 acc[NR][TB];
+SPARSE_MLP_AVX512 inline void VectorDot(const uint8_t* const* rows, const float* v,
+                                        size_t v_stride, size_t at, __m512 (&gacc)[NR][TB]) {
+  __m512 x[TB];
+  SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) x[k] = _mm512_loadu_ps(v + k * v_stride + at);
   SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
-    SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) acc[r][k] = _mm512_setzero_ps();
-  }
-  const size_t h = l.hidden(), group = l.group();
-  for (size_t g = 0; g < l.groups(); ++g) {
-    __m512 s[NR];
-    SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) s[r] = Scale(rows[r], l, g);
-    const size_t end = (g + 1) * group;
-    size_t c = g * group;
-    for (; c + 16 <= end; c += 16) {
-      SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
-        const __m512 w = Deq16<Q>(rows[r], c, s[r]);
-        SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
-          acc[r][k] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + k * v_stride + c), acc[r][k]);
-        }
-      }
+    const __m512 w = Quants16<Q>(rows[r], at);
+    SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+      gacc[r][k] = _mm512_fmadd_ps(w, x[k], gacc[r][k]);
     }
+  }
+}
+
+// One group's products of NR rows x TB tokens, unscaled: CG vectors of 16
+// (CG > 0: the group's width / 16, unrolled) or `width` weights (CG == 0).
+template <QuantType Q, int NR, int TB, int CG>
+SPARSE_MLP_AVX512 inline void GroupDot(const uint8_t* const* rows, const float* v,
+                                       size_t v_stride, size_t c, size_t width,
+                                       __m512 (&gacc)[NR][TB]) {
+  SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
+    SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) gacc[r][k] = _mm512_setzero_ps();
+  }
+  if constexpr (CG > 0) {
+    SPARSE_MLP_UNROLL for (int q = 0; q < CG; ++q) {
+      VectorDot<Q, NR, TB>(rows, v, v_stride, c + 16 * static_cast<size_t>(q), gacc);
+    }
+  } else {
+    const size_t end = c + width;
+    for (; c + 16 <= end; c += 16) VectorDot<Q, NR, TB>(rows, v, v_stride, c, gacc);
     if (c < end) {  // a whole-row int8 group of any width
       const size_t n = end - c;
       const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
       SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
-        const __m512 w = Deq16Tail(rows[r], c, n, s[r]);
+        const __m512 w = Quants16Tail(rows[r], c, n);
         SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
-          acc[r][k] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, v + k * v_stride + c), acc[r][k]);
+          gacc[r][k] =
+              _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, v + k * v_stride + c), gacc[r][k]);
         }
       }
     }
   }
-  (void)h;
+}
+
+// NR rows x TB tokens of dot products at once (NR x TB <= 8 accumulators):
+// each group's products summed unscaled, then added in with the group's
+// scale (one FMA per group instead of a multiply per vector), the scales
+// converted 16 at a time.
+template <QuantType Q, int NR, int TB, int CG>
+SPARSE_MLP_AVX512 void DotBlockG(const uint8_t* const* rows, const float* v, size_t v_stride,
+                                 size_t tokens, const quant::RowLayout& l, float* out) {
+  __m512 acc[NR][TB];
+  SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
+    SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) acc[r][k] = _mm512_setzero_ps();
+  }
+  const size_t group = l.group();
+  alignas(64) float scales[NR][16];
+  for (size_t g = 0; g < l.groups(); ++g) {
+    if (g % 16 == 0) {
+      SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) Scales16(rows[r], l, g, scales[r]);
+    }
+    __m512 gacc[NR][TB];
+    GroupDot<Q, NR, TB, CG>(rows, v, v_stride, g * group, group, gacc);
+    SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
+      const __m512 s = _mm512_set1_ps(scales[r][g % 16]);
+      SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+        acc[r][k] = _mm512_fmadd_ps(gacc[r][k], s, acc[r][k]);
+      }
+    }
+  }
   SPARSE_MLP_UNROLL for (int r = 0; r < NR; ++r) {
     SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
       out[r * tokens + k] = _mm512_reduce_add_ps(acc[r][k]);
     }
+  }
+}
+
+template <QuantType Q, int NR, int TB>
+SPARSE_MLP_AVX512 void DotBlock(const uint8_t* const* rows, const float* v, size_t v_stride,
+                                size_t tokens, const quant::RowLayout& l, float* out) {
+  switch (l.group()) {
+    case 32: return DotBlockG<Q, NR, TB, 2>(rows, v, v_stride, tokens, l, out);
+    case 64: return DotBlockG<Q, NR, TB, 4>(rows, v, v_stride, tokens, l, out);
+    case 128: return DotBlockG<Q, NR, TB, 8>(rows, v, v_stride, tokens, l, out);
+    default: return DotBlockG<Q, NR, TB, 0>(rows, v, v_stride, tokens, l, out);
   }
 }
 
@@ -155,13 +215,58 @@ SPARSE_MLP_AVX512 void Dot(const void* const* rows_in, size_t nrows, const float
   }
 }
 
-// TB tokens of y, 16 columns at a time in registers, every row added in.
+// TB tokens of y, 64 columns (four vectors) at a time in registers, every
+// row added in with its coefficient times the group's scale (one scalar
+// product per row and group: the vectors only widen and FMA). The rows'
+// scales are converted 16 groups at a time into a table first.
 template <QuantType Q, int TB>
 SPARSE_MLP_AVX512 void AxpyBlock(const uint8_t* const* rows, size_t n, const float* coef,
                                  size_t tokens, const quant::RowLayout& l, float* y,
                                  size_t y_stride) {
   const size_t h = l.hidden(), group = l.group();
-  for (size_t c = 0; c < h; c += 16) {
+  alignas(64) float scales[kMaxAxpyRows][16];
+  size_t table_first = ~size_t{0};  // the first group the table holds
+  size_t c = 0;
+  for (; c + 64 <= h; c += 64) {
+    __m512 acc[4][TB];
+    SPARSE_MLP_UNROLL for (int q = 0; q < 4; ++q) {
+      SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+        acc[q][k] = _mm512_loadu_ps(y + k * y_stride + c + 16 * q);
+      }
+    }
+    // The groups of the four vectors: one (group >= 64) or two (group 32).
+    const size_t g0 = c / group, g1 = (c + 32) / group;
+    if (table_first == ~size_t{0} || g1 >= table_first + 16) {  // the table covers g1
+      table_first = g1 / 16 * 16;
+      for (size_t j = 0; j < n; ++j) Scales16(rows[j], l, table_first, scales[j]);
+    }
+    // g0 is g1 or the group before it, in the table unless g1 opened it.
+    const bool g0_in_table = g0 >= table_first;
+    for (size_t j = 0; j < n; ++j) {
+      const float s1 = scales[j][g1 - table_first];
+      const float s0 = g0 == g1        ? s1
+                       : g0_in_table ? scales[j][g0 - table_first]
+                                     : ScaleOf(rows[j], l, g0);
+      __m512 c0[TB], c1[TB];
+      SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+        const float a = coef[j * tokens + k];
+        c0[k] = _mm512_set1_ps(a * s0);
+        c1[k] = _mm512_set1_ps(a * s1);
+      }
+      SPARSE_MLP_UNROLL for (int q = 0; q < 4; ++q) {
+        const __m512 w = Quants16<Q>(rows[j], c + 16 * q);
+        SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+          acc[q][k] = _mm512_fmadd_ps(w, q < 2 ? c0[k] : c1[k], acc[q][k]);
+        }
+      }
+    }
+    SPARSE_MLP_UNROLL for (int q = 0; q < 4; ++q) {
+      SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
+        _mm512_storeu_ps(y + k * y_stride + c + 16 * q, acc[q][k]);
+      }
+    }
+  }
+  for (; c < h; c += 16) {  // the last columns, 16 (or fewer) at a time
     const size_t width = h - c >= 16 ? 16 : h - c;
     const __mmask16 m = static_cast<__mmask16>(width == 16 ? 0xFFFF : (1u << width) - 1);
     __m512 acc[TB];
@@ -170,10 +275,10 @@ SPARSE_MLP_AVX512 void AxpyBlock(const uint8_t* const* rows, size_t n, const flo
     }
     const size_t g = c / group;
     for (size_t j = 0; j < n; ++j) {
-      const __m512 s = Scale(rows[j], l, g);
-      const __m512 w = width == 16 ? Deq16<Q>(rows[j], c, s) : Deq16Tail(rows[j], c, width, s);
+      const float s = ScaleOf(rows[j], l, g);
+      const __m512 w = width == 16 ? Quants16<Q>(rows[j], c) : Quants16Tail(rows[j], c, width);
       SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {
-        acc[k] = _mm512_fmadd_ps(w, _mm512_set1_ps(coef[j * tokens + k]), acc[k]);
+        acc[k] = _mm512_fmadd_ps(w, _mm512_set1_ps(coef[j * tokens + k] * s), acc[k]);
       }
     }
     SPARSE_MLP_UNROLL for (int k = 0; k < TB; ++k) {

@@ -235,7 +235,7 @@ TEST(QuantForward, EveryLevelThreadsGroupsAndTokensMatchFloat64) {
   std::mt19937_64 rng(2026);
   int cases = 0;
   for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
-    for (size_t h : {64, 96, 128, 256, 100, 40}) {
+    for (size_t h : {64, 96, 128, 256, 100, 40, 1088}) {  // 1088: > 16 groups of 32 or 64
       for (size_t group : Groups(type, h)) {
         const size_t inter = 48 + rng() % 40;
         const bool gated = (rng() % 4) != 0;
