@@ -116,15 +116,9 @@ class PyWeightCache {
 
   // Sorted, duplicate-free neuron indices (uint32, C-contiguous, 1-D).
   void UpdateIndices(const py::array& indices) {
-    if (!py::isinstance<py::array_t<uint32_t>>(indices) ||
-        !(indices.flags() & py::array::c_style) || indices.ndim() != 1) {
-      throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
-    }
-    const auto* data = static_cast<const uint32_t*>(indices.data());
-    const size_t n = static_cast<size_t>(indices.shape(0));
-    ThrowIfError(RunWithoutGil([&](cache::WeightCache& c) {
-      return c.Update(cache::MaskInput::Indices(absl::MakeConstSpan(data, n)));
-    }));
+    const IndicesArg idx(indices);
+    ThrowIfError(RunWithoutGil(
+        [&](cache::WeightCache& c) { return c.Update(cache::MaskInput::Indices(idx.span)); }));
   }
 
   void CatchUp() {

@@ -1,5 +1,7 @@
 #include "bindings/convert.h"
 
+#include <pybind11/numpy.h>
+
 #include <string>
 #include <utility>
 
@@ -299,6 +301,16 @@ step::Selection SelectionArg(const py::object& k, const py::object& threshold, s
     s.threshold = static_cast<float>(t);
   }
   return s;
+}
+
+IndicesArg::IndicesArg(const py::object& indices)
+    : array(py::reinterpret_borrow<py::array>(indices)) {
+  if (!py::isinstance<py::array_t<uint32_t>>(indices) || !(array.flags() & py::array::c_style) ||
+      array.ndim() != 1) {
+    throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
+  }
+  span = absl::Span<const uint32_t>(static_cast<const uint32_t*>(array.data()),
+                                    static_cast<size_t>(array.shape(0)));
 }
 
 }  // namespace sparse_mlp::bindings

@@ -231,6 +231,14 @@ struct ImportedMlp {
 ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::object& down,
                       int64_t hidden_size, bool down_neuron_major, const std::string& prefix);
 
+// Sorted neuron indices from Python: a 1-D C-contiguous uint32 NumPy array
+// (TypeError otherwise), viewed without a copy; `array` keeps it alive.
+struct IndicesArg {
+  explicit IndicesArg(const py::object& indices);
+  py::array array;
+  absl::Span<const uint32_t> span;
+};
+
 // A mask source's selection: exactly one of k (neurons per token, in
 // [0, neurons]) and threshold (not NaN); ValueError / TypeError otherwise.
 step::Selection SelectionArg(const py::object& k, const py::object& threshold, size_t neurons);

@@ -111,15 +111,9 @@ void MlpForward(const py::object& x, const py::object& gate, const py::object& u
           "indices need a neuron-major down [I, H]: transpose it once "
           "(down.t().contiguous()) and pass down_neuron_major=True");
     }
-    const py::array index_array = py::reinterpret_borrow<py::array>(indices);
-    if (!py::isinstance<py::array_t<uint32_t>>(indices) ||
-        !(index_array.flags() & py::array::c_style) || index_array.ndim() != 1) {
-      throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
-    }
-    const absl::Span<const uint32_t> idx(static_cast<const uint32_t*>(index_array.data()),
-                                         static_cast<size_t>(index_array.shape(0)));
+    const IndicesArg idx(indices);
     py::gil_scoped_release release;
-    status = mlp::ForwardIndexed(rows, idx, t.In(), t.Out(), o, &workspace);
+    status = mlp::ForwardIndexed(rows, idx.span, t.In(), t.Out(), o, &workspace);
   }
   ThrowIfError(status);
 }

@@ -136,15 +136,9 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
     py::gil_scoped_release release;
     status = mlp::ForwardQuant(rows, t.In(), t.Out(), o, &workspace);
   } else {
-    const py::array index_array = py::reinterpret_borrow<py::array>(indices);
-    if (!py::isinstance<py::array_t<uint32_t>>(indices) ||
-        !(index_array.flags() & py::array::c_style) || index_array.ndim() != 1) {
-      throw py::type_error("indices must be a 1-D C-contiguous uint32 array");
-    }
-    const absl::Span<const uint32_t> idx(static_cast<const uint32_t*>(index_array.data()),
-                                         static_cast<size_t>(index_array.shape(0)));
+    const IndicesArg idx(indices);
     py::gil_scoped_release release;
-    status = mlp::ForwardIndexedQuant(rows, idx, t.In(), t.Out(), o, &workspace);
+    status = mlp::ForwardIndexedQuant(rows, idx.span, t.In(), t.Out(), o, &workspace);
   }
   ThrowIfError(status);
 }

@@ -64,40 +64,22 @@ DType ComputeDType(const cache::WeightCache& cache) {
   return cache.quant().has_value() ? DType::kFloat32 : cache.dtype();
 }
 
-// Validates the call and sizes the workspace; *layout is the cache's
-// quantized row layout (if any), for the executor.
-absl::Status Prepare(const cache::WeightCache* cache, const mlp::ConstTokens& x,
-                     const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                     mlp::Workspace* workspace, std::optional<quant::RowLayout>* layout) {
-  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
-  const DType dtype = ComputeDType(*cache);
-  if (absl::Status s = mlp::internal::ValidateCall(dtype, cache->hidden_size(), x, y, options);
-      !s.ok()) {
-    return s;
-  }
-  if (cache->quant().has_value()) {
-    // Valid: the cache was created with it.
-    *layout = *quant::RowLayout::Create(*cache->quant(), cache->hidden_size());
-  }
-  return mlp::internal::PrepareWorkspace(dtype, cache->hidden_size(), 0, x, options, workspace);
-}
-
 // The executor of a layer step: the forward over the planned slots.
 struct StepExecutor {
-  DType dtype;
+  DType dtype;  // the forward's (ComputeDType)
   size_t hidden_size;
   bool has_gate;
   const mlp::ConstTokens& x;
   const mlp::Tokens& y;
   const mlp::ForwardOptions& options;
   mlp::Workspace* workspace;
-  const float* gate_act = nullptr;  // given gate activations (gate-first)
-  size_t gate_act_stride = 0;
-  const quant::RowLayout* quant = nullptr;  // quantized rows
+  const float* gate_act;  // given gate activations (gate-first), or null
+  size_t gate_act_stride;
+  const quant::RowLayout* quant;  // quantized rows, or null
 
   void operator()(const cache::PlannedUpdate& plan) const {
     mlp::internal::Problem p;
-    p.dtype = quant != nullptr ? DType::kFloat32 : dtype;
+    p.dtype = dtype;
     p.quant = quant;
     p.hidden_size = hidden_size;
     p.count = plan.num_active;
@@ -109,6 +91,47 @@ struct StepExecutor {
     mlp::internal::Run(StepRows(plan), p, x, y, options, workspace);
   }
 };
+
+// Every layer step: validates the call and sizes the workspace (nothing
+// changes on an error), then updates the cache to `mask` with the forward
+// as the plan's executor. given_gate: the gate's activations are given
+// (gate_act) and the cache must be gate-less.
+absl::Status Step(cache::WeightCache* cache, const cache::MaskInput& mask, bool given_gate,
+                  const float* gate_act, size_t gate_act_stride, const mlp::ConstTokens& x,
+                  const mlp::Tokens& y, const mlp::ForwardOptions& options,
+                  mlp::Workspace* workspace) {
+  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
+  const DType dtype = ComputeDType(*cache);
+  if (absl::Status s = mlp::internal::ValidateCall(dtype, cache->hidden_size(), x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          mlp::internal::PrepareWorkspace(dtype, cache->hidden_size(), 0, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (given_gate && cache->has_gate()) {
+    return absl::InvalidArgumentError(
+        "a step with given gate activations needs a gate-less cache (up and down rows)");
+  }
+  std::optional<quant::RowLayout> layout;
+  if (cache->quant().has_value()) {
+    // Valid: the cache was created with it.
+    layout = *quant::RowLayout::Create(*cache->quant(), cache->hidden_size());
+  }
+  const StepExecutor execute{dtype,
+                             cache->hidden_size(),
+                             cache->has_gate(),
+                             x,
+                             y,
+                             options,
+                             workspace,
+                             gate_act,
+                             gate_act_stride,
+                             layout.has_value() ? &*layout : nullptr};
+  return cache->UpdateWith(mask, execute);
+}
 
 }  // namespace
 
@@ -155,37 +178,14 @@ absl::Status CacheForward(const cache::WeightCache& cache, const mlp::ConstToken
 absl::Status LayerStep(cache::WeightCache* cache, const diff::NeuronMask& mask,
                        const mlp::ConstTokens& x, const mlp::Tokens& y,
                        const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  std::optional<quant::RowLayout> layout;
-  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
-  const StepExecutor execute{cache->dtype(),
-                             cache->hidden_size(),
-                             cache->has_gate(),
-                             x,
-                             y,
-                             options,
-                             workspace,
-                             nullptr,
-                             0,
-                             layout.has_value() ? &*layout : nullptr};
-  return cache->UpdateWith(mask, execute);
+  return Step(cache, mask, false, nullptr, 0, x, y, options, workspace);
 }
 
 absl::Status LayerStepFromByteRows(cache::WeightCache* cache, absl::Span<const uint8_t> masks,
                                    size_t rows, const mlp::ConstTokens& x, const mlp::Tokens& y,
                                    const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  std::optional<quant::RowLayout> layout;
-  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
-  const StepExecutor execute{cache->dtype(),
-                             cache->hidden_size(),
-                             cache->has_gate(),
-                             x,
-                             y,
-                             options,
-                             workspace,
-                             nullptr,
-                             0,
-                             layout.has_value() ? &*layout : nullptr};
-  return cache->UpdateWith(cache::MaskInput::ByteRows(masks, rows), execute);
+  return Step(cache, cache::MaskInput::ByteRows(masks, rows), false, nullptr, 0, x, y, options,
+              workspace);
 }
 
 namespace internal {
@@ -194,23 +194,7 @@ absl::Status LayerStepGivenGate(cache::WeightCache* cache, const diff::NeuronMas
                                 const float* gate_act, size_t gate_act_stride,
                                 const mlp::ConstTokens& x, const mlp::Tokens& y,
                                 const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  std::optional<quant::RowLayout> layout;
-  if (absl::Status s = Prepare(cache, x, y, options, workspace, &layout); !s.ok()) return s;
-  if (cache->has_gate()) {
-    return absl::InvalidArgumentError(
-        "a step with given gate activations needs a gate-less cache (up and down rows)");
-  }
-  const StepExecutor execute{cache->dtype(),
-                             cache->hidden_size(),
-                             false,
-                             x,
-                             y,
-                             options,
-                             workspace,
-                             gate_act,
-                             gate_act_stride,
-                             layout.has_value() ? &*layout : nullptr};
-  return cache->UpdateWith(mask, execute);
+  return Step(cache, mask, true, gate_act, gate_act_stride, x, y, options, workspace);
 }
 
 }  // namespace internal
