@@ -10,6 +10,7 @@
 #include "gather/partition.h"
 #include "gather/stream_copy.h"
 #include "memory/size_math.h"
+#include "mlp/forward_util.h"
 #include "mlp/kernel_util.h"
 #include "mlp/kernels.h"
 #include "mlp/quant_kernels.h"
@@ -20,64 +21,14 @@
 namespace sparse_mlp::mlp {
 namespace {
 
-using internal::Kernels;
-using internal::kMaxAxpyRows;
-using internal::NeuronPtrs;
-using internal::VectorDType;
-
+using internal::kBlock;
 using internal::kMaxDotRows;
-// Neurons per block: the axpy's rows per pass over the partial sums.
-constexpr size_t kBlock = kMaxAxpyRows;
-// From this many tokens on, one dot call takes two neurons' rows: each x
-// vector then serves four rows (loads per FMA halve, and x, which no
-// longer fits L1 beyond a few tokens, is swept half as often). At one
-// token a call keeps to one neuron: two concurrent read streams, the
-// pattern the T = 1 measurements favoured (docs/performance.md); four rows
-// at one token were not measured.
-constexpr size_t kPairedNeuronTokens = 2;
 
 // Scratch floats per thread after the partial sums: the block's
 // coefficients and one dot call's results.
 constexpr size_t ScratchFloats(size_t chunk) { return (kBlock + kMaxDotRows) * chunk; }
-// Prefetched lines at the start of the next neuron's rows: enough for the
-// hardware prefetcher to pick the row up, which it cannot do before its
-// first misses (direct-index rows are scattered).
-constexpr size_t kPrefetchHeadBytes = 1024;
 
 size_t AlignUp64(size_t n) { return (n + 63) / 64 * 64; }
-
-float Load(const void* p, DType dtype, size_t i) {
-  switch (dtype) {
-    case DType::kBFloat16:
-      return internal::Elem<DType::kBFloat16>(p, i);
-    case DType::kFloat16:
-      return internal::Elem<DType::kFloat16>(p, i);
-    case DType::kFloat32:
-      break;
-  }
-  return internal::Elem<DType::kFloat32>(p, i);
-}
-
-void Store(void* p, DType dtype, size_t i, float v) {
-  switch (dtype) {
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(p)[i] = FloatToBFloat16(v);
-      return;
-    case DType::kFloat16:
-      static_cast<uint16_t*>(p)[i] = FloatToFloat16(v);
-      return;
-    case DType::kFloat32:
-      break;
-  }
-  static_cast<float*>(p)[i] = v;
-}
-
-const uint8_t* TokenRow(const ConstTokens& x, size_t t) {
-  return static_cast<const uint8_t*>(x.data) + t * x.stride * DTypeSize(x.dtype);
-}
-uint8_t* TokenRow(const Tokens& y, size_t t) {
-  return static_cast<uint8_t*>(y.data) + t * y.stride * DTypeSize(y.dtype);
-}
 
 bool ValidDType(DType d) {
   return d == DType::kFloat32 || d == DType::kBFloat16 || d == DType::kFloat16;
@@ -107,109 +58,6 @@ absl::Status CheckTokens(const char* name, const void* data, size_t tokens, size
   if (elements.ok()) elements = memory::CheckedAdd(*elements, hidden);
   if (elements.ok()) elements = memory::CheckedMul(*elements, DTypeSize(dtype));
   return elements.status();
-}
-
-// The activation of neuron pre-activations for tc tokens; with bfloat16
-// weights rounded to bfloat16 (the down projection multiplies bfloat16 by
-// bfloat16, mlp_forward.h).
-void Activations(Activation act, bool has_gate, bool round_bf16, const float* ga,
-                 const float* ua, size_t tc, float* out) {
-  for (size_t t = 0; t < tc; ++t) {
-    const float h = has_gate ? Activate(act, ga[t]) * ua[t] : Activate(act, ua[t]);
-    out[t] = round_bf16 ? BFloat16ToFloat(FloatToBFloat16(h)) : h;
-  }
-}
-
-// h[t] = ga[t x stride] x ua[t]: the gate's activations given (a
-// gate-first step computed them while selecting the neurons).
-void GivenGate(const float* ga, size_t stride, bool round_bf16, const float* ua, size_t tc,
-               float* out) {
-  for (size_t t = 0; t < tc; ++t) {
-    const float h = ga[t * stride] * ua[t];
-    out[t] = round_bf16 ? BFloat16ToFloat(FloatToBFloat16(h)) : h;
-  }
-}
-
-// One dot call on vectors in the kernels' form for the weights: bfloat16
-// pairs (v16) with bfloat16 weights, float32 (v32) otherwise.
-void DotVectors(const Kernels& k, bool bf16, const void* const* rows, size_t n,
-                const uint16_t* v16, const float* v32, size_t stride, size_t tc, size_t len,
-                float* dots) {
-  if (bf16) {
-    k.dot(rows, n, v16, stride, tc, len, dots);
-  } else {
-    k.dot_f32(rows, n, v32, stride, tc, len, dots);
-  }
-}
-
-void PrefetchHead(const uint8_t* row, size_t row_bytes) {
-  if (row == nullptr) return;
-  const size_t n = std::min(row_bytes, kPrefetchHeadBytes);
-  for (size_t o = 0; o < n; o += 64) __builtin_prefetch(row + o, 0, 2);
-}
-
-// x in the kernels' vector form: x itself, or converted into the workspace.
-struct Vectors {
-  const void* data;
-  size_t stride;
-};
-
-Vectors PrepareVectors(DType weights, const ConstTokens& x, size_t hidden, Workspace* ws) {
-  const DType form = VectorDType(weights);
-  if (x.dtype == form) return {x.data, x.stride};
-  uint8_t* out = WorkspaceAccess::Vectors(ws);
-  for (size_t t = 0; t < x.tokens; ++t) {
-    const uint8_t* row = TokenRow(x, t);
-    void* dst = out + t * hidden * DTypeSize(form);
-    for (size_t i = 0; i < hidden; ++i) Store(dst, form, i, Load(row, x.dtype, i));
-  }
-  return {out, hidden};
-}
-
-const uint8_t* VectorRow(const Vectors& v, DType weights, size_t t) {
-  return static_cast<const uint8_t*>(v.data) + t * v.stride * DTypeSize(VectorDType(weights));
-}
-
-// A contiguous share of [0, n) for member `tid` of a team of `team`;
-// `align` rounds the boundaries (not the end).
-void Share(size_t n, int tid, int team, size_t align, size_t* begin, size_t* end) {
-  auto bound = [&](int k) {
-    if (k >= team) return n;
-    const size_t b = n * static_cast<size_t>(k) / static_cast<size_t>(team) / align * align;
-    return std::min(b, n);
-  };
-  *begin = bound(tid);
-  *end = bound(tid + 1);
-}
-
-// y rows [t0, t0 + tc), columns [c0, c1): the sum of the team's partials in
-// thread order (plus y with accumulate).
-// Partial rows are `width` floats in the kernels' column order (`paired`:
-// internal::YIndex).
-void Reduce(const Tokens& y, bool accumulate, size_t t0, size_t tc, size_t c0, size_t c1,
-            const uint8_t* partials, size_t per_thread, int team, size_t width, bool paired) {
-  for (size_t t = 0; t < tc; ++t) {
-    uint8_t* yt = TokenRow(y, t0 + t);
-    for (size_t c = c0; c < c1; ++c) {
-      float s = accumulate ? Load(yt, y.dtype, c) : 0.0f;
-      const size_t at = t * width + internal::YIndex(c, paired);
-      for (int k = 0; k < team; ++k) {
-        s += reinterpret_cast<const float*>(partials + k * per_thread)[at];
-      }
-      Store(yt, y.dtype, c, s);
-    }
-  }
-}
-
-void WriteEmpty(const Tokens& y, bool accumulate, size_t hidden) {
-  if (accumulate) return;  // y += 0
-  for (size_t t = 0; t < y.tokens; ++t) {
-    std::memset(TokenRow(y, t), 0, hidden * DTypeSize(y.dtype));
-  }
-}
-
-int ThreadsFor(size_t weight_bytes, int requested) {
-  return weight_bytes >= gather::kParallelMinBytes ? requested : 1;
 }
 
 }  // namespace
@@ -433,178 +281,6 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
       if (store) FinishStreamingStores();
 #pragma omp barrier
       Reduce(y, o.accumulate, t0, tc, c0, c1, partials, per_thread, team, width, k.bf16_dot);
-#pragma omp barrier
-    }
-  }
-}
-
-void RunActivations(const NeuronRows& rows, const ConstTokens& x, const ForwardOptions& o,
-                    Workspace* ws, float* out, float* abs_out, size_t out_stride) {
-  const size_t hidden = rows.hidden_size;
-  const Kernels k = SelectKernels(rows.dtype, o.simd);
-  const Vectors v = PrepareVectors(rows.dtype, x, hidden, ws);
-  const size_t elem = DTypeSize(rows.dtype);
-  const auto* base = static_cast<const uint8_t*>(rows.up);
-  const int threads = ThreadsFor(rows.count * hidden * elem, o.num_threads);
-
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    size_t begin, end;
-    Share(rows.count, omp_get_thread_num(), omp_get_num_threads(), 1, &begin, &end);
-    float dots[kMaxDotRows * kTokenChunk];
-    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
-      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
-      // Two rows per call at one token (two read streams, as Run), four
-      // from kPairedNeuronTokens tokens on.
-      const size_t group = tc >= kPairedNeuronTokens ? kMaxDotRows : 2;
-      const void* xt = VectorRow(v, rows.dtype, t0);
-      for (size_t j = begin; j < end; j += group) {
-        const size_t g = std::min(group, end - j);
-        const void* r[kMaxDotRows];
-        for (size_t q = 0; q < g; ++q) r[q] = base + (j + q) * rows.up_stride * elem;
-        k.dot(r, g, xt, v.stride, tc, hidden, dots);
-        for (size_t q = 0; q < g; ++q) {
-          for (size_t t = 0; t < tc; ++t) {
-            const float a = Activate(o.activation, dots[q * tc + t]);
-            out[(t0 + t) * out_stride + j + q] = a;
-            if (abs_out != nullptr) abs_out[(t0 + t) * out_stride + j + q] = std::fabs(a);
-          }
-        }
-      }
-    }
-  }
-}
-
-void RunLowRank(DType dtype, size_t hidden, size_t rank, size_t outputs, const void* a,
-                size_t a_stride, const void* b, size_t b_stride, const ConstTokens& x,
-                const ForwardOptions& o, Workspace* ws, float* z, float* out,
-                size_t out_stride) {
-  const Kernels k = SelectKernels(dtype, o.simd);
-  const Vectors v = PrepareVectors(dtype, x, hidden, ws);
-  const size_t elem = DTypeSize(dtype);
-  const bool bf16 = dtype == DType::kBFloat16;
-  const auto* a_rows = static_cast<const uint8_t*>(a);
-  const auto* b_rows = static_cast<const uint8_t*>(b);
-  // z in the kernels' vector form for B's rows: bfloat16 pairs for
-  // bfloat16 weights, stored over the first half of z's scratch.
-  auto* z16 = reinterpret_cast<uint16_t*>(z);
-  const int threads =
-      ThreadsFor((rank * hidden + outputs * rank) * elem, o.num_threads);
-
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int team = omp_get_num_threads();
-    const int tid = omp_get_thread_num();
-    float dots[kMaxDotRows * kTokenChunk];
-    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
-      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
-      const void* xt = VectorRow(v, dtype, t0);
-      // z = A x: rank rows, shared over the team.
-      size_t begin, end;
-      Share(rank, tid, team, 1, &begin, &end);
-      for (size_t j = begin; j < end; j += kMaxDotRows) {
-        const size_t g = std::min(kMaxDotRows, end - j);
-        const void* r[kMaxDotRows];
-        for (size_t q = 0; q < g; ++q) r[q] = a_rows + (j + q) * a_stride * elem;
-        k.dot(r, g, xt, v.stride, tc, hidden, dots);
-        for (size_t q = 0; q < g; ++q) {
-          for (size_t t = 0; t < tc; ++t) {
-            const float zv = dots[q * tc + t];
-            if (bf16) {
-              z16[t * rank + j + q] = FloatToBFloat16(zv);
-            } else {
-              z[t * rank + j + q] = zv;
-            }
-          }
-        }
-      }
-#pragma omp barrier
-      // scores = B z: I rows of length rank.
-      Share(outputs, tid, team, 1, &begin, &end);
-      for (size_t i = begin; i < end; i += kMaxDotRows) {
-        const size_t g = std::min(kMaxDotRows, end - i);
-        const void* r[kMaxDotRows];
-        for (size_t q = 0; q < g; ++q) r[q] = b_rows + (i + q) * b_stride * elem;
-        DotVectors(k, bf16, r, g, z16, z, rank, tc, rank, dots);
-        for (size_t q = 0; q < g; ++q) {
-          for (size_t t = 0; t < tc; ++t) out[(t0 + t) * out_stride + i + q] = dots[q * tc + t];
-        }
-      }
-#pragma omp barrier
-    }
-  }
-}
-
-void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
-               const ForwardOptions& o, Workspace* ws) {
-  const size_t hidden = w.hidden_size;
-  const size_t inter = w.intermediate_size;
-  const Kernels k = SelectKernels(w.dtype, o.simd);
-  const Vectors v = PrepareVectors(w.dtype, x, hidden, ws);
-  const size_t elem = DTypeSize(w.dtype);
-  const size_t row_bytes = hidden * elem;
-  const int threads = ThreadsFor(inter * (w.gate ? 3 : 2) * row_bytes, o.num_threads);
-  // Every neuron's activation, [chunk, I]: bfloat16 for bfloat16 weights
-  // (the down dot then runs bfloat16 x bfloat16), float32 otherwise.
-  float* h = WorkspaceAccess::Hidden(ws);
-  auto* h16 = reinterpret_cast<uint16_t*>(h);
-  const bool bf16 = w.dtype == DType::kBFloat16;
-  const auto* gate = static_cast<const uint8_t*>(w.gate);
-  const auto* up = static_cast<const uint8_t*>(w.up);
-  const auto* down = static_cast<const uint8_t*>(w.down);
-
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const int team = omp_get_num_threads();
-    const int tid = omp_get_thread_num();
-    size_t begin, end, r0, r1;
-    Share(inter, tid, team, 1, &begin, &end);
-    Share(hidden, tid, team, 1, &r0, &r1);
-    float dots[kMaxDotRows * kTokenChunk], hv[kTokenChunk];
-    for (size_t t0 = 0; t0 < x.tokens; t0 += kTokenChunk) {
-      const size_t tc = std::min(kTokenChunk, x.tokens - t0);
-      const size_t group = tc >= kPairedNeuronTokens ? 2 : 1;
-      const void* xt = VectorRow(v, w.dtype, t0);
-      // Phase 1: every neuron's activation, [tc, I].
-      for (size_t j = begin; j < end; j += group) {
-        const size_t g = std::min(group, end - j);
-        const void* rows[kMaxDotRows];
-        size_t num_rows = 0;
-        for (size_t q = j; q < j + g; ++q) {
-          if (gate != nullptr) rows[num_rows++] = gate + q * row_bytes;
-          rows[num_rows++] = up + q * row_bytes;
-        }
-        k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);
-        for (size_t q = j; q < j + g; ++q) {
-          const size_t first = (q - j) * (gate != nullptr ? 2 : 1);
-          Activations(o.activation, gate != nullptr, false, dots + first * tc,
-                      dots + (first + (gate != nullptr ? 1 : 0)) * tc, tc, hv);
-          for (size_t t = 0; t < tc; ++t) {
-            if (bf16) {
-              h16[t * inter + q] = FloatToBFloat16(hv[t]);
-            } else {
-              h[t * inter + q] = hv[t];
-            }
-          }
-        }
-      }
-#pragma omp barrier
-      // Phase 2: output r of every token is <down row r, h_t>; several
-      // rows per call from kPairedNeuronTokens tokens on.
-      const size_t rows_per_call = tc >= kPairedNeuronTokens ? kMaxDotRows : 1;
-      for (size_t r = r0; r < r1; r += rows_per_call) {
-        const size_t n = std::min(rows_per_call, r1 - r);
-        const void* rows[kMaxDotRows];
-        for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * inter * elem;
-        DotVectors(k, bf16, rows, n, h16, h, inter, tc, inter, dots);
-        for (size_t q = 0; q < n; ++q) {
-          for (size_t t = 0; t < tc; ++t) {
-            uint8_t* yt = TokenRow(y, t0 + t);
-            const float before = o.accumulate ? Load(yt, y.dtype, r + q) : 0.0f;
-            Store(yt, y.dtype, r + q, before + dots[q * tc + t]);
-          }
-        }
-      }
 #pragma omp barrier
     }
   }

@@ -94,6 +94,12 @@ void Run(const RowSource& source, const Problem& problem, const ConstTokens& x,
 void RunActivations(const NeuronRows& rows, const ConstTokens& x, const ForwardOptions& options,
                     Workspace* workspace, float* out, float* abs_out, size_t out_stride);
 
+// RunActivations over `count` quantized rows of `layout`, row j at
+// rows + j x stride bytes (x float32, as the quantized forward reads it).
+void RunQuantActivations(const quant::RowLayout& layout, size_t count, const void* rows,
+                         size_t stride, const ConstTokens& x, const ForwardOptions& options,
+                         Workspace* workspace, float* out, float* abs_out, size_t out_stride);
+
 // B (A x_t) for A [r, H] (rows a, stride a_stride) and B [I, r] (rows b,
 // stride b_stride), both of `dtype`: out[t x out_stride + i], float32. The
 // rank-r intermediate is float32, rounded to bfloat16 for bfloat16 weights
@@ -113,8 +119,18 @@ absl::Status ForwardIndexedGivenGate(const NeuronRows& rows, absl::Span<const ui
                                      const ForwardOptions& options, Workspace* workspace,
                                      const uint32_t* neuron_of = nullptr);
 
+// The nn.Linear-layout forward (after validation and PrepareWorkspace with
+// the intermediate size).
 void RunLinear(const LinearWeights& weights, const ConstTokens& x, const Tokens& y,
                const ForwardOptions& options, Workspace* workspace);
+
+// The same over quantized rows: gate (null: none) and up rows of
+// rows_layout (H weights), down's H rows of down_layout (I weights),
+// contiguous; x and y float32.
+void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout& down_layout,
+                    size_t intermediate, const void* gate, const void* up, const void* down,
+                    const ConstTokens& x, const Tokens& y, const ForwardOptions& options,
+                    Workspace* workspace);
 
 }  // namespace internal
 }  // namespace sparse_mlp::mlp

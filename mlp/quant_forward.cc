@@ -116,6 +116,38 @@ absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows, absl::Span<const u
   return RunQuant(rows, indices, true, x, y, options, workspace);
 }
 
+absl::Status ForwardLinearQuant(const QuantLinearWeights& w, const ConstTokens& x, const Tokens& y,
+                                const ForwardOptions& options, Workspace* workspace) {
+  absl::StatusOr<quant::RowLayout> rows = quant::RowLayout::Create(w.format, w.hidden_size);
+  if (!rows.ok()) return rows.status();
+  if (w.intermediate_size == 0) {
+    return absl::InvalidArgumentError("intermediate_size must be positive, got 0");
+  }
+  absl::StatusOr<quant::RowLayout> down = quant::RowLayout::Create(w.format, w.intermediate_size);
+  if (!down.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("down's rows of intermediate_size %u weights: %s", w.intermediate_size,
+                        down.status().message()));
+  }
+  if (absl::Status s = internal::ValidateCall(DType::kFloat32, w.hidden_size, x, y, options);
+      !s.ok()) {
+    return s;
+  }
+  if (w.up == nullptr) return absl::InvalidArgumentError("up rows are null");
+  if (w.down == nullptr) return absl::InvalidArgumentError("down rows are null");
+  absl::StatusOr<size_t> bytes = memory::CheckedMul(w.intermediate_size, rows->row_bytes());
+  if (bytes.ok()) bytes = memory::CheckedMul(w.hidden_size, down->row_bytes());
+  if (!bytes.ok()) return bytes.status();
+  if (absl::Status s = internal::PrepareWorkspace(DType::kFloat32, w.hidden_size,
+                                                  w.intermediate_size, x, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  internal::RunLinearQuant(*rows, *down, w.intermediate_size, w.gate, w.up, w.down, x, y, options,
+                           workspace);
+  return absl::OkStatus();
+}
+
 namespace internal {
 
 absl::Status ForwardIndexedQuantGivenGate(const QuantNeuronRows& rows,

@@ -50,6 +50,23 @@ absl::Status ForwardIndexedQuant(const QuantNeuronRows& rows, absl::Span<const u
                                  const ConstTokens& x, const Tokens& y,
                                  const ForwardOptions& options, Workspace* workspace);
 
+// nn.Linear's layout, dense: gate (null: none) and up are I quantized rows
+// of H weights each, down is H quantized rows of I weights each (the
+// nn.Linear [H, I] down matrix quantized along its rows, so the format's
+// group must divide I as well as H), all contiguous. Every neuron.
+struct QuantLinearWeights {
+  quant::QuantFormat format;
+  size_t hidden_size = 0;
+  size_t intermediate_size = 0;
+  const void* gate = nullptr;
+  const void* up = nullptr;
+  const void* down = nullptr;
+};
+
+absl::Status ForwardLinearQuant(const QuantLinearWeights& weights, const ConstTokens& x,
+                                const Tokens& y, const ForwardOptions& options,
+                                Workspace* workspace);
+
 namespace internal {
 
 // ForwardIndexedQuant over up and down rows (rows.gate null) with the

@@ -291,6 +291,82 @@ TEST(QuantForward, EveryLevelThreadsGroupsAndTokensMatchFloat64) {
   EXPECT_GT(cases, 200);
 }
 
+// nn.Linear's layout: down is [H, I], each of its H rows quantized along I.
+TEST(QuantForward, LinearLayoutMatchesFloat64) {
+  std::mt19937_64 rng(77);
+  int cases = 0;
+  for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+    for (size_t group : {size_t{32}, size_t{64}, size_t{0}}) {
+      if (type == QuantType::kQ4 && group == 0) continue;
+      const size_t h = 128, inter = 192;
+      for (bool gated : {true, false}) {
+        const QLayer q = MakeLayer(rng, {type, group}, h, inter, gated);
+        const RowLayout dl = *RowLayout::Create({type, group}, inter);
+        // down as nn.Linear keeps it: [H, I], row c = output c's weights.
+        std::vector<uint8_t> down_rows(h * dl.row_bytes());
+        std::vector<double> down_w(h * inter);
+        for (size_t c = 0; c < h; ++c) {
+          const std::vector<float> w = Gaussian(rng, inter, 0.5f);
+          uint8_t* row = down_rows.data() + c * dl.row_bytes();
+          ASSERT_TRUE(quant::QuantizeRow(dl, w.data(), row).ok());
+          for (size_t j = 0; j < inter; ++j) down_w[c * inter + j] = quant::WeightAt(dl, row, j);
+        }
+        for (size_t tokens : {1, 3, 16}) {
+          const std::vector<float> x = Gaussian(rng, tokens * h, 1.0f);
+          std::vector<double> ref(tokens * h, 0.0), mag(tokens * h, 0.0);
+          for (size_t t = 0; t < tokens; ++t) {
+            for (size_t j = 0; j < inter; ++j) {
+              double g = 0, u = 0;
+              for (size_t c = 0; c < h; ++c) {
+                if (gated) g += q.gate_w[j * h + c] * x[t * h + c];
+                u += q.up_w[j * h + c] * x[t * h + c];
+              }
+              const double a = gated ? g / (1.0 + std::exp(-g)) * u : u / (1.0 + std::exp(-u));
+              for (size_t c = 0; c < h; ++c) {
+                ref[t * h + c] += a * down_w[c * inter + j];
+                mag[t * h + c] += std::fabs(a * down_w[c * inter + j]) + std::fabs(a);
+              }
+            }
+          }
+          for (SimdLevel level : SupportedSimdLevels()) {
+            for (int threads : {1, 2}) {
+              mlp::ForwardOptions o;
+              o.simd = level;
+              o.num_threads = threads;
+              mlp::Workspace ws;
+              std::vector<float> y(tokens * h, 7.0f);
+              const mlp::QuantLinearWeights w{{type, group}, h,
+                                              inter,         gated ? q.gate.data() : nullptr,
+                                              q.up.data(),   down_rows.data()};
+              const absl::Status s =
+                  mlp::ForwardLinearQuant(w, {x.data(), tokens, h}, {y.data(), tokens, h}, o, &ws);
+              ASSERT_TRUE(s.ok()) << s;
+              for (size_t k = 0; k < tokens * h; ++k) {
+                ASSERT_LE(std::fabs(y[k] - ref[k]), 2e-6 * mag[k] + 1e-6)
+                    << QuantTypeName(type) << " group " << group << (gated ? " gated" : "")
+                    << " tokens " << tokens << " " << SimdLevelName(level) << " threads " << threads
+                    << " output " << k << ": " << y[k] << " vs " << ref[k];
+              }
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 30);
+  // A group that divides H but not I is refused, naming down's rows.
+  std::vector<float> x(64, 1.0f), y(64, 7.0f);
+  std::vector<uint8_t> rows(4096);
+  mlp::Workspace ws;
+  const mlp::QuantLinearWeights bad{
+      {QuantType::kInt8, 32}, 64, 48, nullptr, rows.data(), rows.data()};
+  const absl::Status s =
+      mlp::ForwardLinearQuant(bad, {x.data(), 1, 64}, {y.data(), 1, 64}, {}, &ws);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("intermediate_size 48"));
+  for (float v : y) ASSERT_EQ(v, 7.0f);
+}
+
 TEST(QuantForward, LevelsSelectTheirKernels) {
   for (SimdLevel level : SupportedSimdLevels()) {
     for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
