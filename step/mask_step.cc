@@ -43,10 +43,12 @@ absl::Status CheckRows(const char* name, const void* data, size_t stride, size_t
   return absl::OkStatus();
 }
 
+// `any_dtype`: a quantized side (the gate or the cache) takes float32 x,
+// so the types need not agree.
 absl::Status CheckCache(const cache::WeightCache* cache, DType dtype, size_t hidden,
-                        size_t intermediate) {
+                        size_t intermediate, bool any_dtype = false) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
-  if (cache->dtype() != dtype || cache->hidden_size() != hidden ||
+  if ((!any_dtype && cache->dtype() != dtype) || cache->hidden_size() != hidden ||
       cache->intermediate_size() != intermediate) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "cache is %s [%u neurons x %u] but the mask source is %s [%u x %u]",
@@ -141,6 +143,25 @@ absl::StatusOr<GateFirst> GateFirst::Create(DType dtype, size_t hidden, size_t i
   return g;
 }
 
+absl::StatusOr<GateFirst> GateFirst::CreateQuant(quant::QuantFormat format, size_t hidden,
+                                                 size_t intermediate, const void* gate,
+                                                 size_t gate_stride) {
+  if (absl::Status s = CheckShape(DType::kFloat32, hidden, intermediate); !s.ok()) return s;
+  absl::StatusOr<quant::RowLayout> layout = quant::RowLayout::Create(format, hidden);
+  if (!layout.ok()) return layout.status();
+  if (gate == nullptr) return absl::InvalidArgumentError("gate is null");
+  if (gate_stride < layout->row_bytes()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "gate row stride %u bytes is smaller than a %s row of %u weights (%u bytes)", gate_stride,
+        quant::QuantTypeName(format.type), hidden, layout->row_bytes()));
+  }
+  absl::StatusOr<GateFirst> g = Create(DType::kFloat32, hidden, intermediate, gate, hidden);
+  if (!g.ok()) return g.status();
+  g->gate_quant_ = format;
+  g->gate_quant_stride_ = gate_stride;
+  return g;
+}
+
 absl::Status GateFirst::Reserve(size_t tokens) {
   absl::StatusOr<size_t> n = memory::CheckedMul(tokens, intermediate_size_);
   if (!n.ok()) return n.status();
@@ -157,15 +178,16 @@ absl::Status GateFirst::Activations(const mlp::ConstTokens& x, const mlp::Forwar
       !s.ok()) {
     return s;
   }
-  mlp::internal::RunActivations(gate_, x, options, workspace, out.data(), nullptr,
-                                intermediate_size_);
+  RunGate(x, options, workspace, out.data(), nullptr);
   return absl::OkStatus();
 }
 
 absl::Status GateFirst::Step(cache::WeightCache* cache, const Selection& selection,
                              const mlp::ConstTokens& x, const mlp::Tokens& y,
                              const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
+  if (absl::Status s =
+          CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_,
+                     cache != nullptr && Drives(cache->dtype(), cache->quant().has_value()));
       !s.ok()) {
     return s;
   }
@@ -194,7 +216,9 @@ absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::Neur
                                      absl::Span<const float> act, const mlp::ConstTokens& x,
                                      const mlp::Tokens& y, const mlp::ForwardOptions& options,
                                      mlp::Workspace* workspace) {
-  if (absl::Status s = CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_);
+  if (absl::Status s =
+          CheckCache(cache, gate_.dtype, gate_.hidden_size, intermediate_size_,
+                     cache != nullptr && Drives(cache->dtype(), cache->quant().has_value()));
       !s.ok()) {
     return s;
   }
@@ -221,7 +245,7 @@ absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
                                   mlp::Workspace* workspace) {
   if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
   const store::BundleShape& shape = cache->layout().shape();
-  if (shape.dtype != gate_.dtype || shape.hidden != gate_.hidden_size ||
+  if (!Drives(shape.dtype, shape.quant.has_value()) || shape.hidden != gate_.hidden_size ||
       shape.intermediate != intermediate_size_) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "the bundle file is %s [%u neurons x %u] but the gate is %s [%u x %u]",
@@ -253,19 +277,30 @@ absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
   return absl::OkStatus();
 }
 
+void GateFirst::RunGate(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+                        mlp::Workspace* workspace, float* act, float* magnitude) const {
+  if (gate_quant_.has_value()) {
+    mlp::internal::RunQuantActivations(*quant::RowLayout::Create(*gate_quant_, gate_.hidden_size),
+                                       intermediate_size_, gate_.up, gate_quant_stride_, x, options,
+                                       workspace, act, magnitude, intermediate_size_);
+  } else {
+    mlp::internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
+  }
+}
+
 absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,
                                const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
   float* act = scratch_.buffer(0);
   float* magnitude = scratch_.buffer(1);
-  mlp::internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
+  RunGate(x, options, workspace, act, magnitude);
   return SelectInto(magnitude, x.tokens, intermediate_size_, selection, &scratch_);
 }
 
 absl::Status GateFirst::Forward(const mlp::NeuronRows& up_down, const Selection& selection,
                                 const mlp::ConstTokens& x, const mlp::Tokens& y,
                                 const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
-  if (up_down.dtype != gate_.dtype || up_down.hidden_size != gate_.hidden_size ||
+  if (!Drives(up_down.dtype, false) || up_down.hidden_size != gate_.hidden_size ||
       up_down.count != intermediate_size_) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "up_down rows are %s [%u x %u] but the gate is %s [%u x %u]",
@@ -288,6 +323,37 @@ absl::Status GateFirst::Forward(const mlp::NeuronRows& up_down, const Selection&
   if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
   scratch_.incoming.ToIndices(&indices_);
   if (absl::Status s = mlp::internal::ForwardIndexedGivenGate(
+          up_down, indices_, scratch_.buffer(0), intermediate_size_, x, y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  std::swap(scratch_.selected, scratch_.incoming);
+  return absl::OkStatus();
+}
+
+absl::Status GateFirst::Forward(const mlp::QuantNeuronRows& up_down, const Selection& selection,
+                                const mlp::ConstTokens& x, const mlp::Tokens& y,
+                                const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+  if (up_down.hidden_size != gate_.hidden_size || up_down.count != intermediate_size_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("up_down rows are %s [%u x %u] but the gate is [%u x %u]",
+                        quant::QuantTypeName(up_down.format.type), up_down.count,
+                        up_down.hidden_size, intermediate_size_, gate_.hidden_size));
+  }
+  if (up_down.gate != nullptr) {
+    return absl::InvalidArgumentError(
+        "up_down must have no gate rows (the gate pass computes their part)");
+  }
+  // x float32 for the quantized rows (and so for any gate).
+  if (absl::Status s = PrepareCall(DType::kFloat32, gate_.hidden_size, x, y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (indices_.capacity() < intermediate_size_) indices_.reserve(intermediate_size_);
+  if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
+  scratch_.incoming.ToIndices(&indices_);
+  // Validates the rows (format, strides) before anything is written to y.
+  if (absl::Status s = mlp::internal::ForwardIndexedQuantGivenGate(
           up_down, indices_, scratch_.buffer(0), intermediate_size_, x, y, options, workspace);
       !s.ok()) {
     return s;

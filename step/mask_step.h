@@ -43,6 +43,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -54,6 +55,8 @@
 #include "flash/flash_cache.h"
 #include "memory/aligned_buffer.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_forward.h"
+#include "quant/format.h"
 
 namespace sparse_mlp::step {
 
@@ -89,6 +92,15 @@ class GateFirst {
   static absl::StatusOr<GateFirst> Create(DType dtype, size_t hidden_size,
                                           size_t intermediate_size, const void* gate,
                                           size_t gate_stride);
+
+  // A quantized gate (quant/format.h): I rows of RowLayout(format, H), row
+  // r at gate + r x gate_stride bytes. Borrowed. Selection then reads a
+  // half (int8) or a quarter (q4) of a bfloat16 gate's bytes; x must be
+  // float32. The up and down rows it drives may be of any type, quantized
+  // or not (the steps below take them as they are).
+  static absl::StatusOr<GateFirst> CreateQuant(quant::QuantFormat format, size_t hidden_size,
+                                               size_t intermediate_size, const void* gate,
+                                               size_t gate_stride);
 
   // Sizes the scratch for calls of up to `tokens` tokens.
   absl::Status Reserve(size_t tokens);
@@ -133,6 +145,13 @@ class GateFirst {
   absl::Status Forward(const mlp::NeuronRows& up_down, const Selection& selection,
                        const mlp::ConstTokens& x, const mlp::Tokens& y,
                        const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+  // The same over quantized up and neuron-major down rows (x float32).
+  absl::Status Forward(const mlp::QuantNeuronRows& up_down, const Selection& selection,
+                       const mlp::ConstTokens& x, const mlp::Tokens& y,
+                       const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+
+  // The gate's quantized format, if it is quantized.
+  const std::optional<quant::QuantFormat>& gate_quant() const { return gate_quant_; }
 
   // The neurons the last successful Step or Forward kept (empty mask
   // before one).
@@ -144,7 +163,19 @@ class GateFirst {
   // Gate pass and selection into scratch_.incoming (after validation).
   absl::Status Select(const mlp::ConstTokens& x, const Selection& selection,
                       const mlp::ForwardOptions& options, mlp::Workspace* workspace);
-  mlp::NeuronRows gate_;
+  // The type x must have for the gate pass (the gate's; float32 for a
+  // quantized gate). Rows of `dtype` (or quantized ones) may be driven by
+  // this gate when either side is quantized (x is float32 then) or the
+  // types agree.
+  bool Drives(DType dtype, bool quantized) const {
+    return gate_quant_.has_value() || quantized || dtype == gate_.dtype;
+  }
+  // act(gate x) (and |act| into magnitude, if not null) for every neuron.
+  void RunGate(const mlp::ConstTokens& x, const mlp::ForwardOptions& options,
+               mlp::Workspace* workspace, float* act, float* magnitude) const;
+  mlp::NeuronRows gate_;  // a quantized gate: rows in gate_.up, float32 x
+  std::optional<quant::QuantFormat> gate_quant_;
+  size_t gate_quant_stride_ = 0;  // bytes
   size_t intermediate_size_ = 0;
   ScoreScratch scratch_;
   std::vector<uint32_t> indices_;  // Forward's kept neurons (capacity I)

@@ -4,6 +4,7 @@
 // a cache rebuilt from scratch for the same mask), the step's y matches a
 // float64 forward on the dequantized weights and CacheForward bit for bit,
 // and bad options are refused naming the value. Random masks, fixed seeds.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include "quant/quantize.h"
 #include "step/flash_step.h"
 #include "step/layer_step.h"
+#include "step/mask_step.h"
 #include "store/bundle_format.h"
 #include "store/bundle_writer.h"
 
@@ -247,6 +249,93 @@ TEST(QuantCache, BadOptionsNameTheValue) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c->num_active(), 0u);
   for (float v : y) ASSERT_EQ(v, 7.0f);
+}
+
+// Gate-first selection over a quantized gate: the activations match float64
+// on the dequantized gate, the selection is each token's top k of them, and
+// the cached step (a gate-less cache of quantized up / down rows) and the
+// direct-index forward over the same selection match float64.
+TEST(QuantGateFirst, SelectsByTheQuantizedGateAndMatchesFloat64) {
+  std::mt19937_64 rng(61);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (quant::QuantFormat f :
+       {quant::QuantFormat{QuantType::kInt8, 32}, quant::QuantFormat{QuantType::kInt8, 0},
+        quant::QuantFormat{QuantType::kQ4, 64}}) {
+    const size_t h = 128, i = 96, k = 30;
+    const QWeights w = MakeWeights(rng, f, h, i);
+    const size_t rb = w.layout.row_bytes();
+    auto g = step::GateFirst::CreateQuant(f, h, i, w.gate.data(), rb);
+    ASSERT_TRUE(g.ok()) << g.status();
+    cache::WeightCacheOptions o =
+        Options(f, h, i, cache::PackedLayout::kSplit, cache::SourceOwnership::kBorrow, 2);
+    o.has_gate = false;
+    auto c =
+        cache::WeightCache::Create(o, {nullptr, w.up.data(), w.down.data()}, diff::NeuronMask(i));
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto direct = step::GateFirst::CreateQuant(f, h, i, w.gate.data(), rb);
+    ASSERT_TRUE(direct.ok());
+    const mlp::QuantNeuronRows up_down{f, h, i, nullptr, 0, w.up.data(), rb, w.down.data(), rb};
+    mlp::Workspace ws;
+    mlp::ForwardOptions fo;
+    fo.num_threads = 2;
+    for (int step = 0; step < 6; ++step) {
+      std::vector<float> x(h), act(i), y(h), y2(h);
+      for (float& v : x) v = d(rng);
+      ASSERT_TRUE(g->Activations({x.data(), 1, h}, fo, &ws, absl::MakeSpan(act)).ok());
+      std::vector<std::pair<float, uint32_t>> order;
+      for (uint32_t j = 0; j < i; ++j) {
+        double gd = 0;
+        for (size_t c2 = 0; c2 < h; ++c2) {
+          gd += quant::WeightAt(w.layout, w.gate.data() + j * rb, c2) * double{x[c2]};
+        }
+        const double a = gd / (1.0 + std::exp(-gd));
+        ASSERT_NEAR(act[j], a, 1e-5 * (1.0 + std::fabs(a))) << "neuron " << j;
+        order.push_back({-std::fabs(act[j]), j});
+      }
+      std::sort(order.begin(), order.end());
+      std::vector<uint32_t> want;
+      for (size_t q = 0; q < k; ++q) want.push_back(order[q].second);
+      std::sort(want.begin(), want.end());
+      const step::Selection sel{step::Selection::Kind::kTopK, k, 0.f};
+      ASSERT_TRUE(g->Step(&*c, sel, {x.data(), 1, h}, {y.data(), 1, h}, fo, &ws).ok());
+      ASSERT_EQ(g->mask().ToIndices(), want) << QuantTypeName(f.type) << " step " << step;
+      ASSERT_TRUE(c->Verify().ok());
+      ASSERT_TRUE(direct->Forward(up_down, sel, {x.data(), 1, h}, {y2.data(), 1, h}, fo, &ws).ok());
+      ASSERT_EQ(direct->mask().ToIndices(), want);
+      const std::vector<double> ref = Reference(w, h, want, x);
+      double scale = 1e-6;
+      for (double v : ref) scale = std::max(scale, std::fabs(v));
+      for (size_t q = 0; q < h; ++q) {
+        // The cache sums in slot order, the direct forward in neuron order.
+        ASSERT_LE(std::fabs(y[q] - ref[q]), 1e-5 * scale) << "step " << step << " output " << q;
+        ASSERT_LE(std::fabs(y2[q] - ref[q]), 1e-5 * scale) << "step " << step << " output " << q;
+      }
+    }
+  }
+  // Bad formats and strides name the value; bfloat16 x is refused.
+  std::mt19937_64 r2(2);
+  const QWeights w = MakeWeights(r2, {QuantType::kInt8, 32}, 64, 8);
+  EXPECT_THAT(
+      std::string(step::GateFirst::CreateQuant({QuantType::kQ4, 48}, 64, 8, w.gate.data(), 64)
+                      .status()
+                      .message()),
+      HasSubstr("q4 group 48"));
+  EXPECT_THAT(
+      std::string(step::GateFirst::CreateQuant({QuantType::kInt8, 32}, 64, 8, w.gate.data(), 10)
+                      .status()
+                      .message()),
+      HasSubstr("gate row stride 10 bytes"));
+  auto g = step::GateFirst::CreateQuant({QuantType::kInt8, 32}, 64, 8, w.gate.data(),
+                                        w.layout.row_bytes());
+  ASSERT_TRUE(g.ok());
+  std::vector<uint16_t> x16(64, 0);
+  std::vector<float> act(8, 7.0f);
+  mlp::Workspace ws;
+  EXPECT_THAT(std::string(g->Activations({x16.data(), 1, 64, DType::kBFloat16}, {}, &ws,
+                                         absl::MakeSpan(act))
+                              .message()),
+              HasSubstr("x is bfloat16"));
+  for (float v : act) ASSERT_EQ(v, 7.0f);
 }
 
 TEST(QuantStore, HeaderRoundTripAndFlashStepMatchesFloat64) {
