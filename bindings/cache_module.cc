@@ -9,14 +9,16 @@ void RegisterCache(py::module_& m) {
   py::class_<PyWeightCache>(m, "WeightCache")
       .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&,
                     const py::object&, const py::object&, const py::object&,
-                    const std::string&, bool, bool, double, bool>(),
+                    const std::string&, bool, bool, double, bool, const std::string&,
+                    const py::object&>(),
            py::arg("mask"), py::arg("hidden_size"), py::arg("gate"), py::arg("up"),
            py::arg("down"), py::kw_only(), py::arg("num_threads") = 1, py::arg("tolerance") = 0,
            py::arg("layout") = "split", py::arg("copy_sources") = false,
            py::arg("down_neuron_major") = false,
            py::arg("repack_fraction") =
                sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
-           py::arg("concat_gate_up") = false)
+           py::arg("concat_gate_up") = false, py::arg("quant_type") = "",
+           py::arg("quant_group") = 0)
       .def("update", &PyWeightCache::Update, py::arg("mask"))
       .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)
@@ -59,7 +61,10 @@ void RegisterCache(py::module_& m) {
       })
       .def_property_readonly("dtype", [](const PyWeightCache& c) {
         return c.Read(
-            [](const WeightCache& w) { return sparse_mlp::cache::DTypeName(w.dtype()); });
+            [](const WeightCache& w) -> std::string {
+              return w.quant().has_value() ? quant::QuantTypeName(w.quant()->type)
+                                           : sparse_mlp::cache::DTypeName(w.dtype());
+            });
       })
       .def_property_readonly("lag", [](const PyWeightCache& c) {
         return c.Read([](const WeightCache& w) { return w.lag(); });

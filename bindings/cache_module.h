@@ -40,11 +40,21 @@ class PyWeightCache {
                 const py::object& gate, const py::object& up, const py::object& down,
                 const py::object& num_threads_arg, const py::object& tolerance_arg,
                 const std::string& layout, bool copy_sources, bool down_neuron_major,
-                double repack_fraction, bool concat_gate_up) {
+                double repack_fraction, bool concat_gate_up, const std::string& quant_type,
+                const py::object& quant_group_arg) {
     const int64_t hidden_size = IntArg(hidden_size_arg, "hidden_size", 1,
                                        std::numeric_limits<int64_t>::max());
     const int num_threads = NumThreadsArg(num_threads_arg);
-    ImportedMlp w = ImportMlp(gate, up, down, hidden_size, down_neuron_major, "");
+    // Quantized rows: down is neuron-major by construction (each neuron's
+    // column quantized along H).
+    const bool quantized = !quant_type.empty();
+    if (quantized) down_neuron_major = true;
+    ImportedMlp w =
+        quantized ? ImportQuantMlp(gate, up, down, hidden_size, quant_type,
+                                   static_cast<size_t>(IntArg(quant_group_arg, "group", 0,
+                                                              std::numeric_limits<int32_t>::max())),
+                                   "")
+                  : ImportMlp(gate, up, down, hidden_size, down_neuron_major, "");
     const int64_t tolerance =
         IntArg(tolerance_arg, "tolerance", 0, std::numeric_limits<int64_t>::max());
     const diff::NeuronMask initial = MaskFromArray(mask, w.neurons, "initial mask");
@@ -63,6 +73,7 @@ class PyWeightCache {
     options.tolerance = static_cast<size_t>(tolerance);
     options.repack_fraction = repack_fraction;
     options.concat_gate_up = concat_gate_up;
+    options.quant = w.quant;
     absl::StatusOr<cache::WeightCache> created;
     {
       py::gil_scoped_release release;

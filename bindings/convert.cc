@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "platform/threads.h"
 
 namespace sparse_mlp::bindings {
@@ -196,6 +197,11 @@ TokenArgs ImportTokens(const py::object& x, const py::object& out, size_t hidden
     throw py::value_error(absl::StrFormat("x must be [tokens >= 1, hidden_size=%d], got %s",
                                           hidden, a.x.ShapeString()));
   }
+  if (a.x.dtype() != DType::kFloat32 && weights == DType::kFloat32) {
+    throw py::type_error(absl::StrFormat(
+        "x must be float32 (with float32 or quantized weights), got %s",
+        cache::DTypeName(a.x.dtype())));
+  }
   if (a.x.dtype() != DType::kFloat32 && a.x.dtype() != weights) {
     throw py::type_error(absl::StrFormat("x must be float32 or %s (the weights' type), got %s",
                                          cache::DTypeName(weights),
@@ -256,6 +262,49 @@ ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::ob
     throw py::value_error(absl::StrFormat("%sdown_weight must be [%d, %d], got %s", prefix,
                                           want0, want1, m.down.ShapeString()));
   }
+  return m;
+}
+
+quant::RowLayout QuantLayoutArg(const std::string& type, size_t group, size_t hidden) {
+  absl::StatusOr<quant::QuantType> t = quant::ParseQuantType(type);
+  ThrowIfError(t.status());
+  absl::StatusOr<quant::RowLayout> l = quant::RowLayout::Create({*t, group}, hidden);
+  ThrowIfError(l.status());
+  return *l;
+}
+
+ImportedTensor ImportQuantRows(const py::object& obj, const char* name, int64_t rows,
+                               const quant::RowLayout& layout) {
+  py::array a = ExactArray<uint8_t>(obj, name, "uint8");
+  if ((rows >= 0 && a.shape(0) != rows) ||
+      static_cast<size_t>(a.shape(1)) != layout.row_bytes()) {
+    throw py::value_error(absl::StrFormat(
+        "%s must be [%s, %u] rows of %s (%u weights each), got [%d, %d]", name,
+        rows >= 0 ? absl::StrCat(rows) : "rows", layout.row_bytes(),
+        quant::QuantTypeName(layout.type()), layout.hidden(), a.shape(0), a.shape(1)));
+  }
+  return ImportedTensor::FromBytes(std::move(a));
+}
+
+ImportedMlp ImportQuantMlp(const py::object& gate, const py::object& up, const py::object& down,
+                           int64_t hidden_size, const std::string& type, size_t group,
+                           const std::string& prefix) {
+  const quant::RowLayout layout = QuantLayoutArg(type, group, static_cast<size_t>(hidden_size));
+  ImportedMlp m;
+  m.quant = quant::QuantFormat{layout.type(), group};
+  m.has_gate = !gate.is_none();
+  const std::string up_name = prefix + "up_weight";
+  m.up = ImportQuantRows(up, up_name.c_str(), -1, layout);
+  m.neurons = m.up.rows();
+  if (m.neurons == 0) {
+    throw py::value_error(absl::StrFormat("%sintermediate_size must be positive, got 0", prefix));
+  }
+  if (m.has_gate) {
+    const std::string name = prefix + "gate_weight";
+    m.gate = ImportQuantRows(gate, name.c_str(), m.neurons, layout);
+  }
+  const std::string down_name = prefix + "down_weight";
+  m.down = ImportQuantRows(down, down_name.c_str(), m.neurons, layout);
   return m;
 }
 

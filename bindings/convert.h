@@ -31,6 +31,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,7 @@
 #include "diff/neuron_mask.h"
 #include "mlp/activation.h"
 #include "mlp/mlp_forward.h"
+#include "quant/format.h"
 #include "step/mask_step.h"
 
 namespace sparse_mlp::bindings {
@@ -85,6 +87,11 @@ class ImportedTensor {
     t.data_ = static_cast<const uint8_t*>(dl.data) + dl.byte_offset;
     t.writable_ = true;  // DLPack (before 1.0) has no read-only flag
     return t;
+  }
+  // Quantized rows (uint8 [rows, row_bytes]); dtype() is float32, the
+  // type of the x such rows take.
+  static ImportedTensor FromBytes(py::array array) {
+    return FromArray(std::move(array), DType::kFloat32);
   }
   static ImportedTensor FromArray(py::array array, DType dtype) {
     ImportedTensor t;
@@ -153,10 +160,12 @@ class DLPackView {
       int64_t strides[2];
       DLManagedTensor managed;
     };
+    // Quantized rows travel as their bytes: uint8 [rows, row_bytes].
+    const bool bytes = view_.quant.has_value();
     auto* ctx = new Context{owner_,
-                            {static_cast<int64_t>(view_.rows), static_cast<int64_t>(view_.cols)},
+                            {static_cast<int64_t>(view_.rows), static_cast<int64_t>(cols())},
                             {static_cast<int64_t>(view_.row_stride),
-                             static_cast<int64_t>(view_.col_stride)},
+                             static_cast<int64_t>(bytes ? 1 : view_.col_stride)},
                             {}};
     // Producers must not hand out null data even for empty tensors.
     static const uint64_t kEmpty[8] = {};
@@ -164,7 +173,8 @@ class DLPackView {
     t.data = const_cast<void*>(view_.data != nullptr ? view_.data : kEmpty);
     t.device = {kDLCPU, 0};
     t.ndim = 2;
-    t.dtype = view_.dtype == DType::kFloat32   ? DLDataType{kDLFloat, 32, 1}
+    t.dtype = bytes                            ? DLDataType{kDLUInt, 8, 1}
+              : view_.dtype == DType::kFloat32 ? DLDataType{kDLFloat, 32, 1}
               : view_.dtype == DType::kFloat16 ? DLDataType{kDLFloat, 16, 1}
                                                : DLDataType{kDLBfloat, 16, 1};
     t.shape = ctx->shape;
@@ -185,11 +195,20 @@ class DLPackView {
     });
   }
 
-  std::vector<size_t> shape() const { return {view_.rows, view_.cols}; }
-  std::vector<size_t> strides() const { return {view_.row_stride, view_.col_stride}; }
-  std::string dtype() const { return cache::DTypeName(view_.dtype); }
+  std::vector<size_t> shape() const { return {view_.rows, cols()}; }
+  std::vector<size_t> strides() const {
+    return {view_.row_stride, view_.quant.has_value() ? 1 : view_.col_stride};
+  }
+  std::string dtype() const {
+    return view_.quant.has_value() ? "uint8" : cache::DTypeName(view_.dtype);
+  }
 
  private:
+  // Columns as handed out: bytes of a quantized row, else elements.
+  size_t cols() const {
+    if (!view_.quant.has_value()) return view_.cols;
+    return quant::RowLayout::Create(*view_.quant, view_.cols)->row_bytes();
+  }
   std::shared_ptr<const void> owner_;
   cache::MatrixView view_;
 };
@@ -215,10 +234,12 @@ struct TokenArgs {
 TokenArgs ImportTokens(const py::object& x, const py::object& out, size_t hidden, DType weights);
 
 // One layer's weights, imported without copies and checked against each
-// other: gate (optional) and up [I, H], down [H, I] or, neuron-major, [I, H].
+// other: gate (optional) and up [I, H], down [H, I] or, neuron-major, [I, H];
+// or, quantized, [I, row_bytes] uint8 rows each (down neuron-major).
 struct ImportedMlp {
   ImportedTensor gate, up, down;
-  DType dtype = DType::kFloat32;
+  DType dtype = DType::kFloat32;  // float32 for quantized rows
+  std::optional<quant::QuantFormat> quant;
   int64_t neurons = 0;
   bool has_gate = false;
   cache::MlpWeights Weights() const {
@@ -230,6 +251,37 @@ struct ImportedMlp {
 // `prefix` names the layer in messages of a model ("layer 3: "), or is empty.
 ImportedMlp ImportMlp(const py::object& gate, const py::object& up, const py::object& down,
                       int64_t hidden_size, bool down_neuron_major, const std::string& prefix);
+
+// The row layout of quantized rows: `type` "int8" or "q4", `group` (0:
+// the whole row), `hidden` weights per row; ValueError naming the value.
+quant::RowLayout QuantLayoutArg(const std::string& type, size_t group, size_t hidden);
+
+// A C-contiguous 2-D NumPy array of exactly T (never converted: a copy here
+// would be a silent one); TypeError / ValueError naming `name`.
+template <typename T>
+py::array_t<T, py::array::c_style> ExactArray(const py::object& a, const char* name,
+                                              const char* type_name) {
+  if (!py::isinstance<py::array_t<T>>(a)) {
+    throw py::type_error(absl::StrFormat("%s must be a %s numpy array, got %s", name, type_name,
+                                         TypeName(a)));
+  }
+  py::array arr = py::reinterpret_borrow<py::array>(a);
+  if (!(arr.flags() & py::array::c_style) || arr.ndim() != 2) {
+    throw py::value_error(absl::StrFormat("%s must be a C-contiguous 2-D array", name));
+  }
+  return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
+}
+
+// `rows` quantized rows of `layout` as uint8 [rows, row_bytes], read in
+// place (rows < 0: any count).
+ImportedTensor ImportQuantRows(const py::object& obj, const char* name, int64_t rows,
+                               const quant::RowLayout& layout);
+
+// A quantized layer: gate (optional), up and neuron-major down as
+// [I, row_bytes] uint8 rows of RowLayout(format, hidden_size).
+ImportedMlp ImportQuantMlp(const py::object& gate, const py::object& up, const py::object& down,
+                           int64_t hidden_size, const std::string& type, size_t group,
+                           const std::string& prefix);
 
 // Sorted neuron indices from Python: a 1-D C-contiguous uint32 NumPy array
 // (TypeError otherwise), viewed without a copy; `array` keeps it alive.

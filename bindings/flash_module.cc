@@ -97,8 +97,11 @@ class PyFlashModelCache {
   }
 
   // Gate-first needs each layer's gate in DRAM ([I, H] of the file's
-  // type; the file gate-less): kept (borrowed) with one GateFirst per layer.
-  void SetGates(const py::list& gates, const std::string& activation) {
+  // type, any float type for a quantized file; or, with quant_type,
+  // [I, row_bytes] uint8 quantized rows; the file gate-less): kept
+  // (borrowed) with one GateFirst per layer.
+  void SetGates(const py::list& gates, const std::string& activation,
+                const std::string& quant_type, const py::object& quant_group_arg) {
     const store::BundleShape& s = cache_->layout().shape();
     if (gates.size() != s.layers) {
       throw py::value_error(absl::StrFormat("gates must hold one gate per layer (%d), got %d",
@@ -108,8 +111,22 @@ class PyFlashModelCache {
     std::vector<step::GateFirst> natives;
     for (size_t l = 0; l < s.layers; ++l) {
       const std::string name = absl::StrFormat("gates[%d]", l);
+      if (!quant_type.empty()) {
+        const size_t group = static_cast<size_t>(
+            IntArg(quant_group_arg, "group", 0, std::numeric_limits<int32_t>::max()));
+        const quant::RowLayout layout = QuantLayoutArg(quant_type, group, s.hidden);
+        ImportedTensor g = ImportQuantRows(gates[l], name.c_str(),
+                                           static_cast<int64_t>(s.intermediate), layout);
+        absl::StatusOr<step::GateFirst> gf = step::GateFirst::CreateQuant(
+            {layout.type(), group}, s.hidden, s.intermediate, g.data(), layout.row_bytes());
+        ThrowIfError(gf.status());
+        imported.push_back(std::move(g));
+        natives.push_back(*std::move(gf));
+        continue;
+      }
       ImportedTensor g = ImportMatrix(gates[l], name.c_str());
-      if (g.dtype() != s.dtype || static_cast<size_t>(g.rows()) != s.intermediate ||
+      if ((g.dtype() != s.dtype && !s.quant.has_value()) ||
+          static_cast<size_t>(g.rows()) != s.intermediate ||
           static_cast<size_t>(g.cols()) != s.hidden) {
         throw py::value_error(absl::StrFormat("%s must be %s [%d, %d] like the file, got %s %s",
                                               name, cache::DTypeName(s.dtype), s.intermediate,
@@ -117,7 +134,7 @@ class PyFlashModelCache {
                                               g.ShapeString()));
       }
       absl::StatusOr<step::GateFirst> gf =
-          step::GateFirst::Create(s.dtype, s.hidden, s.intermediate, g.data(), s.hidden);
+          step::GateFirst::Create(g.dtype(), s.hidden, s.intermediate, g.data(), s.hidden);
       ThrowIfError(gf.status());
       imported.push_back(std::move(g));
       natives.push_back(*std::move(gf));
@@ -272,7 +289,8 @@ void RegisterFlash(py::module_& m) {
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
            py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 1)
       .def("set_gates", &PyFlashModelCache::SetGates, py::arg("gates"),
-           py::arg("activation") = "silu")
+           py::arg("activation") = "silu", py::kw_only(), py::arg("quant_type") = "",
+           py::arg("quant_group") = 0)
       .def("step_gate_first", &PyFlashModelCache::StepGateFirst, py::arg("layer"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("k") = py::none(),
            py::arg("threshold") = py::none(), py::arg("accumulate") = false)

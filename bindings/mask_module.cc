@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -36,17 +37,34 @@ py::array_t<uint8_t> MaskBytes(const diff::NeuronMask& mask) {
 
 class PyGateFirst {
  public:
-  PyGateFirst(const py::object& gate, const std::string& activation)
-      : gate_(ImportMatrix(gate, "gate")), activation_(ActivationArg(activation)) {
-    absl::StatusOr<step::GateFirst> g = step::GateFirst::Create(
-        gate_.dtype(), static_cast<size_t>(gate_.cols()), static_cast<size_t>(gate_.rows()),
-        gate_.data(), static_cast<size_t>(gate_.cols()));
+  // A float gate [I, H], or with quant_type ("int8", "q4") quantized rows
+  // [I, row_bytes] uint8 of hidden_size weights (x float32 then).
+  PyGateFirst(const py::object& gate, const std::string& activation, const std::string& quant_type,
+              const py::object& quant_group, const py::object& hidden_size)
+      : activation_(ActivationArg(activation)) {
+    absl::StatusOr<step::GateFirst> g;
+    if (quant_type.empty()) {
+      gate_ = ImportMatrix(gate, "gate");
+      hidden_ = static_cast<size_t>(gate_.cols());
+      g = step::GateFirst::Create(gate_.dtype(), hidden_, static_cast<size_t>(gate_.rows()),
+                                  gate_.data(), hidden_);
+    } else {
+      hidden_ = static_cast<size_t>(
+          IntArg(hidden_size, "hidden_size", 1, std::numeric_limits<int32_t>::max()));
+      const size_t group = static_cast<size_t>(
+          IntArg(quant_group, "group", 0, std::numeric_limits<int32_t>::max()));
+      const quant::RowLayout layout = QuantLayoutArg(quant_type, group, hidden_);
+      gate_ = ImportQuantRows(gate, "gate", -1, layout);
+      quant_ = quant::QuantFormat{layout.type(), group};
+      g = step::GateFirst::CreateQuant(*quant_, hidden_, static_cast<size_t>(gate_.rows()),
+                                       gate_.data(), layout.row_bytes());
+    }
     ThrowIfError(g.status());
     native_ = std::make_unique<step::GateFirst>(*std::move(g));
   }
 
   size_t neurons() const { return static_cast<size_t>(gate_.rows()); }
-  size_t hidden() const { return static_cast<size_t>(gate_.cols()); }
+  size_t hidden() const { return hidden_; }
 
   void Activations(const py::object& x, py::array out, const py::object& threads) {
     const ImportedTensor xt = ImportMatrix(x, "x");
@@ -113,6 +131,9 @@ class PyGateFirst {
                const py::object& out, const py::object& k, const py::object& threshold,
                const py::object& threads, bool accumulate) {
     const step::Selection sel = SelectionArg(k, threshold, neurons());
+    if (quant_.has_value()) {
+      return ForwardQuant(up, down_rows, x, out, sel, threads, accumulate);
+    }
     const ImportedTensor u = ImportMatrix(up, "up");
     const ImportedTensor d = ImportMatrix(down_rows, "down_rows");
     for (const ImportedTensor* t : {&u, &d}) {
@@ -149,7 +170,34 @@ class PyGateFirst {
   }
 
  private:
+  // The direct form over quantized up and neuron-major down rows of the
+  // gate's format.
+  void ForwardQuant(const py::object& up, const py::object& down_rows, const py::object& x,
+                    const py::object& out, const step::Selection& sel, const py::object& threads,
+                    bool accumulate) {
+    const quant::RowLayout layout = *quant::RowLayout::Create(*quant_, hidden_);
+    const ImportedTensor u = ImportQuantRows(up, "up", gate_.rows(), layout);
+    const ImportedTensor d = ImportQuantRows(down_rows, "down_rows", gate_.rows(), layout);
+    const TokenArgs t = ImportTokens(x, out, hidden(), DType::kFloat32);
+    mlp::ForwardOptions o;
+    o.activation = activation_;
+    o.accumulate = accumulate;
+    o.num_threads = NumThreadsArg(threads);
+    const mlp::QuantNeuronRows rows{*quant_,  hidden(),          neurons(), nullptr,
+                                    0,        u.data(),          layout.row_bytes(),
+                                    d.data(), layout.row_bytes()};
+    absl::Status status;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      status = native_->Forward(rows, sel, t.In(), t.Out(), o, &workspace_);
+    }
+    ThrowIfError(status);
+  }
+
   ImportedTensor gate_;  // borrowed: outlives native_
+  size_t hidden_ = 0;
+  std::optional<quant::QuantFormat> quant_;
   mlp::Activation activation_;
   std::unique_ptr<step::GateFirst> native_;
   mlp::Workspace workspace_;
@@ -249,8 +297,11 @@ class PyLowRank {
 
 void RegisterMasks(py::module_& m) {
   py::class_<PyGateFirst>(m, "GateFirst")
-      .def(py::init<const py::object&, const std::string&>(), py::arg("gate"),
-           py::arg("activation") = "silu")
+      .def(py::init<const py::object&, const std::string&, const std::string&, const py::object&,
+                    const py::object&>(),
+           py::arg("gate"), py::arg("activation") = "silu", py::kw_only(),
+           py::arg("quant_type") = "", py::arg("quant_group") = 0,
+           py::arg("hidden_size") = py::none())
       .def("activations", &PyGateFirst::Activations, py::arg("x"), py::arg("out"),
            py::kw_only(), py::arg("num_threads") = 1)
       .def("step", &PyGateFirst::Step, py::arg("cache"), py::arg("x"), py::arg("out"),

@@ -31,7 +31,16 @@ class PyModelCache {
   PyModelCache(const py::sequence& layers, const py::object& masks,
                double expected_active_fraction, const py::object& num_threads_arg,
                const py::object& tolerance_arg, const std::string& layout, bool copy_sources,
-               bool down_neuron_major, double repack_fraction) {
+               bool down_neuron_major, double repack_fraction, const std::string& quant_type,
+               const py::object& quant_group_arg, const py::object& hidden_arg) {
+    // Quantized rows: every layer's [I, row_bytes] uint8 gate / up /
+    // neuron-major down rows of one format; hidden_size given.
+    const bool quantized = !quant_type.empty();
+    const size_t quant_group =
+        quantized ? static_cast<size_t>(
+                        IntArg(quant_group_arg, "group", 0, std::numeric_limits<int32_t>::max()))
+                  : 0;
+    if (quantized) down_neuron_major = true;
     const size_t num_layers = layers.size();
     if (num_layers == 0) throw py::value_error("a model needs at least one layer, got 0");
     if (num_layers > cache::WeightCache::kMaxBatchCaches) {
@@ -53,13 +62,17 @@ class PyModelCache {
             "%sexpected a (gate, up, down) triple, got %s", prefix, TypeName(item)));
       }
       const py::sequence triple = item.cast<py::sequence>();
-      if (l == 0) {
+      if (l == 0 && quantized) {
+        hidden = IntArg(hidden_arg, "hidden_size", 1, std::numeric_limits<int32_t>::max());
+      } else if (l == 0) {
         const ImportedTensor probe = ImportMatrix(triple[1], "up_weight");
         hidden = probe.cols();
         if (hidden == 0) throw py::value_error("layer 0: up_weight has hidden size 0");
       }
-      imported.push_back(ImportMlp(triple[0], triple[1], triple[2], hidden, down_neuron_major,
-                                   prefix));
+      imported.push_back(quantized ? ImportQuantMlp(triple[0], triple[1], triple[2], hidden,
+                                                    quant_type, quant_group, prefix)
+                                   : ImportMlp(triple[0], triple[1], triple[2], hidden,
+                                               down_neuron_major, prefix));
       const ImportedMlp& m = imported.back();
       const ImportedMlp& first = imported.front();
       if (m.dtype != first.dtype || m.neurons != first.neurons || m.has_gate != first.has_gate) {
@@ -98,6 +111,7 @@ class PyModelCache {
     l.num_threads = num_threads;
     l.tolerance = static_cast<size_t>(tolerance);
     l.repack_fraction = repack_fraction;
+    l.quant = imported[0].quant;
     o.expected_active_fraction = expected_active_fraction;
     absl::StatusOr<std::unique_ptr<cache::ModelCache>> model;
     {
@@ -235,13 +249,16 @@ class PyModelCache {
 void RegisterModel(py::module_& m) {
   py::class_<PyModelCache>(m, "ModelCache")
       .def(py::init<const py::sequence&, const py::object&, double, const py::object&,
-                    const py::object&, const std::string&, bool, bool, double>(),
+                    const py::object&, const std::string&, bool, bool, double,
+                    const std::string&, const py::object&, const py::object&>(),
            py::arg("layers"), py::kw_only(), py::arg("masks") = py::none(),
            py::arg("expected_active_fraction") = 0.5, py::arg("num_threads") = 1,
            py::arg("tolerance") = 0, py::arg("layout") = "split",
            py::arg("copy_sources") = false, py::arg("down_neuron_major") = false,
            py::arg("repack_fraction") =
-               sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction)
+               sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
+           py::arg("quant_type") = "", py::arg("quant_group") = 0,
+           py::arg("hidden_size") = py::none())
       .def("layer", &PyModelCache::Layer, py::arg("layer"))
       .def("update_many", &PyModelCache::UpdateMany, py::arg("updates"))
       .def("footprint", &PyModelCache::Footprint)

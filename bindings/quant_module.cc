@@ -20,31 +20,8 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style>;
 using ByteArray = py::array_t<uint8_t, py::array::c_style>;
 
-quant::RowLayout LayoutArg(const std::string& type, size_t group, size_t hidden) {
-  absl::StatusOr<quant::QuantType> t = quant::ParseQuantType(type);
-  ThrowIfError(t.status());
-  absl::StatusOr<quant::RowLayout> l = quant::RowLayout::Create({*t, group}, hidden);
-  ThrowIfError(l.status());
-  return *l;
-}
-
-// A C-contiguous 2-D array of exactly `type` (never converted: a copy here
-// would be a silent one).
-template <typename T>
-py::array_t<T, py::array::c_style> Exact(const py::object& a, const char* name,
-                                         const char* type_name) {
-  if (!py::isinstance<py::array_t<T>>(a)) {
-    throw py::type_error(absl::StrFormat("%s must be a %s numpy array", name, type_name));
-  }
-  py::array arr = py::reinterpret_borrow<py::array>(a);
-  if (!(arr.flags() & py::array::c_style) || arr.ndim() != 2) {
-    throw py::value_error(absl::StrFormat("%s must be a C-contiguous 2-D array", name));
-  }
-  return py::reinterpret_borrow<py::array_t<T, py::array::c_style>>(a);
-}
-
 size_t RowBytes(const std::string& type, size_t group, size_t hidden) {
-  return LayoutArg(type, group, hidden).row_bytes();
+  return QuantLayoutArg(type, group, hidden).row_bytes();
 }
 
 // dst[r] = the quantized row r of src ([R, H] float32 -> [R, row_bytes]);
@@ -52,10 +29,10 @@ size_t RowBytes(const std::string& type, size_t group, size_t hidden) {
 // so callers pass a fresh buffer (sparse_mlp.quant does).
 void QuantizeRows(const py::object& src_arg, const py::object& dst_arg, const std::string& type,
                   size_t group, int num_threads) {
-  const FloatArray src = Exact<float>(src_arg, "weight", "float32");
-  ByteArray dst = Exact<uint8_t>(dst_arg, "out", "uint8");
+  const FloatArray src = ExactArray<float>(src_arg, "weight", "float32");
+  ByteArray dst = ExactArray<uint8_t>(dst_arg, "out", "uint8");
   const size_t rows = static_cast<size_t>(src.shape(0)), hidden = static_cast<size_t>(src.shape(1));
-  const quant::RowLayout l = LayoutArg(type, group, hidden);
+  const quant::RowLayout l = QuantLayoutArg(type, group, hidden);
   if (static_cast<size_t>(dst.shape(0)) != rows ||
       static_cast<size_t>(dst.shape(1)) != l.row_bytes()) {
     throw py::value_error(absl::StrFormat("out must be [%u, %u], got [%d, %d]", rows, l.row_bytes(),
@@ -80,10 +57,10 @@ void QuantizeRows(const py::object& src_arg, const py::object& dst_arg, const st
 
 void DequantizeRows(const py::object& src_arg, const py::object& dst_arg, const std::string& type,
                     size_t group) {
-  const ByteArray src = Exact<uint8_t>(src_arg, "rows", "uint8");
-  FloatArray dst = Exact<float>(dst_arg, "out", "float32");
+  const ByteArray src = ExactArray<uint8_t>(src_arg, "rows", "uint8");
+  FloatArray dst = ExactArray<float>(dst_arg, "out", "float32");
   const size_t rows = static_cast<size_t>(dst.shape(0)), hidden = static_cast<size_t>(dst.shape(1));
-  const quant::RowLayout l = LayoutArg(type, group, hidden);
+  const quant::RowLayout l = QuantLayoutArg(type, group, hidden);
   if (static_cast<size_t>(src.shape(0)) != rows ||
       static_cast<size_t>(src.shape(1)) != l.row_bytes()) {
     throw py::value_error(absl::StrFormat("rows must be [%u, %u], got [%d, %d]", rows,
@@ -106,9 +83,9 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
   o.activation = ActivationArg(activation);
   o.accumulate = accumulate;
   o.num_threads = NumThreadsArg(num_threads_arg);
-  const quant::RowLayout l = LayoutArg(type, group, hidden);
-  const ByteArray u = Exact<uint8_t>(up, "up", "uint8");
-  const ByteArray d = Exact<uint8_t>(down, "down", "uint8");
+  const quant::RowLayout l = QuantLayoutArg(type, group, hidden);
+  const ByteArray u = ExactArray<uint8_t>(up, "up", "uint8");
+  const ByteArray d = ExactArray<uint8_t>(down, "down", "uint8");
   const size_t neurons = static_cast<size_t>(u.shape(0));
   auto check = [&](const ByteArray& a, const char* name) {
     if (static_cast<size_t>(a.shape(0)) != neurons ||
@@ -122,7 +99,7 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
   const void* gate_data = nullptr;
   ByteArray g;
   if (!gate.is_none()) {
-    g = Exact<uint8_t>(gate, "gate", "uint8");
+    g = ExactArray<uint8_t>(gate, "gate", "uint8");
     check(g, "gate");
     gate_data = g.data();
   }

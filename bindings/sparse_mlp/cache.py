@@ -7,6 +7,7 @@ from sparse_mlp._convert import is_torch, mask_array, out_matrix, result, tokens
 # The mask rules every path of the package follows, under the names users
 # have always imported them by (sparse_mlp.cache.MASK_RULES, .check_mask).
 from sparse_mlp._convert import MASK_RULES, check_mask  # noqa: F401
+from sparse_mlp.quant import QuantizedTensor, native_rows
 
 try:  # torch is optional: NumPy arrays work alone.
     import torch
@@ -46,6 +47,16 @@ class WeightCache:
         writes all A rows where the differential plan writes only the
         changed ones, which has not paid earlier on the machines measured.
 
+    Quantized weights: ``gate_weight`` (or None), ``up_weight`` and
+    ``down_weight`` as :class:`sparse_mlp.QuantizedTensor` of one format
+    (``sparse_mlp.quantize_mlp(gate, up, down, "int8")``'s parts; down per
+    neuron). A slot then holds a neuron's quantized rows and their scales,
+    moved as bytes (bit-identical to a rebuild); the rows are read in place
+    like float sources; ``forward`` and ``step`` take float32 ``x``; the
+    views are :class:`QuantizedTensor` over the packed rows (``down_rows()``
+    per neuron; no ``down_hidden_major`` or concatenation); ``dtype`` is
+    the format's name.
+
     Weights are float32, bfloat16 or float16, C-contiguous, on the CPU; they
     are taken without copying (torch through DLPack; NumPy through the buffer
     protocol, so read-only and memory-mapped arrays work, and a borrowed
@@ -81,6 +92,25 @@ class WeightCache:
                  tolerance=0, layout="split", copy_sources=False,
                  down_neuron_major=False, repack_fraction=1.0, concat_gate_up=False,
                  hidden_size=None):
+        self._quant = None
+        if isinstance(up_weight, QuantizedTensor):
+            g, u, d, fmt, group, hidden = native_rows(gate_weight, up_weight, down_weight,
+                                                      down_neuron_major=down_neuron_major)
+            if hidden_size is not None and hidden_size != hidden:
+                raise ValueError(f"hidden_size {hidden_size} differs from the quantized rows' "
+                                 f"{hidden} weights")
+            if concat_gate_up:
+                raise ValueError("concat_gate_up needs float rows; these are quantized")
+            self._torch = is_torch(up_weight.rows)
+            self._quant = (fmt, group, hidden)
+            self._sources = (gate_weight, up_weight, down_weight)
+            self._native = _sparse_mlp.WeightCache(
+                mask_array(mask), hidden, g, u, d, num_threads=num_threads,
+                tolerance=tolerance, layout=layout, copy_sources=copy_sources,
+                repack_fraction=float(repack_fraction), quant_type=fmt, quant_group=group)
+            if copy_sources:
+                self._sources = None
+            return
         up = weight(up_weight, "up_weight")
         if up is None:
             raise TypeError("up_weight is required")
@@ -102,13 +132,15 @@ class WeightCache:
             self._sources = None
 
     @classmethod
-    def _of_layer(cls, native, use_torch):
+    def _of_layer(cls, native, use_torch, quant=None):
         """A layer of a :class:`sparse_mlp.ModelCache` (its native handle;
-        the model keeps the sources)."""
+        the model keeps the sources); ``quant``: (fmt, group, hidden) of
+        quantized rows."""
         self = cls.__new__(cls)
         self._native = native
         self._torch = use_torch
         self._sources = None
+        self._quant = quant
         return self
 
     # -- updates -----------------------------------------------------------
@@ -211,7 +243,16 @@ class WeightCache:
     # -- views -------------------------------------------------------------
 
     def _wrap(self, view):
-        return torch.from_dlpack(view) if self._torch else np.from_dlpack(view)
+        t = torch.from_dlpack(view) if self._torch else np.from_dlpack(view)
+        if self._quant is None:
+            return t
+        fmt, group, hidden = self._quant
+        return QuantizedTensor(t, fmt, group, hidden, (t.shape[0], hidden))
+
+    def _float_only(self, what):
+        if self._quant is not None:
+            raise ValueError(f"{what} needs float rows; this cache holds {self._quant[0]} rows "
+                             f"(use gate(), up(), down_rows())")
 
     def gate(self):
         """``[A, H]`` active gate rows (zero-copy; do not write into it)."""
@@ -229,22 +270,26 @@ class WeightCache:
     def down_hidden_major(self):
         """``[H, A]`` active down columns, strides ``(1, H)`` (``(1, 3H)`` or
         ``(1, 2H)`` with layout="fused"; zero-copy; do not write into it)."""
+        self._float_only("down_hidden_major()")
         return self._wrap(self._native.down_hidden_major())
 
     def gate_up_interleaved(self):
         """``[A, 2H]``: gate row then up row per neuron (layout="interleaved"
         or "fused"; zero-copy; do not write into it)."""
+        self._float_only("gate_up_interleaved()")
         return self._wrap(self._native.gate_up_interleaved())
 
     def concatenated_gate_up(self):
         """``[2A, H]`` kept concatenation (``concat_gate_up=True``; zero-copy,
         contiguous; do not write into it). After an update that keeps A it
         shows the new rows; after one that changes A take a new view."""
+        self._float_only("concatenated_gate_up()")
         return self._wrap(self._native.concatenated_gate_up())
 
     def concat_gate_up(self):
         """A new ``[2A, H]`` tensor: active gate rows, then active up rows in the
         same neuron order. A copy, O(A x H): prefer the views."""
+        self._float_only("concat_gate_up()")
         a, h = self._native.num_active, self._native.hidden_size
         if self._torch:
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,

@@ -6,6 +6,7 @@ from sparse_mlp._convert import is_torch, mask_array, weight
 from sparse_mlp._models import layer_triple
 from sparse_mlp.cache import WeightCache
 from sparse_mlp.flash import FlashModelCache
+from sparse_mlp.quant import QuantizedMLP, QuantizedTensor, native_rows
 
 class ModelCache:
     """The active-weight caches of all MLP layers of a model, in one pool.
@@ -16,7 +17,9 @@ class ModelCache:
         ``down_neuron_major=True``; gate may be None) or an ``nn.Module``
         MLP with ``gate_proj``/``up_proj``/``down_proj`` (Hugging Face
         LLaMA, Mistral, Qwen) or ``w1``/``w3``/``w2`` (Meta LLaMA,
-        llama2.c). Every layer has one shape and dtype.
+        llama2.c), or a :class:`sparse_mlp.QuantizedMLP` (or a triple of
+        :class:`sparse_mlp.QuantizedTensor`; see :class:`WeightCache`).
+        Every layer has one shape and dtype (or quantized format).
       active_fraction: the active fraction each layer's capacity is
         reserved for at construction (in (0, 1]); a layer that needs more
         grows, inside the same pool.
@@ -45,21 +48,40 @@ class ModelCache:
                  repack_fraction=1.0):
         if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
             raise TypeError(f"layers must be a sequence, got {type(layers).__name__}")
-        triples = [layer_triple(layer, i) for i, layer in enumerate(layers)]
+        triples = [(layer.gate, layer.up, layer.down) if isinstance(layer, QuantizedMLP)
+                   else layer_triple(layer, i) for i, layer in enumerate(layers)]
         if not triples:
             raise ValueError("a model needs at least one layer, got 0")
-        self._torch = is_torch(triples[0][1])
-        imported = [tuple(weight(w, f"layer {i} {name}")
-                          for w, name in zip(t, ("gate_weight", "up_weight", "down_weight")))
-                    for i, t in enumerate(triples)]
+        quant = None
+        kwargs = {}
+        if isinstance(triples[0][1], QuantizedTensor):
+            imported = []
+            for i, t in enumerate(triples):
+                if not isinstance(t[1], QuantizedTensor):
+                    raise TypeError(f"layer {i} up_weight must be a QuantizedTensor like layer "
+                                    f"0's, got {type(t[1]).__name__}")
+                *rows, fmt, group, hidden = native_rows(*t, down_neuron_major=down_neuron_major,
+                                                        prefix=f"layer {i}: ")
+                if i and (fmt, group, hidden) != quant:
+                    raise ValueError(f"layer {i} is {fmt} group {group} over {hidden}; layer 0 "
+                                     f"is {quant[0]} group {quant[1]} over {quant[2]}")
+                quant = (fmt, group, hidden)
+                imported.append(tuple(rows))
+            self._torch = is_torch(triples[0][1].rows)
+            kwargs = dict(quant_type=quant[0], quant_group=quant[1], hidden_size=quant[2])
+        else:
+            self._torch = is_torch(triples[0][1])
+            imported = [tuple(weight(w, f"layer {i} {name}")
+                              for w, name in zip(t, ("gate_weight", "up_weight", "down_weight")))
+                        for i, t in enumerate(triples)]
         self._sources = None if copy_sources else triples
         native_masks = None if masks is None else [mask_array(m) for m in masks]
         self._native = _sparse_mlp.ModelCache(
             imported, masks=native_masks, expected_active_fraction=float(active_fraction),
             num_threads=num_threads, tolerance=tolerance, layout=layout,
             copy_sources=copy_sources, down_neuron_major=down_neuron_major,
-            repack_fraction=float(repack_fraction))
-        self._layers = [WeightCache._of_layer(self._native.layer(l), self._torch)
+            repack_fraction=float(repack_fraction), **kwargs)
+        self._layers = [WeightCache._of_layer(self._native.layer(l), self._torch, quant)
                         for l in range(self._native.num_layers)]
 
     @staticmethod

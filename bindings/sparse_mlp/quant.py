@@ -84,7 +84,9 @@ class QuantizedTensor:
     def dequantize(self):
         """The weights q x scale, float32, in ``shape``."""
         out = np.empty((self.rows.shape[0], self.hidden), dtype=np.float32)
-        _sparse_mlp.dequantize_rows(self.numpy_rows(), out, self.fmt, self.group)
+        # Strided rows (a cache's fused layout) are read through a copy.
+        _sparse_mlp.dequantize_rows(np.ascontiguousarray(self.numpy_rows()), out, self.fmt,
+                                    self.group)
         if self.transposed:
             out = np.ascontiguousarray(out.T)
         return torch.from_numpy(out) if is_torch(self.rows) else out
@@ -191,3 +193,40 @@ def mlp_forward_quantized(x, mlp, *, indices=None, activation="silu", num_thread
                                   activation=activation, num_threads=num_threads,
                                   accumulate=accumulate)
     return result(target, x) if out is None else out
+
+
+def native_rows(gate, up, down, *, down_neuron_major=False, prefix=""):
+    """A quantized layer in the native caches' form: ``(gate rows or None,
+    up rows, neuron-major down rows, fmt, group, hidden)``, the rows uint8
+    NumPy views (never copies). ``gate`` (or None) and ``up``
+    :class:`QuantizedTensor` ``[I, H]``; ``down`` quantized per neuron
+    (from :func:`quantize_mlp`, or ``quantize(down.T)`` with
+    ``down_neuron_major=True``). One format and group for all three;
+    TypeError / ValueError naming the argument otherwise."""
+    parts = {"gate_weight": gate, "up_weight": up, "down_weight": down}
+    for name, t in parts.items():
+        if t is None and name == "gate_weight":
+            continue
+        if not isinstance(t, QuantizedTensor):
+            raise TypeError(f"{prefix}{name} must be a QuantizedTensor like up_weight, got "
+                            f"{type(t).__name__}")
+        if (t.fmt, t.group, t.hidden) != (up.fmt, up.group, up.hidden):
+            raise ValueError(
+                f"{prefix}{name} is {t.fmt} group {t.group} over {t.hidden} weights per row; "
+                f"up_weight is {up.fmt} group {up.group} over {up.hidden}: one format for all")
+        if t.transposed and name != "down_weight":
+            raise ValueError(f"{prefix}{name} must be quantized by rows [I, H], not transposed")
+    neurons, hidden = up.rows.shape[0], up.hidden
+    if gate is not None and tuple(gate.shape) != tuple(up.shape):
+        raise ValueError(f"{prefix}gate_weight must have up_weight's shape {list(up.shape)}, "
+                         f"got {list(gate.shape)}")
+    if not (down.transposed or down_neuron_major):
+        raise ValueError(
+            f"{prefix}down_weight is quantized along I (nn.Linear's rows); the cache needs each "
+            f"neuron's down column quantized along H: use quantize_mlp(...).down, or "
+            f"quantize(down.T) with down_neuron_major=True")
+    if down.rows.shape[0] != neurons:
+        raise ValueError(f"{prefix}down_weight must hold {neurons} neuron rows like up_weight, "
+                         f"got {down.rows.shape[0]}")
+    g = None if gate is None else gate.numpy_rows()
+    return g, up.numpy_rows(), down.numpy_rows(), up.fmt, up.group, hidden

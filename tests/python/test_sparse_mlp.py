@@ -875,7 +875,7 @@ class ForwardTest(unittest.TestCase):
             mlp_forward(x, gate, up, down, activation="swish")
         with self.assertRaisesRegex(ValueError, r"x must be \[8\] or \[tokens, 8\]"):
             mlp_forward(torch.randn(2, 9), gate, up, down)
-        with self.assertRaisesRegex(TypeError, "x must be float32 or float32"):
+        with self.assertRaisesRegex(TypeError, r"x must be float32 \(with float32 or quantized weights\), got bfloat16"):
             mlp_forward(x.to(torch.bfloat16), gate, up, down)
         with self.assertRaisesRegex(ValueError, "x must be C-contiguous"):
             mlp_forward(torch.randn(8, 2).t(), gate, up, down)
