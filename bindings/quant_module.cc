@@ -120,6 +120,35 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
   ThrowIfError(status);
 }
 
+// out = the dense MLP in nn.Linear's layout: gate (or None) and up
+// [I, row_bytes(H)], down [H, row_bytes(I)] (quantized along I).
+void MlpForwardQuantLinear(const py::object& x, const py::object& gate, const py::object& up,
+                           const py::object& down, const py::object& out, const std::string& type,
+                           size_t group, size_t hidden, const std::string& activation,
+                           const py::object& num_threads_arg, bool accumulate) {
+  mlp::ForwardOptions o;
+  o.activation = ActivationArg(activation);
+  o.accumulate = accumulate;
+  o.num_threads = NumThreadsArg(num_threads_arg);
+  const quant::RowLayout l = QuantLayoutArg(type, group, hidden);
+  const ImportedTensor u = ImportQuantRows(up, "up", -1, l);
+  const size_t neurons = static_cast<size_t>(u.rows());
+  const ImportedTensor g =
+      gate.is_none() ? ImportedTensor() : ImportQuantRows(gate, "gate", u.rows(), l);
+  const ImportedTensor d = ImportQuantRows(down, "down", static_cast<int64_t>(hidden),
+                                           QuantLayoutArg(type, group, neurons));
+  const TokenArgs t = ImportTokens(x, out, hidden, DType::kFloat32);
+  const mlp::QuantLinearWeights w{{l.type(), group}, hidden,   neurons,
+                                  gate.is_none() ? nullptr : g.data(), u.data(), d.data()};
+  thread_local mlp::Workspace workspace;
+  absl::Status status;
+  {
+    py::gil_scoped_release release;
+    status = mlp::ForwardLinearQuant(w, t.In(), t.Out(), o, &workspace);
+  }
+  ThrowIfError(status);
+}
+
 }  // namespace
 
 void RegisterQuant(py::module_& m) {
@@ -135,6 +164,11 @@ void RegisterQuant(py::module_& m) {
         py::arg("group"), py::arg("hidden"), py::arg("activation") = "silu",
         py::arg("num_threads") = 1, py::arg("accumulate") = false,
         "The MLP over quantized neuron-major rows, dense or over sorted uint32 indices.");
+  m.def("mlp_forward_quant_linear", &MlpForwardQuantLinear, py::arg("x"), py::arg("gate"),
+        py::arg("up"), py::arg("down"), py::arg("out"), py::kw_only(), py::arg("type"),
+        py::arg("group"), py::arg("hidden"), py::arg("activation") = "silu",
+        py::arg("num_threads") = 1, py::arg("accumulate") = false,
+        "The dense MLP over quantized rows in nn.Linear's layout (down [H, I] along I).");
 }
 
 }  // namespace sparse_mlp::bindings

@@ -3,6 +3,7 @@
 
 from sparse_mlp import _sparse_mlp
 from sparse_mlp._convert import keep_count, mask_array, out_matrix, result, tokens, weight
+from sparse_mlp.quant import QuantizedTensor
 
 
 class FlashModelCache:
@@ -37,8 +38,20 @@ class FlashModelCache:
             if isinstance(gates, (str, bytes)) or not hasattr(gates, "__len__"):
                 raise TypeError(f"gates must be a sequence of [I, H] tensors, got "
                                 f"{type(gates).__name__}")
-            self._gates = [weight(g, f"gates[{l}]") for l, g in enumerate(gates)]
-            self._native.set_gates(self._gates)
+            if gates and isinstance(gates[0], QuantizedTensor):
+                # Quantized gates (sparse_mlp.quantize): selection reads their
+                # rows; x is float32 then.
+                q = gates[0]
+                for l, g in enumerate(gates):
+                    if not isinstance(g, QuantizedTensor) or (g.fmt, g.group) != (q.fmt, q.group):
+                        raise TypeError(f"gates[{l}] must be a QuantizedTensor of gates[0]'s "
+                                        f"format {q.fmt} group {q.group}")
+                self._gates = list(gates)
+                self._native.set_gates([g.numpy_rows() for g in gates], quant_type=q.fmt,
+                                       quant_group=q.group)
+            else:
+                self._gates = [weight(g, f"gates[{l}]") for l, g in enumerate(gates)]
+                self._native.set_gates(self._gates)
             self._selection = ({"threshold": float(gate_threshold)}
                                if gate_threshold is not None
                                else {"k": keep_count(sparsity, self._native.intermediate_size)})
@@ -61,7 +74,10 @@ class FlashModelCache:
         ``gates`` given at construction: gate-first (act(gate x) from the
         gate in DRAM, each token's top k = round((1 - sparsity) x I) by
         |act|, or those above ``gate_threshold``; only their up and down
-        are loaded: the file must be gate-less)."""
+        are loaded: the file must be gate-less). ``gates`` may be
+        :class:`sparse_mlp.QuantizedTensor` (``sparse_mlp.quantize(gate)``):
+        selection then reads a half (int8) or a quarter (q4) of a bfloat16
+        gate's bytes, x is float32."""
         x2, fresh = tokens(x, self._native.hidden_size)
         target = fresh if out is None else out_matrix(out, x2)
         if accumulate and out is None:

@@ -10,7 +10,7 @@ from sparse_mlp._convert import (check_mask, is_torch, keep_count, out_matrix, r
                                  weight)
 from sparse_mlp.cache import WeightCache
 from sparse_mlp.predictors import LowRankPredictor, gate_first_mask
-from sparse_mlp.quant import QuantizedMLP, QuantizedTensor, mlp_forward_quantized
+from sparse_mlp.quant import QuantizedMLP, QuantizedTensor, mlp_forward_quantized, quantize_mlp
 
 
 def _indices(indices, num_neurons):
@@ -46,12 +46,14 @@ def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
 
     Quantized weights (``sparse_mlp.quantize_mlp``'s ``gate``, ``up`` and
     ``down``, each a :class:`sparse_mlp.QuantizedTensor`) run the quantized
-    kernels; x is then float32."""
+    kernels; x is then float32. A down quantized along I
+    (``quantize_mlp(..., linear=True)``) runs the ``nn.Linear``-layout
+    forward, dense only."""
     if isinstance(up, QuantizedTensor):
-        if not (isinstance(down, QuantizedTensor) and down.transposed
+        if not (isinstance(down, QuantizedTensor)
                 and (gate is None or isinstance(gate, QuantizedTensor))):
             raise TypeError("quantized weights come together: gate, up and down from "
-                            "sparse_mlp.quantize_mlp (down quantized per neuron)")
+                            "sparse_mlp.quantize_mlp")
         threads = torch.get_num_threads() if num_threads is None else num_threads
         return mlp_forward_quantized(x, QuantizedMLP(gate, up, down), indices=indices,
                                      activation=activation, num_threads=threads, out=out,
@@ -139,6 +141,16 @@ class LlamaSkipMLP(torch.nn.Module):
     changing them, and the next forward rebuilds it from them.
     ``sparsity`` (fraction of neurons inactive, in [0, 1)) sets the
     gate-first and predictor k and pre-sizes the cache.
+
+    Quantized weights: :meth:`from_dense` with ``weights="int8"`` or
+    ``"q4"`` (or with :class:`sparse_mlp.QuantizedTensor` projections)
+    keeps only the quantized rows (``module.quantized``, a
+    :class:`sparse_mlp.QuantizedMLP`; no float projections), and every path
+    above runs on them natively: gate-first selects by the quantized gate,
+    the cache holds quantized rows. x of another type is computed in
+    float32 and the result returned in x's type. The reference path
+    (``use_optimized_cache=False``) multiplies the dequantized weights in
+    torch (dequantized once, kept).
     """
 
     # find_mlps (sparse_mlp._models) skips modules that already replace a
@@ -149,6 +161,16 @@ class LlamaSkipMLP(torch.nn.Module):
                  use_optimized_cache=True, *, predictor=None, num_threads=None,
                  dtype=torch.float32, gate_threshold=None, direct=False):
         super().__init__()
+        self._setup(hidden_size, intermediate_size, sparsity, use_optimized_cache, predictor,
+                    num_threads, gate_threshold, direct)
+        self.gate_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
+        self.up_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
+        self.down_proj = torch.nn.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _setup(self, hidden_size, intermediate_size, sparsity, use_optimized_cache, predictor,
+               num_threads, gate_threshold, direct):
         self.k = keep_count(sparsity, intermediate_size)
         if predictor is not None and not callable(predictor):
             raise TypeError(f"predictor must be callable (x -> mask), got "
@@ -169,11 +191,8 @@ class LlamaSkipMLP(torch.nn.Module):
         self.direct = direct
         self._down_rows = None
         self.num_threads = num_threads or torch.get_num_threads()
-        self.gate_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
-        self.up_proj = torch.nn.Linear(hidden_size, intermediate_size, bias=False, dtype=dtype)
-        self.down_proj = torch.nn.Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.quantized = None  # a QuantizedMLP: the module's weights, quantized
+        self._dequantized = None  # the reference path's float weights of it
         self._cache = None
         self._gate_first = None
         # Look-ahead (set by sparsify): the next layer's module, whose
@@ -183,19 +202,61 @@ class LlamaSkipMLP(torch.nn.Module):
 
     @classmethod
     def from_dense(cls, gate_proj, up_proj, down_proj, sparsity=0.5,
-                   use_optimized_cache=True, **kwargs):
+                   use_optimized_cache=True, *, weights=None, group=32, **kwargs):
         """From ``nn.Linear`` layers (or weight tensors) of a dense MLP; shares
         their weights (no copy: ``module.down_proj.weight`` is the caller's
-        tensor, and edits to it are seen after :meth:`reset_cache`)."""
+        tensor, and edits to it are seen after :meth:`reset_cache`).
+
+        ``weights="int8"`` or ``"q4"`` quantizes them (groups of ``group``
+        along H; see :func:`sparse_mlp.quantize_mlp`) and keeps only the
+        quantized rows; :class:`sparse_mlp.QuantizedTensor` projections
+        (``quantize_mlp``'s parts) are taken as they are."""
         def weight(w):
             return w.weight if isinstance(w, torch.nn.Linear) else w
         gate, up, down = weight(gate_proj), weight(up_proj), weight(down_proj)
+        if weights is not None or isinstance(up, QuantizedTensor):
+            return cls._from_quantized(gate, up, down, sparsity, use_optimized_cache, weights,
+                                       group, **kwargs)
         module = cls(up.shape[1], up.shape[0], sparsity, use_optimized_cache,
                      dtype=up.dtype, **kwargs)
         module.gate_proj.weight = torch.nn.Parameter(gate.detach(), requires_grad=False)
         module.up_proj.weight = torch.nn.Parameter(up.detach(), requires_grad=False)
         module.down_proj.weight = torch.nn.Parameter(down.detach(), requires_grad=False)
         return module
+
+    @classmethod
+    def _from_quantized(cls, gate, up, down, sparsity, use_optimized_cache, fmt, group,
+                        predictor=None, num_threads=None, gate_threshold=None, direct=False):
+        if isinstance(up, QuantizedTensor):
+            if fmt is not None and fmt != up.fmt:
+                raise ValueError(f"weights={fmt!r} but the projections are quantized as "
+                                 f"{up.fmt!r}")
+            if gate is None or not isinstance(down, QuantizedTensor) or not down.transposed:
+                raise TypeError("quantized projections come together: gate, up and down of "
+                                "sparse_mlp.quantize_mlp (down per neuron)")
+            q = QuantizedMLP(gate, up, down)
+        else:
+            if not (is_torch(gate) and is_torch(up) and is_torch(down)):
+                raise TypeError("weights= quantizes torch tensors or nn.Linear layers")
+            q = quantize_mlp(gate.detach(), up.detach(), down.detach(), fmt, group=group,
+                             num_threads=num_threads or torch.get_num_threads())
+        module = cls.__new__(cls)
+        torch.nn.Module.__init__(module)
+        module._setup(q.hidden_size, q.intermediate_size, sparsity, use_optimized_cache,
+                      predictor, num_threads, gate_threshold, direct)
+        module.quantized = q
+        return module
+
+    def _float_weights(self):
+        """(gate, up, down) float weights: the module's, or the quantized
+        rows dequantized once (the reference path's)."""
+        if self.quantized is None:
+            return self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight
+        if self._dequantized is None:
+            q = self.quantized
+            self._dequantized = tuple(torch.as_tensor(t.dequantize())
+                                      for t in (q.gate, q.up, q.down))
+        return self._dequantized
 
     @property
     def mask_source(self):
@@ -209,6 +270,7 @@ class LlamaSkipMLP(torch.nn.Module):
         self._cache = None
         self._gate_first = None
         self._down_rows = None
+        self._dequantized = None
 
     @property
     def weight_cache(self):
@@ -221,7 +283,7 @@ class LlamaSkipMLP(torch.nn.Module):
         1 - sparsity on average: gate-first by threshold instead of a fixed
         k per token (CATS). Returns the threshold."""
         x2 = x.reshape(-1, self.hidden_size).float()
-        act = F.silu(F.linear(x2, self.gate_proj.weight.float())).abs().flatten()
+        act = F.silu(F.linear(x2, self._float_weights()[0].float())).abs().flatten()
         self.gate_threshold = float(torch.quantile(act, self.sparsity)) if self.sparsity > 0 \
             else -1.0
         return self.gate_threshold
@@ -244,6 +306,12 @@ class LlamaSkipMLP(torch.nn.Module):
         return mask
 
     def _build_cache(self, initial, gate=True):
+        if self.quantized is not None:
+            q = self.quantized
+            self._cache = WeightCache(initial, q.gate if gate else None, q.up, q.down,
+                                      num_threads=self.num_threads)
+            self._cache.reserve(self.k)
+            return
         down = self.down_proj.weight.detach()
         neuron_major = down.t().is_contiguous() and not down.is_contiguous()
         self._cache = WeightCache(initial, self.gate_proj.weight if gate else None,
@@ -261,6 +329,9 @@ class LlamaSkipMLP(torch.nn.Module):
 
     def forward(self, x, mask=None):
         flat = self._flat(x)
+        if self.quantized is not None and flat.dtype != torch.float32:
+            # The quantized kernels take float32 x.
+            return self.forward(x.float(), mask).to(x.dtype)
         if self._ahead is not None:
             # The next layer's mask from this layer's input (look-ahead).
             self._ahead._pending = self._ahead.predictor(flat)
@@ -277,23 +348,27 @@ class LlamaSkipMLP(torch.nn.Module):
 
     def _gate_first_forward(self, flat):
         if not self.use_optimized_cache:
-            gate = self.gate_proj.weight
+            gate, up_w, down_w = self._float_weights()
             if self.gate_threshold is not None:
                 act = F.silu(F.linear(flat.float(), gate.float()))
                 keep = act.abs() > self.gate_threshold
             else:
                 keep, act = gate_first_mask(flat, gate, self.k)
             active = keep.any(dim=0).nonzero().squeeze(1)
-            h = act[:, active] * F.linear(flat.float(), self.up_proj.weight.index_select(
-                0, active).float())
-            h = h.to(self.up_proj.weight.dtype)
-            down = self.down_proj.weight.index_select(1, active)
+            h = act[:, active] * F.linear(flat.float(), up_w.index_select(0, active).float())
+            h = h.to(up_w.dtype)
+            down = down_w.index_select(1, active)
             if down.dtype == torch.float16 and not _HALF_MATMUL:
                 return F.linear(h.float(), down.float()).to(flat.dtype)
             return F.linear(h, down).to(flat.dtype)
         if self._gate_first is None:
-            self._gate_first = _sparse_mlp.GateFirst(self.gate_proj.weight.detach())
+            self._gate_first = self._native_gate_first()
         out = torch.empty_like(flat)
+        if self.direct and self.quantized is not None:
+            q = self.quantized
+            self._gate_first.forward(q.up.numpy_rows(), q.down.numpy_rows(), flat, out,
+                                     num_threads=self.num_threads, **self._selection())
+            return out
         if self.direct:
             if self._down_rows is None:  # neuron-major down, transposed once
                 self._down_rows = self.down_proj.weight.detach().t().contiguous()
@@ -304,6 +379,13 @@ class LlamaSkipMLP(torch.nn.Module):
             self._build_cache(torch.zeros(self.intermediate_size, dtype=torch.bool), gate=False)
         self._gate_first.step(self._cache._native, flat, out, **self._selection())
         return out
+
+    def _native_gate_first(self):
+        if self.quantized is None:
+            return _sparse_mlp.GateFirst(self.gate_proj.weight.detach())
+        g = self.quantized.gate
+        return _sparse_mlp.GateFirst(g.numpy_rows(), quant_type=g.fmt, quant_group=g.group,
+                                     hidden_size=g.hidden)
 
     def _low_rank_forward(self, flat):
         if self._cache is None or not self._cache.has_gate:
@@ -320,7 +402,8 @@ class LlamaSkipMLP(torch.nn.Module):
                 return self._cache.forward(flat)
             return self._cache.step(mask, flat)
         active = (mask if mask.dim() == 1 else (mask != 0).any(dim=0)).nonzero().squeeze(1)
-        gate = self.gate_proj.weight.index_select(0, active)
-        up = self.up_proj.weight.index_select(0, active)
-        down = self.down_proj.weight.index_select(1, active)
+        gate_w, up_w, down_w = self._float_weights()
+        gate = gate_w.index_select(0, active)
+        up = up_w.index_select(0, active)
+        down = down_w.index_select(1, active)
         return _gated_mlp(flat, gate, up, down)

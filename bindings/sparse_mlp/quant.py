@@ -97,9 +97,9 @@ class QuantizedTensor:
 
 
 def _quantize_rows(w, fmt, group, num_threads, name):
-    row_bytes = _sparse_mlp.quant_row_bytes(fmt, group, w.shape[1])
-    out = np.empty((w.shape[0], row_bytes), dtype=np.uint8)
     try:
+        row_bytes = _sparse_mlp.quant_row_bytes(fmt, group, w.shape[1])
+        out = np.empty((w.shape[0], row_bytes), dtype=np.uint8)
         _sparse_mlp.quantize_rows(w, out, fmt, group, num_threads=num_threads)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
@@ -138,10 +138,13 @@ class QuantizedMLP:
                 f"H={self.hidden_size}, I={self.intermediate_size}, {self.nbytes} bytes)")
 
 
-def quantize_mlp(gate, up, down, fmt="int8", *, group=32, num_threads=1):
+def quantize_mlp(gate, up, down, fmt="int8", *, group=32, num_threads=1, linear=False):
     """Quantizes a gated MLP: ``gate`` and ``up`` ``[I, H]`` (``gate`` may be
     None), ``down`` ``[H, I]`` (``nn.Linear``), each neuron's down column
-    quantized along H. Returns a :class:`QuantizedMLP`."""
+    quantized along H (what the caches, the store and the indexed forward
+    read). ``linear=True`` quantizes down along its rows (I) instead, as
+    ``nn.Linear`` keeps it: for the dense forward in that layout only
+    (``group`` must then divide I too). Returns a :class:`QuantizedMLP`."""
     _check_format(fmt, group)
     u = _float_rows(up, "up")
     i, h = u.shape
@@ -161,6 +164,11 @@ def quantize_mlp(gate, up, down, fmt="int8", *, group=32, num_threads=1):
         rows = _quantize_rows(w, fmt, group, num_threads, name)
         out[name] = QuantizedTensor(torch.from_numpy(rows) if as_torch else rows, fmt, group, h,
                                     w.shape)
+    if linear:
+        rows = _quantize_rows(d, fmt, group, num_threads, "down")
+        down_q = QuantizedTensor(torch.from_numpy(rows) if as_torch else rows, fmt, group, i,
+                                 d.shape)
+        return QuantizedMLP(out.get("gate"), out["up"], down_q)
     rows = _quantize_rows(np.ascontiguousarray(d.T), fmt, group, num_threads, "down")
     down_q = QuantizedTensor(torch.from_numpy(rows) if as_torch else rows, fmt, group, h, d.shape,
                              transposed=True)
@@ -171,7 +179,9 @@ def mlp_forward_quantized(x, mlp, *, indices=None, activation="silu", num_thread
                           accumulate=False):
     """``down(act(gate x) * (up x))`` over a :class:`QuantizedMLP` with the
     native kernels, dense or over sorted neuron ``indices`` (uint32-able,
-    read in place). ``x`` float32 ``[H]`` or ``[tokens, H]``."""
+    read in place). ``x`` float32 ``[H]`` or ``[tokens, H]``. A down
+    quantized along I (``quantize_mlp(..., linear=True)``) runs the dense
+    ``nn.Linear``-layout forward (no indices)."""
     if not isinstance(mlp, QuantizedMLP):
         raise TypeError(f"mlp must be a QuantizedMLP, got {type(mlp).__name__}")
     x2, fresh = tokens(x, mlp.hidden_size)
@@ -188,6 +198,15 @@ def mlp_forward_quantized(x, mlp, *, indices=None, activation="silu", num_thread
             raise ValueError(f"indices must be in [0, {mlp.intermediate_size})")
         idx = np.ascontiguousarray(idx, dtype=np.uint32)
     gate = None if mlp.gate is None else mlp.gate.numpy_rows()
+    if not mlp.down.transposed:
+        if idx is not None:
+            raise ValueError("indices need each neuron's down column quantized along H "
+                             "(quantize_mlp without linear=True)")
+        _sparse_mlp.mlp_forward_quant_linear(
+            x2, gate, mlp.up.numpy_rows(), mlp.down.numpy_rows(), target, type=mlp.fmt,
+            group=mlp.group, hidden=mlp.hidden_size, activation=activation,
+            num_threads=num_threads, accumulate=accumulate)
+        return result(target, x) if out is None else out
     _sparse_mlp.mlp_forward_quant(x2, gate, mlp.up.numpy_rows(), mlp.down.numpy_rows(), idx,
                                   target, type=mlp.fmt, group=mlp.group, hidden=mlp.hidden_size,
                                   activation=activation, num_threads=num_threads,
@@ -204,6 +223,11 @@ def native_rows(gate, up, down, *, down_neuron_major=False, prefix=""):
     ``down_neuron_major=True``). One format and group for all three;
     TypeError / ValueError naming the argument otherwise."""
     parts = {"gate_weight": gate, "up_weight": up, "down_weight": down}
+    if isinstance(down, QuantizedTensor) and not (down.transposed or down_neuron_major):
+        raise ValueError(
+            f"{prefix}down_weight is quantized along I (nn.Linear's rows); the cache needs each "
+            f"neuron's down column quantized along H: use quantize_mlp(...).down, or "
+            f"quantize(down.T) with down_neuron_major=True")
     for name, t in parts.items():
         if t is None and name == "gate_weight":
             continue
@@ -220,11 +244,6 @@ def native_rows(gate, up, down, *, down_neuron_major=False, prefix=""):
     if gate is not None and tuple(gate.shape) != tuple(up.shape):
         raise ValueError(f"{prefix}gate_weight must have up_weight's shape {list(up.shape)}, "
                          f"got {list(gate.shape)}")
-    if not (down.transposed or down_neuron_major):
-        raise ValueError(
-            f"{prefix}down_weight is quantized along I (nn.Linear's rows); the cache needs each "
-            f"neuron's down column quantized along H: use quantize_mlp(...).down, or "
-            f"quantize(down.T) with down_neuron_major=True")
     if down.rows.shape[0] != neurons:
         raise ValueError(f"{prefix}down_weight must hold {neurons} neuron rows like up_weight, "
                          f"got {down.rows.shape[0]}")

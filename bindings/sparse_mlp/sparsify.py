@@ -19,6 +19,7 @@ from sparse_mlp._convert import keep_count
 from sparse_mlp._models import find_mlps, layer_triple
 from sparse_mlp.model import ModelCache
 from sparse_mlp.predictors import LowRankPredictor
+from sparse_mlp.quant import FORMATS, quantize_mlp
 
 _SPARSIFIED = "_sparse_mlp_model_cache"
 
@@ -41,7 +42,7 @@ def _predictor_list(predictor, count):
 
 
 def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
-             use_optimized_cache=None):
+             use_optimized_cache=None, weights=None, group=32):
     """Replaces every gated MLP of ``model`` by a :class:`LlamaSkipMLP`
     (in place; returns ``model``).
 
@@ -54,6 +55,11 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     layer's input. ``use_optimized_cache``: None follows
     ``model.config.use_optimized_weight_cache`` when the model has one
     (True otherwise); False computes through torch (the reference path).
+    ``weights``: None (the model's own type) or ``"int8"`` / ``"q4"``: each
+    layer's MLP is quantized (groups of ``group`` along H,
+    :func:`sparse_mlp.quantize_mlp`) and served from the quantized rows
+    (gate-first selects by the quantized gate); the original modules, kept
+    for :func:`densify`, still hold the float weights.
 
     The layers share one :class:`ModelCache` (``model`` keeps it; gate-first
     layers cache up and down rows, predictor layers gate, up and down), and
@@ -68,11 +74,11 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
         raise ValueError(
             f"{type(model).__name__} has no gated MLP (a module with nn.Linear gate_proj/"
             f"up_proj/down_proj or w1/w3/w2)")
-    weights = [layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
-    intermediate = weights[0][1].shape[0]
+    triples = [layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
+    intermediate = triples[0][1].shape[0]
     keep_count(sparsity, intermediate)  # validates sparsity
     predictors = _predictor_list(predictor, len(found))
-    for l, (p, (_, up, _)) in enumerate(zip(predictors, weights)):
+    for l, (p, (_, up, _)) in enumerate(zip(predictors, triples)):
         if p is None:
             continue
         if not isinstance(p, LowRankPredictor):
@@ -90,16 +96,28 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     if act != "silu":
         raise ValueError(f"LlamaSkipMLP computes silu MLPs; config.hidden_act is {act!r}")
     threads = num_threads or torch.get_num_threads()
+    if weights is not None:
+        if weights not in FORMATS:
+            raise ValueError(f"weights must be None or one of {FORMATS}, got {weights!r}")
+        quantized = []
+        for l, (g, u, d) in enumerate(triples):
+            try:
+                q = quantize_mlp(g.detach(), u.detach(), d.detach(), weights, group=group,
+                                 num_threads=threads)
+            except ValueError as e:
+                raise ValueError(f"layer {l}: {e}") from None
+            quantized.append((q.gate, q.up, q.down))
+        triples = quantized
     cache = None
     if use_optimized_cache:
         # Gate-first layers cache up and down only (their gate is read
         # densely each step); predictor layers cache all three.
-        triples = [(None if p is None else g, u, d) for p, (g, u, d) in zip(predictors, weights)]
-        cache = ModelCache(triples, active_fraction=max(1e-3, 1.0 - sparsity),
-                           num_threads=threads)
+        cache = ModelCache([(None if p is None else g, u, d)
+                            for p, (g, u, d) in zip(predictors, triples)],
+                           active_fraction=max(1e-3, 1.0 - sparsity), num_threads=threads)
     modules = []
     for l, ((parent, attr, original), (g, u, d), p) in enumerate(
-            zip(found, weights, predictors)):
+            zip(found, triples, predictors)):
         m = LlamaSkipMLP.from_dense(g, u, d, sparsity, use_optimized_cache, predictor=p,
                                     num_threads=threads)
         if cache is not None:

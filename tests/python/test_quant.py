@@ -141,5 +141,216 @@ class QuantizedStoreTest(unittest.TestCase):
                                            dtype="q4")
 
 
+def random_mlp(gen, i, h, scale=0.3):
+    return (torch.randn(i, h, generator=gen) * scale, torch.randn(i, h, generator=gen) * scale,
+            torch.randn(h, i, generator=gen) * scale)
+
+
+class LinearLayoutTest(unittest.TestCase):
+    def test_down_along_i_matches_float64(self):
+        gen = torch.Generator().manual_seed(8)
+        i, h = 96, 128
+        for fmt, group in (("int8", 32), ("int8", 0), ("q4", 32)):
+            q = sparse_mlp.quantize_mlp(*random_mlp(gen, i, h), fmt, group=group, linear=True)
+            self.assertFalse(q.down.transposed)
+            self.assertEqual(q.down.shape, (h, i))
+            self.assertEqual(q.down.rows.shape[0], h)  # one row per output, along I
+            x = torch.randn(4, h, generator=gen)
+            for threads in (1, 2):
+                y = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, num_threads=threads)
+                want = reference(x, q.gate.dequantize(), q.up.dequantize(), q.down.dequantize())
+                self.assertLess(float((y.double() - want).abs().max()),
+                                1e-4 * float(want.abs().max()) + 1e-5, f"{fmt} {group}")
+            with self.assertRaisesRegex(ValueError, "indices need each neuron's down column"):
+                sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, indices=[1, 2])
+        with self.assertRaisesRegex(ValueError, "down: .*int8 group 64"):
+            sparse_mlp.quantize_mlp(*random_mlp(gen, 96, 128), "int8", group=64, linear=True)
+
+
+class QuantizedCacheTest(unittest.TestCase):
+    def test_weight_cache_over_quantized_rows(self):
+        gen = torch.Generator().manual_seed(11)
+        i, h = 80, 128
+        for fmt, group in (("int8", 32), ("q4", 64)):
+            q = sparse_mlp.quantize_mlp(*random_mlp(gen, i, h), fmt, group=group)
+            for layout in ("split", "interleaved", "fused"):
+                mask = torch.rand(i, generator=gen) < 0.3
+                c = sparse_mlp.WeightCache(mask, q.gate, q.up, q.down, layout=layout,
+                                           num_threads=2)
+                self.assertEqual(c.dtype, fmt)
+                for step in range(8):
+                    mask = torch.rand(i, generator=gen) < 0.1 + 0.05 * step
+                    x = torch.randn(3, h, generator=gen)
+                    y = c.step(mask, x)
+                    c.verify()
+                    idx = torch.nonzero(mask).squeeze(1)
+                    want = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, indices=idx)
+                    self.assertLess(float((y - want).abs().max()),
+                                    1e-5 * float(want.abs().max()) + 1e-6,
+                                    f"{fmt} {layout} step {step}")
+                    self.assertTrue(torch.equal(c.forward(x), y))
+                    # Views: the packed rows, as QuantizedTensor, slot order.
+                    up = c.up()
+                    self.assertIsInstance(up, sparse_mlp.QuantizedTensor)
+                    slots = c.active_indices()
+                    self.assertTrue(torch.equal(up.dequantize(), q.up.dequantize()[slots]))
+                    self.assertTrue(torch.equal(c.down_rows().dequantize(),
+                                                q.down.dequantize().T[slots]))
+                with self.assertRaisesRegex(ValueError, "needs float rows"):
+                    c.down_hidden_major()
+                with self.assertRaisesRegex(TypeError, "x must be float32"):
+                    c.forward(torch.randn(h).bfloat16())
+
+    def test_bad_quantized_sources_change_nothing(self):
+        gen = torch.Generator().manual_seed(12)
+        w = random_mlp(gen, 32, 64)
+        q8 = sparse_mlp.quantize_mlp(*w, "int8", group=32)
+        q4 = sparse_mlp.quantize_mlp(*w, "q4", group=32)
+        lin = sparse_mlp.quantize_mlp(*w, "int8", group=32, linear=True)
+        mask = torch.zeros(32, dtype=torch.bool)
+        with self.assertRaisesRegex(ValueError, "gate_weight is q4 group 32"):
+            sparse_mlp.WeightCache(mask, q4.gate, q8.up, q8.down)
+        with self.assertRaisesRegex(TypeError, "down_weight must be a QuantizedTensor"):
+            sparse_mlp.WeightCache(mask, q8.gate, q8.up, w[2])
+        with self.assertRaisesRegex(ValueError, "quantized along I"):
+            sparse_mlp.WeightCache(mask, lin.gate, lin.up, lin.down)
+        with self.assertRaisesRegex(ValueError, "concat_gate_up needs float rows"):
+            sparse_mlp.WeightCache(mask, q8.gate, q8.up, q8.down, concat_gate_up=True)
+        c = sparse_mlp.WeightCache(mask, q8.gate, q8.up, q8.down)
+        with self.assertRaises(ValueError):
+            c.update(torch.ones(31, dtype=torch.bool))
+        self.assertEqual(c.num_active, 0)
+        c.verify()
+
+    def test_model_cache_of_quantized_layers(self):
+        gen = torch.Generator().manual_seed(13)
+        i, h = 64, 128
+        layers = [sparse_mlp.quantize_mlp(*random_mlp(gen, i, h), "int8", group=64)
+                  for _ in range(3)]
+        m = sparse_mlp.ModelCache(layers, active_fraction=0.5, num_threads=2)
+        self.assertEqual(m.footprint()["weight_bytes"],
+                         sum(q.nbytes for q in layers))
+        for step in range(5):
+            masks = [torch.rand(i, generator=gen) < 0.5 for _ in layers]
+            m.update_many(masks)
+            x = torch.randn(h, generator=gen)
+            for l, q in enumerate(layers):
+                m[l].verify()
+                want = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down,
+                                              indices=torch.nonzero(masks[l]).squeeze(1))
+                self.assertLess(float((m.forward(l, x) - want).abs().max()),
+                                1e-5 * float(want.abs().max()) + 1e-6)
+        q4 = sparse_mlp.quantize_mlp(*random_mlp(gen, i, h), "q4", group=64)
+        with self.assertRaisesRegex(ValueError, "layer 1 is q4 group 64"):
+            sparse_mlp.ModelCache([layers[0], q4])
+
+
+class QuantizedModuleTest(unittest.TestCase):
+    def test_llama_skip_mlp_paths_match_the_reference(self):
+        gen = torch.Generator().manual_seed(14)
+        i, h = 96, 128
+        w = random_mlp(gen, i, h)
+        x = torch.randn(3, h, generator=gen)
+        mask = torch.rand(i, generator=gen) < 0.4
+        for fmt in ("int8", "q4"):
+            ref = sparse_mlp.LlamaSkipMLP.from_dense(*w, 0.5, False, weights=fmt)
+            self.assertIsNone(getattr(ref, "gate_proj", None))  # no float weights kept
+            self.assertEqual(ref.quantized.fmt, fmt)
+            for direct in (False, True):
+                m = sparse_mlp.LlamaSkipMLP.from_dense(*w, 0.5, True, weights=fmt, direct=direct)
+                for args in ((x,), (x, mask)):
+                    y, want = m(*args), ref(*args)
+                    self.assertLess(float((y - want).abs().max()),
+                                    1e-5 * float(want.abs().max()) + 1e-6,
+                                    f"{fmt} direct={direct} mask={len(args) > 1}")
+                self.assertEqual(m(x.bfloat16()).dtype, torch.bfloat16)
+            # Gate-first keeps the top k by |silu(dequantized gate x)|.
+            m = sparse_mlp.LlamaSkipMLP.from_dense(*w, 0.5, True, weights=fmt)
+            m(x[:1])
+            act = torch.nn.functional.silu(x[:1] @ m.quantized.gate.dequantize().T).abs()
+            want = torch.zeros(i, dtype=torch.bool)
+            want[act[0].topk(m.k).indices] = True
+            kept = torch.zeros(i, dtype=torch.bool)
+            kept[m.weight_cache.active_indices()] = True
+            self.assertTrue(torch.equal(kept, want), fmt)
+        q = sparse_mlp.quantize_mlp(*w, "int8")
+        m = sparse_mlp.LlamaSkipMLP.from_dense(q.gate, q.up, q.down, 0.5)
+        self.assertIs(m.quantized.up, q.up)
+        with self.assertRaisesRegex(ValueError, "weights='q4' but the projections"):
+            sparse_mlp.LlamaSkipMLP.from_dense(q.gate, q.up, q.down, weights="q4")
+
+    def test_sparsify_quantized(self):
+        gen = torch.Generator().manual_seed(15)
+        h, i = 64, 96
+
+        class MLP(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gate_proj = torch.nn.Linear(h, i, bias=False)
+                self.up_proj = torch.nn.Linear(h, i, bias=False)
+                self.down_proj = torch.nn.Linear(i, h, bias=False)
+
+            def forward(self, x):
+                return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) *
+                                      self.up_proj(x))
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = torch.nn.ModuleList([MLP() for _ in range(3)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = x + layer(x)
+                return x
+
+        torch.manual_seed(0)
+        model = Model()
+        x = torch.randn(2, h, generator=gen)
+        with torch.no_grad():
+            dense = model(x)
+            with self.assertRaisesRegex(ValueError, "weights must be None or one of"):
+                sparse_mlp.sparsify(model, 0.5, weights="int4")
+            self.assertIsInstance(model.layers[0], MLP)  # unchanged after the error
+            sparse_mlp.sparsify(model, 0.0, weights="int8", group=32)
+            self.assertEqual(model.layers[1].quantized.fmt, "int8")
+            # Every neuron kept: the dense model on the dequantized weights.
+            y = model(x)
+            ref = x.clone()
+            for layer in model.layers:
+                q = layer.quantized
+                ref = ref + sparse_mlp.mlp_forward(ref, q.gate.dequantize(), q.up.dequantize(),
+                                                   q.down.dequantize())
+            self.assertLess(float((y - ref).abs().max()), 1e-4 * float(ref.abs().max()))
+            self.assertLess(float((y - dense).abs().max()), 0.05 * float(dense.abs().max()))
+            sparse_mlp.densify(model)
+            self.assertTrue(torch.equal(model(x), dense))
+
+
+class QuantizedGateTierTest(unittest.TestCase):
+    def test_flash_gate_first_with_a_quantized_gate(self):
+        import os
+        import tempfile
+        gen = torch.Generator().manual_seed(16)
+        i, h, layers = 64, 128, 2
+        mlps = [random_mlp(gen, i, h, 0.2) for _ in range(layers)]
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TEST_TMPDIR")) as tmp:
+            path = os.path.join(tmp, "gateless.spmlb")
+            sparse_mlp.store.write(path, [(None, u, d) for _, u, d in mlps], dtype="int8",
+                                   group=32)
+            gates = [sparse_mlp.quantize(g, "int8", group=32) for g, _, _ in mlps]
+            tier = sparse_mlp.FlashModelCache(path, 32 << 20, gates=gates, sparsity=0.5)
+            for step in range(4):
+                l = step % layers
+                x = torch.randn(h, generator=gen)
+                y = tier.step(l, None, x)
+                q = sparse_mlp.quantize_mlp(*mlps[l], "int8", group=32)
+                direct = sparse_mlp.LlamaSkipMLP.from_dense(gates[l], q.up, q.down, 0.5,
+                                                            direct=True)
+                want = direct(x)
+                self.assertLess(float((y - want).abs().max()),
+                                1e-5 * float(want.abs().max()) + 1e-6, f"step {step}")
+
+
 if __name__ == "__main__":
     unittest.main()
