@@ -10,7 +10,7 @@ namespace {
 struct CpuLevels {
   bool avx2 = false;
   bool avx512 = false;
-  bool vpopcntdq = false, bf16 = false, fma = false, f16c = false;
+  bool vpopcntdq = false, bf16 = false, fma = false, f16c = false, vnni = false;
 };
 
 CpuLevels Detect() {
@@ -29,6 +29,7 @@ CpuLevels Detect() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   l.bf16 = l.avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
            ((eax >> 5) & 1) != 0;
+  l.vnni = l.avx512 && __builtin_cpu_supports("avx512vnni");
   l.fma = __builtin_cpu_supports("fma");
   // F16C: CPUID leaf 1, ECX bit 29 (also unknown to clang 14's builtin).
   l.f16c = __builtin_cpu_supports("avx") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 &&
@@ -50,6 +51,8 @@ bool HasCpuFeature(CpuFeature feature) {
       return Levels().vpopcntdq;
     case CpuFeature::kAvx512Bf16:
       return Levels().bf16;
+    case CpuFeature::kAvx512Vnni:
+      return Levels().vnni;
     case CpuFeature::kFma:
       return Levels().fma;
     case CpuFeature::kF16c:

@@ -41,6 +41,7 @@ enum class SimdLevel {
 enum class CpuFeature {
   kAvx512Vpopcntdq,  // vector popcount (Ice Lake, Zen 4)
   kAvx512Bf16,       // bf16 dot products (Cooper Lake, Zen 4)
+  kAvx512Vnni,       // int8 dot products, vpdpbusd (Cascade Lake, Zen 4)
   kFma,
   kF16c,
 };
