@@ -63,7 +63,8 @@ absl::Status CheckTokens(const char* name, const void* data, size_t tokens, size
 }  // namespace
 
 absl::Status WorkspaceAccess::Grow(Workspace* w, size_t per_thread_bytes, int threads,
-                                   size_t vector_bytes, size_t hidden_bytes) {
+                                   size_t vector_bytes, size_t hidden_bytes,
+                                   size_t int8_x_bytes) {
   const size_t per_thread = std::max(per_thread_bytes, w->per_thread_bytes_);
   absl::StatusOr<size_t> partial_bytes =
       memory::CheckedMul(per_thread, static_cast<size_t>(threads));
@@ -77,15 +78,17 @@ absl::Status WorkspaceAccess::Grow(Workspace* w, size_t per_thread_bytes, int th
     *out = *std::move(b);
     return absl::OkStatus();
   };
-  memory::AlignedBuffer partials, vectors, hidden;
+  memory::AlignedBuffer partials, vectors, hidden, int8_x;
   if (absl::Status s = bigger(*partial_bytes, w->partials_, &partials); !s.ok()) return s;
   if (absl::Status s = bigger(vector_bytes, w->vectors_, &vectors); !s.ok()) return s;
   if (absl::Status s = bigger(hidden_bytes, w->hidden_, &hidden); !s.ok()) return s;
+  if (absl::Status s = bigger(int8_x_bytes, w->int8_x_, &int8_x); !s.ok()) return s;
   // Every allocation succeeded: commit.
   w->per_thread_bytes_ = per_thread;
   if (partials.size() != 0) w->partials_ = std::move(partials);
   if (vectors.size() != 0) w->vectors_ = std::move(vectors);
   if (hidden.size() != 0) w->hidden_ = std::move(hidden);
+  if (int8_x.size() != 0) w->int8_x_ = std::move(int8_x);
   return absl::OkStatus();
 }
 
@@ -105,7 +108,12 @@ absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t interm
       memory::CheckedMul(chunk * 4, internal::PaddedWidth(hidden_size));
   if (!sums_bytes.ok()) return sums_bytes.status();
   const size_t per_thread = AlignUp64(*sums_bytes + ScratchFloats(chunk) * 4);
-  return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden);
+  // x rounded to int8 (ForwardOptions::quantize_x) for every token.
+  absl::StatusOr<size_t> int8_x =
+      hidden_size % 32 == 0 ? memory::CheckedMul(tokens, internal::Int8XBytes(hidden_size))
+                            : absl::StatusOr<size_t>(0);
+  if (!int8_x.ok()) return int8_x.status();
+  return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden, *int8_x);
 }
 
 namespace internal {
@@ -175,9 +183,28 @@ absl::Status PrepareWorkspace(DType dtype, size_t hidden, size_t intermediate,
   const size_t vector_bytes = x.dtype == form ? 0 : x.tokens * hidden * DTypeSize(form);
   absl::StatusOr<size_t> hidden_bytes = memory::CheckedMul(chunk * 4, intermediate);
   if (!hidden_bytes.ok()) return hidden_bytes.status();
+  const size_t int8_x_bytes =
+      options.quantize_x && hidden % 32 == 0 ? x.tokens * internal::Int8XBytes(hidden) : 0;
   // ForwardLinear keeps no partial sums.
   return WorkspaceAccess::Grow(ws, intermediate != 0 ? 0 : per_thread, options.num_threads,
-                               vector_bytes, *hidden_bytes);
+                               vector_bytes, *hidden_bytes, int8_x_bytes);
+}
+
+absl::Status CheckQuantizeX(size_t hidden, const ForwardOptions& options) {
+  if (options.quantize_x && hidden % 32 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "quantize_x rounds x in blocks of 32: hidden_size %u is not a multiple of 32", hidden));
+  }
+  return absl::OkStatus();
+}
+
+const uint8_t* RoundX(const ConstTokens& x, size_t hidden, Workspace* ws) {
+  uint8_t* out = WorkspaceAccess::Int8X(ws);
+  const size_t bytes = Int8XBytes(hidden);
+  for (size_t t = 0; t < x.tokens; ++t) {
+    QuantizeX(reinterpret_cast<const float*>(TokenRow(x, t)), hidden, out + t * bytes);
+  }
+  return out;
 }
 
 void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const Tokens& y,
@@ -193,6 +220,8 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
                          : internal::QuantKernels();
   const gather::internal::RowCopyFn copy = gather::internal::SelectRowCopy(o.simd);
   const Vectors v = PrepareVectors(vector_dtype, x, hidden, ws);
+  // x rounded per block of 32 (quantize_x): every token, before the team.
+  const uint8_t* int8_x = p.quant != nullptr && o.quantize_x ? RoundX(x, hidden, ws) : nullptr;
   const size_t row_bytes =
       p.quant != nullptr ? p.quant->row_bytes() : hidden * DTypeSize(p.dtype);
   const size_t parts = p.has_gate ? 3 : 2;
@@ -239,7 +268,9 @@ void Run(const RowSource& source, const Problem& p, const ConstTokens& x, const 
             if (p.has_gate) rows[num_rows++] = ptrs[q].row[0];
             rows[num_rows++] = ptrs[q].row[1];
           }
-          if (p.quant != nullptr) {
+          if (int8_x != nullptr) {
+            DotRoundedX(qk, rows, num_rows, int8_x, t0, tc, *p.quant, dots);
+          } else if (p.quant != nullptr) {
             qk.dot(rows, num_rows, static_cast<const float*>(xt), v.stride, tc, *p.quant, dots);
           } else {
             k.dot(rows, num_rows, xt, v.stride, tc, hidden, dots);

@@ -21,11 +21,12 @@ struct WorkspaceAccess {
   static uint8_t* Partials(Workspace* w) { return w->partials_.data(); }
   static size_t PerThreadBytes(const Workspace* w) { return w->per_thread_bytes_; }
   static uint8_t* Vectors(Workspace* w) { return w->vectors_.data(); }
+  static uint8_t* Int8X(Workspace* w) { return w->int8_x_.data(); }
   static float* Hidden(Workspace* w) { return reinterpret_cast<float*>(w->hidden_.data()); }
   // Grows each buffer to at least the given size (per-thread partials for
   // `threads` threads); ResourceExhausted leaves the workspace unchanged.
   static absl::Status Grow(Workspace* w, size_t per_thread_bytes, int threads,
-                           size_t vector_bytes, size_t hidden_bytes);
+                           size_t vector_bytes, size_t hidden_bytes, size_t int8_x_bytes = 0);
 };
 
 namespace internal {
@@ -69,6 +70,14 @@ struct Problem {
 // Checks the weights' type and width, x, y and the options.
 absl::Status ValidateCall(DType dtype, size_t hidden_size, const ConstTokens& x,
                           const Tokens& y, const ForwardOptions& options);
+
+// ForwardOptions::quantize_x needs H a multiple of 32 (InvalidArgument
+// naming H otherwise).
+absl::Status CheckQuantizeX(size_t hidden_size, const ForwardOptions& options);
+
+// Rounds tokens [0, x.tokens) of float32 x into the workspace's Int8X
+// buffer (ForwardOptions::quantize_x; after PrepareWorkspace); returns it.
+const uint8_t* RoundX(const ConstTokens& x, size_t hidden, Workspace* workspace);
 
 // Checks that indices are ascending, distinct and below num_rows.
 absl::Status ValidateIndices(absl::Span<const uint32_t> indices, size_t num_rows);

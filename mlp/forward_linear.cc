@@ -116,6 +116,7 @@ void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout&
   const size_t hidden = rows_layout.hidden();
   const QuantKernels k = SelectQuantKernels(rows_layout.type(), o.simd);
   const Vectors v = PrepareVectors(DType::kFloat32, x, hidden, ws);
+  const uint8_t* int8_x = o.quantize_x ? RoundX(x, hidden, ws) : nullptr;
   const size_t rb = rows_layout.row_bytes(), db = down_layout.row_bytes();
   float* h = WorkspaceAccess::Hidden(ws);  // [chunk, I] float32
   const auto* gate = static_cast<const uint8_t*>(gate_rows);
@@ -130,6 +131,9 @@ void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout&
         for (size_t q = j; q < j + g; ++q) {
           if (gate != nullptr) rows[num_rows++] = gate + q * rb;
           rows[num_rows++] = up + q * rb;
+        }
+        if (int8_x != nullptr) {
+          return DotRoundedX(k, rows, num_rows, int8_x, t0, tc, rows_layout, dots);
         }
         k.dot(rows, num_rows, reinterpret_cast<const float*>(VectorRow(v, DType::kFloat32, t0)),
               v.stride, tc, rows_layout, dots);

@@ -68,6 +68,19 @@ void DotVectors(const Kernels& k, bool bf16, const void* const* rows, size_t n, 
   }
 }
 
+void DotRoundedX(const QuantKernels& k, const void* const* rows, size_t n, const uint8_t* int8_x,
+                 size_t t0, size_t tc, const quant::RowLayout& layout, float* dots) {
+  const size_t bytes = Int8XBytes(layout.hidden());
+  if (k.dot_int8 != nullptr) {
+    Int8X xs[kTokenChunk];
+    for (size_t t = 0; t < tc; ++t) xs[t] = Int8XAt(int8_x + (t0 + t) * bytes, layout.hidden());
+    k.dot_int8(rows, n, xs, tc, layout, dots);
+    return;
+  }
+  k.dot(rows, n, Int8XAt(int8_x + t0 * bytes, layout.hidden()).dequant, bytes / sizeof(float),
+        tc, layout, dots);
+}
+
 void PrefetchHead(const uint8_t* row, size_t row_bytes) {
   if (row == nullptr) return;
   const size_t n = std::min(row_bytes, kPrefetchHeadBytes);

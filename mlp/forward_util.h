@@ -13,6 +13,7 @@
 #include "mlp/activation.h"
 #include "mlp/kernels.h"
 #include "mlp/mlp_forward.h"
+#include "mlp/quant_kernels.h"
 #include "platform/dtype.h"
 
 namespace sparse_mlp::mlp::internal {
@@ -51,6 +52,12 @@ void GivenGate(const float* ga, size_t stride, bool round_bf16, const float* ua,
 // pairs (v16) with bfloat16 weights, float32 (v32) otherwise.
 void DotVectors(const Kernels& k, bool bf16, const void* const* rows, size_t n, const uint16_t* v16,
                 const float* v32, size_t stride, size_t tc, size_t len, float* dots);
+
+// The dot of quantized rows on x rounded to int8 (tokens [t0, t0 + tc) of
+// the Int8X records RoundX wrote at int8_x): the integer kernel where there
+// is one, else the float kernel on the rounded x.
+void DotRoundedX(const QuantKernels& k, const void* const* rows, size_t n, const uint8_t* int8_x,
+                 size_t t0, size_t tc, const quant::RowLayout& layout, float* dots);
 
 // Prefetches the first kPrefetchHeadBytes of a row (null: nothing).
 void PrefetchHead(const uint8_t* row, size_t row_bytes);

@@ -120,6 +120,14 @@ struct ForwardOptions {
   bool accumulate = false;  // y += MLP(x) (a residual add), else y = MLP(x)
   int num_threads = 1;      // [1, kMaxThreads]
   SimdLevel simd = SimdLevel::kBest;
+  // Quantized rows only (mlp/quant_forward.h; ignored for float rows): x is
+  // rounded to int8 per block of 32 (scale max|x| / 127, llama.cpp's q8_0)
+  // and the gate and up dots of int8 rows sum integer products (AVX-512
+  // VNNI where the CPU has it; elsewhere the float kernels on the rounded
+  // x). Results are then those of float64 on the dequantized weights and
+  // the rounded x, to float32 rounding; the down projection is unchanged.
+  // H must be a multiple of 32. The default, false, keeps x float32.
+  bool quantize_x = false;
 };
 
 // Scratch of the forward: per-thread partial sums, x in the kernels' form
@@ -138,7 +146,7 @@ class Workspace {
                        int num_threads);
 
   size_t bytes() const {
-    return partials_.size() + vectors_.size() + hidden_.size();
+    return partials_.size() + vectors_.size() + hidden_.size() + int8_x_.size();
   }
 
  private:
@@ -146,6 +154,7 @@ class Workspace {
   memory::AlignedBuffer partials_;  // per thread: [chunk, H] sums, coefficients
   memory::AlignedBuffer vectors_;   // x in the kernels' vector form
   memory::AlignedBuffer hidden_;    // ForwardLinear: [chunk, I] activations
+  memory::AlignedBuffer int8_x_;    // quantize_x: x rounded per block
   size_t per_thread_bytes_ = 0;     // of partials_
 };
 

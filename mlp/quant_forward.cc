@@ -78,6 +78,7 @@ absl::Status RunQuant(const QuantNeuronRows& rows, absl::Span<const uint32_t> in
     return s;
   }
   if (absl::Status s = ValidateQuantRows(rows, *layout); !s.ok()) return s;
+  if (absl::Status s = internal::CheckQuantizeX(rows.hidden_size, options); !s.ok()) return s;
   if (gate_act != nullptr && rows.gate != nullptr) {
     return absl::InvalidArgumentError(
         "a forward with given gate activations reads up and down rows only; gate must be null");
@@ -133,6 +134,7 @@ absl::Status ForwardLinearQuant(const QuantLinearWeights& w, const ConstTokens& 
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = internal::CheckQuantizeX(w.hidden_size, options); !s.ok()) return s;
   if (w.up == nullptr) return absl::InvalidArgumentError("up rows are null");
   if (w.down == nullptr) return absl::InvalidArgumentError("down rows are null");
   absl::StatusOr<size_t> bytes = memory::CheckedMul(w.intermediate_size, rows->row_bytes());

@@ -29,10 +29,40 @@ using QuantDotFn = void (*)(const void* const* rows, size_t nrows, const float* 
 using QuantAxpyFn = void (*)(const void* const* rows, size_t n, const float* coef, size_t tokens,
                              const quant::RowLayout& layout, float* y, size_t y_stride);
 
+// One token's x rounded to int8 per block of 32 (ForwardOptions::
+// quantize_x), as QuantizeX lays it out in Int8XBytes(hidden) bytes:
+//   q[c]       round(x[c] / scale[c / 32]), in [-127, 127]
+//   scale[b]   max |x| of block b / 127 (0 for a block of zeros)
+//   bias[k]    -128 x (q[4k] + ... + q[4k + 3]): the offset of unsigned
+//              weights (w + 128) in a u8 x s8 dot, per 32-bit lane
+//   dequant[c] q[c] x scale[c / 32]: the rounded x for float kernels
+struct Int8X {
+  const int8_t* q;
+  const float* scale;
+  const int32_t* bias;
+  const float* dequant;
+};
+
+// Bytes of one token's Int8X (a multiple of 64); hidden % 32 == 0.
+size_t Int8XBytes(size_t hidden);
+// Rounds x (hidden floats) into `out` (Int8XBytes(hidden) bytes, 64-byte
+// aligned) and returns the views.
+Int8X QuantizeX(const float* x, size_t hidden, void* out);
+// The views of a token QuantizeX wrote at `at`.
+Int8X Int8XAt(const void* at, size_t hidden);
+
+// out[r x tokens + t] = <w_r, x_t> on int8 rows and rounded x, integer
+// products per block (x[t] for token t).
+using QuantDotInt8Fn = void (*)(const void* const* rows, size_t nrows, const Int8X* x,
+                                size_t tokens, const quant::RowLayout& layout, float* out);
+
 struct QuantKernels {
   QuantDotFn dot = nullptr;
   QuantAxpyFn axpy = nullptr;
   SimdLevel level = SimdLevel::kScalar;  // the level that runs
+  // The integer dot for int8 rows where the CPU has one (AVX-512 VNNI);
+  // null: `dot` runs on Int8X::dequant.
+  QuantDotInt8Fn dot_int8 = nullptr;
 };
 
 // The kernels of `level` (resolved; kAvx2 also needs FMA and F16C, else the
@@ -43,6 +73,8 @@ QuantKernels ScalarQuantKernels(quant::QuantType type);
 #if SPARSE_MLP_X86
 QuantKernels Avx2QuantKernels(quant::QuantType type);
 QuantKernels Avx512QuantKernels(quant::QuantType type);
+// The AVX-512 VNNI integer dot of int8 rows (null without VNNI).
+QuantDotInt8Fn VnniDotInt8();
 #endif
 
 }  // namespace sparse_mlp::mlp::internal

@@ -195,9 +195,9 @@ SPARSE_MLP_AVX2 void Axpy(const void* const* rows_in, size_t n, const float* coe
 
 QuantKernels Avx2QuantKernels(QuantType type) {
   if (type == QuantType::kInt8) {
-    return {&Dot<QuantType::kInt8>, &Axpy<QuantType::kInt8>, SimdLevel::kAvx2};
+    return {&Dot<QuantType::kInt8>, &Axpy<QuantType::kInt8>, SimdLevel::kAvx2, nullptr};
   }
-  return {&Dot<QuantType::kQ4>, &Axpy<QuantType::kQ4>, SimdLevel::kAvx2};
+  return {&Dot<QuantType::kQ4>, &Axpy<QuantType::kQ4>, SimdLevel::kAvx2, nullptr};
 }
 
 }  // namespace sparse_mlp::mlp::internal

@@ -325,9 +325,9 @@ SPARSE_MLP_AVX512 void Axpy(const void* const* rows_in, size_t n, const float* c
 
 QuantKernels Avx512QuantKernels(QuantType type) {
   if (type == QuantType::kInt8) {
-    return {&Dot<QuantType::kInt8>, &Axpy<QuantType::kInt8>, SimdLevel::kAvx512};
+    return {&Dot<QuantType::kInt8>, &Axpy<QuantType::kInt8>, SimdLevel::kAvx512, nullptr};
   }
-  return {&Dot<QuantType::kQ4>, &Axpy<QuantType::kQ4>, SimdLevel::kAvx512};
+  return {&Dot<QuantType::kQ4>, &Axpy<QuantType::kQ4>, SimdLevel::kAvx512, nullptr};
 }
 
 }  // namespace sparse_mlp::mlp::internal

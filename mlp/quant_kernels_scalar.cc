@@ -1,4 +1,6 @@
 // Portable quantized kernels and the runtime choice among the levels.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -65,13 +67,58 @@ void Axpy(const void* const* rows, size_t n, const float* coef, size_t tokens,
 
 }  // namespace
 
-QuantKernels ScalarQuantKernels(quant::QuantType) { return {&Dot, &Axpy, SimdLevel::kScalar}; }
+QuantKernels ScalarQuantKernels(quant::QuantType) { return {&Dot, &Axpy, SimdLevel::kScalar, nullptr}; }
+
+size_t Int8XBytes(size_t hidden) {
+  // q (H), scales (H / 32 floats), biases (H / 4 int32), dequant (H floats),
+  // each part from a 64-byte boundary.
+  auto up64 = [](size_t n) { return (n + 63) / 64 * 64; };
+  return up64(hidden) + up64(hidden / 32 * 4) + up64(hidden) + up64(hidden * 4);
+}
+
+Int8X Int8XAt(const void* at, size_t hidden) {
+  auto up64 = [](size_t n) { return (n + 63) / 64 * 64; };
+  const auto* base = static_cast<const uint8_t*>(at);
+  const size_t scale_off = up64(hidden);
+  const size_t bias_off = scale_off + up64(hidden / 32 * 4);
+  const size_t deq_off = bias_off + up64(hidden);
+  return {reinterpret_cast<const int8_t*>(base), reinterpret_cast<const float*>(base + scale_off),
+          reinterpret_cast<const int32_t*>(base + bias_off),
+          reinterpret_cast<const float*>(base + deq_off)};
+}
+
+Int8X QuantizeX(const float* x, size_t hidden, void* out) {
+  const Int8X v = Int8XAt(out, hidden);
+  auto* q = const_cast<int8_t*>(v.q);
+  auto* scale = const_cast<float*>(v.scale);
+  auto* bias = const_cast<int32_t*>(v.bias);
+  auto* deq = const_cast<float*>(v.dequant);
+  for (size_t b = 0; b < hidden / 32; ++b) {
+    float m = 0.0f;
+    for (size_t c = 32 * b; c < 32 * b + 32; ++c) m = std::max(m, std::fabs(x[c]));
+    const float s = m / 127.0f;
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    scale[b] = s;
+    for (size_t c = 32 * b; c < 32 * b + 32; ++c) {
+      const long r = std::lrint(x[c] * inv);
+      q[c] = static_cast<int8_t>(r < -127 ? -127 : r > 127 ? 127 : r);
+      deq[c] = static_cast<float>(q[c]) * s;
+    }
+  }
+  for (size_t k = 0; k < hidden / 4; ++k) {
+    bias[k] = -128 * (q[4 * k] + q[4 * k + 1] + q[4 * k + 2] + q[4 * k + 3]);
+  }
+  return v;
+}
 
 QuantKernels SelectQuantKernels(quant::QuantType type, SimdLevel level) {
 #if SPARSE_MLP_X86
   switch (Resolve(level)) {
-    case SimdLevel::kAvx512:
-      return Avx512QuantKernels(type);
+    case SimdLevel::kAvx512: {
+      QuantKernels k = Avx512QuantKernels(type);
+      if (type == quant::QuantType::kInt8) k.dot_int8 = VnniDotInt8();
+      return k;
+    }
     case SimdLevel::kAvx2:
       if (HasCpuFeature(CpuFeature::kFma) && HasCpuFeature(CpuFeature::kF16c)) {
         return Avx2QuantKernels(type);

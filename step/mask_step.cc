@@ -173,6 +173,11 @@ absl::Status GateFirst::Activations(const mlp::ConstTokens& x, const mlp::Forwar
   const mlp::Tokens no_y{out.data(), x.tokens, gate_.hidden_size, DType::kFloat32};
   // y is not written; validate x and the options as the forward does.
   if (absl::Status s = CheckOut(out, x.tokens, intermediate_size_); !s.ok()) return s;
+  if (gate_quant_.has_value()) {
+    if (absl::Status s = mlp::internal::CheckQuantizeX(gate_.hidden_size, options); !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s =
           PrepareCall(gate_.dtype, gate_.hidden_size, x, no_y, options, workspace);
       !s.ok()) {
@@ -290,6 +295,11 @@ void GateFirst::RunGate(const mlp::ConstTokens& x, const mlp::ForwardOptions& op
 
 absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,
                                const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+  if (gate_quant_.has_value()) {
+    if (absl::Status s = mlp::internal::CheckQuantizeX(gate_.hidden_size, options); !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s = Reserve(x.tokens); !s.ok()) return s;
   float* act = scratch_.buffer(0);
   float* magnitude = scratch_.buffer(1);

@@ -5,6 +5,7 @@
 // gated / gate-less / indexed form of the forward against a float64 forward
 // on the dequantized weights. Random shapes with fixed seeds; a failure
 // prints its case.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -364,6 +365,90 @@ TEST(QuantForward, LinearLayoutMatchesFloat64) {
   const absl::Status s =
       mlp::ForwardLinearQuant(bad, {x.data(), 1, 64}, {y.data(), 1, 64}, {}, &ws);
   EXPECT_THAT(std::string(s.message()), HasSubstr("intermediate_size 48"));
+  for (float v : y) ASSERT_EQ(v, 7.0f);
+}
+
+// quantize_x: x rounded to int8 per block of 32; every level (the VNNI
+// integer dot where the CPU has it, the float kernels on the rounded x
+// elsewhere) matches float64 on the dequantized weights and the rounded x.
+TEST(QuantForward, RoundedXEveryLevelMatchesFloat64OnTheRoundedX) {
+  std::mt19937_64 rng(404);
+  int cases = 0, integer_cases = 0;
+  for (QuantType type : {QuantType::kInt8, QuantType::kQ4}) {
+    for (size_t h : {64, 96, 256, 1088}) {
+      for (size_t group : Groups(type, h)) {
+        const size_t inter = 40 + rng() % 30;
+        const bool gated = (rng() % 4) != 0;
+        const QLayer q = MakeLayer(rng, {type, group}, h, inter, gated);
+        const size_t rb = q.layout.row_bytes();
+        std::vector<uint32_t> set;
+        for (uint32_t j = 0; j < inter; ++j) {
+          if (rng() % 3 != 0) set.push_back(j);
+        }
+        for (size_t tokens : {1, 2, 5, 16}) {
+          std::vector<float> x = Gaussian(rng, tokens * h, 1.0f);
+          if (tokens > 1) std::fill(x.begin() + h, x.begin() + h + 32, 0.0f);  // a zero block
+          // The rounded x, as QuantizeX rounds it.
+          std::vector<float> xr(tokens * h);
+          std::vector<uint8_t> buf(mlp::internal::Int8XBytes(h) + 64);
+          void* at = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+          for (size_t t = 0; t < tokens; ++t) {
+            const mlp::internal::Int8X r = mlp::internal::QuantizeX(x.data() + t * h, h, at);
+            for (size_t c = 0; c < h; ++c) {
+              xr[t * h + c] = static_cast<float>(r.q[c]) * r.scale[c / 32];
+              ASSERT_EQ(r.dequant[c], xr[t * h + c]);
+              ASSERT_LE(std::fabs(xr[t * h + c] - x[t * h + c]), r.scale[c / 32] * 0.5f + 1e-7f);
+            }
+          }
+          std::vector<double> ref, mag;
+          Reference(q, set, xr, tokens, &ref, &mag);
+          for (SimdLevel level : SupportedSimdLevels()) {
+            const bool integer =
+                mlp::internal::SelectQuantKernels(type, level).dot_int8 != nullptr;
+            for (int threads : {1, 2}) {
+              mlp::QuantNeuronRows rows{
+                  {type, group}, h, inter, gated ? q.gate.data() : nullptr, rb, q.up.data(), rb,
+                  q.down.data(), rb};
+              mlp::ForwardOptions o;
+              o.simd = level;
+              o.num_threads = threads;
+              o.quantize_x = true;
+              mlp::Workspace ws;
+              std::vector<float> y(tokens * h, 7.0f);
+              const absl::Status st = mlp::ForwardIndexedQuant(rows, set, {x.data(), tokens, h},
+                                                               {y.data(), tokens, h}, o, &ws);
+              ASSERT_TRUE(st.ok()) << st;
+              for (size_t k = 0; k < tokens * h; ++k) {
+                ASSERT_LE(std::fabs(y[k] - ref[k]), 2e-6 * mag[k] + 1e-6)
+                    << QuantTypeName(type) << " h " << h << " group " << q.layout.group()
+                    << (gated ? " gated" : " gate-less") << " tokens " << tokens << " "
+                    << SimdLevelName(level) << (integer ? " (integer dot)" : "") << " threads "
+                    << threads << " output " << k << ": " << y[k] << " vs " << ref[k];
+              }
+              ++cases;
+              integer_cases += integer;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 100);
+  if (HasCpuFeature(CpuFeature::kAvx512Vnni)) {
+    EXPECT_GT(integer_cases, 20);
+  }
+  // H not a multiple of 32 is refused, y untouched.
+  std::mt19937_64 r2(5);
+  const QLayer q = MakeLayer(r2, {QuantType::kInt8, 0}, 40, 8, true);
+  const size_t rb = q.layout.row_bytes();
+  mlp::QuantNeuronRows rows{{QuantType::kInt8, 0}, 40, 8, q.gate.data(), rb, q.up.data(), rb,
+                            q.down.data(),         rb};
+  std::vector<float> x(40, 1.0f), y(40, 7.0f);
+  mlp::ForwardOptions o;
+  o.quantize_x = true;
+  mlp::Workspace ws;
+  const absl::Status st = mlp::ForwardQuant(rows, {x.data(), 1, 40}, {y.data(), 1, 40}, o, &ws);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("hidden_size 40 is not a multiple of 32"));
   for (float v : y) ASSERT_EQ(v, 7.0f);
 }
 
