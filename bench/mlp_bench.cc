@@ -514,7 +514,8 @@ class Bench {
     }
   }
 
-  // Quantized rows of `f`, dense and at each active fraction, beside
+  // Quantized rows of `f`, dense and at each active fraction (each also
+  // with x rounded to int8, the -x8 rows), beside
   // bfloat16 rows of the same neurons (the ratio the goals judge), each
   // against a read of its own bytes. The cache holds no quantized rows yet,
   // so "packed" computes on the active rows copied contiguous (what a
@@ -571,6 +572,8 @@ class Bench {
         const mlp::ConstTokens in_bf{xb.data(), tokens, h, DType::kBFloat16};
         const mlp::Tokens out{y.data(), tokens, h, DType::kFloat32};
         const mlp::ForwardOptions o = Options(c_.threads);
+        mlp::ForwardOptions ox = o;  // x rounded to int8 per block (-x8 rows)
+        ox.quantize_x = true;
         mlp::Workspace ws;
         Check(ws.Reserve(tokens, h, 0, c_.threads), "Workspace::Reserve");
         std::vector<Op> ops;
@@ -580,12 +583,19 @@ class Bench {
                                      {pq[2].data(), count * rb}},
                                     c_.threads);
                        }});
-        ops.push_back({active < 1.0 ? "packed" : "dense", "-", bytes, [&] {
-                         Check(mlp::ForwardQuant(packed, in, out, o, &ws), "ForwardQuant");
+        const std::string form = active < 1.0 ? "packed" : "dense";
+        ops.push_back({form, "-", bytes,
+                       [&] { Check(mlp::ForwardQuant(packed, in, out, o, &ws), "ForwardQuant"); }});
+        ops.push_back({form + "-x8", "-", bytes, [&] {
+                         Check(mlp::ForwardQuant(packed, in, out, ox, &ws), "ForwardQuant");
                        }});
         if (active < 1.0) {
           ops.push_back({"direct", "-", bytes, [&] {
                            Check(mlp::ForwardIndexedQuant(full, set, in, out, o, &ws),
+                                 "ForwardIndexedQuant");
+                         }});
+          ops.push_back({"direct-x8", "-", bytes, [&] {
+                           Check(mlp::ForwardIndexedQuant(full, set, in, out, ox, &ws),
                                  "ForwardIndexedQuant");
                          }});
         }
@@ -912,6 +922,14 @@ void PrintGoals(const std::vector<Result>& rs, int threads) {
            g.Ratio("packed", "bf16", {"int8"}, 1, {0.5}));
   g.AtMost("q4 packed a=0.5 <= 0.4x bfloat16 (T=1)", 0.4,
            g.Ratio("packed", "bf16", {"q4"}, 1, {0.5}));
+  // The same with x rounded to int8 per block (ForwardOptions::quantize_x).
+  g.AtMost("int8 x8 <= 1.25x its read floor (T=1, dense and packed a=0.5)", 1.25, [&] {
+    auto v = g.XFloor("dense-x8", {"int8"}, 1, dense);
+    for (auto& p : g.XFloor("packed-x8", {"int8"}, 1, {0.5})) v.push_back(p);
+    return v;
+  }());
+  g.AtMost("int8 x8 packed a=0.5 <= 0.6x bfloat16 (T=1)", 0.6,
+           g.Ratio("packed-x8", "bf16", {"int8"}, 1, {0.5}));
   // Not a target: at one token in DRAM the layer step reads the rows the
   // direct index reads and also stores the entering ones, so it can only win
   // below some churn. The run's own sweep says which.

@@ -1,34 +1,29 @@
-// The decision the quantization issue asks for, by measurement: on int8
-// rows with groups of 32 (the gate and up rows of an MLP, T = 1), is the
-// shipped kernel (dequantize in registers, float32 x: mlp/quant_kernels.h)
-// or an integer kernel (x quantized per group of 32 to int8 as llama.cpp's
-// q8_0 does, products summed by AVX-512 VNNI vpdpbusd) nearer the read
-// floor of the same bytes?
+// Where the time of the int8 forward goes, kernel by kernel, against the
+// read floor of the same bytes (the measurement behind
+// ForwardOptions::quantize_x):
 //
-//   bazel run //bench:quant_dot            # llama-3.2-3b gate + up rows
+//   bazel run //bench:quant_dot            # llama-3.2-3b, int8 groups of 32
 //   bazel run //bench:quant_dot -- --help
 //
 // Per repetition, interleaved, each from cold caches (a 96 MiB scrub):
-//   floor   a vectorized read of the rows' bytes (bench/read_floor.h)
-//   float   the shipped AVX-512 dot over every row (x float32)
-//   vnni    x quantized (timed with the call), then the integer dot
-// The integer kernel here is the experiment, not a product path: its
-// results differ from the float kernel by x's rounding to int8 (the table
-// shows the largest difference relative to the row's |w| . |x|), which the
-// product's exactness contract (float64 on the dequantized weights) does
-// not allow without a new, opt-in mode. Needs AVX-512 VNNI; says so and
-// exits otherwise.
-// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized in their own
-// reductions (the kernels of mlp/ silence it the same way).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+//   floor gate+up   a vectorized read of the gate and up rows
+//   dot float       the dequantize-in-registers dot over them (x float32)
+//   dot int8        the integer dot (x rounded per block of 32; AVX-512
+//                   VNNI), the rounding of x timed with it
+//   floor down      a read of the down rows
+//   axpy            the down projection's kernel over them (float32)
+//   floor all       a read of all three
+//   forward         mlp::ForwardQuant over every neuron, x float32
+//   forward x8      the same with quantize_x
+// T = 1. Without AVX-512 VNNI the int8 rows are skipped (the forward's
+// quantize_x then runs the float kernels on the rounded x).
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 #include <utility>
@@ -42,64 +37,20 @@
 #include "bench/read_floor.h"
 #include "bench/synthetic_weights.h"
 #include "bench/timing.h"
+#include "mlp/kernels.h"
+#include "mlp/quant_forward.h"
 #include "mlp/quant_kernels.h"
-#include "platform/float16.h"
 #include "platform/simd_level.h"
 #include "quant/format.h"
 #include "quant/quantize.h"
 
 ABSL_FLAG(std::string, model, "llama-3.2-3b", "shape preset (see //bench:cache --help)");
+ABSL_FLAG(int, group, 32, "int8 weights per scale (0: the whole row)");
 ABSL_FLAG(int, threads, 2, "threads of every call");
 ABSL_FLAG(int, reps, 15, "timed repetitions (medians are reported)");
 
 namespace sparse_mlp::bench {
 namespace {
-
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
-
-constexpr size_t kGroup = 32;
-
-// x quantized per group of 32: xu[c] = round(x[c] / xs[g]) + 128 as uint8
-// (vpdpbusd multiplies unsigned by signed bytes), xs[g] = max|x| / 127.
-void QuantizeX(const float* x, size_t h, uint8_t* xu, float* xs) {
-  for (size_t g = 0; g < h / kGroup; ++g) {
-    float m = 0;
-    for (size_t c = 0; c < kGroup; ++c) m = std::max(m, std::fabs(x[g * kGroup + c]));
-    const float s = m / 127.0f, inv = s > 0 ? 1.0f / s : 0.0f;
-    xs[g] = s;
-    for (size_t c = 0; c < kGroup; ++c) {
-      xu[g * kGroup + c] = static_cast<uint8_t>(std::lrint(x[g * kGroup + c] * inv) + 128);
-    }
-  }
-}
-
-// <w_row, x> with x quantized: per pair of groups (64 bytes), d = sum
-// xu * w - 128 sum w (two vpdpbusd), converted once and scaled per group
-// (row scale x x scale, each group's 8 lanes). h a multiple of 512.
-VNNI_TARGET float VnniRowDot(const uint8_t* row, const quant::RowLayout& l, const uint8_t* xu,
-                             const float* xs) {
-  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
-  // Lane -> group of the pair: lanes 0-7 the even group, 8-15 the odd one.
-  __m512 acc = _mm512_setzero_ps();
-  const size_t groups = l.groups();
-  for (size_t g0 = 0; g0 < groups; g0 += 16) {
-    const __m512 ws = _mm512_cvtph_ps(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + l.scale_offset() + 2 * g0)));
-    const __m512 s = _mm512_mul_ps(ws, _mm512_loadu_ps(xs + g0));
-    for (int p = 0; p < 8; ++p) {
-      const size_t at = (g0 + 2 * static_cast<size_t>(p)) * kGroup;
-      const __m512i w = _mm512_loadu_si512(row + at);
-      const __m512i xv = _mm512_loadu_si512(xu + at);
-      const __m512i d = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, w),
-                                         _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w));
-      const __m512i idx = _mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-                                           2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p,
-                                           2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p);
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_permutexvar_ps(idx, s), acc);
-    }
-  }
-  return _mm512_reduce_add_ps(acc);
-}
 
 // The CPU's model name, from /proc/cpuinfo ("unknown" elsewhere).
 std::string CpuName() {
@@ -119,80 +70,134 @@ std::string CpuName() {
   return name;
 }
 
+struct Op {
+  std::string name;
+  double bytes;
+  std::string floor;  // the op whose time is this one's floor
+  std::function<void()> run;
+};
+
 int Run() {
-  if (!HasCpuFeature(CpuFeature::kAvx512Vnni)) {
-    std::printf("quant_dot: this CPU has no AVX-512 VNNI; nothing to compare\n");
-    return 0;
-  }
-  const ModelPreset* found = FindModelPreset(absl::GetFlag(FLAGS_model));
-  if (found == nullptr) {
+  const ModelPreset* preset = FindModelPreset(absl::GetFlag(FLAGS_model));
+  if (preset == nullptr) {
     std::printf("quant_dot: unknown --model %s\n", absl::GetFlag(FLAGS_model).c_str());
     return 1;
   }
-  const ModelPreset preset = *found;
-  const size_t h = preset.hidden, rows = 2 * preset.intermediate;  // gate and up
+  const size_t h = preset->hidden, inter = preset->intermediate;
   const int threads = absl::GetFlag(FLAGS_threads);
-  if (h % 512 != 0) {
-    std::printf("quant_dot: H = %zu is not a multiple of 512\n", h);
+  const absl::StatusOr<quant::RowLayout> made = quant::RowLayout::Create(
+      {quant::QuantType::kInt8, static_cast<size_t>(absl::GetFlag(FLAGS_group))}, h);
+  if (!made.ok() || h % 32 != 0) {
+    std::printf("quant_dot: %s\n", made.ok() ? "H is not a multiple of 32"
+                                             : std::string(made.status().message()).c_str());
     return 1;
   }
-  const quant::RowLayout l = *quant::RowLayout::Create({quant::QuantType::kInt8, kGroup}, h);
-  const memory::AlignedBuffer w = RandomQuantRows(rows, l, 7, threads);
-  std::vector<float> x(h), out_float(rows), out_vnni(rows), xs(h / kGroup);
-  std::vector<uint8_t> xu(h);
+  const quant::RowLayout l = *made;
+  const size_t rb = l.row_bytes();
+  // gate rows [0, I), up rows [I, 2I) in one array; down rows apart.
+  const memory::AlignedBuffer gate_up = RandomQuantRows(2 * inter, l, 7, threads);
+  const memory::AlignedBuffer down = RandomQuantRows(inter, l, 9, threads);
+  const uint8_t* gu = gate_up.data();
+  std::vector<float> x(h), y(h), dots(2 * inter);
   std::mt19937 rng(3);
   std::normal_distribution<float> d(0.0f, 1.0f);
   for (float& v : x) v = d(rng);
   const mlp::internal::QuantKernels k =
-      mlp::internal::SelectQuantKernels(quant::QuantType::kInt8, SimdLevel::kAvx512);
-  const size_t rb = l.row_bytes();
-  const uint8_t* base = w.data();
-  auto run_float = [&] {
+      mlp::internal::SelectQuantKernels(quant::QuantType::kInt8, SimdLevel::kBest);
+  memory::AlignedBuffer int8_x = Buffer(mlp::internal::Int8XBytes(h));
+  const mlp::QuantNeuronRows rows{{l.type(), l.group()}, h,  inter,       gu, rb,
+                                  gu + inter * rb,       rb, down.data(), rb};
+  mlp::Workspace ws;
+  mlp::ForwardOptions fo;
+  fo.num_threads = threads;
+  mlp::ForwardOptions fx = fo;
+  fx.quantize_x = true;
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(h));
+  const std::vector<float> coef(mlp::internal::kMaxAxpyRows, 0.01f);
+  // The forward's pairing at one token: gate j and up j in one call.
+  auto dot_pass = [&](bool integer) {
+    const mlp::internal::Int8X xi =
+        integer ? mlp::internal::QuantizeX(x.data(), h, int8_x.data()) : mlp::internal::Int8X{};
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < static_cast<long>(rows); r += 2) {
-      const void* rr[2] = {base + r * rb, base + (r + 1) * rb};
-      k.dot(rr, 2, x.data(), h, 1, l, out_float.data() + r);
+    for (long j = 0; j < static_cast<long>(inter); ++j) {
+      const void* r[2] = {gu + j * rb, gu + (inter + j) * rb};
+      if (integer) {
+        k.dot_int8(r, 2, &xi, 1, l, dots.data() + 2 * j);
+      } else {
+        k.dot(r, 2, x.data(), h, 1, l, dots.data() + 2 * j);
+      }
     }
   };
-  auto run_vnni = [&] {
-    QuantizeX(x.data(), h, xu.data(), xs.data());
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < static_cast<long>(rows); ++r) {
-      out_vnni[r] = VnniRowDot(base + r * rb, l, xu.data(), xs.data());
+  // The down projection's kernel, blocks of kMaxAxpyRows rows per call.
+  auto axpy_pass = [&] {
+#pragma omp parallel num_threads(threads)
+    {
+      const size_t t = static_cast<size_t>(omp_get_thread_num());
+      const size_t n = static_cast<size_t>(omp_get_num_threads());
+      const size_t b = inter * t / n, e = inter * (t + 1) / n;
+      for (size_t j = b; j < e; j += mlp::internal::kMaxAxpyRows) {
+        const void* r[mlp::internal::kMaxAxpyRows];
+        const size_t m = std::min(mlp::internal::kMaxAxpyRows, e - j);
+        for (size_t q = 0; q < m; ++q) r[q] = down.data() + (j + q) * rb;
+        k.axpy(r, m, coef.data(), 1, l, partial[t].data(), h);
+      }
     }
   };
+  const double gu_bytes = 2.0 * inter * rb, down_bytes = 1.0 * inter * rb;
+  std::vector<Op> ops = {
+      {"floor gate+up", gu_bytes, "",
+       [&] {
+         ReadRanges({{gu, 2 * inter * rb}}, threads);
+       }},
+      {"dot float", gu_bytes, "floor gate+up", [&] { dot_pass(false); }},
+      {"floor down", down_bytes, "",
+       [&] {
+         ReadRanges({{down.data(), inter * rb}}, threads);
+       }},
+      {"axpy", down_bytes, "floor down", axpy_pass},
+      {"floor all", gu_bytes + down_bytes, "",
+       [&] {
+         ReadRanges({{gu, 2 * inter * rb}, {down.data(), inter * rb}}, threads);
+       }},
+      {"forward", gu_bytes + down_bytes, "floor all",
+       [&] {
+         (void)mlp::ForwardQuant(rows, {x.data(), 1, h}, {y.data(), 1, h}, fo, &ws);
+       }},
+      {"forward x8", gu_bytes + down_bytes, "floor all",
+       [&] {
+         (void)mlp::ForwardQuant(rows, {x.data(), 1, h}, {y.data(), 1, h}, fx, &ws);
+       }},
+  };
+  if (k.dot_int8 != nullptr) {
+    ops.insert(ops.begin() + 2, {"dot int8", gu_bytes, "floor gate+up", [&] { dot_pass(true); }});
+  }
   Scrubber scrub;
-  std::vector<double> t_floor, t_float, t_vnni;
+  for (const Op& op : ops) op.run();  // warm-up: first touch, the OpenMP team
+  std::vector<std::vector<double>> samples(ops.size());
   const int reps = absl::GetFlag(FLAGS_reps);
   for (int rep = 0; rep < reps; ++rep) {
-    scrub.Scrub(threads);
-    t_floor.push_back(SecondsOf([&] { ReadRanges({{base, rows * rb}}, threads); }));
-    scrub.Scrub(threads);
-    t_float.push_back(SecondsOf(run_float));
-    scrub.Scrub(threads);
-    t_vnni.push_back(SecondsOf(run_vnni));
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const size_t which = (i + static_cast<size_t>(rep)) % ops.size();
+      scrub.Scrub(threads);
+      samples[which].push_back(SecondsOf(ops[which].run));
+    }
   }
-  // The integer kernel's difference, relative to sum |w| |x| of the row.
-  double worst = 0;
-  for (size_t r = 0; r < rows; ++r) {
-    double mag = 0;
-    for (size_t c = 0; c < h; ++c) mag += std::fabs(quant::WeightAt(l, base + r * rb, c) * x[c]);
-    worst = std::max(worst, std::fabs(double{out_vnni[r]} - out_float[r]) / mag);
+  std::printf(
+      "quant_dot: %s, int8 group %zu, I = %zu, H = %zu, T = 1, %d threads, %s; medians "
+      "of %d interleaved cold-cache runs\n",
+      preset->name, l.group(), inter, h, threads, CpuName().c_str(), reps);
+  std::printf("%-14s %9s %8s %9s\n", "op", "ms", "GB/s", "x_floor");
+  std::vector<double> med(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) med[i] = Median(samples[i]);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    double floor = med[i];
+    for (size_t j = 0; j < ops.size(); ++j) {
+      if (ops[j].name == ops[i].floor) floor = med[j];
+    }
+    std::printf("%-14s %9.3f %8.1f %9.2f\n", ops[i].name.c_str(), med[i] * 1e3,
+                ops[i].bytes / med[i] / 1e9, med[i] / floor);
   }
-  const double bytes = static_cast<double>(rows * rb);
-  const double f = Median(t_floor), a = Median(t_float), b = Median(t_vnni);
-  std::printf("quant_dot: %s, int8 groups of 32, %zu rows x %zu (gate + up), %.1f MB, T = 1, "
-              "%d threads, %s, medians of %d interleaved cold-cache runs\n",
-              preset.name, rows, h, bytes / 1e6, threads, CpuName().c_str(), reps);
-  std::printf("%-8s %9s %9s %10s %12s\n", "kernel", "ms", "x_floor", "GB/s", "G weights/s");
-  const double weights = static_cast<double>(rows * h);
-  for (auto [name, t] : {std::pair<const char*, double>{"floor", f}, {"float", a}, {"vnni", b}}) {
-    std::printf("%-8s %9.3f %9.2f %10.1f %12.1f\n", name, t * 1e3, t / f, bytes / t / 1e9,
-                weights / t / 1e9);
-  }
-  std::printf("vnni / float: %.2fx the time; largest |vnni - float| / (|w| . |x|) = %.2e "
-              "(x rounded to int8 per group)\n",
-              b / a, worst);
+  if (k.dot_int8 == nullptr) std::printf("(no AVX-512 VNNI here: no integer dot)\n");
   return 0;
 }
 
@@ -200,7 +205,7 @@ int Run() {
 }  // namespace sparse_mlp::bench
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("int8 dot kernels against the read floor (see the header)");
+  absl::SetProgramUsageMessage("int8 forward kernels against the read floor (see the header)");
   absl::ParseCommandLine(argc, argv);
   sparse_mlp::bench::RequireOptimizedBuild();
   return sparse_mlp::bench::Run();

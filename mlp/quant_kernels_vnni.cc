@@ -29,6 +29,8 @@ namespace {
 
 constexpr size_t kBlock = 32;
 
+#define SPARSE_MLP_VNNI_UNROLL _Pragma("GCC unroll 8")
+
 // Lane i of the result = the row's scale of block b0 + i times x's scale
 // of that block, for the n <= 16 blocks from b0 (lanes past n: 0).
 SPARSE_MLP_VNNI inline __m512 BlockScales(const uint8_t* row, const quant::RowLayout& l,
@@ -56,39 +58,94 @@ SPARSE_MLP_VNNI inline __m512 BlockScales(const uint8_t* row, const quant::RowLa
   return _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_load_si512(idx), gs), xv);
 }
 
-SPARSE_MLP_VNNI float RowDot(const uint8_t* row, const quant::RowLayout& l, const Int8X& x) {
-  const size_t hidden = l.hidden();
-  const size_t blocks = hidden / kBlock;
+// Lane -> block of a pair within 16 blocks: pair p's lanes 0-7 take block
+// 2p, lanes 8-15 block 2p + 1 (permutes of the 16 block scales).
+alignas(64) constexpr int32_t kPairLanes[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},
+    {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},
+    {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},
+    {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13},
+    {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+// Blocks 2p and 2p + 1 from `at` of NR rows (a lone last block when
+// !pair: its partner's bytes load as zero and add nothing) into acc[r]:
+// x's quants and offsets loaded once for the NR rows, the rows read side
+// by side (NR concurrent streams, as the float kernels read them).
+template <int NR, bool kFull>
+SPARSE_MLP_VNNI inline void PairDot(const uint8_t* const* rows, const Int8X& x, size_t at, int p,
+                                    bool pair, const __m512 (&s)[NR], __m512 (&acc)[NR]) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc = _mm512_setzero_ps();
-  for (size_t b0 = 0; b0 < blocks; b0 += 16) {
-    const size_t n = std::min<size_t>(16, blocks - b0);
-    const __m512 s = BlockScales(row, l, b0, n, x.scale);
-    for (size_t p = 0; 2 * p < n; ++p) {
-      const size_t at = (b0 + 2 * p) * kBlock;
-      // Lanes 0-7: block b0 + 2p, lanes 8-15: the next (absent at a tail
-      // of one block: its bytes load as zero and add nothing).
-      const bool pair = 2 * p + 1 < n;
-      const __mmask64 bm = pair ? ~__mmask64{0} : __mmask64{0xFFFFFFFFull};
-      const __mmask16 lm = static_cast<__mmask16>(pair ? 0xFFFF : 0x00FF);
-      const __m512i w = _mm512_xor_si512(_mm512_maskz_loadu_epi8(bm, row + at), flip);
-      const __m512i xq = _mm512_maskz_loadu_epi8(bm, x.q + at);
-      const __m512i bias = _mm512_maskz_loadu_epi32(lm, x.bias + at / 4);
-      const __m512i sums = _mm512_maskz_dpbusd_epi32(lm, bias, w, xq);
-      const __m512i lane_block = _mm512_set_epi32(
-          2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-          2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p);
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(lane_block, s), acc);
-    }
+  const __m512i lanes = _mm512_load_si512(kPairLanes[p]);
+  __m512i xq, bias;
+  if (kFull || pair) {
+    xq = _mm512_loadu_si512(x.q + at);
+    bias = _mm512_loadu_si512(x.bias + at / 4);
+  } else {
+    xq = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, x.q + at);
+    bias = _mm512_maskz_loadu_epi32(0x00FF, x.bias + at / 4);
   }
-  return _mm512_reduce_add_ps(acc);
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+    const __m512i w = kFull || pair ? _mm512_loadu_si512(rows[r] + at)
+                                    : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, rows[r] + at);
+    const __m512i sums = _mm512_dpbusd_epi32(bias, _mm512_xor_si512(w, flip), xq);
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(lanes, s[r]), acc[r]);
+  }
 }
 
-SPARSE_MLP_VNNI void DotInt8(const void* const* rows, size_t nrows, const Int8X* x, size_t tokens,
-                             const quant::RowLayout& l, float* out) {
-  for (size_t r = 0; r < nrows; ++r) {
-    const auto* row = static_cast<const uint8_t*>(rows[r]);
-    for (size_t t = 0; t < tokens; ++t) out[r * tokens + t] = RowDot(row, l, x[t]);
+template <int NR>
+SPARSE_MLP_VNNI void RowsDot(const uint8_t* const* rows, const quant::RowLayout& l, const Int8X& x,
+                             float* out, size_t out_stride) {
+  const size_t blocks = l.hidden() / kBlock;
+  __m512 acc[NR], s[NR];
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  size_t b0 = 0;
+  for (; b0 + 16 <= blocks; b0 += 16) {
+    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+      s[r] = BlockScales(rows[r], l, b0, 16, x.scale);
+    }
+    SPARSE_MLP_VNNI_UNROLL for (int p = 0; p < 8; ++p) {
+      PairDot<NR, true>(rows, x, (b0 + 2 * static_cast<size_t>(p)) * kBlock, p, true, s, acc);
+    }
+  }
+  if (b0 < blocks) {
+    const size_t n = blocks - b0;
+    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+      s[r] = BlockScales(rows[r], l, b0, n, x.scale);
+    }
+    for (size_t p = 0; 2 * p < n; ++p) {
+      PairDot<NR, false>(rows, x, (b0 + 2 * p) * kBlock, static_cast<int>(p), 2 * p + 1 < n, s,
+                         acc);
+    }
+  }
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+    out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
+  }
+}
+
+SPARSE_MLP_VNNI void DotInt8(const void* const* rows_in, size_t nrows, const Int8X* x,
+                             size_t tokens, const quant::RowLayout& l, float* out) {
+  const uint8_t* rows[4];
+  for (size_t r = 0; r < nrows; ++r) rows[r] = static_cast<const uint8_t*>(rows_in[r]);
+  // Token t's dots of every row: out[r x tokens + t]. The rows stay in L1
+  // across the tokens after the first.
+  for (size_t t = 0; t < tokens; ++t) {
+    switch (nrows) {
+      case 1:
+        RowsDot<1>(rows, l, x[t], out + t, tokens);
+        break;
+      case 2:
+        RowsDot<2>(rows, l, x[t], out + t, tokens);
+        break;
+      case 3:
+        RowsDot<3>(rows, l, x[t], out + t, tokens);
+        break;
+      default:
+        RowsDot<4>(rows, l, x[t], out + t, tokens);
+        break;
+    }
   }
 }
 
