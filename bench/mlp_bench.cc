@@ -930,6 +930,13 @@ void PrintGoals(const std::vector<Result>& rs, int threads) {
   }());
   g.AtMost("int8 x8 packed a=0.5 <= 0.6x bfloat16 (T=1)", 0.6,
            g.Ratio("packed-x8", "bf16", {"int8"}, 1, {0.5}));
+  g.AtMost("q4 x8 <= 1.5x its read floor (T=1, dense and packed a=0.5)", 1.5, [&] {
+    auto v = g.XFloor("dense-x8", {"q4"}, 1, dense);
+    for (auto& p : g.XFloor("packed-x8", {"q4"}, 1, {0.5})) v.push_back(p);
+    return v;
+  }());
+  g.AtMost("q4 x8 packed a=0.5 <= 0.4x bfloat16 (T=1)", 0.4,
+           g.Ratio("packed-x8", "bf16", {"q4"}, 1, {0.5}));
   // Not a target: at one token in DRAM the layer step reads the rows the
   // direct index reads and also stores the entering ones, so it can only win
   // below some churn. The run's own sweep says which.

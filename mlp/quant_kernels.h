@@ -36,11 +36,18 @@ using QuantAxpyFn = void (*)(const void* const* rows, size_t n, const float* coe
 //   bias[k]    -128 x (q[4k] + ... + q[4k + 3]): the offset of unsigned
 //              weights (w + 128) in a u8 x s8 dot, per 32-bit lane
 //   dequant[c] q[c] x scale[c / 32]: the rounded x for float kernels
+//   q4[]       q in the order of q4 rows' nibbles, per 128 weights (four
+//              blocks): the blocks' first 16 values (the low nibbles'),
+//              then their last 16 (the high nibbles'); zero-padded
+//   q4_bias[]  per 128 weights, 16 lanes: -8 x the sum of the 8 values a
+//              lane's low and high nibbles meet (q4 stores q + 8)
 struct Int8X {
   const int8_t* q;
   const float* scale;
   const int32_t* bias;
   const float* dequant;
+  const int8_t* q4;
+  const int32_t* q4_bias;
 };
 
 // Bytes of one token's Int8X (a multiple of 64); hidden % 32 == 0.
@@ -60,8 +67,8 @@ struct QuantKernels {
   QuantDotFn dot = nullptr;
   QuantAxpyFn axpy = nullptr;
   SimdLevel level = SimdLevel::kScalar;  // the level that runs
-  // The integer dot for int8 rows where the CPU has one (AVX-512 VNNI);
-  // null: `dot` runs on Int8X::dequant.
+  // The integer dot where the CPU has one (AVX-512 VNNI); null: `dot`
+  // runs on Int8X::dequant.
   QuantDotInt8Fn dot_int8 = nullptr;
 };
 
@@ -73,8 +80,8 @@ QuantKernels ScalarQuantKernels(quant::QuantType type);
 #if SPARSE_MLP_X86
 QuantKernels Avx2QuantKernels(quant::QuantType type);
 QuantKernels Avx512QuantKernels(quant::QuantType type);
-// The AVX-512 VNNI integer dot of int8 rows (null without VNNI).
-QuantDotInt8Fn VnniDotInt8();
+// The AVX-512 VNNI integer dot of rows of `type` (null without VNNI).
+QuantDotInt8Fn VnniDotInt8(quant::QuantType type);
 #endif
 
 }  // namespace sparse_mlp::mlp::internal

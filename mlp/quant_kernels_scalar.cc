@@ -69,22 +69,39 @@ void Axpy(const void* const* rows, size_t n, const float* coef, size_t tokens,
 
 QuantKernels ScalarQuantKernels(quant::QuantType) { return {&Dot, &Axpy, SimdLevel::kScalar, nullptr}; }
 
-size_t Int8XBytes(size_t hidden) {
-  // q (H), scales (H / 32 floats), biases (H / 4 int32), dequant (H floats),
-  // each part from a 64-byte boundary.
-  auto up64 = [](size_t n) { return (n + 63) / 64 * 64; };
-  return up64(hidden) + up64(hidden / 32 * 4) + up64(hidden) + up64(hidden * 4);
-}
+namespace {
+
+size_t Up64(size_t n) { return (n + 63) / 64 * 64; }
+
+// The parts' offsets in a token's record: q (H), scales (H / 32 floats),
+// biases (H / 4 int32), dequant (H floats), q4 (chunks of 128), q4 biases
+// (16 int32 per chunk), each from a 64-byte boundary.
+struct Int8XOffsets {
+  size_t scale, bias, dequant, q4, q4_bias, end;
+  explicit Int8XOffsets(size_t hidden) {
+    const size_t chunks = (hidden + 127) / 128;
+    scale = Up64(hidden);
+    bias = scale + Up64(hidden / 32 * 4);
+    dequant = bias + Up64(hidden);
+    q4 = dequant + Up64(hidden * 4);
+    q4_bias = q4 + chunks * 128;
+    end = q4_bias + chunks * 64;
+  }
+};
+
+}  // namespace
+
+size_t Int8XBytes(size_t hidden) { return Int8XOffsets(hidden).end; }
 
 Int8X Int8XAt(const void* at, size_t hidden) {
-  auto up64 = [](size_t n) { return (n + 63) / 64 * 64; };
+  const Int8XOffsets o(hidden);
   const auto* base = static_cast<const uint8_t*>(at);
-  const size_t scale_off = up64(hidden);
-  const size_t bias_off = scale_off + up64(hidden / 32 * 4);
-  const size_t deq_off = bias_off + up64(hidden);
-  return {reinterpret_cast<const int8_t*>(base), reinterpret_cast<const float*>(base + scale_off),
-          reinterpret_cast<const int32_t*>(base + bias_off),
-          reinterpret_cast<const float*>(base + deq_off)};
+  return {reinterpret_cast<const int8_t*>(base),
+          reinterpret_cast<const float*>(base + o.scale),
+          reinterpret_cast<const int32_t*>(base + o.bias),
+          reinterpret_cast<const float*>(base + o.dequant),
+          reinterpret_cast<const int8_t*>(base + o.q4),
+          reinterpret_cast<const int32_t*>(base + o.q4_bias)};
 }
 
 Int8X QuantizeX(const float* x, size_t hidden, void* out) {
@@ -108,6 +125,28 @@ Int8X QuantizeX(const float* x, size_t hidden, void* out) {
   for (size_t k = 0; k < hidden / 4; ++k) {
     bias[k] = -128 * (q[4 * k] + q[4 * k + 1] + q[4 * k + 2] + q[4 * k + 3]);
   }
+  // The q4 order: per chunk of four blocks, each block's values 0-15 (its
+  // low nibbles' partners), then each block's values 16-31.
+  auto* q4 = const_cast<int8_t*>(v.q4);
+  auto* q4_bias = const_cast<int32_t*>(v.q4_bias);
+  const size_t blocks = hidden / 32;
+  for (size_t k = 0; k < (blocks + 3) / 4; ++k) {
+    int8_t* lo = q4 + 128 * k;
+    int8_t* hi = lo + 64;
+    int32_t* lanes = q4_bias + 16 * k;
+    for (size_t b = 0; b < 4; ++b) {
+      const size_t block = 4 * k + b;
+      for (size_t i = 0; i < 16; ++i) {
+        lo[16 * b + i] = block < blocks ? q[32 * block + i] : 0;
+        hi[16 * b + i] = block < blocks ? q[32 * block + 16 + i] : 0;
+      }
+      for (size_t m = 0; m < 4; ++m) {
+        int32_t sum = 0;
+        for (size_t i = 0; i < 4; ++i) sum += lo[16 * b + 4 * m + i] + hi[16 * b + 4 * m + i];
+        lanes[4 * b + m] = -8 * sum;
+      }
+    }
+  }
   return v;
 }
 
@@ -116,7 +155,7 @@ QuantKernels SelectQuantKernels(quant::QuantType type, SimdLevel level) {
   switch (Resolve(level)) {
     case SimdLevel::kAvx512: {
       QuantKernels k = Avx512QuantKernels(type);
-      if (type == quant::QuantType::kInt8) k.dot_int8 = VnniDotInt8();
+      k.dot_int8 = VnniDotInt8(type);
       return k;
     }
     case SimdLevel::kAvx2:

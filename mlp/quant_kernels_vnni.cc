@@ -1,4 +1,4 @@
-// The integer dot of int8 rows with x rounded per block of 32
+// The integer dots of int8 and q4 rows with x rounded per block of 32
 // (ForwardOptions::quantize_x), AVX-512 VNNI: per 64 weights (two blocks)
 // one vpdpbusd of the unsigned weights (w + 128, an xor) by the signed x,
 // started from the block's offset correction (Int8X::bias), so the 32-bit
@@ -125,6 +125,90 @@ SPARSE_MLP_VNNI void RowsDot(const uint8_t* const* rows, const quant::RowLayout&
   }
 }
 
+// Lane -> block of a q4 chunk within 16 blocks: chunk c's lanes 4m..4m+3
+// take block 4c + m.
+alignas(64) constexpr int32_t kQuadLanes[4][16] = {
+    {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+    {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+    {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
+    {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
+
+// q4: one chunk of four blocks (128 weights, 64 row bytes from row_at;
+// `blocks` < 4 at a row's end: the rest load as zero) of NR rows into
+// acc[r]. Low nibbles meet x's chunk values in q4 order, high nibbles the
+// next 64: two vpdpbusd from the chunk's offset correction.
+template <int NR, bool kFull>
+SPARSE_MLP_VNNI inline void ChunkDotQ4(const uint8_t* const* rows, const Int8X& x, size_t chunk,
+                                       int c, size_t blocks, const __m512 (&s)[NR],
+                                       __m512 (&acc)[NR]) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i lanes = _mm512_load_si512(kQuadLanes[c]);
+  const __m512i xlo = _mm512_load_si512(x.q4 + 128 * chunk);
+  const __m512i xhi = _mm512_load_si512(x.q4 + 128 * chunk + 64);
+  const __m512i bias = _mm512_load_si512(x.q4_bias + 16 * chunk);
+  const __mmask64 m = kFull || blocks >= 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * blocks)) - 1;
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+    const __m512i w = kFull ? _mm512_loadu_si512(rows[r] + 64 * chunk)
+                            : _mm512_maskz_loadu_epi8(m, rows[r] + 64 * chunk);
+    const __m512i lo = _mm512_and_si512(w, low);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+    const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(bias, lo, xlo), hi, xhi);
+    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(lanes, s[r]), acc[r]);
+  }
+}
+
+template <int NR>
+SPARSE_MLP_VNNI void RowsDotQ4(const uint8_t* const* rows, const quant::RowLayout& l,
+                               const Int8X& x, float* out, size_t out_stride) {
+  const size_t blocks = l.hidden() / kBlock;
+  __m512 acc[NR], s[NR];
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
+  size_t b0 = 0;
+  for (; b0 + 16 <= blocks; b0 += 16) {
+    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+      s[r] = BlockScales(rows[r], l, b0, 16, x.scale);
+    }
+    SPARSE_MLP_VNNI_UNROLL for (int c = 0; c < 4; ++c) {
+      ChunkDotQ4<NR, true>(rows, x, b0 / 4 + static_cast<size_t>(c), c, 4, s, acc);
+    }
+  }
+  if (b0 < blocks) {
+    const size_t n = blocks - b0;
+    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+      s[r] = BlockScales(rows[r], l, b0, n, x.scale);
+    }
+    for (size_t c = 0; 4 * c < n; ++c) {
+      ChunkDotQ4<NR, false>(rows, x, b0 / 4 + c, static_cast<int>(c),
+                            std::min<size_t>(4, n - 4 * c), s, acc);
+    }
+  }
+  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
+    out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
+  }
+}
+
+SPARSE_MLP_VNNI void DotQ4(const void* const* rows_in, size_t nrows, const Int8X* x, size_t tokens,
+                           const quant::RowLayout& l, float* out) {
+  const uint8_t* rows[4];
+  for (size_t r = 0; r < nrows; ++r) rows[r] = static_cast<const uint8_t*>(rows_in[r]);
+  for (size_t t = 0; t < tokens; ++t) {
+    switch (nrows) {
+      case 1:
+        RowsDotQ4<1>(rows, l, x[t], out + t, tokens);
+        break;
+      case 2:
+        RowsDotQ4<2>(rows, l, x[t], out + t, tokens);
+        break;
+      case 3:
+        RowsDotQ4<3>(rows, l, x[t], out + t, tokens);
+        break;
+      default:
+        RowsDotQ4<4>(rows, l, x[t], out + t, tokens);
+        break;
+    }
+  }
+}
+
 SPARSE_MLP_VNNI void DotInt8(const void* const* rows_in, size_t nrows, const Int8X* x,
                              size_t tokens, const quant::RowLayout& l, float* out) {
   const uint8_t* rows[4];
@@ -151,8 +235,9 @@ SPARSE_MLP_VNNI void DotInt8(const void* const* rows_in, size_t nrows, const Int
 
 }  // namespace
 
-QuantDotInt8Fn VnniDotInt8() {
-  return HasCpuFeature(CpuFeature::kAvx512Vnni) ? &DotInt8 : nullptr;
+QuantDotInt8Fn VnniDotInt8(quant::QuantType type) {
+  if (!HasCpuFeature(CpuFeature::kAvx512Vnni)) return nullptr;
+  return type == quant::QuantType::kInt8 ? &DotInt8 : &DotQ4;
 }
 
 }  // namespace sparse_mlp::mlp::internal
