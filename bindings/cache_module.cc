@@ -19,6 +19,7 @@ void RegisterCache(py::module_& m) {
                sparse_mlp::cache::WeightCacheOptions::kDefaultRepackFraction,
            py::arg("concat_gate_up") = false, py::arg("quant_type") = "",
            py::arg("quant_group") = 0)
+      .def_readwrite("quantize_x", &PyWeightCache::quantize_x)
       .def("update", &PyWeightCache::Update, py::arg("mask"))
       .def("update_indices", &PyWeightCache::UpdateIndices, py::arg("indices"))
       .def("catch_up", &PyWeightCache::CatchUp)

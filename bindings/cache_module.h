@@ -191,8 +191,9 @@ class PyWeightCache {
 
   // The forward's options (its thread count is the cache's, set under the
   // mutex in the call).
-  static mlp::ForwardOptions ForwardOptionsFor(const std::string& activation, bool accumulate) {
+  mlp::ForwardOptions ForwardOptionsFor(const std::string& activation, bool accumulate) const {
     mlp::ForwardOptions o;
+    o.quantize_x = quantize_x;
     o.activation = ActivationArg(activation);
     o.accumulate = accumulate;
     return o;
@@ -302,6 +303,9 @@ class PyWeightCache {
     d["grew"] = u.grew;
     return d;
   }
+
+  // ForwardOptions::quantize_x of forward and step (quantized rows).
+  bool quantize_x = false;
 
  private:
   // The forward's scratch, used under the mutex (allocated by the first

@@ -78,6 +78,7 @@ class PyFlashModelCache {
     o.activation = ActivationArg(activation);
     o.accumulate = accumulate;
     o.num_threads = num_threads_;
+    o.quantize_x = quantize_x_;
     absl::Status status;
     {
       py::gil_scoped_release release;
@@ -166,6 +167,7 @@ class PyFlashModelCache {
         o.activation = gate_activation_;
         o.accumulate = accumulate;
         o.num_threads = num_threads_;
+        o.quantize_x = quantize_x_;
         status = gate_first_[layer]->FlashStep(cache_.get(), layer, sel, t.In(), t.Out(), o,
                                                &workspace_);
       }
@@ -273,6 +275,10 @@ class PyFlashModelCache {
   // Gate-first: the gates (borrowed, outliving gate_first_) and their steps.
   std::vector<ImportedTensor> gates_;
   std::vector<std::unique_ptr<step::GateFirst>> gate_first_;
+ public:
+  // ForwardOptions::quantize_x of every step (quantized files and gates).
+  bool quantize_x_ = false;
+ private:
   mlp::Activation gate_activation_ = mlp::Activation::kSiLU;
   std::mutex mutex_;  // one call at a time per cache (calls release the GIL)
 };
@@ -288,6 +294,7 @@ void RegisterFlash(py::module_& m) {
            py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
            py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 1)
+      .def_readwrite("quantize_x", &PyFlashModelCache::quantize_x_)
       .def("set_gates", &PyFlashModelCache::SetGates, py::arg("gates"),
            py::arg("activation") = "silu", py::kw_only(), py::arg("quant_type") = "",
            py::arg("quant_group") = 0)

@@ -77,6 +77,7 @@ class PyGateFirst {
     float* data = ScoresOut(out, in.tokens, neurons());
     mlp::ForwardOptions o;
     o.activation = activation_;
+    o.quantize_x = quantize_x;
     o.num_threads = NumThreadsArg(threads);
     absl::Status status;
     {
@@ -94,6 +95,7 @@ class PyGateFirst {
     const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
     mlp::ForwardOptions o;
     o.activation = activation_;
+    o.quantize_x = quantize_x;
     o.accumulate = accumulate;
     absl::Status status = cache.RunWithoutGil([&](cache::WeightCache& c) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -116,6 +118,7 @@ class PyGateFirst {
     const size_t n = static_cast<size_t>(act.size());
     mlp::ForwardOptions o;
     o.activation = activation_;
+    o.quantize_x = quantize_x;
     o.accumulate = accumulate;
     ThrowIfError(cache.RunWithoutGil([&](cache::WeightCache& c) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -151,6 +154,7 @@ class PyGateFirst {
     const TokenArgs t = ImportTokens(x, out, hidden(), gate_.dtype());
     mlp::ForwardOptions o;
     o.activation = activation_;
+    o.quantize_x = quantize_x;
     o.accumulate = accumulate;
     o.num_threads = NumThreadsArg(threads);
     const mlp::NeuronRows rows{gate_.dtype(), hidden(), neurons(), nullptr, 0,
@@ -181,6 +185,7 @@ class PyGateFirst {
     const TokenArgs t = ImportTokens(x, out, hidden(), DType::kFloat32);
     mlp::ForwardOptions o;
     o.activation = activation_;
+    o.quantize_x = quantize_x;
     o.accumulate = accumulate;
     o.num_threads = NumThreadsArg(threads);
     const mlp::QuantNeuronRows rows{*quant_,  hidden(),          neurons(), nullptr,
@@ -196,6 +201,13 @@ class PyGateFirst {
   }
 
   ImportedTensor gate_;  // borrowed: outlives native_
+
+ public:
+  // ForwardOptions::quantize_x of every call (a quantized gate's pass and
+  // the quantized rows it drives).
+  bool quantize_x = false;
+
+ private:
   size_t hidden_ = 0;
   std::optional<quant::QuantFormat> quant_;
   mlp::Activation activation_;
@@ -315,6 +327,7 @@ void RegisterMasks(py::module_& m) {
            py::arg("threshold") = py::none(), py::arg("num_threads") = 1,
            py::arg("accumulate") = false)
       .def("mask", &PyGateFirst::Mask)
+      .def_readwrite("quantize_x", &PyGateFirst::quantize_x)
       .def_property_readonly("intermediate_size", &PyGateFirst::neurons)
       .def_property_readonly("hidden_size", &PyGateFirst::hidden);
 

@@ -78,8 +78,9 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
                      const py::object& down, const py::object& indices, const py::object& out,
                      const std::string& type, size_t group, size_t hidden,
                      const std::string& activation, const py::object& num_threads_arg,
-                     bool accumulate) {
+                     bool accumulate, bool quantize_x) {
   mlp::ForwardOptions o;
+  o.quantize_x = quantize_x;
   o.activation = ActivationArg(activation);
   o.accumulate = accumulate;
   o.num_threads = NumThreadsArg(num_threads_arg);
@@ -125,8 +126,9 @@ void MlpForwardQuant(const py::object& x, const py::object& gate, const py::obje
 void MlpForwardQuantLinear(const py::object& x, const py::object& gate, const py::object& up,
                            const py::object& down, const py::object& out, const std::string& type,
                            size_t group, size_t hidden, const std::string& activation,
-                           const py::object& num_threads_arg, bool accumulate) {
+                           const py::object& num_threads_arg, bool accumulate, bool quantize_x) {
   mlp::ForwardOptions o;
+  o.quantize_x = quantize_x;
   o.activation = ActivationArg(activation);
   o.accumulate = accumulate;
   o.num_threads = NumThreadsArg(num_threads_arg);
@@ -162,12 +164,12 @@ void RegisterQuant(py::module_& m) {
   m.def("mlp_forward_quant", &MlpForwardQuant, py::arg("x"), py::arg("gate"), py::arg("up"),
         py::arg("down"), py::arg("indices"), py::arg("out"), py::kw_only(), py::arg("type"),
         py::arg("group"), py::arg("hidden"), py::arg("activation") = "silu",
-        py::arg("num_threads") = 1, py::arg("accumulate") = false,
+        py::arg("num_threads") = 1, py::arg("accumulate") = false, py::arg("quantize_x") = false,
         "The MLP over quantized neuron-major rows, dense or over sorted uint32 indices.");
   m.def("mlp_forward_quant_linear", &MlpForwardQuantLinear, py::arg("x"), py::arg("gate"),
         py::arg("up"), py::arg("down"), py::arg("out"), py::kw_only(), py::arg("type"),
         py::arg("group"), py::arg("hidden"), py::arg("activation") = "silu",
-        py::arg("num_threads") = 1, py::arg("accumulate") = false,
+        py::arg("num_threads") = 1, py::arg("accumulate") = false, py::arg("quantize_x") = false,
         "The dense MLP over quantized rows in nn.Linear's layout (down [H, I] along I).");
 }
 

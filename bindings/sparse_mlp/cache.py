@@ -323,6 +323,17 @@ class WeightCache:
                            doc="What the last update did (rows, bytes, repack, skip).")
 
     @property
+    def quantize_x(self):
+        """Quantized rows: round x to int8 per block of 32 in ``forward`` and
+        ``step`` (integer products where the CPU has AVX-512 VNNI; see
+        :func:`sparse_mlp.quant.mlp_forward_quantized`). Default False."""
+        return self._native.quantize_x
+
+    @quantize_x.setter
+    def quantize_x(self, value):
+        self._native.quantize_x = bool(value)
+
+    @property
     def num_threads(self):
         return self._native.num_threads
 

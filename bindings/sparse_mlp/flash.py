@@ -27,12 +27,16 @@ class FlashModelCache:
 
     def __init__(self, path, budget_bytes, *, window=1, num_threads=1, engine="auto",
                  queue_depth=32, io_threads=4, verify=True, direct_io="auto",
-                 chunk_neurons=64, io_lanes=1, gates=None, sparsity=0.5, gate_threshold=None):
+                 chunk_neurons=64, io_lanes=1, gates=None, sparsity=0.5, gate_threshold=None,
+                 quantize_x=False):
         self._native = _sparse_mlp.FlashModelCache(
             str(path), budget_bytes, window=window, num_threads=num_threads, engine=engine,
             queue_depth=queue_depth, io_threads=io_threads, verify=verify, direct_io=direct_io,
             chunk_neurons=chunk_neurons, io_lanes=io_lanes)
         self.path = str(path)
+        # Quantized files and gates: x rounded to int8 per block of 32 (see
+        # sparse_mlp.quant.mlp_forward_quantized).
+        self._native.quantize_x = bool(quantize_x)
         self._gates = None
         if gates is not None:
             if isinstance(gates, (str, bytes)) or not hasattr(gates, "__len__"):

@@ -30,7 +30,8 @@ def _indices(indices, num_neurons):
 
 
 def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
-                down_neuron_major=False, num_threads=None, out=None, accumulate=False):
+                down_neuron_major=False, num_threads=None, out=None, accumulate=False,
+                quantize_x=False):
     """``down(act(gate x) * (up x))`` with the native kernels (GIL released).
 
     ``gate``/``up``: ``[I, H]`` (``gate`` None: a gate-less MLP,
@@ -46,7 +47,9 @@ def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
 
     Quantized weights (``sparse_mlp.quantize_mlp``'s ``gate``, ``up`` and
     ``down``, each a :class:`sparse_mlp.QuantizedTensor`) run the quantized
-    kernels; x is then float32. A down quantized along I
+    kernels; x is then float32 (``quantize_x=True``: rounded to int8 per
+    block of 32 and multiplied in integers where the CPU can; see
+    :func:`sparse_mlp.quant.mlp_forward_quantized`). A down quantized along I
     (``quantize_mlp(..., linear=True)``) runs the ``nn.Linear``-layout
     forward, dense only."""
     if isinstance(up, QuantizedTensor):
@@ -57,7 +60,9 @@ def mlp_forward(x, gate, up, down, *, indices=None, activation="silu",
         threads = torch.get_num_threads() if num_threads is None else num_threads
         return mlp_forward_quantized(x, QuantizedMLP(gate, up, down), indices=indices,
                                      activation=activation, num_threads=threads, out=out,
-                                     accumulate=accumulate)
+                                     accumulate=accumulate, quantize_x=quantize_x)
+    if quantize_x:
+        raise ValueError("quantize_x applies to quantized weights (sparse_mlp.quantize_mlp)")
     up_w = weight(up, "up")
     if up_w is None:
         raise TypeError("up must be a torch.Tensor or numpy.ndarray, got None")
@@ -150,7 +155,10 @@ class LlamaSkipMLP(torch.nn.Module):
     the cache holds quantized rows. x of another type is computed in
     float32 and the result returned in x's type. The reference path
     (``use_optimized_cache=False``) multiplies the dequantized weights in
-    torch (dequantized once, kept).
+    torch (dequantized once, kept). ``quantize_x=True`` (an attribute too)
+    rounds x to int8 per block of 32 on the native paths, which then sum
+    the gate and up products in integers where the CPU has AVX-512 VNNI
+    (:func:`sparse_mlp.quant.mlp_forward_quantized`).
     """
 
     # find_mlps (sparse_mlp._models) skips modules that already replace a
@@ -192,6 +200,7 @@ class LlamaSkipMLP(torch.nn.Module):
         self._down_rows = None
         self.num_threads = num_threads or torch.get_num_threads()
         self.quantized = None  # a QuantizedMLP: the module's weights, quantized
+        self.quantize_x = False  # x rounded to int8 on the quantized paths
         self._dequantized = None  # the reference path's float weights of it
         self._cache = None
         self._gate_first = None
@@ -202,7 +211,8 @@ class LlamaSkipMLP(torch.nn.Module):
 
     @classmethod
     def from_dense(cls, gate_proj, up_proj, down_proj, sparsity=0.5,
-                   use_optimized_cache=True, *, weights=None, group=32, **kwargs):
+                   use_optimized_cache=True, *, weights=None, group=32, quantize_x=False,
+                   **kwargs):
         """From ``nn.Linear`` layers (or weight tensors) of a dense MLP; shares
         their weights (no copy: ``module.down_proj.weight`` is the caller's
         tensor, and edits to it are seen after :meth:`reset_cache`).
@@ -215,8 +225,12 @@ class LlamaSkipMLP(torch.nn.Module):
             return w.weight if isinstance(w, torch.nn.Linear) else w
         gate, up, down = weight(gate_proj), weight(up_proj), weight(down_proj)
         if weights is not None or isinstance(up, QuantizedTensor):
-            return cls._from_quantized(gate, up, down, sparsity, use_optimized_cache, weights,
-                                       group, **kwargs)
+            module = cls._from_quantized(gate, up, down, sparsity, use_optimized_cache, weights,
+                                         group, **kwargs)
+            module.quantize_x = bool(quantize_x)
+            return module
+        if quantize_x:
+            raise ValueError("quantize_x applies to quantized weights (weights='int8' or 'q4')")
         module = cls(up.shape[1], up.shape[0], sparsity, use_optimized_cache,
                      dtype=up.dtype, **kwargs)
         module.gate_proj.weight = torch.nn.Parameter(gate.detach(), requires_grad=False)
@@ -310,6 +324,7 @@ class LlamaSkipMLP(torch.nn.Module):
             q = self.quantized
             self._cache = WeightCache(initial, q.gate if gate else None, q.up, q.down,
                                       num_threads=self.num_threads)
+            self._cache.quantize_x = self.quantize_x
             self._cache.reserve(self.k)
             return
         down = self.down_proj.weight.detach()
@@ -329,9 +344,12 @@ class LlamaSkipMLP(torch.nn.Module):
 
     def forward(self, x, mask=None):
         flat = self._flat(x)
-        if self.quantized is not None and flat.dtype != torch.float32:
-            # The quantized kernels take float32 x.
-            return self.forward(x.float(), mask).to(x.dtype)
+        if self.quantized is not None:
+            if flat.dtype != torch.float32:  # the quantized kernels take float32 x
+                return self.forward(x.float(), mask).to(x.dtype)
+            for native in (self._cache, self._gate_first):  # the attribute as it is now
+                if native is not None:
+                    native.quantize_x = self.quantize_x
         if self._ahead is not None:
             # The next layer's mask from this layer's input (look-ahead).
             self._ahead._pending = self._ahead.predictor(flat)
@@ -384,8 +402,10 @@ class LlamaSkipMLP(torch.nn.Module):
         if self.quantized is None:
             return _sparse_mlp.GateFirst(self.gate_proj.weight.detach())
         g = self.quantized.gate
-        return _sparse_mlp.GateFirst(g.numpy_rows(), quant_type=g.fmt, quant_group=g.group,
-                                     hidden_size=g.hidden)
+        native = _sparse_mlp.GateFirst(g.numpy_rows(), quant_type=g.fmt, quant_group=g.group,
+                                       hidden_size=g.hidden)
+        native.quantize_x = self.quantize_x
+        return native
 
     def _low_rank_forward(self, flat):
         if self._cache is None or not self._cache.has_gate:

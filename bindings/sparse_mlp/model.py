@@ -25,7 +25,8 @@ class ModelCache:
         grows, inside the same pool.
       masks: None (no neuron active) or one ``[I]`` mask per layer.
       num_threads, tolerance, layout, copy_sources, down_neuron_major,
-        repack_fraction: as for :class:`WeightCache`, for every layer.
+        repack_fraction, quantize_x: as for :class:`WeightCache`, for every
+        layer.
 
     Sources are borrowed by default: the model's weights are read in place
     (a memory-mapped checkpoint stays mapped, not copied) and the caches
@@ -45,7 +46,7 @@ class ModelCache:
 
     def __init__(self, layers, *, active_fraction=0.5, masks=None, num_threads=1,
                  tolerance=0, layout="split", copy_sources=False, down_neuron_major=False,
-                 repack_fraction=1.0):
+                 repack_fraction=1.0, quantize_x=False):
         if isinstance(layers, (str, bytes)) or not hasattr(layers, "__len__"):
             raise TypeError(f"layers must be a sequence, got {type(layers).__name__}")
         triples = [(layer.gate, layer.up, layer.down) if isinstance(layer, QuantizedMLP)
@@ -83,6 +84,8 @@ class ModelCache:
             repack_fraction=float(repack_fraction), **kwargs)
         self._layers = [WeightCache._of_layer(self._native.layer(l), self._torch, quant)
                         for l in range(self._native.num_layers)]
+        for layer in self._layers:
+            layer.quantize_x = quantize_x
 
     @staticmethod
     def from_file(path, *, budget_bytes, window=1, num_threads=1, **reader):

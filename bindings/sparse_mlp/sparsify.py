@@ -42,7 +42,7 @@ def _predictor_list(predictor, count):
 
 
 def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
-             use_optimized_cache=None, weights=None, group=32):
+             use_optimized_cache=None, weights=None, group=32, quantize_x=False):
     """Replaces every gated MLP of ``model`` by a :class:`LlamaSkipMLP`
     (in place; returns ``model``).
 
@@ -59,7 +59,9 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     layer's MLP is quantized (groups of ``group`` along H,
     :func:`sparse_mlp.quantize_mlp`) and served from the quantized rows
     (gate-first selects by the quantized gate); the original modules, kept
-    for :func:`densify`, still hold the float weights.
+    for :func:`densify`, still hold the float weights. ``quantize_x=True``
+    rounds each MLP's input to int8 per block of 32 as well (integer
+    products where the CPU has AVX-512 VNNI).
 
     The layers share one :class:`ModelCache` (``model`` keeps it; gate-first
     layers cache up and down rows, predictor layers gate, up and down), and
@@ -96,6 +98,8 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     if act != "silu":
         raise ValueError(f"LlamaSkipMLP computes silu MLPs; config.hidden_act is {act!r}")
     threads = num_threads or torch.get_num_threads()
+    if quantize_x and weights is None:
+        raise ValueError("quantize_x applies to quantized weights: pass weights='int8' or 'q4'")
     if weights is not None:
         if weights not in FORMATS:
             raise ValueError(f"weights must be None or one of {FORMATS}, got {weights!r}")
@@ -119,7 +123,8 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     for l, ((parent, attr, original), (g, u, d), p) in enumerate(
             zip(found, triples, predictors)):
         m = LlamaSkipMLP.from_dense(g, u, d, sparsity, use_optimized_cache, predictor=p,
-                                    num_threads=threads)
+                                    num_threads=threads,
+                                    **({"quantize_x": True} if quantize_x else {}))
         if cache is not None:
             m._cache = cache[l]
         m._original = original

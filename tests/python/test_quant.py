@@ -352,5 +352,54 @@ class QuantizedGateTierTest(unittest.TestCase):
                                 1e-5 * float(want.abs().max()) + 1e-6, f"step {step}")
 
 
+def round_x(x):
+    """x rounded to int8 per block of 32 as the native code rounds it
+    (float32: scale = max|x| / 127, q = rint(x * (1 / scale)))."""
+    x = x.detach().float().numpy().astype(np.float32)
+    blocks = x.reshape(x.shape[0], -1, 32)
+    scale = (np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)).astype(np.float32)
+    inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(blocks * inv), -127, 127)
+    return torch.from_numpy((q * scale).astype(np.float32).reshape(x.shape))
+
+
+class RoundedXTest(unittest.TestCase):
+    def test_quantize_x_matches_float64_on_the_rounded_x(self):
+        gen = torch.Generator().manual_seed(21)
+        i, h = 96, 128
+        for fmt, group in (("int8", 32), ("int8", 0), ("q4", 32)):
+            q = sparse_mlp.quantize_mlp(*random_mlp(gen, i, h), fmt, group=group)
+            dg, du, dd = q.gate.dequantize(), q.up.dequantize(), q.down.dequantize()
+            x = torch.randn(3, h, generator=gen)
+            xr = round_x(x)
+            for indices in (None, torch.tensor([1, 4, 9, 50, 95])):
+                y = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, indices=indices,
+                                           quantize_x=True)
+                want = reference(xr, dg, du, dd, indices)
+                self.assertLess(float((y.double() - want).abs().max()),
+                                1e-4 * float(want.abs().max()) + 1e-5, f"{fmt} {group}")
+                # x's rounding is visible: the float-x result differs.
+                y32 = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, indices=indices)
+                self.assertFalse(torch.equal(y, y32))
+            # The cache and the module give the same as the forward.
+            mask = torch.zeros(i, dtype=torch.bool)
+            mask[[1, 4, 9, 50, 95]] = True
+            c = sparse_mlp.WeightCache(mask, q.gate, q.up, q.down)
+            self.assertFalse(c.quantize_x)
+            c.quantize_x = True
+            want = sparse_mlp.mlp_forward(x, q.gate, q.up, q.down, indices=torch.nonzero(mask)
+                                          .squeeze(1), quantize_x=True)
+            self.assertLess(float((c.forward(x) - want).abs().max()),
+                            1e-5 * float(want.abs().max()) + 1e-6)
+            m = sparse_mlp.LlamaSkipMLP.from_dense(q.gate, q.up, q.down, 0.0, quantize_x=True)
+            self.assertLess(float((m(x, mask) - want).abs().max()),
+                            1e-5 * float(want.abs().max()) + 1e-6)
+        with self.assertRaisesRegex(ValueError, "quantize_x applies to quantized weights"):
+            sparse_mlp.mlp_forward(x, *random_mlp(gen, i, h), quantize_x=True)
+        with self.assertRaisesRegex(ValueError, "not a multiple of 32"):
+            q40 = sparse_mlp.quantize_mlp(*random_mlp(gen, 8, 40), "int8", group=0)
+            sparse_mlp.mlp_forward(torch.randn(40), q40.gate, q40.up, q40.down, quantize_x=True)
+
+
 if __name__ == "__main__":
     unittest.main()
