@@ -96,6 +96,8 @@ ABSL_FLAG(double, mmap_budget, 0.6, "the mmap baseline's page-cache cap, x the w
 ABSL_FLAG(bool, compute, true, "tier rows compute (false: loads only, the I/O alone)");
 ABSL_FLAG(bool, verify, true, "tier rows verify each bundle's checksum");
 ABSL_FLAG(int, int8_group, 32, "the int8 rows' weights per scale (0: the whole row)");
+ABSL_FLAG(bool, quantize_x, true,
+          "tier-int8 rows round x to int8 per block of 32 (integer products with VNNI)");
 ABSL_FLAG(std::string, variants, "tier,tier-int8,gate-first,no-cache,dense-stream,mmap,dram",
           "rows to run");
 ABSL_FLAG(std::string, gate_first_budgets, "0.8,1.0",
@@ -266,6 +268,7 @@ class FlashBench {
     y_.resize(h);
     weight_bytes_ = 3.0 * h * layout_.shape().intermediate * 2 * layout_.shape().layers;
     options_.num_threads = threads;
+    options_.quantize_x = absl::GetFlag(FLAGS_quantize_x);  // float rows ignore it
     (void)ws_.Reserve(1, h, 0, threads);
   }
 

@@ -75,6 +75,8 @@ ABSL_FLAG(int, hidden, 0, "H instead of the preset's (0: the preset's)");
 ABSL_FLAG(std::string, dtype, "bfloat16",
           "weight type: bfloat16, float32, float16, or quantized rows int8 / q4");
 ABSL_FLAG(int, group, 32, "int8 / q4: weights per scale (int8: 0 = the whole row)");
+ABSL_FLAG(bool, quantize_x, false,
+          "int8 / q4: round x to int8 per block of 32 (integer products with AVX-512 VNNI)");
 ABSL_FLAG(std::string, active, "0.5,0.3", "active fractions a");
 ABSL_FLAG(double, churn_early, 0.05, "fraction of the active set replaced per token, layer 0");
 ABSL_FLAG(double, churn_late, 0.40, "the same for the last layer (linear in between)");
@@ -208,6 +210,7 @@ class StackBench {
     Check(ws_.Reserve(1, h_, i_, c.threads), "Workspace::Reserve");
     Check(ws_single_.Reserve(1, h_, i_, 1), "Workspace::Reserve");
     opts_.num_threads = c.threads;
+    opts_.quantize_x = absl::GetFlag(FLAGS_quantize_x);
     single_ = opts_;
     single_.num_threads = 1;
   }

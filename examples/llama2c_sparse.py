@@ -435,8 +435,9 @@ class WeightsMlp:
     native quantized forward), dense or gate-first at `sparsity` (top-k by
     |silu(gate h)| on the same weights' gate)."""
 
-    def __init__(self, ckpt, weights, group, sparsity):
+    def __init__(self, ckpt, weights, group, sparsity, quantize_x=False):
         self.c = ckpt
+        self.quantize_x = quantize_x
         self.k = None if sparsity == 0 else sparse_mlp.predictors.keep_count(sparsity,
                                                                              ckpt.hidden)
         self.kept = []
@@ -460,18 +461,22 @@ class WeightsMlp:
             idx = torch.topk(act.abs(), self.k).indices.sort().values
         self.kept.append(1.0 if idx is None else len(idx) / self.c.hidden)
         if self.quantized:
-            return sparse_mlp.mlp_forward(h, gate, up, down, indices=idx, num_threads=1)
+            return sparse_mlp.mlp_forward(h, gate, up, down, indices=idx, num_threads=1,
+                                          quantize_x=self.quantize_x)
         return sparse_mlp.mlp_forward(h, gate, up, down, indices=idx, down_neuron_major=True,
                                       num_threads=1)
 
 
 def compare_weights(checkpoint=DEFAULT_CHECKPOINT, tokens=64, seed=0,
-                    formats=(("bfloat16", 0), ("int8", 32), ("int8", 0), ("q4", 32), ("q4", 64)),
+                    formats=(("bfloat16", 0), ("int8", 32), ("int8", 0), ("int8", 32, True),
+                             ("q4", 32), ("q4", 64), ("q4", 32, True)),
                     sparsities=(0.0, 0.5)):
     """KL and greedy agreement against the float32 model for MLP weights in
     other types, dense and gate-first: one dict per (weights, sparsity),
     float32 gate-first rows included to tell the sparsity's share from the
-    weights'. The MLP bytes per layer are reported beside them."""
+    weights'. A format (weights, group, True) also rounds each MLP's input
+    to int8 per block of 32 (quantize_x). The MLP bytes per layer are
+    reported beside them."""
     torch.manual_seed(seed)
     ckpt = Checkpoint(checkpoint)
     dense = Decoder(ckpt, dense_mlp(ckpt))
@@ -480,7 +485,8 @@ def compare_weights(checkpoint=DEFAULT_CHECKPOINT, tokens=64, seed=0,
     dense_log_probs = teacher_forced_log_probs(dense, sequence)
     h, i = ckpt.dim, ckpt.hidden
     rows = []
-    for weights, group in (("float32", 0),) + tuple(formats):
+    for weights, group, *x8 in (("float32", 0),) + tuple(formats):
+        quantize_x = bool(x8 and x8[0])
         if weights == "float32":
             layer_bytes = 3 * h * i * 4
         elif weights == "bfloat16":
@@ -491,13 +497,14 @@ def compare_weights(checkpoint=DEFAULT_CHECKPOINT, tokens=64, seed=0,
         for sparsity in sparsities:
             if weights == "float32" and sparsity == 0:
                 continue  # the reference itself
-            mlp = WeightsMlp(ckpt, weights, group, sparsity)
+            mlp = WeightsMlp(ckpt, weights, group, sparsity, quantize_x)
             decoder = Decoder(ckpt, mlp)
             on_greedy = teacher_forced_log_probs(decoder, [BOS] + dense_tokens).argmax(-1)
             log_probs = teacher_forced_log_probs(decoder, sequence)
             kl = max(0.0, float(F.kl_div(log_probs, dense_log_probs, log_target=True,
                                          reduction="none").sum(-1).mean()))
-            rows.append({"weights": weights, "group": group or h, "sparsity": sparsity,
+            rows.append({"weights": weights + ("+x8" if quantize_x else ""), "group": group or h,
+                         "sparsity": sparsity,
                          "kl": kl, "layer_bytes": layer_bytes,
                          "agree": float((on_greedy == torch.tensor(dense_tokens)).float().mean()),
                          "active": sum(mlp.kept) / len(mlp.kept)})

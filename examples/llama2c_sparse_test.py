@@ -58,10 +58,11 @@ class Llama2cSparseTest(unittest.TestCase):
         # bfloat16 and int8 close to float32, q4 further; gate-first adds its
         # own loss; quantized layers take fewer bytes.
         rows = llama2c_sparse.compare_weights(tokens=24, formats=(("bfloat16", 0), ("int8", 32),
-                                                                  ("q4", 32)))
+                                                                  ("int8", 32, True), ("q4", 32)))
         kl = {(r["weights"], r["sparsity"]): r["kl"] for r in rows}
         size = {r["weights"]: r["layer_bytes"] for r in rows}
         self.assertLess(kl[("int8", 0.0)], 0.05)
+        self.assertLess(kl[("int8+x8", 0.0)], 0.05)  # x rounded to int8 as well
         self.assertLess(kl[("bfloat16", 0.0)], kl[("int8", 0.0)] + 0.01)
         self.assertGreater(kl[("q4", 0.0)], kl[("int8", 0.0)])
         self.assertGreater(kl[("int8", 0.5)], kl[("int8", 0.0)])
