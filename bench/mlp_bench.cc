@@ -538,6 +538,26 @@ class Bench {
         Check(quant::QuantizeRow(layout, src + r * h, dst + r * rb), "QuantizeRow");
       }
     }
+    // nn.Linear's layout for the dense rows: down [H, I] quantized along I
+    // (the same float weights as q[2], transposed), if the format fits I.
+    const absl::StatusOr<quant::RowLayout> down_layout = quant::RowLayout::Create(f, inter);
+    memory::AlignedBuffer linear_down;
+    if (down_layout.ok()) {
+      const memory::AlignedBuffer w = RandomValues(inter * h, DType::kFloat32, 0.03f, 13);
+      const float* src = reinterpret_cast<const float*>(w.data());
+      const size_t db = down_layout->row_bytes();
+      linear_down = Buffer(h * db);
+#pragma omp parallel num_threads(c_.threads)
+      {
+        std::vector<float> column(inter);
+#pragma omp for schedule(static)
+        for (long c = 0; c < static_cast<long>(h); ++c) {
+          for (size_t j = 0; j < inter; ++j) column[j] = src[j * h + static_cast<size_t>(c)];
+          Check(quant::QuantizeRow(*down_layout, column.data(), linear_down.data() + c * db),
+                "QuantizeRow");
+        }
+      }
+    }
     const Layer bf = MakeLayer(DType::kBFloat16, h, inter, c_.threads);
     const size_t bf_row = h * 2;
     for (double active : c_.quant_active) {
@@ -575,7 +595,7 @@ class Bench {
         mlp::ForwardOptions ox = o;  // x rounded to int8 per block (-x8 rows)
         ox.quantize_x = true;
         mlp::Workspace ws;
-        Check(ws.Reserve(tokens, h, 0, c_.threads), "Workspace::Reserve");
+        Check(ws.Reserve(tokens, h, inter, c_.threads), "Workspace::Reserve");
         std::vector<Op> ops;
         ops.push_back({"floor", "-", bytes, [&] {
                          ReadRanges({{pq[0].data(), count * rb},
@@ -589,6 +609,20 @@ class Bench {
         ops.push_back({form + "-x8", "-", bytes, [&] {
                          Check(mlp::ForwardQuant(packed, in, out, ox, &ws), "ForwardQuant");
                        }});
+        const mlp::QuantLinearWeights linear{f,           h,           inter,
+                                             q[0].data(), q[1].data(), linear_down.data()};
+        if (active == 1.0 && down_layout.ok()) {
+          const double linear_bytes =
+              2.0 * inter * rb + static_cast<double>(h) * down_layout->row_bytes();
+          ops.push_back({"linear", "-", linear_bytes, [&] {
+                           Check(mlp::ForwardLinearQuant(linear, in, out, o, &ws),
+                                 "ForwardLinearQuant");
+                         }});
+          ops.push_back({"linear-x8", "-", linear_bytes, [&] {
+                           Check(mlp::ForwardLinearQuant(linear, in, out, ox, &ws),
+                                 "ForwardLinearQuant");
+                         }});
+        }
         if (active < 1.0) {
           ops.push_back({"direct", "-", bytes, [&] {
                            Check(mlp::ForwardIndexedQuant(full, set, in, out, o, &ws),
@@ -922,16 +956,17 @@ void PrintGoals(const std::vector<Result>& rs, int threads) {
            g.Ratio("packed", "bf16", {"int8"}, 1, {0.5}));
   g.AtMost("q4 packed a=0.5 <= 0.4x bfloat16 (T=1)", 0.4,
            g.Ratio("packed", "bf16", {"q4"}, 1, {0.5}));
-  // The same with x rounded to int8 per block (ForwardOptions::quantize_x).
+  // The same with x rounded to int8 per block (ForwardOptions::quantize_x);
+  // dense = the faster of the neuron-major and nn.Linear layouts.
   g.AtMost("int8 x8 <= 1.25x its read floor (T=1, dense and packed a=0.5)", 1.25, [&] {
-    auto v = g.XFloor("dense-x8", {"int8"}, 1, dense);
+    auto v = g.XFloor("dense-x8|linear-x8", {"int8"}, 1, dense);
     for (auto& p : g.XFloor("packed-x8", {"int8"}, 1, {0.5})) v.push_back(p);
     return v;
   }());
   g.AtMost("int8 x8 packed a=0.5 <= 0.6x bfloat16 (T=1)", 0.6,
            g.Ratio("packed-x8", "bf16", {"int8"}, 1, {0.5}));
   g.AtMost("q4 x8 <= 1.5x its read floor (T=1, dense and packed a=0.5)", 1.5, [&] {
-    auto v = g.XFloor("dense-x8", {"q4"}, 1, dense);
+    auto v = g.XFloor("dense-x8|linear-x8", {"q4"}, 1, dense);
     for (auto& p : g.XFloor("packed-x8", {"q4"}, 1, {0.5})) v.push_back(p);
     return v;
   }());

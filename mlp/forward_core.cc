@@ -112,6 +112,9 @@ absl::Status Workspace::Reserve(size_t tokens, size_t hidden_size, size_t interm
   absl::StatusOr<size_t> int8_x =
       hidden_size % 32 == 0 ? memory::CheckedMul(tokens, internal::Int8XBytes(hidden_size))
                             : absl::StatusOr<size_t>(0);
+  if (int8_x.ok() && *int8_x != 0 && intermediate_size != 0 && intermediate_size % 32 == 0) {
+    int8_x = memory::CheckedAdd(*int8_x, chunk * internal::Int8XBytes(intermediate_size));
+  }
   if (!int8_x.ok()) return int8_x.status();
   return WorkspaceAccess::Grow(this, per_thread, num_threads, *all, *hidden, *int8_x);
 }
@@ -183,8 +186,12 @@ absl::Status PrepareWorkspace(DType dtype, size_t hidden, size_t intermediate,
   const size_t vector_bytes = x.dtype == form ? 0 : x.tokens * hidden * DTypeSize(form);
   absl::StatusOr<size_t> hidden_bytes = memory::CheckedMul(chunk * 4, intermediate);
   if (!hidden_bytes.ok()) return hidden_bytes.status();
-  const size_t int8_x_bytes =
+  // x rounded per token, and for the nn.Linear layout each chunk's h.
+  size_t int8_x_bytes =
       options.quantize_x && hidden % 32 == 0 ? x.tokens * internal::Int8XBytes(hidden) : 0;
+  if (int8_x_bytes != 0 && intermediate != 0 && intermediate % 32 == 0) {
+    int8_x_bytes += chunk * internal::Int8XBytes(intermediate);
+  }
   // ForwardLinear keeps no partial sums.
   return WorkspaceAccess::Grow(ws, intermediate != 0 ? 0 : per_thread, options.num_threads,
                                vector_bytes, *hidden_bytes, int8_x_bytes);

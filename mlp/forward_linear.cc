@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "mlp/forward_core.h"
 #include "mlp/forward_util.h"
@@ -18,11 +19,14 @@ namespace {
 // neuron_dots(j, g, t0, tc, dots): the dots of neurons [j, j + g) (gate
 // then up row of each, or up alone) for tokens [t0, t0 + tc);
 // store_h(t, q, h): token t's activation of neuron q into the workspace;
-// down_dots(r, n, tc, dots): outputs [r, r + n) against the stored h.
+// down_dots(r, n, tc, dots): outputs [r, r + n) against the stored h;
+// between(tc), if not null: run by one thread between the phases;
+// rows_at_one_token: down rows per call at T = 1.
 template <typename NeuronDots, typename StoreH, typename DownDots>
 void LinearPhases(size_t hidden, size_t inter, bool has_gate, const ConstTokens& x, const Tokens& y,
                   const ForwardOptions& o, int threads, NeuronDots neuron_dots, StoreH store_h,
-                  DownDots down_dots) {
+                  DownDots down_dots, const std::function<void(size_t)>* between,
+                  size_t rows_at_one_token) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int team = omp_get_num_threads();
@@ -46,9 +50,13 @@ void LinearPhases(size_t hidden, size_t inter, bool has_gate, const ConstTokens&
         }
       }
 #pragma omp barrier
+      if (between != nullptr) {
+#pragma omp single
+        (*between)(tc);
+      }
       // Phase 2: output r of every token is <down row r, h_t>; several
       // rows per call from kPairedNeuronTokens tokens on.
-      const size_t rows_per_call = tc >= kPairedNeuronTokens ? kMaxDotRows : 1;
+      const size_t rows_per_call = tc >= kPairedNeuronTokens ? kMaxDotRows : rows_at_one_token;
       for (size_t r = r0; r < r1; r += rows_per_call) {
         const size_t n = std::min(rows_per_call, r1 - r);
         down_dots(r, n, tc, dots);
@@ -106,7 +114,8 @@ void RunLinear(const LinearWeights& w, const ConstTokens& x, const Tokens& y,
         const void* rows[kMaxDotRows];
         for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * inter * elem;
         DotVectors(k, bf16, rows, n, h16, h, inter, tc, inter, dots);
-      });
+      },
+      nullptr, 1);
 }
 
 void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout& down_layout,
@@ -119,6 +128,18 @@ void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout&
   const uint8_t* int8_x = o.quantize_x ? RoundX(x, hidden, ws) : nullptr;
   const size_t rb = rows_layout.row_bytes(), db = down_layout.row_bytes();
   float* h = WorkspaceAccess::Hidden(ws);  // [chunk, I] float32
+  // quantize_x with I a multiple of 32: h rounded per block of 32 neurons
+  // too (as llama.cpp feeds its down projection), so the down rows are
+  // integer dots as well; stored after x's records.
+  uint8_t* int8_h = int8_x != nullptr && intermediate % 32 == 0
+                        ? WorkspaceAccess::Int8X(ws) + x.tokens * Int8XBytes(hidden)
+                        : nullptr;
+  const size_t h_bytes = int8_h != nullptr ? Int8XBytes(intermediate) : 0;
+  const std::function<void(size_t)> round_h = [&](size_t tc) {
+    for (size_t t = 0; t < tc; ++t) {
+      QuantizeX(h + t * intermediate, intermediate, int8_h + t * h_bytes);
+    }
+  };
   const auto* gate = static_cast<const uint8_t*>(gate_rows);
   const auto* up = static_cast<const uint8_t*>(up_rows);
   const auto* down = static_cast<const uint8_t*>(down_rows);
@@ -142,8 +163,13 @@ void RunLinearQuant(const quant::RowLayout& rows_layout, const quant::RowLayout&
       [&](size_t r, size_t n, size_t tc, float* dots) {
         const void* rows[kMaxDotRows];
         for (size_t q = 0; q < n; ++q) rows[q] = down + (r + q) * db;
+        if (int8_h != nullptr) return DotRoundedX(k, rows, n, int8_h, 0, tc, down_layout, dots);
         k.dot(rows, n, h, intermediate, tc, down_layout, dots);
-      });
+      },
+      int8_h != nullptr ? &round_h : nullptr,
+      // The integer dot reads a call's rows side by side: more rows, more
+      // streams in flight (the float kernels measured best at one).
+      int8_h != nullptr ? kMaxDotRows : 1);
 }
 
 }  // namespace sparse_mlp::mlp::internal

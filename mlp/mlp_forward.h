@@ -125,7 +125,10 @@ struct ForwardOptions {
   // and the gate and up dots of int8 rows sum integer products (AVX-512
   // VNNI where the CPU has it; elsewhere the float kernels on the rounded
   // x). Results are then those of float64 on the dequantized weights and
-  // the rounded x, to float32 rounding; the down projection is unchanged.
+  // the rounded x, to float32 rounding. The neuron-major down projection is
+  // unchanged; in the nn.Linear layout (ForwardLinearQuant, I a multiple of
+  // 32) the activations h are rounded the same way, per block of 32
+  // neurons, and down's rows are integer dots too (llama.cpp's order).
   // H must be a multiple of 32. The default, false, keeps x float32.
   bool quantize_x = false;
 };

@@ -313,42 +313,70 @@ TEST(QuantForward, LinearLayoutMatchesFloat64) {
           for (size_t j = 0; j < inter; ++j) down_w[c * inter + j] = quant::WeightAt(dl, row, j);
         }
         for (size_t tokens : {1, 3, 16}) {
-          const std::vector<float> x = Gaussian(rng, tokens * h, 1.0f);
-          std::vector<double> ref(tokens * h, 0.0), mag(tokens * h, 0.0);
-          for (size_t t = 0; t < tokens; ++t) {
-            for (size_t j = 0; j < inter; ++j) {
-              double g = 0, u = 0;
-              for (size_t c = 0; c < h; ++c) {
-                if (gated) g += q.gate_w[j * h + c] * x[t * h + c];
-                u += q.up_w[j * h + c] * x[t * h + c];
-              }
-              const double a = gated ? g / (1.0 + std::exp(-g)) * u : u / (1.0 + std::exp(-u));
-              for (size_t c = 0; c < h; ++c) {
-                ref[t * h + c] += a * down_w[c * inter + j];
-                mag[t * h + c] += std::fabs(a * down_w[c * inter + j]) + std::fabs(a);
+          for (bool rounded : {false, true}) {
+            std::vector<float> x = Gaussian(rng, tokens * h, 1.0f);
+            std::vector<float> xin = x;  // what the kernels multiply: x, or x rounded
+            if (rounded) {
+              std::vector<uint8_t> buf(mlp::internal::Int8XBytes(h) + 64);
+              void* at = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+              for (size_t t = 0; t < tokens; ++t) {
+                const mlp::internal::Int8X r = mlp::internal::QuantizeX(x.data() + t * h, h, at);
+                std::copy(r.dequant, r.dequant + h, xin.begin() + t * h);
               }
             }
-          }
-          for (SimdLevel level : SupportedSimdLevels()) {
-            for (int threads : {1, 2}) {
-              mlp::ForwardOptions o;
-              o.simd = level;
-              o.num_threads = threads;
-              mlp::Workspace ws;
-              std::vector<float> y(tokens * h, 7.0f);
-              const mlp::QuantLinearWeights w{{type, group}, h,
-                                              inter,         gated ? q.gate.data() : nullptr,
-                                              q.up.data(),   down_rows.data()};
-              const absl::Status s =
-                  mlp::ForwardLinearQuant(w, {x.data(), tokens, h}, {y.data(), tokens, h}, o, &ws);
-              ASSERT_TRUE(s.ok()) << s;
-              for (size_t k = 0; k < tokens * h; ++k) {
-                ASSERT_LE(std::fabs(y[k] - ref[k]), 2e-6 * mag[k] + 1e-6)
-                    << QuantTypeName(type) << " group " << group << (gated ? " gated" : "")
-                    << " tokens " << tokens << " " << SimdLevelName(level) << " threads " << threads
-                    << " output " << k << ": " << y[k] << " vs " << ref[k];
+            std::vector<double> ref(tokens * h, 0.0), mag(tokens * h, 0.0), hround(tokens * h, 0.0);
+            for (size_t t = 0; t < tokens; ++t) {
+              std::vector<double> act(inter);
+              for (size_t j = 0; j < inter; ++j) {
+                double g = 0, u = 0;
+                for (size_t c = 0; c < h; ++c) {
+                  if (gated) g += q.gate_w[j * h + c] * xin[t * h + c];
+                  u += q.up_w[j * h + c] * xin[t * h + c];
+                }
+                const double a = gated ? g / (1.0 + std::exp(-g)) * u : u / (1.0 + std::exp(-u));
+                act[j] = a;
+                for (size_t c = 0; c < h; ++c) {
+                  ref[t * h + c] += a * down_w[c * inter + j];
+                  mag[t * h + c] += std::fabs(a * down_w[c * inter + j]) + std::fabs(a);
+                }
               }
-              ++cases;
+              // With x rounded, h is rounded too (per block of 32 neurons):
+              // each term may move by up to a step of its block.
+              if (rounded) {
+                for (size_t b = 0; b < inter / 32; ++b) {
+                  double m = 0;
+                  for (size_t j = 32 * b; j < 32 * b + 32; ++j) m = std::max(m, std::fabs(act[j]));
+                  for (size_t c = 0; c < h; ++c) {
+                    for (size_t j = 32 * b; j < 32 * b + 32; ++j) {
+                      hround[t * h + c] += std::fabs(down_w[c * inter + j]) * m / 127.0;
+                    }
+                  }
+                }
+              }
+            }
+            for (SimdLevel level : SupportedSimdLevels()) {
+              for (int threads : {1, 2}) {
+                mlp::ForwardOptions o;
+                o.simd = level;
+                o.num_threads = threads;
+                o.quantize_x = rounded;
+                mlp::Workspace ws;
+                std::vector<float> y(tokens * h, 7.0f);
+                const mlp::QuantLinearWeights w{{type, group}, h,
+                                                inter,         gated ? q.gate.data() : nullptr,
+                                                q.up.data(),   down_rows.data()};
+                const absl::Status s = mlp::ForwardLinearQuant(w, {x.data(), tokens, h},
+                                                               {y.data(), tokens, h}, o, &ws);
+                ASSERT_TRUE(s.ok()) << s;
+                for (size_t k = 0; k < tokens * h; ++k) {
+                  ASSERT_LE(std::fabs(y[k] - ref[k]), 2e-6 * mag[k] + hround[k] + 1e-6)
+                      << QuantTypeName(type) << " group " << group << (gated ? " gated" : "")
+                      << (rounded ? " quantize_x" : "") << " tokens " << tokens << " "
+                      << SimdLevelName(level) << " threads " << threads << " output " << k << ": "
+                      << y[k] << " vs " << ref[k];
+                }
+                ++cases;
+              }
             }
           }
         }
