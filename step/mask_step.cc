@@ -248,24 +248,7 @@ absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
                                   const Selection& selection, const mlp::ConstTokens& x,
                                   const mlp::Tokens& y, const mlp::ForwardOptions& options,
                                   mlp::Workspace* workspace) {
-  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
-  const store::BundleShape& shape = cache->layout().shape();
-  if (!Drives(shape.dtype, shape.quant.has_value()) || shape.hidden != gate_.hidden_size ||
-      shape.intermediate != intermediate_size_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "the bundle file is %s [%u neurons x %u] but the gate is %s [%u x %u]",
-        DTypeName(shape.dtype), shape.intermediate, shape.hidden, DTypeName(gate_.dtype),
-        intermediate_size_, gate_.hidden_size));
-  }
-  if (shape.gated) {
-    return absl::InvalidArgumentError(
-        "the gate-first flash step needs a gate-less bundle file (up and down only): the gate "
-        "stays in DRAM");
-  }
-  if (layer >= shape.layers) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("layer %u is out of range for %u layers", layer, shape.layers));
-  }
+  if (absl::Status s = CheckFlash(cache, layer); !s.ok()) return s;
   if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
       !s.ok()) {
     return s;
@@ -291,6 +274,58 @@ void GateFirst::RunGate(const mlp::ConstTokens& x, const mlp::ForwardOptions& op
   } else {
     mlp::internal::RunActivations(gate_, x, options, workspace, act, magnitude, intermediate_size_);
   }
+}
+
+absl::Status GateFirst::CheckFlash(const flash::FlashModelCache* cache, size_t layer) const {
+  if (cache == nullptr) return absl::InvalidArgumentError("cache is null");
+  const store::BundleShape& shape = cache->layout().shape();
+  if (!Drives(shape.dtype, shape.quant.has_value()) || shape.hidden != gate_.hidden_size ||
+      shape.intermediate != intermediate_size_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the bundle file is %s [%u neurons x %u] but the gate is %s [%u x %u]",
+                        DTypeName(shape.dtype), shape.intermediate, shape.hidden,
+                        DTypeName(gate_.dtype), intermediate_size_, gate_.hidden_size));
+  }
+  if (shape.gated) {
+    return absl::InvalidArgumentError(
+        "the gate-first flash step needs a gate-less bundle file (up and down only): the gate "
+        "stays in DRAM");
+  }
+  if (layer >= shape.layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer %u is out of range for %u layers", layer, shape.layers));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GateFirst::Speculate(flash::FlashModelCache* cache, size_t layer,
+                                  const mlp::ConstTokens& x_early, size_t count,
+                                  const mlp::ForwardOptions& options, mlp::Workspace* workspace) {
+  if (absl::Status s = CheckFlash(cache, layer); !s.ok()) return s;
+  // x is validated as for a forward (y is not written).
+  const mlp::Tokens no_y{const_cast<void*>(x_early.data), x_early.tokens, x_early.stride,
+                         x_early.dtype};
+  if (absl::Status s =
+          PrepareCall(gate_.dtype, gate_.hidden_size, x_early, no_y, options, workspace);
+      !s.ok()) {
+    return s;
+  }
+  if (speculated_.capacity() < intermediate_size_) speculated_.reserve(intermediate_size_);
+  const size_t slots = cache->capacity();
+  Selection sel;
+  sel.k = std::min({count, intermediate_size_, slots});
+  if (absl::Status s = Select(x_early, sel, options, workspace); !s.ok()) return s;
+  // The union over several tokens may exceed the slots: fewer per token.
+  while (scratch_.incoming.CountActive() > slots && sel.k > 1) {
+    sel.k = std::max<size_t>(1, sel.k * slots / scratch_.incoming.CountActive());
+    if (absl::Status s =
+            SelectInto(scratch_.buffer(1), x_early.tokens, intermediate_size_, sel, &scratch_);
+        !s.ok()) {
+      return s;
+    }
+  }
+  scratch_.incoming.ToIndices(&speculated_);
+  return cache->Prefetch(layer, speculated_);
 }
 
 absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,

@@ -136,6 +136,24 @@ class GateFirst {
                          const mlp::ConstTokens& x, const mlp::Tokens& y,
                          const mlp::ForwardOptions& options, mlp::Workspace* workspace);
 
+  // Speculative gate-first (one attention block early): selects the top
+  // `count` neurons per token by |act(gate x_early)| (x_early: the layer's
+  // input before its attention, normalised as the MLP's input will be),
+  // the union over tokens clipped to the layer's slots, and starts their
+  // reads with cache->Prefetch. Returns at once. The exact step afterwards
+  // (FlashStep on the real input) selects by the same rule as ever and
+  // reads only the neurons this did not fetch; neurons fetched and not
+  // selected stay resident like any others (the speculative set counts as
+  // a token of the residency window). A failed speculative read is not an
+  // error here: FlashStep reads the neuron again if it selects it.
+  // speculation() holds the set until the next call. Errors as FlashStep's
+  // before any read (nothing started).
+  absl::Status Speculate(flash::FlashModelCache* cache, size_t layer,
+                         const mlp::ConstTokens& x_early, size_t count,
+                         const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+  // The neurons the last Speculate fetched, ascending.
+  absl::Span<const uint32_t> speculation() const { return speculated_; }
+
   // The same without a cache (direct-index): selects, then reads the kept
   // neurons' rows of `up_down` in place (the layer's up rows and
   // neuron-major down rows, all I of them; gate null). No stores: with
@@ -179,6 +197,10 @@ class GateFirst {
   size_t intermediate_size_ = 0;
   ScoreScratch scratch_;
   std::vector<uint32_t> indices_;  // Forward's kept neurons (capacity I)
+  std::vector<uint32_t> speculated_;  // Speculate's set (capacity I)
+  // Checks the flash cache and layer against this gate (FlashStep's and
+  // Speculate's preconditions).
+  absl::Status CheckFlash(const flash::FlashModelCache* cache, size_t layer) const;
 };
 
 class LowRankPredictor {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -417,6 +418,139 @@ TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
     ::unlink(path.c_str());
     ::unlink(gated_path.c_str());
   }
+}
+
+// Speculative gate-first: the speculated set is read ahead from an early
+// input; the exact step then selects by the same rule (the same mask as a
+// step without speculation), reads only what was not fetched, and gives
+// the same output; reads failing during speculation leave every slot
+// exact and are read again if selected; a failure of that read names the
+// layer and neuron.
+TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
+  std::mt19937_64 rng(31);
+  const Model gated = MakeModel(DType::kFloat32, 64, 120, 2, true, 19);
+  Model updown = gated;
+  updown.gated = false;
+  updown.gate.assign(gated.layers, {});
+  const std::string path = WriteModel(updown, "speculate.spmlb", 512);
+  const size_t k = 24;
+  // Bundle offsets whose next read fails (once), and whose reads always
+  // fail while `always` is set. Decided per read as it completes, so the
+  // outcome does not depend on when the speculative reads land.
+  std::mutex fault_mu;
+  std::set<uint64_t> fail_once, failing;
+  bool always = false;
+  const auto fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
+    std::lock_guard<std::mutex> lock(fault_mu);
+    if (fail_once.erase(offset) != 0) return -EIO;
+    return always && failing.count(offset) != 0 ? -EIO : result;
+  };
+  flash::FlashCacheOptions o;
+  o.window = 4;
+  o.chunk_neurons = 8;
+  o.reader.max_request_bytes = 1;  // one bundle per read: faults hit one neuron
+  o.budget_bytes = BudgetFor(path, 4 * k, o);
+  auto spec_cache = flash::FlashModelCache::Open(path, o, test_util::FaultyEngines(fault));
+  auto plain_cache = flash::FlashModelCache::Open(path, o);
+  ASSERT_TRUE(spec_cache.ok() && plain_cache.ok());
+  flash::FlashModelCache& sc = **spec_cache;
+  flash::FlashModelCache& pc = **plain_cache;
+  const store::BundleLayout& layout = sc.layout();
+  mlp::Workspace ws;
+  mlp::ForwardOptions fo;
+  step::Selection sel;
+  sel.k = k;
+  for (size_t l = 0; l < gated.layers; ++l) {
+    step::GateFirst spec =
+        *step::GateFirst::Create(DType::kFloat32, gated.h, gated.i, gated.gate[l].data(), gated.h);
+    step::GateFirst plain =
+        *step::GateFirst::Create(DType::kFloat32, gated.h, gated.i, gated.gate[l].data(), gated.h);
+    size_t fetched = 0, selected = 0, hits = 0, failed_speculative_loads = 0;
+    for (int step = 0; step < 16; ++step) {
+      // The early input: the real one plus noise (attention's change).
+      std::vector<float> x(gated.h), early(gated.h), y(gated.h, -7.0f), want(gated.h);
+      for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+      for (size_t c = 0; c < gated.h; ++c) {
+        early[c] = x[c] + std::normal_distribution<float>(0, 0.3f)(rng);
+      }
+      const std::string where = absl::StrFormat("layer %d step %d", l, step);
+      if (step % 4 == 3) {
+        // Every fourth speculation loses a third of its reads: the set it
+        // will fetch (the top 3k/2 of |act(gate early)|), every third.
+        std::vector<float> act(gated.i);
+        ASSERT_TRUE(
+            spec.Activations({early.data(), 1, gated.h}, fo, &ws, absl::MakeSpan(act)).ok());
+        std::vector<uint32_t> order(gated.i);
+        for (uint32_t n = 0; n < gated.i; ++n) order[n] = n;
+        std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+          return std::fabs(act[a]) > std::fabs(act[b]);
+        });
+        std::lock_guard<std::mutex> lock(fault_mu);
+        for (size_t q = 0; q < 3 * k / 2; q += 3) {
+          fail_once.insert(layout.bundle_offset(l, order[q]));
+        }
+      }
+      const uint64_t failed_before = sc.layer_stats(l).failed_loads;
+      ASSERT_TRUE(spec.Speculate(&sc, l, {early.data(), 1, gated.h}, 3 * k / 2, fo, &ws).ok())
+          << where;
+      const std::vector<uint32_t> speculated(spec.speculation().begin(), spec.speculation().end());
+      EXPECT_EQ(speculated.size(), 3 * k / 2) << where;
+      absl::Status s =
+          spec.FlashStep(&sc, l, sel, {x.data(), 1, gated.h}, {y.data(), 1, gated.h}, fo, &ws);
+      ASSERT_TRUE(s.ok()) << where << ": " << s;
+      {
+        std::lock_guard<std::mutex> lock(fault_mu);
+        fail_once.clear();  // offsets never read stay armed otherwise
+      }
+      if (step % 4 == 3) {
+        failed_speculative_loads += sc.layer_stats(l).failed_loads - failed_before;
+      }
+      ASSERT_TRUE(
+          plain.FlashStep(&pc, l, sel, {x.data(), 1, gated.h}, {want.data(), 1, gated.h}, fo, &ws)
+              .ok());
+      ASSERT_TRUE(spec.mask() == plain.mask()) << where;
+      ASSERT_LE(RelativeError(y, want), 1e-6) << where;
+      ASSERT_TRUE(sc.Verify(l).ok()) << where;
+      const std::vector<uint32_t> chosen = spec.mask().ToIndices();
+      selected += chosen.size();
+      fetched += speculated.size();
+      for (uint32_t n : chosen) hits += std::binary_search(speculated.begin(), speculated.end(), n);
+    }
+    EXPECT_GT(failed_speculative_loads, 0u) << "no speculative read failed: the test tests nothing";
+    // The early input's set holds most of the exact one.
+    EXPECT_GT(static_cast<double>(hits) / selected, 0.6) << "layer " << l;
+    EXPECT_GT(fetched, 0u);
+  }
+  // A read that fails in the speculation and again in the exact step fails
+  // the step, naming the layer and neuron; y untouched; slots exact.
+  step::GateFirst g =
+      *step::GateFirst::Create(DType::kFloat32, gated.h, gated.i, gated.gate[0].data(), gated.h);
+  std::vector<float> x(gated.h, 0.0f), y(gated.h, -7.0f);
+  x[3] = 2.0f;
+  x[17] = -1.5f;
+  ASSERT_TRUE(g.Speculate(&sc, 0, {x.data(), 1, gated.h}, k, fo, &ws).ok());
+  // Every neuron the exact step reads fails.
+  {
+    std::lock_guard<std::mutex> lock(fault_mu);
+    for (size_t n = 0; n < gated.i; ++n) failing.insert(layout.bundle_offset(0, n));
+    always = true;
+  }
+  std::vector<float> x2(gated.h, 0.0f);
+  x2[40] = 3.0f;  // another input: other neurons than the speculated ones
+  const absl::Status s =
+      g.FlashStep(&sc, 0, sel, {x2.data(), 1, gated.h}, {y.data(), 1, gated.h}, fo, &ws);
+  {
+    std::lock_guard<std::mutex> lock(fault_mu);
+    always = false;
+  }
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("layer 0 neuron")) << s;
+  EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == -7.0f; }));
+  EXPECT_TRUE(sc.Verify(0).ok());
+  // Bad input: the gate's checks, before any read.
+  EXPECT_EQ(g.Speculate(&sc, 9, {x.data(), 1, gated.h}, k, fo, &ws).code(),
+            absl::StatusCode::kInvalidArgument);
+  ::unlink(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(
