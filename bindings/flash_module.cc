@@ -175,6 +175,64 @@ class PyFlashModelCache {
     ThrowIfFileError(status);
   }
 
+  // Speculative gate-first: the top `count` neurons by |act(gate x_early)|
+  // of layer `layer`, their reads started (step/mask_step.h's Speculate);
+  // returns how many it fetched or found resident.
+  size_t SpeculateGateFirst(const py::object& layer_arg, const py::object& x_early,
+                            const py::object& count_arg) {
+    const size_t layer = Layer(layer_arg);
+    const store::BundleShape& s = cache_->layout().shape();
+    const int64_t count =
+        IntArg(count_arg, "count", 0, static_cast<int64_t>(s.intermediate));
+    const ImportedTensor xt = ImportMatrix(x_early, "x_early");
+    if (static_cast<size_t>(xt.cols()) != s.hidden || xt.rows() == 0) {
+      throw py::value_error(absl::StrFormat("x_early must be [tokens >= 1, %d], got %s", s.hidden,
+                                            xt.ShapeString()));
+    }
+    const mlp::ConstTokens in{xt.data(), static_cast<size_t>(xt.rows()), s.hidden, xt.dtype()};
+    absl::Status status;
+    size_t fetched = 0;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (gate_first_.empty()) {
+        status = absl::FailedPreconditionError(
+            "speculative gate-first needs the gates in DRAM: open the cache with gates=[...]");
+      } else {
+        mlp::ForwardOptions o;
+        o.activation = gate_activation_;
+        o.num_threads = num_threads_;
+        o.quantize_x = quantize_x_;
+        status = gate_first_[layer]->Speculate(cache_.get(), layer, in,
+                                               static_cast<size_t>(count), o, &workspace_);
+        fetched = gate_first_[layer]->speculation().size();
+      }
+    }
+    ThrowIfFileError(status);
+    return fetched;
+  }
+
+  // Layer `layer`'s last speculative set and last gate-first selection
+  // (int64 arrays, ascending).
+  py::array_t<int64_t> Speculation(const py::object& layer_arg) {
+    const size_t layer = Layer(layer_arg);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (gate_first_.empty()) throw py::value_error("no gates: open the cache with gates=[...]");
+    const absl::Span<const uint32_t> v = gate_first_[layer]->speculation();
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
+    for (size_t k = 0; k < v.size(); ++k) out.mutable_data()[k] = v[k];
+    return out;
+  }
+  py::array_t<int64_t> Selection(const py::object& layer_arg) {
+    const size_t layer = Layer(layer_arg);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (gate_first_.empty()) throw py::value_error("no gates: open the cache with gates=[...]");
+    const std::vector<uint32_t> v = gate_first_[layer]->mask().ToIndices();
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
+    for (size_t k = 0; k < v.size(); ++k) out.mutable_data()[k] = v[k];
+    return out;
+  }
+
   // Makes `mask` resident in `layer` (loads, no compute).
   void Update(const py::object& layer_arg, const py::array& mask) {
     const size_t layer = Layer(layer_arg);
@@ -298,6 +356,10 @@ void RegisterFlash(py::module_& m) {
       .def("set_gates", &PyFlashModelCache::SetGates, py::arg("gates"),
            py::arg("activation") = "silu", py::kw_only(), py::arg("quant_type") = "",
            py::arg("quant_group") = 0)
+      .def("speculate_gate_first", &PyFlashModelCache::SpeculateGateFirst, py::arg("layer"),
+           py::arg("x_early"), py::arg("count"))
+      .def("speculation", &PyFlashModelCache::Speculation, py::arg("layer"))
+      .def("gate_first_selection", &PyFlashModelCache::Selection, py::arg("layer"))
       .def("step_gate_first", &PyFlashModelCache::StepGateFirst, py::arg("layer"), py::arg("x"),
            py::arg("out"), py::kw_only(), py::arg("k") = py::none(),
            py::arg("threshold") = py::none(), py::arg("accumulate") = false)

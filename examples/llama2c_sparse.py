@@ -45,7 +45,13 @@ weights served from a bundle file (sparse_mlp.store, converted from the
 checkpoint into a temporary directory) through ModelCache.from_file under a
 DRAM budget (--budget, x the MLP weights; --window), replaying the masks the
 in-memory run used: the tokens must be the same (flash column), and the
-reads per token are reported (loads, KB read). Exit status 1 otherwise.
+reads per token are reported (loads, KB read). Then gate-first runs from a
+gate-less file with the gates in DRAM, each layer's neurons guessed one
+attention block early (its input before the attention, normalised with the
+layer's MLP norm, selects --over x k neurons whose reads start at once; the
+exact selection after the attention reads only the misses): its tokens
+must equal gate-first's in DRAM; the guess's recall and the extra KB it
+read per token are reported. Exit status 1 otherwise.
 """
 
 import argparse
@@ -143,6 +149,8 @@ class Decoder:
         x = c.embedding[token].clone()
         kv_mul = c.heads // c.kv_heads
         for l in range(c.layers):
+            if hasattr(self.mlp, "before"):  # the layer's input, before its attention
+                self.mlp.before(l, x)
             h = rmsnorm(x, c.rms_att[l])
             q = rope(c.wq[l] @ h, self.pos, c.head_size)
             self.keys[l].append(rope(c.wk[l] @ h, self.pos, c.head_size))
@@ -227,6 +235,32 @@ class FlashMlp:
         return self.model.step(l, mask, h)
 
 
+class SpeculativeFlashMlp:
+    """Gate-first from a gate-less bundle file with the gates in DRAM, each
+    layer's neurons guessed one attention block early: before layer l's
+    attention its input, normalised with layer l's MLP norm, selects
+    `over` x k neurons by |silu(gate x)| and starts their reads; after the
+    attention the exact gate-first step reads only the misses. Records the
+    guess's recall of the exact set per call."""
+
+    def __init__(self, path, budget, window, ckpt, sparsity, over):
+        self.c = ckpt
+        self.over = over
+        self.model = sparse_mlp.FlashModelCache(path, budget, window=window, queue_depth=8,
+                                                gates=list(ckpt.w1), sparsity=sparsity)
+        self.recalls, self.fetched = [], 0
+
+    def before(self, l, x):
+        self.fetched += self.model.speculate(l, rmsnorm(x, self.c.rms_ffn[l]), over=self.over)
+
+    def __call__(self, l, h):
+        y = self.model.step(l, None, h)
+        guess = set(self.model.speculation(l).tolist())
+        chosen = self.model.gate_first_selection(l).tolist()
+        self.recalls.append(sum(n in guess for n in chosen) / max(1, len(chosen)))
+        return y
+
+
 def greedy(decoder, tokens):
     decoder.reset()
     out, token = [], BOS
@@ -267,7 +301,7 @@ def calibrate_thresholds(ckpt, sequence, fraction):
 
 
 def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64,
-        mask="topk", seed=0, flash=False, budget=0.6, window=2):
+        mask="topk", seed=0, flash=False, budget=0.6, window=2, over=1.5):
     """The table's rows: one dict per fraction, and the dense row first."""
     torch.manual_seed(seed)
     ckpt = Checkpoint(checkpoint)
@@ -275,6 +309,10 @@ def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64
     if flash:
         store_path = os.path.join(workdir.name, "stories.spmlb")
         sparse_mlp.store.convert(checkpoint, store_path, alignment=512)
+        # Gate-less, for gate-first with the gates in DRAM.
+        updown_path = os.path.join(workdir.name, "stories_updown.spmlb")
+        sparse_mlp.store.write(updown_path, [(None, u, d) for _, u, d in ckpt.mlp_layers()],
+                               alignment=512)
     dense = Decoder(ckpt, dense_mlp(ckpt))
     dense_tokens = greedy(dense, tokens)
     dense_greedy_us = dense.mlp_seconds / tokens * 1e6
@@ -316,10 +354,35 @@ def run(checkpoint=DEFAULT_CHECKPOINT, fractions=(1.0, 0.7, 0.5, 0.3), tokens=64
                              "flash_loads": totals["loads"] / tokens,
                              "flash_kb": io["bytes_read"] / tokens / 1024,
                              "flash_capacity": served.model.capacity})
+            if fraction < 1.0:
+                rows[-1].update(speculative_row(ckpt, updown_path, fraction, tokens, budget,
+                                                window, over))
     rows[0]["tokens"] = dense_tokens
     if workdir is not None:
         workdir.cleanup()
     return rows
+
+
+def speculative_row(ckpt, path, fraction, tokens, budget, window, over):
+    """Gate-first at `fraction` three ways: in DRAM (LlamaSkipMLP), from the
+    gate-less file with exact selection only, and speculated one attention
+    block early (`over` x k fetched): the tokens must agree; the guess's
+    recall and the extra bytes it read per token."""
+    sparsity = 1.0 - fraction
+    modules = [sparse_mlp.LlamaSkipMLP.from_dense(g, u, d, sparsity)
+               for g, u, d in ckpt.mlp_layers()]
+    dram_tokens = greedy(Decoder(ckpt, ModuleMlp(modules)), tokens)
+    budget_bytes = flash_budget(path, max(budget, fraction * over))
+    exact = sparse_mlp.FlashModelCache(path, budget_bytes, window=window, queue_depth=8,
+                                       gates=list(ckpt.w1), sparsity=sparsity)
+    exact_tokens = greedy(Decoder(ckpt, lambda l, h: exact.step(l, None, h)), tokens)
+    spec = SpeculativeFlashMlp(path, budget_bytes, window, ckpt, sparsity, over)
+    spec_tokens = greedy(Decoder(ckpt, spec), tokens)
+    exact_kb = exact.io_stats()["bytes_read"] / tokens / 1024
+    spec_kb = spec.model.io_stats()["bytes_read"] / tokens / 1024
+    return {"spec_same": spec_tokens == dram_tokens and exact_tokens == dram_tokens,
+            "spec_recall": sum(spec.recalls) / len(spec.recalls),
+            "spec_kb": spec_kb, "spec_extra_kb": spec_kb - exact_kb}
 
 
 class ModuleMlp:
@@ -547,6 +610,8 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=0.6,
                         help="--flash: slots per layer, x its neurons (at least the fraction)")
     parser.add_argument("--window", type=int, default=2, help="--flash: the residency window")
+    parser.add_argument("--over", type=float, default=1.5,
+                        help="--flash: speculative gate-first fetches over x k neurons")
     parser.add_argument("--compare", action="store_true",
                         help="compare oracle, gate-first, learned and random masks at "
                              "--sparsities instead")
@@ -565,7 +630,7 @@ def main(argv=None):
     fractions = [float(f) for f in args.fractions.split(",")]
     torch.set_num_threads(1)
     rows = run(args.checkpoint, fractions, args.tokens, args.mask, args.seed, args.flash,
-               args.budget, args.window)
+               args.budget, args.window, args.over)
     ckpt = Checkpoint(args.checkpoint)
     print(f"{os.path.basename(args.checkpoint)}: dim {ckpt.dim}, MLP hidden {ckpt.hidden}, "
           f"{ckpt.layers} layers, vocab {ckpt.vocab}; masks: oracle {args.mask}; "
@@ -581,7 +646,15 @@ def main(argv=None):
                      f"{r['flash_kb']:7.1f}")
         print(f"{a:>6} {r['agree']:7.3f} {r['prefix']:7d} {r['kl']:10.5f} {r['active']:7.3f} "
               f"{r['mlp_us']:8.1f}" + flash)
-    if any(not r.get("flash_same", True) for r in rows):
+    spec = [r for r in rows if "spec_same" in r]
+    if spec:
+        print(f"\ngate-first from the gate-less file, guessed one attention block early "
+              f"({args.over} x k fetched), against gate-first in DRAM:")
+        print(f"{'a':>6} {'tokens':>7} {'recall':>7} {'KB/t':>8} {'extra KB/t':>11}")
+        for r in spec:
+            print(f"{r['fraction']:6.2f} {'same' if r['spec_same'] else 'DIFFER':>7} "
+                  f"{r['spec_recall']:7.3f} {r['spec_kb']:8.1f} {r['spec_extra_kb']:11.1f}")
+    if any(not r.get("flash_same", True) or not r.get("spec_same", True) for r in rows):
         print("error: served from the bundle file, the model decoded other tokens than in memory "
               "on the same masks", file=sys.stderr)
         return 1

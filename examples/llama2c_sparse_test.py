@@ -38,6 +38,12 @@ class Llama2cSparseTest(unittest.TestCase):
             self.assertTrue(row["flash_same"], row["fraction"])
             self.assertLess(row["flash_capacity"], 172)
             self.assertGreater(row["flash_loads"], 0)
+            # Gate-first guessed one attention block early: the same tokens
+            # as gate-first in DRAM, most of the exact set guessed, some
+            # bytes read that the exact selection did not need.
+            self.assertTrue(row["spec_same"], row["fraction"])
+            self.assertGreater(row["spec_recall"], 0.6)
+            self.assertGreaterEqual(row["spec_extra_kb"], 0.0)
 
     def test_compare_masks(self):
         # The training-free and learned masks each closer to dense than

@@ -116,6 +116,33 @@ class FlashModelCache:
         for layer, mask in pairs:
             self.update(layer, mask)
 
+    def speculate(self, index, x_early, over=1.5):
+        """Speculative gate-first (``gates`` given): from ``x_early``, layer
+        ``index``'s input before its attention (normalised as its MLP input
+        will be), select round(over x k) neurons by |act(gate x_early)| and
+        start their reads; returns at once with how many it asked for
+        (clipped to the layer's slots). The exact ``step(index, None, x)``
+        after the attention selects by the usual rule and reads only what
+        this did not fetch; fetched neurons it does not select stay resident
+        like any others. Results do not depend on the speculation; a failed
+        speculative read is read again if the step needs it."""
+        if self._gates is None:
+            raise ValueError("speculate needs gates=[...] at construction")
+        if not over > 0:
+            raise ValueError(f"over must be positive, got {over!r}")
+        x2, _ = tokens(x_early, self._native.hidden_size, "x_early")
+        base = self._selection.get("k", keep_count(0.5, self._native.intermediate_size))
+        count = min(self._native.intermediate_size, max(1, round(over * base)))
+        return self._native.speculate_gate_first(index, x2, count)
+
+    def speculation(self, index):
+        """Layer ``index``'s last speculative set (int64, ascending)."""
+        return self._native.speculation(index)
+
+    def gate_first_selection(self, index):
+        """The neurons layer ``index``'s last gate-first step selected."""
+        return self._native.gate_first_selection(index)
+
     def prefetch(self, index, mask):
         """Start loading layer ``index``'s ``mask`` now and return at once (a
         predictor that looks ahead); its ``step`` with the same mask then

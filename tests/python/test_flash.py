@@ -169,6 +169,43 @@ class FlashGateFirstTest(unittest.TestCase):
             io = model.io_stats()
             self.assertGreater(io["bytes_read"], 0)
 
+    def test_speculative_gate_first_equals_the_exact_step(self):
+        # Guessed from a perturbed early input, read ahead; the exact step
+        # then selects as without the guess and gives the same outputs.
+        gen = torch.Generator().manual_seed(12)
+        layers = [(torch.randn(96, 48, generator=gen) * 0.2,
+                   torch.randn(96, 48, generator=gen) * 0.2,
+                   torch.randn(48, 96, generator=gen) * 0.2) for _ in range(2)]
+        with tmpdir() as d:
+            path = os.path.join(d, "updown.spmlb")
+            store.write(path, [(None, u, dn) for _, u, dn in layers], alignment=512)
+            opts = dict(budget_bytes=budget_for(path, 1.0, queue_depth=4), window=4,
+                        queue_depth=4, gates=[g for g, _, _ in layers], sparsity=0.75)
+            spec, plain = ModelCache.from_file(path, **opts), ModelCache.from_file(path, **opts)
+            recall = []
+            for step in range(8):
+                x = torch.randn(48, generator=gen)
+                early = x + 0.3 * torch.randn(48, generator=gen)
+                for l in range(2):
+                    asked = spec.speculate(l, early, over=1.5)
+                    self.assertEqual(asked, round(1.5 * 24))
+                    guess = spec.speculation(l)
+                    self.assertEqual(len(guess), asked)
+                    got, want = spec.step(l, None, x), plain.step(l, None, x)
+                    self.assertLess(float((got - want).abs().max()), 1e-6, f"step {step} {l}")
+                    chosen = spec.gate_first_selection(l)
+                    self.assertTrue((chosen == plain.gate_first_selection(l)).all())
+                    recall.append(float(torch.isin(torch.as_tensor(chosen),
+                                                   torch.as_tensor(guess)).float().mean()))
+            self.assertGreater(sum(recall) / len(recall), 0.6)
+            with self.assertRaisesRegex(ValueError, "over must be positive"):
+                spec.speculate(0, x, over=0)
+            with self.assertRaisesRegex(ValueError, r"x_early must be \[48\]"):
+                spec.speculate(0, torch.randn(47))
+            plain_cache = ModelCache.from_file(path, budget_bytes=1 << 24)
+            with self.assertRaisesRegex(ValueError, "speculate needs gates"):
+                plain_cache.speculate(0, x)
+
     def test_errors(self):
         gen = torch.Generator().manual_seed(10)
         layers = [(torch.randn(32, 16, generator=gen), torch.randn(32, 16, generator=gen),
