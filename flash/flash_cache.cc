@@ -88,12 +88,12 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   for (const auto& lane : c->lanes_) reader_now += lane->reader->memory_bytes();
   const size_t lane_count = c->lanes_.size();
   // Everything the cache holds with `capacity` slots per layer (the reader's
-  // batch arrays grow to one layer's slots: reserved below).
+  // batch arrays hold two layers' slots: reserved below).
   auto total = [&](size_t capacity) {
-    return reader_now + lane_count * capacity * store::BundleReader::BatchBytesPerBundle() +
+    return reader_now + lane_count * 2 * capacity * store::BundleReader::BatchBytesPerBundle() +
            scratch + lane_count * layers * sizeof(size_t) /* queues */ +
-           layers * (LayerBytes(neurons, capacity, options.chunk_neurons) +
-                     capacity * c->slot_stride_);
+           layers *
+               (LayerBytes(neurons, capacity, options.chunk_neurons) + capacity * c->slot_stride_);
   };
   if (options.budget_bytes < total(1)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -112,7 +112,9 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   }
   c->capacity_ = lo;
   for (const auto& lane : c->lanes_) {
-    if (absl::Status r = lane->reader->Reserve(c->capacity_); !r.ok()) return r;
+    if (absl::Status r = lane->reader->Reserve(2 * c->capacity_); !r.ok()) return r;
+    lane->batch_limit = 2 * c->capacity_;
+    lane->active.reserve(2 * c->capacity_ + 1);  // a job holds at least one request
   }
   absl::StatusOr<memory::AlignedBuffer> pool = memory::AlignedBuffer::Allocate(
       layers * c->capacity_ * c->slot_stride_, 4096, memory::HugePageAdvice::kHugePages);
@@ -153,35 +155,65 @@ FlashModelCache::~FlashModelCache() {
 }
 
 void FlashModelCache::IoLoop(Lane& lane) {
+  const size_t chunk = options_.chunk_neurons;
+  // Bundle `index` of the batch landed: its job's chunk accounting (under
+  // mu_); the job ends when its last bundle lands.
+  auto landed = [&](size_t index, const absl::Status& status) {
+    size_t j = 0;
+    while (index >= lane.active[j].base + lane.active[j].count) ++j;  // few jobs: a scan
+    ActiveJob& job = lane.active[j];
+    Layer& l = *layers_[job.layer];
+    const size_t k = index - job.base, c = k / chunk;
+    std::lock_guard<std::mutex> guard(mu_);
+    if (!status.ok()) {
+      l.failed[k] = 1;
+      if (l.chunk_status[c].ok()) l.chunk_status[c] = status;
+      if (l.job_status.ok()) l.job_status = status;
+    }
+    bool notify = --l.chunk_left[c] == 0;
+    if (--job.left == 0) {
+      l.busy = false;
+      notify = true;
+    }
+    if (notify) cv_.notify_all();
+  };
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
-    lane.work.wait(lock, [&] { return stop_ || lane.size > 0; });
-    if (lane.size == 0) return;  // stopping
-    const size_t layer = lane.queue[lane.head];
-    lane.head = (lane.head + 1) % lane.queue.size();
-    --lane.size;
-    Layer& l = *layers_[layer];
-    lock.unlock();
-    const size_t chunk = options_.chunk_neurons;
-    auto landed = [&](size_t k, const absl::Status& status) {
-      std::lock_guard<std::mutex> guard(mu_);
-      const size_t j = k / chunk;
-      if (!status.ok()) {
-        l.failed[k] = 1;
-        if (l.chunk_status[j].ok()) l.chunk_status[j] = status;
-        if (l.job_status.ok()) l.job_status = status;
-      }
-      if (--l.chunk_left[j] == 0) cv_.notify_all();
-    };
-    if (absl::Status s = lane.reader->Start(l.requests); !s.ok()) {
-      for (size_t k = 0; k < l.requests.size(); ++k) landed(k, s);
-    } else {
-      lane.reader->Finish(landed).IgnoreError();  // each bundle's status went to `landed`
+    if (lane.active.empty()) {
+      lane.work.wait(lock, [&] { return stop_ || lane.size > 0; });
+      if (lane.size == 0) return;  // stopping, nothing in flight
     }
+    // Every queued job joins the batch in flight (or starts one).
+    while (lane.size > 0) {
+      const size_t layer = lane.queue[lane.head];
+      Layer& l = *layers_[layer];
+      const size_t n = l.requests.size();
+      size_t base = 0;
+      if (!lane.active.empty()) {
+        const ActiveJob& last = lane.active.back();
+        base = last.base + last.count;
+        if (base + n > lane.batch_limit) break;  // the batch must drain first
+      }
+      lane.head = (lane.head + 1) % lane.queue.size();
+      --lane.size;
+      lane.active.push_back({layer, base, n, n});
+      lock.unlock();
+      // l.requests stays as it is while the job runs (Plan waits for it).
+      const absl::Status s = lane.reader->Append(l.requests);
+      if (!s.ok()) {  // nothing of it entered the batch: fail it, and forget it
+        for (size_t k = 0; k < n; ++k) landed(base + k, s);
+        lane.active.pop_back();
+      }
+      lock.lock();
+    }
+    lock.unlock();
+    lane.reader->Poll(landed, /*wait=*/true);
     lock.lock();
-    l.busy = false;
     lane.stats = lane.reader->stats();
-    cv_.notify_all();
+    // Finished jobs keep their indices until the whole batch is done (every
+    // job's last bundle reported = the reader idle); then the next job
+    // starts a batch at index 0.
+    if (!lane.reader->busy()) lane.active.clear();
   }
 }
 

@@ -159,13 +159,23 @@ class FlashModelCache {
   struct Layer;
   FlashModelCache(std::string path, store::BundleLayout layout, FlashCacheOptions options);
   // A reader and the thread that drives it, with its queue of layer jobs.
+  // A job whose reads are in a lane's batch: requests [base, base +
+  // count) of the reader's batch are layer `layer`'s, `left` not landed.
+  struct ActiveJob {
+    size_t layer = 0, base = 0, count = 0, left = 0;
+  };
   struct Lane {
     std::unique_ptr<store::BundleReader> reader;
     std::vector<size_t> queue;  // ring of layer indices with a job
     size_t head = 0, size = 0;
     std::condition_variable work;
-    store::ReaderStats stats;   // copied from the reader after each job
+    store::ReaderStats stats;  // copied from the reader after each poll
     std::thread thread;
+    // The I/O thread's own (no lock): the jobs in the reader's batch, and
+    // the most requests a batch holds before it must drain (the reader's
+    // reserved arrays: two layers' slots).
+    std::vector<ActiveJob> active;
+    size_t batch_limit = 0;
   };
   absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch);
   void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
@@ -177,7 +187,11 @@ class FlashModelCache {
   // which slots they take (sliding window, least recently active evicted
   // first). BeginStep plans and hands the entering neurons' reads to the
   // cache's I/O threads (one per lane, each driving its own
-  // store::BundleReader: io_uring or a pread pool), which mark fixed chunks
+  // store::BundleReader: io_uring or a pread pool). A lane's thread appends
+  // each job to the batch in flight (BundleReader::Append) rather than
+  // waiting for it to drain, so the device queue stays full from one
+  // layer's reads into the next (up to two layers' slots per batch; beyond
+  // that the batch drains first); its threads mark fixed chunks
   // of entering neurons landed as their bundles arrive; the caller computes
   // on the hit slots meanwhile and on each chunk once it landed
   // (step/flash_step.h does this). FinishStep waits for the

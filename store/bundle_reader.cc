@@ -222,16 +222,11 @@ absl::Status BundleReader::BundleError(absl::StatusCode code, size_t request,
                                             layout_.bundle_bytes(), what));
 }
 
-absl::Status BundleReader::Start(absl::Span<const BundleRequest> requests) {
-  if (outstanding_ > 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s: a batch is in flight (%d bundles outstanding); Finish it first", path_,
-        outstanding_));
-  }
+absl::Status BundleReader::Validate(absl::Span<const BundleRequest> requests) const {
   const BundleShape& s = layout_.shape();
-  if (requests.size() > UINT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("at most %d bundles per batch, got %d", UINT32_MAX, requests.size()));
+  if (requests.size() > UINT32_MAX - requests_.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "at most %d bundles per batch, got %d", UINT32_MAX, requests.size() + requests_.size()));
   }
   for (size_t k = 0; k < requests.size(); ++k) {
     const BundleRequest& q = requests[k];
@@ -248,13 +243,18 @@ absl::Status BundleReader::Start(absl::Span<const BundleRequest> requests) {
       return absl::InvalidArgumentError(absl::StrFormat("requests[%d]: null destination", k));
     }
   }
-  requests_.assign(requests.begin(), requests.end());
-  order_.resize(requests.size());
-  std::iota(order_.begin(), order_.end(), 0u);
+  return absl::OkStatus();
+}
+
+void BundleReader::AddRuns(absl::Span<const BundleRequest> requests) {
+  const size_t base = requests_.size();
+  requests_.insert(requests_.end(), requests.begin(), requests.end());
+  order_.resize(requests_.size());
+  std::iota(order_.begin() + base, order_.end(), static_cast<uint32_t>(base));
   auto offset_of = [&](uint32_t k) {
     return layout_.bundle_offset(requests_[k].layer, requests_[k].neuron);
   };
-  std::sort(order_.begin(), order_.end(), [&](uint32_t a, uint32_t b) {
+  std::sort(order_.begin() + base, order_.end(), [&](uint32_t a, uint32_t b) {
     const uint64_t oa = offset_of(a), ob = offset_of(b);
     return oa != ob ? oa < ob : a < b;
   });
@@ -264,8 +264,7 @@ absl::Status BundleReader::Start(absl::Span<const BundleRequest> requests) {
   // aligned as the reads need; otherwise in a staging slot.
   const size_t stride = layout_.bundle_stride(), bundle = layout_.bundle_bytes();
   const size_t max_run = std::max<size_t>(1, options_.max_request_bytes / stride);
-  runs_.clear();
-  for (size_t p = 0; p < order_.size();) {
+  for (size_t p = base; p < order_.size();) {
     Run run;
     run.first = p;
     run.offset = offset_of(order_[p]);
@@ -285,11 +284,31 @@ absl::Status BundleReader::Start(absl::Span<const BundleRequest> requests) {
     runs_.push_back(run);
     p += run.count;
   }
+  outstanding_ += requests.size();
+  stats_.bundles += requests.size();
+}
+
+absl::Status BundleReader::Start(absl::Span<const BundleRequest> requests) {
+  if (outstanding_ > 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s: a batch is in flight (%d bundles outstanding); Finish it first", path_, outstanding_));
+  }
+  requests_.clear();
+  if (absl::Status s = Validate(requests); !s.ok()) return s;
+  order_.clear();
+  runs_.clear();
   next_run_ = 0;
-  outstanding_ = requests_.size();
   first_error_ = absl::OkStatus();
   ++stats_.batches;
-  stats_.bundles += requests_.size();
+  AddRuns(requests);
+  Pump();
+  return absl::OkStatus();
+}
+
+absl::Status BundleReader::Append(absl::Span<const BundleRequest> requests) {
+  if (outstanding_ == 0) return Start(requests);
+  if (absl::Status s = Validate(requests); !s.ok()) return s;
+  AddRuns(requests);
   Pump();
   return absl::OkStatus();
 }

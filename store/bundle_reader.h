@@ -131,6 +131,12 @@ class BundleReader {
   // InvalidArgument for a layer or neuron out of range or a null
   // destination, naming the request's index; nothing is read then.
   absl::Status Start(absl::Span<const BundleRequest> requests);
+  // Adds `requests` to the batch in flight (Start when none is): their
+  // indices follow the batch's, in order, and their reads enter the queue
+  // as it frees, so a caller with a stream of batches keeps the device busy
+  // between them (flash/flash_cache.h's I/O threads). Errors as Start's;
+  // nothing added then.
+  absl::Status Append(absl::Span<const BundleRequest> requests);
   // Reports landed bundles: done(request index, status) once per bundle, in
   // completion order. With wait, blocks until at least one lands while any
   // is outstanding. Returns how many are still outstanding.
@@ -153,6 +159,10 @@ class BundleReader {
   };
   BundleReader(std::string path, BundleLayout layout, ReaderOptions options, int fd,
                bool direct_io, size_t memory_alignment);
+  // Start's and Append's checks of requests (nothing changed).
+  absl::Status Validate(absl::Span<const BundleRequest> requests) const;
+  // Appends `requests` to the batch and plans their runs.
+  void AddRuns(absl::Span<const BundleRequest> requests);
   void Pump();
   absl::Status Resubmit(size_t run_index);
   // Finishes a request: its result (bytes or -errno), or `error` when the

@@ -553,6 +553,57 @@ TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
   ::unlink(path.c_str());
 }
 
+// One continuous reader queue: every later layer's reads join the batch in
+// flight (prefetched while a layer computes), so a token's layers take
+// fewer reader batches than jobs; whatever the order reads complete in,
+// every step equals the reference and every slot the file.
+TEST(Flash, LaterLayersJoinTheBatchInFlight) {
+  const Model m = MakeModel(DType::kFloat32, 64, 96, 4, true, 23);
+  const std::string path = WriteModel(m, "continuous.spmlb", 512);
+  for (size_t lanes : {size_t{1}, size_t{2}}) {
+    flash::FlashCacheOptions o;
+    o.window = 2;
+    o.chunk_neurons = 4;
+    o.io_lanes = lanes;
+    o.reader.queue_depth = 4;
+    o.budget_bytes = BudgetFor(path, 60, o);
+    auto opened = flash::FlashModelCache::Open(path, o);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    flash::FlashModelCache& fc = **opened;
+    std::mt19937_64 rng(7 + lanes);
+    mlp::Workspace ws;
+    mlp::ForwardOptions fo;
+    size_t jobs = 0;
+    for (int token = 0; token < 8; ++token) {
+      std::vector<std::vector<uint32_t>> masks(m.layers);
+      for (auto& mask : masks) {
+        for (uint32_t j = 0; j < m.i; ++j) {
+          if (rng() % 100 < 35) mask.push_back(j);
+        }
+        mask.resize(std::min<size_t>(mask.size(), 40));
+      }
+      // Every layer's reads queued at once, then the steps in order.
+      for (size_t l = 0; l < m.layers; ++l) {
+        const uint64_t loads = fc.layer_stats(l).loads;
+        ASSERT_TRUE(fc.Prefetch(l, masks[l]).ok());
+        jobs += fc.layer_stats(l).loads > loads;
+      }
+      for (size_t l = 0; l < m.layers; ++l) {
+        std::vector<float> x(m.h), y(m.h);
+        for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+        ASSERT_TRUE(step::FlashLayerStep(&fc, l, masks[l], {x.data(), 1, m.h, DType::kFloat32},
+                                         {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                        .ok());
+        ASSERT_LE(RelativeError(y, Reference(m, l, masks[l], x, 1, 1)), 1e-5)
+            << "lanes " << lanes << " token " << token << " layer " << l;
+      }
+    }
+    for (size_t l = 0; l < m.layers; ++l) ASSERT_TRUE(fc.Verify(l).ok());
+    EXPECT_LT(fc.io_stats().batches, jobs) << "lanes " << lanes << ": no job joined a batch";
+  }
+  ::unlink(path.c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Cases, FlashSequences,
     ::testing::Values(
