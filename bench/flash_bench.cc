@@ -62,6 +62,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/bundle_file.h"
+#include "bench/decode_loop.h"
 #include "bench/device_curve.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
@@ -98,8 +99,17 @@ ABSL_FLAG(bool, verify, true, "tier rows verify each bundle's checksum");
 ABSL_FLAG(int, int8_group, 32, "the int8 rows' weights per scale (0: the whole row)");
 ABSL_FLAG(bool, quantize_x, true,
           "tier-int8 rows round x to int8 per block of 32 (integer products with VNNI)");
-ABSL_FLAG(std::string, variants, "tier,tier-int8,gate-first,no-cache,dense-stream,mmap,dram",
+ABSL_FLAG(std::string, variants, "decode,tier,tier-int8,gate-first,no-cache,dense-stream,mmap,dram",
           "rows to run");
+ABSL_FLAG(double, decode_budget, 0.6, "decode rows: the tier's DRAM budget, x the MLP weights");
+ABSL_FLAG(int, decode_window, 4, "decode rows: the tier's window");
+ABSL_FLAG(int, kv_dim, 1024, "decode rows: rows of the k and v projections (llama-3.2-3b's)");
+ABSL_FLAG(int, vocab, 128256, "decode rows: the LM head's rows (llama-3.2-3b's)");
+ABSL_FLAG(double, spec_recall, 0.9,
+          "decode rows: the guessed set's recall of the exact one (stories260K measured "
+          "0.85-0.92 at over-fetch 1.5: examples/llama2c_sparse.py --flash)");
+ABSL_FLAG(double, spec_over, 1.5, "decode rows: the guessed set's size over the exact one's");
+ABSL_FLAG(int, decode_pairs, 2, "decode rows: (without, with speculation) pairs, interleaved");
 ABSL_FLAG(std::string, gate_first_budgets, "0.8,1.0",
           "gate-first rows: DRAM budgets x the MLP weights, the gates (a third) included");
 ABSL_FLAG(int, gate_first_window, 4, "gate-first rows' window");
@@ -393,6 +403,29 @@ class FlashBench {
     return r;
   }
 
+  // The decode loop over the tier (bench/decode_loop.h): the split per
+  // token, with or without speculation.
+  absl::StatusOr<DecodeSplit> Decode(AttentionWeights* attention, double budget, int window,
+                                     int warmup, int tokens, int depth, bool speculate) {
+    DropPageCache(path_);
+    flash::FlashCacheOptions o;
+    o.budget_bytes = static_cast<size_t>(budget * weight_bytes_);
+    o.window = static_cast<size_t>(window);
+    o.reader.queue_depth = depth;
+    o.reader.verify_checksums = absl::GetFlag(FLAGS_verify);
+    o.io_lanes = static_cast<size_t>(absl::GetFlag(FLAGS_io_lanes));
+    absl::StatusOr<std::unique_ptr<flash::FlashModelCache>> opened =
+        flash::FlashModelCache::Open(path_, o);
+    if (!opened.ok()) return opened.status();
+    DecodeOptions d;
+    d.speculate = speculate;
+    d.recall = absl::GetFlag(FLAGS_spec_recall);
+    d.over = absl::GetFlag(FLAGS_spec_over);
+    d.threads = options_.num_threads;
+    return RunDecode(opened->get(), attention, trace_, static_cast<size_t>(warmup),
+                     static_cast<size_t>(tokens), d, options_, &ws_);
+  }
+
   // The whole file in DRAM, direct-index forward (the compute bound).
   Row Dram(int tokens) {
     Row r;
@@ -651,6 +684,42 @@ int Main(int argc, char** argv) {
               "window", "ms/token", "GB/tok", "req/tok", "mean_req", "wait_ms", "comp_ms",
               "plan_ms", "dram_GB", "rss_GB", "pcache_GB");
   std::vector<Row> rows;
+  // The decode loop: without and with speculation, interleaved pairs.
+  std::vector<DecodeSplit> decode_plain, decode_spec;
+  double attention_gb = 0;
+  if (wanted("decode")) {
+    AttentionWeights attention = AttentionWeights::Make(
+        layers, preset->hidden, static_cast<size_t>(absl::GetFlag(FLAGS_kv_dim)),
+        static_cast<size_t>(absl::GetFlag(FLAGS_vocab)), absl::GetFlag(FLAGS_threads));
+    attention_gb = attention.bytes() / 1e9;
+    std::printf(
+        "decode loop: per layer q, k, v, o (%zu x %zu, %d x %zu twice, bfloat16) then "
+        "the MLP from the tier (budget %.2f x the MLP weights, window %d), LM head "
+        "%d x %zu; attention and head %.2f GB in DRAM beside the tier's budget; "
+        "speculation: gate-first guessed before each layer's attention at recall %.2f, "
+        "%.1f x the exact set\n",
+        preset->hidden, preset->hidden, absl::GetFlag(FLAGS_kv_dim), preset->hidden,
+        absl::GetFlag(FLAGS_decode_budget), absl::GetFlag(FLAGS_decode_window),
+        absl::GetFlag(FLAGS_vocab), preset->hidden, attention_gb, absl::GetFlag(FLAGS_spec_recall),
+        absl::GetFlag(FLAGS_spec_over));
+    std::printf("%-13s %9s %8s %9s %9s %9s %8s %8s %9s %9s\n", "decode", "ms/token", "GB/tok",
+                "stall_ms", "manage_ms", "attn_ms", "head_ms", "mlp_ms", "guessed", "extra");
+    for (int pair = 0; pair < absl::GetFlag(FLAGS_decode_pairs); ++pair) {
+      for (bool speculate : {false, true}) {
+        absl::StatusOr<DecodeSplit> d =
+            bench.Decode(&attention, absl::GetFlag(FLAGS_decode_budget),
+                         absl::GetFlag(FLAGS_decode_window), warmup, tokens, depth, speculate);
+        if (!d.ok()) Die(d.status());
+        (speculate ? decode_spec : decode_plain).push_back(*d);
+        std::printf("%-13s %9.1f %8.3f %9.1f %9.1f %9.1f %8.1f %8.1f %9.0f %9.0f\n",
+                    speculate ? "speculative" : "exact-only", d->ms, d->gb, d->stall_ms,
+                    d->manage_ms, d->attention_ms, d->head_ms, d->mlp_ms, d->guessed,
+                    d->extra_loads);
+        std::fflush(stdout);
+      }
+    }
+    std::printf("\n");
+  }
   for (double b : wanted("tier") ? Doubles(absl::GetFlag(FLAGS_budgets)) : std::vector<double>{}) {
     for (double w : Doubles(absl::GetFlag(FLAGS_windows))) {
       rows.push_back(bench.Tier(b, static_cast<int>(w), warmup, tokens,
@@ -784,6 +853,47 @@ int Main(int argc, char** argv) {
                   best_int8->window, best_bf16->window, best_bf16->ms / best_int8->ms,
                   best_int8->ms, best_bf16->ms, best_int8->gb, best_bf16->gb,
                   verdict(best_bf16->ms / best_int8->ms >= 2));
+    }
+  }
+  if (!decode_spec.empty() && !decode_plain.empty()) {
+    // Medians over the pairs: the speculative loop against its own bounds
+    // (I/O at the device's rate for the tier's mean request; compute: the
+    // MLP in DRAM plus this loop's attention and head) and against the loop
+    // without speculation.
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    };
+    auto med = [&](const std::vector<DecodeSplit>& ds, double DecodeSplit::*f) {
+      std::vector<double> v;
+      for (const DecodeSplit& d : ds) v.push_back(d.*f);
+      return median(v);
+    };
+    const double spec_ms = med(decode_spec, &DecodeSplit::ms);
+    const double plain_ms = med(decode_plain, &DecodeSplit::ms);
+    const double spec_stall = med(decode_spec, &DecodeSplit::stall_ms);
+    const double plain_stall = med(decode_plain, &DecodeSplit::stall_ms);
+    const double gb = med(decode_spec, &DecodeSplit::gb);
+    const double mean_request = best06 != nullptr ? best06->mean_request : 22.4 * 1024;
+    const double io_bound = gb / device_at(mean_request) * 1e3;
+    const double compute_bound =
+        (dram == nullptr ? med(decode_spec, &DecodeSplit::mlp_ms) : dram->ms) +
+        med(decode_spec, &DecodeSplit::attention_ms) + med(decode_spec, &DecodeSplit::head_ms);
+    const double bound = std::max(io_bound, compute_bound);
+    std::printf(
+        "  decode loop with speculation %.1f ms vs max(I/O bound %.1f ms, compute bound "
+        "incl. attention and head %.1f ms) = %.2fx (goal <= 1.15x) %s\n",
+        spec_ms, io_bound, compute_bound, spec_ms / bound, verdict(spec_ms / bound <= 1.15));
+    std::printf(
+        "  stall with speculation %.1f ms vs without %.1f ms per token = %.2fx (goal <= "
+        "0.5x) %s; whole token %.1f vs %.1f ms\n",
+        spec_stall, plain_stall, plain_stall > 0 ? spec_stall / plain_stall : 0.0,
+        verdict(plain_stall > 0 && spec_stall <= 0.5 * plain_stall), spec_ms, plain_ms);
+    if (mmap_row != nullptr) {
+      std::printf(
+          "  decode loop vs mmap under the same cap (MLPs only there): %.1fx faster "
+          "(goal >= 8x) %s\n",
+          mmap_row->ms / spec_ms, verdict(mmap_row->ms / spec_ms >= 8));
     }
   }
   double worst_dram = 0;

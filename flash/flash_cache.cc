@@ -230,13 +230,15 @@ void FlashModelCache::ApplyFailures(Layer& l) {
   }
 }
 
-absl::Status FlashModelCache::Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch) {
+absl::Status FlashModelCache::Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch,
+                                   bool guess) {
   Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
   WaitIdle(l, lock);
   ApplyFailures(l);
   ResidencyPlan plan;
-  if (absl::Status s = l.planner.Plan(mask, &plan); !s.ok()) {
+  if (absl::Status s = guess ? l.planner.PlanGuess(mask, &plan) : l.planner.Plan(mask, &plan);
+      !s.ok()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s layer %d: %s (%d bytes each; budget %d bytes)", path_, layer, s.message(),
         slot_stride_, options_.budget_bytes));
@@ -246,8 +248,8 @@ absl::Status FlashModelCache::Plan(size_t layer, absl::Span<const uint32_t> mask
   l.stats.loads += plan.entering.size();
   l.stats.evictions += plan.evicted;
   l.stats.expirations += plan.expired;
-  l.prefetched = prefetch;
-  if (prefetch) l.prefetch_mask.assign(mask.begin(), mask.end());
+  l.prefetched = prefetch && !guess;  // a guess is never a step's plan
+  if (l.prefetched) l.prefetch_mask.assign(mask.begin(), mask.end());
   const size_t n = plan.entering.size(), chunk = options_.chunk_neurons;
   l.requests.resize(n);
   l.request_neurons.assign(plan.entering.begin(), plan.entering.end());
@@ -308,6 +310,28 @@ absl::Status FlashModelCache::Prefetch(size_t layer, absl::Span<const uint32_t> 
         absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
   }
   return Plan(layer, mask, /*prefetch=*/true);
+}
+
+absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask) {
+  if (layer >= layers_.size()) {
+    return absl::OutOfRangeError(
+        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
+  }
+  if (layers_[layer]->step_open) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
+  }
+  return Plan(layer, mask, /*prefetch=*/true, /*guess=*/true);
+}
+
+absl::Status FlashModelCache::WaitReads(size_t layer) {
+  if (layer >= layers_.size()) {
+    return absl::OutOfRangeError(
+        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  WaitIdle(*layers_[layer], lock);
+  return absl::OkStatus();
 }
 
 absl::Status FlashModelCache::WaitChunk(size_t layer, size_t chunk) {

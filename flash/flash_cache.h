@@ -138,6 +138,20 @@ class FlashModelCache {
   // prefetch then counts as a token of the window).
   absl::Status Prefetch(size_t layer, absl::Span<const uint32_t> mask);
 
+  // A guess of `layer`'s next mask (speculative gate-first): starts the
+  // reads of its neurons that are not resident, as Prefetch does, but the
+  // guess is not a token of the window: its neurons are kept as the latest
+  // token's are, it evicts only neurons older than that token, and what
+  // does not fit is not fetched (flash/residency.h's PlanGuess). The next
+  // BeginStep plans its own mask (a new token), finding the guessed
+  // neurons resident. Errors as Prefetch's.
+  absl::Status PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask);
+
+  // Blocks until `layer`'s reads in flight (a Prefetch's) have landed or
+  // failed (a later BeginStep reads failed ones again if needed). OutOfRange
+  // for a bad layer. For a caller that accounts the wait as a stall.
+  absl::Status WaitReads(size_t layer);
+
   // Reads every resident slot's bundle again (a separate buffered reader)
   // and compares: DataLoss naming the first slot that differs.
   absl::Status Verify(size_t layer) const;
@@ -177,7 +191,8 @@ class FlashModelCache {
     std::vector<ActiveJob> active;
     size_t batch_limit = 0;
   };
-  absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch);
+  absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch,
+                    bool guess = false);
   void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
   void ApplyFailures(Layer& l);
   void IoLoop(Lane& lane);

@@ -31,6 +31,15 @@ void ResidencyPlanner::Unload(uint32_t neuron) {
 }
 
 absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPlan* plan) {
+  return PlanImpl(mask, /*guess=*/false, plan);
+}
+
+absl::Status ResidencyPlanner::PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan) {
+  return PlanImpl(mask, /*guess=*/true, plan);
+}
+
+absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool guess,
+                                        ResidencyPlan* plan) {
   const size_t n = slot_of_.size(), c = neuron_of_.size();
   if (mask.size() > c) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -42,12 +51,14 @@ absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPl
           "mask index %d at position %d is out of range [0, %d) or not ascending", mask[k], k, n));
     }
   }
-  const uint64_t now = ++token_;  // last_active_ holds token numbers from 1
+  // A guess joins the latest token (nothing expires: the window does not
+  // move); a mask is a new token. last_active_ holds token numbers from 1.
+  const uint64_t now = guess ? std::max<uint64_t>(token_, 1) : ++token_;
   hits_.clear();
   entering_.clear();
   for (uint32_t j : mask) {
     in_mask_[j] = 1;
-    last_active_[j] = now;
+    last_active_[j] = std::max(last_active_[j], now);
     if (slot_of_[j] != kNoSlot) {
       hits_.push_back(slot_of_[j]);
     } else {
@@ -63,14 +74,21 @@ absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPl
     if (j == kNoSlot) {
       free_.push_back(s);
     } else if (!in_mask_[j]) {
-      if (last_active_[j] + window_ <= now) {
+      if (!guess && last_active_[j] + window_ <= now) {
         Free(s);
         free_.push_back(s);
         ++expired;
-      } else {
-        candidates_.push_back(s);
+      } else if (!guess || last_active_[j] < now) {
+        candidates_.push_back(s);  // a guess never evicts the latest token's neurons
       }
     }
+  }
+  if (guess && free_.size() + candidates_.size() < entering_.size()) {
+    // What does not fit is not fetched (and keeps no mark of this guess).
+    for (size_t k = free_.size() + candidates_.size(); k < entering_.size(); ++k) {
+      last_active_[entering_[k]] = 0;
+    }
+    entering_.resize(free_.size() + candidates_.size());
   }
   // Evict the least recently active until the entering neurons fit.
   size_t evicted = 0;

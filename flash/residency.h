@@ -57,6 +57,14 @@ class ResidencyPlanner {
   // range or out of order.
   absl::Status Plan(absl::Span<const uint32_t> mask, ResidencyPlan* plan);
 
+  // Plans a guess of the next token's mask (speculative gate-first): not a
+  // token of the window (nothing expires, the count stays); the guessed
+  // neurons count as active in the latest token (kept like its neurons,
+  // evicted before the next token's), and only neurons older than the
+  // latest token make room: the guessed neurons that do not fit then are
+  // left out (plan->entering holds those that load). Errors as Plan's.
+  absl::Status PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan);
+
   // A planned load failed: the neuron leaves its slot.
   void Unload(uint32_t neuron);
 
@@ -74,6 +82,8 @@ class ResidencyPlanner {
 
  private:
   void Free(uint32_t slot);
+  // Plan and PlanGuess.
+  absl::Status PlanImpl(absl::Span<const uint32_t> mask, bool guess, ResidencyPlan* plan);
 
   size_t window_;
   size_t resident_ = 0;

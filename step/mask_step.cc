@@ -325,7 +325,7 @@ absl::Status GateFirst::Speculate(flash::FlashModelCache* cache, size_t layer,
     }
   }
   scratch_.incoming.ToIndices(&speculated_);
-  return cache->Prefetch(layer, speculated_);
+  return cache->PrefetchGuess(layer, speculated_);
 }
 
 absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,

@@ -140,12 +140,13 @@ class GateFirst {
   // `count` neurons per token by |act(gate x_early)| (x_early: the layer's
   // input before its attention, normalised as the MLP's input will be),
   // the union over tokens clipped to the layer's slots, and starts their
-  // reads with cache->Prefetch. Returns at once. The exact step afterwards
-  // (FlashStep on the real input) selects by the same rule as ever and
-  // reads only the neurons this did not fetch; neurons fetched and not
-  // selected stay resident like any others (the speculative set counts as
-  // a token of the residency window). A failed speculative read is not an
-  // error here: FlashStep reads the neuron again if it selects it.
+  // reads with cache->PrefetchGuess. Returns at once. The exact step
+  // afterwards (FlashStep on the real input) selects by the same rule as
+  // ever and reads only the neurons this did not fetch; neurons fetched and
+  // not selected stay resident like the latest token's (the guess is not a
+  // token of the window, and evicts nothing of the latest token: what does
+  // not fit is not fetched). A failed speculative read is not an error
+  // here: FlashStep reads the neuron again if it selects it.
   // speculation() holds the set until the next call. Errors as FlashStep's
   // before any read (nothing started).
   absl::Status Speculate(flash::FlashModelCache* cache, size_t layer,

@@ -153,6 +153,35 @@ TEST(Residency, MatchesTheReferencePolicy) {
   }
 }
 
+// A guess (speculative gate-first) is not a token: nothing expires, the
+// count stays, its neurons are kept like the latest token's, it evicts no
+// neuron of the latest token, and what does not fit is left out.
+TEST(Residency, GuessesAreNotTokens) {
+  flash::ResidencyPlanner p(16, 6, 2);
+  flash::ResidencyPlan plan;
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{0, 1, 2}, &plan).ok());
+  ASSERT_TRUE(p.PlanGuess(std::vector<uint32_t>{2, 3, 4, 5, 6}, &plan).ok());
+  EXPECT_EQ(p.tokens(), 1u);
+  EXPECT_EQ(plan.hit_slots.size(), 1u);                              // 2
+  EXPECT_EQ(plan.entering, (std::vector<uint32_t>{3, 4, 5}));        // 6 does not fit
+  EXPECT_EQ(plan.evicted, 0u);                                       // 0, 1 kept
+  EXPECT_EQ(p.slot_of(6), flash::kNoSlot);
+  // The next token finds the guessed neurons resident; room for 7 comes
+  // from the latest token's and the guess's (the same age).
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{3, 4, 7}, &plan).ok());
+  EXPECT_EQ(p.tokens(), 2u);
+  EXPECT_EQ(plan.hit_slots.size(), 2u);
+  EXPECT_EQ(plan.entering, (std::vector<uint32_t>{7}));
+  EXPECT_EQ(plan.evicted, 1u);
+  EXPECT_NE(p.slot_of(3), flash::kNoSlot);
+  EXPECT_NE(p.slot_of(4), flash::kNoSlot);
+  // Window 2: token 1's neurons (and the guess kept with them) expire at 3.
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{8}, &plan).ok());
+  EXPECT_EQ(p.slot_of(0), flash::kNoSlot);
+  EXPECT_EQ(p.slot_of(5), flash::kNoSlot);
+  EXPECT_NE(p.slot_of(7), flash::kNoSlot);
+}
+
 TEST(Residency, RefusesWithoutChange) {
   flash::ResidencyPlanner p(10, 3, 2);
   flash::ResidencyPlan plan;
