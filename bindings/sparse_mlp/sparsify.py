@@ -2,6 +2,8 @@
 
     model = sparse_mlp.sparsify(model, sparsity=0.5)        # gate-first
     model = sparse_mlp.sparsify(model, sparsity=0.5, predictor=predictors)
+    model = sparse_mlp.sparsify(model, sparsity=0.5, store="mlp.spmlb",
+                                budget_bytes=2 << 30)       # served from an SSD
     sparse_mlp.densify(model)
 
 A gated MLP is any submodule with ``nn.Linear`` children ``gate_proj`` /
@@ -12,8 +14,12 @@ weight tensors (no copy), all layers' caches carved from one
 :class:`sparse_mlp.ModelCache`.
 """
 
+import os
+
 import torch
 
+from sparse_mlp import store as bundle_store
+from sparse_mlp.flash import FlashModelCache
 from sparse_mlp.mlp import LlamaSkipMLP
 from sparse_mlp._convert import keep_count
 from sparse_mlp._models import find_mlps, layer_triple
@@ -41,8 +47,101 @@ def _predictor_list(predictor, count):
                     f"a dict {{layer: LowRankPredictor}}, got {type(predictor).__name__}")
 
 
+class FlashServedMLP(torch.nn.Module):
+    """A gated MLP served by the flash tier (:func:`sparsify` with
+    ``store=``): gate-first, the gate in DRAM, up and down read from the
+    bundle file as neurons enter; ``forward(x)`` for ``[..., H]``."""
+
+    # find_mlps (sparse_mlp._models) skips modules that already replace a
+    # dense MLP.
+    replaces_mlp = True
+
+    def __init__(self, cache, layer, hidden_size):
+        super().__init__()
+        self._tier = cache
+        self.layer = layer
+        self.hidden_size = hidden_size
+
+    def forward(self, x):
+        flat = x.detach().reshape(-1, self.hidden_size)
+        return self._tier.step(self.layer, None, flat.contiguous()).reshape(x.shape)
+
+
+def _decoder_norm(parent):
+    """The MLP input's norm of a decoder layer holding the MLP (Hugging
+    Face's ``post_attention_layernorm``, Meta / llama2.c's ``ffn_norm``),
+    or None."""
+    for name in ("post_attention_layernorm", "ffn_norm"):
+        norm = getattr(parent, name, None)
+        if isinstance(norm, torch.nn.Module):
+            return norm
+    return None
+
+
+def _sparsify_from_store(model, found, triples, sparsity, path, budget_bytes, window, over,
+                         threads):
+    """sparsify's store= form: each MLP served by one FlashModelCache from a
+    gate-less bundle file (written from the model if `path` does not
+    exist), its gate kept in DRAM, the guess of each layer's neurons
+    started by a forward pre-hook on the decoder layer (before its
+    attention), up and down released."""
+    hidden = triples[0][1].shape[1]
+    if budget_bytes is None:
+        raise ValueError("store= needs budget_bytes (the tier's DRAM budget)")
+    if not os.path.exists(path):
+        bundle_store.write(path, [(None, u.detach(), d.detach()) for _, u, d in triples])
+    info = bundle_store.info(path)
+    if info["gated"]:
+        raise ValueError(f"{path} holds gate rows; gate-first from a file needs a gate-less one "
+                         f"(store.write with gate None), the gates stay in DRAM")
+    if info["num_layers"] != len(triples) or info["hidden_size"] != hidden or \
+            info["intermediate_size"] != triples[0][1].shape[0]:
+        raise ValueError(
+            f"{path} has {info['num_layers']} layers of [{info['intermediate_size']}, "
+            f"{info['hidden_size']}]; the model has {len(triples)} of "
+            f"{list(triples[0][1].shape)}")
+    gates = [g.detach() for g, _, _ in triples]
+    cache = FlashModelCache(path, budget_bytes, window=window, num_threads=threads, gates=gates,
+                            sparsity=sparsity)
+    hooks = []
+    for l, (parent, attr, original) in enumerate(found):
+        norm = _decoder_norm(parent)
+        if norm is None or over <= 0:
+            continue
+
+        def guess(_module, args, l=l, norm=norm):
+            if args and isinstance(args[0], torch.Tensor):
+                with torch.no_grad():
+                    h = norm(args[0]).detach().reshape(-1, hidden)
+                cache.speculate(l, h.contiguous(), over=over)
+
+        hooks.append(parent.register_forward_pre_hook(guess))
+    modules = []
+    for l, (parent, attr, original) in enumerate(found):
+        m = FlashServedMLP(cache, l, hidden)
+        m._original = original
+        m._store_path = path
+        modules.append(m)
+    for (parent, attr, original), m in zip(found, modules):
+        # The file holds up and down now: release them (densify reads them back).
+        for name in _released_names(original):
+            linear = getattr(original, name)
+            linear.weight = torch.nn.Parameter(torch.empty(0, dtype=linear.weight.dtype),
+                                               requires_grad=False)
+        setattr(parent, attr, m)
+    object.__setattr__(model, _SPARSIFIED, cache)
+    object.__setattr__(model, "_sparse_mlp_hooks", hooks)
+    return model
+
+
+def _released_names(module):
+    """The up and down projections' attribute names of an MLP module."""
+    return ("up_proj", "down_proj") if hasattr(module, "up_proj") else ("w3", "w2")
+
+
 def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
-             use_optimized_cache=None, weights=None, group=32, quantize_x=False):
+             use_optimized_cache=None, weights=None, group=32, quantize_x=False, store=None,
+             budget_bytes=None, window=4, over=1.5):
     """Replaces every gated MLP of ``model`` by a :class:`LlamaSkipMLP`
     (in place; returns ``model``).
 
@@ -63,6 +162,19 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     rounds each MLP's input to int8 per block of 32 as well (integer
     products where the CPU has AVX-512 VNNI).
 
+    ``store=PATH`` serves the MLPs from an SSD instead: a gate-less bundle
+    file (written from the model's up and down weights when PATH does not
+    exist; or one written with ``sparse_mlp.store.write(PATH, [(None, up,
+    down), ...])``), read by one :class:`sparse_mlp.FlashModelCache` within
+    ``budget_bytes`` of DRAM (``window`` tokens of residency), gate-first
+    with the gates in DRAM. The MLPs' up and down weights are released
+    from memory (``densify`` reads them back from the file). Where a
+    decoder layer has ``post_attention_layernorm`` (Hugging Face) or
+    ``ffn_norm`` (Meta, llama2.c), a forward pre-hook guesses the layer's
+    neurons from its input before the attention and starts their reads
+    (``over`` x k; 0 turns it off); the MLP's step then reads only the
+    misses. Outputs are those of gate-first in DRAM.
+
     The layers share one :class:`ModelCache` (``model`` keeps it; gate-first
     layers cache up and down rows, predictor layers gate, up and down), and
     read the original weight tensors in place. Raises ValueError when the
@@ -79,6 +191,11 @@ def sparsify(model, sparsity=0.5, predictor=None, *, num_threads=None,
     triples = [layer_triple(m, l) for l, (_, _, m) in enumerate(found)]  # (gate, up, down)
     intermediate = triples[0][1].shape[0]
     keep_count(sparsity, intermediate)  # validates sparsity
+    if store is not None:
+        if predictor is not None or weights is not None:
+            raise ValueError("store= serves gate-first from the file: no predictor or weights=")
+        return _sparsify_from_store(model, found, triples, sparsity, str(store), budget_bytes,
+                                    window, over, num_threads or torch.get_num_threads())
     predictors = _predictor_list(predictor, len(found))
     for l, (p, (_, up, _)) in enumerate(zip(predictors, triples)):
         if p is None:
@@ -146,9 +263,29 @@ def densify(model):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if getattr(model, _SPARSIFIED, None) is None:
         raise ValueError("model was not sparsified by sparse_mlp.sparsify")
+    for hook in getattr(model, "_sparse_mlp_hooks", ()):
+        hook.remove()
     for _, parent in list(model.named_modules()):
         for attr, child in list(parent.named_children()):
-            if isinstance(child, LlamaSkipMLP) and hasattr(child, "_original"):
+            if isinstance(child, FlashServedMLP):
+                _restore_from_store(child)
+                setattr(parent, attr, child._original)
+            elif isinstance(child, LlamaSkipMLP) and hasattr(child, "_original"):
                 setattr(parent, attr, child._original)
     object.__delattr__(model, _SPARSIFIED)
+    if hasattr(model, "_sparse_mlp_hooks"):
+        object.__delattr__(model, "_sparse_mlp_hooks")
     return model
+
+
+def _restore_from_store(served):
+    """The released up and down weights of `served`'s original MLP, read
+    back from its bundle file."""
+    reader = bundle_store.Reader(served._store_path)
+    neurons = reader.layout["intermediate_size"]
+    rows = reader.read(served.layer, range(neurons))  # [I, 2, H]: up, down's columns
+    up_name, down_name = _released_names(served._original)
+    up = getattr(served._original, up_name)
+    down = getattr(served._original, down_name)
+    up.weight = torch.nn.Parameter(rows[:, 0, :].clone(), requires_grad=False)
+    down.weight = torch.nn.Parameter(rows[:, 1, :].t().contiguous(), requires_grad=False)

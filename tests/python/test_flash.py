@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import sparse_mlp
 from sparse_mlp import ModelCache, store
+from sparse_mlp.sparsify import FlashServedMLP
 
 
 def tmpdir():
@@ -227,6 +228,99 @@ class FlashGateFirstTest(unittest.TestCase):
                                          gates=[g for g, _, _ in layers])
             with self.assertRaisesRegex(ValueError, "gate-less bundle file"):
                 model.step(0, None, torch.randn(16))
+
+
+class SparsifyFromStoreTest(unittest.TestCase):
+    """sparsify(model, store=PATH, budget_bytes=...): every MLP served by the
+    tier, gate-first with the gates in DRAM, each layer's neurons guessed
+    by a pre-hook before its attention; the outputs of gate-first in DRAM;
+    densify reads the released weights back."""
+
+    H, I, L = 64, 128, 3
+
+    def model(self):
+        H, I, L = self.H, self.I, self.L
+
+        class RMSNorm(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.ones(H))
+
+            def forward(self, x):
+                return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+        class MLP(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gate_proj = torch.nn.Linear(H, I, bias=False)
+                self.up_proj = torch.nn.Linear(H, I, bias=False)
+                self.down_proj = torch.nn.Linear(I, H, bias=False)
+
+            def forward(self, x):
+                return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) *
+                                      self.up_proj(x))
+
+        class DecoderLayer(torch.nn.Module):  # Hugging Face's names
+            def __init__(self):
+                super().__init__()
+                self.input_layernorm = RMSNorm()
+                self.self_attn = torch.nn.Linear(H, H, bias=False)  # attention's stand-in
+                self.post_attention_layernorm = RMSNorm()
+                self.mlp = MLP()
+
+            def forward(self, x):
+                h = x + self.self_attn(self.input_layernorm(x))
+                return h + self.mlp(self.post_attention_layernorm(h))
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = torch.nn.ModuleList([DecoderLayer() for _ in range(L)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+
+        torch.manual_seed(3)
+        return Model()
+
+    def test_serves_gate_first_from_the_file(self):
+        import copy
+        dram, flash = self.model(), None
+        flash = copy.deepcopy(dram)
+        gen = torch.Generator().manual_seed(4)
+        tokens = [torch.randn(1, self.H, generator=gen) for _ in range(6)]
+        with torch.no_grad(), tmpdir() as d:
+            dense = [dram(x) for x in tokens]
+            sparse_mlp.sparsify(dram, 0.5)
+            path = os.path.join(d, "model.spmlb")
+            sparse_mlp.sparsify(flash, 0.5, store=path, budget_bytes=1 << 24, window=2)
+            self.assertTrue(os.path.exists(path))  # written from the model
+            self.assertEqual(store.info(path)["gated"], False)
+            mlp = flash.layers[0].mlp
+            self.assertIsInstance(mlp, FlashServedMLP)
+            self.assertEqual(mlp._original.up_proj.weight.numel(), 0)  # released
+            tier = flash._sparse_mlp_model_cache
+            for x in tokens:
+                want, got = dram(x), flash(x)
+                self.assertLess(float((got - want).abs().max()), 1e-5)
+                for l in range(self.L):  # every layer guessed before its attention
+                    self.assertEqual(len(tier.speculation(l)), round(1.5 * 64))
+            self.assertGreater(tier.io_stats()["bytes_read"], 0)
+            sparse_mlp.densify(flash)
+            for x, want in zip(tokens, dense):
+                self.assertTrue(torch.equal(flash(x), want))
+            # A gated file is refused; so is store= without a budget.
+            gated = os.path.join(d, "gated.spmlb")
+            store.write(gated, [(l.mlp.gate_proj.weight, l.mlp.up_proj.weight,
+                                 l.mlp.down_proj.weight) for l in flash.layers])
+            with self.assertRaisesRegex(ValueError, "gate-less"):
+                sparse_mlp.sparsify(flash, 0.5, store=gated, budget_bytes=1 << 24)
+            with self.assertRaisesRegex(ValueError, "needs budget_bytes"):
+                sparse_mlp.sparsify(flash, 0.5, store=path)
+            self.assertIsInstance(flash.layers[0].mlp.up_proj, torch.nn.Linear)  # unchanged
+            self.assertTrue(torch.equal(flash(tokens[0]), dense[0]))
 
 
 if __name__ == "__main__":
