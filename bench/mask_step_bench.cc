@@ -43,6 +43,7 @@
 #include "absl/strings/str_split.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
+#include "bench/process_stats.h"
 #include "bench/read_floor.h"
 #include "bench/synthetic_weights.h"
 #include "bench/timing.h"
@@ -73,24 +74,6 @@ void Check(const absl::Status& s, const char* what) {
     std::fprintf(stderr, "%s: %s\n", what, s.ToString().c_str());
     std::exit(1);
   }
-}
-
-// The CPU's model name, from /proc/cpuinfo ("unknown" elsewhere).
-std::string CpuName() {
-  std::FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (f == nullptr) return "unknown";
-  char line[512];
-  std::string name = "unknown";
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    const std::string l(line);
-    if (l.rfind("model name", 0) == 0 && l.find(':') != std::string::npos) {
-      name = l.substr(l.find(':') + 2);
-      if (!name.empty() && name.back() == '\n') name.pop_back();
-      break;
-    }
-  }
-  std::fclose(f);
-  return name;
 }
 
 struct Case {

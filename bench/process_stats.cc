@@ -51,4 +51,21 @@ uint64_t PageCacheBytes(const std::string& path) {
   return cached;
 }
 
+std::string CpuName() {
+  std::FILE* f = std::fopen("/proc/cpuinfo", "r");
+  if (f == nullptr) return "unknown";
+  char line[512];
+  std::string name = "unknown";
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    const std::string l(line);
+    if (l.rfind("model name", 0) == 0 && l.find(':') != std::string::npos) {
+      name = l.substr(l.find(':') + 2);
+      if (!name.empty() && name.back() == '\n') name.pop_back();
+      break;
+    }
+  }
+  std::fclose(f);
+  return name;
+}
+
 }  // namespace sparse_mlp::bench

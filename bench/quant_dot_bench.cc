@@ -34,6 +34,7 @@
 #include "absl/flags/usage.h"
 #include "bench/model_presets.h"
 #include "bench/optimized_build_check.h"
+#include "bench/process_stats.h"
 #include "bench/read_floor.h"
 #include "bench/synthetic_weights.h"
 #include "bench/timing.h"
@@ -51,24 +52,6 @@ ABSL_FLAG(int, reps, 15, "timed repetitions (medians are reported)");
 
 namespace sparse_mlp::bench {
 namespace {
-
-// The CPU's model name, from /proc/cpuinfo ("unknown" elsewhere).
-std::string CpuName() {
-  std::FILE* f = std::fopen("/proc/cpuinfo", "r");
-  if (f == nullptr) return "unknown";
-  char line[512];
-  std::string name = "unknown";
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    const std::string l(line);
-    if (l.rfind("model name", 0) == 0 && l.find(':') != std::string::npos) {
-      name = l.substr(l.find(':') + 2);
-      if (!name.empty() && name.back() == '\n') name.pop_back();
-      break;
-    }
-  }
-  std::fclose(f);
-  return name;
-}
 
 struct Op {
   std::string name;

@@ -24,6 +24,8 @@
 namespace sparse_mlp::mlp::internal {
 namespace {
 
+using quant::QuantType;
+
 #define SPARSE_MLP_VNNI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
@@ -187,47 +189,37 @@ SPARSE_MLP_VNNI void RowsDotQ4(const uint8_t* const* rows, const quant::RowLayou
   }
 }
 
-SPARSE_MLP_VNNI void DotQ4(const void* const* rows_in, size_t nrows, const Int8X* x, size_t tokens,
-                           const quant::RowLayout& l, float* out) {
-  const uint8_t* rows[4];
-  for (size_t r = 0; r < nrows; ++r) rows[r] = static_cast<const uint8_t*>(rows_in[r]);
-  for (size_t t = 0; t < tokens; ++t) {
-    switch (nrows) {
-      case 1:
-        RowsDotQ4<1>(rows, l, x[t], out + t, tokens);
-        break;
-      case 2:
-        RowsDotQ4<2>(rows, l, x[t], out + t, tokens);
-        break;
-      case 3:
-        RowsDotQ4<3>(rows, l, x[t], out + t, tokens);
-        break;
-      default:
-        RowsDotQ4<4>(rows, l, x[t], out + t, tokens);
-        break;
-    }
+// The dots of a call's rows (up to kMaxDotRows, read side by side) for
+// each token: out[r x tokens + t]. The rows stay in L1 across the tokens
+// after the first. Q: the rows' format.
+template <QuantType Q, int NR>
+SPARSE_MLP_VNNI inline void RowsDotOf(const uint8_t* const* rows, const quant::RowLayout& l,
+                                      const Int8X& x, float* out, size_t out_stride) {
+  if constexpr (Q == QuantType::kInt8) {
+    RowsDot<NR>(rows, l, x, out, out_stride);
+  } else {
+    RowsDotQ4<NR>(rows, l, x, out, out_stride);
   }
 }
 
-SPARSE_MLP_VNNI void DotInt8(const void* const* rows_in, size_t nrows, const Int8X* x,
-                             size_t tokens, const quant::RowLayout& l, float* out) {
+template <QuantType Q>
+SPARSE_MLP_VNNI void DotRounded(const void* const* rows_in, size_t nrows, const Int8X* x,
+                                size_t tokens, const quant::RowLayout& l, float* out) {
   const uint8_t* rows[4];
   for (size_t r = 0; r < nrows; ++r) rows[r] = static_cast<const uint8_t*>(rows_in[r]);
-  // Token t's dots of every row: out[r x tokens + t]. The rows stay in L1
-  // across the tokens after the first.
   for (size_t t = 0; t < tokens; ++t) {
     switch (nrows) {
       case 1:
-        RowsDot<1>(rows, l, x[t], out + t, tokens);
+        RowsDotOf<Q, 1>(rows, l, x[t], out + t, tokens);
         break;
       case 2:
-        RowsDot<2>(rows, l, x[t], out + t, tokens);
+        RowsDotOf<Q, 2>(rows, l, x[t], out + t, tokens);
         break;
       case 3:
-        RowsDot<3>(rows, l, x[t], out + t, tokens);
+        RowsDotOf<Q, 3>(rows, l, x[t], out + t, tokens);
         break;
       default:
-        RowsDot<4>(rows, l, x[t], out + t, tokens);
+        RowsDotOf<Q, 4>(rows, l, x[t], out + t, tokens);
         break;
     }
   }
@@ -237,7 +229,8 @@ SPARSE_MLP_VNNI void DotInt8(const void* const* rows_in, size_t nrows, const Int
 
 QuantDotInt8Fn VnniDotInt8(quant::QuantType type) {
   if (!HasCpuFeature(CpuFeature::kAvx512Vnni)) return nullptr;
-  return type == quant::QuantType::kInt8 ? &DotInt8 : &DotQ4;
+  return type == quant::QuantType::kInt8 ? &DotRounded<QuantType::kInt8>
+                                         : &DotRounded<QuantType::kQ4>;
 }
 
 }  // namespace sparse_mlp::mlp::internal
