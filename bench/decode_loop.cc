@@ -123,8 +123,7 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
   for (float& v : x) v = normal(rng);
   DecodeSplit sum;
   double seconds = 0;
-  const store::ReaderStats io0 = cache->io_stats();
-  store::ReaderStats io_timed;
+  store::ReaderStats io_timed = cache->io_stats();
   for (size_t t = 0; t < warmup + tokens; ++t) {
     const bool timed = t >= warmup;
     if (t == warmup) io_timed = cache->io_stats();
@@ -183,7 +182,6 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
       sum.extra_loads += tok.extra_loads;
     }
   }
-  (void)io0;
   const store::ReaderStats io1 = cache->io_stats();
   const double n = static_cast<double>(tokens);
   DecodeSplit out;

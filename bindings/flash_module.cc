@@ -24,8 +24,19 @@
 namespace sparse_mlp::bindings {
 namespace {
 
+// Neuron indices as a new int64 NumPy array.
+py::array_t<int64_t> IndexArray(absl::Span<const uint32_t> v) {
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
+  for (size_t k = 0; k < v.size(); ++k) out.mutable_data()[k] = v[k];
+  return out;
+}
+
 class PyFlashModelCache {
  public:
+  // ForwardOptions::quantize_x of every step (quantized files and gates);
+  // Python's attribute of the same name.
+  bool quantize_x = false;
+
   PyFlashModelCache(const std::string& path, const py::object& budget_bytes,
                     const py::object& window, const py::object& num_threads,
                     const std::string& engine, const py::object& queue_depth,
@@ -78,7 +89,7 @@ class PyFlashModelCache {
     o.activation = ActivationArg(activation);
     o.accumulate = accumulate;
     o.num_threads = num_threads_;
-    o.quantize_x = quantize_x_;
+    o.quantize_x = quantize_x;
     absl::Status status;
     {
       py::gil_scoped_release release;
@@ -167,7 +178,7 @@ class PyFlashModelCache {
         o.activation = gate_activation_;
         o.accumulate = accumulate;
         o.num_threads = num_threads_;
-        o.quantize_x = quantize_x_;
+        o.quantize_x = quantize_x;
         status = gate_first_[layer]->FlashStep(cache_.get(), layer, sel, t.In(), t.Out(), o,
                                                &workspace_);
       }
@@ -202,7 +213,7 @@ class PyFlashModelCache {
         mlp::ForwardOptions o;
         o.activation = gate_activation_;
         o.num_threads = num_threads_;
-        o.quantize_x = quantize_x_;
+        o.quantize_x = quantize_x;
         status = gate_first_[layer]->Speculate(cache_.get(), layer, in,
                                                static_cast<size_t>(count), o, &workspace_);
         fetched = gate_first_[layer]->speculation().size();
@@ -218,19 +229,13 @@ class PyFlashModelCache {
     const size_t layer = Layer(layer_arg);
     std::lock_guard<std::mutex> lock(mutex_);
     if (gate_first_.empty()) throw py::value_error("no gates: open the cache with gates=[...]");
-    const absl::Span<const uint32_t> v = gate_first_[layer]->speculation();
-    py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
-    for (size_t k = 0; k < v.size(); ++k) out.mutable_data()[k] = v[k];
-    return out;
+    return IndexArray(gate_first_[layer]->speculation());
   }
   py::array_t<int64_t> Selection(const py::object& layer_arg) {
     const size_t layer = Layer(layer_arg);
     std::lock_guard<std::mutex> lock(mutex_);
     if (gate_first_.empty()) throw py::value_error("no gates: open the cache with gates=[...]");
-    const std::vector<uint32_t> v = gate_first_[layer]->mask().ToIndices();
-    py::array_t<int64_t> out(static_cast<py::ssize_t>(v.size()));
-    for (size_t k = 0; k < v.size(); ++k) out.mutable_data()[k] = v[k];
-    return out;
+    return IndexArray(gate_first_[layer]->mask().ToIndices());
   }
 
   // Makes `mask` resident in `layer` (loads, no compute).
@@ -272,10 +277,7 @@ class PyFlashModelCache {
   py::array_t<int64_t> Resident(const py::object& layer_arg) {
     const size_t layer = Layer(layer_arg);
     std::lock_guard<std::mutex> lock(mutex_);
-    const std::vector<uint32_t> r = cache_->resident_neurons(layer);
-    py::array_t<int64_t> out(static_cast<py::ssize_t>(r.size()));
-    for (size_t k = 0; k < r.size(); ++k) out.mutable_data()[k] = r[k];
-    return out;
+    return IndexArray(cache_->resident_neurons(layer));
   }
 
   py::dict LayerStats(const py::object& layer_arg) {
@@ -333,10 +335,6 @@ class PyFlashModelCache {
   // Gate-first: the gates (borrowed, outliving gate_first_) and their steps.
   std::vector<ImportedTensor> gates_;
   std::vector<std::unique_ptr<step::GateFirst>> gate_first_;
- public:
-  // ForwardOptions::quantize_x of every step (quantized files and gates).
-  bool quantize_x_ = false;
- private:
   mlp::Activation gate_activation_ = mlp::Activation::kSiLU;
   std::mutex mutex_;  // one call at a time per cache (calls release the GIL)
 };
@@ -352,7 +350,7 @@ void RegisterFlash(py::module_& m) {
            py::arg("num_threads") = 1, py::arg("engine") = "auto", py::arg("queue_depth") = 32,
            py::arg("io_threads") = 4, py::arg("verify") = true, py::arg("direct_io") = "auto",
            py::arg("chunk_neurons") = 64, py::arg("io_lanes") = 1)
-      .def_readwrite("quantize_x", &PyFlashModelCache::quantize_x_)
+      .def_readwrite("quantize_x", &PyFlashModelCache::quantize_x)
       .def("set_gates", &PyFlashModelCache::SetGates, py::arg("gates"),
            py::arg("activation") = "silu", py::kw_only(), py::arg("quant_type") = "",
            py::arg("quant_group") = 0)

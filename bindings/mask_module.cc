@@ -37,6 +37,10 @@ py::array_t<uint8_t> MaskBytes(const diff::NeuronMask& mask) {
 
 class PyGateFirst {
  public:
+  // ForwardOptions::quantize_x of every call (a quantized gate's pass and
+  // the quantized rows it drives); Python's attribute of the same name.
+  bool quantize_x = false;
+
   // A float gate [I, H], or with quant_type ("int8", "q4") quantized rows
   // [I, row_bytes] uint8 of hidden_size weights (x float32 then).
   PyGateFirst(const py::object& gate, const std::string& activation, const std::string& quant_type,
@@ -201,13 +205,6 @@ class PyGateFirst {
   }
 
   ImportedTensor gate_;  // borrowed: outlives native_
-
- public:
-  // ForwardOptions::quantize_x of every call (a quantized gate's pass and
-  // the quantized rows it drives).
-  bool quantize_x = false;
-
- private:
   size_t hidden_ = 0;
   std::optional<quant::QuantFormat> quant_;
   mlp::Activation activation_;

@@ -97,36 +97,6 @@ SPARSE_MLP_VNNI inline void PairDot(const uint8_t* const* rows, const Int8X& x, 
   }
 }
 
-template <int NR>
-SPARSE_MLP_VNNI void RowsDot(const uint8_t* const* rows, const quant::RowLayout& l, const Int8X& x,
-                             float* out, size_t out_stride) {
-  const size_t blocks = l.hidden() / kBlock;
-  __m512 acc[NR], s[NR];
-  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
-  size_t b0 = 0;
-  for (; b0 + 16 <= blocks; b0 += 16) {
-    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
-      s[r] = BlockScales(rows[r], l, b0, 16, x.scale);
-    }
-    SPARSE_MLP_VNNI_UNROLL for (int p = 0; p < 8; ++p) {
-      PairDot<NR, true>(rows, x, (b0 + 2 * static_cast<size_t>(p)) * kBlock, p, true, s, acc);
-    }
-  }
-  if (b0 < blocks) {
-    const size_t n = blocks - b0;
-    SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
-      s[r] = BlockScales(rows[r], l, b0, n, x.scale);
-    }
-    for (size_t p = 0; 2 * p < n; ++p) {
-      PairDot<NR, false>(rows, x, (b0 + 2 * p) * kBlock, static_cast<int>(p), 2 * p + 1 < n, s,
-                         acc);
-    }
-  }
-  SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
-    out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
-  }
-}
-
 // Lane -> block of a q4 chunk within 16 blocks: chunk c's lanes 4m..4m+3
 // take block 4c + m.
 alignas(64) constexpr int32_t kQuadLanes[4][16] = {
@@ -159,9 +129,41 @@ SPARSE_MLP_VNNI inline void ChunkDotQ4(const uint8_t* const* rows, const Int8X& 
   }
 }
 
-template <int NR>
-SPARSE_MLP_VNNI void RowsDotQ4(const uint8_t* const* rows, const quant::RowLayout& l,
-                               const Int8X& x, float* out, size_t out_stride) {
+// A window of n <= 16 blocks from b0 (kFull: exactly 16) of NR rows into
+// acc[r], s[r] holding their block scales: int8 rows in pairs of blocks,
+// q4 rows in chunks of four.
+template <QuantType Q, int NR, bool kFull>
+SPARSE_MLP_VNNI inline void WindowDot(const uint8_t* const* rows, const Int8X& x, size_t b0,
+                                      size_t n, const __m512 (&s)[NR], __m512 (&acc)[NR]) {
+  if constexpr (Q == QuantType::kInt8) {
+    if constexpr (kFull) {
+      SPARSE_MLP_VNNI_UNROLL for (int p = 0; p < 8; ++p) {
+        PairDot<NR, true>(rows, x, (b0 + 2 * static_cast<size_t>(p)) * kBlock, p, true, s, acc);
+      }
+    } else {
+      for (size_t p = 0; 2 * p < n; ++p) {
+        PairDot<NR, false>(rows, x, (b0 + 2 * p) * kBlock, static_cast<int>(p), 2 * p + 1 < n, s,
+                           acc);
+      }
+    }
+  } else if constexpr (kFull) {
+    SPARSE_MLP_VNNI_UNROLL for (int c = 0; c < 4; ++c) {
+      ChunkDotQ4<NR, true>(rows, x, b0 / 4 + static_cast<size_t>(c), c, 4, s, acc);
+    }
+  } else {
+    for (size_t c = 0; 4 * c < n; ++c) {
+      ChunkDotQ4<NR, false>(rows, x, b0 / 4 + c, static_cast<int>(c),
+                            std::min<size_t>(4, n - 4 * c), s, acc);
+    }
+  }
+}
+
+// <row_r, x> for NR rows of format Q read side by side, into
+// out[r x out_stride]: windows of 16 blocks (the scales converted once per
+// window and row), then the last blocks.
+template <QuantType Q, int NR>
+SPARSE_MLP_VNNI void RowsDot(const uint8_t* const* rows, const quant::RowLayout& l, const Int8X& x,
+                             float* out, size_t out_stride) {
   const size_t blocks = l.hidden() / kBlock;
   __m512 acc[NR], s[NR];
   SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
@@ -170,19 +172,14 @@ SPARSE_MLP_VNNI void RowsDotQ4(const uint8_t* const* rows, const quant::RowLayou
     SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
       s[r] = BlockScales(rows[r], l, b0, 16, x.scale);
     }
-    SPARSE_MLP_VNNI_UNROLL for (int c = 0; c < 4; ++c) {
-      ChunkDotQ4<NR, true>(rows, x, b0 / 4 + static_cast<size_t>(c), c, 4, s, acc);
-    }
+    WindowDot<Q, NR, true>(rows, x, b0, 16, s, acc);
   }
   if (b0 < blocks) {
     const size_t n = blocks - b0;
     SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
       s[r] = BlockScales(rows[r], l, b0, n, x.scale);
     }
-    for (size_t c = 0; 4 * c < n; ++c) {
-      ChunkDotQ4<NR, false>(rows, x, b0 / 4 + c, static_cast<int>(c),
-                            std::min<size_t>(4, n - 4 * c), s, acc);
-    }
+    WindowDot<Q, NR, false>(rows, x, b0, n, s, acc);
   }
   SPARSE_MLP_VNNI_UNROLL for (int r = 0; r < NR; ++r) {
     out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
@@ -192,16 +189,6 @@ SPARSE_MLP_VNNI void RowsDotQ4(const uint8_t* const* rows, const quant::RowLayou
 // The dots of a call's rows (up to kMaxDotRows, read side by side) for
 // each token: out[r x tokens + t]. The rows stay in L1 across the tokens
 // after the first. Q: the rows' format.
-template <QuantType Q, int NR>
-SPARSE_MLP_VNNI inline void RowsDotOf(const uint8_t* const* rows, const quant::RowLayout& l,
-                                      const Int8X& x, float* out, size_t out_stride) {
-  if constexpr (Q == QuantType::kInt8) {
-    RowsDot<NR>(rows, l, x, out, out_stride);
-  } else {
-    RowsDotQ4<NR>(rows, l, x, out, out_stride);
-  }
-}
-
 template <QuantType Q>
 SPARSE_MLP_VNNI void DotRounded(const void* const* rows_in, size_t nrows, const Int8X* x,
                                 size_t tokens, const quant::RowLayout& l, float* out) {
@@ -210,16 +197,16 @@ SPARSE_MLP_VNNI void DotRounded(const void* const* rows_in, size_t nrows, const 
   for (size_t t = 0; t < tokens; ++t) {
     switch (nrows) {
       case 1:
-        RowsDotOf<Q, 1>(rows, l, x[t], out + t, tokens);
+        RowsDot<Q, 1>(rows, l, x[t], out + t, tokens);
         break;
       case 2:
-        RowsDotOf<Q, 2>(rows, l, x[t], out + t, tokens);
+        RowsDot<Q, 2>(rows, l, x[t], out + t, tokens);
         break;
       case 3:
-        RowsDotOf<Q, 3>(rows, l, x[t], out + t, tokens);
+        RowsDot<Q, 3>(rows, l, x[t], out + t, tokens);
         break;
       default:
-        RowsDotOf<Q, 4>(rows, l, x[t], out + t, tokens);
+        RowsDot<Q, 4>(rows, l, x[t], out + t, tokens);
         break;
     }
   }

@@ -576,9 +576,15 @@ TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("layer 0 neuron")) << s;
   EXPECT_TRUE(std::all_of(y.begin(), y.end(), [](float v) { return v == -7.0f; }));
   EXPECT_TRUE(sc.Verify(0).ok());
-  // Bad input: the gate's checks, before any read.
+  // Bad input: the gate's checks, before any read; the cache's own calls
+  // name the layer.
   EXPECT_EQ(g.Speculate(&sc, 9, {x.data(), 1, gated.h}, k, fo, &ws).code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sc.PrefetchGuess(9, std::vector<uint32_t>{1}).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(sc.WaitReads(9).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(sc.PrefetchGuess(0, std::vector<uint32_t>{3, 2}).code(),
+            absl::StatusCode::kInvalidArgument);  // not ascending: nothing planned
+  EXPECT_TRUE(sc.Verify(0).ok());
   ::unlink(path.c_str());
 }
 

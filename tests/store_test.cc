@@ -453,6 +453,35 @@ TEST_F(StoreBadFiles, BadRequestsRefusedBeforeReading) {
   EXPECT_FALSE(r->busy());
 }
 
+// Append: a bad request refused, nothing added to the batch in flight; good
+// ones join it, their indices after the batch's, every bundle reported once
+// and equal to the file.
+TEST_F(StoreBadFiles, AppendJoinsTheBatchOrChangesNothing) {
+  std::unique_ptr<BundleReader> r = *BundleReader::Open(path_);
+  const size_t b = layout_.bundle_bytes();
+  std::vector<uint8_t> dst(6 * b);
+  ASSERT_TRUE(r->Append({{{0, 3, dst.data()}, {0, 9, dst.data() + b}}}).ok());  // starts one
+  absl::Status s = r->Append({{{1, 2, dst.data() + 2 * b}, {0, 48, dst.data() + 3 * b}}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("neuron 48"));
+  ASSERT_TRUE(r->Append({{{1, 40, dst.data() + 4 * b}, {0, 3, dst.data() + 5 * b}}}).ok());
+  std::vector<int> seen(4, 0);
+  ASSERT_TRUE(r->Finish([&](size_t k, const absl::Status& st) {
+                 ASSERT_LT(k, seen.size());
+                 EXPECT_TRUE(st.ok()) << st;
+                 ++seen[k];
+               }).ok());
+  EXPECT_EQ(seen, (std::vector<int>{1, 1, 1, 1}));
+  EXPECT_EQ(r->stats().batches, 1u);
+  EXPECT_EQ(r->stats().bundles, 4u);
+  const std::pair<size_t, size_t> read[4] = {{0, 3}, {0, 9}, {1, 40}, {0, 3}};
+  const size_t slot[4] = {0, 1, 4, 5};
+  for (int k = 0; k < 4; ++k) {
+    const uint64_t at = layout_.bundle_offset(read[k].first, read[k].second);
+    EXPECT_EQ(std::memcmp(dst.data() + slot[k] * b, good_.data() + at, b), 0) << "request " << k;
+  }
+}
+
 TEST(StoreWriter, ErrorsAndPartialFileRemoved) {
   const std::string path = TempDir() + "/w.spmlb";
   const Model m = MakeModel(DType::kFloat32, 16, 8, 2, true, 3);
