@@ -151,11 +151,8 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
       const auto a0 = Clock::now();
       attention->Attention(l, x.data(), a.data(), options.threads);
       tok.attention_ms += Since(a0) * 1e3;
-      if (options.speculate) {  // the guess's reads still in flight: a stall
-        const auto w0 = Clock::now();
-        if (absl::Status s = cache->WaitReads(l); !s.ok()) return s;
-        tok.stall_ms += Since(w0) * 1e3;
-      }
+      // The step plans over the guess's reads in flight; waiting for the
+      // ones it selected is part of its wait (a stall).
       step::FlashStepTimes times;
       if (absl::Status s =
               step::FlashLayerStep(cache, l, exact, {x.data(), 1, h, DType::kFloat32},

@@ -11,45 +11,79 @@ namespace {
 
 size_t RoundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-// Bookkeeping bytes of one layer with `capacity` slots: the planner's and
-// the job's arrays (Layer reserves exactly these).
+// Bookkeeping bytes of one layer with `capacity` slots: the planner's, the
+// two jobs', the slots' and the step's arrays (Layer reserves exactly these).
 size_t LayerBytes(size_t neurons, size_t capacity, size_t chunk) {
   const size_t chunks = capacity / chunk + 1;
-  return neurons * (4 + 8 + 1) + capacity * 4 * 5 /* planner */ +
-         capacity * (sizeof(store::BundleRequest) + 4 + 1) /* requests, neurons, failed */ +
+  return neurons * (4 + 8 + 1 + 1 + 4) + capacity * 4 * 7 /* planner */ +
+         2 * capacity * (sizeof(store::BundleRequest) + 4 + 4 + 1) /* jobs */ +
+         capacity * (1 + 4 + 1 + 4) /* per slot */ + capacity * 4 * 2 /* waited, repairs */ +
          chunks * (4 + sizeof(absl::Status)) + neurons * 4 /* prefetched mask */;
 }
 
+constexpr size_t kAhead = 0, kStep = 1;  // a layer's jobs
+
 }  // namespace
+
+// One batch of a layer's reads: set up by the stepping thread while !busy,
+// reported on by the I/O thread while busy (failed, left, busy change
+// under mu_).
+struct FlashModelCache::Job {
+  explicit Job(size_t capacity) {
+    requests.reserve(capacity);
+    neurons.reserve(capacity);
+    slots.reserve(capacity);
+    failed.reserve(capacity);
+  }
+  std::vector<store::BundleRequest> requests;
+  std::vector<uint32_t> neurons, slots;  // request k's neuron and slot
+  std::vector<uint8_t> failed;  // request k failed; applied (the neuron unloaded) later
+  size_t left = 0;              // requests not reported yet
+  bool busy = false;
+};
 
 struct FlashModelCache::Layer {
   Layer(size_t neurons, size_t capacity, size_t window, size_t chunk)
-      : planner(neurons, capacity, window) {
-    requests.reserve(capacity);
-    request_neurons.reserve(capacity);
-    failed.reserve(capacity);
+      : planner(neurons, capacity, window),
+        jobs{Job(capacity), Job(capacity)},
+        pending(capacity, 0),
+        waiter(capacity, kNoSlot),
+        reread(capacity, 0),
+        ahead_request(capacity, kNoSlot) {
+    waited.reserve(capacity);
+    repair_failed.reserve(capacity);
     chunk_left.reserve(capacity / chunk + 1);
     chunk_status.reserve(capacity / chunk + 1);
     prefetch_mask.reserve(neurons);
     stats.capacity = capacity;
   }
+  bool busy() const { return jobs[kAhead].busy || jobs[kStep].busy; }
 
   ResidencyPlanner planner;
-  ResidencyPlan plan;
+  ResidencyPlan plan;  // the latest plan (a Prefetch's, kept for its step)
   FlashLayerStats stats;
-  // The layer's job: set up by the stepping thread while !busy, read by the
-  // I/O thread while busy (chunk_left, chunk_status, failed, job_status
-  // change under mu_).
-  std::vector<store::BundleRequest> requests;
-  std::vector<uint32_t> request_neurons;
-  std::vector<uint8_t> failed;
+  // kAhead: a Prefetch's or a guess's reads; kStep: the open step's misses.
+  Job jobs[2];
+  // Per slot, under mu_: a read into it is in flight; the open step's chunk
+  // that waits for it (or kNoSlot); an ahead read the step needs failed, so
+  // the step reads it again (WaitChunk).
+  std::vector<uint8_t> pending;
+  std::vector<uint32_t> waiter;
+  std::vector<uint8_t> reread;
+  // Slot -> request of the ahead job not yet answered by a step (kNoSlot:
+  // none); the stepping thread's.
+  std::vector<uint32_t> ahead_request;
+  bool ahead_live = false;   // the ahead job's plan waits for its step
+  bool ahead_guess = false;  // ... and it was a guess
+  std::vector<uint32_t> prefetch_mask;  // a live Prefetch's mask
+  // The open step: the slots it waits for (the guessed hits, then the
+  // entering neurons), chunk by chunk (chunk_left, chunk_status under mu_).
+  std::vector<uint32_t> waited;
   std::vector<uint32_t> chunk_left;
   std::vector<absl::Status> chunk_status;
-  absl::Status job_status;
-  bool busy = false;
+  std::vector<uint32_t> repair_failed;  // neurons whose re-read failed
+  absl::Status step_status;             // the step's first read error
   bool step_open = false;
-  bool prefetched = false;
-  std::vector<uint32_t> prefetch_mask;
 };
 
 absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
@@ -78,6 +112,7 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   }
   std::unique_ptr<FlashModelCache> c(
       new FlashModelCache(path, lanes[0]->reader->layout(), options));
+  c->make_engine_ = make_engine;
   c->lanes_ = std::move(lanes);
   const store::BundleShape& s = c->layout_.shape();
   const size_t layers = s.layers, neurons = s.intermediate;
@@ -91,7 +126,7 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   // batch arrays hold two layers' slots: reserved below).
   auto total = [&](size_t capacity) {
     return reader_now + lane_count * 2 * capacity * store::BundleReader::BatchBytesPerBundle() +
-           scratch + lane_count * layers * sizeof(size_t) /* queues */ +
+           scratch + lane_count * 2 * layers * sizeof(size_t) /* queues */ +
            layers *
                (LayerBytes(neurons, capacity, options.chunk_neurons) + capacity * c->slot_stride_);
   };
@@ -131,7 +166,7 @@ absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
   }
   c->bookkeeping_bytes_ += c->scratch_.size();
   for (const auto& lane : c->lanes_) {
-    lane->queue.assign(layers, 0);
+    lane->queue.assign(2 * layers, 0);  // each layer's two jobs
     c->bookkeeping_bytes_ += lane->queue.capacity() * sizeof(size_t);
     lane->stats = lane->reader->stats();
     lane->thread = std::thread([p = c.get(), l = lane.get()] { p->IoLoop(*l); });
@@ -154,28 +189,41 @@ FlashModelCache::~FlashModelCache() {
   }
 }
 
+void FlashModelCache::Landed(Layer& l, size_t which, size_t k, const absl::Status& status) {
+  Job& job = l.jobs[which];
+  const uint32_t s = job.slots[k], c = l.waiter[s];
+  l.pending[s] = 0;
+  if (!status.ok()) {
+    if (which == kAhead && c != kNoSlot) {
+      l.reread[s] = 1;  // the open step needs it: WaitChunk reads it again
+    } else {
+      job.failed[k] = 1;
+      if (c != kNoSlot) {
+        if (l.chunk_status[c].ok()) l.chunk_status[c] = status;
+        if (l.step_status.ok()) l.step_status = status;
+      }
+    }
+  }
+  bool notify = false;
+  if (c != kNoSlot) {
+    l.waiter[s] = kNoSlot;
+    notify = --l.chunk_left[c] == 0;
+  }
+  if (--job.left == 0) {
+    job.busy = false;
+    notify = true;
+  }
+  if (notify) cv_.notify_all();
+}
+
 void FlashModelCache::IoLoop(Lane& lane) {
-  const size_t chunk = options_.chunk_neurons;
-  // Bundle `index` of the batch landed: its job's chunk accounting (under
-  // mu_); the job ends when its last bundle lands.
+  // Bundle `index` of the batch landed (under mu_).
   auto landed = [&](size_t index, const absl::Status& status) {
     size_t j = 0;
     while (index >= lane.active[j].base + lane.active[j].count) ++j;  // few jobs: a scan
-    ActiveJob& job = lane.active[j];
-    Layer& l = *layers_[job.layer];
-    const size_t k = index - job.base, c = k / chunk;
+    const ActiveJob& job = lane.active[j];
     std::lock_guard<std::mutex> guard(mu_);
-    if (!status.ok()) {
-      l.failed[k] = 1;
-      if (l.chunk_status[c].ok()) l.chunk_status[c] = status;
-      if (l.job_status.ok()) l.job_status = status;
-    }
-    bool notify = --l.chunk_left[c] == 0;
-    if (--job.left == 0) {
-      l.busy = false;
-      notify = true;
-    }
-    if (notify) cv_.notify_all();
+    Landed(*layers_[job.layer], job.job, index - job.base, status);
   };
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
@@ -185,9 +233,10 @@ void FlashModelCache::IoLoop(Lane& lane) {
     }
     // Every queued job joins the batch in flight (or starts one).
     while (lane.size > 0) {
-      const size_t layer = lane.queue[lane.head];
-      Layer& l = *layers_[layer];
-      const size_t n = l.requests.size();
+      const size_t entry = lane.queue[lane.head];
+      const size_t layer = entry / 2, which = entry % 2;
+      const Job& job = layers_[layer]->jobs[which];
+      const size_t n = job.requests.size();
       size_t base = 0;
       if (!lane.active.empty()) {
         const ActiveJob& last = lane.active.back();
@@ -196,10 +245,11 @@ void FlashModelCache::IoLoop(Lane& lane) {
       }
       lane.head = (lane.head + 1) % lane.queue.size();
       --lane.size;
-      lane.active.push_back({layer, base, n, n});
+      lane.active.push_back({layer, which, base, n});
       lock.unlock();
-      // l.requests stays as it is while the job runs (Plan waits for it).
-      const absl::Status s = lane.reader->Append(l.requests);
+      // The job's requests stay as they are while it runs (its layer plans
+      // it again only once it is done).
+      const absl::Status s = lane.reader->Append(job.requests);
       if (!s.ok()) {  // nothing of it entered the batch: fail it, and forget it
         for (size_t k = 0; k < n; ++k) landed(base + k, s);
         lane.active.pop_back();
@@ -218,61 +268,74 @@ void FlashModelCache::IoLoop(Lane& lane) {
 }
 
 void FlashModelCache::WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock) {
-  cv_.wait(lock, [&] { return !l.busy; });
+  cv_.wait(lock, [&] { return !l.busy(); });
 }
 
-void FlashModelCache::ApplyFailures(Layer& l) {
-  for (size_t k = 0; k < l.failed.size(); ++k) {
-    if (!l.failed[k]) continue;
-    l.planner.Unload(l.request_neurons[k]);
+void FlashModelCache::ApplyFailures(Layer& l, size_t which) {
+  Job& job = l.jobs[which];
+  for (size_t k = 0; k < job.failed.size(); ++k) {
+    if (!job.failed[k]) continue;
+    // Unless a later plan gave the slot to another neuron meanwhile.
+    if (l.planner.slot_of(job.neurons[k]) == job.slots[k]) l.planner.Unload(job.neurons[k]);
     ++l.stats.failed_loads;
-    l.failed[k] = 0;
+    job.failed[k] = 0;
   }
 }
 
-absl::Status FlashModelCache::Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch,
-                                   bool guess) {
-  Layer& l = *layers_[layer];
-  std::unique_lock<std::mutex> lock(mu_);
-  WaitIdle(l, lock);
-  ApplyFailures(l);
-  ResidencyPlan plan;
-  if (absl::Status s = guess ? l.planner.PlanGuess(mask, &plan) : l.planner.Plan(mask, &plan);
-      !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s layer %d: %s (%d bytes each; budget %d bytes)", path_, layer, s.message(),
-        slot_stride_, options_.budget_bytes));
-  }
-  l.plan = plan;
-  l.stats.hits += plan.hit_slots.size();
-  l.stats.loads += plan.entering.size();
-  l.stats.evictions += plan.evicted;
-  l.stats.expirations += plan.expired;
-  l.prefetched = prefetch && !guess;  // a guess is never a step's plan
-  if (l.prefetched) l.prefetch_mask.assign(mask.begin(), mask.end());
-  const size_t n = plan.entering.size(), chunk = options_.chunk_neurons;
-  l.requests.resize(n);
-  l.request_neurons.assign(plan.entering.begin(), plan.entering.end());
-  l.failed.assign(n, 0);
+void FlashModelCache::Issue(Layer& l, size_t layer, size_t which,
+                            absl::Span<const uint32_t> neurons, absl::Span<const uint32_t> slots) {
+  Job& job = l.jobs[which];
+  const size_t n = neurons.size();
+  job.requests.resize(n);
+  job.neurons.assign(neurons.begin(), neurons.end());
+  job.slots.assign(slots.begin(), slots.end());
+  job.failed.assign(n, 0);
   uint8_t* base = pool_.data() + layer * capacity_ * slot_stride_;
   for (size_t k = 0; k < n; ++k) {
-    l.requests[k] = {layer, plan.entering[k], base + plan.entering_slots[k] * slot_stride_};
+    job.requests[k] = {layer, neurons[k], base + slots[k] * slot_stride_};
+    l.pending[slots[k]] = 1;
   }
-  const size_t chunks = (n + chunk - 1) / chunk;
-  l.chunk_left.resize(chunks);
-  l.chunk_status.resize(chunks);
-  for (size_t j = 0; j < chunks; ++j) {
-    l.chunk_left[j] = static_cast<uint32_t>(std::min(chunk, n - j * chunk));
-    l.chunk_status[j] = absl::OkStatus();
-  }
-  l.job_status = absl::OkStatus();
+  job.left = n;
+  job.busy = n > 0;
   if (n > 0) {
-    l.busy = true;
     Lane& lane = *lanes_[layer % lanes_.size()];
-    lane.queue[(lane.head + lane.size) % lane.queue.size()] = layer;
+    lane.queue[(lane.head + lane.size) % lane.queue.size()] = 2 * layer + which;
     ++lane.size;
     lane.work.notify_one();
   }
+}
+
+absl::Status FlashModelCache::PlanError(size_t layer, const absl::Status& s) const {
+  return absl::InvalidArgumentError(absl::StrFormat("%s layer %d: %s (%d bytes each; budget %d bytes)",
+                                                    path_, layer, s.message(), slot_stride_,
+                                                    options_.budget_bytes));
+}
+
+absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t> mask,
+                                        bool guess) {
+  Layer& l = *layers_[layer];
+  std::unique_lock<std::mutex> lock(mu_);
+  WaitIdle(l, lock);
+  ApplyFailures(l, kAhead);
+  ApplyFailures(l, kStep);
+  ResidencyPlan plan;
+  if (absl::Status s = guess ? l.planner.PlanGuess(mask, &plan) : l.planner.Plan(mask, &plan);
+      !s.ok()) {
+    return PlanError(layer, s);
+  }
+  if (!guess) l.stats.hits += plan.hit_slots.size() + plan.guessed_hit_slots.size();
+  l.stats.loads += plan.entering.size();
+  l.stats.evictions += plan.evicted;
+  l.stats.expirations += plan.expired;
+  l.plan = plan;
+  for (uint32_t s : l.jobs[kAhead].slots) l.ahead_request[s] = kNoSlot;  // the earlier job's
+  for (size_t k = 0; k < plan.entering_slots.size(); ++k) {
+    l.ahead_request[plan.entering_slots[k]] = static_cast<uint32_t>(k);
+  }
+  l.ahead_live = true;
+  l.ahead_guess = guess;
+  if (!guess) l.prefetch_mask.assign(mask.begin(), mask.end());
+  Issue(l, layer, kAhead, plan.entering, plan.entering_slots);
   return absl::OkStatus();
 }
 
@@ -287,16 +350,84 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
     return absl::FailedPreconditionError(
         absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
   }
-  const bool reuse = l.prefetched && absl::MakeConstSpan(l.prefetch_mask) == mask;
-  if (!reuse) {
-    if (absl::Status s = Plan(layer, mask, /*prefetch=*/false); !s.ok()) return s;
+  std::unique_lock<std::mutex> lock(mu_);
+  const bool reuse =
+      l.ahead_live && !l.ahead_guess && absl::MakeConstSpan(l.prefetch_mask) == mask;
+  absl::Span<const uint32_t> ready, ahead, entering, entering_slots;
+  if (reuse) {  // the Prefetch's plan: its reads are this step's
+    ready = l.plan.hit_slots;
+    ahead = l.jobs[kAhead].slots;
+  } else {
+    if (!(l.ahead_live && l.ahead_guess)) {
+      // A Prefetch of another mask (a token of its own), or reads of an
+      // answered guess: planned after they land.
+      WaitIdle(l, lock);
+      ApplyFailures(l, kAhead);
+      for (uint32_t s : l.jobs[kAhead].slots) l.ahead_request[s] = kNoSlot;
+      l.ahead_live = false;
+    }
+    // Over a guess in flight: the plan does not depend on which of its
+    // reads landed (failed ones are still resident to the planner); the
+    // guessed hits are waited for per chunk.
+    ResidencyPlan p;
+    if (absl::Status s = l.planner.Plan(mask, &p); !s.ok()) return PlanError(layer, s);
+    l.stats.hits += p.hit_slots.size() + p.guessed_hit_slots.size();
+    l.stats.loads += p.entering.size();
+    l.stats.evictions += p.evicted;
+    l.stats.expirations += p.expired;
+    l.plan = p;
+    ready = p.hit_slots;
+    ahead = p.guessed_hit_slots;
+    entering = p.entering;
+    entering_slots = p.entering_slots;
   }
-  l.prefetched = false;
+  const size_t chunk = options_.chunk_neurons;
+  l.waited.assign(ahead.begin(), ahead.end());
+  l.waited.insert(l.waited.end(), entering_slots.begin(), entering_slots.end());
+  const size_t chunks = (l.waited.size() + chunk - 1) / chunk;
+  // The forward takes ascending slots: the chunk where the guessed hits
+  // end and the entering neurons begin is sorted (its members stay).
+  if (const size_t j = ahead.size() / chunk; ahead.size() % chunk != 0 && j < chunks) {
+    const auto first = l.waited.begin() + j * chunk;
+    std::sort(first, first + std::min(chunk, l.waited.size() - j * chunk));
+  }
+  l.chunk_left.assign(chunks, 0);
+  l.chunk_status.assign(chunks, absl::OkStatus());
+  l.step_status = absl::OkStatus();
+  l.repair_failed.clear();
+  Job& a = l.jobs[kAhead];
+  for (size_t i = 0; i < ahead.size(); ++i) {
+    const uint32_t s = ahead[i], k = l.ahead_live ? l.ahead_request[s] : kNoSlot;
+    if (k == kNoSlot) continue;  // landed before (an earlier guess)
+    if (l.pending[s]) {
+      l.waiter[s] = static_cast<uint32_t>(i / chunk);
+      ++l.chunk_left[i / chunk];
+    } else if (a.failed[k]) {
+      a.failed[k] = 0;
+      l.reread[s] = 1;
+    }
+  }
+  // A slot the plan took from a guessed neuron whose read is still in
+  // flight: the step's reads wait for the guess (the guessed neurons stay
+  // longest among the latest token's, so this is rare).
+  bool taken = false;
+  for (uint32_t s : entering_slots) taken = taken || l.pending[s];
+  if (taken) {
+    cv_.wait(lock, [&] { return !a.busy; });
+    ApplyFailures(l, kAhead);
+  }
+  for (size_t i = 0; i < entering_slots.size(); ++i) {
+    const size_t c = (ahead.size() + i) / chunk;
+    l.waiter[entering_slots[i]] = static_cast<uint32_t>(c);
+    ++l.chunk_left[c];
+  }
+  Issue(l, layer, kStep, entering, entering_slots);
+  l.ahead_live = false;
   l.step_open = true;
   ++l.stats.steps;
-  plan->hit_slots = l.plan.hit_slots;
-  plan->entering_slots = l.plan.entering_slots;
-  plan->chunk_neurons = options_.chunk_neurons;
+  plan->hit_slots = ready;
+  plan->entering_slots = l.waited;
+  plan->chunk_neurons = chunk;
   return absl::OkStatus();
 }
 
@@ -309,7 +440,7 @@ absl::Status FlashModelCache::Prefetch(size_t layer, absl::Span<const uint32_t> 
     return absl::FailedPreconditionError(
         absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
   }
-  return Plan(layer, mask, /*prefetch=*/true);
+  return PlanAhead(layer, mask, /*guess=*/false);
 }
 
 absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask) {
@@ -321,7 +452,7 @@ absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint3
     return absl::FailedPreconditionError(
         absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
   }
-  return Plan(layer, mask, /*prefetch=*/true, /*guess=*/true);
+  return PlanAhead(layer, mask, /*guess=*/true);
 }
 
 absl::Status FlashModelCache::WaitReads(size_t layer) {
@@ -334,15 +465,47 @@ absl::Status FlashModelCache::WaitReads(size_t layer) {
   return absl::OkStatus();
 }
 
+absl::Status FlashModelCache::Repair(size_t layer, uint32_t slot) {
+  if (repair_ == nullptr) {  // opened at the first failed read a step needs
+    store::ReaderOptions o = options_.reader;
+    o.queue_depth = 1;
+    absl::StatusOr<std::unique_ptr<store::BundleReader>> r =
+        store::BundleReader::Open(path_, o, make_engine_);
+    if (!r.ok()) return r.status();
+    repair_ = *std::move(r);
+  }
+  const uint32_t neuron = layers_[layer]->planner.neuron_of(slot);
+  return repair_->Read(
+      {{layer, neuron, pool_.data() + (layer * capacity_ + slot) * slot_stride_}});
+}
+
 absl::Status FlashModelCache::WaitChunk(size_t layer, size_t chunk) {
   Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
-  if (chunk >= l.chunk_left.size()) {
+  if (!l.step_open || chunk >= l.chunk_left.size()) {
     return absl::OutOfRangeError(absl::StrFormat("layer %d: chunk %d of %d", layer, chunk,
-                                                 l.chunk_left.size()));
+                                                 l.step_open ? l.chunk_left.size() : 0));
   }
   cv_.wait(lock, [&] { return l.chunk_left[chunk] == 0; });
-  return l.chunk_status[chunk];
+  if (!l.chunk_status[chunk].ok()) return l.chunk_status[chunk];
+  // Guessed neurons whose reads failed: read again, here (a fault path).
+  const size_t c = options_.chunk_neurons;
+  const size_t end = std::min(l.waited.size(), (chunk + 1) * c);
+  for (size_t i = chunk * c; i < end; ++i) {
+    const uint32_t s = l.waited[i];
+    if (!l.reread[s]) continue;
+    l.reread[s] = 0;
+    lock.unlock();  // the slot is this thread's: no read is in flight into it
+    const absl::Status st = Repair(layer, s);
+    lock.lock();
+    if (!st.ok()) {
+      l.repair_failed.push_back(l.planner.neuron_of(s));
+      l.chunk_status[chunk] = st;
+      if (l.step_status.ok()) l.step_status = st;
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status FlashModelCache::FinishStep(size_t layer) {
@@ -351,11 +514,24 @@ absl::Status FlashModelCache::FinishStep(size_t layer) {
   }
   Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
-  WaitIdle(l, lock);
+  cv_.wait(lock, [&] { return !l.jobs[kStep].busy; });
+  for (uint32_t s : l.waited) {
+    l.waiter[s] = kNoSlot;  // guessed reads the step stopped waiting for (an error)
+    if (l.reread[s]) {      // failed, and not read again: not resident
+      l.reread[s] = 0;
+      l.repair_failed.push_back(l.planner.neuron_of(s));
+    }
+  }
+  for (uint32_t j : l.repair_failed) {
+    l.planner.Unload(j);
+    ++l.stats.failed_loads;
+  }
+  l.repair_failed.clear();
+  ApplyFailures(l, kStep);
+  if (!l.jobs[kAhead].busy) ApplyFailures(l, kAhead);
   l.step_open = false;
-  ApplyFailures(l);
   l.stats.resident = l.planner.resident();
-  return std::exchange(l.job_status, absl::OkStatus());
+  return std::exchange(l.step_status, absl::OkStatus());
 }
 
 absl::Status FlashModelCache::Verify(size_t layer) const {
@@ -365,7 +541,7 @@ absl::Status FlashModelCache::Verify(size_t layer) const {
   }
   const Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !l.busy; });
+  cv_.wait(lock, [&] { return !l.busy(); });
   lock.unlock();  // only this (stepping) thread plans: the slots stay as they are
   store::ReaderOptions o;
   o.direct_io = store::DirectIo::kNever;
@@ -413,6 +589,7 @@ FlashFootprint FlashModelCache::footprint() const {
   f.budget_bytes = options_.budget_bytes;
   f.slot_bytes = pool_.size();
   for (const auto& lane : lanes_) f.reader_bytes += lane->reader->memory_bytes();
+  if (repair_ != nullptr) f.reader_bytes += repair_->memory_bytes();
   f.bookkeeping_bytes = bookkeeping_bytes_;
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& l : layers_) f.resident_bytes += l->planner.resident() * slot_stride_;

@@ -56,10 +56,14 @@ struct FlashFootprint {
   size_t total_bytes() const { return slot_bytes + reader_bytes + bookkeeping_bytes; }
 };
 
-// One layer's step as the compute sees it.
+// One layer's step as the compute sees it: the slots ready now, and those
+// to wait for chunk by chunk (WaitChunk): the mask's neurons a guess loaded
+// (PrefetchGuess; their reads may still be in flight), then the entering
+// neurons (a Prefetch's plan: its entering neurons). Which slot is in
+// which list depends only on the calls made, never on when reads land.
 struct FlashStepPlan {
   absl::Span<const uint32_t> hit_slots;       // ascending
-  absl::Span<const uint32_t> entering_slots;  // ascending; chunk j = [j c, (j + 1) c)
+  absl::Span<const uint32_t> entering_slots;  // chunk j = [j c, (j + 1) c)
   size_t chunk_neurons = 0;
   size_t chunks() const {
     return (entering_slots.size() + chunk_neurons - 1) / chunk_neurons;
@@ -78,9 +82,11 @@ struct FlashStepPlan {
 // that fails (I/O error, short read, checksum) fails that step with a Status
 // naming layer, neuron and offset; the neurons whose loads failed leave their
 // slots, every other slot stays valid, and the next step reloads what it
-// needs. Results depend only on the masks: the plan is deterministic and the
-// compute order is fixed (hits, then chunks in neuron order), whatever order
-// the reads complete in.
+// needs. A guessed read that fails is not an error: the step that selects
+// the neuron reads it again (synchronously, a fault path), and fails only
+// if that read fails too. Results depend only on the masks (and guesses):
+// the plan is deterministic and the compute order is fixed (hits, then
+// chunks in order), whatever order the reads complete in.
 //
 // Budget: budget_bytes covers the slots, the reader's staging and checksum
 // table, the bookkeeping and the step's scratch; the slots get what remains,
@@ -119,14 +125,18 @@ class FlashModelCache {
   size_t slot_stride() const { return slot_stride_; }
 
   // Plans layer `layer` for `mask` (sorted neuron indices) and starts the
-  // entering neurons' reads. Waits first for the layer's earlier loads (a
-  // Prefetch) to finish; a Prefetch of the same mask is taken as this step's
-  // plan. OutOfRange for a bad layer; the planner's InvalidArgument (mask
-  // too large for the slots, bad indices): nothing changed then.
-  // FailedPrecondition while another step of this layer is open.
+  // entering neurons' reads. A Prefetch of the same mask is taken as this
+  // step's plan; over a PrefetchGuess whose reads are in flight it plans at
+  // once (the guessed neurons it selects are waited for per chunk, the
+  // misses join the reader's queue behind the guess); otherwise it waits
+  // for the layer's earlier reads first. OutOfRange for a bad layer; the
+  // planner's InvalidArgument (mask too large for the slots, bad indices):
+  // nothing changed then. FailedPrecondition while another step of this
+  // layer is open.
   absl::Status BeginStep(size_t layer, absl::Span<const uint32_t> mask, FlashStepPlan* plan);
-  // Blocks until chunk j of the open step's entering neurons landed; its
-  // first read error, if any.
+  // Blocks until chunk j of the open step's waited slots landed (reading
+  // again, here, a guessed neuron whose read failed); its first read error,
+  // if any. OutOfRange for a chunk the open step does not have.
   absl::Status WaitChunk(size_t layer, size_t chunk);
   // Ends the open step: waits for its reads, frees the slots of failed
   // loads, returns the first error (OK when every bundle landed).
@@ -143,8 +153,8 @@ class FlashModelCache {
   // guess is not a token of the window: its neurons are kept as the latest
   // token's are, it evicts only neurons older than that token, and what
   // does not fit is not fetched (flash/residency.h's PlanGuess). The next
-  // BeginStep plans its own mask (a new token), finding the guessed
-  // neurons resident. Errors as Prefetch's.
+  // BeginStep plans its own mask (a new token) without waiting for these
+  // reads. Waits first for the layer's earlier reads. Errors as Prefetch's.
   absl::Status PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask);
 
   // Blocks until `layer`'s reads in flight (a Prefetch's) have landed or
@@ -172,15 +182,16 @@ class FlashModelCache {
  private:
   struct Layer;
   FlashModelCache(std::string path, store::BundleLayout layout, FlashCacheOptions options);
-  // A reader and the thread that drives it, with its queue of layer jobs.
   // A job whose reads are in a lane's batch: requests [base, base +
-  // count) of the reader's batch are layer `layer`'s, `left` not landed.
+  // count) of the reader's batch are job `job` of layer `layer`.
   struct ActiveJob {
-    size_t layer = 0, base = 0, count = 0, left = 0;
+    size_t layer = 0, job = 0, base = 0, count = 0;
   };
+  struct Job;
+  // A reader and the thread that drives it, with its queue of layer jobs.
   struct Lane {
     std::unique_ptr<store::BundleReader> reader;
-    std::vector<size_t> queue;  // ring of layer indices with a job
+    std::vector<size_t> queue;  // ring of queued jobs (2 x layer + job)
     size_t head = 0, size = 0;
     std::condition_variable work;
     store::ReaderStats stats;  // copied from the reader after each poll
@@ -191,10 +202,19 @@ class FlashModelCache {
     std::vector<ActiveJob> active;
     size_t batch_limit = 0;
   };
-  absl::Status Plan(size_t layer, absl::Span<const uint32_t> mask, bool prefetch,
-                    bool guess = false);
+  // A Prefetch (guess false) or a PrefetchGuess of a checked layer.
+  absl::Status PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess);
+  absl::Status PlanError(size_t layer, const absl::Status& planner_error) const;
+  // Starts job `which` of `layer`: reads of `neurons` into `slots`.
+  void Issue(Layer& l, size_t layer, size_t which, absl::Span<const uint32_t> neurons,
+             absl::Span<const uint32_t> slots);
+  // Request k of job `which` was reported (under mu_).
+  void Landed(Layer& l, size_t which, size_t k, const absl::Status& status);
+  // Reads `slot`'s neuron again, synchronously (a guessed read that failed).
+  absl::Status Repair(size_t layer, uint32_t slot);
   void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
-  void ApplyFailures(Layer& l);
+  // Unloads job `which`'s failed neurons still in their slots.
+  void ApplyFailures(Layer& l, size_t which);
   void IoLoop(Lane& lane);
 
   // Theory of operation. Per layer a ResidencyPlanner (flash/residency.h)
@@ -212,11 +232,18 @@ class FlashModelCache {
   // (step/flash_step.h does this). FinishStep waits for the
   // rest. Prefetch starts a later layer's loads early (a predictor that looks
   // ahead) without computing; the step with the same mask then finds its
-  // plan made and its reads in flight or done.
+  // plan made and its reads in flight or done. A layer has two jobs: the
+  // ahead job (a Prefetch's or a guess's reads) and the step's; per slot
+  // the cache knows whether a read is in flight and which of the open
+  // step's chunks waits for it, so a step can plan over a guess in flight
+  // (a slot the plan takes from a guessed neuron still being read makes the
+  // step's reads wait for the guess: write after write).
   std::string path_;
   store::BundleLayout layout_;
   FlashCacheOptions options_;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  store::IoEngineMaker make_engine_;
+  std::unique_ptr<store::BundleReader> repair_;  // the stepping thread's; opened on a failure
   size_t slot_stride_ = 0, capacity_ = 0;
   memory::AlignedBuffer pool_;
   std::vector<std::unique_ptr<Layer>> layers_;

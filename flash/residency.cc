@@ -11,9 +11,12 @@ ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t windo
       slot_of_(neurons, kNoSlot),
       neuron_of_(std::min(capacity, neurons), kNoSlot),
       last_active_(neurons, 0),
-      in_mask_(neurons, 0) {
+      in_mask_(neurons, 0),
+      guessed_(neurons, 0) {
   const size_t c = neuron_of_.size();
+  guessed_list_.reserve(neurons);
   hits_.reserve(c);
+  guessed_hits_.reserve(c);
   entering_.reserve(c);
   entering_slots_.reserve(c);
   candidates_.reserve(c);
@@ -21,6 +24,8 @@ ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t windo
 }
 
 void ResidencyPlanner::Free(uint32_t slot) {
+  uint8_t& g = guessed_[neuron_of_[slot]];
+  if (g == 1) g = 2;  // listed, no longer resident
   slot_of_[neuron_of_[slot]] = kNoSlot;
   neuron_of_[slot] = kNoSlot;
   --resident_;
@@ -55,12 +60,13 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
   // move); a mask is a new token. last_active_ holds token numbers from 1.
   const uint64_t now = guess ? std::max<uint64_t>(token_, 1) : ++token_;
   hits_.clear();
+  guessed_hits_.clear();
   entering_.clear();
   for (uint32_t j : mask) {
     in_mask_[j] = 1;
     last_active_[j] = std::max(last_active_[j], now);
     if (slot_of_[j] != kNoSlot) {
-      hits_.push_back(slot_of_[j]);
+      (!guess && guessed_[j] == 1 ? guessed_hits_ : hits_).push_back(slot_of_[j]);
     } else {
       entering_.push_back(j);
     }
@@ -96,7 +102,9 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
     const size_t need = entering_.size() - free_.size();
     auto older = [&](uint32_t a, uint32_t b) {
       const uint32_t ja = neuron_of_[a], jb = neuron_of_[b];
-      return last_active_[ja] != last_active_[jb] ? last_active_[ja] < last_active_[jb] : ja < jb;
+      if (last_active_[ja] != last_active_[jb]) return last_active_[ja] < last_active_[jb];
+      const bool ga = guessed_[ja] == 1, gb = guessed_[jb] == 1;
+      return ga != gb ? gb : ja < jb;
     };
     std::nth_element(candidates_.begin(), candidates_.begin() + (need - 1), candidates_.end(),
                      older);
@@ -114,8 +122,19 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
   }
   resident_ += entering_.size();
   for (uint32_t j : mask) in_mask_[j] = 0;
+  if (guess) {
+    for (uint32_t j : entering_) {
+      if (guessed_[j] == 0) guessed_list_.push_back(j);  // distinct: at most I
+      guessed_[j] = 1;
+    }
+  } else {  // a token: the guesses before it are answered
+    for (uint32_t j : guessed_list_) guessed_[j] = 0;
+    guessed_list_.clear();
+  }
   std::sort(hits_.begin(), hits_.end());
+  std::sort(guessed_hits_.begin(), guessed_hits_.end());
   plan->hit_slots = hits_;
+  plan->guessed_hit_slots = guessed_hits_;
   plan->entering = entering_;
   plan->entering_slots = entering_slots_;
   plan->evicted = evicted;

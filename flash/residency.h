@@ -9,8 +9,9 @@
 //     `window` tokens (window 1: only the current mask stays), so a neuron
 //     that flickers off and on within the window is not loaded again;
 //   - when the slots cannot hold what the window keeps, the least recently
-//     active neurons not in the current mask leave first (ties: the lower
-//     neuron index leaves first);
+//     active neurons not in the current mask leave first (ties: neurons a
+//     guess loaded stay longer, since their reads may still be in flight;
+//     then the lower neuron index leaves first);
 //   - entering neurons take the lowest free slots, in neuron order, so a plan
 //     depends only on the mask sequence (never on timing).
 // A load that fails is reported with Unload: the neuron's slot becomes free
@@ -38,6 +39,10 @@ inline constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
 // next Plan.
 struct ResidencyPlan {
   absl::Span<const uint32_t> hit_slots;         // mask neurons already resident, ascending slots
+  // Mask neurons that the guesses since the previous token loaded
+  // (PlanGuess's entering neurons), ascending slots; not in hit_slots. A
+  // caller that reads a guess's neurons in the background waits for these.
+  absl::Span<const uint32_t> guessed_hit_slots;
   absl::Span<const uint32_t> entering;          // mask neurons to load, ascending
   absl::Span<const uint32_t> entering_slots;    // their slots, ascending (entering[k] -> [k])
   size_t evicted = 0;                           // neurons that left to make room
@@ -62,7 +67,9 @@ class ResidencyPlanner {
   // neurons count as active in the latest token (kept like its neurons,
   // evicted before the next token's), and only neurons older than the
   // latest token make room: the guessed neurons that do not fit then are
-  // left out (plan->entering holds those that load). Errors as Plan's.
+  // left out (plan->entering holds those that load). The entering neurons
+  // are the guess's until the next Plan (its guessed_hit_slots). Errors as
+  // Plan's.
   absl::Status PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan);
 
   // A planned load failed: the neuron leaves its slot.
@@ -92,8 +99,12 @@ class ResidencyPlanner {
   std::vector<uint32_t> neuron_of_;    // per slot
   std::vector<uint64_t> last_active_;  // per neuron: token + 1 of its last mask (0: never)
   std::vector<uint8_t> in_mask_;       // per neuron, scratch of Plan
+  // Per neuron: 1 loaded by a guess since the last token and resident, 2
+  // the same but left since (listed, so not listed twice), 0 neither.
+  std::vector<uint8_t> guessed_;
+  std::vector<uint32_t> guessed_list_;  // the neurons with guessed_ != 0
   // Plan's arrays, sized to the capacity.
-  std::vector<uint32_t> hits_, entering_, entering_slots_, candidates_, free_;
+  std::vector<uint32_t> hits_, guessed_hits_, entering_, entering_slots_, candidates_, free_;
 };
 
 }  // namespace sparse_mlp::flash

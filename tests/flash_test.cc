@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +20,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -166,19 +169,32 @@ TEST(Residency, GuessesAreNotTokens) {
   EXPECT_EQ(plan.entering, (std::vector<uint32_t>{3, 4, 5}));        // 6 does not fit
   EXPECT_EQ(plan.evicted, 0u);                                       // 0, 1 kept
   EXPECT_EQ(p.slot_of(6), flash::kNoSlot);
-  // The next token finds the guessed neurons resident; room for 7 comes
-  // from the latest token's and the guess's (the same age).
+  // The next token finds the guessed neurons resident (reported apart: a
+  // caller may still be reading them); room for 7 comes from the latest
+  // token's neurons before the guess's (the same age; a guessed read may
+  // be in flight).
   ASSERT_TRUE(p.Plan(std::vector<uint32_t>{3, 4, 7}, &plan).ok());
   EXPECT_EQ(p.tokens(), 2u);
-  EXPECT_EQ(plan.hit_slots.size(), 2u);
+  EXPECT_EQ(plan.hit_slots.size(), 0u);
+  EXPECT_EQ(plan.guessed_hit_slots.size(), 2u);
+  EXPECT_TRUE(std::is_sorted(plan.guessed_hit_slots.begin(), plan.guessed_hit_slots.end()));
   EXPECT_EQ(plan.entering, (std::vector<uint32_t>{7}));
   EXPECT_EQ(plan.evicted, 1u);
+  EXPECT_EQ(p.slot_of(0), flash::kNoSlot);  // token 1's, not the guessed 5
+  EXPECT_NE(p.slot_of(5), flash::kNoSlot);
   EXPECT_NE(p.slot_of(3), flash::kNoSlot);
   EXPECT_NE(p.slot_of(4), flash::kNoSlot);
-  // Window 2: token 1's neurons (and the guess kept with them) expire at 3.
-  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{8}, &plan).ok());
-  EXPECT_EQ(p.slot_of(0), flash::kNoSlot);
+  // Answered by a token: the guessed neurons are hits like any other now.
+  ASSERT_TRUE(p.PlanGuess(std::vector<uint32_t>{}, &plan).ok());
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{3, 7}, &plan).ok());
+  EXPECT_EQ(plan.hit_slots.size(), 2u);
+  EXPECT_EQ(plan.guessed_hit_slots.size(), 0u);
+  EXPECT_EQ(p.tokens(), 3u);
+  // Window 2: token 1's neurons (and the guess kept with them) expired at
+  // token 3.
+  EXPECT_EQ(p.slot_of(1), flash::kNoSlot);
   EXPECT_EQ(p.slot_of(5), flash::kNoSlot);
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{8}, &plan).ok());
   EXPECT_NE(p.slot_of(7), flash::kNoSlot);
 }
 
@@ -585,6 +601,161 @@ TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
   EXPECT_EQ(sc.PrefetchGuess(0, std::vector<uint32_t>{3, 2}).code(),
             absl::StatusCode::kInvalidArgument);  // not ascending: nothing planned
   EXPECT_TRUE(sc.Verify(0).ok());
+  ::unlink(path.c_str());
+}
+
+// The exact step plans over a guess whose reads are still in flight: it
+// returns from BeginStep while a guessed read is held back, waits for the
+// guessed neurons it selected chunk by chunk, and its plan (so its output,
+// to the bit) is the same as when the guess had landed first. A plan that
+// takes the slot of a guessed neuron still being read waits for the guess.
+TEST(Flash, StepPlansOverAGuessInFlight) {
+  const Model m = MakeModel(DType::kFloat32, 64, 96, 1, true, 41);
+  const std::string path = WriteModel(m, "overguess.spmlb", 512);
+  const store::BundleLayout layout = *store::BundleLayout::Create(
+      {m.dtype, m.h, m.i, m.layers, m.gated, 0, 0, std::nullopt}, 512);
+  // The completion of `held_offset` waits until released (10 s at most).
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t held_offset = ~uint64_t{0};
+  bool held = false, released = false, timed_out = false;
+  const auto fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
+    std::unique_lock<std::mutex> lock(mu);
+    if (offset == held_offset) {
+      held = true;
+      cv.notify_all();
+      // A step that waited for the whole guess would wait here till then.
+      if (!cv.wait_for(lock, std::chrono::seconds(10), [&] { return released; })) {
+        timed_out = true;
+      }
+    }
+    return result;
+  };
+  flash::FlashCacheOptions o;
+  o.window = 2;
+  o.chunk_neurons = 4;
+  o.reader.max_request_bytes = 1;  // one bundle per read
+  o.reader.queue_depth = 8;
+  o.budget_bytes = BudgetFor(path, 48, o);
+  mlp::Workspace ws;
+  mlp::ForwardOptions fo;
+  std::vector<std::vector<float>> outputs[2];
+  for (int waited = 0; waited < 2; ++waited) {
+    auto opened = flash::FlashModelCache::Open(path, o, test_util::FaultyEngines(fault));
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    flash::FlashModelCache& fc = **opened;
+    std::mt19937_64 rng(5);
+    std::vector<uint32_t> mask = RandomMask(m.i, 24, rng);
+    for (int token = 0; token < 12; ++token) {
+      const std::vector<uint32_t> next = NextMask(mask, m.i, 24, 0.5, rng);
+      // The guess: most of the next mask and some others.
+      std::vector<uint32_t> guess;
+      for (uint32_t j = 0; j < m.i; ++j) {
+        const bool in = std::binary_search(next.begin(), next.end(), j);
+        if ((in && rng() % 10 < 8) || (!in && rng() % 10 < 1)) guess.push_back(j);
+      }
+      mask = next;
+      const std::string where = absl::StrFormat("waited %d token %d", waited, token);
+      // Hold back one guessed neuron's read that the step selects (a miss
+      // before the guess).
+      const std::vector<uint32_t> resident = fc.resident_neurons(0);
+      uint32_t hold = flash::kNoSlot;
+      for (uint32_t j : guess) {
+        if (std::binary_search(mask.begin(), mask.end(), j) &&
+            !std::binary_search(resident.begin(), resident.end(), j)) {
+          hold = j;
+          break;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        held = released = false;
+        held_offset = waited || hold == flash::kNoSlot ? ~uint64_t{0}
+                                                       : layout.bundle_offset(0, hold);
+      }
+      ASSERT_TRUE(fc.PrefetchGuess(0, guess).ok()) << where;
+      if (waited) {
+        ASSERT_TRUE(fc.WaitReads(0).ok());
+      }
+      if (!waited && hold != flash::kNoSlot) {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return held; });
+      }
+      flash::FlashStepPlan plan;
+      ASSERT_TRUE(fc.BeginStep(0, mask, &plan).ok()) << where;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        EXPECT_FALSE(timed_out) << where;  // planned while the read was held
+        EXPECT_EQ(held, !waited && hold != flash::kNoSlot) << where;
+        released = true;
+        held_offset = ~uint64_t{0};
+        cv.notify_all();
+      }
+      // Every selected neuron once: ready, or waited for (ascending per chunk).
+      std::vector<uint32_t> planned;
+      for (uint32_t s : plan.hit_slots) planned.push_back(fc.slot_neurons(0)[s]);
+      for (size_t c = 0; c < plan.chunks(); ++c) {
+        const size_t b = c * plan.chunk_neurons,
+                     e = std::min(plan.entering_slots.size(), b + plan.chunk_neurons);
+        EXPECT_TRUE(std::is_sorted(plan.entering_slots.begin() + b, plan.entering_slots.begin() + e))
+            << where;
+        for (size_t k = b; k < e; ++k) planned.push_back(fc.slot_neurons(0)[plan.entering_slots[k]]);
+        ASSERT_TRUE(fc.WaitChunk(0, c).ok()) << where;
+      }
+      std::sort(planned.begin(), planned.end());
+      EXPECT_EQ(planned, mask) << where;
+      ASSERT_TRUE(fc.FinishStep(0).ok()) << where;
+      ASSERT_TRUE(fc.Verify(0).ok()) << where;
+      // The step's output over this plan (a second step of the same mask
+      // finds every neuron resident: the output of the plan's slots).
+      std::vector<float> x(m.h), y(m.h);
+      for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+      ASSERT_TRUE(fc.PrefetchGuess(0, guess).ok());
+      ASSERT_TRUE(step::FlashLayerStep(&fc, 0, mask, {x.data(), 1, m.h, DType::kFloat32},
+                                       {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                      .ok())
+          << where;
+      ASSERT_LE(RelativeError(y, Reference(m, 0, mask, x, 1, 1)), 1e-5) << where;
+      outputs[waited].push_back(y);
+    }
+  }
+  for (size_t t = 0; t < outputs[0].size(); ++t) {
+    ASSERT_EQ(std::memcmp(outputs[0][t].data(), outputs[1][t].data(), m.h * 4), 0)
+        << "token " << t << ": the plan depended on when the guess landed";
+  }
+  // Write after write: 4 slots hold token 1's {0, 1} and the guessed {2, 3}
+  // (2's read held back); token 2 selects {0, 1, 5}: the slot of 2 (the
+  // lower of the guessed, unselected neurons) is 5's, once 2's read is done.
+  o.budget_bytes = BudgetFor(path, 4, o);
+  auto opened = flash::FlashModelCache::Open(path, o, test_util::FaultyEngines(fault));
+  ASSERT_TRUE(opened.ok());
+  flash::FlashModelCache& fc = **opened;
+  ASSERT_EQ(fc.capacity(), 4u);
+  std::vector<float> x(m.h), y(m.h);
+  for (size_t c = 0; c < m.h; ++c) x[c] = std::sin(0.3 * c);
+  ASSERT_TRUE(step::FlashLayerStep(&fc, 0, {0, 1}, {x.data(), 1, m.h, DType::kFloat32},
+                                   {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                  .ok());
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    held = released = false;
+    held_offset = layout.bundle_offset(0, 2);
+  }
+  ASSERT_TRUE(fc.PrefetchGuess(0, std::vector<uint32_t>{2, 3}).ok());
+  std::thread release([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return held; });
+    released = true;  // (BeginStep may be waiting for it already)
+    cv.notify_all();
+  });
+  const std::vector<uint32_t> mask{0, 1, 5};
+  ASSERT_TRUE(step::FlashLayerStep(&fc, 0, mask, {x.data(), 1, m.h, DType::kFloat32},
+                                   {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                  .ok());
+  release.join();
+  EXPECT_LE(RelativeError(y, Reference(m, 0, mask, x, 1, 1)), 1e-5);
+  EXPECT_EQ(fc.resident_neurons(0), (std::vector<uint32_t>{0, 1, 3, 5}));
+  EXPECT_TRUE(fc.Verify(0).ok());
   ::unlink(path.c_str());
 }
 
