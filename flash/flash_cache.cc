@@ -37,8 +37,8 @@ struct FlashModelCache::Job {
   }
   std::vector<store::BundleRequest> requests;
   std::vector<uint32_t> neurons, slots;  // request k's neuron and slot
-  std::vector<uint8_t> failed;  // request k failed; applied (the neuron unloaded) later
-  size_t left = 0;              // requests not reported yet
+  std::vector<uint8_t> failed;           // request k failed; applied (the neuron unloaded) later
+  size_t left = 0;                       // requests not reported yet
   bool busy = false;
 };
 
@@ -73,8 +73,8 @@ struct FlashModelCache::Layer {
   // Slot -> request of the ahead job not yet answered by a step (kNoSlot:
   // none); the stepping thread's.
   std::vector<uint32_t> ahead_request;
-  bool ahead_live = false;   // the ahead job's plan waits for its step
-  bool ahead_guess = false;  // ... and it was a guess
+  bool ahead_live = false;              // the ahead job's plan waits for its step
+  bool ahead_guess = false;             // ... and it was a guess
   std::vector<uint32_t> prefetch_mask;  // a live Prefetch's mask
   // The open step: the slots it waits for (the guessed hits, then the
   // entering neurons), chunk by chunk (chunk_left, chunk_status under mu_).
@@ -305,14 +305,25 @@ void FlashModelCache::Issue(Layer& l, size_t layer, size_t which,
   }
 }
 
-absl::Status FlashModelCache::PlanError(size_t layer, const absl::Status& s) const {
-  return absl::InvalidArgumentError(absl::StrFormat("%s layer %d: %s (%d bytes each; budget %d bytes)",
-                                                    path_, layer, s.message(), slot_stride_,
-                                                    options_.budget_bytes));
+absl::Status FlashModelCache::CheckLayer(size_t layer, bool no_step) const {
+  if (layer >= layers_.size()) {
+    return absl::OutOfRangeError(
+        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
+  }
+  if (no_step && layers_[layer]->step_open) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
+  }
+  return absl::OkStatus();
 }
 
-absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t> mask,
-                                        bool guess) {
+absl::Status FlashModelCache::PlanError(size_t layer, const absl::Status& s) const {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("%s layer %d: %s (%d bytes each; budget %d bytes)", path_, layer, s.message(),
+                      slot_stride_, options_.budget_bytes));
+}
+
+absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess) {
   Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
   WaitIdle(l, lock);
@@ -341,18 +352,10 @@ absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t>
 
 absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t> mask,
                                         FlashStepPlan* plan) {
-  if (layer >= layers_.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
-  }
+  if (absl::Status s = CheckLayer(layer, /*no_step=*/true); !s.ok()) return s;
   Layer& l = *layers_[layer];
-  if (l.step_open) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
-  }
   std::unique_lock<std::mutex> lock(mu_);
-  const bool reuse =
-      l.ahead_live && !l.ahead_guess && absl::MakeConstSpan(l.prefetch_mask) == mask;
+  const bool reuse = l.ahead_live && !l.ahead_guess && absl::MakeConstSpan(l.prefetch_mask) == mask;
   absl::Span<const uint32_t> ready, ahead, entering, entering_slots;
   if (reuse) {  // the Prefetch's plan: its reads are this step's
     ready = l.plan.hit_slots;
@@ -432,34 +435,17 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
 }
 
 absl::Status FlashModelCache::Prefetch(size_t layer, absl::Span<const uint32_t> mask) {
-  if (layer >= layers_.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
-  }
-  if (layers_[layer]->step_open) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
-  }
+  if (absl::Status s = CheckLayer(layer, /*no_step=*/true); !s.ok()) return s;
   return PlanAhead(layer, mask, /*guess=*/false);
 }
 
 absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask) {
-  if (layer >= layers_.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
-  }
-  if (layers_[layer]->step_open) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("layer %d: a step is open; FinishStep it first", layer));
-  }
+  if (absl::Status s = CheckLayer(layer, /*no_step=*/true); !s.ok()) return s;
   return PlanAhead(layer, mask, /*guess=*/true);
 }
 
 absl::Status FlashModelCache::WaitReads(size_t layer) {
-  if (layer >= layers_.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
-  }
+  if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   std::unique_lock<std::mutex> lock(mu_);
   WaitIdle(*layers_[layer], lock);
   return absl::OkStatus();
@@ -475,8 +461,7 @@ absl::Status FlashModelCache::Repair(size_t layer, uint32_t slot) {
     repair_ = *std::move(r);
   }
   const uint32_t neuron = layers_[layer]->planner.neuron_of(slot);
-  return repair_->Read(
-      {{layer, neuron, pool_.data() + (layer * capacity_ + slot) * slot_stride_}});
+  return repair_->Read({{layer, neuron, pool_.data() + (layer * capacity_ + slot) * slot_stride_}});
 }
 
 absl::Status FlashModelCache::WaitChunk(size_t layer, size_t chunk) {
@@ -535,10 +520,7 @@ absl::Status FlashModelCache::FinishStep(size_t layer) {
 }
 
 absl::Status FlashModelCache::Verify(size_t layer) const {
-  if (layer >= layers_.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("layer %d out of range [0, %d)", layer, layers_.size()));
-  }
+  if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   const Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return !l.busy(); });

@@ -205,6 +205,9 @@ class FlashModelCache {
   // A Prefetch (guess false) or a PrefetchGuess of a checked layer.
   absl::Status PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess);
   absl::Status PlanError(size_t layer, const absl::Status& planner_error) const;
+  // OutOfRange for a bad layer; FailedPrecondition if no_step and a step of
+  // it is open.
+  absl::Status CheckLayer(size_t layer, bool no_step = false) const;
   // Starts job `which` of `layer`: reads of `neurons` into `slots`.
   void Issue(Layer& l, size_t layer, size_t which, absl::Span<const uint32_t> neurons,
              absl::Span<const uint32_t> slots);

@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -612,8 +612,8 @@ TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
 TEST(Flash, StepPlansOverAGuessInFlight) {
   const Model m = MakeModel(DType::kFloat32, 64, 96, 1, true, 41);
   const std::string path = WriteModel(m, "overguess.spmlb", 512);
-  const store::BundleLayout layout = *store::BundleLayout::Create(
-      {m.dtype, m.h, m.i, m.layers, m.gated, 0, 0, std::nullopt}, 512);
+  const store::BundleLayout layout =
+      *store::BundleLayout::Create({m.dtype, m.h, m.i, m.layers, m.gated, 0, 0, std::nullopt}, 512);
   // The completion of `held_offset` waits until released (10 s at most).
   std::mutex mu;
   std::condition_variable cv;
@@ -670,8 +670,8 @@ TEST(Flash, StepPlansOverAGuessInFlight) {
       {
         std::lock_guard<std::mutex> lock(mu);
         held = released = false;
-        held_offset = waited || hold == flash::kNoSlot ? ~uint64_t{0}
-                                                       : layout.bundle_offset(0, hold);
+        held_offset =
+            waited || hold == flash::kNoSlot ? ~uint64_t{0} : layout.bundle_offset(0, hold);
       }
       ASSERT_TRUE(fc.PrefetchGuess(0, guess).ok()) << where;
       if (waited) {
@@ -697,9 +697,11 @@ TEST(Flash, StepPlansOverAGuessInFlight) {
       for (size_t c = 0; c < plan.chunks(); ++c) {
         const size_t b = c * plan.chunk_neurons,
                      e = std::min(plan.entering_slots.size(), b + plan.chunk_neurons);
-        EXPECT_TRUE(std::is_sorted(plan.entering_slots.begin() + b, plan.entering_slots.begin() + e))
+        EXPECT_TRUE(
+            std::is_sorted(plan.entering_slots.begin() + b, plan.entering_slots.begin() + e))
             << where;
-        for (size_t k = b; k < e; ++k) planned.push_back(fc.slot_neurons(0)[plan.entering_slots[k]]);
+        for (size_t k = b; k < e; ++k)
+          planned.push_back(fc.slot_neurons(0)[plan.entering_slots[k]]);
         ASSERT_TRUE(fc.WaitChunk(0, c).ok()) << where;
       }
       std::sort(planned.begin(), planned.end());
