@@ -21,40 +21,51 @@ double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// A guess of `exact` (sorted): round(recall x |exact|) of its neurons and
-// others up to round(over x |exact|) in all (at most `limit`), sorted. The
-// others come first from `previous` (the layer's last exact set: a guess
-// from a nearby input errs towards neurons that were just active, as the
-// measured gate-first guesses on stories260K do), then at random.
-std::vector<uint32_t> Guess(const std::vector<uint32_t>& exact,
-                            const std::vector<uint32_t>& previous, size_t neurons, double recall,
-                            double over, size_t limit, std::mt19937_64& rng) {
-  const size_t want = std::min(limit, static_cast<size_t>(over * exact.size() + 0.5));
-  size_t keep = std::min(want, static_cast<size_t>(recall * exact.size() + 0.5));
-  std::vector<uint32_t> picked(exact);
-  std::shuffle(picked.begin(), picked.end(), rng);
-  picked.resize(keep);
+// A guess of `exact` (sorted): `rank` most likely first, `set` the same
+// sorted. round(over x |exact|) neurons (at most `limit`); the first
+// |exact| of the rank hold round(recall_k x |exact|) of the exact ones, the
+// whole guess round(recall x |exact|) (a ranked gate-first guess: its top
+// k finds most, the over-fetch some more). The others come first from
+// `previous` (the layer's last exact set: a guess from a nearby input errs
+// towards neurons that were just active, as the measured gate-first
+// guesses on stories260K do), then at random.
+void Guess(const std::vector<uint32_t>& exact, const std::vector<uint32_t>& previous,
+           size_t neurons, double recall_k, double recall, double over, size_t limit,
+           std::mt19937_64& rng, std::vector<uint32_t>* set, std::vector<uint32_t>* rank) {
+  const size_t e = exact.size();
+  const size_t want = std::min(limit, static_cast<size_t>(over * e + 0.5));
+  const size_t first = std::min(want, e);
+  const size_t right = std::min(want, static_cast<size_t>(recall * e + 0.5));
+  const size_t right_first = std::min({first, right, static_cast<size_t>(recall_k * e + 0.5)});
+  std::vector<uint32_t> hits(exact);
+  std::shuffle(hits.begin(), hits.end(), rng);
   std::vector<char> taken(neurons, 0);
-  for (uint32_t n : exact) taken[n] = 1;  // the others come from outside the exact set
+  for (uint32_t n : exact) taken[n] = 1;  // the wrong ones come from outside the exact set
   std::vector<uint32_t> recent(previous);
   std::shuffle(recent.begin(), recent.end(), rng);
-  for (uint32_t n : recent) {
-    if (picked.size() >= want) break;
-    if (!taken[n]) {
-      taken[n] = 1;
-      picked.push_back(n);
-    }
-  }
+  size_t next_recent = 0;
   std::uniform_int_distribution<uint32_t> any(0, static_cast<uint32_t>(neurons - 1));
-  while (picked.size() < want && picked.size() < neurons) {
-    const uint32_t n = any(rng);
-    if (!taken[n]) {
-      taken[n] = 1;
-      picked.push_back(n);
+  auto wrong = [&]() -> uint32_t {
+    while (next_recent < recent.size()) {
+      const uint32_t n = recent[next_recent++];
+      if (!taken[n]) return taken[n] = 1, n;
     }
-  }
-  std::sort(picked.begin(), picked.end());
-  return picked;
+    while (true) {
+      const uint32_t n = any(rng);
+      if (!taken[n]) return taken[n] = 1, n;
+    }
+  };
+  rank->clear();
+  // The first |exact|: right_first right, the rest wrong; then the over-fetch.
+  for (size_t k = 0; k < right_first; ++k) rank->push_back(hits[k]);
+  while (rank->size() < first) rank->push_back(wrong());
+  std::shuffle(rank->begin(), rank->end(), rng);
+  std::vector<uint32_t> more(hits.begin() + right_first, hits.begin() + right);
+  while (more.size() + first < want && more.size() + first < neurons) more.push_back(wrong());
+  std::shuffle(more.begin(), more.end(), rng);
+  rank->insert(rank->end(), more.begin(), more.end());
+  set->assign(rank->begin(), rank->end());
+  std::sort(set->begin(), set->end());
 }
 
 }  // namespace
@@ -121,6 +132,28 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
   std::vector<float> x(h), a(h), y(h);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (float& v : x) v = normal(rng);
+  // The guesses, drawn before the loop (the trace's stand-in for the gate
+  // pass over the early input: not the system's time).
+  DecodeTrace guesses, ranks;
+  std::vector<std::vector<size_t>> wrong;  // guessed, not in the exact set
+  if (options.speculate) {
+    static const std::vector<uint32_t> kNone;
+    guesses.resize(warmup + tokens);
+    ranks.resize(warmup + tokens);
+    wrong.resize(warmup + tokens);
+    for (size_t t = 0; t < warmup + tokens; ++t) {
+      guesses[t].resize(layers);
+      ranks[t].resize(layers);
+      for (size_t l = 0; l < layers; ++l) {
+        const std::vector<uint32_t>& exact = trace[t][l];
+        Guess(exact, t > 0 ? trace[t - 1][l] : kNone, neurons, options.recall_k, options.recall,
+              options.over, cache->capacity(), rng, &guesses[t][l], &ranks[t][l]);
+        size_t w = 0;
+        for (uint32_t n : guesses[t][l]) w += !std::binary_search(exact.begin(), exact.end(), n);
+        wrong[t].push_back(w);
+      }
+    }
+  }
   DecodeSplit sum;
   double seconds = 0;
   store::ReaderStats io_timed = cache->io_stats();
@@ -133,20 +166,15 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
       const std::vector<uint32_t>& exact = trace[t][l];
       if (options.speculate) {
         // The guess, from the layer's input before its attention.
+        const std::vector<uint32_t>& guess = guesses[t][l];
         const auto m0 = Clock::now();
-        static const std::vector<uint32_t> kNone;
-        const std::vector<uint32_t> guess =
-            Guess(exact, t > 0 ? trace[t - 1][l] : kNone, neurons, options.recall, options.over,
-                  cache->capacity(), rng);
         const uint64_t loads = cache->layer_stats(l).loads;
-        if (absl::Status s = cache->PrefetchGuess(l, guess); !s.ok()) return s;
+        if (absl::Status s = cache->PrefetchGuess(l, guess, ranks[t][l]); !s.ok()) return s;
         tok.manage_ms += Since(m0) * 1e3;
-        tok.guessed += guess.size();
+        tok.guessed += static_cast<double>(guess.size());
         // Loaded by the guess and not needed by the step: counted below.
         const uint64_t loaded = cache->layer_stats(l).loads - loads;
-        size_t wrong = 0;
-        for (uint32_t n : guess) wrong += !std::binary_search(exact.begin(), exact.end(), n);
-        tok.extra_loads += std::min<double>(loaded, wrong);
+        tok.extra_loads += std::min<double>(loaded, wrong[t][l]);
       }
       const auto a0 = Clock::now();
       attention->Attention(l, x.data(), a.data(), options.threads);
@@ -154,12 +182,16 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
       // The step plans over the guess's reads in flight; waiting for the
       // ones it selected is part of its wait (a stall).
       step::FlashStepTimes times;
+      const uint64_t loads_before_step = cache->layer_stats(l).loads;
+      const uint64_t waits_before = cache->layer_stats(l).guess_waits;
       if (absl::Status s =
               step::FlashLayerStep(cache, l, exact, {x.data(), 1, h, DType::kFloat32},
                                    {y.data(), 1, h, DType::kFloat32}, forward, workspace, &times);
           !s.ok()) {
         return s;
       }
+      tok.late_loads += static_cast<double>(cache->layer_stats(l).loads - loads_before_step);
+      tok.guess_waits += static_cast<double>(cache->layer_stats(l).guess_waits - waits_before);
       tok.stall_ms += times.wait_seconds * 1e3;
       tok.mlp_ms += times.compute_seconds * 1e3;
       tok.manage_ms += times.plan_seconds * 1e3;
@@ -177,6 +209,8 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
       sum.mlp_ms += tok.mlp_ms;
       sum.guessed += tok.guessed;
       sum.extra_loads += tok.extra_loads;
+      sum.late_loads += tok.late_loads;
+      sum.guess_waits += tok.guess_waits;
     }
   }
   const store::ReaderStats io1 = cache->io_stats();
@@ -191,6 +225,8 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
   out.gb = static_cast<double>(io1.bytes_read - io_timed.bytes_read) / 1e9 / n;
   out.guessed = sum.guessed / n;
   out.extra_loads = sum.extra_loads / n;
+  out.late_loads = sum.late_loads / n;
+  out.guess_waits = sum.guess_waits / n;
   return out;
 }
 

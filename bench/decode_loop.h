@@ -56,7 +56,8 @@ class AttentionWeights {
 
 struct DecodeOptions {
   bool speculate = false;
-  double recall = 0.9;  // of the exact set, in the guess
+  double recall_k = 0.8;  // of the exact set, in the guess's first |exact| (its top k)
+  double recall = 0.9;    // of the exact set, in the whole guess
   double over = 1.5;    // guess size / exact size (clipped to the slots)
   int threads = 2;
   uint64_t seed = 1;
@@ -68,6 +69,8 @@ struct DecodeSplit {
   double gb = 0;            // read from the file per token (the reader's count)
   double guessed = 0;       // neurons guessed per token
   double extra_loads = 0;   // guessed and loaded, not in the exact set, per token
+  double late_loads = 0;    // read by the exact steps (after the attention), per token
+  double guess_waits = 0;   // layers per token whose step waited for the guess's reads
 };
 
 // Runs `warmup` untimed then `tokens` timed tokens of trace (from token 0)

@@ -1,7 +1,11 @@
 """Plots bazel run //bench:flash -- --plot=FILE.png: ms and GB per token
-against the budget, the tier per window and each baseline as a line."""
+against the budget, the tier per window and each baseline as a line; with
+decode rows, a third panel splits the decode loop's ms per token by part
+(stall, management, attention, LM head, MLP) at each budget, exact-only and
+speculative side by side (medians of the interleaved pairs)."""
 
 import json
+import statistics
 import sys
 
 import matplotlib
@@ -10,9 +14,47 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+PARTS = [("stall_ms", "stall (waiting for reads)"), ("manage_ms", "management"),
+         ("attention_ms", "attention q/k/v/o"), ("head_ms", "LM head"),
+         ("mlp_ms", "MLP compute")]
+
+
+def decode_panel(ax, decode):
+    """Stacked bars: one per (budget, file, speculation), medians of pairs."""
+    groups = {}
+    for d in decode:
+        groups.setdefault((d["budget"], d["file"], d["speculate"]), []).append(d)
+    keys = sorted(groups, key=lambda k: (k[1] != "bfloat16", k[1], k[0], k[2]))
+    med = {k: {f: statistics.median(d[f] for d in groups[k]) for f in
+               ["ms"] + [p for p, _ in PARTS]} for k in keys}
+    xs = range(len(keys))
+    bottom = [0.0] * len(keys)
+    for k, (part, label) in enumerate(PARTS):
+        vals = [med[key][part] for key in keys]
+        ax.bar(xs, vals, bottom=bottom, label=label, color=plt.cm.Set2(k))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    other = [med[key]["ms"] - b for key, b in zip(keys, bottom)]
+    ax.bar(xs, [max(0.0, o) for o in other], bottom=bottom, label="other",
+           color="lightgrey")
+    ax.scatter(xs, [med[key]["ms"] for key in keys], marker="_", s=300, color="black",
+               label="ms per token", zorder=3)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{f}\n{b:.2f}\n{'spec' if s else 'exact'}" for b, f, s in keys],
+                       fontsize=7)
+    ax.set_xlabel("file, DRAM budget (x its MLP weights), exact-only or speculative")
+    ax.set_ylabel("ms per token (decode loop)")
+    ax.legend(fontsize=7)
+
+
 def main(data, out):
-    rows = [r for r in json.load(open(data))["rows"] if r["ran"]]
-    fig, (ms_ax, gb_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    loaded = json.load(open(data))
+    rows = [r for r in loaded.get("rows", []) if r["ran"]]
+    decode = loaded.get("decode", [])
+    panels = 3 if decode else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
+    ms_ax, gb_ax = axes[0], axes[1]
+    if decode:
+        decode_panel(axes[2], decode)
     windows = sorted({r["window"] for r in rows if r["variant"] == "tier"})
     for w in windows:
         tier = sorted((r for r in rows if r["variant"] == "tier" and r["window"] == w),

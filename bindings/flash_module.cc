@@ -179,8 +179,12 @@ class PyFlashModelCache {
         o.accumulate = accumulate;
         o.num_threads = num_threads_;
         o.quantize_x = quantize_x;
+        step::FlashStepTimes times;
         status = gate_first_[layer]->FlashStep(cache_.get(), layer, sel, t.In(), t.Out(), o,
-                                               &workspace_);
+                                               &workspace_, &times);
+        plan_seconds_ += times.plan_seconds;
+        compute_seconds_ += times.compute_seconds;
+        wait_seconds_ += times.wait_seconds;
       }
     }
     ThrowIfFileError(status);
@@ -261,6 +265,14 @@ class PyFlashModelCache {
     std::lock_guard<std::mutex> lock(mutex_);
     MaskIndices(mask);
     ThrowIfFileError(cache_->Prefetch(layer, indices_));
+  }
+
+  // Pins the neurons `mask` marks (flash/flash_cache.h's Pin).
+  void Pin(const py::object& layer_arg, const py::array& mask) {
+    const size_t layer = Layer(layer_arg);
+    std::lock_guard<std::mutex> lock(mutex_);
+    MaskIndices(mask);
+    ThrowIfFileError(cache_->Pin(layer, indices_));
   }
 
   void Verify(const py::object& layer_arg) {
@@ -366,6 +378,7 @@ void RegisterFlash(py::module_& m) {
            py::arg("accumulate") = false)
       .def("update", &PyFlashModelCache::Update, py::arg("layer"), py::arg("mask"))
       .def("prefetch", &PyFlashModelCache::Prefetch, py::arg("layer"), py::arg("mask"))
+      .def("pin", &PyFlashModelCache::Pin, py::arg("layer"), py::arg("mask"))
       .def("verify", &PyFlashModelCache::Verify, py::arg("layer"))
       .def("resident_neurons", &PyFlashModelCache::Resident, py::arg("layer"))
       .def("layer_stats", &PyFlashModelCache::LayerStats, py::arg("layer"))

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "flash/flash_cache_internal.h"
 
 namespace sparse_mlp::flash {
 namespace {
@@ -15,76 +16,13 @@ size_t RoundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 // two jobs', the slots' and the step's arrays (Layer reserves exactly these).
 size_t LayerBytes(size_t neurons, size_t capacity, size_t chunk) {
   const size_t chunks = capacity / chunk + 1;
-  return neurons * (4 + 8 + 1 + 1 + 4) + capacity * 4 * 7 /* planner */ +
+  return neurons * (4 + 8 + 1 + 1 + 4 + 1) + capacity * 4 * 7 /* planner */ +
          2 * capacity * (sizeof(store::BundleRequest) + 4 + 4 + 1) /* jobs */ +
          capacity * (1 + 4 + 1 + 4) /* per slot */ + capacity * 4 * 2 /* waited, repairs */ +
          chunks * (4 + sizeof(absl::Status)) + neurons * 4 /* prefetched mask */;
 }
 
-constexpr size_t kAhead = 0, kStep = 1;  // a layer's jobs
-
 }  // namespace
-
-// One batch of a layer's reads: set up by the stepping thread while !busy,
-// reported on by the I/O thread while busy (failed, left, busy change
-// under mu_).
-struct FlashModelCache::Job {
-  explicit Job(size_t capacity) {
-    requests.reserve(capacity);
-    neurons.reserve(capacity);
-    slots.reserve(capacity);
-    failed.reserve(capacity);
-  }
-  std::vector<store::BundleRequest> requests;
-  std::vector<uint32_t> neurons, slots;  // request k's neuron and slot
-  std::vector<uint8_t> failed;           // request k failed; applied (the neuron unloaded) later
-  size_t left = 0;                       // requests not reported yet
-  bool busy = false;
-};
-
-struct FlashModelCache::Layer {
-  Layer(size_t neurons, size_t capacity, size_t window, size_t chunk)
-      : planner(neurons, capacity, window),
-        jobs{Job(capacity), Job(capacity)},
-        pending(capacity, 0),
-        waiter(capacity, kNoSlot),
-        reread(capacity, 0),
-        ahead_request(capacity, kNoSlot) {
-    waited.reserve(capacity);
-    repair_failed.reserve(capacity);
-    chunk_left.reserve(capacity / chunk + 1);
-    chunk_status.reserve(capacity / chunk + 1);
-    prefetch_mask.reserve(neurons);
-    stats.capacity = capacity;
-  }
-  bool busy() const { return jobs[kAhead].busy || jobs[kStep].busy; }
-
-  ResidencyPlanner planner;
-  ResidencyPlan plan;  // the latest plan (a Prefetch's, kept for its step)
-  FlashLayerStats stats;
-  // kAhead: a Prefetch's or a guess's reads; kStep: the open step's misses.
-  Job jobs[2];
-  // Per slot, under mu_: a read into it is in flight; the open step's chunk
-  // that waits for it (or kNoSlot); an ahead read the step needs failed, so
-  // the step reads it again (WaitChunk).
-  std::vector<uint8_t> pending;
-  std::vector<uint32_t> waiter;
-  std::vector<uint8_t> reread;
-  // Slot -> request of the ahead job not yet answered by a step (kNoSlot:
-  // none); the stepping thread's.
-  std::vector<uint32_t> ahead_request;
-  bool ahead_live = false;              // the ahead job's plan waits for its step
-  bool ahead_guess = false;             // ... and it was a guess
-  std::vector<uint32_t> prefetch_mask;  // a live Prefetch's mask
-  // The open step: the slots it waits for (the guessed hits, then the
-  // entering neurons), chunk by chunk (chunk_left, chunk_status under mu_).
-  std::vector<uint32_t> waited;
-  std::vector<uint32_t> chunk_left;
-  std::vector<absl::Status> chunk_status;
-  std::vector<uint32_t> repair_failed;  // neurons whose re-read failed
-  absl::Status step_status;             // the step's first read error
-  bool step_open = false;
-};
 
 absl::StatusOr<std::unique_ptr<FlashModelCache>> FlashModelCache::Open(
     const std::string& path, const FlashCacheOptions& options) {
@@ -323,17 +261,22 @@ absl::Status FlashModelCache::PlanError(size_t layer, const absl::Status& s) con
                       slot_stride_, options_.budget_bytes));
 }
 
-absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess) {
+absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess,
+                                        absl::Span<const uint32_t> rank) {
   Layer& l = *layers_[layer];
   std::unique_lock<std::mutex> lock(mu_);
   WaitIdle(l, lock);
   ApplyFailures(l, kAhead);
   ApplyFailures(l, kStep);
+  // The planner is this (the stepping) thread's: planned without the lock,
+  // so the I/O threads report and refill meanwhile.
+  lock.unlock();
   ResidencyPlan plan;
-  if (absl::Status s = guess ? l.planner.PlanGuess(mask, &plan) : l.planner.Plan(mask, &plan);
+  if (absl::Status s = guess ? l.planner.PlanGuess(mask, &plan, rank) : l.planner.Plan(mask, &plan);
       !s.ok()) {
     return PlanError(layer, s);
   }
+  lock.lock();
   if (!guess) l.stats.hits += plan.hit_slots.size() + plan.guessed_hit_slots.size();
   l.stats.loads += plan.entering.size();
   l.stats.evictions += plan.evicted;
@@ -373,7 +316,10 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
     // reads landed (failed ones are still resident to the planner); the
     // guessed hits are waited for per chunk.
     ResidencyPlan p;
-    if (absl::Status s = l.planner.Plan(mask, &p); !s.ok()) return PlanError(layer, s);
+    lock.unlock();  // as in PlanAhead
+    absl::Status planned = l.planner.Plan(mask, &p);
+    lock.lock();
+    if (!planned.ok()) return PlanError(layer, planned);
     l.stats.hits += p.hit_slots.size() + p.guessed_hit_slots.size();
     l.stats.loads += p.entering.size();
     l.stats.evictions += p.evicted;
@@ -416,6 +362,7 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
   bool taken = false;
   for (uint32_t s : entering_slots) taken = taken || l.pending[s];
   if (taken) {
+    ++l.stats.guess_waits;
     cv_.wait(lock, [&] { return !a.busy; });
     ApplyFailures(l, kAhead);
   }
@@ -439,9 +386,22 @@ absl::Status FlashModelCache::Prefetch(size_t layer, absl::Span<const uint32_t> 
   return PlanAhead(layer, mask, /*guess=*/false);
 }
 
-absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask) {
+absl::Status FlashModelCache::PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask,
+                                            absl::Span<const uint32_t> rank) {
   if (absl::Status s = CheckLayer(layer, /*no_step=*/true); !s.ok()) return s;
-  return PlanAhead(layer, mask, /*guess=*/true);
+  return PlanAhead(layer, mask, /*guess=*/true, rank);
+}
+
+absl::Status FlashModelCache::Pin(size_t layer, absl::Span<const uint32_t> neurons) {
+  if (absl::Status s = CheckLayer(layer, /*no_step=*/true); !s.ok()) return s;
+  Layer& l = *layers_[layer];
+  std::unique_lock<std::mutex> lock(mu_);
+  WaitIdle(l, lock);
+  if (absl::Status s = l.planner.Pin(neurons); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s layer %d: %s", path_, layer, s.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status FlashModelCache::WaitReads(size_t layer) {
@@ -517,90 +477,6 @@ absl::Status FlashModelCache::FinishStep(size_t layer) {
   l.step_open = false;
   l.stats.resident = l.planner.resident();
   return std::exchange(l.step_status, absl::OkStatus());
-}
-
-absl::Status FlashModelCache::Verify(size_t layer) const {
-  if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
-  const Layer& l = *layers_[layer];
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !l.busy(); });
-  lock.unlock();  // only this (stepping) thread plans: the slots stay as they are
-  store::ReaderOptions o;
-  o.direct_io = store::DirectIo::kNever;
-  o.queue_depth = 8;
-  absl::StatusOr<std::unique_ptr<store::BundleReader>> r = store::BundleReader::Open(path_, o);
-  if (!r.ok()) return r.status();
-  const size_t bundle = layout_.bundle_bytes();
-  std::vector<uint8_t> buffer(bundle);
-  for (uint32_t s = 0; s < capacity_; ++s) {
-    const uint32_t j = l.planner.neuron_of(s);
-    if (j == kNoSlot) continue;
-    if (absl::Status st = (*r)->Read({{layer, j, buffer.data()}}); !st.ok()) return st;
-    if (std::memcmp(buffer.data(), slots(layer) + s * slot_stride_, bundle) != 0) {
-      return absl::DataLossError(absl::StrFormat(
-          "%s layer %d: slot %d holds neuron %d's bundle wrongly", path_, layer, s, j));
-    }
-  }
-  return absl::OkStatus();
-}
-
-FlashLayerStats FlashModelCache::layer_stats(size_t layer) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  FlashLayerStats s = layers_[layer]->stats;
-  s.resident = layers_[layer]->planner.resident();
-  return s;
-}
-
-store::ReaderStats FlashModelCache::io_stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  store::ReaderStats sum;
-  for (const auto& lane : lanes_) {
-    const store::ReaderStats& s = lane->stats;
-    sum.batches += s.batches;
-    sum.bundles += s.bundles;
-    sum.requests += s.requests;
-    sum.bytes_read += s.bytes_read;
-    sum.staged_bundles += s.staged_bundles;
-    sum.errors += s.errors;
-  }
-  return sum;
-}
-
-FlashFootprint FlashModelCache::footprint() const {
-  FlashFootprint f;
-  f.budget_bytes = options_.budget_bytes;
-  f.slot_bytes = pool_.size();
-  for (const auto& lane : lanes_) f.reader_bytes += lane->reader->memory_bytes();
-  if (repair_ != nullptr) f.reader_bytes += repair_->memory_bytes();
-  f.bookkeeping_bytes = bookkeeping_bytes_;
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& l : layers_) f.resident_bytes += l->planner.resident() * slot_stride_;
-  return f;
-}
-
-std::vector<uint32_t> FlashModelCache::resident_neurons(size_t layer) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<uint32_t> out;
-  const ResidencyPlanner& p = layers_[layer]->planner;
-  for (uint32_t s = 0; s < capacity_; ++s) {
-    if (p.neuron_of(s) != kNoSlot) out.push_back(p.neuron_of(s));
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-absl::Span<const uint32_t> FlashModelCache::slot_neurons(size_t layer) const {
-  return layers_[layer]->planner.slot_neurons();
-}
-
-absl::StatusOr<float*> FlashModelCache::Scratch(size_t tokens) {
-  const size_t bytes = tokens * layout_.shape().hidden * sizeof(float);
-  if (bytes > scratch_.size()) {
-    absl::StatusOr<memory::AlignedBuffer> b = memory::AlignedBuffer::Allocate(bytes);
-    if (!b.ok()) return b.status();
-    scratch_ = *std::move(b);
-  }
-  return reinterpret_cast<float*>(scratch_.data());
 }
 
 }  // namespace sparse_mlp::flash

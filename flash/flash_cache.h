@@ -43,6 +43,9 @@ struct FlashLayerStats {
   uint64_t evictions = 0;  // left to make room
   uint64_t expirations = 0;  // left the window
   uint64_t failed_loads = 0;
+  // Steps whose plan took the slot of a guessed neuron still being read,
+  // so their reads waited for the guess's (write after write).
+  uint64_t guess_waits = 0;
   size_t resident = 0;     // now
   size_t capacity = 0;     // slots
 };
@@ -155,7 +158,17 @@ class FlashModelCache {
   // does not fit is not fetched (flash/residency.h's PlanGuess). The next
   // BeginStep plans its own mask (a new token) without waiting for these
   // reads. Waits first for the layer's earlier reads. Errors as Prefetch's.
-  absl::Status PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask);
+  // `rank` (optional): the guess's neurons most likely first, which enter
+  // first when not all fit.
+  absl::Status PrefetchGuess(size_t layer, absl::Span<const uint32_t> mask,
+                             absl::Span<const uint32_t> rank = {});
+
+  // Pins `neurons` of `layer` (sorted; replacing earlier pins): once loaded
+  // they stay resident whatever the window (flash/residency.h's Pin: for
+  // the most often active neurons of a calibration trace). Waits for the
+  // layer's reads. Errors: OutOfRange / FailedPrecondition as Prefetch's;
+  // the planner's InvalidArgument (nothing changed).
+  absl::Status Pin(size_t layer, absl::Span<const uint32_t> neurons);
 
   // Blocks until `layer`'s reads in flight (a Prefetch's) have landed or
   // failed (a later BeginStep reads failed ones again if needed). OutOfRange
@@ -203,7 +216,8 @@ class FlashModelCache {
     size_t batch_limit = 0;
   };
   // A Prefetch (guess false) or a PrefetchGuess of a checked layer.
-  absl::Status PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess);
+  absl::Status PlanAhead(size_t layer, absl::Span<const uint32_t> mask, bool guess,
+                         absl::Span<const uint32_t> rank = {});
   absl::Status PlanError(size_t layer, const absl::Status& planner_error) const;
   // OutOfRange for a bad layer; FailedPrecondition if no_step and a step of
   // it is open.

@@ -12,7 +12,8 @@ ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t windo
       neuron_of_(std::min(capacity, neurons), kNoSlot),
       last_active_(neurons, 0),
       in_mask_(neurons, 0),
-      guessed_(neurons, 0) {
+      guessed_(neurons, 0),
+      pinned_(neurons, 0) {
   const size_t c = neuron_of_.size();
   guessed_list_.reserve(neurons);
   hits_.reserve(c);
@@ -23,7 +24,31 @@ ResidencyPlanner::ResidencyPlanner(size_t neurons, size_t capacity, size_t windo
   free_.reserve(c);
 }
 
+absl::Status ResidencyPlanner::Pin(absl::Span<const uint32_t> neurons) {
+  const size_t n = slot_of_.size();
+  if (neurons.size() >= neuron_of_.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d pinned neurons leave no slot of %d for the rest", neurons.size(), neuron_of_.size()));
+  }
+  for (size_t k = 0; k < neurons.size(); ++k) {
+    if (neurons[k] >= n || (k > 0 && neurons[k] <= neurons[k - 1])) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("pinned index %d at position %d is out of range [0, %d) or not ascending",
+                          neurons[k], k, n));
+    }
+  }
+  std::fill(pinned_.begin(), pinned_.end(), 0);
+  pinned_resident_ = 0;
+  pinned_count_ = neurons.size();
+  for (uint32_t j : neurons) {
+    pinned_[j] = 1;
+    pinned_resident_ += slot_of_[j] != kNoSlot;
+  }
+  return absl::OkStatus();
+}
+
 void ResidencyPlanner::Free(uint32_t slot) {
+  pinned_resident_ -= pinned_[neuron_of_[slot]];
   uint8_t& g = guessed_[neuron_of_[slot]];
   if (g == 1) g = 2;  // listed, no longer resident
   slot_of_[neuron_of_[slot]] = kNoSlot;
@@ -36,15 +61,16 @@ void ResidencyPlanner::Unload(uint32_t neuron) {
 }
 
 absl::Status ResidencyPlanner::Plan(absl::Span<const uint32_t> mask, ResidencyPlan* plan) {
-  return PlanImpl(mask, /*guess=*/false, plan);
+  return PlanImpl(mask, /*guess=*/false, {}, plan);
 }
 
-absl::Status ResidencyPlanner::PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan) {
-  return PlanImpl(mask, /*guess=*/true, plan);
+absl::Status ResidencyPlanner::PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan,
+                                         absl::Span<const uint32_t> rank) {
+  return PlanImpl(mask, /*guess=*/true, rank, plan);
 }
 
 absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool guess,
-                                        ResidencyPlan* plan) {
+                                        absl::Span<const uint32_t> rank, ResidencyPlan* plan) {
   const size_t n = slot_of_.size(), c = neuron_of_.size();
   if (mask.size() > c) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -54,6 +80,34 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
     if (mask[k] >= n || (k > 0 && mask[k] <= mask[k - 1])) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "mask index %d at position %d is out of range [0, %d) or not ascending", mask[k], k, n));
+    }
+  }
+  if (!guess && pinned_resident_ > 0) {  // pinned neurons outside the mask keep their slots
+    size_t inside = 0;
+    for (uint32_t j : mask) inside += pinned_[j] && slot_of_[j] != kNoSlot;
+    if (mask.size() + pinned_resident_ - inside > c) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the mask holds %d neurons but %d of the layer's %d slots hold pinned neurons outside "
+          "it",
+          mask.size(), pinned_resident_ - inside, c));
+    }
+  }
+  if (!rank.empty()) {  // a permutation of the mask
+    bool ok = rank.size() == mask.size();
+    size_t k = 0;
+    for (; ok && k < rank.size(); ++k) {
+      const uint32_t j = rank[k];
+      ok = j < n && std::binary_search(mask.begin(), mask.end(), j) && !in_mask_[j];
+      if (ok) in_mask_[j] = 1;
+    }
+    for (size_t q = 0; q < k; ++q) {
+      if (rank[q] < n) in_mask_[rank[q]] = 0;
+    }
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the guess's rank (%d neurons) is not an order of its mask (%d neurons): entry %d "
+          "(neuron %d) is not in the mask or repeats",
+          rank.size(), mask.size(), k - 1, k > 0 ? rank[k - 1] : 0));
     }
   }
   // A guess joins the latest token (nothing expires: the window does not
@@ -79,7 +133,7 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
     const uint32_t j = neuron_of_[s];
     if (j == kNoSlot) {
       free_.push_back(s);
-    } else if (!in_mask_[j]) {
+    } else if (!in_mask_[j] && !pinned_[j]) {
       if (!guess && last_active_[j] + window_ <= now) {
         Free(s);
         free_.push_back(s);
@@ -89,12 +143,36 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
       }
     }
   }
-  if (guess && free_.size() + candidates_.size() < entering_.size()) {
-    // What does not fit is not fetched (and keeps no mark of this guess).
-    for (size_t k = free_.size() + candidates_.size(); k < entering_.size(); ++k) {
-      last_active_[entering_[k]] = 0;
+  // A guess takes the free slots and, of the older neurons' (oldest first),
+  // at most as many as the latest token let in: about what the next token
+  // would evict anyway, so wrong guesses cost their reads, not later misses.
+  const size_t room = free_.size() + std::min(candidates_.size(), last_entering_);
+  if (guess && room < entering_.size()) {
+    // What does not fit is not fetched (and keeps no mark of this guess):
+    // the first in the rank fit, or the lower neurons.
+    if (!rank.empty()) {
+      for (uint32_t j : entering_) in_mask_[j] = 2;
+      size_t kept = 0;
+      for (size_t k = 0; k < rank.size() && kept < room; ++k) {
+        if (in_mask_[rank[k]] == 2) {
+          in_mask_[rank[k]] = 3;
+          ++kept;
+        }
+      }
+      size_t w = 0;
+      for (uint32_t j : entering_) {
+        if (in_mask_[j] == 3) {
+          entering_[w++] = j;
+        } else {
+          last_active_[j] = 0;
+        }
+        in_mask_[j] = 1;
+      }
+      entering_.resize(w);
+    } else {
+      for (size_t k = room; k < entering_.size(); ++k) last_active_[entering_[k]] = 0;
+      entering_.resize(room);
     }
-    entering_.resize(free_.size() + candidates_.size());
   }
   // Evict the least recently active until the entering neurons fit.
   size_t evicted = 0;
@@ -121,6 +199,9 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
     neuron_of_[entering_slots_[k]] = entering_[k];
   }
   resident_ += entering_.size();
+  if (pinned_resident_ < pinned_count_) {
+    for (uint32_t j : entering_) pinned_resident_ += pinned_[j];
+  }
   for (uint32_t j : mask) in_mask_[j] = 0;
   if (guess) {
     for (uint32_t j : entering_) {
@@ -128,6 +209,7 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
       guessed_[j] = 1;
     }
   } else {  // a token: the guesses before it are answered
+    last_entering_ = entering_.size();
     for (uint32_t j : guessed_list_) guessed_[j] = 0;
     guessed_list_.clear();
   }

@@ -67,10 +67,26 @@ class ResidencyPlanner {
   // neurons count as active in the latest token (kept like its neurons,
   // evicted before the next token's), and only neurons older than the
   // latest token make room: the guessed neurons that do not fit then are
-  // left out (plan->entering holds those that load). The entering neurons
-  // are the guess's until the next Plan (its guessed_hit_slots). Errors as
-  // Plan's.
-  absl::Status PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan);
+  // left out (plan->entering holds those that load): a guess takes the
+  // free slots and, of the older neurons' (least recently active first), at
+  // most as many as the latest token let in (about what the next token
+  // would evict anyway: wrong guesses cost their reads, not later misses).
+  // `rank` (optional: the mask's neurons, most likely first) says which
+  // enter when not all fit; without it the lower neurons do. The entering
+  // neurons are the guess's until the next Plan (its guessed_hit_slots).
+  // Errors as Plan's, and InvalidArgument for a rank that is not an order
+  // of the mask.
+  absl::Status PlanGuess(absl::Span<const uint32_t> mask, ResidencyPlan* plan,
+                         absl::Span<const uint32_t> rank = {});
+
+  // Pins `neurons` (sorted, distinct; replacing earlier pins): once
+  // resident (loaded when a mask or guess first holds them) they never
+  // expire or leave for room, so a mask must fit beside the pinned neurons
+  // outside it (Plan refuses it otherwise, nothing changed). For a layer's
+  // most often active neurons (a calibration trace's): bench:flash's
+  // pinning rows compare this with the window alone. InvalidArgument for
+  // bad indices or as many pins as slots.
+  absl::Status Pin(absl::Span<const uint32_t> neurons);
 
   // A planned load failed: the neuron leaves its slot.
   void Unload(uint32_t neuron);
@@ -90,11 +106,13 @@ class ResidencyPlanner {
  private:
   void Free(uint32_t slot);
   // Plan and PlanGuess.
-  absl::Status PlanImpl(absl::Span<const uint32_t> mask, bool guess, ResidencyPlan* plan);
+  absl::Status PlanImpl(absl::Span<const uint32_t> mask, bool guess,
+                        absl::Span<const uint32_t> rank, ResidencyPlan* plan);
 
   size_t window_;
   size_t resident_ = 0;
   uint64_t token_ = 0;                 // tokens planned so far
+  size_t last_entering_ = 0;           // neurons the latest token's plan let in
   std::vector<uint32_t> slot_of_;      // per neuron
   std::vector<uint32_t> neuron_of_;    // per slot
   std::vector<uint64_t> last_active_;  // per neuron: token + 1 of its last mask (0: never)
@@ -103,6 +121,8 @@ class ResidencyPlanner {
   // the same but left since (listed, so not listed twice), 0 neither.
   std::vector<uint8_t> guessed_;
   std::vector<uint32_t> guessed_list_;  // the neurons with guessed_ != 0
+  std::vector<uint8_t> pinned_;         // per neuron
+  size_t pinned_count_ = 0, pinned_resident_ = 0;
   // Plan's arrays, sized to the capacity.
   std::vector<uint32_t> hits_, guessed_hits_, entering_, entering_slots_, candidates_, free_;
 };

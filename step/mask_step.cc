@@ -247,7 +247,7 @@ absl::Status GateFirst::StepSelected(cache::WeightCache* cache, const diff::Neur
 absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
                                   const Selection& selection, const mlp::ConstTokens& x,
                                   const mlp::Tokens& y, const mlp::ForwardOptions& options,
-                                  mlp::Workspace* workspace) {
+                                  mlp::Workspace* workspace, FlashStepTimes* times) {
   if (absl::Status s = CheckFlash(cache, layer); !s.ok()) return s;
   if (absl::Status s = PrepareCall(gate_.dtype, gate_.hidden_size, x, y, options, workspace);
       !s.ok()) {
@@ -257,7 +257,7 @@ absl::Status GateFirst::FlashStep(flash::FlashModelCache* cache, size_t layer,
   if (absl::Status s = Select(x, selection, options, workspace); !s.ok()) return s;
   scratch_.incoming.ToIndices(&indices_);
   if (absl::Status s = FlashLayerStepGivenGate(cache, layer, indices_, scratch_.buffer(0),
-                                               intermediate_size_, x, y, options, workspace);
+                                               intermediate_size_, x, y, options, workspace, times);
       !s.ok()) {
     return s;
   }
@@ -310,7 +310,10 @@ absl::Status GateFirst::Speculate(flash::FlashModelCache* cache, size_t layer,
       !s.ok()) {
     return s;
   }
-  if (speculated_.capacity() < intermediate_size_) speculated_.reserve(intermediate_size_);
+  if (speculated_.capacity() < intermediate_size_) {
+    speculated_.reserve(intermediate_size_);
+    speculated_rank_.reserve(intermediate_size_);
+  }
   const size_t slots = cache->capacity();
   Selection sel;
   sel.k = std::min({count, intermediate_size_, slots});
@@ -325,7 +328,19 @@ absl::Status GateFirst::Speculate(flash::FlashModelCache* cache, size_t layer,
     }
   }
   scratch_.incoming.ToIndices(&speculated_);
-  return cache->PrefetchGuess(layer, speculated_);
+  // Most likely first (the largest |act| over the tokens): those enter
+  // first when not all fit.
+  const float* magnitude = scratch_.buffer(1);
+  const size_t neurons = intermediate_size_;
+  auto score = [&](uint32_t j) {
+    float m = 0;
+    for (size_t t = 0; t < x_early.tokens; ++t) m = std::max(m, magnitude[t * neurons + j]);
+    return m;
+  };
+  speculated_rank_.assign(speculated_.begin(), speculated_.end());
+  std::stable_sort(speculated_rank_.begin(), speculated_rank_.end(),
+                   [&](uint32_t a, uint32_t b) { return score(a) > score(b); });
+  return cache->PrefetchGuess(layer, speculated_, speculated_rank_);
 }
 
 absl::Status GateFirst::Select(const mlp::ConstTokens& x, const Selection& selection,

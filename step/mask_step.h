@@ -57,6 +57,7 @@
 #include "mlp/mlp_forward.h"
 #include "mlp/quant_forward.h"
 #include "quant/format.h"
+#include "step/flash_step.h"
 
 namespace sparse_mlp::step {
 
@@ -132,9 +133,12 @@ class GateFirst {
   // FlashLayerStepGivenGate over the kept neurons (only their up and down
   // are loaded). The file's H, I (this layer's neurons) and type must be
   // the gate's.
+  // `times` (optional) receives the flash step's phases (the gate pass and
+  // the selection before it are not in them).
   absl::Status FlashStep(flash::FlashModelCache* cache, size_t layer, const Selection& selection,
                          const mlp::ConstTokens& x, const mlp::Tokens& y,
-                         const mlp::ForwardOptions& options, mlp::Workspace* workspace);
+                         const mlp::ForwardOptions& options, mlp::Workspace* workspace,
+                         FlashStepTimes* times = nullptr);
 
   // Speculative gate-first (one attention block early): selects the top
   // `count` neurons per token by |act(gate x_early)| (x_early: the layer's
@@ -199,6 +203,7 @@ class GateFirst {
   ScoreScratch scratch_;
   std::vector<uint32_t> indices_;  // Forward's kept neurons (capacity I)
   std::vector<uint32_t> speculated_;  // Speculate's set (capacity I)
+  std::vector<uint32_t> speculated_rank_;  // the same, most likely first
   // Checks the flash cache and layer against this gate (FlashStep's and
   // Speculate's preconditions).
   absl::Status CheckFlash(const flash::FlashModelCache* cache, size_t layer) const;

@@ -198,6 +198,74 @@ TEST(Residency, GuessesAreNotTokens) {
   EXPECT_NE(p.slot_of(7), flash::kNoSlot);
 }
 
+// A guess takes the free slots and, of the older neurons', at most as many
+// as the latest token let in (wrong guesses must not evict what the window
+// keeps); its rank says which enter when not all fit; a rank that is not an
+// order of the guess is refused with nothing changed.
+TEST(Residency, GuessesFitTheLatestTokensChurnInRankOrder) {
+  for (bool ranked : {false, true}) {
+    flash::ResidencyPlanner p(32, 8, 4);
+    flash::ResidencyPlan plan;
+    ASSERT_TRUE(p.Plan(std::vector<uint32_t>{0, 1, 2, 3, 4, 5}, &plan).ok());
+    ASSERT_TRUE(p.Plan(std::vector<uint32_t>{0, 1, 2, 3, 4, 6}, &plan).ok());  // 6 entered
+    EXPECT_EQ(p.resident(), 7u);
+    const std::vector<uint32_t> guess{7, 8, 9}, rank{9, 7, 8};
+    EXPECT_EQ(p.PlanGuess(guess, &plan, std::vector<uint32_t>{9, 7}).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(p.PlanGuess(guess, &plan, std::vector<uint32_t>{9, 7, 7}).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(p.PlanGuess(guess, &plan, std::vector<uint32_t>{9, 7, 10}).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(p.resident(), 7u);
+    EXPECT_EQ(p.tokens(), 2u);
+    // One free slot, and one older neuron (5) for the latest token's one
+    // entering neuron: two of the three guessed neurons fit.
+    ASSERT_TRUE(
+        p.PlanGuess(guess, &plan, ranked ? absl::MakeConstSpan(rank) : absl::Span<const uint32_t>())
+            .ok());
+    EXPECT_EQ(plan.entering,
+              ranked ? (std::vector<uint32_t>{7, 9}) : (std::vector<uint32_t>{7, 8}));
+    EXPECT_EQ(plan.evicted, 1u);
+    EXPECT_EQ(p.slot_of(5), flash::kNoSlot);
+    for (uint32_t j = 0; j <= 4; ++j) EXPECT_NE(p.slot_of(j), flash::kNoSlot) << j;
+    EXPECT_NE(p.slot_of(6), flash::kNoSlot);
+  }
+}
+
+// Pinned neurons, once loaded, never expire or leave for room; a mask that
+// does not fit beside the pinned neurons outside it is refused with nothing
+// changed; bad pins are refused.
+TEST(Residency, PinnedNeuronsStay) {
+  flash::ResidencyPlanner p(20, 5, 1);
+  flash::ResidencyPlan plan;
+  EXPECT_EQ(p.Pin(std::vector<uint32_t>{3, 1}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(p.Pin(std::vector<uint32_t>{1, 20}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(p.Pin(std::vector<uint32_t>{0, 1, 2, 3, 4}).code(),
+            absl::StatusCode::kInvalidArgument);  // no slot left
+  ASSERT_TRUE(p.Pin(std::vector<uint32_t>{1, 2}).ok());
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{1, 2, 3}, &plan).ok());
+  // Window 1: 3 expires at once; 1 and 2 stay though inactive.
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{4, 5, 6}, &plan).ok());
+  EXPECT_EQ(plan.entering, (std::vector<uint32_t>{4, 5, 6}));
+  EXPECT_EQ(p.slot_of(3), flash::kNoSlot);
+  EXPECT_NE(p.slot_of(1), flash::kNoSlot);
+  EXPECT_NE(p.slot_of(2), flash::kNoSlot);
+  // Four neurons beside the two pinned: refused, nothing changed.
+  const absl::Status s = p.Plan(std::vector<uint32_t>{7, 8, 9, 10}, &plan);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("pinned"));
+  EXPECT_EQ(p.tokens(), 2u);
+  EXPECT_EQ(p.resident(), 5u);
+  // With a pinned neuron inside the mask it fits; the pinned stay.
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{1, 7, 8, 9}, &plan).ok());
+  EXPECT_NE(p.slot_of(2), flash::kNoSlot);
+  EXPECT_EQ(plan.hit_slots.size(), 1u);
+  // Unpinned (new pins replace old ones): 2 may leave now.
+  ASSERT_TRUE(p.Pin({}).ok());
+  ASSERT_TRUE(p.Plan(std::vector<uint32_t>{10, 11, 12, 13, 14}, &plan).ok());
+  EXPECT_EQ(p.slot_of(2), flash::kNoSlot);
+}
+
 TEST(Residency, RefusesWithoutChange) {
   flash::ResidencyPlanner p(10, 3, 2);
   flash::ResidencyPlan plan;
@@ -758,6 +826,50 @@ TEST(Flash, StepPlansOverAGuessInFlight) {
   EXPECT_LE(RelativeError(y, Reference(m, 0, mask, x, 1, 1)), 1e-5);
   EXPECT_EQ(fc.resident_neurons(0), (std::vector<uint32_t>{0, 1, 3, 5}));
   EXPECT_TRUE(fc.Verify(0).ok());
+  ::unlink(path.c_str());
+}
+
+// Pinned neurons stay resident through masks without them (the window
+// would let them go); steps stay exact; bad pins are refused by name.
+TEST(Flash, PinnedNeuronsStayResident) {
+  const Model m = MakeModel(DType::kFloat32, 64, 96, 2, true, 43);
+  const std::string path = WriteModel(m, "pinned.spmlb", 512);
+  flash::FlashCacheOptions o;
+  o.window = 1;
+  o.budget_bytes = BudgetFor(path, 40, o);
+  auto opened = flash::FlashModelCache::Open(path, o);
+  ASSERT_TRUE(opened.ok());
+  flash::FlashModelCache& fc = **opened;
+  const std::vector<uint32_t> pins{0, 1, 2, 3};
+  ASSERT_TRUE(fc.Pin(1, pins).ok());
+  mlp::Workspace ws;
+  mlp::ForwardOptions fo;
+  std::mt19937_64 rng(8);
+  for (int token = 0; token < 10; ++token) {
+    std::vector<uint32_t> mask = token == 0 ? pins : std::vector<uint32_t>{};
+    for (uint32_t j = 4 + 9 * (token % 9); j < 4 + 9 * (token % 9) + 20 && j < m.i; ++j) {
+      mask.push_back(j);
+    }
+    std::vector<float> x(m.h), y(m.h);
+    for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
+    ASSERT_TRUE(step::FlashLayerStep(&fc, 1, mask, {x.data(), 1, m.h, DType::kFloat32},
+                                     {y.data(), 1, m.h, DType::kFloat32}, fo, &ws)
+                    .ok());
+    ASSERT_LE(RelativeError(y, Reference(m, 1, mask, x, 1, 1)), 1e-5) << token;
+    const std::vector<uint32_t> resident = fc.resident_neurons(1);
+    for (uint32_t j : pins) {
+      EXPECT_TRUE(std::binary_search(resident.begin(), resident.end(), j)) << token << " " << j;
+    }
+  }
+  EXPECT_TRUE(fc.Verify(1).ok());
+  const absl::Status bad = fc.Pin(1, std::vector<uint32_t>{5, 2});
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("layer 1"));
+  EXPECT_EQ(fc.Pin(2, pins).code(), absl::StatusCode::kOutOfRange);
+  flash::FlashStepPlan plan;
+  ASSERT_TRUE(fc.BeginStep(0, pins, &plan).ok());
+  EXPECT_EQ(fc.Pin(0, pins).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(fc.FinishStep(0).ok());
   ::unlink(path.c_str());
 }
 

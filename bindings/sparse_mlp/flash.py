@@ -149,6 +149,15 @@ class FlashModelCache:
         finds the reads in flight or done."""
         self._native.prefetch(index, mask_array(mask))
 
+    def pin(self, index, mask):
+        """Keep the neurons ``mask`` marks (``[I]`` bool; e.g. the most often
+        active over a calibration run) resident in layer ``index`` once
+        loaded, whatever the window; replaces earlier pins. A later step's
+        mask must fit beside the pinned neurons outside it (ValueError
+        otherwise). ``bazel run //bench:flash -- --variants=pinning`` compares
+        pinning with the window alone."""
+        self._native.pin(index, mask_array(mask))
+
     def resident_neurons(self, index):
         """The resident neurons of layer ``index``, ascending (int64 array)."""
         return self._native.resident_neurons(index)

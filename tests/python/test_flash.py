@@ -108,6 +108,32 @@ class FlashTest(unittest.TestCase):
         torch.testing.assert_close(out, 1 + masked_mlp(x, *self.layers[0], mask), rtol=1e-4,
                                    atol=1e-5)
 
+    def test_pinned_neurons_stay_resident(self):
+        model = ModelCache.from_file(self.path, budget_bytes=budget_for(self.path, 0.5), window=1)
+        hot = torch.zeros(96, dtype=torch.bool)
+        hot[:8] = True
+        model.pin(1, hot)
+        x = torch.randn(48)
+        first = hot.clone()
+        first[40:50] = True
+        model[1].step(first, x)
+        other = torch.zeros(96, dtype=torch.bool)
+        other[60:80] = True  # window 1: 40-49 leave, the pinned 0-7 stay
+        y = model[1].step(other, x)
+        torch.testing.assert_close(y, masked_mlp(x, *self.layers[1], other), rtol=1e-4, atol=1e-5)
+        resident = set(model.resident_neurons(1).tolist())
+        self.assertTrue(set(range(8)) <= resident)
+        self.assertFalse(set(range(40, 50)) & resident)
+        model.verify(1)
+        too_big = torch.zeros(96, dtype=torch.bool)
+        too_big[20:20 + model.capacity - 7] = True
+        with self.assertRaisesRegex(ValueError, "pinned neurons outside"):
+            model[1].step(too_big, x)
+        with self.assertRaisesRegex(ValueError, "mask must have 96 entries"):
+            model.pin(1, hot[:10])
+        with self.assertRaisesRegex(ValueError, "layer must be in"):
+            model.pin(7, hot)
+
     def test_errors(self):
         with self.assertRaisesRegex(OSError, "cannot open"):
             ModelCache.from_file(self.path + ".missing", budget_bytes=1 << 30)
