@@ -60,7 +60,8 @@ void Guess(const std::vector<uint32_t>& exact, const std::vector<uint32_t>& prev
   for (size_t k = 0; k < right_first; ++k) rank->push_back(hits[k]);
   while (rank->size() < first) rank->push_back(wrong());
   std::shuffle(rank->begin(), rank->end(), rng);
-  std::vector<uint32_t> more(hits.begin() + right_first, hits.begin() + right);
+  std::vector<uint32_t> more(hits.begin() + right_first,
+                             hits.begin() + right_first + std::min(right - right_first, want - first));
   while (more.size() + first < want && more.size() + first < neurons) more.push_back(wrong());
   std::shuffle(more.begin(), more.end(), rng);
   rank->insert(rank->end(), more.begin(), more.end());

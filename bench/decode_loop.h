@@ -3,10 +3,12 @@
 // DRAM, computed with the forward's dot kernels) and then the MLP from the
 // tier, plus the LM head once per token. With speculation, each layer's
 // gate-first set is guessed before its attention (drawn from the trace's
-// exact mask at a given recall, the over-fetch from the layer's previous
-// set, then at random) and its reads start then; the step after the
-// attention reads only the misses (flash/flash_cache.h's PrefetchGuess: the
-// guess is not a token of the window).
+// exact mask: a ranked guess whose top k holds a given recall and whose
+// whole over-fetched set another; its wrong neurons from the layer's
+// previous set, then at random; drawn before the loop) and its reads start
+// then; the step after the attention plans over them at once and reads
+// only the misses (flash/flash_cache.h's PrefetchGuess: the guess is not a
+// token of the window).
 //
 // Per token it reports the split the issue asks for: stall (compute
 // waiting for reads), management (planning, residency, speculation's

@@ -837,7 +837,7 @@ int Main(int argc, char** argv) {
                              depth, speculate, int8);
             if (!d.ok()) {  // e.g. a budget too small for the masks
               std::printf("%-18s %6.2f  not run: %s\n", int8 ? "int8" : "bfloat16", budget,
-                          std::string(d.status().message()).substr(0, 90).c_str());
+                          std::string(d.status().message()).substr(0, 400).c_str());
               continue;
             }
             decode_rows.push_back({budget, int8, speculate, *d});

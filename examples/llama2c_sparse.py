@@ -50,8 +50,10 @@ gate-less file with the gates in DRAM, each layer's neurons guessed one
 attention block early (its input before the attention, normalised with the
 layer's MLP norm, selects --over x k neurons whose reads start at once; the
 exact selection after the attention reads only the misses): its tokens
-must equal gate-first's in DRAM; the guess's recall and the extra KB it
-read per token are reported. Exit status 1 otherwise.
+must equal gate-first's in DRAM; the guess's recall, the extra KB it
+read per token and the share of the decode's time the steps waited for
+reads (stall, with and without the guess) are reported. Exit status 1
+otherwise.
 """
 
 import argparse
@@ -375,14 +377,22 @@ def speculative_row(ckpt, path, fraction, tokens, budget, window, over):
     budget_bytes = flash_budget(path, max(budget, fraction * over))
     exact = sparse_mlp.FlashModelCache(path, budget_bytes, window=window, queue_depth=8,
                                        gates=list(ckpt.w1), sparsity=sparsity)
+    t0 = time.perf_counter()
     exact_tokens = greedy(Decoder(ckpt, lambda l, h: exact.step(l, None, h)), tokens)
+    exact_seconds = time.perf_counter() - t0
     spec = SpeculativeFlashMlp(path, budget_bytes, window, ckpt, sparsity, over)
+    t0 = time.perf_counter()
     spec_tokens = greedy(Decoder(ckpt, spec), tokens)
-    exact_kb = exact.io_stats()["bytes_read"] / tokens / 1024
-    spec_kb = spec.model.io_stats()["bytes_read"] / tokens / 1024
+    spec_seconds = time.perf_counter() - t0
+    exact_io, spec_io = exact.io_stats(), spec.model.io_stats()
+    exact_kb = exact_io["bytes_read"] / tokens / 1024
+    spec_kb = spec_io["bytes_read"] / tokens / 1024
+    # The share of the decode's wall time the steps waited for reads.
     return {"spec_same": spec_tokens == dram_tokens and exact_tokens == dram_tokens,
             "spec_recall": sum(spec.recalls) / len(spec.recalls),
-            "spec_kb": spec_kb, "spec_extra_kb": spec_kb - exact_kb}
+            "spec_kb": spec_kb, "spec_extra_kb": spec_kb - exact_kb,
+            "exact_stall": exact_io["wait_seconds"] / exact_seconds,
+            "spec_stall": spec_io["wait_seconds"] / spec_seconds}
 
 
 class ModuleMlp:
@@ -650,10 +660,12 @@ def main(argv=None):
     if spec:
         print(f"\ngate-first from the gate-less file, guessed one attention block early "
               f"({args.over} x k fetched), against gate-first in DRAM:")
-        print(f"{'a':>6} {'tokens':>7} {'recall':>7} {'KB/t':>8} {'extra KB/t':>11}")
+        print(f"{'a':>6} {'tokens':>7} {'recall':>7} {'KB/t':>8} {'extra KB/t':>11} "
+              f"{'stall exact':>12} {'stall spec':>11}")
         for r in spec:
             print(f"{r['fraction']:6.2f} {'same' if r['spec_same'] else 'DIFFER':>7} "
-                  f"{r['spec_recall']:7.3f} {r['spec_kb']:8.1f} {r['spec_extra_kb']:11.1f}")
+                  f"{r['spec_recall']:7.3f} {r['spec_kb']:8.1f} {r['spec_extra_kb']:11.1f} "
+                  f"{100 * r['exact_stall']:11.1f}% {100 * r['spec_stall']:10.1f}%")
     if any(not r.get("flash_same", True) or not r.get("spec_same", True) for r in rows):
         print("error: served from the bundle file, the model decoded other tokens than in memory "
               "on the same masks", file=sys.stderr)

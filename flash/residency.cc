@@ -92,22 +92,20 @@ absl::Status ResidencyPlanner::PlanImpl(absl::Span<const uint32_t> mask, bool gu
           mask.size(), pinned_resident_ - inside, c));
     }
   }
-  if (!rank.empty()) {  // a permutation of the mask
-    bool ok = rank.size() == mask.size();
+  if (!rank.empty()) {  // a permutation of the mask (in_mask_: 1 in it, 2 seen in the rank)
+    for (uint32_t j : mask) in_mask_[j] = 1;
     size_t k = 0;
+    bool ok = rank.size() == mask.size();
     for (; ok && k < rank.size(); ++k) {
-      const uint32_t j = rank[k];
-      ok = j < n && std::binary_search(mask.begin(), mask.end(), j) && !in_mask_[j];
-      if (ok) in_mask_[j] = 1;
+      ok = rank[k] < n && in_mask_[rank[k]] == 1;
+      if (ok) in_mask_[rank[k]] = 2;
     }
-    for (size_t q = 0; q < k; ++q) {
-      if (rank[q] < n) in_mask_[rank[q]] = 0;
-    }
+    for (uint32_t j : mask) in_mask_[j] = 0;
     if (!ok) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "the guess's rank (%d neurons) is not an order of its mask (%d neurons): entry %d "
           "(neuron %d) is not in the mask or repeats",
-          rank.size(), mask.size(), k - 1, k > 0 ? rank[k - 1] : 0));
+          rank.size(), mask.size(), k == 0 ? 0 : k - 1, k == 0 ? 0 : rank[k - 1]));
     }
   }
   // A guess joins the latest token (nothing expires: the window does not

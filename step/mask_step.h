@@ -148,9 +148,11 @@ class GateFirst {
   // afterwards (FlashStep on the real input) selects by the same rule as
   // ever and reads only the neurons this did not fetch; neurons fetched and
   // not selected stay resident like the latest token's (the guess is not a
-  // token of the window, and evicts nothing of the latest token: what does
-  // not fit is not fetched). A failed speculative read is not an error
-  // here: FlashStep reads the neuron again if it selects it.
+  // token of the window, and evicts nothing of the latest token and no more
+  // older neurons than the latest token let in: what does not fit is not
+  // fetched, the largest |act| first). The exact step plans at once, over
+  // the reads in flight. A failed speculative read is not an error here:
+  // FlashStep reads the neuron again if it selects it.
   // speculation() holds the set until the next call. Errors as FlashStep's
   // before any read (nothing started).
   absl::Status Speculate(flash::FlashModelCache* cache, size_t layer,
