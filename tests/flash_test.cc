@@ -672,6 +672,111 @@ TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
   ::unlink(path.c_str());
 }
 
+// The same across element types, windows and budgets (a tight one: the
+// guess, the window and the mask compete for the slots), with every
+// second speculation losing some reads: the exact step selects the same
+// mask as a step without speculation, its output equals that step's, and
+// every resident slot equals the file.
+TEST(Flash, SpeculativeStepEqualsTheExactOneAcrossTypesWindowsBudgets) {
+  uint64_t faults = 0;  // guessed reads that failed (how many: timing's)
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16, DType::kFloat32}) {
+    const Model gated = MakeModel(dtype, 64, 120, 2, true, 29);
+    Model updown = gated;
+    updown.gated = false;
+    updown.gate.assign(gated.layers, {});
+    const std::string path = WriteModel(updown, "speculate_all.spmlb", 512);
+    const size_t k = 20;
+    std::mutex fault_mu;
+    std::set<uint64_t> fail_once;
+    const auto fault = [&](uint64_t offset, size_t, int64_t result) -> int64_t {
+      std::lock_guard<std::mutex> lock(fault_mu);
+      return fail_once.erase(offset) != 0 ? -EIO : result;
+    };
+    for (size_t window : {size_t{1}, size_t{4}}) {
+      for (size_t slots : {2 * k, 4 * k}) {
+        flash::FlashCacheOptions o;
+        o.window = window;
+        o.chunk_neurons = 8;
+        o.reader.max_request_bytes = 1;
+        o.budget_bytes = BudgetFor(path, slots, o);
+        auto spec_cache = flash::FlashModelCache::Open(path, o, test_util::FaultyEngines(fault));
+        auto plain_cache = flash::FlashModelCache::Open(path, o);
+        ASSERT_TRUE(spec_cache.ok() && plain_cache.ok());
+        flash::FlashModelCache& sc = **spec_cache;
+        flash::FlashModelCache& pc = **plain_cache;
+        std::mt19937_64 rng(window * 100 + slots);
+        mlp::Workspace ws;
+        mlp::ForwardOptions fo;
+        step::Selection sel;
+        sel.k = k;
+        for (size_t l = 0; l < gated.layers; ++l) {
+          step::GateFirst spec =
+              *step::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+          step::GateFirst plain =
+              *step::GateFirst::Create(dtype, gated.h, gated.i, gated.gate[l].data(), gated.h);
+          for (int step = 0; step < 10; ++step) {
+            const std::string where = absl::StrFormat("%s window %d slots %d layer %d step %d",
+                                                      DTypeName(dtype), window, slots, l, step);
+            std::vector<float> xf(gated.h), early(gated.h);
+            for (float& v : xf) v = std::normal_distribution<float>(0, 1)(rng);
+            for (size_t c = 0; c < gated.h; ++c) {
+              early[c] = xf[c] + std::normal_distribution<float>(0, 0.3f)(rng);
+            }
+            // x in the weights' type, as the gate pass takes it.
+            std::vector<uint8_t> x(gated.h * DTypeSize(dtype)), xe(x.size());
+            for (size_t c = 0; c < gated.h; ++c) {
+              if (dtype == DType::kFloat32) {
+                std::memcpy(&x[4 * c], &xf[c], 4);
+                std::memcpy(&xe[4 * c], &early[c], 4);
+              } else {
+                const bool bf = dtype == DType::kBFloat16;
+                const uint16_t a = bf ? FloatToBFloat16(xf[c]) : FloatToFloat16(xf[c]);
+                const uint16_t b = bf ? FloatToBFloat16(early[c]) : FloatToFloat16(early[c]);
+                std::memcpy(&x[2 * c], &a, 2);
+                std::memcpy(&xe[2 * c], &b, 2);
+              }
+            }
+            const std::vector<uint32_t> before = sc.resident_neurons(l);
+            ASSERT_TRUE(
+                spec.Speculate(&sc, l, {xe.data(), 1, gated.h, dtype}, 3 * k / 2, fo, &ws).ok())
+                << where;
+            if (step % 2 == 1) {
+              // Every other neuron the guess loads fails its read, if it
+              // has not landed yet (only the guess reads them: the step's
+              // own reads are of neurons not resident).
+              std::lock_guard<std::mutex> lock(fault_mu);
+              size_t q = 0;
+              for (uint32_t j : sc.resident_neurons(l)) {
+                if (!std::binary_search(before.begin(), before.end(), j) && q++ % 2 == 0) {
+                  fail_once.insert(sc.layout().bundle_offset(l, j));
+                }
+              }
+            }
+            std::vector<float> y(gated.h), want(gated.h);
+            const absl::Status s = spec.FlashStep(&sc, l, sel, {x.data(), 1, gated.h, dtype},
+                                                  {y.data(), 1, gated.h}, fo, &ws);
+            {
+              std::lock_guard<std::mutex> lock(fault_mu);
+              fail_once.clear();
+            }
+            ASSERT_TRUE(s.ok()) << where << ": " << s;
+            ASSERT_TRUE(plain
+                            .FlashStep(&pc, l, sel, {x.data(), 1, gated.h, dtype},
+                                       {want.data(), 1, gated.h}, fo, &ws)
+                            .ok());
+            ASSERT_TRUE(spec.mask() == plain.mask()) << where;
+            ASSERT_LE(RelativeError(y, want), 1e-5) << where;
+            ASSERT_TRUE(sc.Verify(l).ok()) << where;
+          }
+        }
+        faults += sc.io_stats().errors;
+      }
+    }
+    ::unlink(path.c_str());
+  }
+  std::printf("speculative reads that failed: %llu\n", static_cast<unsigned long long>(faults));
+}
+
 // The exact step plans over a guess whose reads are still in flight: it
 // returns from BeginStep while a guessed read is held back, waits for the
 // guessed neurons it selected chunk by chunk, and its plan (so its output,
