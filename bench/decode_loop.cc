@@ -224,6 +224,7 @@ absl::StatusOr<DecodeSplit> RunDecode(flash::FlashModelCache* cache, AttentionWe
   out.head_ms = sum.head_ms / n;
   out.mlp_ms = sum.mlp_ms / n;
   out.gb = static_cast<double>(io1.bytes_read - io_timed.bytes_read) / 1e9 / n;
+  out.io_ms = (io1.busy_seconds - io_timed.busy_seconds) * 1e3 / n;
   out.guessed = sum.guessed / n;
   out.extra_loads = sum.extra_loads / n;
   out.late_loads = sum.late_loads / n;

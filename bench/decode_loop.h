@@ -10,7 +10,8 @@
 // only the misses (flash/flash_cache.h's PrefetchGuess: the guess is not a
 // token of the window).
 //
-// Per token it reports the split the issue asks for: stall (compute
+// Per token it reports the split the issue asks for: device-busy I/O
+// (time with reads in flight; it overlaps the rest), stall (compute
 // waiting for reads), management (planning, residency, speculation's
 // prefetch calls), attention compute (projections), the LM head, MLP
 // compute, and the bytes read. Scores and softmax over a KV cache are left
@@ -69,6 +70,7 @@ struct DecodeOptions {
 struct DecodeSplit {
   double ms = 0, stall_ms = 0, manage_ms = 0, attention_ms = 0, head_ms = 0, mlp_ms = 0;
   double gb = 0;            // read from the file per token (the reader's count)
+  double io_ms = 0;         // time with reads in flight (the device busy for us), per token
   double guessed = 0;       // neurons guessed per token
   double extra_loads = 0;   // guessed and loaded, not in the exact set, per token
   double late_loads = 0;    // read by the exact steps (after the attention), per token

@@ -825,9 +825,9 @@ int Main(int argc, char** argv) {
         absl::GetFlag(FLAGS_decode_window), absl::GetFlag(FLAGS_vocab), preset->hidden,
         attention_gb, absl::GetFlag(FLAGS_spec_over), absl::GetFlag(FLAGS_spec_recall_k),
         absl::GetFlag(FLAGS_spec_recall));
-    std::printf("%-18s %6s %9s %8s %9s %9s %9s %8s %8s %9s %9s %9s %6s\n", "decode", "budget",
-                "ms/token", "GB/tok", "stall_ms", "manage_ms", "attn_ms", "head_ms", "mlp_ms",
-                "guessed", "extra", "late", "waits");
+    std::printf("%-18s %6s %9s %8s %8s %9s %9s %9s %8s %8s %9s %9s %9s %6s\n", "decode", "budget",
+                "ms/token", "GB/tok", "io_ms", "stall_ms", "manage_ms", "attn_ms", "head_ms",
+                "mlp_ms", "guessed", "extra", "late", "waits");
     for (double budget : decode_budgets) {
       for (int pair = 0; pair < absl::GetFlag(FLAGS_decode_pairs); ++pair) {
         for (bool int8 : int8s) {
@@ -847,10 +847,11 @@ int Main(int argc, char** argv) {
                   .push_back(*d);
             }
             std::printf(
-                "%-18s %6.2f %9.1f %8.3f %9.1f %9.1f %9.1f %8.1f %8.1f %9.0f %9.0f %9.0f %6.1f\n",
+                "%-18s %6.2f %9.1f %8.3f %8.1f %9.1f %9.1f %9.1f %8.1f %8.1f %9.0f %9.0f %9.0f "
+                "%6.1f\n",
                 absl::StrCat(int8 ? "int8 " : "", speculate ? "speculative" : "exact-only").c_str(),
-                budget, d->ms, d->gb, d->stall_ms, d->manage_ms, d->attention_ms, d->head_ms,
-                d->mlp_ms, d->guessed, d->extra_loads, d->late_loads, d->guess_waits);
+                budget, d->ms, d->gb, d->io_ms, d->stall_ms, d->manage_ms, d->attention_ms,
+                d->head_ms, d->mlp_ms, d->guessed, d->extra_loads, d->late_loads, d->guess_waits);
             std::fflush(stdout);
           }
         }
@@ -1134,6 +1135,7 @@ int Main(int argc, char** argv) {
                            {"file", d.int8 ? "int8" : "bfloat16"},
                            {"speculate", d.speculate},
                            {"ms", d.split.ms},
+                           {"io_ms", d.split.io_ms},
                            {"gb", d.split.gb},
                            {"stall_ms", d.split.stall_ms},
                            {"manage_ms", d.split.manage_ms},

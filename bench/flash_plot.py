@@ -2,7 +2,8 @@
 against the budget, the tier per window and each baseline as a line; with
 decode rows, a third panel splits the decode loop's ms per token by part
 (stall, management, attention, LM head, MLP) at each budget, exact-only and
-speculative side by side (medians of the interleaved pairs)."""
+speculative side by side, with the time reads were in flight marked
+(medians of the interleaved pairs)."""
 
 import json
 import statistics
@@ -25,8 +26,8 @@ def decode_panel(ax, decode):
     for d in decode:
         groups.setdefault((d["budget"], d["file"], d["speculate"]), []).append(d)
     keys = sorted(groups, key=lambda k: (k[1] != "bfloat16", k[1], k[0], k[2]))
-    med = {k: {f: statistics.median(d[f] for d in groups[k]) for f in
-               ["ms"] + [p for p, _ in PARTS]} for k in keys}
+    med = {k: {f: statistics.median(d.get(f, 0.0) for d in groups[k]) for f in
+               ["ms", "io_ms"] + [p for p, _ in PARTS]} for k in keys}
     xs = range(len(keys))
     bottom = [0.0] * len(keys)
     for k, (part, label) in enumerate(PARTS):
@@ -38,6 +39,8 @@ def decode_panel(ax, decode):
            color="lightgrey")
     ax.scatter(xs, [med[key]["ms"] for key in keys], marker="_", s=300, color="black",
                label="ms per token", zorder=3)
+    ax.scatter(xs, [med[key]["io_ms"] for key in keys], marker="o", s=18, color="crimson",
+               label="reads in flight (device busy; overlaps the parts)", zorder=3)
     ax.set_xticks(list(xs))
     ax.set_xticklabels([f"{f}\n{b:.2f}\n{'spec' if s else 'exact'}" for b, f, s in keys],
                        fontsize=7)

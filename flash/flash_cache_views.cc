@@ -53,6 +53,7 @@ store::ReaderStats FlashModelCache::io_stats() const {
     sum.bytes_read += s.bytes_read;
     sum.staged_bundles += s.staged_bundles;
     sum.errors += s.errors;
+    sum.busy_seconds += s.busy_seconds;
   }
   return sum;
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <utility>
@@ -284,6 +285,7 @@ void BundleReader::AddRuns(absl::Span<const BundleRequest> requests) {
     runs_.push_back(run);
     p += run.count;
   }
+  if (outstanding_ == 0 && !requests.empty()) busy_since_ = std::chrono::steady_clock::now();
   outstanding_ += requests.size();
   stats_.bundles += requests.size();
 }
@@ -393,7 +395,10 @@ void BundleReader::Complete(size_t run_index, int64_t result, absl::Status error
       ++stats_.errors;
       if (first_error_.ok()) first_error_ = status;
     }
-    --outstanding_;
+    if (--outstanding_ == 0) {
+      stats_.busy_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - busy_since_).count();
+    }
     done(index, status);
   }
   if (run.slot >= 0) free_slots_.push_back(run.slot);

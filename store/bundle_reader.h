@@ -37,6 +37,7 @@
 #ifndef SPARSE_MLP_STORE_BUNDLE_READER_H_
 #define SPARSE_MLP_STORE_BUNDLE_READER_H_
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -92,6 +93,7 @@ struct ReaderStats {
   uint64_t bytes_read = 0;    // bytes the device returned
   uint64_t staged_bundles = 0;  // copied out of a staging slot
   uint64_t errors = 0;        // bundles reported with an error
+  double busy_seconds = 0;    // wall time with bundles outstanding (the device busy for us)
 };
 
 class BundleReader {
@@ -187,6 +189,7 @@ class BundleReader {
   std::vector<uint32_t> order_;
   std::vector<Run> runs_;
   size_t next_run_ = 0, outstanding_ = 0;
+  std::chrono::steady_clock::time_point busy_since_;  // outstanding_ became > 0
   absl::Status first_error_;
   std::vector<IoRead> submit_;
   std::vector<IoCompletion> reaped_;
