@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -192,12 +193,21 @@ TEST_P(StoreRoundTrip, EveryBundleBitEqual) {
             q.push_back({layer, neuron, d});
           }
           std::vector<int> reported(n, 0);
+          const double busy_before = reader.stats().busy_seconds;
+          const auto started = std::chrono::steady_clock::now();
           ASSERT_TRUE(reader.Start(q).ok()) << where;
           const absl::Status s = reader.Finish([&](size_t k, const absl::Status& st) {
             ++reported[k];
             EXPECT_TRUE(st.ok()) << where << ": request " << k << ": " << st;
           });
           ASSERT_TRUE(s.ok()) << where << ": " << s;
+          // The batch's time in flight is counted, within its wall time.
+          const double busy = reader.stats().busy_seconds - busy_before;
+          EXPECT_GT(busy, 0.0) << where;
+          EXPECT_LE(
+              busy,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count())
+              << where;
           for (size_t k = 0; k < n; ++k) {
             ASSERT_EQ(reported[k], 1) << where << ": request " << k;
             const std::vector<uint8_t> want = ReferenceBundle(m, q[k].layer, begin + q[k].neuron);
