@@ -280,9 +280,13 @@ std::string EnsureFile(const std::string& dir, const ModelPreset& p, size_t laye
 
 // The same stack quantized to int8 rows (synthetic quants, valid scales),
 // 512-byte aligned as sparse_mlp.store writes quantized files.
+quant::QuantFormat Int8Format() {
+  return {quant::QuantType::kInt8,
+          static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_int8_group)))};
+}
+
 std::string EnsureInt8File(const std::string& dir, const ModelPreset& p, size_t layers) {
-  const quant::QuantFormat f{quant::QuantType::kInt8,
-                             static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_int8_group)))};
+  const quant::QuantFormat f = Int8Format();
   const std::string path = absl::StrFormat("%s/flash_%s_int8g%d_L%d.spmlb", dir, p.name,
                                            quant::RowLayout::Create(f, p.hidden)->group(), layers);
   if (absl::Status s = EnsureBundleFile(
@@ -471,11 +475,9 @@ class FlashBench {
     // per group).
     double weights = weight_bytes_;
     if (int8) {
-      const quant::QuantFormat f{quant::QuantType::kInt8,
-                                 static_cast<size_t>(std::max(0, absl::GetFlag(FLAGS_int8_group)))};
       const size_t hidden = layout_.shape().hidden;
-      weights *=
-          static_cast<double>(quant::RowLayout::Create(f, hidden)->row_bytes()) / (2.0 * hidden);
+      weights *= static_cast<double>(quant::RowLayout::Create(Int8Format(), hidden)->row_bytes()) /
+                 (2.0 * hidden);
     }
     o.budget_bytes = static_cast<size_t>(budget * weights);
     o.window = static_cast<size_t>(window);

@@ -80,6 +80,13 @@ class PyFlashModelCache {
     mask_.ToIndices(&indices_);
   }
 
+  // A step's phases into the totals io_stats() reports (under mutex_).
+  void AddTimes(const step::FlashStepTimes& times) {
+    plan_seconds_ += times.plan_seconds;
+    compute_seconds_ += times.compute_seconds;
+    wait_seconds_ += times.wait_seconds;
+  }
+
   void Step(const py::object& layer_arg, const py::array& mask, const py::object& x,
             const py::object& out, const std::string& activation, bool accumulate) {
     const size_t layer = Layer(layer_arg);
@@ -101,9 +108,7 @@ class PyFlashModelCache {
       step::FlashStepTimes times;
       status = step::FlashLayerStep(cache_.get(), layer, indices_, t.In(), t.Out(), o, &workspace_,
                                     &times);
-      plan_seconds_ += times.plan_seconds;
-      compute_seconds_ += times.compute_seconds;
-      wait_seconds_ += times.wait_seconds;
+      AddTimes(times);
     }
     ThrowIfFileError(status);
   }
@@ -182,9 +187,7 @@ class PyFlashModelCache {
         step::FlashStepTimes times;
         status = gate_first_[layer]->FlashStep(cache_.get(), layer, sel, t.In(), t.Out(), o,
                                                &workspace_, &times);
-        plan_seconds_ += times.plan_seconds;
-        compute_seconds_ += times.compute_seconds;
-        wait_seconds_ += times.wait_seconds;
+        AddTimes(times);
       }
     }
     ThrowIfFileError(status);

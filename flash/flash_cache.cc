@@ -209,6 +209,11 @@ void FlashModelCache::WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock) {
   cv_.wait(lock, [&] { return !l.busy(); });
 }
 
+void FlashModelCache::ForgetAhead(Layer& l) {
+  for (uint32_t s : l.jobs[kAhead].slots) l.ahead_request[s] = kNoSlot;
+  l.ahead_live = false;
+}
+
 void FlashModelCache::ApplyFailures(Layer& l, size_t which) {
   Job& job = l.jobs[which];
   for (size_t k = 0; k < job.failed.size(); ++k) {
@@ -282,7 +287,7 @@ absl::Status FlashModelCache::PlanAhead(size_t layer, absl::Span<const uint32_t>
   l.stats.evictions += plan.evicted;
   l.stats.expirations += plan.expired;
   l.plan = plan;
-  for (uint32_t s : l.jobs[kAhead].slots) l.ahead_request[s] = kNoSlot;  // the earlier job's
+  ForgetAhead(l);  // the earlier job's
   for (size_t k = 0; k < plan.entering_slots.size(); ++k) {
     l.ahead_request[plan.entering_slots[k]] = static_cast<uint32_t>(k);
   }
@@ -309,8 +314,7 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
       // answered guess: planned after they land.
       WaitIdle(l, lock);
       ApplyFailures(l, kAhead);
-      for (uint32_t s : l.jobs[kAhead].slots) l.ahead_request[s] = kNoSlot;
-      l.ahead_live = false;
+      ForgetAhead(l);
     }
     // Over a guess in flight: the plan does not depend on which of its
     // reads landed (failed ones are still resident to the planner); the
@@ -346,7 +350,7 @@ absl::Status FlashModelCache::BeginStep(size_t layer, absl::Span<const uint32_t>
   l.repair_failed.clear();
   Job& a = l.jobs[kAhead];
   for (size_t i = 0; i < ahead.size(); ++i) {
-    const uint32_t s = ahead[i], k = l.ahead_live ? l.ahead_request[s] : kNoSlot;
+    const uint32_t s = ahead[i], k = l.ahead_request[s];
     if (k == kNoSlot) continue;  // landed before (an earlier guess)
     if (l.pending[s]) {
       l.waiter[s] = static_cast<uint32_t>(i / chunk);

@@ -230,6 +230,9 @@ class FlashModelCache {
   // Reads `slot`'s neuron again, synchronously (a guessed read that failed).
   absl::Status Repair(size_t layer, uint32_t slot);
   void WaitIdle(Layer& l, std::unique_lock<std::mutex>& lock);
+  // The ahead job no longer stands for a step's plan (its slots' requests
+  // forgotten).
+  void ForgetAhead(Layer& l);
   // Unloads job `which`'s failed neurons still in their slots.
   void ApplyFailures(Layer& l, size_t which);
   void IoLoop(Lane& lane);

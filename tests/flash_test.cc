@@ -314,6 +314,14 @@ Model MakeModel(DType dtype, size_t h, size_t i, size_t layers, bool gated, uint
   return m;
 }
 
+// The same model without gate rows (a gate-first file: up and down only).
+Model GateLess(const Model& gated) {
+  Model m = gated;
+  m.gated = false;
+  m.gate.assign(m.layers, {});
+  return m;
+}
+
 std::string WriteModel(const Model& m, const std::string& name, size_t alignment = 4096) {
   const std::string path = TempDir() + "/" + name;
   store::WriterOptions o;
@@ -462,9 +470,7 @@ TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
     std::mt19937_64 rng(21);
     const Model gated = MakeModel(dtype, 64, 120, 2, true, 9);
-    Model updown = gated;
-    updown.gated = false;
-    updown.gate.assign(gated.layers, {});
+    const Model updown = GateLess(gated);
     const std::string path =
         WriteModel(updown, absl::StrFormat("gate_first_%s.spmlb", DTypeName(dtype)), 512);
     const std::string gated_path =
@@ -542,9 +548,7 @@ TEST(Flash, GateFirstLoadsOnlyUpAndDown) {
 TEST(Flash, SpeculativeGateFirstEqualsTheExactStep) {
   std::mt19937_64 rng(31);
   const Model gated = MakeModel(DType::kFloat32, 64, 120, 2, true, 19);
-  Model updown = gated;
-  updown.gated = false;
-  updown.gate.assign(gated.layers, {});
+  const Model updown = GateLess(gated);
   const std::string path = WriteModel(updown, "speculate.spmlb", 512);
   const size_t k = 24;
   // Bundle offsets whose next read fails (once), and whose reads always
@@ -681,9 +685,7 @@ TEST(Flash, SpeculativeStepEqualsTheExactOneAcrossTypesWindowsBudgets) {
   uint64_t faults = 0;  // guessed reads that failed (how many: timing's)
   for (DType dtype : {DType::kBFloat16, DType::kFloat16, DType::kFloat32}) {
     const Model gated = MakeModel(dtype, 64, 120, 2, true, 29);
-    Model updown = gated;
-    updown.gated = false;
-    updown.gate.assign(gated.layers, {});
+    const Model updown = GateLess(gated);
     const std::string path = WriteModel(updown, "speculate_all.spmlb", 512);
     const size_t k = 20;
     std::mutex fault_mu;
@@ -717,28 +719,13 @@ TEST(Flash, SpeculativeStepEqualsTheExactOneAcrossTypesWindowsBudgets) {
           for (int step = 0; step < 10; ++step) {
             const std::string where = absl::StrFormat("%s window %d slots %d layer %d step %d",
                                                       DTypeName(dtype), window, slots, l, step);
-            std::vector<float> xf(gated.h), early(gated.h);
-            for (float& v : xf) v = std::normal_distribution<float>(0, 1)(rng);
+            std::vector<float> x(gated.h), early(gated.h);
+            for (float& v : x) v = std::normal_distribution<float>(0, 1)(rng);
             for (size_t c = 0; c < gated.h; ++c) {
-              early[c] = xf[c] + std::normal_distribution<float>(0, 0.3f)(rng);
-            }
-            // x in the weights' type, as the gate pass takes it.
-            std::vector<uint8_t> x(gated.h * DTypeSize(dtype)), xe(x.size());
-            for (size_t c = 0; c < gated.h; ++c) {
-              if (dtype == DType::kFloat32) {
-                std::memcpy(&x[4 * c], &xf[c], 4);
-                std::memcpy(&xe[4 * c], &early[c], 4);
-              } else {
-                const bool bf = dtype == DType::kBFloat16;
-                const uint16_t a = bf ? FloatToBFloat16(xf[c]) : FloatToFloat16(xf[c]);
-                const uint16_t b = bf ? FloatToBFloat16(early[c]) : FloatToFloat16(early[c]);
-                std::memcpy(&x[2 * c], &a, 2);
-                std::memcpy(&xe[2 * c], &b, 2);
-              }
+              early[c] = x[c] + std::normal_distribution<float>(0, 0.3f)(rng);
             }
             const std::vector<uint32_t> before = sc.resident_neurons(l);
-            ASSERT_TRUE(
-                spec.Speculate(&sc, l, {xe.data(), 1, gated.h, dtype}, 3 * k / 2, fo, &ws).ok())
+            ASSERT_TRUE(spec.Speculate(&sc, l, {early.data(), 1, gated.h}, 3 * k / 2, fo, &ws).ok())
                 << where;
             if (step % 2 == 1) {
               // Every other neuron the guess loads fails its read, if it
@@ -753,7 +740,7 @@ TEST(Flash, SpeculativeStepEqualsTheExactOneAcrossTypesWindowsBudgets) {
               }
             }
             std::vector<float> y(gated.h), want(gated.h);
-            const absl::Status s = spec.FlashStep(&sc, l, sel, {x.data(), 1, gated.h, dtype},
+            const absl::Status s = spec.FlashStep(&sc, l, sel, {x.data(), 1, gated.h},
                                                   {y.data(), 1, gated.h}, fo, &ws);
             {
               std::lock_guard<std::mutex> lock(fault_mu);
@@ -761,7 +748,7 @@ TEST(Flash, SpeculativeStepEqualsTheExactOneAcrossTypesWindowsBudgets) {
             }
             ASSERT_TRUE(s.ok()) << where << ": " << s;
             ASSERT_TRUE(plain
-                            .FlashStep(&pc, l, sel, {x.data(), 1, gated.h, dtype},
+                            .FlashStep(&pc, l, sel, {x.data(), 1, gated.h},
                                        {want.data(), 1, gated.h}, fo, &ws)
                             .ok());
             ASSERT_TRUE(spec.mask() == plain.mask()) << where;
